@@ -1,0 +1,248 @@
+"""The aiohttp wiring: one handler that decides, reads the body, limits, forwards and answers.
+
+The pipeline, in order (see `decide.py` for the checks themselves):
+  decide (route, method, secrets, origin, danger zone, body headers) -> read body (413) -> check body
+  -> rate limit (429 / 503) -> translate for the project's mode -> upstream -> answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+from aiohttp import web
+
+from gateway import errors
+from gateway.client_ip import bucket_key, client_address
+from gateway.compiled import CompiledPolicy, compile_policy
+from gateway.decide import Admit, Preflight, Refuse, check_body, decide
+from gateway.errors import GatewayError
+from gateway.observe import Observer, Outcome
+from gateway.policy import PolicyFile
+from gateway.ratelimit import LimiterPool, LimitResult, StoreUnavailable
+from gateway.translate import upstream_call
+from gateway.upstream import UpstreamPool, request_headers
+
+log = logging.getLogger("gateway")
+
+JSON = "application/json"
+
+
+class GatewayState:
+    """Everything the handler needs, swapped atomically on reload (`policy` is one reference)."""
+
+    def __init__(self, policy: PolicyFile, observer: Observer | None = None) -> None:
+        self.limiters = LimiterPool()
+        self.upstream = UpstreamPool(policy.upstream.connect_timeout, policy.upstream.read_timeout)
+        self.observer = observer or Observer(truncate_ips=policy.logging.client_ip == "truncated")
+        self.draining = False
+        self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
+        self.fail_open_total = 0
+        self.policy: CompiledPolicy
+        self.timeout: aiohttp.ClientTimeout
+        self.set_policy(policy)
+
+    def set_policy(self, policy: PolicyFile) -> None:
+        compiled = compile_policy(policy)
+        for project in compiled.projects.values():  # open storages now, not on the first request
+            self.limiters.get(project.rate_limit.storage, project.rate_limit.strategy)
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=policy.upstream.connect_timeout, sock_read=policy.upstream.read_timeout
+        )
+        self.policy = compiled
+        if any(p.origins.allow_any for p in compiled.projects.values()):
+            names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)
+            log.warning(
+                "allowed_origins has '*' in %s: any website can call these projects through the gateway",
+                names,
+            )
+
+
+STATE = web.AppKey("state", GatewayState)
+
+
+def new_request_id() -> str:
+    return f"gw-{random.getrandbits(64):016x}"
+
+
+def _respond(
+    status: int,
+    body: bytes,
+    request_id: str,
+    cors: Iterable[tuple[str, str]],
+    extra: Iterable[tuple[str, str]] = (),
+    content_type: str | None = JSON,
+) -> web.Response:
+    response = web.Response(status=status, body=body)
+    headers = response.headers
+    for name, value in extra:
+        headers.add(name, value)
+    if content_type is not None and "Content-Type" not in headers:
+        headers["Content-Type"] = content_type
+    for name, value in cors:
+        headers[name] = value
+    headers["Vary"] = "Origin"
+    headers["X-Request-Id"] = request_id
+    return response
+
+
+def _error(
+    error: GatewayError,
+    request_id: str,
+    cors: Iterable[tuple[str, str]] = (),
+    extra: Iterable[tuple[str, str]] = (),
+) -> web.Response:
+    extra = list(extra)
+    if error.allow:
+        extra.append(("Allow", ", ".join(error.allow)))
+    response = _respond(error.status, error.body(request_id), request_id, cors, extra)
+    if error.close_connection:
+        response.force_close()
+    return response
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes `limit` (the rest is not read)."""
+    if not request.body_exists:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    policy = state.policy  # this request finishes under the policy it started with
+    started = time.perf_counter()
+    outcome = Outcome(new_request_id(), request.method)
+    try:
+        response = await _pipeline(request, state, policy, outcome)
+    except asyncio.CancelledError:
+        outcome.decision, outcome.status = "client_closed", 499
+        raise
+    finally:
+        outcome.duration_ms = (time.perf_counter() - started) * 1000
+        state.observer.record(outcome)
+    return response
+
+
+async def _pipeline(
+    request: web.Request, state: GatewayState, policy: CompiledPolicy, outcome: Outcome
+) -> web.StreamResponse:
+    request_id = outcome.request_id
+    decision = decide(policy, request.method, request.raw_path, request.headers)
+    if isinstance(decision, Refuse):
+        return _refused(decision, outcome)
+    if isinstance(decision, Preflight):
+        outcome.project, outcome.operation, outcome.decision, outcome.status = (
+            decision.project.name,
+            decision.operation,
+            "preflight",
+            204,
+        )
+        outcome.origin = request.headers.get("Origin")
+        return _respond(204, b"", request_id, decision.headers, content_type=None)
+
+    admit: Admit = decision
+    target = admit.target
+    project = target.project
+    outcome.project, outcome.operation, outcome.origin = project.name, target.operation, admit.origin
+
+    body = await _read_body(request, policy.max_body_bytes)
+    if body is None:
+        return _refused(
+            Refuse(errors.payload_too_large(policy.max_body_bytes), project, target.operation, admit.cors),
+            outcome,
+        )
+    refusal = check_body(admit, body)
+    if refusal is not None:
+        return _refused(refusal, outcome)
+
+    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), policy.client_ip)
+    outcome.client_ip = address
+    limits = project.rate_limit
+    limit_headers: Iterable[tuple[str, str]] = ()
+    try:
+        result: LimitResult = await state.limiters.get(limits.storage, limits.strategy).hit(
+            project.buckets[target.operation],
+            bucket_key(address, policy.client_ip.ipv6_prefix),
+            limits.storage_timeout,
+        )
+    except StoreUnavailable as exc:
+        if limits.storage not in state.store_down:
+            state.store_down.add(limits.storage)
+            log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
+        if limits.on_storage_error == "deny":
+            return _refused(
+                Refuse(errors.rate_limit_unavailable(), project, target.operation, admit.cors), outcome
+            )
+        state.fail_open_total += 1
+    else:
+        if limits.storage in state.store_down:
+            state.store_down.discard(limits.storage)
+            log.warning("rate-limit store reachable again")
+        limit_headers = result.headers.items()
+        if not result.allowed:
+            refused = Refuse(
+                errors.too_many_requests(result.retry_after), project, target.operation, admit.cors
+            )
+            return _refused(refused, outcome, limit_headers)
+
+    call = upstream_call(target, body)
+    if isinstance(call, GatewayError):
+        return _refused(Refuse(call, project, target.operation, admit.cors), outcome, limit_headers)
+    headers = request_headers(
+        request.headers,
+        project.credential_headers,
+        admit.origin,
+        request_id,
+        forward_origin=not project.server_mode,
+    )
+    answer = await state.upstream.send(project.base_url, call, headers, state.timeout)
+    if isinstance(answer, GatewayError):
+        return _refused(Refuse(answer, project, target.operation, admit.cors), outcome, limit_headers)
+    outcome.upstream_ms = answer.elapsed * 1000
+    outcome.status = answer.status
+    return _respond(
+        answer.status,
+        answer.body,
+        request_id,
+        admit.cors,
+        [*answer.headers, *limit_headers],
+        content_type=None,
+    )
+
+
+def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]] = ()) -> web.Response:
+    error = refusal.error
+    if refusal.project is not None:
+        outcome.project = refusal.project.name
+    outcome.operation = refusal.operation or outcome.operation
+    outcome.decision = error.key.value
+    outcome.status = error.status
+    return _error(error, outcome.request_id, refusal.cors, extra)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    await state.upstream.start()
+    yield
+    await state.upstream.close()
+    await state.limiters.close()
+
+
+def create_app(policy: PolicyFile, observer: Observer | None = None) -> web.Application:
+    app = web.Application(client_max_size=policy.listen.max_body_bytes)
+    app[STATE] = GatewayState(policy, observer)
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

@@ -1,0 +1,145 @@
+"""The client-side operations the gateway exposes: their routes, danger-zone options and path matching.
+
+Nothing outside this table ever reaches the upstream. Matching works on the raw (still percent-encoded)
+path: static segments must be equal to the letter, so `%76alidate`, `Validate` or `..` never match, and
+path parameters are checked so that no decoded value can climb out of its segment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import unquote_to_bytes
+
+
+class DangerOption(StrEnum):
+    REDEEM = "redeem"
+    PUBLISH = "publish"
+    LIST_VOUCHERS = "list_vouchers"
+    CREATE_CUSTOMERS = "create_customers"
+    CREATE_LOYALTY_REFERRAL_EVENTS = "create_loyalty_referral_events"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    danger: DangerOption | None = None  # needed for every call of the operation
+    body_danger: DangerOption | None = (
+        None  # needed when the JSON body has a non-null key of `body_danger_keys`
+    )
+    body_danger_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    operation: Operation
+    method: str
+    template: str  # relative to /client/v1, e.g. "/customers/{customer_id}/consents"
+    segments: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
+
+    @property
+    def takes_body(self) -> bool:
+        return self.method in ("POST", "PUT")
+
+
+VALIDATE = Operation("validate")
+VALIDATE_STACKABLE = Operation("validate_stackable")
+REDEEM = Operation("redeem", danger=DangerOption.REDEEM)
+REDEEM_STACKABLE = Operation("redeem_stackable", danger=DangerOption.REDEEM)
+REDEEM_PROMOTION_TIER = Operation("redeem_promotion_tier", danger=DangerOption.REDEEM)
+PUBLISH = Operation("publish", danger=DangerOption.PUBLISH)
+QUALIFICATIONS = Operation("qualifications")
+LIST_PROMOTION_TIERS = Operation("list_promotion_tiers")
+TRACK_EVENT = Operation(
+    "track_event",
+    body_danger=DangerOption.CREATE_LOYALTY_REFERRAL_EVENTS,
+    body_danger_keys=("loyalty", "referral"),
+)
+LIST_VOUCHERS = Operation("list_vouchers", danger=DangerOption.LIST_VOUCHERS)
+CREATE_CUSTOMER = Operation("create_customer", danger=DangerOption.CREATE_CUSTOMERS)
+LIST_CONSENTS = Operation("list_consents")
+UPDATE_CONSENTS = Operation("update_consents")
+
+ROUTES: tuple[Route, ...] = (
+    Route(VALIDATE, "GET", "/validate"),
+    Route(VALIDATE, "GET", "/promotions/validation"),
+    Route(VALIDATE_STACKABLE, "POST", "/validations"),
+    Route(REDEEM, "POST", "/redeem"),
+    Route(REDEEM_STACKABLE, "POST", "/redemptions"),
+    Route(REDEEM_PROMOTION_TIER, "POST", "/promotions/tiers/{tier_id}/redemption"),
+    Route(PUBLISH, "POST", "/publish"),
+    Route(QUALIFICATIONS, "POST", "/qualifications"),
+    Route(LIST_PROMOTION_TIERS, "GET", "/promotions/tiers"),
+    Route(TRACK_EVENT, "POST", "/events"),
+    Route(LIST_VOUCHERS, "GET", "/vouchers"),
+    Route(CREATE_CUSTOMER, "POST", "/customers"),
+    Route(LIST_CONSENTS, "GET", "/consents"),
+    Route(UPDATE_CONSENTS, "PUT", "/customers/{customer_id}/consents"),
+)
+
+OPERATIONS: dict[str, Operation] = {route.operation.name: route.operation for route in ROUTES}
+
+# A path parameter as sent: RFC 3986 path characters, percent-escapes well formed.
+_PCHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatch:
+    """The routes sharing one path (one per method) and the raw parameter values."""
+
+    routes: dict[str, Route]  # method -> route
+    params: dict[str, str]  # name -> value exactly as sent (still percent-encoded)
+
+
+def _param_is_safe(raw: str) -> bool:
+    if not _PCHARS.fullmatch(raw):
+        return False
+    decoded = unquote_to_bytes(raw)
+    if any(byte < 0x20 or byte == 0x7F or byte == 0x5C for byte in decoded):  # controls and backslash
+        return False
+    return not any(part in (b".", b"..") for part in decoded.split(b"/"))
+
+
+class Catalog:
+    """Precompiled route table: static paths by tuple, parameterised ones by length."""
+
+    def __init__(self, routes: tuple[Route, ...] = ROUTES) -> None:
+        self._static: dict[tuple[str, ...], dict[str, Route]] = {}
+        self._templated: list[tuple[tuple[str, ...], dict[str, Route]]] = []
+        for route in routes:
+            if any(seg.startswith("{") for seg in route.segments):
+                for segments, by_method in self._templated:
+                    if segments == route.segments:
+                        by_method[route.method] = route
+                        break
+                else:
+                    self._templated.append((route.segments, {route.method: route}))
+            else:
+                self._static.setdefault(route.segments, {})[route.method] = route
+
+    def match(self, segments: tuple[str, ...]) -> PathMatch | None:
+        """Match the operation part of a path (after /client/v1), raw segments. None if no operation."""
+        by_method = self._static.get(segments)
+        if by_method is not None:
+            return PathMatch(by_method, {})
+        for template, by_method in self._templated:
+            if len(template) != len(segments):
+                continue
+            params: dict[str, str] = {}
+            for expected, actual in zip(template, segments, strict=True):
+                if expected.startswith("{"):
+                    if not _param_is_safe(actual):
+                        break
+                    params[expected[1:-1]] = actual
+                elif expected != actual:
+                    break
+            else:
+                return PathMatch(by_method, params)
+        return None
+
+
+CATALOG = Catalog()

@@ -1,0 +1,83 @@
+"""The `voucherify-gateway` command line: serve, check, schema, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.policy import REGIONS, PolicyError, PolicyFile, load_policy
+
+DEFAULT_CONFIG = "config/policy.yaml"
+
+
+def default_config() -> str:
+    return os.environ.get("VOUCHERIFY_GATEWAY_CONFIG", DEFAULT_CONFIG)
+
+
+def warnings_for(policy: PolicyFile) -> list[str]:
+    """Things that are valid but probably not what an operator wants in production."""
+    notes: list[str] = []
+    for name, project in policy.projects.items():
+        if "*" in project.allowed_origins:
+            notes.append(f"projects.{name}.allowed_origins: '*' lets any website call this project")
+        if project.upstream_auth == "client" and project.region in REGIONS:
+            notes.append(
+                f"projects.{name}: upstream_auth: client sends every shopper through the gateway's one IP, "
+                "which Voucherify limits to 5 requests per 5 seconds; use upstream_auth: server with the "
+                "project's server-side keys for production traffic"
+            )
+    return notes
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.config)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}")
+        print(f"{args.config}: {len(exc.problems)} problem(s)")
+        return 1
+    for note in warnings_for(policy):
+        print(f"warning: {note}")
+    print(f"{args.config}: valid, {len(policy.projects)} project(s)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    json.dump(PolicyFile.model_json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import serve
+
+    return serve(Path(args.config), args.host, args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voucherify-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default=default_config(), help="policy file (default: %(default)s)")
+    serve.add_argument("--host", help="override listen.host")
+    serve.add_argument("--port", type=int, help="override listen.port")
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check", help="validate a policy file")
+    check.add_argument("--config", default=default_config(), help="policy file (default: %(default)s)")
+    check.set_defaults(func=cmd_check)
+
+    schema = commands.add_parser("schema", help="print the policy file's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,81 @@
+"""Who is the client: the socket peer, or what a trusted proxy says in X-Forwarded-For.
+
+X-Forwarded-For is believed only when the socket peer is a trusted proxy; the list is then walked from the
+right, skipping trusted addresses, and the first untrusted one is the client. Anything odd (several XFF
+headers, an entry that is not an address) falls back to the peer: never guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIpPolicy:
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    ipv6_prefix: int = 64
+
+    def is_trusted(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.trusted_proxies)
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """An address as found in a peer or an XFF entry; ports (`1.2.3.4:5`, `[::1]:5`) are tolerated."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (end + 1 < len(text) and not text[end + 1 :].startswith(":")):
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.split(":", 1)[0]
+    try:
+        address = ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:1.2.3.4 is 1.2.3.4, whatever socket family it came in on
+    return address
+
+
+def client_address(
+    peer: str | None, forwarded_for: Sequence[str], policy: ClientIpPolicy
+) -> IPAddress | None:
+    """The client's address; None only when the peer itself is unknown (e.g. a Unix socket)."""
+    peer_address = parse_address(peer) if peer else None
+    if peer_address is None or not forwarded_for or not policy.is_trusted(peer_address):
+        return peer_address
+    if len(forwarded_for) != 1:
+        return peer_address
+    entries = forwarded_for[0].split(",")
+    candidate: IPAddress = peer_address
+    for entry in reversed(entries):
+        address = parse_address(entry)
+        if address is None:
+            return peer_address
+        candidate = address
+        if not policy.is_trusted(address):
+            return address
+    return candidate  # every hop was trusted: the left-most one is as close to the client as we know
+
+
+def bucket_key(address: IPAddress | None, ipv6_prefix: int) -> str:
+    """The rate-limit identity: an IPv4 address, or the IPv6 network of `ipv6_prefix` bits it is in."""
+    if address is None:
+        return "unknown"
+    if isinstance(address, IPv6Address):
+        return str(ip_network(f"{address}/{ipv6_prefix}", strict=False))
+    return str(address)
+
+
+def truncated(address: IPAddress | None) -> str:
+    """For privacy in logs: /24 for IPv4, /48 for IPv6."""
+    if address is None:
+        return "unknown"
+    prefix = 48 if isinstance(address, IPv6Address) else 24
+    return str(ip_network(f"{address}/{prefix}", strict=False))

@@ -1,0 +1,233 @@
+"""The request pipeline's decisions, free of I/O: request facts in, a decision out.
+
+`decide` runs every check that needs only the request line and headers, in the contract's order
+(404, 405, secret_key_exposed, origin_not_allowed, danger_zone_disabled, 413/415/400); `check_body` runs
+the ones that need the body. The handler in `app.py` does the I/O around them: reading the body, the
+rate limit and the upstream call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from multidict import MultiMapping
+
+from gateway import errors
+from gateway.catalog import CATALOG, Route
+from gateway.compiled import CompiledPolicy, ProjectRuntime
+from gateway.errors import GatewayError
+from gateway.origins import OriginMatch
+
+SERVER_SECRETS = ("X-App-Token", "X-Management-Token")
+EXPOSED_HEADERS = "X-Request-Id, RateLimit, RateLimit-Policy, Retry-After"
+ALLOWED_REQUEST_HEADERS = (
+    "Content-Type, Accept, Accept-Language, X-Client-Application-Id, X-Client-Token, "
+    "X-Voucherify-Channel, X-Voucherify-Double-Opt-In"
+)
+PREFLIGHT_MAX_AGE = "600"
+
+_SLASHES = re.compile(r"/{2,}")
+# A query string forwarded byte for byte must be one the upstream reads as we do: printable ASCII,
+# no space or fragment, well-formed percent-escapes.
+_QUERY = re.compile(r"(?:[!$&-;=?-Z\[\]_a-z{|}~^`]|%[0-9A-Fa-f]{2})*")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the request addresses: a project's operation, with its raw path and query."""
+
+    project: ProjectRuntime
+    route: Route
+    params: dict[str, str]
+    operation_path: str  # raw, relative to /client/v1, e.g. "/customers/c%201/consents"
+    query: str  # raw, without "?"
+
+    @property
+    def operation(self) -> str:
+        return self.route.operation.name
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    error: GatewayError
+    project: ProjectRuntime | None = None
+    operation: str | None = None
+    cors: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    project: ProjectRuntime
+    operation: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Passed every check on the request line and headers; the body and the rate limit come next."""
+
+    target: Target
+    cors: tuple[tuple[str, str], ...]
+    origin: str | None  # the verified Origin, forwarded upstream in client mode
+    content_length: int | None
+
+
+Decision = Refuse | Preflight | Admit
+
+
+def split_target(raw: str) -> tuple[str, str]:
+    path, _, query = raw.partition("?")
+    return path, query
+
+
+def _resolve(policy: CompiledPolicy, path: str) -> tuple[ProjectRuntime, tuple[str, ...]] | None:
+    """The project and the operation's raw segments of a path, or None."""
+    if not path.startswith("/"):
+        return None
+    segments = tuple(_SLASHES.sub("/", path)[1:].split("/"))
+    if segments[:2] == ("client", "v1"):
+        if policy.default_project is None:
+            return None
+        return policy.default_project, segments[2:]
+    if segments[1:3] == ("client", "v1"):
+        project = policy.projects.get(segments[0])
+        return (project, segments[3:]) if project is not None else None
+    return None
+
+
+def _origin_check(
+    project: ProjectRuntime, headers: MultiMapping[str]
+) -> tuple[GatewayError | None, tuple[tuple[str, str], ...], str | None]:
+    """Whether the Origin is allowed, the CORS headers to answer with, and the origin to forward."""
+    values = headers.getall("Origin", [])
+    if not values:
+        if project.config.allow_missing_origin:
+            return None, (), None
+        return errors.origin_not_allowed(None), (), None
+    origin = values[0]
+    verdict = project.origins.match(origin) if len(values) == 1 else OriginMatch.NONE
+    if verdict is OriginMatch.EXACT:
+        cors = (
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+        )
+        return None, cors, origin
+    if verdict is OriginMatch.ANY:
+        return (
+            None,
+            (("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", EXPOSED_HEADERS)),
+            origin,
+        )
+    return errors.origin_not_allowed(origin), (), None
+
+
+def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiMapping[str]) -> Decision:
+    path, query = split_target(raw_target)
+    resolved = _resolve(policy, path)
+    if resolved is None:
+        return Refuse(errors.not_found())
+    project, segments = resolved
+    found = CATALOG.match(segments)
+    if found is None:
+        _, cors, _ = _origin_check(project, headers)
+        return Refuse(errors.not_found(), project, None, cors)
+
+    if method == "OPTIONS":
+        route = next(iter(found.routes.values()))
+        refusal, cors, _ = _origin_check(project, headers)
+        if refusal is not None:
+            return Refuse(refusal, project, route.operation.name)
+        allow = ", ".join(sorted(found.routes))
+        preflight = (
+            *cors,
+            ("Access-Control-Allow-Methods", allow),
+            ("Access-Control-Allow-Headers", ALLOWED_REQUEST_HEADERS),
+            ("Access-Control-Max-Age", PREFLIGHT_MAX_AGE),
+        )
+        return Preflight(project, route.operation.name, preflight)
+
+    if method not in found.routes:
+        _, cors, _ = _origin_check(project, headers)
+        first = next(iter(found.routes.values()))
+        return Refuse(
+            errors.method_not_allowed(method, tuple(sorted(found.routes))),
+            project,
+            first.operation.name,
+            cors,
+        )
+    route = found.routes[method]
+    operation = route.operation.name
+
+    for secret in SERVER_SECRETS:
+        if secret in headers:
+            return Refuse(errors.secret_key_exposed(secret), project, operation)
+
+    refusal, cors, origin = _origin_check(project, headers)
+    if refusal is not None:
+        return Refuse(refusal, project, operation)
+
+    danger = route.operation.danger
+    if danger is not None and danger not in project.danger:
+        return Refuse(errors.danger_zone_disabled(operation, danger.value), project, operation, cors)
+
+    content_length, body_refusal = _body_headers(route, headers, policy.max_body_bytes)
+    if body_refusal is None and not _QUERY.fullmatch(query):
+        body_refusal = errors.invalid_payload("The query string is not validly encoded.")
+    if body_refusal is not None:
+        return Refuse(body_refusal, project, operation, cors)
+
+    operation_path = "/" + "/".join(segments)
+    return Admit(Target(project, route, found.params, operation_path, query), cors, origin, content_length)
+
+
+def _body_headers(
+    route: Route, headers: MultiMapping[str], limit: int
+) -> tuple[int | None, GatewayError | None]:
+    """Content-Length and Content-Type checks that need no body: 413, then 415, then 400."""
+    lengths = headers.getall("Content-Length", [])
+    chunked = "Transfer-Encoding" in headers
+    content_length: int | None = None
+    if lengths:
+        if len(set(lengths)) != 1 or not lengths[0].isdigit():
+            return None, errors.invalid_payload("The Content-Length header is not a single number.")
+        content_length = int(lengths[0])
+        if content_length > limit:
+            return content_length, errors.payload_too_large(limit)
+    has_body = chunked or bool(content_length)
+    if not has_body:
+        return content_length, None
+    if not route.takes_body:
+        return content_length, errors.invalid_payload(
+            f"{route.method} {route.template} takes no request body."
+        )
+    media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        return content_length, errors.unsupported_media_type()
+    return content_length, None
+
+
+def check_body(admit: Admit, body: bytes) -> Refuse | None:
+    """The checks that need the body: a JSON object, and the body-dependent danger-zone options."""
+    target = admit.target
+    route = target.route
+    if not body or not route.takes_body:
+        return None
+    operation = target.operation
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        refusal = errors.invalid_payload("The request body is not valid UTF-8 JSON.")
+        return Refuse(refusal, target.project, operation, admit.cors)
+    if not isinstance(document, dict):
+        refusal = errors.invalid_payload("The request body must be a JSON object.")
+        return Refuse(refusal, target.project, operation, admit.cors)
+    option = route.operation.body_danger
+    if option is not None and option not in target.project.danger:
+        if any(document.get(key) is not None for key in route.operation.body_danger_keys):
+            return Refuse(
+                errors.danger_zone_disabled(operation, option.value), target.project, operation, admit.cors
+            )
+    return None

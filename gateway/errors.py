@@ -1,0 +1,174 @@
+"""The errors the gateway answers itself, in Voucherify's shape so its SDKs surface them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ErrorKey(StrEnum):
+    INVALID_PAYLOAD = "invalid_payload"
+    SECRET_KEY_EXPOSED = "secret_key_exposed"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    DANGER_ZONE_DISABLED = "danger_zone_disabled"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+
+
+_STATUS = {
+    ErrorKey.INVALID_PAYLOAD: 400,
+    ErrorKey.SECRET_KEY_EXPOSED: 400,
+    ErrorKey.ORIGIN_NOT_ALLOWED: 403,
+    ErrorKey.DANGER_ZONE_DISABLED: 403,
+    ErrorKey.NOT_FOUND: 404,
+    ErrorKey.METHOD_NOT_ALLOWED: 405,
+    ErrorKey.PAYLOAD_TOO_LARGE: 413,
+    ErrorKey.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorKey.TOO_MANY_REQUESTS: 429,
+    ErrorKey.UPSTREAM_UNAVAILABLE: 502,
+    ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
+    ErrorKey.UPSTREAM_TIMEOUT: 504,
+}
+
+# Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
+TOO_MANY_REQUESTS_MESSAGE = "Too many requests hit the API too quickly."
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayError:
+    """A refusal decided by the gateway. Messages never carry a credential or a request body."""
+
+    key: ErrorKey
+    message: str
+    details: str
+    allow: tuple[str, ...] = ()  # for 405: the methods the path takes
+    close_connection: bool = False  # for 413: the rest of the body is not read
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self.key]
+
+    def body(self, request_id: str) -> bytes:
+        return json.dumps(
+            {
+                "code": self.status,
+                "key": self.key.value,
+                "message": self.message,
+                "details": self.details,
+                "request_id": request_id,
+            }
+        ).encode()
+
+
+def not_found(
+    details: str = "This path is not a client-side operation exposed by the gateway.",
+) -> GatewayError:
+    return GatewayError(ErrorKey.NOT_FOUND, "Resource not found", details)
+
+
+def method_not_allowed(method: str, allow: tuple[str, ...]) -> GatewayError:
+    wanted = " or ".join(allow)
+    return GatewayError(
+        ErrorKey.METHOD_NOT_ALLOWED,
+        "HTTP Method Not Allowed",
+        f"{_printable(method)} is not supported by this endpoint. Did you mean {wanted}?",
+        allow=allow,
+    )
+
+
+def secret_key_exposed(header: str) -> GatewayError:
+    return GatewayError(
+        ErrorKey.SECRET_KEY_EXPOSED,
+        "A server-side secret was sent by a client",
+        f"The request carried {header}, a secret that must never be in a browser or app. "
+        "The request was refused and not forwarded. Rotate that key in the Voucherify dashboard now "
+        "and remove it from the client code.",
+    )
+
+
+def origin_not_allowed(origin: str | None) -> GatewayError:
+    if origin is None:
+        return GatewayError(
+            ErrorKey.ORIGIN_NOT_ALLOWED,
+            "Origin not allowed",
+            "The request has no Origin header and this project does not allow requests without one "
+            "(set allow_missing_origin for native apps).",
+        )
+    return GatewayError(
+        ErrorKey.ORIGIN_NOT_ALLOWED,
+        "Origin not allowed",
+        f"The origin {_printable(origin)!r} is not in this project's allowed_origins.",
+    )
+
+
+def danger_zone_disabled(operation: str, option: str) -> GatewayError:
+    return GatewayError(
+        ErrorKey.DANGER_ZONE_DISABLED,
+        "Operation disabled for client-side use",
+        f"The operation {operation} needs the danger-zone option {option}, which is off for this project. "
+        f"Switch on danger_zone.{option} in the gateway policy if browsers may do this.",
+    )
+
+
+def invalid_payload(details: str) -> GatewayError:
+    return GatewayError(ErrorKey.INVALID_PAYLOAD, "Invalid payload", details)
+
+
+def unsupported_media_type() -> GatewayError:
+    return GatewayError(
+        ErrorKey.UNSUPPORTED_MEDIA_TYPE,
+        "Unsupported media type",
+        "A request body must be sent with Content-Type: application/json.",
+    )
+
+
+def payload_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        ErrorKey.PAYLOAD_TOO_LARGE,
+        "Payload too large",
+        f"The request body is over the gateway's limit of {limit} bytes.",
+        close_connection=True,
+    )
+
+
+def too_many_requests(retry_after: int) -> GatewayError:
+    return GatewayError(
+        ErrorKey.TOO_MANY_REQUESTS,
+        TOO_MANY_REQUESTS_MESSAGE,
+        f"The per-IP limit is used up; retry after {retry_after} seconds.",
+    )
+
+
+def rate_limit_unavailable() -> GatewayError:
+    return GatewayError(
+        ErrorKey.RATE_LIMIT_UNAVAILABLE,
+        "Rate limit store unavailable",
+        "The gateway cannot reach its rate-limit store and is configured to refuse requests meanwhile. "
+        "Retry shortly.",
+    )
+
+
+def upstream_unavailable(details: str = "Voucherify could not be reached. Retry shortly.") -> GatewayError:
+    return GatewayError(ErrorKey.UPSTREAM_UNAVAILABLE, "Upstream unavailable", details)
+
+
+def upstream_timeout() -> GatewayError:
+    return GatewayError(
+        ErrorKey.UPSTREAM_TIMEOUT,
+        "Upstream timeout",
+        "Voucherify did not answer in time. A redemption may or may not have happened: "
+        "check before retrying.",
+    )
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Shorten and neutralise caller-provided text before it goes into a message."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return clean + ("…" if len(text) > limit else "")

@@ -1,0 +1,93 @@
+"""What each request leaves behind: one access-log line (and, through `Observer`, metrics).
+
+Log lines carry ids, names, statuses and timings, never a credential, a header value other than Origin,
+or a body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from gateway.client_ip import IPAddress, truncated
+
+access_log = logging.getLogger("gateway.access")
+
+
+@dataclass(slots=True)
+class Outcome:
+    request_id: str
+    method: str
+    project: str | None = None
+    operation: str | None = None
+    decision: str = "forwarded"  # "forwarded" or the error key
+    status: int = 0
+    duration_ms: float = 0.0
+    upstream_ms: float | None = None
+    client_ip: IPAddress | None = None
+    origin: str | None = None
+
+
+class Observer:
+    """Receives every finished request. The base records the access log; metrics extend it."""
+
+    def __init__(self, truncate_ips: bool = False) -> None:
+        self.truncate_ips = truncate_ips
+
+    def record(self, outcome: Outcome) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            ip = outcome.client_ip
+            fields = {
+                "request_id": outcome.request_id,
+                "method": outcome.method,
+                "project": outcome.project,
+                "operation": outcome.operation,
+                "decision": outcome.decision,
+                "status": outcome.status,
+                "duration_ms": round(outcome.duration_ms, 3),
+                "upstream_ms": None if outcome.upstream_ms is None else round(outcome.upstream_ms, 3),
+                "client_ip": (truncated(ip) if self.truncate_ips else str(ip)) if ip is not None else None,
+                "origin": outcome.origin[:200] if outcome.origin else None,
+            }
+            access_log.info("request", extra={"fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        else:
+            line["message"] = record.getMessage()
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error"] = record.exc_info[0].__name__
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            body = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+        else:
+            body = record.getMessage()
+        return f"{stamp} {record.levelname.lower():7} {record.name}: {body}"
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

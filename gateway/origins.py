@@ -1,0 +1,135 @@
+"""Origin policy: which browser origins a project serves.
+
+Entries are an exact origin (`https://shop.example.com`), a wildcard for any subdomain depth
+(`https://*.example.com`, which does not cover `example.com` itself), `*`, or the literal `null`.
+Everything is anchored: scheme, host and port must all agree, so `https://shop.example.com.evil.com`
+or `https://evilexample.com` never match an entry for `example.com`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from cachetools import LRUCache
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+# scheme://host[:port] and nothing else: no path, query, fragment, user info, spaces or lists.
+_ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]*)://"
+    r"(?P<host>[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?|\[[0-9a-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?",
+    re.IGNORECASE,
+)
+_WILDCARD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]*)://\*\.(?P<domain>[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?)"
+    r"(?::(?P<port>[0-9]{1,5}))?",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int | None  # None: the scheme's default port or a scheme without one
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port is not None else "")
+
+
+def _normalise(scheme: str, host: str, port: str | None) -> Origin | None:
+    scheme, host = scheme.lower(), host.lower()
+    number = int(port) if port is not None else None
+    if number is not None and not 0 < number <= 65535:
+        return None
+    if number is not None and DEFAULT_PORTS.get(scheme) == number:
+        number = None
+    return Origin(scheme, host, number)
+
+
+def parse_origin(value: str) -> Origin | None:
+    """Parse a bare `scheme://host[:port]`; anything else (a path, user info, a list) is None."""
+    found = _ORIGIN.fullmatch(value)
+    if found is None:
+        return None
+    return _normalise(found["scheme"], found["host"], found["port"])
+
+
+class OriginMatch(Enum):
+    NONE = "none"
+    EXACT = "exact"  # an exact or wildcard entry: answer with the origin and credentials
+    ANY = "any"  # only `*` allows it: answer `*`, no credentials
+
+
+class OriginEntryError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Wildcard:
+    scheme: str
+    suffix: str  # ".example.com"
+    port: int | None
+
+    def matches(self, origin: Origin) -> bool:
+        return (
+            origin.scheme == self.scheme
+            and origin.port == self.port
+            and origin.host.endswith(self.suffix)
+            and len(origin.host) > len(self.suffix)
+        )
+
+
+class OriginPolicy:
+    """Compiled `allowed_origins` of one project. Matching is cached per origin string (bounded)."""
+
+    def __init__(self, entries: list[str] | tuple[str, ...]) -> None:
+        self.exact: frozenset[Origin] = frozenset()
+        self.allow_null = False
+        self.allow_any = False
+        exact: set[Origin] = set()
+        wildcards: list[_Wildcard] = []
+        for entry in entries:
+            if entry == "*":
+                self.allow_any = True
+            elif entry == "null":
+                self.allow_null = True
+            elif (wild := _WILDCARD.fullmatch(entry)) is not None:
+                origin = _normalise(wild["scheme"], wild["domain"], wild["port"])
+                if origin is None:
+                    raise OriginEntryError(f"{entry!r}: the port is out of range")
+                wildcards.append(_Wildcard(origin.scheme, "." + origin.host, origin.port))
+            elif (origin := parse_origin(entry)) is not None:
+                exact.add(origin)
+            elif "://" not in entry:
+                raise OriginEntryError(
+                    f"{entry!r} has no scheme: write it as https://{entry.lstrip('.')} "
+                    f"(or https://*.{entry.lstrip('.*')} for its subdomains)"
+                )
+            else:
+                raise OriginEntryError(
+                    f"{entry!r} is not an origin: use scheme://host[:port] with no path or trailing slash, "
+                    "scheme://*.domain[:port], * or null"
+                )
+        self.exact = frozenset(exact)
+        self.wildcards = tuple(wildcards)
+        self._cache: LRUCache[str, OriginMatch] = LRUCache(maxsize=4096)
+
+    def match(self, value: str) -> OriginMatch:
+        cached = self._cache.get(value)
+        if cached is None:
+            cached = self._cache[value] = self._match(value)
+        return cached
+
+    def _match(self, value: str) -> OriginMatch:
+        if value == "null":
+            return OriginMatch.EXACT if self.allow_null else OriginMatch.NONE
+        origin = parse_origin(value)
+        if origin is None:
+            return OriginMatch.NONE
+        if origin in self.exact or any(wild.matches(origin) for wild in self.wildcards):
+            return OriginMatch.EXACT
+        return OriginMatch.ANY if self.allow_any else OriginMatch.NONE

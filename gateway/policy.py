@@ -1,0 +1,314 @@
+"""The policy file: typed models for every key of POLICY.md, `${VAR}` interpolation and loading.
+
+`load_policy` returns a validated `PolicyFile` or raises `PolicyError` listing every problem with the path
+of its key. Secrets are held as `SecretStr`, so no repr, log line or error message shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from limits import parse_many
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.catalog import OPERATIONS
+from gateway.origins import OriginEntryError, OriginPolicy
+
+REGIONS = {
+    "eu": "https://api.voucherify.io",
+    "us1": "https://us1.api.voucherify.io",
+    "as1": "https://as1.api.voucherify.io",
+}
+STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+
+
+class PolicyError(Exception):
+    """The policy file cannot be used; `problems` lists every reason, each with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _rate_limit_string(value: str) -> str:
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is not a rate limit such as '5 per 5 seconds' or '100/minute;10/second'"
+        ) from exc
+    return value
+
+
+RateLimitString = Annotated[str, AfterValidator(_rate_limit_string)]
+Strategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
+OnStorageError = Literal["allow", "deny"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(262144, ge=1)
+    drain_timeout: float = Field(30, ge=0)
+
+
+class Upstream(_Model):
+    connect_timeout: float = Field(2, gt=0)
+    read_timeout: float = Field(10, gt=0)
+
+
+class Admin(_Model):
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+
+
+class Logging(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    client_ip: Literal["full", "truncated"] = "full"
+
+
+class ClientIp(_Model):
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    ipv6_prefix: int = Field(64, ge=1, le=128)
+
+
+def _storage_uri(value: str) -> str:
+    if not value.startswith(STORAGE_SCHEMES):
+        raise ValueError(f"must start with one of {', '.join(STORAGE_SCHEMES)}")
+    return value
+
+
+StorageUri = Annotated[str, AfterValidator(_storage_uri)]
+
+
+def _operation_names(value: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(value) - set(OPERATIONS))
+    if unknown:
+        raise ValueError(f"unknown operation {', '.join(unknown)}; operations are {', '.join(OPERATIONS)}")
+    return value
+
+
+OperationLimits = Annotated[dict[str, RateLimitString], AfterValidator(_operation_names)]
+
+
+class RateLimit(_Model):
+    storage: StorageUri = "memory://"
+    strategy: Strategy = "moving-window"
+    per_ip: RateLimitString = "5 per 5 seconds"
+    operations: OperationLimits = Field(default_factory=dict)
+    on_storage_error: OnStorageError = "allow"
+    storage_timeout: float = Field(0.5, gt=0)
+
+
+class ProjectRateLimit(_Model):
+    """A project's overrides: keys left out (None) are inherited from the top-level `rate_limit`."""
+
+    storage: StorageUri | None = None
+    strategy: Strategy | None = None
+    per_ip: RateLimitString | None = None
+    operations: OperationLimits | None = None
+    on_storage_error: OnStorageError | None = None
+    storage_timeout: float | None = Field(None, gt=0)
+
+    def over(self, base: RateLimit) -> RateLimit:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class Credentials(_Model):
+    client_application_id: SecretStr | None = None
+    client_secret_key: SecretStr | None = None
+    application_id: SecretStr | None = None
+    secret_key: SecretStr | None = None
+
+
+class DangerZone(_Model):
+    redeem: bool = False
+    publish: bool = False
+    list_vouchers: bool = False
+    create_customers: bool = False
+    create_loyalty_referral_events: bool = False
+
+
+def _region(value: str) -> str:
+    if value in REGIONS or re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        return value.rstrip("/")
+    raise ValueError("must be eu, us1, as1 or an http(s) URL")
+
+
+def _origins(value: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        OriginPolicy(value)
+    except OriginEntryError as exc:
+        raise ValueError(str(exc)) from exc
+    return value
+
+
+class Project(_Model):
+    region: Annotated[str, AfterValidator(_region)] = "eu"
+    upstream_auth: Literal["client", "server"] = "client"
+    credentials: Credentials = Credentials()
+    allowed_origins: Annotated[tuple[str, ...], AfterValidator(_origins)] = ()
+    allow_missing_origin: bool = False
+    danger_zone: DangerZone = DangerZone()
+    rate_limit: ProjectRateLimit | None = None
+
+    @model_validator(mode="after")
+    def _credentials_for_mode(self) -> Project:
+        needed = (
+            ("client_application_id", "client_secret_key")
+            if self.upstream_auth == "client"
+            else ("application_id", "secret_key")
+        )
+        missing = [name for name in needed if not _secret(getattr(self.credentials, name))]
+        if missing:
+            raise ValueError(
+                f"upstream_auth: {self.upstream_auth} needs credentials.{' and credentials.'.join(missing)}"
+            )
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return REGIONS.get(self.region, self.region)
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+ProjectName = Annotated[str, Field(pattern=r"^[a-z0-9-]+$")]
+
+
+class PolicyFile(_Model):
+    listen: Listen = Listen()
+    upstream: Upstream = Upstream()
+    admin: Admin = Admin()
+    logging: Logging = Logging()
+    watch: bool = False
+    client_ip: ClientIp = ClientIp()
+    rate_limit: RateLimit = RateLimit()
+    default_project: str | None = None
+    projects: dict[ProjectName, Project]
+
+    @field_validator("projects")
+    @classmethod
+    def _some_project(cls, value: dict[str, Project]) -> dict[str, Project]:
+        if not value:
+            raise ValueError("at least one project is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> PolicyFile:
+        if self.default_project is not None and self.default_project not in self.projects:
+            raise ValueError(f"default_project {self.default_project!r} is not one of the projects")
+        return self
+
+    def rate_limit_for(self, project: str) -> RateLimit:
+        overrides = self.projects[project].rate_limit
+        return overrides.over(self.rate_limit) if overrides else self.rate_limit
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(tree: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
+    """Replace `${NAME}` / `${NAME:-default}` in every string value; a missing NAME is a problem."""
+    if isinstance(tree, dict):
+        return {key: interpolate(value, env, problems, _join(path, key)) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [interpolate(value, env, problems, _join(path, index)) for index, value in enumerate(tree)]
+    if isinstance(tree, str) and "${" in tree:
+
+        def replace(found: re.Match[str]) -> str:
+            name, default = found[1], found[2]
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+
+        return _REFERENCE.sub(replace, tree)
+    return tree
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key written twice in one mapping (YAML would silently keep the last)."""
+
+
+def _construct_mapping(
+    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = "policy") -> PolicyFile:
+    """Validate policy text; raise PolicyError with every problem found."""
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"{source}: not valid YAML: {exc}"]) from None
+    if not isinstance(tree, dict):
+        raise PolicyError([f"{source}: the policy must be a mapping of keys (listen, projects, ...)"])
+    problems: list[str] = []
+    tree = interpolate(tree, os.environ if env is None else env, problems)
+    try:
+        policy = PolicyFile.model_validate(tree)
+    except ValidationError as exc:
+        problems.extend(_describe(error) for error in exc.errors(include_url=False, include_input=False))
+        policy = None
+    if problems or policy is None:
+        raise PolicyError(problems)
+    return policy
+
+
+def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> PolicyFile:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read the policy file: {exc.strerror or exc}"]) from None
+    return parse_policy(text, env, source=str(path))
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"{location or '<root>'}: {message}"

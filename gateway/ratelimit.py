@@ -1,0 +1,153 @@
+"""Per-IP rate limits on the `limits` library's async API, with Voucherify's 429 and IETF draft headers.
+
+A `Bucket` is one named budget of a project (`per_ip`, or an operation with its own limit); the client's
+bucket key (an IPv4 address or IPv6 prefix) is counted in it. Storages outlive policy reloads: the pool
+hands the same storage to every policy that names the same URI, so counts survive a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import Storage
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+
+log = logging.getLogger("gateway.ratelimit")
+
+STRATEGIES: dict[str, type[RateLimiter]] = {
+    "moving-window": MovingWindowRateLimiter,
+    "fixed-window": FixedWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A named budget: `per_ip` or an operation's own. `namespace` keeps projects apart."""
+
+    name: str
+    items: tuple[RateLimitItem, ...]
+    namespace: str
+    policy_header: str = field(init=False)
+    item_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(self.name if i == 0 else f"{self.name}-{i + 1}" for i in range(len(self.items)))
+        header = ", ".join(
+            f'"{name}";q={item.amount};w={item.get_expiry()}'
+            for name, item in zip(names, self.items, strict=True)
+        )
+        object.__setattr__(self, "item_names", names)
+        object.__setattr__(self, "policy_header", header)
+
+    @classmethod
+    def parse(cls, name: str, limit: str, namespace: str) -> Bucket:
+        return cls(name, tuple(parse_many(limit)), namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitResult:
+    allowed: bool
+    headers: dict[str, str]
+    retry_after: int  # seconds until the exhausted budget returns (0 when allowed)
+
+
+class StoreUnavailable(Exception):
+    """The limit store failed or was slower than its timeout for this request."""
+
+
+def storage_options(uri: str) -> tuple[str, dict[str, float | str | bool]]:
+    """Map a policy storage URI to a `limits` async storage string and client options."""
+    if uri.startswith("memory://"):
+        return "async+memory://", {}
+    options: dict[str, float | str | bool] = {"wrap_exceptions": True}
+    if not uri.startswith(("redis+sentinel://", "redis+cluster://")):
+        # redis-py rather than coredis: coredis retries in-flight commands after NOSCRIPT and over-counts.
+        options["implementation"] = "redispy"
+    return "async+" + uri, options
+
+
+class Limiter:
+    """One storage and strategy; `hit` counts a request in a bucket and says whether it may pass."""
+
+    def __init__(self, storage: Storage, strategy: str) -> None:
+        self.storage = storage
+        self.strategy: RateLimiter = STRATEGIES[strategy](storage)
+
+    async def hit(self, bucket: Bucket, client_key: str, timeout: float) -> LimitResult:
+        try:
+            return await asyncio.wait_for(self._hit(bucket, client_key), timeout)
+        except (TimeoutError, StorageError, ConnectionError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def _hit(self, bucket: Bucket, client_key: str) -> LimitResult:
+        allowed = True
+        for item in bucket.items:
+            if not await self.strategy.hit(item, bucket.namespace, client_key):
+                allowed = False
+                break
+        now = time.time()
+        parts: list[str] = []
+        retry_after = 0
+        for name, item in zip(bucket.item_names, bucket.items, strict=True):
+            stats = await self.strategy.get_window_stats(item, bucket.namespace, client_key)
+            reset = max(0, math.ceil(stats.reset_time - now))
+            parts.append(f'"{name}";r={stats.remaining};t={reset}')
+            if stats.remaining == 0:
+                retry_after = max(retry_after, reset, 1)
+        headers = {"RateLimit-Policy": bucket.policy_header, "RateLimit": ", ".join(parts)}
+        if not allowed:
+            headers["Retry-After"] = str(max(retry_after, 1))
+        return LimitResult(allowed, headers, 0 if allowed else max(retry_after, 1))
+
+
+class LimiterPool:
+    """Storages by URI and limiters by (URI, strategy), shared across policy reloads."""
+
+    def __init__(self) -> None:
+        self._storages: dict[str, Storage] = {}
+        self._limiters: dict[tuple[str, str], Limiter] = {}
+
+    def get(self, uri: str, strategy: str) -> Limiter:
+        limiter = self._limiters.get((uri, strategy))
+        if limiter is None:
+            if uri not in self._storages:
+                target, options = storage_options(uri)
+                created = storage_from_string(target, **options)
+                assert isinstance(created, Storage)
+                self._storages[uri] = created
+            limiter = self._limiters[(uri, strategy)] = Limiter(self._storages[uri], strategy)
+        return limiter
+
+    async def check(self) -> dict[str, bool]:
+        """Reachability of every storage in use (for readiness)."""
+        results: dict[str, bool] = {}
+        for uri, storage in self._storages.items():
+            try:
+                results[uri] = bool(await asyncio.wait_for(storage.check(), 1.0))
+            except Exception:  # any failure means not ready
+                results[uri] = False
+        return results
+
+    async def close(self) -> None:
+        for storage in self._storages.values():
+            reset = getattr(storage, "close", None)
+            if reset is not None:
+                try:
+                    await reset()
+                except Exception:  # closing is best effort at shutdown
+                    log.debug("closing a limit storage failed", exc_info=True)
+        self._storages.clear()
+        self._limiters.clear()
