@@ -1,0 +1,123 @@
+/* <voucherify-promo>: a promo-code field that validates through the Voucherify gateway.
+ *
+ *   <script src="https://gateway.example.com/widget.js" defer></script>
+ *   <voucherify-promo amount="12000" currency="EUR"></voucherify-promo>
+ *
+ * Attributes: amount (order total in cents), currency (display only), project (gateway project, default: the
+ * gateway's default one), gateway (base URL; default: where this script was loaded from), customer (source_id).
+ * Events (bubbling, composed): "voucherify:validated" with detail {code, valid, discount, total, reason, response}
+ * and "voucherify:error" with detail {status, key, message}. It holds no credential: the gateway injects them.
+ */
+(() => {
+  "use strict";
+  const SCRIPT_BASE = (() => {
+    const src = document.currentScript && document.currentScript.src;
+    return src ? new URL(".", src).href.replace(/\/$/, "") : "";
+  })();
+
+  const STYLE = `
+    :host { display: block; font: inherit; }
+    form { display: flex; gap: .5em; flex-wrap: wrap; align-items: center; }
+    input { flex: 1 1 10em; padding: .5em; font: inherit; border: 1px solid #999; border-radius: 4px; }
+    button { padding: .5em 1em; font: inherit; border: 0; border-radius: 4px; background: #1b5cff; color: #fff; cursor: pointer; }
+    button[disabled] { opacity: .6; cursor: progress; }
+    output { display: block; width: 100%; margin-top: .25em; min-height: 1.4em; }
+    output[data-state="valid"] { color: #0a7a32; }
+    output[data-state="invalid"], output[data-state="error"] { color: #b3261e; }`;
+
+  function money(cents, currency) {
+    const value = (Number(cents) || 0) / 100;
+    try {
+      return new Intl.NumberFormat(undefined, { style: "currency", currency: currency || "EUR" }).format(value);
+    } catch (_) {
+      return value.toFixed(2);
+    }
+  }
+
+  // Voucherify's stackable validation answers with redeemables[] (APPLICABLE) and, when a code does not
+  // apply, inapplicable_redeemables[] or a redeemable whose status is INAPPLICABLE with result.error.
+  function readValidation(body) {
+    const all = [].concat(body.redeemables || [], body.inapplicable_redeemables || []);
+    const first = all[0] || {};
+    const valid = body.valid === true && first.status !== "INAPPLICABLE";
+    const order = (valid && (first.order || body.order)) || body.order || {};
+    const discount = order.total_applied_discount_amount ?? order.total_discount_amount ?? order.discount_amount ?? 0;
+    const error = (first.result && first.result.error) || body.error || {};
+    const reason = valid ? null : error.details || error.message || body.reason || first.status || "Code not valid";
+    return { valid, discount, total: order.total_amount ?? null, reason };
+  }
+
+  class VoucherifyPromo extends HTMLElement {
+    connectedCallback() {
+      if (this.shadowRoot) return;
+      const root = this.attachShadow({ mode: "open" });
+      root.innerHTML = `<style>${STYLE}</style>
+        <form part="form" novalidate>
+          <input part="input" name="code" autocomplete="off" spellcheck="false" aria-label="Promo code"
+                 placeholder="${this.getAttribute("placeholder") || "Promo code"}" required>
+          <button part="button" type="submit">Apply</button>
+          <output part="message" aria-live="polite"></output>
+        </form>`;
+      this.input = root.querySelector("input");
+      this.button = root.querySelector("button");
+      this.output = root.querySelector("output");
+      root.querySelector("form").addEventListener("submit", (event) => {
+        event.preventDefault();
+        this.validate(this.input.value);
+      });
+    }
+
+    get endpoint() {
+      const base = (this.getAttribute("gateway") || SCRIPT_BASE || location.origin).replace(/\/+$/, "");
+      const project = this.getAttribute("project");
+      return `${base}${project ? "/" + encodeURIComponent(project) : ""}/client/v1/validations`;
+    }
+
+    show(state, text) {
+      this.output.dataset.state = state;
+      this.output.textContent = text;
+    }
+
+    emit(name, detail) {
+      this.dispatchEvent(new CustomEvent(name, { detail, bubbles: true, composed: true }));
+    }
+
+    async validate(rawCode) {
+      const code = String(rawCode || "").trim();
+      if (!code) return this.show("invalid", "Enter a code.");
+      const amount = Number(this.getAttribute("amount") || 0);
+      const body = { redeemables: [{ object: "voucher", id: code }], order: { amount } };
+      const customer = this.getAttribute("customer");
+      if (customer) body.customer = { source_id: customer };
+      this.button.disabled = true;
+      this.show("pending", "Checking…");
+      try {
+        const response = await fetch(this.endpoint, {
+          method: "POST",
+          mode: "cors",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(body),
+        });
+        const payload = await response.json().catch(() => ({}));
+        if (!response.ok) {
+          const message = response.status === 429 ? "Too many attempts, try again in a moment." : payload.message || "Could not check the code.";
+          this.show("error", message);
+          this.emit("voucherify:error", { status: response.status, key: payload.key || null, message });
+          return;
+        }
+        const result = readValidation(payload);
+        const currency = this.getAttribute("currency");
+        if (result.valid) this.show("valid", `${code}: ${money(result.discount, currency)} off`);
+        else this.show("invalid", `${code}: ${result.reason}`);
+        this.emit("voucherify:validated", { code, ...result, response: payload });
+      } catch (error) {
+        this.show("error", "The promotion service is unreachable.");
+        this.emit("voucherify:error", { status: 0, key: null, message: String(error) });
+      } finally {
+        this.button.disabled = false;
+      }
+    }
+  }
+
+  if (!customElements.get("voucherify-promo")) customElements.define("voucherify-promo", VoucherifyPromo);
+})();
