@@ -1,0 +1,58 @@
+"""``python -m gateway.sandbox --host 127.0.0.1 --port 0``: run the sandbox until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.sandbox.app import SandboxCredentials, create_sandbox_app
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway.sandbox", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--fixtures", type=Path, default=None, help="seed data (default: built-in)")
+    parser.add_argument("--allowed-origin", action="append", default=None, help="repeatable; default *")
+    parser.add_argument("--rate-limit", action="store_true", help="emulate 5 client requests / 5 s per IP")
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    origins = tuple(args.allowed_origin) if args.allowed_origin else ("*",)
+    app = create_sandbox_app(
+        SandboxCredentials(allowed_origins=origins),
+        fixtures=args.fixtures,
+        emulate_client_rate_limit=args.rate_limit,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"sandbox listening on http://{shown}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

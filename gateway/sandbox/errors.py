@@ -1,0 +1,58 @@
+"""Voucherify-shaped errors raised by the sandbox store and rendered by the app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Json = dict[str, Any]
+
+
+class SandboxError(Exception):
+    """An API error in Voucherify's shape: ``{"code", "key", "message", "details", "request_id"}``."""
+
+    def __init__(
+        self,
+        status: int,
+        key: str,
+        message: str,
+        details: str = "",
+        *,
+        resource_id: str | None = None,
+        resource_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.key = key
+        self.message = message
+        self.details = details
+        self.resource_id = resource_id
+        self.resource_type = resource_type
+
+    def body(self, request_id: str = "") -> Json:
+        body: Json = {
+            "code": self.status,
+            "key": self.key,
+            "message": self.message,
+            "details": self.details,
+            "request_id": request_id,
+        }
+        if self.resource_id is not None:
+            body["resource_id"] = self.resource_id
+        if self.resource_type is not None:
+            body["resource_type"] = self.resource_type
+        return body
+
+
+def invalid_payload(details: str) -> SandboxError:
+    return SandboxError(400, "invalid_payload", "Invalid payload", details)
+
+
+def not_found(resource_type: str, resource_id: str) -> SandboxError:
+    return SandboxError(
+        404,
+        "not_found",
+        "Resource not found",
+        f"Cannot find {resource_type} with id {resource_id}",
+        resource_id=resource_id,
+        resource_type=resource_type,
+    )
