@@ -26,6 +26,7 @@ from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, LimitResult, StoreUnavailable
 from gateway.translate import upstream_call
 from gateway.upstream import UpstreamPool, request_headers
+from gateway.widget import add_demo_page, add_widget
 
 log = logging.getLogger("gateway")
 
@@ -240,9 +241,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await state.limiters.close()
 
 
-def create_app(policy: PolicyFile, observer: Observer | None = None) -> web.Application:
+def create_app(
+    policy: PolicyFile, observer: Observer | None = None, *, demo_page: bool = False
+) -> web.Application:
     app = web.Application(client_max_size=policy.listen.max_body_bytes)
     app[STATE] = GatewayState(policy, observer)
     app.cleanup_ctx.append(_lifecycle)
+    add_widget(app)  # /widget.js, the one public addition to the contract's routes
+    if demo_page:
+        add_demo_page(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -59,6 +59,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(Path(args.config), args.host, args.port)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import demo
+
+    return demo(args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voucherify-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the policy file's JSON Schema")
     schema.set_defaults(func=cmd_schema)
+
+    demo = commands.add_parser(
+        "demo", help="run the gateway in front of the offline sandbox, with a demo page"
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

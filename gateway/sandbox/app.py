@@ -29,9 +29,9 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 @dataclass(frozen=True)
 class SandboxCredentials:
     client_application_id: str = "sandbox-client-app-id"
-    client_secret_key: str = "sandbox-client-secret-key"  # noqa: S105 - public placeholder
+    client_secret_key: str = "sandbox-client-secret-key"
     application_id: str = "sandbox-app-id"
-    secret_key: str = "sandbox-secret-key"  # noqa: S105 - public placeholder
+    secret_key: str = "sandbox-secret-key"
     allowed_origins: tuple[str, ...] = ("*",)  # Voucherify's "Allowed website URLs"; "*" = any
 
 
