@@ -27,7 +27,11 @@ def base_policy(upstream_url: str, **project: Any) -> dict[str, Any]:
         "allowed_origins": [ORIGIN, "https://*.example.org"],
     }
     shop.update(project)
-    return {"default_project": "shop", "projects": {"shop": shop}, "rate_limit": {"per_ip": "1000 per minute"}}
+    return {
+        "default_project": "shop",
+        "projects": {"shop": shop},
+        "rate_limit": {"per_ip": "1000 per minute"},
+    }
 
 
 def make_policy(tree: dict[str, Any]) -> PolicyFile:
@@ -50,7 +54,9 @@ async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
     """`await gateway(tree=None, **project_overrides)`: a gateway on a real port in front of the double."""
     clients: list[TestClient[web.Request, web.Application]] = []
 
-    async def start(tree: dict[str, Any] | None = None, **project: Any) -> TestClient[web.Request, web.Application]:
+    async def start(
+        tree: dict[str, Any] | None = None, **project: Any
+    ) -> TestClient[web.Request, web.Application]:
         policy = make_policy(tree if tree is not None else base_policy(upstream.url, **project))
         client = TestClient(TestServer(create_app(policy), host="127.0.0.1"))
         await client.start_server()

@@ -13,7 +13,10 @@ H = {"Origin": ORIGIN}
 async def test_validate_forwarded_with_injected_credentials(gateway, upstream):
     client = await gateway()
     query = "code=SAVE10&customer%5Bsource_id%5D=c%201&item[0][price]=100"
-    resp = await client.session.get(raw_url(client, f"/client/v1/validate?{query}"), headers={**H, "X-Client-Token": "browser-placeholder"})
+    resp = await client.session.get(
+        raw_url(client, f"/client/v1/validate?{query}"),
+        headers={**H, "X-Client-Token": "browser-placeholder"},
+    )
     assert resp.status == 200
     assert (await resp.json())["valid"] is True
     [seen] = upstream.received
