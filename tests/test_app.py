@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, raw_url
-from tests.upstream_double import Reply
 
 H = {"Origin": ORIGIN}
 
