@@ -24,6 +24,7 @@ from gateway.errors import GatewayError
 from gateway.observe import Observer, Outcome
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, LimitResult, StoreUnavailable
+from gateway.server_mode import keys_rejected_log, rejects_gateway_keys
 from gateway.translate import upstream_call
 from gateway.upstream import UpstreamPool, request_headers
 
@@ -211,6 +212,10 @@ async def _pipeline(
     if isinstance(answer, GatewayError):
         return _refused(Refuse(answer, project, target.operation, admit.cors), outcome, limit_headers)
     outcome.upstream_ms = answer.elapsed * 1000
+    if project.server_mode and rejects_gateway_keys(answer.status):
+        log.error(keys_rejected_log(project.name, target.operation, answer.status, answer.body))
+        refusal = Refuse(errors.upstream_rejected(), project, target.operation, admit.cors)
+        return _refused(refusal, outcome, limit_headers)
     outcome.status = answer.status
     return _respond(
         answer.status,
