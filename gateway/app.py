@@ -8,6 +8,7 @@ The pipeline, in order (see `decide.py` for the checks themselves):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -24,7 +25,7 @@ from gateway.errors import GatewayError
 from gateway.observe import Observer, Outcome
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, LimitResult, StoreUnavailable
-from gateway.server_mode import keys_rejected_log, rejects_gateway_keys
+from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
 from gateway.translate import upstream_call
 from gateway.upstream import UpstreamPool, request_headers
 
@@ -216,6 +217,11 @@ async def _pipeline(
         log.error(keys_rejected_log(project.name, target.operation, answer.status, answer.body))
         refusal = Refuse(errors.upstream_rejected(), project, target.operation, admit.cors)
         return _refused(refusal, outcome, limit_headers)
+    if project.server_mode:
+        view = client_view(target.operation, answer.status, answer.headers, answer.body)
+        if isinstance(view, GatewayError):
+            return _refused(Refuse(view, project, target.operation, admit.cors), outcome, limit_headers)
+        answer = dataclasses.replace(answer, headers=view[0], body=view[1])
     outcome.status = answer.status
     return _respond(
         answer.status,

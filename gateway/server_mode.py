@@ -130,6 +130,39 @@ def keys_rejected_log(project: str, operation: str, status: int, body: bytes) ->
     )
 
 
+# Voucherify's client-side voucher listing shows only these fields of each voucher (the SDK's
+# ClientSideVoucherListing); /v1/vouchers returns whole vouchers: holders, redemptions, publications, rules.
+LISTED_VOUCHER_FIELDS = ("object", "code", "active", "metadata", "assets", "expiration_date", "start_date")
+LIST_FIELDS = ("object", "total", "data_ref", "vouchers")
+
+
+def client_view(
+    operation: str, status: int, headers: list[tuple[str, str]], body: bytes
+) -> tuple[list[tuple[str, str]], bytes] | GatewayError:
+    """The browser's view of a server-side answer: what the client-side API would have shown.
+
+    Only `list_vouchers` differs: its successful answer is cut down to the client-side listing's fields.
+    An answer that is not the list it should be is not passed on (502), so nothing unfiltered leaks.
+    """
+    if operation != "list_vouchers" or not 200 <= status < 300:
+        return headers, body
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict) or not isinstance(document.get("vouchers", []), list):
+        return errors.upstream_unavailable("Voucherify answered something that is not a voucher list.")
+    listing = {key: document[key] for key in LIST_FIELDS if key in document}
+    if "vouchers" in listing:
+        listing["vouchers"] = [
+            {key: voucher[key] for key in LISTED_VOUCHER_FIELDS if key in voucher}
+            for voucher in listing["vouchers"]
+            if isinstance(voucher, dict)
+        ]
+    kept = [(name, value) for name, value in headers if name.lower() not in ("etag", "content-type")]
+    return [("Content-Type", JSON), *kept], _dump(listing)
+
+
 # ------------------------------------------------------------------------------------------------ queries
 
 

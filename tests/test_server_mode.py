@@ -9,6 +9,7 @@ import pytest
 from gateway.errors import ErrorKey, GatewayError
 from gateway.server_mode import (
     ServerRequest,
+    client_view,
     keys_rejected_log,
     parse_query,
     rejects_gateway_keys,
@@ -311,3 +312,67 @@ def test_key_rejection_log_names_the_fix_and_nothing_from_the_body_but_a_safe_ke
     line = keys_rejected_log("shop", "redeem", 403, hostile)
     assert "abc" not in line and "app-id-1234" not in line
     assert "key unknown" in keys_rejected_log("shop", "redeem", 403, b"not json")
+
+
+SERVER_VOUCHER = {
+    "id": "v_1",
+    "object": "voucher",
+    "code": "SAVE10",
+    "active": True,
+    "metadata": {"m": 1},
+    "assets": {"qr": {"url": "https://q"}},
+    "expiration_date": None,
+    "start_date": "2024-01-01T00:00:00Z",
+    "holder_id": "cust_secret_holder",
+    "redemption": {"quantity": 1, "redeemed_quantity": 0},
+    "publish": {"count": 1},
+    "validation_rules_assignments": {"data": []},
+    "campaign": "Camp",
+}
+
+
+def test_list_vouchers_answer_is_cut_to_the_client_side_listing() -> None:
+    body = json.dumps(
+        {"object": "list", "data_ref": "vouchers", "vouchers": [SERVER_VOUCHER, "x"], "total": 1}
+    )
+    headers = [
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("ETag", '"abc"'),
+        ("Cache-Control", "no-store"),
+    ]
+    view = client_view("list_vouchers", 200, headers, body.encode())
+    assert not isinstance(view, GatewayError)
+    out_headers, out_body = view
+    assert json.loads(out_body) == {
+        "object": "list",
+        "total": 1,
+        "data_ref": "vouchers",
+        "vouchers": [
+            {
+                "object": "voucher",
+                "code": "SAVE10",
+                "active": True,
+                "metadata": {"m": 1},
+                "assets": {"qr": {"url": "https://q"}},
+                "expiration_date": None,
+                "start_date": "2024-01-01T00:00:00Z",
+            }
+        ],
+    }
+    assert out_headers == [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"vouchers": {"a": 1}}'])
+def test_list_vouchers_answer_that_is_no_list_is_not_passed_on(body: bytes) -> None:
+    view = client_view("list_vouchers", 200, [], body)
+    assert isinstance(view, GatewayError)
+    assert view.key is ErrorKey.UPSTREAM_UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("operation", "status"),
+    [("list_vouchers", 400), ("list_vouchers", 404), ("validate", 200), ("redeem", 200)],
+)
+def test_other_answers_pass_through_unchanged(operation: str, status: int) -> None:
+    headers = [("Content-Type", "application/json"), ("ETag", "e")]
+    assert client_view(operation, status, headers, b'{"holder_id": "x"}') == (headers, b'{"holder_id": "x"}')

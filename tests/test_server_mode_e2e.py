@@ -110,7 +110,9 @@ async def test_operation_reaches_its_server_side_twin(
     gateway, upstream, operation, method, path, body, up_method, up_path, up_body
 ):
     client = await gateway(**SERVER)
-    answer = {"object": "test", "operation": operation}
+    answer: dict[str, Any] = {"object": "test", "operation": operation}
+    if operation == "list_vouchers":
+        answer = {"object": "list", "data_ref": "vouchers", "vouchers": [{"code": "A"}], "total": 1}
     upstream.reply(Reply(200, answer))
     headers = dict(BROWSER)
     data = None
@@ -381,3 +383,24 @@ async def test_client_mode_passes_401_and_403_through(gateway, upstream, status)
     assert resp.status == status
     assert await resp.json() == body
     assert upstream.received[0].raw_path == "/client/v1/validate?code=S"
+
+
+async def test_list_vouchers_shows_the_browser_only_the_client_side_listing(gateway, upstream):
+    client = await gateway(**SERVER)
+    voucher = {
+        "object": "voucher",
+        "code": "SAVE10",
+        "active": True,
+        "holder_id": "cust_1",
+        "publish": {"count": 3},
+    }
+    upstream.reply(Reply(200, {"object": "list", "data_ref": "vouchers", "vouchers": [voucher], "total": 1}))
+    resp = await client.session.get(raw_url(client, "/client/v1/vouchers?campaign=Camp"), headers=BROWSER)
+    assert resp.status == 200
+    assert await resp.json() == {
+        "object": "list",
+        "data_ref": "vouchers",
+        "total": 1,
+        "vouchers": [{"object": "voucher", "code": "SAVE10", "active": True}],
+    }
+    assert resp.headers["Content-Type"] == "application/json"
