@@ -214,7 +214,7 @@ async def _pipeline(
         return _refused(Refuse(answer, project, target.operation, admit.cors), outcome, limit_headers)
     outcome.upstream_ms = answer.elapsed * 1000
     if project.server_mode and rejects_gateway_keys(answer.status):
-        log.error(keys_rejected_log(project.name, target.operation, answer.status, answer.body))
+        log.error("%s", keys_rejected_log(project.name, target.operation, answer.status, answer.body))
         refusal = Refuse(errors.upstream_rejected(), project, target.operation, admit.cors)
         return _refused(refusal, outcome, limit_headers)
     if project.server_mode:
