@@ -8,6 +8,7 @@ The pipeline, in order (see `decide.py` for the checks themselves):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.observe import Observer, Outcome
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, LimitResult, StoreUnavailable
+from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
 from gateway.translate import upstream_call
 from gateway.upstream import UpstreamPool, request_headers
 from gateway.widget import add_demo_page, add_widget
@@ -212,6 +214,15 @@ async def _pipeline(
     if isinstance(answer, GatewayError):
         return _refused(Refuse(answer, project, target.operation, admit.cors), outcome, limit_headers)
     outcome.upstream_ms = answer.elapsed * 1000
+    if project.server_mode and rejects_gateway_keys(answer.status):
+        log.error("%s", keys_rejected_log(project.name, target.operation, answer.status, answer.body))
+        refusal = Refuse(errors.upstream_rejected(), project, target.operation, admit.cors)
+        return _refused(refusal, outcome, limit_headers)
+    if project.server_mode:
+        view = client_view(target.operation, answer.status, answer.headers, answer.body)
+        if isinstance(view, GatewayError):
+            return _refused(Refuse(view, project, target.operation, admit.cors), outcome, limit_headers)
+        answer = dataclasses.replace(answer, headers=view[0], body=view[1])
     outcome.status = answer.status
     return _respond(
         answer.status,

@@ -26,9 +26,11 @@ def warnings_for(policy: PolicyFile) -> list[str]:
             notes.append(f"projects.{name}.allowed_origins: '*' lets any website call this project")
         if project.upstream_auth == "client" and project.region in REGIONS:
             notes.append(
-                f"projects.{name}: upstream_auth: client sends every shopper through the gateway's one IP, "
-                "which Voucherify limits to 5 requests per 5 seconds; use upstream_auth: server with the "
-                "project's server-side keys for production traffic"
+                f"projects.{name}: upstream_auth: client with the production region {project.region} sends "
+                "every shopper through the gateway's one IP address, and Voucherify allows client-side calls "
+                "5 requests per 5 seconds per IP: all shoppers share that budget. Use upstream_auth: server "
+                "with the project's server-side keys (credentials.application_id, credentials.secret_key) "
+                "for production traffic"
             )
     return notes
 

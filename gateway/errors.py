@@ -159,6 +159,13 @@ def upstream_unavailable(details: str = "Voucherify could not be reached. Retry 
     return GatewayError(ErrorKey.UPSTREAM_UNAVAILABLE, "Upstream unavailable", details)
 
 
+def upstream_rejected() -> GatewayError:
+    """Voucherify refused the gateway's own call (server mode): the browser learns nothing about keys."""
+    return upstream_unavailable(
+        "Voucherify did not accept the gateway's call. This is logged for the gateway operator."
+    )
+
+
 def upstream_timeout() -> GatewayError:
     return GatewayError(
         ErrorKey.UPSTREAM_TIMEOUT,

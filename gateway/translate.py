@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import server_mode
 from gateway.decide import Target
 from gateway.errors import GatewayError
 
@@ -17,6 +18,7 @@ class UpstreamCall:
     method: str
     path: str  # raw path and query, appended to the project's base URL as it is
     body: bytes
+    content_type: str | None = None  # replaces the caller's Content-Type when the body was rebuilt
 
 
 def client_call(target: Target, body: bytes) -> UpstreamCall:
@@ -27,7 +29,12 @@ def client_call(target: Target, body: bytes) -> UpstreamCall:
 
 
 def server_call(target: Target, body: bytes) -> UpstreamCall | GatewayError:
-    raise NotImplementedError("server mode is not built yet")
+    translated = server_mode.translate(
+        target.operation, target.route.method, target.operation_path, target.query, body
+    )
+    if isinstance(translated, GatewayError):
+        return translated
+    return UpstreamCall(translated.method, translated.path, translated.body, translated.content_type)
 
 
 def upstream_call(target: Target, body: bytes) -> UpstreamCall | GatewayError:

@@ -124,6 +124,8 @@ class UpstreamPool:
     ) -> UpstreamResponse | GatewayError:
         assert self._session is not None, "UpstreamPool.start() was not awaited"
         url = URL(base_url + call.path, encoded=True)
+        if call.content_type is not None:
+            headers["Content-Type"] = call.content_type
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:

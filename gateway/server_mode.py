@@ -1,0 +1,336 @@
+"""Server mode: a browser's client-side operation turned into its twin on Voucherify's server-side API (/v1).
+
+Pure functions, no I/O. The browser-facing surface does not change; only the upstream call does:
+
+- most operations keep their method, body and query (forwarded byte for byte) and move from /client/v1 to /v1;
+- `redeem` moves `code` from the query into the path (`/v1/vouchers/{code}/redemption`), percent-encoded so no
+  value can change the resource, and keeps its other query parameters as they were sent;
+- `publish` becomes POST `/v1/publications` with `"campaign": {"name": N}` added to the body, the other query
+  parameters (`join_once`) kept;
+- legacy `validate` (GET with a `qs`-style query, as the official SDK sends it) becomes a POST whose JSON
+  body is built from the query; keys the translation does not know are dropped.
+
+The query is decoded as `qs` (Voucherify's and the SDK's parser) decodes it: `+` is a space, brackets may be
+sent raw (`item[0][price]`) or percent-encoded (`item%5B0%5D%5Bprice%5D`, what `qs.stringify` produces).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote_plus
+
+from gateway import errors
+from gateway.errors import GatewayError
+
+JSON = "application/json"
+
+# Operations whose server-side twin is the same method on the same path under /v1, body and query unchanged.
+SAME_SHAPE = frozenset(
+    {
+        "validate_stackable",
+        "redeem_stackable",
+        "redeem_promotion_tier",
+        "qualifications",
+        "list_promotion_tiers",
+        "track_event",
+        "list_vouchers",
+        "create_customer",
+        "list_consents",
+        "update_consents",
+    }
+)
+
+# Voucherify answers these when it does not accept the gateway's own server-side keys.
+KEY_REJECTED_STATUSES = frozenset({401, 403})
+
+ITEM_FIELDS = frozenset(
+    {"product_id", "sku_id", "quantity", "price", "amount", "source_id", "related_object"}
+)
+ITEM_NUMBERS = frozenset({"quantity", "price", "amount"})
+CUSTOMER_FIELDS = frozenset({"source_id", "id", "name", "email", "phone", "description"})
+SESSION_FIELDS = {
+    "session_type": "type",
+    "session_key": "key",
+    "session_ttl": "ttl",
+    "session_ttl_unit": "ttl_unit",
+}
+
+_KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")
+_SEGMENT = re.compile(r"\[([^\[\]]*)\]")
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
+_INDEX = re.compile(r"0|[1-9][0-9]{0,5}")
+_ERROR_KEY = re.compile(r"[a-z0-9_]{1,64}")
+_QS_ARRAY_LIMIT = 20  # qs turns indices up to this into an array, larger ones into object keys
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRequest:
+    method: str
+    path: str  # raw path and query under the project's base URL, e.g. "/v1/vouchers/A%2FB/redemption"
+    body: bytes
+    content_type: str | None = None  # set when the body was built or rewritten by the translation
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPair:
+    raw: str  # the `key=value` piece exactly as sent
+    key: str  # decoded
+    value: str  # decoded
+
+
+class BadQuery(ValueError):
+    """The query cannot be read as the translation needs it; the message is safe to show the caller."""
+
+
+def translate(
+    operation: str, method: str, operation_path: str, query: str, body: bytes
+) -> ServerRequest | GatewayError:
+    """The server-side call for a client-side operation. `operation_path` is raw, relative to /client/v1."""
+    try:
+        if operation in SAME_SHAPE:
+            return ServerRequest(method, _with_query("/v1" + operation_path, query), body)
+        if operation == "redeem":
+            return _redeem(query, body)
+        if operation == "publish":
+            return _publish(query, body)
+        if operation == "validate":
+            return _validate(operation_path, query)
+    except BadQuery as exc:
+        return errors.invalid_payload(str(exc))
+    raise ValueError(f"no server-side twin for operation {operation!r}")
+
+
+def rejects_gateway_keys(status: int) -> bool:
+    """Whether an upstream status, in server mode, says Voucherify refused the gateway's own keys."""
+    return status in KEY_REJECTED_STATUSES
+
+
+def keys_rejected_log(project: str, operation: str, status: int, body: bytes) -> str:
+    """The operator's log line for a 401/403 on the gateway's keys: names, status and error key, no secret."""
+    key = "unknown"
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if (
+        isinstance(document, dict)
+        and isinstance(document.get("key"), str)
+        and _ERROR_KEY.fullmatch(document["key"])
+    ):
+        key = document["key"]
+    return (
+        f"Voucherify refused the server-side keys of project {project} "
+        f"(HTTP {status}, key {key}) on {operation}; "
+        f"check projects.{project}.credentials.application_id and secret_key and the keys' permissions. "
+        "The browser was answered 502 upstream_unavailable."
+    )
+
+
+# Voucherify's client-side voucher listing shows only these fields of each voucher (the SDK's
+# ClientSideVoucherListing); /v1/vouchers returns whole vouchers: holders, redemptions, publications, rules.
+LISTED_VOUCHER_FIELDS = ("object", "code", "active", "metadata", "assets", "expiration_date", "start_date")
+LIST_FIELDS = ("object", "total", "data_ref", "vouchers")
+
+
+def client_view(
+    operation: str, status: int, headers: list[tuple[str, str]], body: bytes
+) -> tuple[list[tuple[str, str]], bytes] | GatewayError:
+    """The browser's view of a server-side answer: what the client-side API would have shown.
+
+    Only `list_vouchers` differs: its successful answer is cut down to the client-side listing's fields.
+    An answer that is not the list it should be is not passed on (502), so nothing unfiltered leaks.
+    """
+    if operation != "list_vouchers" or not 200 <= status < 300:
+        return headers, body
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict) or not isinstance(document.get("vouchers", []), list):
+        return errors.upstream_unavailable("Voucherify answered something that is not a voucher list.")
+    listing = {key: document[key] for key in LIST_FIELDS if key in document}
+    if "vouchers" in listing:
+        listing["vouchers"] = [
+            {key: voucher[key] for key in LISTED_VOUCHER_FIELDS if key in voucher}
+            for voucher in listing["vouchers"]
+            if isinstance(voucher, dict)
+        ]
+    kept = [(name, value) for name, value in headers if name.lower() not in ("etag", "content-type")]
+    return [("Content-Type", JSON), *kept], _dump(listing)
+
+
+# ------------------------------------------------------------------------------------------------ queries
+
+
+def parse_query(query: str) -> list[QueryPair]:
+    """Split a raw query into pairs, decoding keys and values as `qs` does (`+` is a space, UTF-8)."""
+    pairs: list[QueryPair] = []
+    for raw in query.split("&"):
+        if not raw:
+            continue
+        key, _, value = raw.partition("=")
+        try:
+            pairs.append(
+                QueryPair(raw, unquote_plus(key, errors="strict"), unquote_plus(value, errors="strict"))
+            )
+        except UnicodeDecodeError:
+            raise BadQuery("The query string is not valid UTF-8 once percent-decoded.") from None
+    return pairs
+
+
+def _with_query(path: str, query: str) -> str:
+    return f"{path}?{query}" if query else path
+
+
+def _take(pairs: list[QueryPair], key: str) -> tuple[str | None, str]:
+    """The decoded value of `key` (None when absent) and the raw query without it."""
+    found = [pair for pair in pairs if pair.key == key]
+    if len(found) > 1:
+        raise BadQuery(f"The query parameter {key!r} is given more than once.")
+    rest = "&".join(pair.raw for pair in pairs if pair.key != key)
+    return (found[0].value if found else None), rest
+
+
+def code_segment(code: str | None) -> str:
+    """A voucher code as one percent-encoded path segment, or BadQuery when no safe segment exists."""
+    if code is None or code in ("", ".", "..") or "/" in code or "\\" in code or _has_control(code):
+        raise BadQuery(
+            "The voucher code is missing or not a valid code: it must not be empty, '.' or '..', "
+            "nor contain '/', '\\' or control characters."
+        )
+    return quote(code, safe="")
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+# ------------------------------------------------------------------------------------- redeem and publish
+
+
+def _redeem(query: str, body: bytes) -> ServerRequest:
+    code, rest = _take(parse_query(query), "code")
+    return ServerRequest("POST", _with_query(f"/v1/vouchers/{code_segment(code)}/redemption", rest), body)
+
+
+def _publish(query: str, body: bytes) -> ServerRequest:
+    campaign, rest = _take(parse_query(query), "campaign")
+    if campaign is None:
+        return ServerRequest("POST", _with_query("/v1/publications", rest), body)
+    document: dict[str, Any] = json.loads(body) if body else {}  # check_body ensured a JSON object
+    document["campaign"] = {"name": campaign}
+    return ServerRequest("POST", _with_query("/v1/publications", rest), _dump(document), JSON)
+
+
+def _dump(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------------------------------ legacy validate
+
+
+def _validate(operation_path: str, query: str) -> ServerRequest:
+    pairs = parse_query(query)
+    if operation_path == "/validate":
+        code, _ = _take(pairs, "code")
+        path = f"/v1/vouchers/{code_segment(code)}/validate"
+    else:
+        path = "/v1/promotions/validation"
+    return ServerRequest("POST", path, _dump(validation_body(pairs)), JSON)
+
+
+def _number(value: str) -> int | str:
+    return int(value) if _INTEGER.fullmatch(value) else value
+
+
+def _split_key(key: str) -> tuple[str, list[str]] | None:
+    found = _KEY.fullmatch(key)
+    if found is None:
+        return None
+    return found[1], _SEGMENT.findall(found[2])
+
+
+def validation_body(pairs: list[QueryPair]) -> dict[str, Any]:
+    """The server-side validation body for a legacy validate query (`code` is not part of it)."""
+    seen: set[str] = set()
+    order: dict[str, Any] = {}
+    items: dict[int, dict[str, Any]] = {}
+    order_metadata: dict[str, Any] = {}
+    customer: dict[str, Any] = {}
+    customer_metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    session: dict[str, Any] = {}
+    tracking_id: str | None = None
+
+    for pair in pairs:
+        split = _split_key(pair.key)
+        if split is None:
+            continue
+        root, path = split
+        if pair.key in seen and root != "code":
+            raise BadQuery(f"The query parameter {pair.key!r} is given more than once.")
+        seen.add(pair.key)
+        value = pair.value
+        if root == "amount" and not path:
+            order["amount"] = _number(value)
+        elif root == "tracking_id" and not path:
+            tracking_id = value
+        elif root in SESSION_FIELDS and not path:
+            session[SESSION_FIELDS[root]] = _number(value) if root == "session_ttl" else value
+        elif root == "item" and len(path) == 2 and _INDEX.fullmatch(path[0]) and path[1] in ITEM_FIELDS:
+            field = path[1]
+            items.setdefault(int(path[0]), {})[field] = _number(value) if field in ITEM_NUMBERS else value
+        elif root == "order" and len(path) >= 2 and path[0] == "metadata":
+            _put(order_metadata, path[1:], value, pair.key)
+        elif root == "customer" and len(path) == 1 and path[0] in CUSTOMER_FIELDS:
+            customer[path[0]] = value
+        elif root == "customer" and len(path) >= 2 and path[0] == "metadata":
+            _put(customer_metadata, path[1:], value, pair.key)
+        elif root == "metadata" and path:
+            _put(metadata, path, value, pair.key)
+
+    if items:
+        order["items"] = [items[index] for index in sorted(items)]
+    if order_metadata:
+        order["metadata"] = _arrays(order_metadata)
+    if customer_metadata:
+        customer["metadata"] = _arrays(customer_metadata)
+    body: dict[str, Any] = {}
+    if customer:
+        body["customer"] = customer
+    if order:
+        body["order"] = order
+    if metadata:
+        body["metadata"] = _arrays(metadata)
+    if session:
+        body["session"] = session
+    if tracking_id is not None:
+        body["tracking_id"] = tracking_id
+    return body
+
+
+def _put(tree: dict[str, Any], path: list[str], value: str, key: str) -> None:
+    """Set `value` at `path` inside nested objects; an empty segment (`[]`) is not supported and dropped."""
+    if any(segment == "" for segment in path):
+        return
+    node = tree
+    for segment in path[:-1]:
+        child = node.setdefault(segment, {})
+        if not isinstance(child, dict):
+            raise BadQuery(f"The query parameter {key!r} conflicts with another one.")
+        node = child
+    if path[-1] in node:
+        raise BadQuery(f"The query parameter {key!r} conflicts with another one.")
+    node[path[-1]] = value
+
+
+def _arrays(tree: dict[str, Any]) -> Any:
+    """Objects whose keys are all small indices become arrays in index order, as `qs` parses them."""
+    converted = {key: _arrays(value) if isinstance(value, dict) else value for key, value in tree.items()}
+    if converted and all(_INDEX.fullmatch(key) and int(key) <= _QS_ARRAY_LIMIT for key in converted):
+        return [converted[key] for key in sorted(converted, key=int)]
+    return converted
