@@ -63,6 +63,13 @@ def gateway_readiness(state: GatewayState) -> Readiness:
     return ready
 
 
+def listening_port(site: web.TCPSite) -> int:
+    # asyncio's and uvloop's servers are different classes, both with `sockets`.
+    sockets = getattr(site._server, "sockets", None)
+    assert sockets, "the site is not listening"
+    return int(sockets[0].getsockname()[1])
+
+
 def create_admin_app(registry: CollectorRegistry, readiness: Readiness = always_ready) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         # In multiprocess mode this reads every worker's files: off the event loop.
@@ -102,9 +109,7 @@ class AdminServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server  # the asyncio server; the only place port 0's pick can be read
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
+        self.port = listening_port(site)
         return self.port
 
     async def stop(self) -> None:

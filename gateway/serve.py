@@ -24,10 +24,11 @@ log = logging.getLogger("gateway")
 
 
 def bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; it is the only way to learn port 0's pick
-    assert isinstance(server, asyncio.base_events.Server)
-    sockname = server.sockets[0].getsockname()
-    return int(sockname[1])
+    # aiohttp keeps the server here; it is the only way to learn port 0's pick. asyncio's and uvloop's
+    # servers are different classes, both with `sockets`.
+    sockets = getattr(site._server, "sockets", None)
+    assert sockets, "the site is not listening"
+    return int(sockets[0].getsockname()[1])
 
 
 async def run(
