@@ -142,6 +142,7 @@ async def _pipeline(
     request_id = outcome.request_id
     address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), policy.client_ip)
     outcome.client_ip = address  # in every access-log line, refused requests included
+    outcome.origin = request.headers.get("Origin")
     decision = decide(policy, request.method, request.raw_path, request.headers)
     if isinstance(decision, Refuse):
         return _refused(decision, outcome)
