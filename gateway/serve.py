@@ -69,10 +69,12 @@ async def run(
         reloader.start_watching()
     await stop.wait()
     app[STATE].draining = True  # /readyz answers 503 from now on; the admin listener stops last
+    for listening in list(runner.sites):  # runner.cleanup() would too; first, so the log line is true
+        await listening.stop()
     log.info("draining: no new connections, in-flight requests get %ss", policy.listen.drain_timeout)
     if reloader is not None:
         await reloader.stop_watching()
-    await runner.cleanup()
+    await runner.cleanup()  # closes idle keep-alive connections, waits for handlers up to drain_timeout
     if admin is not None:
         await admin.stop()
     log.info("drained, exiting")

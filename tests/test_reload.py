@@ -118,3 +118,31 @@ async def test_reload_under_load(gateway_process, upstream, tmp_path, trigger):
         labels(result="applied"): 1,
         labels(result="rejected"): 1,
     }
+
+
+async def test_rate_limit_state_and_in_flight_requests_survive_a_reload(ops_gateway, upstream, tmp_path):
+    from gateway.reload import PolicyReloader
+    from tests.upstream_double import Reply
+
+    tree = base_policy(upstream.url, allowed_origins=[KEPT, DROPPED])
+    tree["rate_limit"] = {"per_ip": "3 per minute"}
+    gw = await ops_gateway(tree)
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    reloader = PolicyReloader(gw.public.server.app, path, configure_logs=False)
+    url = "/client/v1/validate"
+
+    assert (await gw.public.get(url, headers={"Origin": KEPT})).status == 200
+    upstream.reply(Reply(delay=1))
+    in_flight = asyncio.create_task(gw.public.get(url, headers={"Origin": DROPPED}))
+    for _ in range(3000):
+        if len(upstream.received) == 2:
+            break
+        await asyncio.sleep(0.01)
+    tree["projects"]["shop"]["allowed_origins"] = [KEPT]
+    write_policy(path, tree)
+    assert await reloader.reload()
+    assert (await in_flight).status == 200  # started under the old policy, finished under it
+    assert (await gw.public.get(url, headers={"Origin": DROPPED})).status == 403
+    assert (await gw.public.get(url, headers={"Origin": KEPT})).status == 200  # third hit of 3
+    resp = await gw.public.get(url, headers={"Origin": KEPT})
+    assert resp.status == 429  # the count made before the reload still holds
