@@ -80,3 +80,30 @@ async def test_serve_runs_the_admin_listener_on_its_own_port(gateway_process, up
         async with session.get(f"http://127.0.0.1:{admin_port}/client/v1/validate", headers=H) as resp:
             assert resp.status == 404  # and the gateway's routes are not on the admin port
     assert upstream.received == []
+
+
+async def test_dockerfile_healthcheck_command_probes_healthz(gateway_process, upstream):
+    """The HEALTHCHECK line of the Dockerfile, run as written against a real admin listener."""
+    import asyncio
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.ops_support import ROOT
+
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    [code] = re.findall(r'^\s*CMD python -c "(.+)"$', dockerfile, re.MULTILINE)
+    admin_port = free_port()
+    tree = base_policy(upstream.url)
+    tree["admin"] = {"port": admin_port}
+
+    def probe() -> int:
+        env = {**os.environ, "ADMIN_PORT": str(admin_port)}
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, check=False
+        ).returncode
+
+    assert await asyncio.to_thread(probe) != 0  # nothing listens yet: unhealthy
+    await gateway_process(tree, free_port())
+    assert await asyncio.to_thread(probe) == 0
