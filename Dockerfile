@@ -12,4 +12,8 @@ ENV VOUCHERIFY_GATEWAY_CONFIG=/config/policy.yaml GATEWAY_HOST=0.0.0.0
 USER gateway
 EXPOSE 8080 9090
 STOPSIGNAL SIGTERM
+# Liveness on the admin listener (admin.port in the policy; 127.0.0.1 inside the container is enough).
+# Slim images have no curl: Python's urllib does it. Set ADMIN_PORT if admin.port is not 9090.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ADMIN_PORT', '9090'), timeout=2)"
 CMD ["voucherify-gateway", "serve", "--host", "0.0.0.0"]

@@ -127,6 +127,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     policy = state.policy  # this request finishes under the policy it started with
     started = time.perf_counter()
     outcome = Outcome(new_request_id(), request.method)
+    state.observer.started()
     try:
         response = await _pipeline(request, state, policy, outcome)
     except asyncio.CancelledError:
@@ -142,6 +143,9 @@ async def _pipeline(
     request: web.Request, state: GatewayState, policy: CompiledPolicy, outcome: Outcome
 ) -> web.StreamResponse:
     request_id = outcome.request_id
+    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), policy.client_ip)
+    outcome.client_ip = address  # in every access-log line, refused requests included
+    outcome.origin = request.headers.get("Origin")
     decision = decide(policy, request.method, request.raw_path, request.headers)
     if isinstance(decision, Refuse):
         return _refused(decision, outcome)
@@ -170,8 +174,6 @@ async def _pipeline(
     if refusal is not None:
         return _refused(refusal, outcome)
 
-    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), policy.client_ip)
-    outcome.client_ip = address
     limits = project.rate_limit
     limit_headers: Iterable[tuple[str, str]] = ()
     try:
@@ -181,6 +183,7 @@ async def _pipeline(
             limits.storage_timeout,
         )
     except StoreUnavailable as exc:
+        outcome.limit_store_error = True
         if limits.storage not in state.store_down:
             state.store_down.add(limits.storage)
             log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)

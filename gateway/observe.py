@@ -29,6 +29,7 @@ class Outcome:
     upstream_ms: float | None = None
     client_ip: IPAddress | None = None
     origin: str | None = None
+    limit_store_error: bool = False  # the rate-limit store failed for this request
 
 
 class Observer:
@@ -36,6 +37,12 @@ class Observer:
 
     def __init__(self, truncate_ips: bool = False) -> None:
         self.truncate_ips = truncate_ips
+
+    def started(self) -> None:
+        """A request arrived; `record` follows for it, whatever happens."""
+
+    def reloaded(self, applied: bool) -> None:
+        """A policy reload was applied, or rejected (the running policy stayed)."""
 
     def record(self, outcome: Outcome) -> None:
         if access_log.isEnabledFor(logging.INFO):

@@ -12,31 +12,23 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin import AdminServer, create_admin_app, gateway_readiness
 from gateway.app import STATE, create_app
+from gateway.metrics import MetricsObserver
 from gateway.observe import configure_logging
 from gateway.policy import PolicyError, PolicyFile, load_policy
+from gateway.reload import PolicyReloader
+from gateway.reload import reload_policy as reload_policy  # kept importable from here
 
 log = logging.getLogger("gateway")
 
 
 def bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; it is the only way to learn port 0's pick
-    assert isinstance(server, asyncio.base_events.Server)
-    sockname = server.sockets[0].getsockname()
-    return int(sockname[1])
-
-
-async def reload_policy(app: web.Application, path: Path) -> bool:
-    """Load and swap in the policy file; a file `check` would reject leaves the running policy in force."""
-    try:
-        policy = await asyncio.to_thread(load_policy, path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            log.error("reload rejected: %s", problem)
-        return False
-    app[STATE].set_policy(policy)
-    log.info("policy reloaded from %s", path)
-    return True
+    # aiohttp keeps the server here; it is the only way to learn port 0's pick. asyncio's and uvloop's
+    # servers are different classes, both with `sockets`.
+    sockets = getattr(site._server, "sockets", None)
+    assert sockets, "the site is not listening"
+    return int(sockets[0].getsockname()[1])
 
 
 async def run(
@@ -48,7 +40,8 @@ async def run(
     reuse_port: bool = False,
     announce: Callable[[str], None] = print,
 ) -> int:
-    app = create_app(policy)
+    observer = MetricsObserver(truncate_ips=policy.logging.client_ip == "truncated")
+    app = create_app(policy, observer)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=policy.listen.drain_timeout
     )
@@ -56,6 +49,7 @@ async def run(
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
     shown = f"[{host}]" if ":" in host else host
+    admin = await _start_admin(app, observer, policy)
     announce(f"voucherify-gateway listening on http://{shown}:{bound_port(site)}")
 
     loop = asyncio.get_running_loop()
@@ -63,19 +57,40 @@ async def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[bool]] = set()
-    if path is not None:
+    reloader = PolicyReloader(app, path) if path is not None else None
+    if reloader is not None:
 
         def on_hup() -> None:
-            task = loop.create_task(reload_policy(app, path))
+            task = loop.create_task(reloader.reload())
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        reloader.start_watching()
     await stop.wait()
-    app[STATE].draining = True
+    app[STATE].draining = True  # /readyz answers 503 from now on; the admin listener stops last
+    for listening in list(runner.sites):  # runner.cleanup() would too; first, so the log line is true
+        await listening.stop()
     log.info("draining: no new connections, in-flight requests get %ss", policy.listen.drain_timeout)
-    await runner.cleanup()
+    if reloader is not None:
+        await reloader.stop_watching()
+    await runner.cleanup()  # closes idle keep-alive connections, waits for handlers up to drain_timeout
+    if admin is not None:
+        await admin.stop()
+    log.info("drained, exiting")
     return 0
+
+
+async def _start_admin(
+    app: web.Application, observer: MetricsObserver, policy: PolicyFile
+) -> AdminServer | None:
+    if policy.admin.port is None:
+        return None
+    readiness = gateway_readiness(app[STATE])
+    admin = AdminServer(create_admin_app(observer.registry, readiness), policy.admin.host, policy.admin.port)
+    port = await admin.start()
+    log.info("admin listener (/metrics, /healthz, /readyz) on %s:%s", policy.admin.host, port)
+    return admin
 
 
 def serve(path: Path, host: str | None, port: int | None) -> int:

@@ -14,6 +14,8 @@ from gateway.app import create_app
 from gateway.policy import PolicyFile, parse_policy
 from tests.upstream_double import UpstreamDouble
 
+pytest_plugins = ["tests.ops_support"]  # subprocess and admin fixtures for the operations tests
+
 CLIENT_APP_ID = "client-app-id-7f3a"
 CLIENT_TOKEN = "client-secret-token-9c1e"
 ORIGIN = "https://shop.example.com"

@@ -1,0 +1,157 @@
+"""Prometheus metrics, fed by the same `Outcome` every request leaves for the access log.
+
+Every metric lives in the registry given to `GatewayMetrics` (one per app, so several apps in one process
+never collide). Labels take bounded values only: project names from the policy, operation names from the
+catalog, decisions (`forwarded`, `preflight`, `client_closed` or an error key) and status codes. A request
+that names no known project or operation is labelled `-`; no path, IP or origin ever becomes a label.
+
+Several worker processes: when `PROMETHEUS_MULTIPROC_DIR` is set, prometheus_client writes every value to
+files in that directory, and `scrape_registry()` returns a registry that sums the files of every worker,
+so one `/metrics` scrape covers them all (see `admin.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.catalog import OPERATIONS
+from gateway.errors import ErrorKey
+from gateway.observe import Observer, Outcome
+
+UNKNOWN = "-"
+_PROJECT_NAME = re.compile(r"[a-z0-9-]{1,64}")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UPSTREAM_ERROR_KINDS = {
+    ErrorKey.UPSTREAM_TIMEOUT.value: "timeout",
+    ErrorKey.UPSTREAM_UNAVAILABLE.value: "unavailable",
+}
+_DECISIONS = frozenset({"forwarded", "preflight", "client_closed"} | {key.value for key in ErrorKey})
+# Checkout calls: most answer in tens of milliseconds; the read timeout defaults to 10 s.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """What `/metrics` should expose: `registry` itself, or every worker's values in multiprocess mode."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return registry
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+    return combined
+
+
+class GatewayMetrics:
+    """The gateway's metric families, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if multiprocess_dir() is not None and values.ValueClass is values.MutexValue:
+            # prometheus_client picks file-backed values when it is imported; a supervisor may set the
+            # directory after that import (before forking), so pick again before the first metric exists.
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by project, operation, decision (forwarded, preflight or the error key) "
+            "and status",
+            ["project", "operation", "decision", "status"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time Voucherify took to answer forwarded requests",
+            ["project", "operation"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time the gateway took to answer, upstream included",
+            ["project", "decision"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Upstream calls that failed, by kind (timeout, unavailable)",
+            ["project", "operation", "kind"],
+            registry=r,
+        )
+        self.limit_store_errors = Counter(
+            "gateway_limit_store_errors",
+            "Rate-limit checks that failed because the limit store was unreachable or too slow",
+            ["project"],
+            registry=r,
+        )
+        self.fail_open = Counter(
+            "gateway_rate_limit_fail_open",
+            "Requests let through unlimited because the limit store failed and on_storage_error is allow",
+            ["project"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "gateway_policy_reloads",
+            "Policy reloads, by result (applied, rejected)",
+            ["result"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being handled now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        for result in ("applied", "rejected"):
+            self.reloads.labels(result)  # both series exist from the start, at 0
+
+
+class MetricsObserver(Observer):
+    """The access log of `Observer`, plus metrics."""
+
+    def __init__(self, metrics: GatewayMetrics | None = None, truncate_ips: bool = False) -> None:
+        super().__init__(truncate_ips=truncate_ips)
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    def started(self) -> None:
+        super().started()
+        self.metrics.in_flight.inc()
+
+    def record(self, outcome: Outcome) -> None:
+        super().record(outcome)
+        m = self.metrics
+        m.in_flight.dec()
+        project = _project_label(outcome.project)
+        operation = outcome.operation if outcome.operation in OPERATIONS else UNKNOWN
+        decision = outcome.decision if outcome.decision in _DECISIONS else UNKNOWN
+        m.requests.labels(project, operation, decision, str(outcome.status)).inc()
+        m.request_duration.labels(project, decision).observe(outcome.duration_ms / 1000)
+        if outcome.upstream_ms is not None:
+            m.upstream_duration.labels(project, operation).observe(outcome.upstream_ms / 1000)
+        kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
+        if kind is not None:
+            m.upstream_errors.labels(project, operation, kind).inc()
+        if outcome.limit_store_error:
+            m.limit_store_errors.labels(project).inc()
+            if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:
+                m.fail_open.labels(project).inc()
+
+    def reloaded(self, applied: bool) -> None:
+        super().reloaded(applied)
+        self.metrics.reloads.labels("applied" if applied else "rejected").inc()
+
+
+def _project_label(project: str | None) -> str:
+    # Outcome.project only ever holds a project name of the policy; anything else is not one.
+    return project if project is not None and _PROJECT_NAME.fullmatch(project) else UNKNOWN

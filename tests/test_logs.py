@@ -1,0 +1,116 @@
+"""Access logs of real serve subprocesses: one JSON line per request, never a credential or a body."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import aiohttp
+
+from gateway.observe import JsonFormatter, Observer, Outcome, TextFormatter, access_log
+from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy, free_port
+from tests.ops_support import assert_no_secrets
+
+BROWSER_SECRETS = {
+    "X-App-Token": "srv-secret-app-token-5d2c",
+    "X-Client-Token": "browser-client-token-8b7a",
+    "Authorization": "Bearer bearer-secret-41f0",
+    "X-Management-Token": "mgmt-secret-93aa",
+    "Cookie": "session=cookie-secret-77e1",
+}
+BODY_SECRET = "body-secret-value-c0de"
+
+
+async def test_one_json_line_per_request_and_no_credential(gateway_process, upstream):
+    tree = base_policy(upstream.url)
+    tree["projects"]["shop"]["credentials"] = {
+        "client_application_id": "${SHOP_APP_ID}",
+        "client_secret_key": "${SHOP_SECRET}",
+    }
+    tree["projects"]["shop"]["danger_zone"] = {"redeem": True}
+    tree["logging"] = {"level": "debug", "format": "json", "client_ip": "truncated"}
+    gw = await gateway_process(
+        tree, free_port(), env={"SHOP_APP_ID": CLIENT_APP_ID, "SHOP_SECRET": CLIENT_TOKEN}
+    )
+
+    sent: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        for name, value in BROWSER_SECRETS.items():  # each credential header, alone, on an allowed request
+            async with session.get(
+                f"{gw.url}/client/v1/validate?code=A", headers={"Origin": ORIGIN, name: value}
+            ) as resp:
+                sent.append(resp.headers["X-Request-Id"])
+        async with session.post(
+            f"{gw.url}/client/v1/redeem", json={"voucher": BODY_SECRET}, headers={"Origin": ORIGIN}
+        ) as resp:
+            assert resp.status == 200
+            sent.append(resp.headers["X-Request-Id"])
+        async with session.get(
+            f"{gw.url}/client/v1/validate", headers={"Origin": "https://evil.example"}
+        ) as resp:
+            assert resp.status == 403
+            sent.append(resp.headers["X-Request-Id"])
+        async with session.get(f"{gw.url}/nowhere?token={CLIENT_TOKEN}") as resp:
+            assert resp.status == 404
+            sent.append(resp.headers["X-Request-Id"])
+    await gw.wait_for('"logger": "gateway.access"', count=len(sent))
+
+    lines = gw.access_lines()
+    assert [line["request_id"] for line in lines] == sent
+    first = lines[1]
+    for key in (
+        "time",
+        "request_id",
+        "project",
+        "operation",
+        "decision",
+        "status",
+        "duration_ms",
+        "upstream_ms",
+    ):
+        assert key in first, key
+    assert first["project"] == "shop" and first["operation"] == "validate"
+    assert {line["client_ip"] for line in lines} == {"127.0.0.0/24"}  # logging.client_ip: truncated
+    assert lines[0]["decision"] == "secret_key_exposed" and lines[0]["status"] == 400
+    assert lines[5]["decision"] == "forwarded" and lines[5]["operation"] == "redeem"
+    assert lines[6]["origin"] == "https://evil.example" and lines[6]["decision"] == "origin_not_allowed"
+    assert lines[7]["project"] is None and lines[7]["status"] == 404
+
+    secrets = [*BROWSER_SECRETS.values(), "cookie-secret-77e1", "bearer-secret-41f0", BODY_SECRET]
+    assert_no_secrets(gw.lines, [*secrets, CLIENT_APP_ID, CLIENT_TOKEN])
+
+
+def _capture(fmt: logging.Formatter, level: int) -> tuple[io.StringIO, logging.Handler]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(fmt)
+    handler.setLevel(level)
+    return stream, handler
+
+
+def test_text_format_and_level():
+    outcome = Outcome("gw-1", "GET", "shop", "validate", "forwarded", 200, 1.5, 1.0, None, ORIGIN)
+    previous = access_log.level
+    access_log.setLevel(logging.DEBUG)
+    try:
+        for fmt, expected in (
+            (TextFormatter(), "request_id=gw-1 "),
+            (JsonFormatter(), '"request_id": "gw-1"'),
+        ):
+            stream, handler = _capture(fmt, logging.INFO)
+            access_log.addHandler(handler)
+            try:
+                Observer().record(outcome)
+            finally:
+                access_log.removeHandler(handler)
+            assert expected in stream.getvalue()
+        access_log.setLevel(logging.WARNING)  # logging.level: warning silences access lines
+        stream, handler = _capture(JsonFormatter(), logging.DEBUG)
+        access_log.addHandler(handler)
+        try:
+            Observer().record(outcome)
+        finally:
+            access_log.removeHandler(handler)
+        assert stream.getvalue() == ""
+    finally:
+        access_log.setLevel(previous)

@@ -1,0 +1,148 @@
+"""Hot reload of a real serve subprocess under load: SIGHUP, and `watch: true` without any signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import base_policy, free_port
+from tests.ops_support import ROOT, GatewayProcess, labels, samples, write_policy
+
+KEPT = "https://shop.example.com"
+DROPPED = "https://old.example.net"
+LOOPS = 2
+
+
+def policy_tree(upstream_url: str, admin_port: int, origins: list[str], watch: bool) -> dict[str, Any]:
+    tree = base_policy(upstream_url, allowed_origins=origins)
+    tree["rate_limit"] = {"per_ip": "1000000 per minute", "strategy": "fixed-window"}
+    tree["admin"] = {"port": admin_port}
+    tree["watch"] = watch
+    return tree
+
+
+async def client_loop(url: str, stop: asyncio.Event, seen: list[tuple[str, int, str]]) -> None:
+    """Sends without pause until told to stop; any transport error fails the test."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            for origin in (KEPT, DROPPED):
+                async with session.get(
+                    f"{url}/client/v1/validate?code=A", headers={"Origin": origin}
+                ) as resp:
+                    body = await resp.json()
+                    seen.append((origin, resp.status, body.get("key", "ok")))
+
+
+async def more_requests(seen: list[Any], count: int = 20) -> None:
+    target = len(seen) + count
+    for _ in range(3000):  # a bound for a stuck gateway, not a timing
+        if len(seen) >= target:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the client loops stalled at {len(seen)} requests")
+
+
+def check_messages(path: Any) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    return [line.removeprefix("error: ") for line in result.stdout.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "watch"])
+async def test_reload_under_load(gateway_process, upstream, tmp_path, trigger):
+    admin_port = free_port()
+    watch = trigger == "watch"
+    gw: GatewayProcess = await gateway_process(
+        policy_tree(upstream.url, admin_port, [KEPT, DROPPED], watch), free_port()
+    )
+
+    def reload() -> None:
+        if not watch:
+            gw.send(signal.SIGHUP)
+
+    stop = asyncio.Event()
+    seen: list[list[tuple[str, int, str]]] = [[] for _ in range(LOOPS)]
+    loops = [asyncio.create_task(client_loop(gw.url, stop, s)) for s in seen]
+    try:
+        await more_requests(seen[0])
+        # 1. a valid change: DROPPED is no longer allowed
+        write_policy(gw.config, policy_tree(upstream.url, admin_port, [KEPT], watch))
+        reload()
+        await gw.wait_for("policy reloaded")
+        await more_requests(seen[0])
+        # 2. an invalid file: rejected with check's messages, the running policy stays
+        bad = policy_tree(upstream.url, admin_port, [KEPT, DROPPED], watch)
+        bad["projects"]["shop"]["bogus"] = 1
+        bad["rate_limit"]["per_ip"] = "lots"
+        write_policy(gw.config, bad)
+        reload()
+        await gw.wait_for("the running policy stays in force")
+        await more_requests(seen[0])
+    finally:
+        stop.set()
+        results = await asyncio.gather(*loops, return_exceptions=True)
+    assert all(r is None for r in results), results
+
+    for s in seen:
+        assert {(o, st, k) for o, st, k in s if o == KEPT} == {(KEPT, 200, "ok")}
+        dropped = [(st, k) for o, st, k in s if o == DROPPED]
+        assert set(dropped) <= {(200, "ok"), (403, "origin_not_allowed")}  # nothing fails for another reason
+        first_refusal = dropped.index((403, "origin_not_allowed"))
+        assert first_refusal > 0
+        assert all(
+            d == (403, "origin_not_allowed") for d in dropped[first_refusal:]
+        )  # the bad file changed nothing
+
+    problems = check_messages(gw.config)
+    assert len(problems) == 2
+    for problem in problems:
+        await gw.wait_for(f"reload rejected: {problem}")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{admin_port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    assert samples(text, "gateway_policy_reloads_total") == {
+        labels(result="applied"): 1,
+        labels(result="rejected"): 1,
+    }
+
+
+async def test_rate_limit_state_and_in_flight_requests_survive_a_reload(ops_gateway, upstream, tmp_path):
+    from gateway.reload import PolicyReloader
+    from tests.upstream_double import Reply
+
+    tree = base_policy(upstream.url, allowed_origins=[KEPT, DROPPED])
+    tree["rate_limit"] = {"per_ip": "3 per minute"}
+    gw = await ops_gateway(tree)
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    reloader = PolicyReloader(gw.public.server.app, path, configure_logs=False)
+    url = "/client/v1/validate"
+
+    assert (await gw.public.get(url, headers={"Origin": KEPT})).status == 200
+    upstream.reply(Reply(delay=1))
+    in_flight = asyncio.create_task(gw.public.get(url, headers={"Origin": DROPPED}))
+    for _ in range(3000):
+        if len(upstream.received) == 2:
+            break
+        await asyncio.sleep(0.01)
+    tree["projects"]["shop"]["allowed_origins"] = [KEPT]
+    write_policy(path, tree)
+    assert await reloader.reload()
+    assert (await in_flight).status == 200  # started under the old policy, finished under it
+    assert (await gw.public.get(url, headers={"Origin": DROPPED})).status == 403
+    assert (await gw.public.get(url, headers={"Origin": KEPT})).status == 200  # third hit of 3
+    resp = await gw.public.get(url, headers={"Origin": KEPT})
+    assert resp.status == 429  # the count made before the reload still holds

@@ -1,0 +1,32 @@
+"""The committed JSON Schema of the policy file matches the models, and editors are pointed at it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from gateway.policy import PolicyFile
+from tests.ops_support import ROOT
+
+SCHEMA = ROOT / "config" / "policy.schema.json"
+
+
+def test_committed_schema_matches_the_models():
+    committed = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    assert committed == PolicyFile.model_json_schema(), (
+        "config/policy.schema.json is stale: run `voucherify-gateway schema > config/policy.schema.json`"
+    )
+
+
+def test_schema_command_prints_the_committed_file():
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "schema"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout == SCHEMA.read_text(encoding="utf-8")
+
+
+def test_policy_files_reference_the_schema():
+    for name in ("policy.yaml", "policy.example.yaml"):
+        first = (ROOT / "config" / name).read_text(encoding="utf-8").splitlines()[0]
+        assert first == "# yaml-language-server: $schema=policy.schema.json", name
