@@ -21,8 +21,9 @@ log = logging.getLogger("gateway")
 
 def bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp keeps the asyncio server here; it is the only way to learn port 0's pick
-    assert isinstance(server, asyncio.base_events.Server)
-    sockname = server.sockets[0].getsockname()
+    sockets = getattr(server, "sockets", None)  # an asyncio or a uvloop Server (not an asyncio subclass)
+    assert sockets
+    sockname = sockets[0].getsockname()
     return int(sockname[1])
 
 
