@@ -5,6 +5,7 @@ Both are started on free ports and always killed in teardown, even when a test f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -162,10 +163,8 @@ class GatewayProcess:
         if self.proc is None:
             return
         for pid in self.worker_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)

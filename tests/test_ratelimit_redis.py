@@ -135,7 +135,7 @@ async def _until_limited(client: Any, deadline_s: float = 15) -> list[int]:
     raise AssertionError(f"limit not enforced again: {seen[-10:]}")
 
 
-# A request may take the storage timeout plus the rest of the pipeline; a hung one would take the client's 10 s.
+# A request may take the storage timeout plus the rest of the pipeline; a hung one takes the client's 10 s.
 BOUND = 0.5 + 2.0
 
 
