@@ -43,8 +43,8 @@ def memory_warning(policy: PolicyFile, workers: int) -> str | None:
     if not in_memory:
         return None
     return (
-        f"rate_limit.storage is memory:// for {', '.join(in_memory)} with {workers} workers: every worker "
-        f"counts on its own, so clients get up to {workers} times each limit; use a Redis URL to share them"
+        f"rate_limit.storage is memory:// for {', '.join(in_memory)} with {workers} workers: limits are per "
+        f"process, so clients get up to {workers} times each limit; use a Redis URL to share them"
     )
 
 
