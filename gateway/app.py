@@ -52,7 +52,8 @@ class GatewayState:
     def set_policy(self, policy: PolicyFile) -> None:
         compiled = compile_policy(policy)
         for project in compiled.projects.values():  # open storages now, not on the first request
-            self.limiters.get(project.rate_limit.storage, project.rate_limit.strategy)
+            limits = project.rate_limit
+            self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=policy.upstream.connect_timeout, sock_read=policy.upstream.read_timeout
         )
@@ -250,6 +251,7 @@ def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]]
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     await state.upstream.start()
+    await state.limiters.start()
     yield
     await state.upstream.close()
     await state.limiters.close()

@@ -58,6 +58,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
+    if args.worker or args.workers > 1:
+        from gateway import workers
+
+        if args.worker:
+            return workers.run_worker(Path(args.config), args.host, args.port)
+        return workers.supervise(Path(args.config), args.host, args.port, args.workers)
     return serve(Path(args.config), args.host, args.port)
 
 
@@ -65,6 +71,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import demo
 
     return demo(args.host, args.port)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=default_config(), help="policy file (default: %(default)s)")
     serve.add_argument("--host", help="override listen.host")
     serve.add_argument("--port", type=int, help="override listen.port")
+    serve.add_argument("--workers", type=_positive, default=1, help="processes sharing the port (default 1)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run as a worker
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check", help="validate a policy file")

@@ -24,6 +24,9 @@ from limits.aio.strategies import (
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
+from gateway import redis_store
+from gateway.memory_store import BoundedMemoryStorage
+
 log = logging.getLogger("gateway.ratelimit")
 
 STRATEGIES: dict[str, type[RateLimiter]] = {
@@ -79,6 +82,18 @@ def storage_options(uri: str) -> tuple[str, dict[str, float | str | bool]]:
     return "async+" + uri, options
 
 
+def open_storage(uri: str, timeout: float = 0.5) -> Storage:
+    """A storage for a policy URI: the bounded in-memory store, or Redis with timeouts and a bounded pool."""
+    if uri.startswith("memory://"):
+        return BoundedMemoryStorage()
+    if redis_store.is_redis(uri):
+        return redis_store.redis_storage(uri, timeout)
+    target, options = storage_options(uri)
+    created = storage_from_string(target, **options)
+    assert isinstance(created, Storage)
+    return created
+
+
 class Limiter:
     """One storage and strategy; `hit` counts a request in a bucket and says whether it may pass."""
 
@@ -114,22 +129,47 @@ class Limiter:
 
 
 class LimiterPool:
-    """Storages by URI and limiters by (URI, strategy), shared across policy reloads."""
+    """Storages by URI and limiters by (URI, strategy), shared across policy reloads.
+
+    One storage (so one Redis connection pool) per URI and process. `start` opens the Redis connections and
+    loads the Lua scripts before the first request; storages a reload adds are prepared in the background.
+    """
 
     def __init__(self) -> None:
         self._storages: dict[str, Storage] = {}
         self._limiters: dict[tuple[str, str], Limiter] = {}
+        self._started = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def get(self, uri: str, strategy: str) -> Limiter:
+    def get(self, uri: str, strategy: str, timeout: float = 0.5) -> Limiter:
         limiter = self._limiters.get((uri, strategy))
         if limiter is None:
             if uri not in self._storages:
-                target, options = storage_options(uri)
-                created = storage_from_string(target, **options)
-                assert isinstance(created, Storage)
-                self._storages[uri] = created
+                self._storages[uri] = open_storage(uri, timeout)
+                if self._started:
+                    task = asyncio.get_running_loop().create_task(self._prepare(uri, timeout))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             limiter = self._limiters[(uri, strategy)] = Limiter(self._storages[uri], strategy)
         return limiter
+
+    async def _prepare(self, uri: str, timeout: float) -> None:
+        storage = self._storages.get(uri)
+        if storage is None:
+            return
+        try:
+            await asyncio.wait_for(redis_store.prepare(storage), max(timeout, 1.0))
+        except Exception as exc:  # an unreachable store is handled per request (on_storage_error)
+            log.warning("rate-limit store not reachable at start-up (%s)", type(exc).__name__)
+
+    async def start(self, timeout: float = 1.0) -> None:
+        """Open each Redis storage's first connection and load its scripts (at start-up)."""
+        self._started = True
+        await asyncio.gather(*(self._prepare(uri, timeout) for uri in list(self._storages)))
+
+    async def prepare(self, uri: str) -> None:
+        """Reload the scripts after a store came back (a restarted Redis has an empty script cache)."""
+        await self._prepare(uri, 1.0)
 
     async def check(self) -> dict[str, bool]:
         """Reachability of every storage in use (for readiness)."""
@@ -142,12 +182,13 @@ class LimiterPool:
         return results
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         for storage in self._storages.values():
-            reset = getattr(storage, "close", None)
-            if reset is not None:
-                try:
-                    await reset()
-                except Exception:  # closing is best effort at shutdown
-                    log.debug("closing a limit storage failed", exc_info=True)
+            try:
+                await redis_store.close(storage)
+            except Exception:  # closing is best effort at shutdown
+                log.debug("closing a limit storage failed", exc_info=True)
         self._storages.clear()
         self._limiters.clear()
+        self._started = False

@@ -1,0 +1,102 @@
+"""An address-rotation flood against the in-memory store: expired keys are reclaimed, memory stays bounded.
+
+A million distinct client IPs go through the limiter (bucket key, strategy, storage), not HTTP. The store's
+clock is driven by the test, so expiry needs no sleeping.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+
+from gateway.client_ip import bucket_key
+from gateway.memory_store import BoundedMemoryStorage
+from gateway.ratelimit import Bucket, Limiter, LimiterPool
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def memory_limiter(
+    strategy: str, clock: Clock, max_keys: int = 1_000_000
+) -> tuple[Limiter, BoundedMemoryStorage]:
+    limiter = LimiterPool().get("memory://", strategy)
+    storage = limiter.storage
+    assert isinstance(storage, BoundedMemoryStorage)
+    storage.clock = clock
+    storage.max_keys = max_keys
+    return limiter, storage
+
+
+@pytest.mark.parametrize(
+    ("strategy", "flood"),
+    [("moving-window", 1_000_000), ("fixed-window", 200_000), ("sliding-window-counter", 200_000)],
+)
+async def test_rotation_flood_is_reclaimed(strategy: str, flood: int) -> None:
+    clock = Clock()
+    limiter, storage = memory_limiter(strategy, clock)
+    bucket = Bucket.parse("per_ip", "5 per 5 seconds", "shop/per_ip")
+    item = bucket.items[0]
+    rate = 10_000  # distinct new addresses per (simulated) second
+    peak = 0
+    for i in range(flood):
+        clock.now += 1 / rate
+        key = bucket_key(IPv4Address(0x0A000000 + i), 64)
+        assert await limiter.strategy.hit(item, bucket.namespace, key)  # every address is new
+        if i % 10_000 == 0:
+            peak = max(peak, len(storage))
+    # Keys live one window (two for the sliding window's counters): 5 s x 10k/s, not the whole flood.
+    live_bound = rate * 5 * (2 if strategy == "sliding-window-counter" else 1) + 1_000
+    assert peak <= live_bound
+    assert len(storage) <= live_bound
+    assert len(storage._due) <= live_bound
+    clock.now += 11
+    assert await limiter.strategy.hit(item, bucket.namespace, "192.0.2.1")
+    assert len(storage) == 1  # everything else expired and was reclaimed
+    assert len(storage._due) == 1
+    assert storage.evicted == 0
+
+
+async def test_hard_cap_bounds_a_flood_faster_than_expiry() -> None:
+    clock = Clock()
+    limiter, storage = memory_limiter("moving-window", clock, max_keys=5_000)
+    bucket = Bucket.parse("per_ip", "5 per hour", "shop/per_ip")
+    for i in range(100_000):
+        await limiter.strategy.hit(
+            bucket.items[0], bucket.namespace, f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
+        )
+        assert len(storage) <= 5_000
+    assert storage.evicted == 95_000
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+async def test_ipv6_rotation_inside_one_prefix_shares_one_bucket(strategy: str) -> None:
+    clock = Clock()
+    limiter, storage = memory_limiter(strategy, clock)
+    bucket = Bucket.parse("per_ip", "5 per hour", "shop/per_ip")
+    base = int(IPv6Address("2001:db8:1:2::"))
+    allowed = 0
+    for i in range(20_000):
+        address = IPv6Address(base + (i * 0x9E3779B97F4A7C15 % (1 << 64)))  # spread over the /64
+        result = await limiter.hit(bucket, bucket_key(address, 64), 1.0)
+        allowed += result.allowed
+    assert allowed == 5
+    assert len(storage) <= 2  # one bucket (the sliding window counts in two keys)
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+async def test_limits_hold_and_return_after_the_window(strategy: str) -> None:
+    clock = Clock()
+    clock.now = 1_000_000.5  # inside a window, away from its edges
+    limiter, _ = memory_limiter(strategy, clock)
+    bucket = Bucket.parse("per_ip", "3 per 10 seconds", "shop/per_ip")
+    results = [await limiter.hit(bucket, "203.0.113.5", 1.0) for _ in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+    clock.now += 25  # two windows later even the sliding window's previous count is gone
+    assert (await limiter.hit(bucket, "203.0.113.5", 1.0)).allowed

@@ -1,0 +1,196 @@
+"""Limits shared in a real Redis: exact across processes, and kept when Redis dies, freezes and returns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage
+from redis.asyncio import BlockingConnectionPool
+
+from gateway.app import STATE
+from gateway.ratelimit import Bucket, LimiterPool, StoreUnavailable, open_storage
+from tests.conftest import ORIGIN, base_policy
+from tests.processes import GatewayProcess, RedisServer
+
+STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
+H = {"Origin": ORIGIN}
+VALIDATE = "/client/v1/validate?code=SAVE10"
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def limited_policy(upstream_url: str, redis_url: str, **rate_limit: Any) -> dict[str, Any]:
+    tree = base_policy(upstream_url)
+    tree["rate_limit"] = {"storage": redis_url, **rate_limit}
+    return tree
+
+
+def test_storage_clients_are_configured() -> None:
+    """redis-py with a blocking pool, socket timeouts and at most one retry; no network needed."""
+    plain = open_storage("redis://127.0.0.1:1/0", 0.25)
+    assert isinstance(plain, RedisStorage)
+    client = plain.bridge.storage
+    pool = client.connection_pool
+    assert isinstance(pool, BlockingConnectionPool)
+    assert pool.timeout == 0.25
+    assert pool.connection_kwargs["socket_timeout"] == 0.25
+    assert pool.connection_kwargs["socket_connect_timeout"] == 0.25
+    assert pool.connection_kwargs["retry"].get_retries() == 1
+    assert plain.wrap_exceptions is True
+    secure = open_storage("rediss://127.0.0.1:1/0", 0.25)
+    assert isinstance(secure.bridge.storage.connection_pool, BlockingConnectionPool)
+    assert "SSL" in secure.bridge.storage.connection_pool.connection_class.__name__
+    sentinel = open_storage("redis+sentinel://127.0.0.1:1/mymaster", 0.25)
+    assert isinstance(sentinel, RedisSentinelStorage)
+    assert type(sentinel.bridge).__name__ == "RedispyBridge"
+    cluster = open_storage("redis+cluster://127.0.0.1:1", 0.25)  # redis-py connects to a cluster lazily
+    assert isinstance(cluster, RedisClusterStorage)
+    assert type(cluster.bridge).__name__ == "RedispyBridge"
+
+
+async def test_start_loads_scripts_and_close_releases_pool(redis: RedisServer) -> None:
+    pool = LimiterPool()
+    limiter = pool.get(redis.url, "moving-window", 0.5)
+    await pool.start()
+    client = limiter.storage.bridge.storage
+    assert await client.script_exists(limiter.storage.bridge.lua_acquire_moving_window.sha) == [True]
+    bucket = Bucket.parse("per_ip", "2 per hour", "p/per_ip")
+    results = [await limiter.hit(bucket, "203.0.113.9", 0.5) for _ in range(3)]
+    assert [r.allowed for r in results] == [True, True, False]
+    await pool.close()
+    assert limiter.storage.bridge.storage.connection_pool._in_use_connections == set()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_burst_over_two_instances_lets_exactly_k_through(
+    strategy: str, redis: RedisServer, upstream: Any, processes: list[GatewayProcess], tmp_path: Path
+) -> None:
+    limit = 7
+    policy = limited_policy(upstream.url, redis.url, strategy=strategy, per_ip=f"{limit} per hour")
+    policy["logging"] = {"level": "warning"}
+    gateways = [GatewayProcess(policy, tmp_path, workers=2) for _ in range(2)]
+    processes.extend(gateways)
+    await asyncio.gather(*(asyncio.to_thread(g.start) for g in gateways))
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # new connections spread over the workers
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> int:
+            url = gateways[i % 2].url + VALIDATE
+            async with session.get(url, headers=H, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = Counter(await asyncio.gather(*(one(i) for i in range(300))))
+    assert statuses == {200: limit, 429: 300 - limit}
+    assert len(upstream.received) == limit
+
+
+async def _send(client: Any, n: int) -> list[tuple[int, dict[str, Any], float]]:
+    async def one() -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        resp = await client.get(VALIDATE, headers=H, timeout=aiohttp.ClientTimeout(total=10))
+        body = await resp.json()
+        return resp.status, body, time.monotonic() - started
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def _until_limited(client: Any, deadline_s: float = 15) -> list[int]:
+    """One request at a time until a 429: the limit is enforced again (fails if it never is)."""
+    seen: list[int] = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        resp = await client.get(VALIDATE, headers=H)
+        seen.append(resp.status)
+        if resp.status == 429:
+            return seen
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"limit not enforced again: {seen[-10:]}")
+
+
+# A request may take the storage timeout plus the rest of the pipeline; a hung one takes the client's 10 s.
+BOUND = 0.5 + 2.0
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+async def test_redis_killed_restarted_and_frozen(
+    mode: str, redis: RedisServer, upstream: Any, gateway: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = limited_policy(
+        upstream.url, redis.url, per_ip="3 per hour", on_storage_error=mode, storage_timeout=0.5
+    )
+    client = await gateway(policy)
+    state = client.server.app[STATE]
+
+    assert [s for s, _, _ in await _send(client, 3)] == [200, 200, 200]
+    assert (await client.get(VALIDATE, headers=H)).status == 429
+
+    for outage in ("kill", "freeze"):
+        caplog.clear()
+        if outage == "kill":
+            redis.kill()
+        else:
+            redis.freeze()
+        before = len(upstream.received)
+        results = await _send(client, 20)
+        assert all(elapsed < BOUND for _, _, elapsed in results), [e for _, _, e in results]
+        if mode == "allow":
+            assert [s for s, _, _ in results] == [200] * 20
+            assert len(upstream.received) == before + 20
+        else:
+            assert [s for s, _, _ in results] == [503] * 20
+            assert {body["key"] for _, body, _ in results} == {"rate_limit_unavailable"}
+            assert len(upstream.received) == before
+        down = [r for r in caplog.records if "rate-limit store unavailable" in r.getMessage()]
+        assert len(down) == 1  # one line per outage, not per request
+
+        if outage == "kill":
+            redis.start()  # same port, empty: counting starts again
+        else:
+            redis.thaw()
+        seen = await _until_limited(client)
+        assert seen.count(200) <= 3
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+    assert state.fail_open_total == (40 if mode == "allow" else 0)
+
+
+async def test_burst_larger_than_the_pool_waits_instead_of_failing(redis: RedisServer) -> None:
+    pool = LimiterPool()
+    limiter = pool.get(redis.url, "moving-window", 2.0)
+    await pool.start()
+    bucket = Bucket.parse("per_ip", "50 per hour", "b/per_ip")
+    try:
+        results = await asyncio.gather(*(limiter.hit(bucket, "198.51.100.7", 5.0) for _ in range(400)))
+    except StoreUnavailable as exc:  # MaxConnectionsError would surface here
+        pytest.fail(f"burst failed instead of waiting for a connection: {exc}")
+    finally:
+        await pool.close()
+    assert sum(r.allowed for r in results) == 50

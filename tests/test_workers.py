@@ -1,0 +1,109 @@
+"""`serve --workers 2`: both workers serve, a dead one is replaced, signals reach every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.policy import parse_policy
+from gateway.workers import memory_warning
+from tests.conftest import ORIGIN, base_policy
+from tests.processes import GatewayProcess
+
+H = {"Origin": ORIGIN}
+
+
+@pytest.fixture
+def processes() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _access_workers(gw: GatewayProcess) -> set[int]:
+    pids: set[int] = set()
+    for line in gw.lines('"request_id"'):
+        record = json.loads(line)
+        if record.get("operation") == "validate":
+            pids.add(int(record["worker"]))
+    return pids
+
+
+async def test_two_workers_serve_replace_reload_and_stop(
+    upstream: Any, processes: list[GatewayProcess], tmp_path: Path
+) -> None:
+    gw = GatewayProcess(base_policy(upstream.url), tmp_path, workers=2)
+    processes.append(gw)
+    listening = await asyncio.to_thread(gw.start)
+    assert f"127.0.0.1:{gw.port}" in listening
+    assert len(gw.lines("listening on", "stdout")) == 1  # one line for all workers
+    assert any("memory://" in line and "2 workers" in line for line in gw.lines("warning"))
+    workers = gw.worker_pids()
+    assert len(workers) == 2
+    assert gw.proc is not None and gw.proc.pid not in workers
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> int:
+            async with session.get(f"{gw.url}/client/v1/validate?code=A", headers=H) as resp:
+                return resp.status
+
+        assert set(await asyncio.gather(*(one() for _ in range(60)))) == {200}
+        await asyncio.to_thread(gw.wait_for, gw.stderr, '"request_id"', 30, 60)
+        assert _access_workers(gw) == workers  # both workers answered
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        await asyncio.to_thread(gw.wait_for, gw.stderr, r"worker \d+ listening", 30, 3)
+        replaced = gw.worker_pids() - workers
+        assert len(replaced) == 1
+        assert _alive(next(iter(replaced)))
+        assert await one() == 200
+
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    await asyncio.to_thread(gw.wait_for, gw.stderr, "policy reloaded", 30, 2)
+    reloaded = {json.loads(line)["worker"] for line in gw.lines("policy reloaded")}
+    assert reloaded == (workers - {victim}) | replaced
+
+    os.kill(gw.proc.pid, signal.SIGTERM)
+    code = await asyncio.to_thread(gw.proc.wait, 30)
+    assert code == 0
+    assert not any(_alive(pid) for pid in gw.worker_pids())
+
+
+def test_memory_warning_only_for_several_workers_on_memory() -> None:
+    tree = base_policy("http://127.0.0.1:9")
+    policy = parse_policy(json.dumps(tree), env={})
+    assert memory_warning(policy, 1) is None
+    warning = memory_warning(policy, 4) or ""
+    assert "limits are per process" in warning and "4 workers" in warning
+    tree["rate_limit"]["storage"] = "redis://127.0.0.1:6379/0"
+    assert memory_warning(parse_policy(json.dumps(tree), env={}), 4) is None
+
+
+def test_workers_argument_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--workers", "0"])
+    assert "at least 1" in capsys.readouterr().err
