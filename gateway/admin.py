@@ -63,13 +63,6 @@ def gateway_readiness(state: GatewayState) -> Readiness:
     return ready
 
 
-def listening_port(site: web.TCPSite) -> int:
-    # asyncio's and uvloop's servers are different classes, both with `sockets`.
-    sockets = getattr(site._server, "sockets", None)
-    assert sockets, "the site is not listening"
-    return int(sockets[0].getsockname()[1])
-
-
 def create_admin_app(registry: CollectorRegistry, readiness: Readiness = always_ready) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         # In multiprocess mode this reads every worker's files: off the event loop.
@@ -107,9 +100,8 @@ class AdminServer:
 
     async def start(self) -> int:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = listening_port(site)
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])
         return self.port
 
     async def stop(self) -> None:

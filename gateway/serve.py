@@ -23,14 +23,6 @@ from gateway.reload import reload_policy as reload_policy  # kept importable fro
 log = logging.getLogger("gateway")
 
 
-def bound_port(site: web.TCPSite) -> int:
-    # aiohttp keeps the server here; it is the only way to learn port 0's pick. asyncio's and uvloop's
-    # servers are different classes, both with `sockets`.
-    sockets = getattr(site._server, "sockets", None)
-    assert sockets, "the site is not listening"
-    return int(sockets[0].getsockname()[1])
-
-
 async def run(
     policy: PolicyFile,
     path: Path | None,
@@ -39,7 +31,9 @@ async def run(
     *,
     reuse_port: bool = False,
     announce: Callable[[str], None] = print,
+    with_admin: bool = True,
 ) -> int:
+    """Serve until SIGTERM or SIGINT, then drain. Under `--workers`, the parent runs the admin listener."""
     observer = MetricsObserver(truncate_ips=policy.logging.client_ip == "truncated")
     app = create_app(policy, observer)
     runner = web.AppRunner(
@@ -49,8 +43,8 @@ async def run(
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
     shown = f"[{host}]" if ":" in host else host
-    admin = await _start_admin(app, observer, policy)
-    announce(f"voucherify-gateway listening on http://{shown}:{bound_port(site)}")
+    admin = await _start_admin(app, observer, policy) if with_admin else None
+    announce(f"voucherify-gateway listening on http://{shown}:{runner.addresses[0][1]}")
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -26,6 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import mark_process_dead
+
+from gateway.admin import AdminServer, create_admin_app
+from gateway.metrics import multiprocess_dir
 from gateway.observe import configure_logging
 from gateway.policy import PolicyError, PolicyFile, load_policy
 
@@ -82,7 +87,7 @@ async def _worker_main(policy: PolicyFile, path: Path, host: str, port: int) -> 
 
     watch = asyncio.create_task(_orphan_watch(os.getppid()))
     try:
-        return await run(policy, path, host, port, reuse_port=True, announce=_announce)
+        return await run(policy, path, host, port, reuse_port=True, announce=_announce, with_admin=False)
     finally:
         watch.cancel()
 
@@ -108,7 +113,8 @@ def run_worker(path: Path, host: str | None, port: int | None) -> int:
 
 
 class Supervisor:
-    def __init__(self, path: Path, host: str, port: int, count: int) -> None:
+    def __init__(self, policy: PolicyFile, path: Path, host: str, port: int, count: int) -> None:
+        self.policy = policy
         self.path, self.host, self.port, self.count = path, host, port, count
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
@@ -144,6 +150,8 @@ class Supervisor:
                 print(line, flush=True)
         code = await proc.wait()
         self.procs.pop(proc.pid, None)
+        if multiprocess_dir() is not None:
+            mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # its live gauges stop counting
         if self.stopping:
             if code != 0:
                 self.failed = True
@@ -157,6 +165,30 @@ class Supervisor:
             await asyncio.sleep(RESTART_BACKOFF)
         if not self.stopping:
             await self._spawn(initial=False)
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        alive = len(self.procs)
+        checks = {"workers": f"{alive} of {self.count} running"}
+        if self.stopping:
+            checks["draining"] = "yes: not taking new requests"
+        return not self.stopping and alive == self.count, checks
+
+    async def _start_admin(self) -> AdminServer | None:
+        """One admin listener for all workers, in the parent: /metrics sums every worker's values."""
+        admin_config = self.policy.admin
+        if admin_config.port is None:
+            return None
+        admin = AdminServer(
+            create_admin_app(CollectorRegistry(), self.readiness), admin_config.host, admin_config.port
+        )
+        port = await admin.start()
+        log.info(
+            "admin listener (/metrics, /healthz, /readyz) for %d workers on %s:%s",
+            self.count,
+            admin_config.host,
+            port,
+        )
+        return admin
 
     def _forward(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,8 +219,13 @@ class Supervisor:
         if self.all_ready.is_set() and not self.startup_failed.is_set() and not self.stopping:
             shown = f"[{self.host}]" if ":" in self.host else self.host
             where = f"http://{shown}:{self.port}"
+            admin = await self._start_admin()
             print(f"voucherify-gateway listening on {where} ({self.count} workers)", flush=True)
             await stopped.wait()
+            while self._tasks:  # the workers drain; /readyz answers 503 meanwhile
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if admin is not None:
+                await admin.stop()
         else:
             self.failed = self.startup_failed.is_set()
             self._forward(signal.SIGTERM)
@@ -219,7 +256,7 @@ def supervise(path: Path, host: str | None, port: int | None, count: int) -> int
         own_metrics_dir = tempfile.mkdtemp(prefix="voucherify-gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
     try:
-        return _run_loop(Supervisor(path, host, port, count).run())
+        return _run_loop(Supervisor(policy, path, host, port, count).run())
     finally:
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)

@@ -107,3 +107,45 @@ def test_workers_argument_must_be_positive(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["serve", "--workers", "0"])
     assert "at least 1" in capsys.readouterr().err
+
+
+async def test_one_metrics_scrape_covers_every_worker(
+    upstream: Any, processes: list[GatewayProcess], tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.conftest import free_port
+
+    tree = base_policy(upstream.url)
+    admin_port = free_port()
+    tree["admin"] = {"port": admin_port}
+    gw = GatewayProcess(tree, tmp_path, workers=2)
+    processes.append(gw)
+    await asyncio.to_thread(gw.start)
+    admin = f"http://127.0.0.1:{admin_port}"
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # new connections spread over the workers
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> int:
+            async with session.get(f"{gw.url}/client/v1/validate?code=A", headers=H) as resp:
+                return resp.status
+
+        assert set(await asyncio.gather(*(one() for _ in range(80)))) == {200}
+        await asyncio.to_thread(gw.wait_for, gw.stderr, '"request_id"', 30, 80)
+        assert len(_access_workers(gw)) == 2  # both workers answered some of them
+
+        async with session.get(f"{admin}/metrics") as resp:
+            text = await resp.text()
+        forwarded = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "gateway_requests_total" and sample.labels.get("operation") == "validate"
+        )
+        assert forwarded == 80  # not just the share of whichever worker would have answered
+
+        async with session.get(f"{admin}/readyz") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["checks"]["workers"] == "2 of 2 running"
+        async with session.get(f"{gw.url}/metrics") as resp:
+            assert resp.status == 404  # never on the public port
