@@ -217,7 +217,10 @@ def check_body(admit: Admit, body: bytes) -> Refuse | None:
         return None
     operation = target.operation
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant)
+    except _DuplicateKey:
+        refusal = errors.invalid_payload("The request body has the same key twice in one object.")
+        return Refuse(refusal, target.project, operation, admit.cors)
     except (UnicodeDecodeError, ValueError, RecursionError):
         refusal = errors.invalid_payload("The request body is not valid UTF-8 JSON.")
         return Refuse(refusal, target.project, operation, admit.cors)
@@ -231,3 +234,24 @@ def check_body(admit: Admit, body: bytes) -> Refuse | None:
                 errors.danger_zone_disabled(operation, option.value), target.project, operation, admit.cors
             )
     return None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose keys are unique. Parsers disagree on which of two equal keys wins, so a body
+    naming `loyalty` twice could pass the danger-zone check with one value and reach Voucherify with the
+    other."""
+    document: dict[str, object] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> object:
+    """NaN and Infinity are not JSON, though Python's parser takes them."""
+    raise ValueError(f"{name} is not JSON")
