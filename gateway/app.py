@@ -244,5 +244,5 @@ def create_app(policy: PolicyFile, observer: Observer | None = None) -> web.Appl
     app = web.Application(client_max_size=policy.listen.max_body_bytes)
     app[STATE] = GatewayState(policy, observer)
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, newlines included
     return app
