@@ -105,6 +105,10 @@ class UpstreamPool:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
         )
+        # aiohttp silently resends GET and PUT once when a reused connection drops; a validate that locks a
+        # session, or a second hit on Voucherify's per-IP budget, must not happen behind the caller's back.
+        # There is no public switch (aio-libs/aiohttp#10790); aiohttp's own test client sets this attribute.
+        self._session._retry_connection = False
 
     @property
     def ready(self) -> bool:
