@@ -101,7 +101,8 @@ class UpstreamPool:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,
-            skip_auto_headers=("User-Agent",),
+            # only what request_headers chose: no made-up User-Agent, and no Content-Type for an empty body
+            skip_auto_headers=("User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
         )
