@@ -130,16 +130,17 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
     if resolved is None:
         return Refuse(errors.not_found())
     project, segments = resolved
+    # The origin is judged once; refusals before the origin check still carry CORS for an allowed origin,
+    # so the page that sent them can read why.
+    origin_refusal, cors, origin = _origin_check(project, headers)
     found = CATALOG.match(segments)
     if found is None:
-        _, cors, _ = _origin_check(project, headers)
         return Refuse(errors.not_found(), project, None, cors)
 
     if method == "OPTIONS":
         route = next(iter(found.routes.values()))
-        refusal, cors, _ = _origin_check(project, headers)
-        if refusal is not None:
-            return Refuse(refusal, project, route.operation.name)
+        if origin_refusal is not None:
+            return Refuse(origin_refusal, project, route.operation.name)
         allow = ", ".join(sorted(found.routes))
         preflight = (
             *cors,
@@ -150,7 +151,6 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
         return Preflight(project, route.operation.name, preflight)
 
     if method not in found.routes:
-        _, cors, _ = _origin_check(project, headers)
         first = next(iter(found.routes.values()))
         return Refuse(
             errors.method_not_allowed(method, tuple(sorted(found.routes))),
@@ -163,11 +163,10 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
 
     for secret in SERVER_SECRETS:
         if secret in headers:
-            return Refuse(errors.secret_key_exposed(secret), project, operation)
+            return Refuse(errors.secret_key_exposed(secret), project, operation, cors)
 
-    refusal, cors, origin = _origin_check(project, headers)
-    if refusal is not None:
-        return Refuse(refusal, project, operation)
+    if origin_refusal is not None:
+        return Refuse(origin_refusal, project, operation)
 
     danger = route.operation.danger
     if danger is not None and danger not in project.danger:
