@@ -19,11 +19,9 @@ from gateway.policy import PolicyError, PolicyFile, load_policy
 log = logging.getLogger("gateway")
 
 
-def bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; it is the only way to learn port 0's pick
-    assert isinstance(server, asyncio.base_events.Server)
-    sockname = server.sockets[0].getsockname()
-    return int(sockname[1])
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually listened on (port 0 picks one)."""
+    return int(runner.addresses[0][1])
 
 
 async def reload_policy(app: web.Application, path: Path) -> bool:
@@ -56,7 +54,7 @@ async def run(
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
     shown = f"[{host}]" if ":" in host else host
-    announce(f"voucherify-gateway listening on http://{shown}:{bound_port(site)}")
+    announce(f"voucherify-gateway listening on http://{shown}:{bound_port(runner)}")
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
