@@ -24,6 +24,10 @@ def bound_port(runner: web.AppRunner) -> int:
     return int(runner.addresses[0][1])
 
 
+def announce_line(text: str) -> None:
+    print(text, flush=True)  # stdout is a pipe under supervisors and tests: unflushed, the line never shows
+
+
 async def reload_policy(app: web.Application, path: Path) -> bool:
     """Load and swap in the policy file; a file `check` would reject leaves the running policy in force."""
     try:
@@ -44,7 +48,7 @@ async def run(
     port: int,
     *,
     reuse_port: bool = False,
-    announce: Callable[[str], None] = print,
+    announce: Callable[[str], None] = announce_line,
 ) -> int:
     app = create_app(policy)
     runner = web.AppRunner(
