@@ -57,9 +57,6 @@ async def run(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
-    shown = f"[{host}]" if ":" in host else host
-    announce(f"voucherify-gateway listening on http://{shown}:{bound_port(runner)}")
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,6 +70,9 @@ async def run(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # Announced only once signals are handled: a supervisor may send SIGTERM as soon as it reads the line.
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"voucherify-gateway listening on http://{shown}:{bound_port(runner)}")
     await stop.wait()
     app[STATE].draining = True
     log.info("draining: no new connections, in-flight requests get %ss", policy.listen.drain_timeout)
