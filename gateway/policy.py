@@ -22,6 +22,7 @@ from pydantic import (
     IPvAnyNetwork,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -169,25 +170,26 @@ OriginEntry = Annotated[str, AfterValidator(_origin_entry)]  # checked one by on
 class Project(_Model):
     region: Annotated[str, AfterValidator(_region)] = "eu"
     upstream_auth: Literal["client", "server"] = "client"
-    credentials: Credentials = Credentials()
+    # validated even when left out, and beside the other fields, so check lists it with every other problem
+    credentials: Credentials = Field(default_factory=Credentials, validate_default=True)
     allowed_origins: tuple[OriginEntry, ...] = ()
     allow_missing_origin: bool = False
     danger_zone: DangerZone = DangerZone()
     rate_limit: ProjectRateLimit | None = None
 
-    @model_validator(mode="after")
-    def _credentials_for_mode(self) -> Project:
-        needed = (
-            ("client_application_id", "client_secret_key")
-            if self.upstream_auth == "client"
-            else ("application_id", "secret_key")
-        )
-        missing = [name for name in needed if not _secret(getattr(self.credentials, name))]
+    @field_validator("credentials")
+    @classmethod
+    def _credentials_for_mode(cls, credentials: Credentials, info: ValidationInfo) -> Credentials:
+        mode = info.data.get("upstream_auth")  # absent when upstream_auth is itself invalid: reported there
+        needed: tuple[str, ...] = ()
+        if mode == "client":
+            needed = ("client_application_id", "client_secret_key")
+        elif mode == "server":
+            needed = ("application_id", "secret_key")
+        missing = [name for name in needed if not _secret(getattr(credentials, name))]
         if missing:
-            raise ValueError(
-                f"upstream_auth: {self.upstream_auth} needs credentials.{' and credentials.'.join(missing)}"
-            )
-        return self
+            raise ValueError(f"upstream_auth: {mode} needs credentials.{' and credentials.'.join(missing)}")
+        return credentials
 
     @property
     def base_url(self) -> str:
