@@ -27,7 +27,11 @@ def base_policy(upstream_url: str, **project: Any) -> dict[str, Any]:
         "allowed_origins": [ORIGIN, "https://*.example.org"],
     }
     shop.update(project)
-    return {"default_project": "shop", "projects": {"shop": shop}, "rate_limit": {"per_ip": "1000 per minute"}}
+    return {
+        "default_project": "shop",
+        "projects": {"shop": shop},
+        "rate_limit": {"per_ip": "1000 per minute"},
+    }
 
 
 def make_policy(tree: dict[str, Any]) -> PolicyFile:
@@ -50,7 +54,9 @@ async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
     """`await gateway(tree=None, **project_overrides)`: a gateway on a real port in front of the double."""
     clients: list[TestClient[web.Request, web.Application]] = []
 
-    async def start(tree: dict[str, Any] | None = None, **project: Any) -> TestClient[web.Request, web.Application]:
+    async def start(
+        tree: dict[str, Any] | None = None, **project: Any
+    ) -> TestClient[web.Request, web.Application]:
         policy = make_policy(tree if tree is not None else base_policy(upstream.url, **project))
         client = TestClient(TestServer(create_app(policy), host="127.0.0.1"))
         await client.start_server()
@@ -77,3 +83,18 @@ def raw_url(client: TestClient[web.Request, web.Application], path_and_query: st
     from yarl import URL
 
     return URL(f"http://127.0.0.1:{client.port}{path_and_query}", encoded=True)
+
+
+GATEWAY_ERROR_FIELDS = {"code", "key", "message", "details", "request_id"}
+
+
+def assert_gateway_error(status: int, body: Any, headers: Any, code: int, key: str) -> None:
+    """One of the gateway's own errors, in Voucherify's shape, its request_id the X-Request-Id header."""
+    assert status == code, body
+    assert isinstance(body, dict) and set(body) == GATEWAY_ERROR_FIELDS, body
+    assert body["code"] == code and body["key"] == key, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["details"], str) and body["details"]
+    assert body["request_id"] == headers["X-Request-Id"]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Vary"] == "Origin"
