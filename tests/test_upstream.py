@@ -8,7 +8,7 @@ import json
 from multidict import CIMultiDict
 
 from gateway.upstream import request_headers, response_headers
-from tests.conftest import ORIGIN, base_policy, free_port
+from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
 from tests.upstream_double import GarbageServer, Reply
 
 H = {"Origin": ORIGIN}
@@ -229,10 +229,7 @@ async def test_compressed_answers_are_decoded(gateway, upstream):
 
 
 def assert_error(status: int, body: dict, headers, code: int, key: str) -> None:
-    assert status == code
-    assert body["code"] == code and body["key"] == key
-    assert body["request_id"] == headers["X-Request-Id"]
-    assert headers["Content-Type"] == "application/json"
+    assert_gateway_error(status, body, headers, code, key)
     assert headers["Access-Control-Allow-Origin"] == ORIGIN
 
 
