@@ -266,5 +266,5 @@ def create_app(
     add_widget(app)  # /widget.js, the one public addition to the contract's routes
     if demo_page:
         add_demo_page(app)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, newlines included
     return app

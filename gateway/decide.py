@@ -130,16 +130,17 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
     if resolved is None:
         return Refuse(errors.not_found())
     project, segments = resolved
+    # The origin is judged once; refusals before the origin check still carry CORS for an allowed origin,
+    # so the page that sent them can read why.
+    origin_refusal, cors, origin = _origin_check(project, headers)
     found = CATALOG.match(segments)
     if found is None:
-        _, cors, _ = _origin_check(project, headers)
         return Refuse(errors.not_found(), project, None, cors)
 
     if method == "OPTIONS":
         route = next(iter(found.routes.values()))
-        refusal, cors, _ = _origin_check(project, headers)
-        if refusal is not None:
-            return Refuse(refusal, project, route.operation.name)
+        if origin_refusal is not None:
+            return Refuse(origin_refusal, project, route.operation.name)
         allow = ", ".join(sorted(found.routes))
         preflight = (
             *cors,
@@ -150,7 +151,6 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
         return Preflight(project, route.operation.name, preflight)
 
     if method not in found.routes:
-        _, cors, _ = _origin_check(project, headers)
         first = next(iter(found.routes.values()))
         return Refuse(
             errors.method_not_allowed(method, tuple(sorted(found.routes))),
@@ -163,11 +163,10 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
 
     for secret in SERVER_SECRETS:
         if secret in headers:
-            return Refuse(errors.secret_key_exposed(secret), project, operation)
+            return Refuse(errors.secret_key_exposed(secret), project, operation, cors)
 
-    refusal, cors, origin = _origin_check(project, headers)
-    if refusal is not None:
-        return Refuse(refusal, project, operation)
+    if origin_refusal is not None:
+        return Refuse(origin_refusal, project, operation)
 
     danger = route.operation.danger
     if danger is not None and danger not in project.danger:
@@ -217,7 +216,10 @@ def check_body(admit: Admit, body: bytes) -> Refuse | None:
         return None
     operation = target.operation
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant)
+    except _DuplicateKey:
+        refusal = errors.invalid_payload("The request body has the same key twice in one object.")
+        return Refuse(refusal, target.project, operation, admit.cors)
     except (UnicodeDecodeError, ValueError, RecursionError):
         refusal = errors.invalid_payload("The request body is not valid UTF-8 JSON.")
         return Refuse(refusal, target.project, operation, admit.cors)
@@ -231,3 +233,24 @@ def check_body(admit: Admit, body: bytes) -> Refuse | None:
                 errors.danger_zone_disabled(operation, option.value), target.project, operation, admit.cors
             )
     return None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose keys are unique. Parsers disagree on which of two equal keys wins, so a body
+    naming `loyalty` twice could pass the danger-zone check with one value and reach Voucherify with the
+    other."""
+    document: dict[str, object] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> object:
+    """NaN and Infinity are not JSON, though Python's parser takes them."""
+    raise ValueError(f"{name} is not JSON")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-
-from cachetools import LRUCache
+from functools import lru_cache
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -116,15 +115,10 @@ class OriginPolicy:
                 )
         self.exact = frozenset(exact)
         self.wildcards = tuple(wildcards)
-        self._cache: LRUCache[str, OriginMatch] = LRUCache(maxsize=4096)
-
-    def match(self, value: str) -> OriginMatch:
-        cached = self._cache.get(value)
-        if cached is None:
-            cached = self._cache[value] = self._match(value)
-        return cached
+        self.match = lru_cache(maxsize=4096)(self._match)
 
     def _match(self, value: str) -> OriginMatch:
+        """Whether `value` is allowed, and how; `match` is this, cached per origin string (bounded)."""
         if value == "null":
             return OriginMatch.EXACT if self.allow_null else OriginMatch.NONE
         origin = parse_origin(value)

@@ -22,6 +22,7 @@ from pydantic import (
     IPvAnyNetwork,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -101,14 +102,14 @@ def _storage_uri(value: str) -> str:
 StorageUri = Annotated[str, AfterValidator(_storage_uri)]
 
 
-def _operation_names(value: dict[str, str]) -> dict[str, str]:
-    unknown = sorted(set(value) - set(OPERATIONS))
-    if unknown:
-        raise ValueError(f"unknown operation {', '.join(unknown)}; operations are {', '.join(OPERATIONS)}")
+def _operation_name(value: str) -> str:
+    if value not in OPERATIONS:
+        raise ValueError(f"unknown operation {value}; operations are {', '.join(OPERATIONS)}")
     return value
 
 
-OperationLimits = Annotated[dict[str, RateLimitString], AfterValidator(_operation_names)]
+# Keys and values are validated one by one, so every bad key and every bad limit is reported.
+OperationLimits = dict[Annotated[str, AfterValidator(_operation_name)], RateLimitString]
 
 
 class RateLimit(_Model):
@@ -155,36 +156,40 @@ def _region(value: str) -> str:
     raise ValueError("must be eu, us1, as1 or an http(s) URL")
 
 
-def _origins(value: tuple[str, ...]) -> tuple[str, ...]:
+def _origin_entry(value: str) -> str:
     try:
-        OriginPolicy(value)
+        OriginPolicy((value,))
     except OriginEntryError as exc:
         raise ValueError(str(exc)) from exc
     return value
 
 
+OriginEntry = Annotated[str, AfterValidator(_origin_entry)]  # checked one by one: every bad entry is listed
+
+
 class Project(_Model):
     region: Annotated[str, AfterValidator(_region)] = "eu"
     upstream_auth: Literal["client", "server"] = "client"
-    credentials: Credentials = Credentials()
-    allowed_origins: Annotated[tuple[str, ...], AfterValidator(_origins)] = ()
+    # validated even when left out, and beside the other fields, so check lists it with every other problem
+    credentials: Credentials = Field(default_factory=Credentials, validate_default=True)
+    allowed_origins: tuple[OriginEntry, ...] = ()
     allow_missing_origin: bool = False
     danger_zone: DangerZone = DangerZone()
     rate_limit: ProjectRateLimit | None = None
 
-    @model_validator(mode="after")
-    def _credentials_for_mode(self) -> Project:
-        needed = (
-            ("client_application_id", "client_secret_key")
-            if self.upstream_auth == "client"
-            else ("application_id", "secret_key")
-        )
-        missing = [name for name in needed if not _secret(getattr(self.credentials, name))]
+    @field_validator("credentials")
+    @classmethod
+    def _credentials_for_mode(cls, credentials: Credentials, info: ValidationInfo) -> Credentials:
+        mode = info.data.get("upstream_auth")  # absent when upstream_auth is itself invalid: reported there
+        needed: tuple[str, ...] = ()
+        if mode == "client":
+            needed = ("client_application_id", "client_secret_key")
+        elif mode == "server":
+            needed = ("application_id", "secret_key")
+        missing = [name for name in needed if not _secret(getattr(credentials, name))]
         if missing:
-            raise ValueError(
-                f"upstream_auth: {self.upstream_auth} needs credentials.{' and credentials.'.join(missing)}"
-            )
-        return self
+            raise ValueError(f"upstream_auth: {mode} needs credentials.{' and credentials.'.join(missing)}")
+        return credentials
 
     @property
     def base_url(self) -> str:
@@ -305,7 +310,9 @@ def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> Polic
 
 
 def _describe(error: Mapping[str, Any]) -> str:
-    location = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    location = ".".join(
+        str(part) for part in error["loc"] if not str(part).startswith("function-") and part != "[key]"
+    )
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         message = "unknown key"

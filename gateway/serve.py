@@ -23,6 +23,10 @@ from gateway.reload import reload_policy as reload_policy  # kept importable fro
 log = logging.getLogger("gateway")
 
 
+def announce_line(text: str) -> None:
+    print(text, flush=True)  # stdout is a pipe under supervisors and tests: unflushed, the line never shows
+
+
 async def run(
     policy: PolicyFile,
     path: Path | None,
@@ -30,7 +34,7 @@ async def run(
     port: int,
     *,
     reuse_port: bool = False,
-    announce: Callable[[str], None] = print,
+    announce: Callable[[str], None] = announce_line,
     with_admin: bool = True,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain. Under `--workers`, the parent runs the admin listener."""
@@ -42,9 +46,7 @@ async def run(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
-    shown = f"[{host}]" if ":" in host else host
     admin = await _start_admin(app, observer, policy) if with_admin else None
-    announce(f"voucherify-gateway listening on http://{shown}:{runner.addresses[0][1]}")
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -61,6 +63,9 @@ async def run(
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         reloader.start_watching()
+    # Announced only once signals are handled: a supervisor may send SIGTERM as soon as it reads the line.
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"voucherify-gateway listening on http://{shown}:{runner.addresses[0][1]}")
     await stop.wait()
     app[STATE].draining = True  # /readyz answers 503 from now on; the admin listener stops last
     for listening in list(runner.sites):  # runner.cleanup() would too; first, so the log line is true

@@ -101,10 +101,15 @@ class UpstreamPool:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,
-            skip_auto_headers=("User-Agent",),
+            # only what request_headers chose: no made-up User-Agent, and no Content-Type for an empty body
+            skip_auto_headers=("User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
         )
+        # aiohttp silently resends GET and PUT once when a reused connection drops; a validate that locks a
+        # session, or a second hit on Voucherify's per-IP budget, must not happen behind the caller's back.
+        # There is no public switch (aio-libs/aiohttp#10790); aiohttp's own test client sets this attribute.
+        self._session._retry_connection = False
 
     @property
     def ready(self) -> bool:

@@ -78,16 +78,12 @@ async def _orphan_watch(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _announce(line: str) -> None:
-    print(line, flush=True)
-
-
 async def _worker_main(policy: PolicyFile, path: Path, host: str, port: int) -> int:
     from gateway.serve import run
 
     watch = asyncio.create_task(_orphan_watch(os.getppid()))
     try:
-        return await run(policy, path, host, port, reuse_port=True, announce=_announce, with_admin=False)
+        return await run(policy, path, host, port, reuse_port=True, with_admin=False)
     finally:
         watch.cancel()
 

@@ -85,3 +85,18 @@ def raw_url(client: TestClient[web.Request, web.Application], path_and_query: st
     from yarl import URL
 
     return URL(f"http://127.0.0.1:{client.port}{path_and_query}", encoded=True)
+
+
+GATEWAY_ERROR_FIELDS = {"code", "key", "message", "details", "request_id"}
+
+
+def assert_gateway_error(status: int, body: Any, headers: Any, code: int, key: str) -> None:
+    """One of the gateway's own errors, in Voucherify's shape, its request_id the X-Request-Id header."""
+    assert status == code, body
+    assert isinstance(body, dict) and set(body) == GATEWAY_ERROR_FIELDS, body
+    assert body["code"] == code and body["key"] == key, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["details"], str) and body["details"]
+    assert body["request_id"] == headers["X-Request-Id"]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Vary"] == "Origin"

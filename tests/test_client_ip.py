@@ -1,0 +1,106 @@
+"""Who the client is, and which rate-limit bucket it counts in, without sockets."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from gateway.client_ip import ClientIpPolicy, bucket_key, client_address, parse_address, truncated
+
+NO_PROXIES = ClientIpPolicy()
+PROXIES = ClientIpPolicy((ip_network("10.0.0.0/8"), ip_network("fd00::/8")))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        (" 203.0.113.7 ", "203.0.113.7"),
+        ("203.0.113.7:5555", "203.0.113.7"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # IPv4-mapped IPv6 is the IPv4 client
+        ("[::ffff:203.0.113.7]:80", "203.0.113.7"),
+        ("unknown", None),
+        ("", None),
+        ("203.0.113.7, 10.0.0.1", None),
+        ("[2001:db8::1", None),
+        ("[2001:db8::1]x", None),
+        ("999.0.0.1", None),
+        ("_hidden", None),
+    ],
+)
+def test_parse_address(text, expected):
+    parsed = parse_address(text)
+    assert (str(parsed) if parsed is not None else None) == expected
+
+
+def ip(text: str):
+    return ip_address(text)
+
+
+def test_the_peer_is_the_client_without_trusted_proxies():
+    assert client_address("203.0.113.7", [], NO_PROXIES) == ip("203.0.113.7")
+    # A spoofed X-Forwarded-For from an untrusted peer is ignored entirely.
+    assert client_address("203.0.113.7", ["198.51.100.1"], NO_PROXIES) == ip("203.0.113.7")
+    assert client_address("203.0.113.7", ["198.51.100.1"], PROXIES) == ip("203.0.113.7")
+
+
+def test_xff_from_a_trusted_proxy_is_walked_from_the_right():
+    assert client_address("10.0.0.1", ["198.51.100.1"], PROXIES) == ip("198.51.100.1")
+    # The left-most entries are whatever the client wrote; the first untrusted from the right is the client.
+    assert client_address("10.0.0.1", ["1.1.1.1, 198.51.100.1, 10.0.0.2"], PROXIES) == ip("198.51.100.1")
+    assert client_address("10.0.0.1", ["1.1.1.1,198.51.100.1"], PROXIES) == ip("198.51.100.1")
+    assert client_address("fd00::1", ["2001:db8::5"], PROXIES) == ip("2001:db8::5")
+    assert client_address("10.0.0.1", ["[2001:db8::5]:1234"], PROXIES) == ip("2001:db8::5")
+
+
+def test_all_trusted_hops_give_the_left_most():
+    assert client_address("10.0.0.1", ["10.0.0.3, 10.0.0.2"], PROXIES) == ip("10.0.0.3")
+
+
+@pytest.mark.parametrize(
+    "xff", [["198.51.100.1", "198.51.100.2"], ["garbage"], ["198.51.100.1, garbage"], [""]]
+)
+def test_anything_odd_falls_back_to_the_peer(xff):
+    assert client_address("10.0.0.1", xff, PROXIES) == ip("10.0.0.1")
+
+
+def test_ipv4_mapped_peer_is_the_ipv4_client():
+    assert client_address("::ffff:10.0.0.1", ["198.51.100.1"], PROXIES) == ip("198.51.100.1")
+    assert client_address("::ffff:203.0.113.7", [], NO_PROXIES) == ip("203.0.113.7")
+
+
+def test_unknown_peer():
+    assert client_address(None, ["198.51.100.1"], PROXIES) is None
+    assert bucket_key(None, 64) == "unknown"
+
+
+def test_ipv4_buckets_are_per_address():
+    assert bucket_key(ip("203.0.113.7"), 64) == "203.0.113.7"
+    assert bucket_key(ip("203.0.113.7"), 64) != bucket_key(ip("203.0.113.8"), 64)
+
+
+def test_an_ipv6_64_shares_one_bucket():
+    one = bucket_key(ip("2001:db8:1:2::1"), 64)
+    assert one == "2001:db8:1:2::/64"
+    assert bucket_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), 64) == one
+    assert bucket_key(ip("2001:db8:1:3::1"), 64) != one
+    assert bucket_key(ip("2001:db8:1:2::1"), 128) != bucket_key(ip("2001:db8:1:2::2"), 128)
+    assert bucket_key(ip("2001:db8:1:2::1"), 48) == bucket_key(ip("2001:db8:1:ff::1"), 48)
+
+
+def test_ipv4_mapped_ipv6_counts_with_its_ipv4_address():
+    mapped = client_address("::ffff:203.0.113.7", [], NO_PROXIES)
+    assert bucket_key(mapped, 64) == bucket_key(ip("203.0.113.7"), 64) == "203.0.113.7"
+    # and two mapped IPv4 clients are not lumped into one IPv6 /64
+    other = client_address("::ffff:203.0.113.8", [], NO_PROXIES)
+    assert bucket_key(mapped, 64) != bucket_key(other, 64)
+
+
+def test_truncated_for_logs():
+    assert truncated(ip("203.0.113.7")) == "203.0.113.0/24"
+    assert truncated(ip("2001:db8:1:2::1")) == "2001:db8:1::/48"
+    assert truncated(None) == "unknown"

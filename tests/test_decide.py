@@ -1,0 +1,373 @@
+"""The checks of POLICY.md, in its order, without sockets: request facts in, a decision out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict
+
+from gateway.compiled import CompiledPolicy, compile_policy
+from gateway.decide import Admit, Preflight, Refuse, check_body, decide
+from tests.conftest import ORIGIN, base_policy, make_policy
+
+JSON_TYPE = ("Content-Type", "application/json")
+
+
+def compiled(**project: Any) -> CompiledPolicy:
+    tree = base_policy("http://upstream.test", **project)
+    tree["listen"] = {"max_body_bytes": 1000}
+    return compile_policy(make_policy(tree))
+
+
+POLICY = compiled()
+OPEN = compiled(
+    danger_zone=dict.fromkeys(
+        ["redeem", "publish", "list_vouchers", "create_customers", "create_loyalty_referral_events"], True
+    )
+)
+
+
+def run(
+    method: str, target: str, *headers: tuple[str, str], policy: CompiledPolicy = POLICY, origin: bool = True
+):
+    all_headers = CIMultiDict(headers)
+    if origin and "Origin" not in all_headers:
+        all_headers["Origin"] = ORIGIN
+    return decide(policy, method, target, all_headers)
+
+
+def refused(decision) -> str:
+    assert isinstance(decision, Refuse), decision
+    return decision.error.key.value
+
+
+def test_admitted_request_carries_its_target():
+    decision = run(
+        "PUT", "/shop/client/v1/customers/c%201%2Fx/consents?a=1", JSON_TYPE, ("Content-Length", "2")
+    )
+    assert isinstance(decision, Admit)
+    target = decision.target
+    assert (target.project.name, target.operation) == ("shop", "update_consents")
+    assert target.params == {"customer_id": "c%201%2Fx"}
+    assert target.operation_path == "/customers/c%201%2Fx/consents"
+    assert target.query == "a=1"
+    assert decision.origin == ORIGIN
+    assert decision.content_length == 2
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/client/v1/validate",
+        "/shop/client/v1/validate",
+        "//client/v1/validate",
+        "/shop//client///v1//validate",
+    ],
+)
+def test_default_project_prefix_and_merged_slashes(target):
+    decision = run("GET", target)
+    assert isinstance(decision, Admit)
+    assert decision.target.operation_path == "/validate"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/other/client/v1/validate",  # unknown project
+        "/client/v2/validate",
+        "/v1/vouchers",
+        "/client/v1",
+        "/client/v1/",
+        "/client/v1/validate/",
+        "/client/v1/Validate",
+        "/client/v1/%2e%2e/v1/vouchers",
+        "/client/v1/promotions/%2e%2e/validate",
+        "/client/v1/../../v1/vouchers",
+        "/client/v1/customers/%2e%2e/consents",
+        "/client/v1/customers/a%2f..%2f..%2fx/consents",
+        "http://gateway.test/client/v1/validate",
+        "*",
+        "",
+    ],
+)
+def test_not_found(target):
+    assert refused(run("GET", target)) == "not_found"
+
+
+def test_no_default_project_means_no_bare_prefix():
+    tree = base_policy("http://upstream.test")
+    del tree["default_project"]
+    policy = compile_policy(make_policy(tree))
+    assert refused(run("GET", "/client/v1/validate", policy=policy)) == "not_found"
+    assert isinstance(run("GET", "/shop/client/v1/validate", policy=policy), Admit)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "allow"),
+    [
+        ("POST", "/client/v1/validate", ("GET",)),
+        ("HEAD", "/client/v1/validate", ("GET",)),
+        ("get", "/client/v1/validate", ("GET",)),
+        ("GET", "/client/v1/redeem", ("POST",)),
+        ("PUT", "/client/v1/customers", ("POST",)),
+        ("POST", "/client/v1/customers/c/consents", ("PUT",)),
+        ("DELETE", "/client/v1/vouchers", ("GET",)),
+    ],
+)
+def test_method_not_allowed_lists_the_paths_methods(method, target, allow):
+    decision = run(method, target)
+    assert refused(decision) == "method_not_allowed"
+    assert decision.error.allow == allow
+
+
+# --- the order: 404, 405, secret_key_exposed, origin_not_allowed, danger_zone_disabled, 413/415/400
+
+BAD_ORIGIN = ("Origin", "https://evil.example.net")
+SECRET = ("X-App-Token", "sk_live_123")
+TOO_BIG = ("Content-Length", "5000")
+TEXT = ("Content-Type", "text/plain")
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers", "expected"),
+    [
+        ("GET", "/client/v1/nope", [SECRET, BAD_ORIGIN], "not_found"),
+        ("POST", "/client/v1/validate", [SECRET, BAD_ORIGIN], "method_not_allowed"),
+        ("POST", "/client/v1/redeem", [SECRET, BAD_ORIGIN, TOO_BIG], "secret_key_exposed"),
+        ("POST", "/client/v1/redeem", [BAD_ORIGIN, TOO_BIG, TEXT], "origin_not_allowed"),
+        ("POST", "/client/v1/redeem", [TOO_BIG, TEXT], "danger_zone_disabled"),
+        ("POST", "/client/v1/validations", [TOO_BIG, TEXT], "payload_too_large"),
+        ("POST", "/client/v1/validations", [("Content-Length", "10"), TEXT], "unsupported_media_type"),
+        ("POST", "/client/v1/validations?a=%zz", [("Content-Length", "10"), TEXT], "unsupported_media_type"),
+        ("GET", "/client/v1/validate?a=%zz", [("Content-Length", "10"), TEXT], "invalid_payload"),
+        ("GET", "/client/v1/validate", [("Content-Length", "10"), JSON_TYPE], "invalid_payload"),
+        ("GET", "/client/v1/validate?a=%zz", [], "invalid_payload"),
+    ],
+)
+def test_checks_run_in_the_contracts_order(method, target, headers, expected):
+    assert refused(run(method, target, *headers)) == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["X-App-Token", "x-app-token", "X-APP-TOKEN", "X-Management-Token", "x-MANAGEMENT-token"]
+)
+def test_secret_headers_in_any_case(name):
+    decision = run("GET", "/client/v1/validate", (name, "sk_live_123"))
+    assert refused(decision) == "secret_key_exposed"
+    assert "sk_live_123" not in decision.error.details + decision.error.message
+    assert "Rotate" in decision.error.details
+
+
+def test_origin_checks():
+    assert refused(run("GET", "/client/v1/validate", origin=False)) == "origin_not_allowed"
+    assert (
+        refused(run("GET", "/client/v1/validate", ("Origin", ORIGIN), ("Origin", ORIGIN)))
+        == "origin_not_allowed"
+    )
+    assert isinstance(
+        run("GET", "/client/v1/validate", origin=False, policy=compiled(allow_missing_origin=True)), Admit
+    )
+    assert (
+        refused(run("GET", "/client/v1/validate", ("Origin", "https://shop.example.com.evil.com")))
+        == "origin_not_allowed"
+    )
+
+
+def test_cors_headers_by_kind_of_match():
+    exact = run("GET", "/client/v1/validate")
+    assert dict(exact.cors)["Access-Control-Allow-Origin"] == ORIGIN
+    assert dict(exact.cors)["Access-Control-Allow-Credentials"] == "true"
+    wildcard = run("GET", "/client/v1/validate", ("Origin", "https://a.b.example.org"))
+    assert dict(wildcard.cors)["Access-Control-Allow-Origin"] == "https://a.b.example.org"
+    assert dict(wildcard.cors)["Access-Control-Allow-Credentials"] == "true"
+    star_policy = compiled(allowed_origins=[ORIGIN, "*"])
+    star = run("GET", "/client/v1/validate", ("Origin", "https://anyone.test"), policy=star_policy)
+    assert dict(star.cors)["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in dict(star.cors)
+    refusal = run("GET", "/client/v1/validate", BAD_ORIGIN)
+    assert refusal.cors == ()
+
+
+@pytest.mark.parametrize(
+    ("target", "option"),
+    [
+        ("/client/v1/redeem", "redeem"),
+        ("/client/v1/redemptions", "redeem"),
+        ("/client/v1/promotions/tiers/t1/redemption", "redeem"),
+        ("/client/v1/publish", "publish"),
+        ("/client/v1/vouchers", "list_vouchers"),
+        ("/client/v1/customers", "create_customers"),
+    ],
+)
+def test_danger_zone_names_the_option(target, option):
+    method = "GET" if target.endswith("vouchers") else "POST"
+    decision = run(method, target)
+    assert refused(decision) == "danger_zone_disabled"
+    assert option in decision.error.details
+    assert isinstance(run(method, target, policy=OPEN), Admit)
+    assert decision.cors, "a refusal for an allowed origin still carries CORS so the browser can read it"
+
+
+def test_preflight():
+    decision = run("OPTIONS", "/client/v1/customers/c/consents", ("Access-Control-Request-Method", "PUT"))
+    assert isinstance(decision, Preflight)
+    headers = dict(decision.headers)
+    assert headers["Access-Control-Allow-Methods"] == "PUT"
+    assert headers["Access-Control-Allow-Origin"] == ORIGIN
+    for name in [
+        "Content-Type",
+        "X-Client-Application-Id",
+        "X-Client-Token",
+        "X-Voucherify-Channel",
+        "X-Voucherify-Double-Opt-In",
+    ]:
+        assert name in headers["Access-Control-Allow-Headers"]
+    assert int(headers["Access-Control-Max-Age"]) > 0
+    # the danger zone does not apply to a preflight; the origin does
+    assert isinstance(run("OPTIONS", "/client/v1/redeem"), Preflight)
+    assert refused(run("OPTIONS", "/client/v1/redeem", BAD_ORIGIN)) == "origin_not_allowed"
+    assert refused(run("OPTIONS", "/client/v1/nope")) == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([("Content-Length", "1001"), JSON_TYPE], "payload_too_large"),
+        ([("Content-Length", "1000"), JSON_TYPE], None),
+        ([("Content-Length", "10"), ("Content-Length", "11"), JSON_TYPE], "invalid_payload"),
+        ([("Content-Length", "-1"), JSON_TYPE], "invalid_payload"),
+        ([("Content-Length", "10"), ("Content-Type", "application/json; charset=utf-8")], None),
+        ([("Content-Length", "10"), ("Content-Type", "Application/JSON")], None),
+        ([("Content-Length", "10"), ("Content-Type", "application/jsonp")], "unsupported_media_type"),
+        ([("Content-Length", "10"), ("Content-Type", "text/json")], "unsupported_media_type"),
+        (
+            [("Content-Length", "10"), ("Content-Type", "application/x-www-form-urlencoded")],
+            "unsupported_media_type",
+        ),
+        ([("Content-Length", "10")], "unsupported_media_type"),
+        ([("Transfer-Encoding", "chunked")], "unsupported_media_type"),
+        ([("Transfer-Encoding", "chunked"), JSON_TYPE], None),
+        ([("Content-Length", "0")], None),  # an empty body needs no Content-Type
+        ([], None),
+    ],
+)
+def test_body_headers(headers, expected):
+    decision = run("POST", "/client/v1/validations", *headers)
+    if expected is None:
+        assert isinstance(decision, Admit), decision
+    else:
+        assert refused(decision) == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "code=SAVE10",
+        "customer%5Bsource_id%5D=c%201",
+        "item[0][price]=100&x=a/b?c",
+        "a=%C3%A9",
+        "a=;:@,$!*'()",
+    ],
+)
+def test_valid_query_strings(query):
+    assert isinstance(run("GET", f"/client/v1/validate?{query}"), Admit)
+
+
+@pytest.mark.parametrize(
+    "query", ["a=%", "a=%4", "a=%zz", "a=b c", 'a="', "a=<b>", "a=\\", "a=#", "a=é", "a=\x00"]
+)
+def test_invalid_query_strings(query):
+    assert refused(run("GET", f"/client/v1/validate?{query}")) == "invalid_payload"
+
+
+# --- the checks that need the body
+
+
+def admitted(target: str, policy: CompiledPolicy = POLICY) -> Admit:
+    decision = run("POST", target, JSON_TYPE, ("Content-Length", "1"), policy=policy)
+    assert isinstance(decision, Admit)
+    return decision
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'"a string"',
+        b"42",
+        b"null",
+        b"\xff\xfe{}",
+        b'{"a": "\xe9"}',
+        b"\xef\xbb\xbf{}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": 1} {"b": 2}',
+        b'{"a": 1,}',
+    ],
+)
+def test_bodies_that_are_not_a_json_object(body):
+    refusal = check_body(admitted("/client/v1/validations"), body)
+    assert refusal is not None
+    assert refusal.error.key.value == "invalid_payload"
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"redeemables": [{"object": "voucher", "id": "SAVE10"}]}', b""])
+def test_bodies_accepted(body):
+    assert check_body(admitted("/client/v1/validations"), body) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "needs_option"),
+    [
+        ({"event": "viewed"}, False),
+        ({"event": "x", "loyalty": None, "referral": None}, False),
+        ({"event": "x", "loyalty": {"code": "L"}}, True),
+        ({"event": "x", "referral": {"code": "R"}}, True),
+        ({"event": "x", "loyalty": {}}, True),
+        ({"event": "x", "loyalty": False}, True),
+        ({"event": "x", "referral": ""}, True),
+        ({"event": "x", "metadata": {"loyalty": {"code": "L"}}}, False),
+    ],
+)
+def test_track_event_body_danger(body, needs_option):
+    raw = json.dumps(body).encode()
+    refusal = check_body(admitted("/client/v1/events"), raw)
+    if needs_option:
+        assert refusal is not None and refusal.error.key.value == "danger_zone_disabled"
+        assert "create_loyalty_referral_events" in refusal.error.details
+    else:
+        assert refusal is None
+    assert check_body(admitted("/client/v1/events", OPEN), raw) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"\\u006coyalty": {"code": "L"}}',
+        b'{"referra\\u006c": {"code": "R"}}',
+        b'{"loyalty": null, "loyalty": {"code": "L"}}',
+        b'{"loyalty": {"code": "L"}, "loyalty": null}',
+        b'{"event": "x", "event": "y"}',
+    ],
+)
+def test_track_event_bypass_attempts(raw):
+    refusal = check_body(admitted("/client/v1/events"), raw)
+    assert refusal is not None, raw
+
+
+def test_early_refusals_carry_cors_only_for_an_allowed_origin():
+    for target, method, headers in [
+        ("/client/v1/nope", "GET", ()),
+        ("/client/v1/validate", "POST", ()),
+        ("/client/v1/validate", "GET", (SECRET,)),
+    ]:
+        allowed = run(method, target, *headers)
+        assert dict(allowed.cors)["Access-Control-Allow-Origin"] == ORIGIN, allowed
+        assert run(method, target, *headers, BAD_ORIGIN).cors == ()
+        assert run(method, target, *headers, origin=False).cors == ()

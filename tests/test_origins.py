@@ -1,0 +1,140 @@
+"""Origin parsing and matching, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.origins import Origin, OriginEntryError, OriginMatch, OriginPolicy, parse_origin
+
+EXACT, ANY, NONE = OriginMatch.EXACT, OriginMatch.ANY, OriginMatch.NONE
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("https://shop.example.com", Origin("https", "shop.example.com", None)),
+        ("HTTPS://Shop.Example.COM", Origin("https", "shop.example.com", None)),
+        ("https://shop.example.com:443", Origin("https", "shop.example.com", None)),
+        ("http://shop.example.com:80", Origin("http", "shop.example.com", None)),
+        ("https://shop.example.com:80", Origin("https", "shop.example.com", 80)),
+        ("http://localhost:3000", Origin("http", "localhost", 3000)),
+        ("http://[::1]:8080", Origin("http", "[::1]", 8080)),
+        ("capacitor://localhost", Origin("capacitor", "localhost", None)),
+    ],
+)
+def test_parse_origin_normalises_case_and_default_ports(value, parsed):
+    assert parse_origin(value) == parsed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://shop.example.com/",
+        "https://shop.example.com/path",
+        "https://shop.example.com?x",
+        "https://shop.example.com#x",
+        "https://user@shop.example.com",
+        "https://user:pw@shop.example.com",
+        "https://shop.example.com, https://evil.com",
+        "https://shop.example.com https://evil.com",
+        " https://shop.example.com",
+        "https://shop.example.com ",
+        "shop.example.com",
+        "//shop.example.com",
+        "https://",
+        "https://shop.example.com:",
+        "https://shop.example.com:99999",
+        "https://shop.example.com:0",
+        "https://shop.example.com:-1",
+        "https://shop.example.com\r\nX: y",
+        "null",
+        "*",
+        "",
+    ],
+)
+def test_parse_origin_refuses_anything_but_a_bare_origin(value):
+    assert parse_origin(value) is None
+
+
+POLICY = OriginPolicy(["https://shop.example.com", "https://*.example.org", "http://localhost:3000"])
+
+
+@pytest.mark.parametrize(
+    ("origin", "verdict"),
+    [
+        ("https://shop.example.com", EXACT),
+        ("https://SHOP.example.com", EXACT),
+        ("https://shop.example.com:443", EXACT),
+        ("http://shop.example.com", NONE),  # scheme must agree
+        ("https://shop.example.com:8443", NONE),  # port must agree
+        ("https://shop.example.com.evil.com", NONE),  # suffix trick
+        ("https://evilshop.example.com", NONE),
+        ("https://shop.example.co", NONE),
+        ("https://example.com", NONE),
+        ("https://a.example.org", EXACT),
+        ("https://a.b.c.example.org", EXACT),  # any subdomain depth
+        ("https://example.org", NONE),  # a wildcard is not the bare domain
+        ("https://evilexample.org", NONE),
+        ("https://.example.org", NONE),
+        ("https://a.example.org.evil.com", NONE),
+        ("http://a.example.org", NONE),
+        ("https://a.example.org:8443", NONE),
+        ("http://localhost:3000", EXACT),
+        ("http://localhost", NONE),
+        ("http://localhost:3001", NONE),
+        ("https://shop.example.com/", NONE),
+        ("https://user@shop.example.com", NONE),
+        ("https://shop.example.com, https://shop.example.com", NONE),
+        ("null", NONE),
+        ("", NONE),
+    ],
+)
+def test_matching_is_anchored_on_scheme_host_and_port(origin, verdict):
+    assert POLICY.match(origin) is verdict
+
+
+def test_star_allows_everything_else_without_credentials():
+    policy = OriginPolicy(["https://shop.example.com", "*"])
+    assert policy.allow_any
+    assert policy.match("https://shop.example.com") is EXACT
+    assert policy.match("https://evil.com") is ANY
+    assert policy.match("https://shop.example.com/path") is NONE  # never a bare origin: never matches
+    assert policy.match("null") is NONE  # null only by an entry `null`
+
+
+def test_null_matches_only_an_entry_null():
+    assert OriginPolicy(["null"]).match("null") is EXACT
+    assert OriginPolicy(["https://shop.example.com"]).match("null") is NONE
+    assert OriginPolicy(["null"]).match("NULL") is NONE
+
+
+def test_wildcard_with_port():
+    policy = OriginPolicy(["https://*.example.com:8443"])
+    assert policy.match("https://a.example.com:8443") is EXACT
+    assert policy.match("https://a.example.com") is NONE
+
+
+def test_repeated_lookups_give_the_same_answer():
+    policy = OriginPolicy(["https://*.example.com"])
+    for _ in range(3):
+        assert policy.match("https://a.example.com") is EXACT
+        assert policy.match("https://evil.com") is NONE
+
+
+@pytest.mark.parametrize(
+    ("entry", "hint"),
+    [
+        ("shop.example.com", "no scheme"),
+        ("*.example.com", "no scheme"),
+        (".example.com", "no scheme"),
+        ("https://shop.example.com/", "not an origin"),
+        ("https://shop.example.com/path", "not an origin"),
+        ("https://user@shop.example.com", "not an origin"),
+        ("https://*example.com", "not an origin"),
+        ("https://a.*.example.com", "not an origin"),
+        ("https://*.example.com:70000", "out of range"),
+    ],
+)
+def test_bad_entries_are_load_errors(entry, hint):
+    with pytest.raises(OriginEntryError, match=hint):
+        OriginPolicy([entry])

@@ -1,0 +1,243 @@
+"""The policy file: defaults, `${VAR}` interpolation, and every problem reported with its key path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.compiled import compile_policy
+from gateway.policy import PolicyError, load_policy, parse_policy
+
+MINIMAL = """
+projects:
+  shop:
+    credentials:
+      client_application_id: app-id
+      client_secret_key: s3cr3t-value
+    allowed_origins: [https://shop.example.com]
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(textwrap.dedent(text), env=env or {})
+    return caught.value.problems
+
+
+def test_defaults():
+    policy = parse_policy(MINIMAL, env={})
+    assert (policy.listen.host, policy.listen.port) == ("127.0.0.1", 8080)
+    assert policy.listen.max_body_bytes == 262144
+    assert policy.listen.drain_timeout == 30
+    assert (policy.upstream.connect_timeout, policy.upstream.read_timeout) == (2, 10)
+    assert policy.admin.port is None
+    assert (policy.logging.level, policy.logging.format, policy.logging.client_ip) == ("info", "json", "full")
+    assert policy.watch is False
+    assert policy.client_ip.trusted_proxies == ()
+    assert policy.client_ip.ipv6_prefix == 64
+    limits = policy.rate_limit
+    assert (limits.storage, limits.strategy, limits.per_ip) == (
+        "memory://",
+        "moving-window",
+        "5 per 5 seconds",
+    )
+    assert limits.operations == {}
+    assert (limits.on_storage_error, limits.storage_timeout) == ("allow", 0.5)
+    assert policy.default_project is None
+    shop = policy.projects["shop"]
+    assert (shop.region, shop.base_url, shop.upstream_auth) == ("eu", "https://api.voucherify.io", "client")
+    assert shop.allow_missing_origin is False
+    assert not any(shop.danger_zone.model_dump().values())
+    assert shop.rate_limit is None
+
+
+@pytest.mark.parametrize(
+    ("region", "url"),
+    [
+        ("eu", "https://api.voucherify.io"),
+        ("us1", "https://us1.api.voucherify.io"),
+        ("as1", "https://as1.api.voucherify.io"),
+        ("https://dedicated.example.com/", "https://dedicated.example.com"),
+        ("http://127.0.0.1:8081", "http://127.0.0.1:8081"),
+    ],
+)
+def test_regions(region, url):
+    policy = parse_policy(MINIMAL + f"    region: {region}\n", env={})
+    assert policy.projects["shop"].base_url == url
+
+
+def test_interpolation_with_defaults():
+    text = """
+    listen:
+      port: ${PORT:-9000}
+      host: ${HOST:-0.0.0.0}
+    projects:
+      shop:
+        region: ${REGION}
+        credentials:
+          client_application_id: id-${ID}-x
+          client_secret_key: ${SECRET:-}fallback
+        allowed_origins: ["${ORIGIN:-https://default.example.com}"]
+    """
+    policy = parse_policy(textwrap.dedent(text), env={"REGION": "us1", "ID": "42", "HOST": "10.0.0.1"})
+    assert (policy.listen.host, policy.listen.port) == ("10.0.0.1", 9000)
+    shop = policy.projects["shop"]
+    assert shop.region == "us1"
+    assert shop.credentials.client_application_id.get_secret_value() == "id-42-x"
+    assert shop.credentials.client_secret_key.get_secret_value() == "fallback"
+    assert shop.allowed_origins == ("https://default.example.com",)
+
+
+def test_a_missing_variable_is_an_error_naming_it_and_its_key():
+    found = problems(
+        """
+        projects:
+          shop:
+            credentials:
+              client_application_id: ${SHOP_APP_ID}
+              client_secret_key: ${SHOP_SECRET}
+        """,
+        env={"SHOP_APP_ID": "x"},
+    )
+    assert any("projects.shop.credentials.client_secret_key" in p and "SHOP_SECRET" in p for p in found), (
+        found
+    )
+
+
+def test_secrets_never_show_in_reprs():
+    policy = parse_policy(MINIMAL, env={})
+    assert "s3cr3t-value" not in repr(policy)
+    assert "app-id" not in repr(policy)
+    assert "s3cr3t-value" not in policy.model_dump_json()
+
+
+def test_every_problem_is_listed_with_its_key_path():
+    found = problems(
+        """
+        listen:
+          port: 70000
+          colour: blue
+        rate_limit:
+          per_ip: lots
+          strategy: token-bucket
+          operations: {redeem: 3 per fortnight, teleport: 1/second}
+        logging: {level: chatty}
+        client_ip: {trusted_proxies: [not-a-network]}
+        projects:
+          shop:
+            region: mars
+            upstream_auth: server
+            allowed_origins: [shop.example.com]
+            danger_zone: {redeem: true, self_destruct: true}
+            rate_limit: {per_ip: sometimes}
+          Bad_Name:
+            credentials: {client_application_id: a, client_secret_key: b}
+        """
+    )
+    text = "\n".join(found)
+    for expected in [
+        "listen.port",
+        "listen.colour: unknown key",
+        "rate_limit.per_ip: 'lots' is not a rate limit",
+        "rate_limit.strategy",
+        "rate_limit.operations",
+        "logging.level",
+        "client_ip.trusted_proxies.0",
+        "projects.shop.region",
+        "projects.shop.allowed_origins",
+        "has no scheme",
+        "projects.shop.danger_zone.self_destruct: unknown key",
+        "projects.shop.rate_limit.per_ip",
+        "projects.Bad_Name: String should match pattern",
+    ]:
+        assert expected in text, f"{expected!r} missing from:\n{text}"
+    assert "rate_limit.operations.teleport: unknown operation teleport" in text, text
+    assert "rate_limit.operations.redeem: '3 per fortnight'" in text, text
+
+
+def test_missing_credentials_for_the_mode():
+    client = problems("projects:\n  shop:\n    credentials: {client_application_id: a}\n")
+    assert any("projects.shop" in p and "credentials.client_secret_key" in p for p in client), client
+    server = problems(
+        "projects:\n  shop:\n    upstream_auth: server\n"
+        "    credentials: {client_application_id: a, client_secret_key: b}\n"
+    )
+    text = "\n".join(server)
+    assert "credentials.application_id" in text and "credentials.secret_key" in text, text
+
+
+def test_missing_credentials_are_reported_beside_other_problems():
+    found = problems("projects:\n  shop:\n    region: mars\n")
+    text = "\n".join(found)
+    assert "projects.shop.region" in text, text
+    assert (
+        "projects.shop.credentials: upstream_auth: client needs credentials.client_application_id" in text
+    ), text
+
+
+def test_every_bad_origin_entry_is_reported():
+    found = problems(
+        MINIMAL.replace(
+            "[https://shop.example.com]", "[https://ok.example.com, shop.example.com, https://x.com/path]"
+        )
+    )
+    text = "\n".join(found)
+    assert "projects.shop.allowed_origins.1: 'shop.example.com' has no scheme" in text, text
+    assert "projects.shop.allowed_origins.2: 'https://x.com/path' is not an origin" in text, text
+    assert len(found) == 2, found
+
+
+def test_default_project_must_exist_and_projects_are_needed():
+    assert any("default_project" in p for p in problems(MINIMAL + "default_project: nope\n"))
+    assert any("projects" in p for p in problems("projects: {}\n"))
+    assert any("projects" in p for p in problems("listen: {port: 1}\n"))
+
+
+def test_duplicate_keys_and_non_mappings_are_refused():
+    assert any("duplicate key" in p for p in problems(MINIMAL + "watch: true\nwatch: false\n"))
+    assert problems("- a list\n")
+    assert problems("projects: [\n")
+
+
+def test_project_rate_limit_overrides_inherit_the_rest():
+    text = MINIMAL + textwrap.dedent(
+        """\
+            rate_limit: {per_ip: 20 per minute}
+        rate_limit:
+          strategy: fixed-window
+          per_ip: 5 per 5 seconds
+          operations: {redeem: 3 per minute}
+        """
+    )
+    policy = parse_policy(text, env={})
+    limits = policy.rate_limit_for("shop")
+    assert limits.per_ip == "20 per minute"
+    assert limits.strategy == "fixed-window"
+    assert limits.operations == {"redeem": "3 per minute"}
+
+
+def test_compiled_buckets_per_operation():
+    text = MINIMAL + "rate_limit:\n  operations: {redeem: 3 per minute}\n"
+    shop = compile_policy(parse_policy(text, env={})).projects["shop"]
+    assert shop.buckets["redeem"].name == "redeem"
+    assert shop.buckets["redeem"].policy_header == '"redeem";q=3;w=60'
+    assert shop.buckets["validate"] is shop.buckets["publish"]
+    assert shop.buckets["validate"].policy_header == '"per_ip";q=5;w=5'
+    assert shop.buckets["validate"].namespace != shop.buckets["redeem"].namespace
+
+
+def test_load_policy_from_a_file(tmp_path: Path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(MINIMAL)
+    assert "shop" in load_policy(path, env={}).projects
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "missing.yaml", env={})
+    assert "missing.yaml" in caught.value.problems[0]
+
+
+@pytest.mark.parametrize("name", ["config/policy.yaml", "config/policy.example.yaml"])
+def test_shipped_policies_are_valid(name):
+    root = Path(__file__).resolve().parent.parent
+    load_policy(root / name, env={})
