@@ -67,7 +67,7 @@ def test_check_refuses_a_mode_without_its_credentials(
     code, out = check(tmp_path, {"shop": project(upstream_auth=mode, credentials=credentials)})
     assert code == 1
     [error] = [line for line in out.splitlines() if line.startswith("error:")]
-    assert error.startswith("error: projects.shop:")
+    assert error.startswith("error: projects.shop.credentials:")
     assert f"upstream_auth: {mode}" in error
     for name in missing:
         assert name in error
@@ -96,8 +96,8 @@ def test_check_lists_every_project_missing_keys(tmp_path: Path) -> None:
     assert code == 1
     errors = sorted(line for line in out.splitlines() if line.startswith("error:"))
     assert len(errors) == 2
-    assert errors[0].startswith("error: projects.bad-client:") and "upstream_auth: client" in errors[0]
-    assert errors[1].startswith("error: projects.bad-server:") and "upstream_auth: server" in errors[1]
+    assert errors[0].startswith("error: projects.bad-client.credentials:") and "upstream_auth: client" in errors[0]
+    assert errors[1].startswith("error: projects.bad-server.credentials:") and "upstream_auth: server" in errors[1]
 
 
 @pytest.mark.parametrize("region", ["eu", "us1", "as1"])
@@ -124,4 +124,4 @@ def test_warning_only_for_client_mode_on_voucherify_regions() -> None:
 def test_policy_error_names_the_mode_and_not_the_secrets() -> None:
     with pytest.raises(PolicyError) as raised:
         tree(upstream_auth="server", credentials={"application_id": "srv-app-id-0a1b"})
-    assert raised.value.problems == ["projects.shop: upstream_auth: server needs credentials.secret_key"]
+    assert raised.value.problems == ["projects.shop.credentials: upstream_auth: server needs credentials.secret_key"]
