@@ -16,18 +16,19 @@ from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 from aiohttp import web
+from multidict import MultiMapping
 
 from gateway import errors
 from gateway.client_ip import bucket_key, client_address
 from gateway.compiled import CompiledPolicy, compile_policy
-from gateway.decide import Admit, Preflight, Refuse, check_body, decide
+from gateway.decide import Admit, Preflight, Refuse, Target, check_body, decide
 from gateway.errors import GatewayError
 from gateway.observe import Observer, Outcome
 from gateway.policy import PolicyFile
-from gateway.ratelimit import LimiterPool, LimitResult, StoreUnavailable
+from gateway.ratelimit import LimiterPool, StoreUnavailable
 from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
 from gateway.translate import upstream_call
-from gateway.upstream import UpstreamPool, request_headers
+from gateway.upstream import UpstreamPool, UpstreamResponse, request_headers
 from gateway.widget import add_demo_page, add_widget
 
 log = logging.getLogger("gateway")
@@ -143,45 +144,51 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def _pipeline(
     request: web.Request, state: GatewayState, policy: CompiledPolicy, outcome: Outcome
 ) -> web.StreamResponse:
-    request_id = outcome.request_id
     address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), policy.client_ip)
     outcome.client_ip = address  # in every access-log line, refused requests included
     outcome.origin = request.headers.get("Origin")
+
     decision = decide(policy, request.method, request.raw_path, request.headers)
     if isinstance(decision, Refuse):
         return _refused(decision, outcome)
     if isinstance(decision, Preflight):
-        outcome.project, outcome.operation, outcome.decision, outcome.status = (
-            decision.project.name,
-            decision.operation,
-            "preflight",
-            204,
-        )
-        outcome.origin = request.headers.get("Origin")
-        return _respond(204, b"", request_id, decision.headers, content_type=None)
-
-    admit: Admit = decision
+        outcome.project, outcome.operation = decision.project.name, decision.operation
+        outcome.decision, outcome.status = "preflight", 204
+        return _respond(204, b"", outcome.request_id, decision.headers, content_type=None)
+    admit = decision
     target = admit.target
-    project = target.project
-    outcome.project, outcome.operation, outcome.origin = project.name, target.operation, admit.origin
+    outcome.project, outcome.operation = target.project.name, target.operation
 
     body = await _read_body(request, policy.max_body_bytes)
     if body is None:
-        return _refused(
-            Refuse(errors.payload_too_large(policy.max_body_bytes), project, target.operation, admit.cors),
-            outcome,
-        )
+        return _refused(admit.refuse(errors.payload_too_large(policy.max_body_bytes)), outcome)
     refusal = check_body(admit, body)
     if refusal is not None:
         return _refused(refusal, outcome)
 
-    limits = project.rate_limit
-    limit_headers: Iterable[tuple[str, str]] = ()
+    limit_headers, limit_error = await _rate_limit(
+        state, target, bucket_key(address, policy.client_ip.ipv6_prefix), outcome
+    )
+    if limit_error is not None:
+        return _refused(admit.refuse(limit_error), outcome, limit_headers)
+
+    answer = await _forward(state, admit, body, request.headers, outcome)
+    if isinstance(answer, GatewayError):
+        return _refused(admit.refuse(answer), outcome, limit_headers)
+    outcome.status = answer.status
+    headers = [*answer.headers, *limit_headers]
+    return _respond(answer.status, answer.body, outcome.request_id, admit.cors, headers, content_type=None)
+
+
+async def _rate_limit(
+    state: GatewayState, target: Target, client_key: str, outcome: Outcome
+) -> tuple[tuple[tuple[str, str], ...], GatewayError | None]:
+    """Count the request in its bucket: the RateLimit headers, and a 429 or 503 when it may not pass."""
+    limits = target.project.rate_limit
+    limiter = state.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
     try:
-        result: LimitResult = await state.limiters.get(limits.storage, limits.strategy).hit(
-            project.buckets[target.operation],
-            bucket_key(address, policy.client_ip.ipv6_prefix),
-            limits.storage_timeout,
+        result = await limiter.hit(
+            target.project.buckets[target.operation], client_key, limits.storage_timeout
         )
     except StoreUnavailable as exc:
         outcome.limit_store_error = True
@@ -189,53 +196,45 @@ async def _pipeline(
             state.store_down.add(limits.storage)
             log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
         if limits.on_storage_error == "deny":
-            return _refused(
-                Refuse(errors.rate_limit_unavailable(), project, target.operation, admit.cors), outcome
-            )
+            return (), errors.rate_limit_unavailable()
         state.fail_open_total += 1
-    else:
-        if limits.storage in state.store_down:
-            state.store_down.discard(limits.storage)
-            log.warning("rate-limit store reachable again")
-        limit_headers = result.headers.items()
-        if not result.allowed:
-            refused = Refuse(
-                errors.too_many_requests(result.retry_after), project, target.operation, admit.cors
-            )
-            return _refused(refused, outcome, limit_headers)
+        return (), None
+    if limits.storage in state.store_down:
+        state.store_down.discard(limits.storage)
+        log.warning("rate-limit store reachable again")
+    headers = tuple(result.headers.items())
+    return headers, None if result.allowed else errors.too_many_requests(result.retry_after)
 
+
+async def _forward(
+    state: GatewayState, admit: Admit, body: bytes, incoming: MultiMapping[str], outcome: Outcome
+) -> UpstreamResponse | GatewayError:
+    """Translate for the project's mode, call Voucherify, and turn its answer into the browser's."""
+    target = admit.target
+    project = target.project
     call = upstream_call(target, body)
     if isinstance(call, GatewayError):
-        return _refused(Refuse(call, project, target.operation, admit.cors), outcome, limit_headers)
+        return call
     headers = request_headers(
-        request.headers,
+        incoming,
         project.credential_headers,
         admit.origin,
-        request_id,
+        outcome.request_id,
         forward_origin=not project.server_mode,
     )
     answer = await state.upstream.send(project.base_url, call, headers, state.timeout)
     if isinstance(answer, GatewayError):
-        return _refused(Refuse(answer, project, target.operation, admit.cors), outcome, limit_headers)
+        return answer
     outcome.upstream_ms = answer.elapsed * 1000
-    if project.server_mode and rejects_gateway_keys(answer.status):
+    if not project.server_mode:
+        return answer
+    if rejects_gateway_keys(answer.status):
         log.error("%s", keys_rejected_log(project.name, target.operation, answer.status, answer.body))
-        refusal = Refuse(errors.upstream_rejected(), project, target.operation, admit.cors)
-        return _refused(refusal, outcome, limit_headers)
-    if project.server_mode:
-        view = client_view(target.operation, answer.status, answer.headers, answer.body)
-        if isinstance(view, GatewayError):
-            return _refused(Refuse(view, project, target.operation, admit.cors), outcome, limit_headers)
-        answer = dataclasses.replace(answer, headers=view[0], body=view[1])
-    outcome.status = answer.status
-    return _respond(
-        answer.status,
-        answer.body,
-        request_id,
-        admit.cors,
-        [*answer.headers, *limit_headers],
-        content_type=None,
-    )
+        return errors.upstream_rejected()
+    view = client_view(target.operation, answer.status, answer.headers, answer.body)
+    if isinstance(view, GatewayError):
+        return view
+    return dataclasses.replace(answer, headers=view[0], body=view[1])
 
 
 def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]] = ()) -> web.Response:

@@ -73,6 +73,10 @@ class Admit:
     origin: str | None  # the verified Origin, forwarded upstream in client mode
     content_length: int | None
 
+    def refuse(self, error: GatewayError) -> Refuse:
+        """A refusal after admission: the CORS headers still let an allowed page read it."""
+        return Refuse(error, self.target.project, self.target.operation, self.cors)
+
 
 Decision = Refuse | Preflight | Admit
 
@@ -210,28 +214,24 @@ def _body_headers(
 
 def check_body(admit: Admit, body: bytes) -> Refuse | None:
     """The checks that need the body: a JSON object, and the body-dependent danger-zone options."""
-    target = admit.target
-    route = target.route
+    route = admit.target.route
     if not body or not route.takes_body:
         return None
-    operation = target.operation
     try:
         document = json.loads(body.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant)
     except _DuplicateKey:
-        refusal = errors.invalid_payload("The request body has the same key twice in one object.")
-        return Refuse(refusal, target.project, operation, admit.cors)
+        return admit.refuse(errors.invalid_payload("The request body has the same key twice in one object."))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        refusal = errors.invalid_payload("The request body is not valid UTF-8 JSON.")
-        return Refuse(refusal, target.project, operation, admit.cors)
+        return admit.refuse(errors.invalid_payload("The request body is not valid UTF-8 JSON."))
     if not isinstance(document, dict):
-        refusal = errors.invalid_payload("The request body must be a JSON object.")
-        return Refuse(refusal, target.project, operation, admit.cors)
+        return admit.refuse(errors.invalid_payload("The request body must be a JSON object."))
     option = route.operation.body_danger
-    if option is not None and option not in target.project.danger:
-        if any(document.get(key) is not None for key in route.operation.body_danger_keys):
-            return Refuse(
-                errors.danger_zone_disabled(operation, option.value), target.project, operation, admit.cors
-            )
+    if (
+        option is not None
+        and option not in admit.target.project.danger
+        and any(document.get(key) is not None for key in route.operation.body_danger_keys)
+    ):
+        return admit.refuse(errors.danger_zone_disabled(admit.target.operation, option.value))
     return None
 
 

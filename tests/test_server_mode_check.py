@@ -96,8 +96,14 @@ def test_check_lists_every_project_missing_keys(tmp_path: Path) -> None:
     assert code == 1
     errors = sorted(line for line in out.splitlines() if line.startswith("error:"))
     assert len(errors) == 2
-    assert errors[0].startswith("error: projects.bad-client.credentials:") and "upstream_auth: client" in errors[0]
-    assert errors[1].startswith("error: projects.bad-server.credentials:") and "upstream_auth: server" in errors[1]
+    assert (
+        errors[0].startswith("error: projects.bad-client.credentials:")
+        and "upstream_auth: client" in errors[0]
+    )
+    assert (
+        errors[1].startswith("error: projects.bad-server.credentials:")
+        and "upstream_auth: server" in errors[1]
+    )
 
 
 @pytest.mark.parametrize("region", ["eu", "us1", "as1"])
@@ -124,4 +130,6 @@ def test_warning_only_for_client_mode_on_voucherify_regions() -> None:
 def test_policy_error_names_the_mode_and_not_the_secrets() -> None:
     with pytest.raises(PolicyError) as raised:
         tree(upstream_auth="server", credentials={"application_id": "srv-app-id-0a1b"})
-    assert raised.value.problems == ["projects.shop.credentials: upstream_auth: server needs credentials.secret_key"]
+    assert raised.value.problems == [
+        "projects.shop.credentials: upstream_auth: server needs credentials.secret_key"
+    ]
