@@ -6,9 +6,10 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -92,14 +93,22 @@ async def _start_admin(
     return admin
 
 
-def serve(path: Path, host: str | None, port: int | None) -> int:
+def load_for_serving(path: Path, report: TextIO = sys.stdout) -> PolicyFile | None:
+    """The policy to start with, logging configured from it; None after printing every problem."""
     try:
         policy = load_policy(path)
     except PolicyError as exc:
         for problem in exc.problems:
-            print(f"error: {problem}")
-        return 1
+            print(f"error: {problem}", file=report)
+        return None
     configure_logging(policy.logging.level, policy.logging.format)
+    return policy
+
+
+def serve(path: Path, host: str | None, port: int | None) -> int:
+    policy = load_for_serving(path)
+    if policy is None:
+        return 1
     return _run_loop(
         run(policy, path, host or policy.listen.host, policy.listen.port if port is None else port)
     )

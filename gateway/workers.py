@@ -31,8 +31,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import AdminServer, create_admin_app
 from gateway.metrics import multiprocess_dir
-from gateway.observe import configure_logging
-from gateway.policy import PolicyError, PolicyFile, load_policy
+from gateway.policy import PolicyFile
 
 log = logging.getLogger("gateway.workers")
 
@@ -89,15 +88,11 @@ async def _worker_main(policy: PolicyFile, path: Path, host: str, port: int) -> 
 
 
 def run_worker(path: Path, host: str | None, port: int | None) -> int:
-    from gateway.serve import _run_loop
+    from gateway.serve import _run_loop, load_for_serving
 
-    try:
-        policy = load_policy(path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    policy = load_for_serving(path, sys.stderr)  # stdout is read by the parent
+    if policy is None:
         return 1
-    configure_logging(policy.logging.level, policy.logging.format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag())
     return _run_loop(
@@ -231,15 +226,11 @@ class Supervisor:
 
 
 def supervise(path: Path, host: str | None, port: int | None, count: int) -> int:
-    from gateway.serve import _run_loop, free_port
+    from gateway.serve import _run_loop, free_port, load_for_serving
 
-    try:
-        policy = load_policy(path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}")
+    policy = load_for_serving(path)
+    if policy is None:
         return 1
-    configure_logging(policy.logging.level, policy.logging.format)
     warning = memory_warning(policy, count)
     if warning is not None:
         log.warning(warning)
