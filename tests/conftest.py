@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.policy import PolicyFile, parse_policy
+from tests.log_scan import capture_every_log_line, pytest_sessionfinish, remember_credentials
 from tests.upstream_double import UpstreamDouble
 
 pytest_plugins = ["tests.ops_support"]  # subprocess and admin fixtures for the operations tests
@@ -36,7 +37,11 @@ def base_policy(upstream_url: str, **project: Any) -> dict[str, Any]:
     }
 
 
+__all__ = ["capture_every_log_line", "pytest_sessionfinish"]  # the suite-wide credential scan (log_scan.py)
+
+
 def make_policy(tree: dict[str, Any]) -> PolicyFile:
+    remember_credentials(tree)
     return parse_policy(yaml.safe_dump(tree), env={})
 
 

@@ -29,6 +29,7 @@ from gateway.admin import create_admin_app, gateway_readiness
 from gateway.app import STATE, GatewayState, create_app
 from gateway.metrics import MetricsObserver
 from tests.conftest import make_policy
+from tests.log_scan import register_lines, remember_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 30.0  # upper bound for things that normally take milliseconds; never a pass/fail timing
@@ -40,6 +41,7 @@ class GatewayProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
+        register_lines(self.lines)
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
@@ -105,6 +107,7 @@ class GatewayProcess:
 
 def write_policy(path: Path, tree: dict[str, Any]) -> Path:
     """Write atomically (a watcher never sees half a file)."""
+    remember_credentials(tree)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
     tmp.replace(path)

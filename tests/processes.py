@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, in_ci
+from tests.log_scan import register_lines, remember_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,9 +96,12 @@ class GatewayProcess:
         self.port = port or free_port()
         self.config = directory / f"policy-{self.port}.yaml"
         self.config.write_text(yaml.safe_dump(policy))
+        remember_credentials(policy)
         self.workers = workers
         self.stdout: list[str] = []
         self.stderr: list[str] = []
+        register_lines(self.stdout)
+        register_lines(self.stderr)
         self.proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
 
