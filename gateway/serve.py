@@ -21,9 +21,9 @@ log = logging.getLogger("gateway")
 
 def bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp keeps the asyncio server here; it is the only way to learn port 0's pick
-    assert isinstance(server, asyncio.base_events.Server)
-    sockname = server.sockets[0].getsockname()
-    return int(sockname[1])
+    sockets = getattr(server, "sockets", None)  # asyncio's Server and uvloop's (not a subclass) both have it
+    assert sockets, "the site is not listening"
+    return int(sockets[0].getsockname()[1])
 
 
 async def reload_policy(app: web.Application, path: Path) -> bool:
