@@ -17,7 +17,17 @@ from pathlib import Path
 
 from bench import configs
 from bench.load import LoadResult, run_wrk
-from bench.procs import Processes, children, cpus, ensure_tools, free_port, peak_rss_mb, pinned, raise_nofile
+from bench.procs import (
+    Processes,
+    children,
+    cpu_seconds,
+    cpus,
+    ensure_tools,
+    free_port,
+    peak_rss_mb,
+    pinned,
+    raise_nofile,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("direct", "bare-aiohttp", "nginx", "gateway", "gateway-redis")
@@ -61,6 +71,7 @@ class Row:
     paced: list[LoadResult] = field(default_factory=list)
     slow: LoadResult | None = None
     slow_rss_mb: float | None = None
+    cpu_us: list[float] = field(default_factory=list)  # contender CPU time per request at saturation
     fail_open_logs: int = 0  # "rate-limit store unavailable" lines in the gateway's log
 
     def median(self, results: list[LoadResult], attr: str) -> float:
@@ -68,8 +79,27 @@ class Row:
         return statistics.median(values) if values else 0.0
 
 
+@dataclass(frozen=True)
+class Contender:
+    port: int
+    pids: Callable[[], list[int]]  # the processes doing the work (nginx: its worker), for CPU and RSS
+    stop: Callable[[], None]
+
+    def peak_rss_mb(self) -> float | None:
+        peaks = [p for p in (peak_rss_mb(pid) for pid in self.pids()) if p is not None]
+        return max(peaks) if peaks else None
+
+
 class Bench:
-    def __init__(self, sizes: Sizes, workdir: Path, procs: Processes, contenders: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        sizes: Sizes,
+        workdir: Path,
+        procs: Processes,
+        contenders: tuple[str, ...],
+        only: str | None = None,
+    ) -> None:
+        self.scenarios = ("a", "b") if only is None else (only,)
         self.sizes = sizes
         self.workdir = workdir
         self.procs = procs
@@ -100,12 +130,9 @@ class Bench:
             str(conf),
         ]
 
-    def start_contender(
-        self, name: str, upstream: int
-    ) -> tuple[int, Callable[[], float | None], Callable[[], None]]:
-        """The port to load, a peak-RSS reader, and a stopper."""
+    def start_contender(self, name: str, upstream: int) -> Contender:
         if name == "direct":
-            return upstream, lambda: None, lambda: None
+            return Contender(upstream, lambda: [], lambda: None)
         port = free_port()
         if name == "bare-aiohttp":
             cmd = [sys.executable, "-m", "bench.bare_proxy", str(port), f"http://127.0.0.1:{upstream}"]
@@ -120,12 +147,10 @@ class Bench:
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
         proc = self.procs.start(f"{name}-{port}", pinned(cmd, CONTENDER_CPU), port=port, cwd=ROOT)
 
-        def rss() -> float | None:
-            pids = children(proc.pid) if name == "nginx" else [proc.pid]  # nginx: its one worker
-            peaks = [p for p in (peak_rss_mb(pid) for pid in pids) if p is not None]
-            return max(peaks) if peaks else None
+        def pids() -> list[int]:
+            return children(proc.pid) if name == "nginx" else [proc.pid]  # nginx: its one worker
 
-        return port, rss, lambda: self.procs.stop(proc)
+        return Contender(port, pids, lambda: self.procs.stop(proc))
 
     def load(self, port: int, **kwargs: float) -> LoadResult:
         return run_wrk(self.workdir, port, cpu=LOAD_CPU, **kwargs)  # type: ignore[arg-type]
@@ -133,28 +158,32 @@ class Bench:
     def run(self) -> dict[str, Row]:
         s = self.sizes
         rows = {name: Row(name) for name in self.contenders}
-        for round_no in range(s.rounds):
+        for round_no in range(s.rounds if "a" in self.scenarios else 0):
             for name in self.contenders:
                 progress(f"(a) round {round_no + 1}/{s.rounds}: {name}")
-                port, _, stop = self.start_contender(name, self.stub_port[0])
+                c = self.start_contender(name, self.stub_port[0])
                 try:
                     if s.warmup_s:
-                        self.load(port, connections=s.sat_conns, seconds=s.warmup_s)
-                    rows[name].sat.append(self.load(port, connections=s.sat_conns, seconds=s.sat_s))
+                        self.load(c.port, connections=s.sat_conns, seconds=s.warmup_s)
+                    cpu_before = cpu_seconds(c.pids())
+                    sat = self.load(c.port, connections=s.sat_conns, seconds=s.sat_s)
+                    if name != "direct" and sat.requests:
+                        rows[name].cpu_us.append((cpu_seconds(c.pids()) - cpu_before) / sat.requests * 1e6)
+                    rows[name].sat.append(sat)
                     rows[name].paced.append(
-                        self.load(port, connections=s.rate_conns, seconds=s.rate_s, rate=s.rate)
+                        self.load(c.port, connections=s.rate_conns, seconds=s.rate_s, rate=s.rate)
                     )
                 finally:
-                    stop()
-        for name in self.contenders:
+                    c.stop()
+        for name in self.contenders if "b" in self.scenarios else ():
             progress(f"(b) {s.slow_conns} connections, upstream {DELAY_MS} ms: {name}")
-            port, rss, stop = self.start_contender(name, self.stub_port[DELAY_MS])
+            c = self.start_contender(name, self.stub_port[DELAY_MS])
             try:
-                self.load(port, connections=64, seconds=1)  # open the upstream pool first
-                rows[name].slow = self.load(port, connections=s.slow_conns, seconds=s.slow_s, timeout_s=20)
-                rows[name].slow_rss_mb = rss()
+                self.load(c.port, connections=64, seconds=1)  # open the upstream pool first
+                rows[name].slow = self.load(c.port, connections=s.slow_conns, seconds=s.slow_s, timeout_s=20)
+                rows[name].slow_rss_mb = c.peak_rss_mb()
             finally:
-                stop()
+                c.stop()
         for name in ("gateway", "gateway-redis"):
             if name in rows:
                 rows[name].fail_open_logs = sum(
@@ -210,14 +239,15 @@ def table(rows: dict[str, Row], s: Sizes) -> str:
         f"(a) upstream answers at once; saturation: wrk -c{s.sat_conns}, {s.sat_s:g}s x {s.rounds} rounds "
         f"(medians); fixed rate: {s.rate:g} req/s over {s.rate_conns} connections, Lua-paced",
         "",
-        "| contender | req/s | p50 ms | p99 ms | errors | fixed-rate req/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | req/s | p50 ms | p99 ms | errors | CPU µs/req | fixed-rate req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows.values():
         m = row.median
         lines.append(
             f"| {row.contender} | {m(row.sat, 'rps'):.0f} | {_f(m(row.sat, 'p50_ms'))}"
-            f" | {_f(m(row.sat, 'p99_ms'))} | {sum(r.errors for r in row.sat)} | {m(row.paced, 'rps'):.0f}"
+            f" | {_f(m(row.sat, 'p99_ms'))} | {sum(r.errors for r in row.sat)}"
+            f" | {_f(statistics.median(row.cpu_us), 0) if row.cpu_us else '-'} | {m(row.paced, 'rps'):.0f}"
             f" | {_f(m(row.paced, 'p50_ms'), 3)} | {_f(m(row.paced, 'p99_ms'), 3)} |"
         )
     lines += [
@@ -284,6 +314,13 @@ def targets(rows: dict[str, Row]) -> list[str]:
         info.append(f"bare aiohttp = {bare / ngx:.2f} x nginx")
     if info:
         out.append("  info  " + "; ".join(info) + " (req/s at saturation)")
+    cpu = {n: statistics.median(r.cpu_us) for n, r in rows.items() if r.cpu_us}
+    if "bare-aiohttp" in cpu:
+        shares = [f"{n} {cpu[n] / cpu['bare-aiohttp']:.2f}" for n in cpu if n != "bare-aiohttp"]
+        out.append(
+            "  info  CPU per request relative to bare aiohttp (less sensitive to a busy machine): "
+            + ", ".join(shares)
+        )
     for name in ("gateway", "gateway-redis"):
         if rows.get(name) and rows[name].fail_open_logs:
             out.append(
@@ -299,12 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", nargs="+", choices=CONTENDERS, help="run only these contenders")
     parser.add_argument("--rounds", type=int, help="rounds of scenario (a)")
+    parser.add_argument("--seconds", type=float, help="length of each measured run of scenario (a)")
+    parser.add_argument("--scenario", choices=("a", "b"), help="run only this scenario")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     if args.rounds:
         sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
+    if args.seconds:
+        sizes = Sizes(**{**asdict(sizes), "sat_s": args.seconds, "rate_s": args.seconds})
     contenders = tuple(args.only) if args.only else CONTENDERS
 
     ensure_tools()
@@ -324,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with Processes(workdir) as procs:
-            bench = Bench(sizes, workdir, procs, contenders)
+            bench = Bench(sizes, workdir, procs, contenders, args.scenario)
             bench.start_shared()
             rows = bench.run()
     finally:
