@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -329,7 +330,13 @@ def targets(rows: dict[str, Row]) -> list[str]:
     return out
 
 
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through `finally`: every process is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # SIGINT too: `cmd &` starts with it ignored
+        signal.signal(sig, _stop_on_signal)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--smoke", action="store_true", help="a few seconds per contender, no targets asserted"
