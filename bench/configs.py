@@ -9,6 +9,7 @@ from pathlib import Path
 ORIGIN = "https://shop.example.com"
 PATH = "/client/v1/validations"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+CLIENT_IPS = 10_000  # distinct shoppers named in X-Forwarded-For, in turn
 
 # A stackable validation as a checkout sends it: two redeemables, an order with items, a customer.
 REQUEST_BODY = json.dumps(
@@ -146,7 +147,9 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
         "{ORIGIN}" 1;
         "~^https://([a-z0-9-]+\\.)+example\\.com$" 1;
     }}
-    limit_req_zone $binary_remote_addr zone=per_ip:10m rate=1000000r/s;
+    set_real_ip_from 127.0.0.1;
+    real_ip_header X-Forwarded-For;
+    limit_req_zone $binary_remote_addr zone=per_ip:10m rate=1000r/m;
     upstream voucherify {{
         server 127.0.0.1:{upstream_port};
         keepalive 1024;
@@ -155,7 +158,7 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
         listen 127.0.0.1:{port} backlog=4096;
         location = {PATH} {{
             if ($origin_allowed = 0) {{ return 403 '{{"code":403,"key":"origin_not_allowed"}}'; }}
-            limit_req zone=per_ip burst=100000 nodelay;
+            limit_req zone=per_ip burst=1000 nodelay;
             proxy_pass http://voucherify;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -177,9 +180,10 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
 def policy_yaml(port: int, upstream_port: int, storage: str) -> str:
     """The gateway's full policy in client mode: origin list, danger zone, a per-IP limit that never triggers.
 
-    All load comes from one IP, so the per-IP window is one second: `limits`' moving window keeps one entry
-    per hit in the window, and a long window would measure a list of hundreds of thousands of entries that
-    no real client could build (a real per-IP list holds at most the limit, 5 by default).
+    The load comes as from a load balancer at 127.0.0.1 that names CLIENT_IPS different shoppers in
+    X-Forwarded-For, as in production: per-IP lists stay short. (From one IP, `limits`' moving window would
+    keep one entry per request in a single list, and its Redis script reads that list with LINDEX: the
+    measure would be of a list no real client can build.)
     """
     return f"""listen:
   host: 127.0.0.1
@@ -188,13 +192,15 @@ def policy_yaml(port: int, upstream_port: int, storage: str) -> str:
 upstream:
   connect_timeout: 2
   read_timeout: 10
+client_ip:
+  trusted_proxies: [127.0.0.1/32]
 logging:
   level: info
   format: json
 rate_limit:
   storage: {storage}
   strategy: moving-window
-  per_ip: 1000000 per 1 second
+  per_ip: 1000 per minute
   on_storage_error: allow
 default_project: shop
 projects:
@@ -229,6 +235,15 @@ wrk.headers["User-Agent"] = "voucherify-js-sdk/2 bench"
 wrk.headers["X-Client-Application-Id"] = "-"
 wrk.headers["X-Client-Token"] = "-"
 {delay}
+local n = 0
+function request()
+  n = n + 1
+  local i = n % {CLIENT_IPS}
+  local a, b = math.floor(i / 65536), math.floor(i / 256) % 256
+  wrk.headers["X-Forwarded-For"] = "10." .. a .. "." .. b .. "." .. i % 256
+  return wrk.format()
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
