@@ -101,6 +101,7 @@ class Bench:
         only: str | None = None,
     ) -> None:
         self.scenarios = ("a", "b") if only is None else (only,)
+        self.gateway_src = ROOT
         self.sizes = sizes
         self.workdir = workdir
         self.procs = procs
@@ -146,7 +147,8 @@ class Bench:
             conf = self.workdir / f"policy-{port}.yaml"
             conf.write_text(configs.policy_yaml(port, upstream, storage))
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
-        proc = self.procs.start(f"{name}-{port}", pinned(cmd, CONTENDER_CPU), port=port, cwd=ROOT)
+        cwd = self.gateway_src if name.startswith("gateway") else ROOT
+        proc = self.procs.start(f"{name}-{port}", pinned(cmd, CONTENDER_CPU), port=port, cwd=cwd)
 
         def pids() -> list[int]:
             return children(proc.pid) if name == "nginx" else [proc.pid]  # nginx: its one worker
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds of scenario (a)")
     parser.add_argument("--seconds", type=float, help="length of each measured run of scenario (a)")
     parser.add_argument("--scenario", choices=("a", "b"), help="run only this scenario")
+    parser.add_argument("--gateway-src", type=Path, help="run the gateway package found in this checkout")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -373,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Processes(workdir) as procs:
             bench = Bench(sizes, workdir, procs, contenders, args.scenario)
+            if args.gateway_src:
+                bench.gateway_src = args.gateway_src.resolve()
             bench.start_shared()
             rows = bench.run()
     finally:
