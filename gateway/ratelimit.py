@@ -103,7 +103,8 @@ class Limiter:
 
     async def hit(self, bucket: Bucket, client_key: str, timeout: float) -> LimitResult:
         try:
-            return await asyncio.wait_for(self._hit(bucket, client_key), timeout)
+            async with asyncio.timeout(timeout):  # unlike wait_for (3.11), no extra task per request
+                return await self._hit(bucket, client_key)
         except (TimeoutError, StorageError, ConnectionError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 

@@ -1,0 +1,398 @@
+"""`python -m bench [--smoke]`: start stubs, each contender and wrk in turn, print table and targets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import configs
+from bench.load import LoadResult, run_wrk
+from bench.procs import (
+    Processes,
+    children,
+    cpu_seconds,
+    cpus,
+    ensure_tools,
+    free_port,
+    peak_rss_mb,
+    pinned,
+    raise_nofile,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENDERS = ("direct", "bare-aiohttp", "nginx", "gateway", "gateway-redis")
+DELAY_MS = 100
+LOAD_CPU, CONTENDER_CPU = 0, 1  # wrk, stubs and redis share CPU 0; the contender has CPU 1 to itself
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int  # scenario (a) is run this many times, contenders interleaved; medians are reported
+    warmup_s: float
+    sat_s: float
+    sat_conns: int
+    rate: float
+    rate_conns: int
+    rate_s: float
+    slow_conns: int
+    slow_s: float
+
+
+FULL = Sizes(
+    rounds=3,
+    warmup_s=2,
+    sat_s=10,
+    sat_conns=64,
+    rate=500,
+    rate_conns=16,
+    rate_s=10,
+    slow_conns=2000,
+    slow_s=15,
+)
+SMOKE = Sizes(
+    rounds=1, warmup_s=0, sat_s=1, sat_conns=32, rate=200, rate_conns=8, rate_s=1, slow_conns=200, slow_s=2
+)
+
+
+@dataclass
+class Row:
+    contender: str
+    sat: list[LoadResult] = field(default_factory=list)
+    paced: list[LoadResult] = field(default_factory=list)
+    slow: LoadResult | None = None
+    slow_rss_mb: float | None = None
+    cpu_us: list[float] = field(default_factory=list)  # contender CPU time per request at saturation
+    fail_open_logs: int = 0  # "rate-limit store unavailable" lines in the gateway's log
+
+    def median(self, results: list[LoadResult], attr: str) -> float:
+        values = [float(getattr(r, attr)) for r in results]
+        return statistics.median(values) if values else 0.0
+
+
+@dataclass(frozen=True)
+class Contender:
+    port: int
+    pids: Callable[[], list[int]]  # the processes doing the work (nginx: its worker), for CPU and RSS
+    stop: Callable[[], None]
+
+    def peak_rss_mb(self) -> float | None:
+        peaks = [p for p in (peak_rss_mb(pid) for pid in self.pids()) if p is not None]
+        return max(peaks) if peaks else None
+
+
+class Bench:
+    def __init__(
+        self,
+        sizes: Sizes,
+        workdir: Path,
+        procs: Processes,
+        contenders: tuple[str, ...],
+        only: str | None = None,
+    ) -> None:
+        self.scenarios = ("a", "b") if only is None else (only,)
+        self.gateway_src = ROOT
+        self.sizes = sizes
+        self.workdir = workdir
+        self.procs = procs
+        self.contenders = contenders
+        self.stub_port = {0: 0, DELAY_MS: 0}
+        self.redis_port = 0
+
+    def start_shared(self) -> None:
+        for delay in self.stub_port:
+            port = self.stub_port[delay] = free_port()
+            conf = self.workdir / f"stub-{delay}.conf"
+            conf.write_text(configs.stub_conf(self.workdir, port, delay))
+            self.procs.start(f"stub-{delay}ms", pinned(self._nginx(conf), LOAD_CPU), port=port)
+        if "gateway-redis" in self.contenders:
+            self.redis_port = free_port()
+            cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
+                   "--appendonly", "no", "--dir", str(self.workdir), "--maxclients", "10000"]  # fmt: skip
+            self.procs.start("redis", pinned(cmd, LOAD_CPU), port=self.redis_port)
+
+    def _nginx(self, conf: Path) -> list[str]:
+        return [
+            "nginx",
+            "-e",
+            str(self.workdir / "nginx-startup.log"),
+            "-p",
+            str(self.workdir),
+            "-c",
+            str(conf),
+        ]
+
+    def start_contender(self, name: str, upstream: int) -> Contender:
+        if name == "direct":
+            return Contender(upstream, lambda: [], lambda: None)
+        port = free_port()
+        if name == "bare-aiohttp":
+            cmd = [sys.executable, "-m", "bench.bare_proxy", str(port), f"http://127.0.0.1:{upstream}"]
+        elif name == "nginx":
+            conf = self.workdir / f"proxy-{port}.conf"
+            conf.write_text(configs.nginx_proxy_conf(self.workdir, port, upstream))
+            cmd = self._nginx(conf)
+        else:
+            storage = f"redis://127.0.0.1:{self.redis_port}/0" if name == "gateway-redis" else "memory://"
+            conf = self.workdir / f"policy-{port}.yaml"
+            conf.write_text(configs.policy_yaml(port, upstream, storage))
+            cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
+        cwd = self.gateway_src if name.startswith("gateway") else ROOT
+        proc = self.procs.start(f"{name}-{port}", pinned(cmd, CONTENDER_CPU), port=port, cwd=cwd)
+
+        def pids() -> list[int]:
+            return children(proc.pid) if name == "nginx" else [proc.pid]  # nginx: its one worker
+
+        return Contender(port, pids, lambda: self.procs.stop(proc))
+
+    def load(self, port: int, **kwargs: float) -> LoadResult:
+        return run_wrk(self.workdir, port, cpu=LOAD_CPU, **kwargs)  # type: ignore[arg-type]
+
+    def run(self) -> dict[str, Row]:
+        s = self.sizes
+        rows = {name: Row(name) for name in self.contenders}
+        for round_no in range(s.rounds if "a" in self.scenarios else 0):
+            for name in self.contenders:
+                progress(f"(a) round {round_no + 1}/{s.rounds}: {name}")
+                c = self.start_contender(name, self.stub_port[0])
+                try:
+                    if s.warmup_s:
+                        self.load(c.port, connections=s.sat_conns, seconds=s.warmup_s)
+                    cpu_before = cpu_seconds(c.pids())
+                    sat = self.load(c.port, connections=s.sat_conns, seconds=s.sat_s)
+                    if name != "direct" and sat.requests:
+                        rows[name].cpu_us.append((cpu_seconds(c.pids()) - cpu_before) / sat.requests * 1e6)
+                    rows[name].sat.append(sat)
+                    rows[name].paced.append(
+                        self.load(c.port, connections=s.rate_conns, seconds=s.rate_s, rate=s.rate)
+                    )
+                finally:
+                    c.stop()
+        for name in self.contenders if "b" in self.scenarios else ():
+            progress(f"(b) {s.slow_conns} connections, upstream {DELAY_MS} ms: {name}")
+            c = self.start_contender(name, self.stub_port[DELAY_MS])
+            try:
+                self.load(c.port, connections=64, seconds=1)  # open the upstream pool first
+                rows[name].slow = self.load(c.port, connections=s.slow_conns, seconds=s.slow_s, timeout_s=20)
+                rows[name].slow_rss_mb = c.peak_rss_mb()
+            finally:
+                c.stop()
+        for name in ("gateway", "gateway-redis"):
+            if name in rows:
+                rows[name].fail_open_logs = sum(
+                    log.read_text(errors="replace").count("rate-limit store unavailable")
+                    for log in self.workdir.glob(f"{name}-[0-9]*.log")
+                )
+        return rows
+
+
+def progress(text: str) -> None:
+    print(f"  … {text}", file=sys.stderr, flush=True)
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    out = (done.stdout + done.stderr).strip().splitlines()
+    return out[0] if out else "?"
+
+
+def machine() -> dict[str, str]:
+    import aiohttp
+    import limits
+    import uvloop
+
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpus": str(cpus()),
+        "cpu": model,
+        "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "uvloop": uvloop.__version__,
+        "limits": limits.__version__,
+        "nginx": _version(["nginx", "-v"]),
+        "wrk": _version(["wrk", "-v"]).split(" [")[0],
+        "redis": _version(["redis-server", "--version"]).split(" sha=")[0],
+    }
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: dict[str, Row], s: Sizes) -> str:
+    lines = [
+        f"(a) upstream answers at once; saturation: wrk -c{s.sat_conns}, {s.sat_s:g}s x {s.rounds} rounds "
+        f"(medians); fixed rate: {s.rate:g} req/s over {s.rate_conns} connections, Lua-paced",
+        "",
+        "| contender | req/s | p50 ms | p99 ms | errors | CPU µs/req | fixed-rate req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows.values():
+        m = row.median
+        lines.append(
+            f"| {row.contender} | {m(row.sat, 'rps'):.0f} | {_f(m(row.sat, 'p50_ms'))}"
+            f" | {_f(m(row.sat, 'p99_ms'))} | {sum(r.errors for r in row.sat)}"
+            f" | {_f(statistics.median(row.cpu_us), 0) if row.cpu_us else '-'} | {m(row.paced, 'rps'):.0f}"
+            f" | {_f(m(row.paced, 'p50_ms'), 3)} | {_f(m(row.paced, 'p99_ms'), 3)} |"
+        )
+    lines += [
+        "",
+        f"(b) upstream answers after {DELAY_MS} ms; wrk -c{s.slow_conns}, {s.slow_s:g}s",
+        "",
+        "| contender | req/s | p50 ms | p99 ms | errors | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows.values():
+        slow = row.slow
+        if slow is None:
+            continue
+        lines.append(
+            f"| {row.contender} | {slow.rps:.0f} | {_f(slow.p50_ms, 1)} | {_f(slow.p99_ms, 1)}"
+            f" | {slow.errors} | {_f(row.slow_rss_mb, 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: dict[str, Row]) -> list[str]:
+    """Each target as a ratio measured in this run, PASS or MISS (informational: the command exits 0)."""
+    out: list[str] = []
+
+    def rps(name: str) -> float | None:
+        return rows[name].median(rows[name].sat, "rps") if name in rows and rows[name].sat else None
+
+    def check(label: str, value: float | None, ok: Callable[[float], bool], fmt: str) -> None:
+        if value is None:
+            out.append(f"  ----  {label}: not measured")
+        else:
+            out.append(f"  {'PASS' if ok(value) else 'MISS'}  {label}: {fmt.format(value)}")
+
+    bare, gw, gwr, ngx = rps("bare-aiohttp"), rps("gateway"), rps("gateway-redis"), rps("nginx")
+    check(
+        "gateway ≥ 0.9 x bare aiohttp req/s",
+        gw / bare if gw and bare else None,
+        lambda v: v >= 0.9,
+        "{:.2f}x",
+    )
+    check(
+        "gateway-redis ≥ 0.6 x bare aiohttp req/s",
+        gwr / bare if gwr and bare else None,
+        lambda v: v >= 0.6,
+        "{:.2f}x",
+    )
+    if "gateway" in rows and "bare-aiohttp" in rows and rows["gateway"].paced and rows["bare-aiohttp"].paced:
+        added = rows["gateway"].median(rows["gateway"].paced, "p50_ms") - rows["bare-aiohttp"].median(
+            rows["bare-aiohttp"].paced, "p50_ms"
+        )
+        check("gateway p50 over bare aiohttp at fixed rate ≤ 0.5 ms", added, lambda v: v <= 0.5, "{:+.3f} ms")
+    for name in ("gateway", "gateway-redis"):
+        row = rows.get(name)
+        if row is None or row.slow is None:
+            continue
+        check(f"{name} (b): no errors", float(row.slow.errors), lambda v: v == 0, "{:.0f} errors")
+        check(f"{name} (b): peak RSS < 200 MB", row.slow_rss_mb, lambda v: v < 200, "{:.1f} MB")
+    info = []
+    if gw and ngx:
+        info.append(f"gateway = {gw / ngx:.2f} x nginx")
+    if gwr and ngx:
+        info.append(f"gateway-redis = {gwr / ngx:.2f} x nginx")
+    if bare and ngx:
+        info.append(f"bare aiohttp = {bare / ngx:.2f} x nginx")
+    if info:
+        out.append("  info  " + "; ".join(info) + " (req/s at saturation)")
+    cpu = {n: statistics.median(r.cpu_us) for n, r in rows.items() if r.cpu_us}
+    if "bare-aiohttp" in cpu:
+        shares = [f"{n} {cpu[n] / cpu['bare-aiohttp']:.2f}" for n in cpu if n != "bare-aiohttp"]
+        out.append(
+            "  info  CPU per request relative to bare aiohttp (less sensitive to a busy machine): "
+            + ", ".join(shares)
+        )
+    for name in ("gateway", "gateway-redis"):
+        if rows.get(name) and rows[name].fail_open_logs:
+            out.append(
+                f"  note  {name}: its log says the limit store was unavailable (requests passed unlimited)"
+            )
+    return out
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through `finally`: every process is stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # SIGINT too: `cmd &` starts with it ignored
+        signal.signal(sig, _stop_on_signal)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few seconds per contender, no targets asserted"
+    )
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS, help="run only these contenders")
+    parser.add_argument("--rounds", type=int, help="rounds of scenario (a)")
+    parser.add_argument("--seconds", type=float, help="length of each measured run of scenario (a)")
+    parser.add_argument("--scenario", choices=("a", "b"), help="run only this scenario")
+    parser.add_argument("--gateway-src", type=Path, help="run the gateway package found in this checkout")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.rounds:
+        sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
+    if args.seconds:
+        sizes = Sizes(**{**asdict(sizes), "sat_s": args.seconds, "rate_s": args.seconds})
+    contenders = tuple(args.only) if args.only else CONTENDERS
+
+    ensure_tools()
+    nofile = raise_nofile()
+    info = machine()
+    pin = (
+        f"wrk, stubs and redis on CPU {LOAD_CPU}, the contender on CPU {CONTENDER_CPU} (taskset)"
+        if cpus() >= 2 and shutil.which("taskset")
+        else "no CPU pinning (fewer than 2 CPUs or no taskset)"
+    )
+    print(f"bench{' --smoke' if args.smoke else ''}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"pinning: {pin}; open files {nofile}; nginx, gateway and proxies run one process/worker each")
+    print(f"stubs: nginx `return 200` (zero latency) and nginx echo_sleep {DELAY_MS / 1000:g} (scenario b)")
+    sys.stdout.flush()
+
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    started = time.monotonic()
+    try:
+        with Processes(workdir) as procs:
+            bench = Bench(sizes, workdir, procs, contenders, args.scenario)
+            if args.gateway_src:
+                bench.gateway_src = args.gateway_src.resolve()
+            bench.start_shared()
+            rows = bench.run()
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(table(rows, sizes))
+    print()
+    print("targets" + (" (smoke run: sizes too small to mean anything)" if args.smoke else "") + ":")
+    print("\n".join(targets(rows)))
+    print(f"\ndone in {time.monotonic() - started:.0f}s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"machine": info, "sizes": asdict(sizes), "rows": {k: asdict(v) for k, v in rows.items()}}
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
