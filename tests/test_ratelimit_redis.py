@@ -92,7 +92,16 @@ async def test_burst_over_two_instances_lets_exactly_k_through(
     strategy: str, redis: RedisServer, upstream: Any, processes: list[GatewayProcess], tmp_path: Path
 ) -> None:
     limit = 7
-    policy = limited_policy(upstream.url, redis.url, strategy=strategy, per_ip=f"{limit} per hour")
+    # deny and a generous store timeout: on a loaded machine a slow Redis answer must show up as a 503
+    # here, not pass silently as a fail-open 200 (exactness must not depend on timing).
+    policy = limited_policy(
+        upstream.url,
+        redis.url,
+        strategy=strategy,
+        per_ip=f"{limit} per hour",
+        on_storage_error="deny",
+        storage_timeout=20,
+    )
     policy["logging"] = {"level": "warning"}
     gateways = [GatewayProcess(policy, tmp_path, workers=2) for _ in range(2)]
     processes.extend(gateways)
