@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 IPAddress = IPv4Address | IPv6Address
@@ -24,6 +25,7 @@ class ClientIpPolicy:
         return any(address in network for network in self.trusted_proxies)
 
 
+@lru_cache(maxsize=16384)  # peers and shoppers repeat; parsing an address is the costly part
 def parse_address(text: str) -> IPAddress | None:
     """An address as found in a peer or an XFF entry; ports (`1.2.3.4:5`, `[::1]:5`) are tolerated."""
     text = text.strip()

@@ -13,7 +13,7 @@ import socket
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.observe import configure_logging
+from gateway.observe import configure_logging, flush_logs, flush_logs_periodically
 from gateway.policy import Credentials, DangerZone, PolicyFile, Project
 from gateway.sandbox import SandboxCredentials, create_sandbox_app
 
@@ -65,9 +65,12 @@ async def run_demo(host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    flusher = loop.create_task(flush_logs_periodically())
     await stop.wait()
     await gateway.cleanup()
     await sandbox.cleanup()
+    flusher.cancel()
+    flush_logs()
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -119,6 +120,10 @@ class MetricsObserver(Observer):
     def __init__(self, metrics: GatewayMetrics | None = None, truncate_ips: bool = False) -> None:
         super().__init__(truncate_ips=truncate_ips)
         self.metrics = metrics if metrics is not None else GatewayMetrics()
+        # The labelled children per label set: `labels()` takes a lock and builds a tuple each call. Label
+        # values are bounded (projects x operations x decisions x statuses), so is this cache.
+        self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._upstream: dict[tuple[str, str], Any] = {}
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -135,10 +140,23 @@ class MetricsObserver(Observer):
         project = _project_label(outcome.project)
         operation = outcome.operation if outcome.operation in OPERATIONS else UNKNOWN
         decision = outcome.decision if outcome.decision in _DECISIONS else UNKNOWN
-        m.requests.labels(project, operation, decision, str(outcome.status)).inc()
-        m.request_duration.labels(project, decision).observe(outcome.duration_ms / 1000)
+        key = (project, operation, decision, outcome.status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                m.requests.labels(project, operation, decision, str(outcome.status)),
+                m.request_duration.labels(project, decision),
+            )
+        requests, request_duration = series
+        requests.inc()
+        request_duration.observe(outcome.duration_ms / 1000)
         if outcome.upstream_ms is not None:
-            m.upstream_duration.labels(project, operation).observe(outcome.upstream_ms / 1000)
+            upstream = self._upstream.get((project, operation))
+            if upstream is None:
+                upstream = self._upstream[(project, operation)] = m.upstream_duration.labels(
+                    project, operation
+                )
+            upstream.observe(outcome.upstream_ms / 1000)
         kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
         if kind is not None:
             m.upstream_errors.labels(project, operation, kind).inc()

@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.admin import AdminServer, create_admin_app, gateway_readiness
 from gateway.app import STATE, create_app
 from gateway.metrics import MetricsObserver
-from gateway.observe import configure_logging
+from gateway.observe import configure_logging, flush_logs, flush_logs_periodically
 from gateway.policy import PolicyError, PolicyFile, load_policy
 from gateway.reload import PolicyReloader
 from gateway.reload import reload_policy as reload_policy  # kept importable from here
@@ -66,7 +66,9 @@ async def run(
         reloader.start_watching()
     # Announced only once signals are handled: a supervisor may send SIGTERM as soon as it reads the line.
     shown = f"[{host}]" if ":" in host else host
+    flush_logs()  # what was logged before the line is readable when the line is
     announce(f"voucherify-gateway listening on http://{shown}:{runner.addresses[0][1]}")
+    flusher = loop.create_task(flush_logs_periodically())
     await stop.wait()
     app[STATE].draining = True  # /readyz answers 503 from now on; the admin listener stops last
     for listening in list(runner.sites):  # runner.cleanup() would too; first, so the log line is true
@@ -78,6 +80,8 @@ async def run(
     if admin is not None:
         await admin.stop()
     log.info("drained, exiting")
+    flusher.cancel()
+    flush_logs()
     return 0
 
 

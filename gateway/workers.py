@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import AdminServer, create_admin_app
 from gateway.metrics import multiprocess_dir
+from gateway.observe import flush_logs, flush_logs_periodically
 from gateway.policy import PolicyFile
 
 log = logging.getLogger("gateway.workers")
@@ -191,6 +192,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
+        flusher = loop.create_task(flush_logs_periodically())
 
         def on_signal(sig: signal.Signals) -> None:
             self._forward(sig)
@@ -211,6 +213,7 @@ class Supervisor:
             shown = f"[{self.host}]" if ":" in self.host else self.host
             where = f"http://{shown}:{self.port}"
             admin = await self._start_admin()
+            flush_logs()  # what was logged before the line is readable when the line is
             print(f"voucherify-gateway listening on {where} ({self.count} workers)", flush=True)
             await stopped.wait()
             while self._tasks:  # the workers drain; /readyz answers 503 meanwhile
@@ -222,6 +225,8 @@ class Supervisor:
             self._forward(signal.SIGTERM)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        flusher.cancel()
+        flush_logs()
         return 1 if self.failed else 0
 
 
