@@ -2,7 +2,8 @@
 
 The pipeline, in order (see `decide.py` for the checks themselves):
   decide (route, method, secrets, origin, danger zone, body headers) -> read body (413) -> check body
-  -> rate limit (429 / 503) -> translate for the project's mode -> upstream -> answer.
+  -> translate for the project's mode (400) -> rate limit (429 / 503) -> upstream -> answer.
+Only a request that passed every check is counted against its rate limit.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gateway.observe import Observer, Outcome
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, StoreUnavailable
 from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
-from gateway.translate import upstream_call
+from gateway.translate import UpstreamCall, upstream_call
 from gateway.upstream import UpstreamPool, UpstreamResponse, request_headers
 from gateway.widget import add_demo_page, add_widget
 
@@ -165,6 +166,9 @@ async def _pipeline(
     refusal = check_body(admit, body)
     if refusal is not None:
         return _refused(refusal, outcome)
+    call = upstream_call(target, body)  # server mode refuses a bad `code` here (400): before counting
+    if isinstance(call, GatewayError):
+        return _refused(admit.refuse(call), outcome)
 
     limit_headers, limit_error = await _rate_limit(
         state, target, bucket_key(address, policy.client_ip.ipv6_prefix), outcome
@@ -172,7 +176,7 @@ async def _pipeline(
     if limit_error is not None:
         return _refused(admit.refuse(limit_error), outcome, limit_headers)
 
-    answer = await _forward(state, admit, body, request.headers, outcome)
+    answer = await _forward(state, admit, call, request.headers, outcome)
     if isinstance(answer, GatewayError):
         return _refused(admit.refuse(answer), outcome, limit_headers)
     outcome.status = answer.status
@@ -207,14 +211,11 @@ async def _rate_limit(
 
 
 async def _forward(
-    state: GatewayState, admit: Admit, body: bytes, incoming: MultiMapping[str], outcome: Outcome
+    state: GatewayState, admit: Admit, call: UpstreamCall, incoming: MultiMapping[str], outcome: Outcome
 ) -> UpstreamResponse | GatewayError:
-    """Translate for the project's mode, call Voucherify, and turn its answer into the browser's."""
+    """Call Voucherify and turn its answer into the browser's."""
     target = admit.target
     project = target.project
-    call = upstream_call(target, body)
-    if isinstance(call, GatewayError):
-        return call
     headers = request_headers(
         incoming,
         project.credential_headers,

@@ -302,6 +302,30 @@ async def test_server_mode_keeps_danger_zone_secret_and_rate_checks(gateway, ups
     assert len(upstream.received) == 2
 
 
+async def test_a_refused_code_is_not_counted_against_the_limit(gateway, upstream):
+    """The contract's order: 400 comes before 429, and only requests that pass every check count."""
+    tree = base_policy(upstream.url, **SERVER)
+    tree["rate_limit"] = {"per_ip": "2 per minute"}
+    client = await gateway(tree)
+    headers = {**BROWSER, "Content-Type": "application/json"}
+    for _ in range(5):
+        bad = await client.session.post(
+            raw_url(client, "/client/v1/redeem?code=%2e%2e"), headers=headers, data=b"{}"
+        )
+        assert bad.status == 400
+        assert "RateLimit" not in bad.headers
+    good = [
+        (
+            await client.session.post(
+                raw_url(client, "/client/v1/redeem?code=S"), headers=headers, data=b"{}"
+            )
+        ).status
+        for _ in range(3)
+    ]
+    assert good == [200, 200, 429]
+    assert [seen.path for seen in upstream.received] == ["/v1/vouchers/S/redemption"] * 2
+
+
 # ----------------------------------------------------------------------------- nothing server-side leaks back
 
 
