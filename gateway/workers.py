@@ -33,6 +33,7 @@ from gateway.admin import AdminServer, create_admin_app
 from gateway.metrics import multiprocess_dir
 from gateway.observe import flush_logs, flush_logs_periodically
 from gateway.policy import PolicyFile
+from gateway.ratelimit import LimiterPool
 
 log = logging.getLogger("gateway.workers")
 
@@ -108,6 +109,12 @@ class Supervisor:
     def __init__(self, policy: PolicyFile, path: Path, host: str, port: int, count: int) -> None:
         self.policy = policy
         self.path, self.host, self.port, self.count = path, host, port, count
+        # The limit stores of projects that deny while their store is down: the parent's /readyz checks them.
+        self.deny_stores = LimiterPool()
+        for name in policy.projects:
+            limits = policy.rate_limit_for(name)
+            if limits.on_storage_error == "deny":
+                self.deny_stores.get(limits.storage, limits.strategy, limits.storage_timeout)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.failed = False
@@ -163,7 +170,9 @@ class Supervisor:
         checks = {"workers": f"{alive} of {self.count} running"}
         if self.stopping:
             checks["draining"] = "yes: not taking new requests"
-        return not self.stopping and alive == self.count, checks
+        stores_up = all((await self.deny_stores.check()).values())
+        checks["limit_store"] = "reachable" if stores_up else "unreachable (on_storage_error: deny)"
+        return not self.stopping and alive == self.count and stores_up, checks
 
     async def _start_admin(self) -> AdminServer | None:
         """One admin listener for all workers, in the parent: /metrics sums every worker's values."""
@@ -225,6 +234,7 @@ class Supervisor:
             self._forward(signal.SIGTERM)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.deny_stores.close()
         flusher.cancel()
         flush_logs()
         return 1 if self.failed else 0
