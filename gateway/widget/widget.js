@@ -53,12 +53,12 @@
       const root = this.attachShadow({ mode: "open" });
       root.innerHTML = `<style>${STYLE}</style>
         <form part="form" novalidate>
-          <input part="input" name="code" autocomplete="off" spellcheck="false" aria-label="Promo code"
-                 placeholder="${this.getAttribute("placeholder") || "Promo code"}" required>
+          <input part="input" name="code" autocomplete="off" spellcheck="false" aria-label="Promo code" required>
           <button part="button" type="submit">Apply</button>
           <output part="message" aria-live="polite"></output>
         </form>`;
       this.input = root.querySelector("input");
+      this.input.placeholder = this.getAttribute("placeholder") || "Promo code"; // a property: never parsed as HTML
       this.button = root.querySelector("button");
       this.output = root.querySelector("output");
       root.querySelector("form").addEventListener("submit", (event) => {
