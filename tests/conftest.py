@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +12,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.policy import PolicyFile, parse_policy
+from gateway.serve import free_port
 from tests.log_scan import capture_every_log_line, pytest_sessionfinish, remember_credentials
 from tests.upstream_double import UpstreamDouble
 
-pytest_plugins = ["tests.ops_support"]  # subprocess and admin fixtures for the operations tests
+# gateway_process and redis_server (real subprocesses), ops_gateway (in-process, with its admin app)
+pytest_plugins = ["tests.processes", "tests.ops_support"]
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: cwd of every subprocess the suite starts
 
 CLIENT_APP_ID = "client-app-id-7f3a"
 CLIENT_TOKEN = "client-secret-token-9c1e"
@@ -37,7 +41,8 @@ def base_policy(upstream_url: str, **project: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["capture_every_log_line", "pytest_sessionfinish"]  # the suite-wide credential scan (log_scan.py)
+# the suite-wide credential scan (log_scan.py), and the gateway's own free_port for the tests
+__all__ = ["capture_every_log_line", "free_port", "pytest_sessionfinish"]
 
 
 def make_policy(tree: dict[str, Any]) -> PolicyFile:
@@ -73,12 +78,6 @@ async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
     yield start
     for client in clients:
         await client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def in_ci() -> bool:

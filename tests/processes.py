@@ -1,11 +1,16 @@
-"""Real processes for the scale-out tests: a `redis-server` and `voucherify-gateway serve` subprocesses.
+"""Real processes for the tests: `python -m gateway serve` (and `check`, `schema`) and a throw-away `redis-server`.
 
-Both are started on free ports and always killed in teardown, even when a test fails.
+`GatewayProcess` collects the subprocess's stdout (the one "listening on" line) and stderr (the logs) line
+by line in reader threads; both lists are registered with the suite-wide credential scan (log_scan.py).
+The `gateway_process` fixture starts them on free ports and kills them at teardown, whatever the test did;
+so does the `redis` fixture of the tests that use a `RedisServer`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -15,16 +20,211 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import yaml
 
-from tests.conftest import free_port, in_ci
+from tests.conftest import ROOT, free_port, in_ci
 from tests.log_scan import register_lines, remember_credentials
 
-ROOT = Path(__file__).resolve().parent.parent
+WAIT = 30.0  # upper bound for things that normally take milliseconds; never a pass/fail timing
+
+Pattern = str | re.Pattern[str]  # a str is looked for as it is written; a compiled pattern is searched
+
+
+def write_policy(path: Path, tree: dict[str, Any]) -> Path:
+    """Write atomically (a watcher never sees half a file)."""
+    remember_credentials(tree)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway ARGS` to its end; the environment is `base` (default: this one) updated by `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        env={**(os.environ if base is None else base), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _matches(pattern: Pattern, line: str) -> bool:
+    return pattern in line if isinstance(pattern, str) else pattern.search(line) is not None
+
+
+class GatewayProcess:
+    """`python -m gateway serve` in a subprocess, with its stdout and stderr lines collected as they come."""
+
+    def __init__(
+        self,
+        tree: dict[str, Any],
+        directory: Path,
+        *,
+        port: int | None = None,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = write_policy(directory / f"policy-{self.port}.yaml", tree)
+        self.workers = workers
+        self.env = env or {}
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        register_lines(self.stdout)
+        register_lines(self.stderr)
+        self.announced = ""  # the "listening on" line, once started
+        self.proc: subprocess.Popen[str] | None = None
+        self._readers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    async def start(self) -> GatewayProcess:
+        """Until serve announces it listens; fails if it exits first (with what it printed)."""
+        self._launch()
+        # several workers on a busy machine take a while: a generous bound, never a timing
+        self.announced = await self.wait_for(f"listening on {self.url}", stream="stdout", timeout=2 * WAIT)
+        return self
+
+    def _launch(self) -> None:
+        args = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)]
+        args += ["--port", str(self.port)]
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for stream, into in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            reader = threading.Thread(target=self._read, args=(stream, into), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+
+    def _read(self, stream: IO[str], into: list[str]) -> None:
+        for line in stream:
+            with self._lock:
+                into.append(line.rstrip("\n"))
+
+    def lines(self, pattern: Pattern = "", stream: str = "stderr") -> list[str]:
+        """The lines of `stream` ("stdout" or "stderr": the logs) that match `pattern` (all by default)."""
+        with self._lock:
+            return [line for line in getattr(self, stream) if _matches(pattern, line)]
+
+    @property
+    def output(self) -> str:
+        """Both streams, for failure messages."""
+        with self._lock:
+            return "\n".join(["stdout:", *self.stdout, "stderr:", *self.stderr])
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines() if line.startswith("{")]
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        return [line for line in self.json_lines() if line.get("logger") == "gateway.access"]
+
+    async def wait_for(
+        self, pattern: Pattern, count: int = 1, stream: str = "stderr", timeout: float = WAIT
+    ) -> str:
+        """The `count`-th line of `stream` matching `pattern`; fails if the process exits or time runs out."""
+        assert self.proc is not None, "not started"
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.lines(pattern, stream)
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc.poll() is not None:
+                for reader in self._readers:  # what the process printed before it exited
+                    await asyncio.to_thread(reader.join, 5)
+                found = self.lines(pattern, stream)
+                if len(found) >= count:
+                    return found[count - 1]
+                raise AssertionError(
+                    f"gateway exited ({self.proc.returncode}) before {count} line(s) with {pattern!r}:\n"
+                    f"{self.output}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(found)} of {count} line(s) with {pattern!r} after {timeout}s:\n{self.output}"
+                )
+            await asyncio.sleep(0.02)
+
+    def worker_pids(self) -> set[int]:
+        return {
+            int(m.group(1))
+            for line in self.lines(re.compile(r"worker \d+ listening"))
+            if (m := re.search(r"worker (\d+)", line))
+        }
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def exit_code(self) -> int:
+        assert self.proc is not None
+        return await asyncio.to_thread(self.proc.wait, WAIT)
+
+    def _children(self) -> set[int]:
+        """The parent's live child processes (its workers), from /proc; the logged ones where that is missing."""
+        assert self.proc is not None
+        found = self.worker_pids()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                found |= {int(pid) for pid in (task / "children").read_text().split()}
+        return found
+
+    def kill(self) -> None:
+        """Teardown: SIGKILL the parent, then its workers (first the parent: it would replace them)."""
+        if self.proc is None:
+            return
+        workers = self._children() if self.proc.poll() is None else self.worker_pids()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for reader in self._readers:  # the pipes close once the workers are gone too
+            reader.join(5)
+
+
+GatewayProcessFactory = Callable[..., Awaitable[GatewayProcess]]
+
+
+@pytest.fixture
+async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayProcessFactory]:
+    """`await gateway_process(tree, port=None, workers=1, env=None)`: a started serve, killed at teardown."""
+    started: list[GatewayProcess] = []
+
+    async def start(
+        tree: dict[str, Any],
+        port: int | None = None,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> GatewayProcess:
+        process = GatewayProcess(tree, tmp_path, port=port, workers=workers, env=env)
+        started.append(process)
+        return await process.start()
+
+    try:
+        yield start
+    finally:
+        with contextlib.ExitStack() as stack:  # every one killed, even if killing another one failed
+            for process in started:
+                stack.callback(process.kill)
+
+
+# ------------------------------------------------------------------------------------------------ redis
 
 
 def redis_binary() -> str:
@@ -85,90 +285,3 @@ class RedisServer:
     def thaw(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
-
-
-class GatewayProcess:
-    """`python -m gateway serve` in a subprocess; stdout and stderr lines are collected as they come."""
-
-    def __init__(
-        self, policy: dict[str, Any], directory: Path, workers: int = 1, port: int | None = None
-    ) -> None:
-        self.port = port or free_port()
-        self.config = directory / f"policy-{self.port}.yaml"
-        self.config.write_text(yaml.safe_dump(policy))
-        remember_credentials(policy)
-        self.workers = workers
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        register_lines(self.stdout)
-        register_lines(self.stderr)
-        self.proc: subprocess.Popen[str] | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _pump(self, stream: Any, into: list[str]) -> None:
-        for line in stream:
-            with self._lock:
-                into.append(line.rstrip("\n"))
-
-    def start(self, timeout: float = 60) -> str:
-        args = [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(self.config),
-            "--port",
-            str(self.port),
-        ]
-        if self.workers > 1:
-            args += ["--workers", str(self.workers)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
-        )
-        for stream, into in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=self._pump, args=(stream, into), daemon=True).start()
-        line = self.wait_for(self.stdout, "listening on", timeout)
-        return line
-
-    def wait_for(self, lines: list[str], pattern: str, timeout: float = 30, count: int = 1) -> str:
-        """The `count`-th line matching `pattern`; fails if the process exits or time runs out first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                found = [line for line in lines if re.search(pattern, line)]
-            if len(found) >= count:
-                return found[count - 1]
-            assert self.proc is not None
-            if self.proc.poll() is not None and len(found) < count:
-                time.sleep(0.2)
-                raise AssertionError(f"gateway exited with {self.proc.returncode}: {self.stderr[-20:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} within {timeout}s: {lines[-20:]}")
-
-    def lines(self, pattern: str, stream: str = "stderr") -> list[str]:
-        with self._lock:
-            return [line for line in getattr(self, stream) if re.search(pattern, line)]
-
-    def worker_pids(self) -> set[int]:
-        return {
-            int(m.group(1))
-            for line in self.lines(r"worker \d+ listening")
-            if (m := re.search(r"worker (\d+)", line))
-        }
-
-    def stop(self) -> None:
-        """Teardown: SIGKILL the parent and any worker it left (workers also stop when orphaned)."""
-        if self.proc is None:
-            return
-        for pid in self.worker_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)

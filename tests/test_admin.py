@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.conftest import ORIGIN, base_policy, free_port
+from tests.conftest import ORIGIN, ROOT, base_policy, free_port
 from tests.upstream_double import Reply
 
 H = {"Origin": ORIGIN}
@@ -90,8 +90,6 @@ async def test_dockerfile_healthcheck_command_probes_healthz(gateway_process, up
     import subprocess
     import sys
 
-    from tests.ops_support import ROOT
-
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     [code] = re.findall(r'^\s*CMD python -c "(.+)"$', dockerfile, re.MULTILINE)
     admin_port = free_port()
@@ -105,5 +103,5 @@ async def test_dockerfile_healthcheck_command_probes_healthz(gateway_process, up
         ).returncode
 
     assert await asyncio.to_thread(probe) != 0  # nothing listens yet: unhealthy
-    await gateway_process(tree, free_port())
+    await gateway_process(tree)
     assert await asyncio.to_thread(probe) == 0

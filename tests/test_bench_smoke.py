@@ -6,11 +6,9 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from bench.runner import CONTENDERS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 def test_bench_smoke_prints_a_row_per_contender_with_throughput() -> None:

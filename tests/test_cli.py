@@ -17,9 +17,8 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, free_port
+from tests.processes import run_cli
 
 VALID = """
 default_project: shop
@@ -120,17 +119,6 @@ def test_schema_is_json_schema_of_the_policy(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert "projects" in schema["properties"]
     assert schema["required"] == ["projects"]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_check_as_a_subprocess(tmp_path):

@@ -8,7 +8,7 @@ import signal
 import aiohttp
 
 from tests.conftest import ORIGIN, base_policy, free_port
-from tests.ops_support import GatewayProcess
+from tests.processes import GatewayProcess
 from tests.upstream_double import Reply
 
 SLOW = 5

@@ -8,7 +8,7 @@ import logging
 import aiohttp
 
 from gateway.observe import JsonFormatter, Observer, Outcome, TextFormatter, access_log
-from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy, free_port
+from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy
 from tests.ops_support import assert_no_secrets
 
 BROWSER_SECRETS = {
@@ -29,9 +29,7 @@ async def test_one_json_line_per_request_and_no_credential(gateway_process, upst
     }
     tree["projects"]["shop"]["danger_zone"] = {"redeem": True}
     tree["logging"] = {"level": "debug", "format": "json", "client_ip": "truncated"}
-    gw = await gateway_process(
-        tree, free_port(), env={"SHOP_APP_ID": CLIENT_APP_ID, "SHOP_SECRET": CLIENT_TOKEN}
-    )
+    gw = await gateway_process(tree, env={"SHOP_APP_ID": CLIENT_APP_ID, "SHOP_SECRET": CLIENT_TOKEN})
 
     sent: list[str] = []
     async with aiohttp.ClientSession() as session:
@@ -77,7 +75,7 @@ async def test_one_json_line_per_request_and_no_credential(gateway_process, upst
     assert lines[7]["project"] is None and lines[7]["status"] == 404
 
     secrets = [*BROWSER_SECRETS.values(), "cookie-secret-77e1", "bearer-secret-41f0", BODY_SECRET]
-    assert_no_secrets(gw.lines, [*secrets, CLIENT_APP_ID, CLIENT_TOKEN])
+    assert_no_secrets([*gw.stdout, *gw.stderr], [*secrets, CLIENT_APP_ID, CLIENT_TOKEN])
 
 
 def _capture(fmt: logging.Formatter, level: int) -> tuple[io.StringIO, logging.Handler]:

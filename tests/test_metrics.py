@@ -108,7 +108,7 @@ async def test_one_scrape_covers_every_process_in_multiprocess_mode(gateway_proc
     admin_port = free_port()
     tree = base_policy(upstream.url)
     tree["admin"] = {"port": admin_port}
-    gw = await gateway_process(tree, free_port(), env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    gw = await gateway_process(tree, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     import aiohttp
 
     async with aiohttp.ClientSession() as session:

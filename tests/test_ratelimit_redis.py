@@ -7,7 +7,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,7 +17,7 @@ from redis.asyncio import BlockingConnectionPool
 from gateway.app import STATE
 from gateway.ratelimit import Bucket, LimiterPool, StoreUnavailable, open_storage
 from tests.conftest import ORIGIN, base_policy
-from tests.processes import GatewayProcess, RedisServer
+from tests.processes import GatewayProcessFactory, RedisServer
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 H = {"Origin": ORIGIN}
@@ -28,21 +27,11 @@ VALIDATE = "/client/v1/validate?code=SAVE10"
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
     server = RedisServer()
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.kill()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop()
 
 
 def limited_policy(upstream_url: str, redis_url: str, **rate_limit: Any) -> dict[str, Any]:
@@ -89,7 +78,7 @@ async def test_start_loads_scripts_and_close_releases_pool(redis: RedisServer) -
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_burst_over_two_instances_lets_exactly_k_through(
-    strategy: str, redis: RedisServer, upstream: Any, processes: list[GatewayProcess], tmp_path: Path
+    strategy: str, redis: RedisServer, upstream: Any, gateway_process: GatewayProcessFactory
 ) -> None:
     limit = 7
     # deny and a generous store timeout: on a loaded machine a slow Redis answer must show up as a 503
@@ -103,9 +92,7 @@ async def test_burst_over_two_instances_lets_exactly_k_through(
         storage_timeout=20,
     )
     policy["logging"] = {"level": "warning"}
-    gateways = [GatewayProcess(policy, tmp_path, workers=2) for _ in range(2)]
-    processes.extend(gateways)
-    await asyncio.gather(*(asyncio.to_thread(g.start) for g in gateways))
+    gateways = await asyncio.gather(*(gateway_process(policy, workers=2) for _ in range(2)))
 
     connector = aiohttp.TCPConnector(limit=0, force_close=True)  # new connections spread over the workers
     async with aiohttp.ClientSession(connector=connector) as session:

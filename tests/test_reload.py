@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import base_policy, free_port
-from tests.ops_support import ROOT, GatewayProcess, labels, samples, write_policy
+from tests.ops_support import labels, samples
+from tests.processes import GatewayProcess, run_cli, write_policy
 
 KEPT = "https://shop.example.com"
 DROPPED = "https://old.example.net"
@@ -49,13 +48,7 @@ async def more_requests(seen: list[Any], count: int = 20) -> None:
 
 
 def check_messages(path: Any) -> list[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--config", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("check", "--config", str(path))
     assert result.returncode == 1
     return [line.removeprefix("error: ") for line in result.stdout.splitlines() if line.startswith("error: ")]
 
@@ -64,9 +57,7 @@ def check_messages(path: Any) -> list[str]:
 async def test_reload_under_load(gateway_process, upstream, tmp_path, trigger):
     admin_port = free_port()
     watch = trigger == "watch"
-    gw: GatewayProcess = await gateway_process(
-        policy_tree(upstream.url, admin_port, [KEPT, DROPPED], watch), free_port()
-    )
+    gw: GatewayProcess = await gateway_process(policy_tree(upstream.url, admin_port, [KEPT, DROPPED], watch))
 
     def reload() -> None:
         if not watch:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from gateway.policy import PolicyFile
-from tests.ops_support import ROOT
+from tests.conftest import ROOT
+from tests.processes import run_cli
 
 SCHEMA = ROOT / "config" / "policy.schema.json"
 
@@ -20,9 +19,8 @@ def test_committed_schema_matches_the_models():
 
 
 def test_schema_command_prints_the_committed_file():
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "schema"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    result = run_cli("schema")
+    assert result.returncode == 0, result.stderr
     assert result.stdout == SCHEMA.read_text(encoding="utf-8")
 
 

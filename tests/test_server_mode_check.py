@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,8 @@ import yaml
 
 from gateway.cli import warnings_for
 from gateway.policy import PolicyError, parse_policy
+from tests.processes import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVER_CREDS = {"application_id": "srv-app-id-0a1b", "secret_key": "srv-secret-2c3d"}
 CLIENT_CREDS = {"client_application_id": "cli-app-id-4e5f", "client_secret_key": "cli-secret-6a7b"}
 SECRETS = [*SERVER_CREDS.values(), *CLIENT_CREDS.values()]
@@ -28,17 +26,8 @@ def check(tmp_path: Path, projects: dict[str, Any], env: dict[str, str] | None =
     """Run the real command line in a subprocess on a policy file."""
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump({"projects": projects}))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
-    environment.update(env or {})
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--config", str(path)],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    without_shop = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
+    done = run_cli("check", "--config", str(path), env=env, base=without_shop)
     return done.returncode, done.stdout + done.stderr
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,20 +14,10 @@ import pytest
 
 from gateway.policy import parse_policy
 from gateway.workers import memory_warning
-from tests.conftest import ORIGIN, base_policy
-from tests.processes import GatewayProcess
+from tests.conftest import ORIGIN, base_policy, free_port
+from tests.processes import GatewayProcess, GatewayProcessFactory
 
 H = {"Origin": ORIGIN}
-
-
-@pytest.fixture
-def processes() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop()
 
 
 def _alive(pid: int) -> bool:
@@ -48,46 +37,47 @@ def _access_workers(gw: GatewayProcess) -> set[int]:
     return pids
 
 
+def spreading_session() -> aiohttp.ClientSession:
+    """A new connection for every request: they spread over the workers."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+
+
+async def validate(session: aiohttp.ClientSession, gw: GatewayProcess) -> int:
+    async with session.get(f"{gw.url}/client/v1/validate?code=A", headers=H) as resp:
+        return resp.status
+
+
 async def test_two_workers_serve_replace_reload_and_stop(
-    upstream: Any, processes: list[GatewayProcess], tmp_path: Path
+    upstream: Any, gateway_process: GatewayProcessFactory
 ) -> None:
-    gw = GatewayProcess(base_policy(upstream.url), tmp_path, workers=2)
-    processes.append(gw)
-    listening = await asyncio.to_thread(gw.start)
-    assert f"127.0.0.1:{gw.port}" in listening
+    gw = await gateway_process(base_policy(upstream.url), workers=2)
+    assert f"127.0.0.1:{gw.port}" in gw.announced
     assert len(gw.lines("listening on", "stdout")) == 1  # one line for all workers
     assert any("memory://" in line and "2 workers" in line for line in gw.lines("warning"))
     workers = gw.worker_pids()
     assert len(workers) == 2
     assert gw.proc is not None and gw.proc.pid not in workers
 
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> int:
-            async with session.get(f"{gw.url}/client/v1/validate?code=A", headers=H) as resp:
-                return resp.status
-
-        assert set(await asyncio.gather(*(one() for _ in range(60)))) == {200}
-        await asyncio.to_thread(gw.wait_for, gw.stderr, '"request_id"', 30, 60)
+    async with spreading_session() as session:
+        assert set(await asyncio.gather(*(validate(session, gw) for _ in range(60)))) == {200}
+        await gw.wait_for('"request_id"', count=60)
         assert _access_workers(gw) == workers  # both workers answered
 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        await asyncio.to_thread(gw.wait_for, gw.stderr, r"worker \d+ listening", 30, 3)
+        await gw.wait_for(re.compile(r"worker \d+ listening"), count=3)
         replaced = gw.worker_pids() - workers
         assert len(replaced) == 1
         assert _alive(next(iter(replaced)))
-        assert await one() == 200
+        assert await validate(session, gw) == 200
 
-    os.kill(gw.proc.pid, signal.SIGHUP)
-    await asyncio.to_thread(gw.wait_for, gw.stderr, "policy reloaded", 30, 2)
+    gw.send(signal.SIGHUP)
+    await gw.wait_for("policy reloaded", count=2)
     reloaded = {json.loads(line)["worker"] for line in gw.lines("policy reloaded")}
     assert reloaded == (workers - {victim}) | replaced
 
-    os.kill(gw.proc.pid, signal.SIGTERM)
-    code = await asyncio.to_thread(gw.proc.wait, 30)
-    assert code == 0
+    gw.send(signal.SIGTERM)
+    assert await gw.exit_code() == 0
     assert not any(_alive(pid) for pid in gw.worker_pids())
 
 
@@ -110,28 +100,18 @@ def test_workers_argument_must_be_positive(capsys: pytest.CaptureFixture[str]) -
 
 
 async def test_one_metrics_scrape_covers_every_worker(
-    upstream: Any, processes: list[GatewayProcess], tmp_path: Path
+    upstream: Any, gateway_process: GatewayProcessFactory
 ) -> None:
     from prometheus_client.parser import text_string_to_metric_families
-
-    from tests.conftest import free_port
 
     tree = base_policy(upstream.url)
     admin_port = free_port()
     tree["admin"] = {"port": admin_port}
-    gw = GatewayProcess(tree, tmp_path, workers=2)
-    processes.append(gw)
-    await asyncio.to_thread(gw.start)
+    gw = await gateway_process(tree, workers=2)
     admin = f"http://127.0.0.1:{admin_port}"
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # new connections spread over the workers
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> int:
-            async with session.get(f"{gw.url}/client/v1/validate?code=A", headers=H) as resp:
-                return resp.status
-
-        assert set(await asyncio.gather(*(one() for _ in range(80)))) == {200}
-        await asyncio.to_thread(gw.wait_for, gw.stderr, '"request_id"', 30, 80)
+    async with spreading_session() as session:
+        assert set(await asyncio.gather(*(validate(session, gw) for _ in range(80)))) == {200}
+        await gw.wait_for('"request_id"', count=80)
         assert len(_access_workers(gw)) == 2  # both workers answered some of them
 
         async with session.get(f"{admin}/metrics") as resp:
