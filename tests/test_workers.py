@@ -129,3 +129,30 @@ async def test_one_metrics_scrape_covers_every_worker(
             assert (await resp.json())["checks"]["workers"] == "2 of 2 running"
         async with session.get(f"{gw.url}/metrics") as resp:
             assert resp.status == 404  # never on the public port
+
+
+async def test_parent_readiness_follows_a_deny_projects_limit_store(
+    upstream: Any, gateway_process: GatewayProcessFactory
+) -> None:
+    from tests.processes import RedisServer
+
+    redis = RedisServer()
+    redis.start()
+    try:
+        tree = base_policy(upstream.url)
+        tree["rate_limit"] = {"storage": redis.url, "on_storage_error": "deny", "per_ip": "100 per minute"}
+        admin_port = free_port()
+        tree["admin"] = {"port": admin_port}
+        await gateway_process(tree, workers=2)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["checks"]["limit_store"] == "reachable"
+            redis.kill()
+            async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as resp:
+                assert resp.status == 503  # the workers would answer 503 rate_limit_unavailable: not ready
+                body = await resp.json()
+                assert body["checks"]["limit_store"] == "unreachable (on_storage_error: deny)"
+                assert redis.url not in json.dumps(body)  # a Redis URL may carry a password
+    finally:
+        redis.kill()
