@@ -65,6 +65,7 @@ _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
 _INDEX = re.compile(r"0|[1-9][0-9]{0,5}")
 _ERROR_KEY = re.compile(r"[a-z0-9_]{1,64}")
 _QS_ARRAY_LIMIT = 20  # qs turns indices up to this into an array, larger ones into object keys
+_QS_DEPTH = 5  # qs nests this many brackets; the rest of the key stays one literal key
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +252,12 @@ def _split_key(key: str) -> tuple[str, list[str]] | None:
     found = _KEY.fullmatch(key)
     if found is None:
         return None
-    return found[1], _SEGMENT.findall(found[2])
+    brackets = found[2]
+    segments = list(_SEGMENT.finditer(brackets))
+    path = [segment[1] for segment in segments[:_QS_DEPTH]]
+    if len(segments) > _QS_DEPTH:  # as qs: `a[1]…[5][6][7]` is a → 1 … 5 → "[6][7]"
+        path.append(brackets[segments[_QS_DEPTH].start() :])
+    return found[1], path
 
 
 def validation_body(pairs: list[QueryPair]) -> dict[str, Any]:

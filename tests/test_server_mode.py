@@ -376,3 +376,14 @@ def test_list_vouchers_answer_that_is_no_list_is_not_passed_on(body: bytes) -> N
 def test_other_answers_pass_through_unchanged(operation: str, status: int) -> None:
     headers = [("Content-Type", "application/json"), ("ETag", "e")]
     assert client_view(operation, status, headers, b'{"holder_id": "x"}') == (headers, b'{"holder_id": "x"}')
+
+
+def test_validate_nesting_stops_at_qs_depth_and_keeps_the_rest_as_one_key() -> None:
+    # qs (depth 5) keeps brackets past the fifth as one literal key; a query line of 8 KB would otherwise
+    # nest thousands of objects deep and overflow the recursion while building the body.
+    assert validation_body(parse_query("metadata[a][b][c][d][e][f][g]=1")) == {
+        "metadata": {"a": {"b": {"c": {"d": {"e": {"[f][g]": "1"}}}}}}
+    }
+    deep = "code=A&metadata" + "[a]" * 2700 + "=1&customer[metadata]" + "%5Bb%5D" * 900 + "=2"
+    body = json.loads(call("validate", "GET", "/validate", deep).body)
+    assert list(body) == ["customer", "metadata"]
