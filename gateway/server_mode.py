@@ -66,6 +66,23 @@ _INDEX = re.compile(r"0|[1-9][0-9]{0,5}")
 _ERROR_KEY = re.compile(r"[a-z0-9_]{1,64}")
 _QS_ARRAY_LIMIT = 20  # qs turns indices up to this into an array, larger ones into object keys
 _QS_DEPTH = 5  # qs nests this many brackets; the rest of the key stays one literal key
+# Names on Node's Object.prototype: qs (allowPrototypes off, its default) drops any key that names one.
+_PROTOTYPE_NAMES = frozenset(
+    {
+        "__proto__",
+        "__defineGetter__",
+        "__defineSetter__",
+        "__lookupGetter__",
+        "__lookupSetter__",
+        "constructor",
+        "hasOwnProperty",
+        "isPrototypeOf",
+        "propertyIsEnumerable",
+        "toLocaleString",
+        "toString",
+        "valueOf",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +266,7 @@ def _number(value: str) -> int | str:
 
 
 def _split_key(key: str) -> tuple[str, list[str]] | None:
+    """The root and bracket segments of a key, or None for a key `qs` would drop."""
     found = _KEY.fullmatch(key)
     if found is None:
         return None
@@ -257,6 +275,8 @@ def _split_key(key: str) -> tuple[str, list[str]] | None:
     path = [segment[1] for segment in segments[:_QS_DEPTH]]
     if len(segments) > _QS_DEPTH:  # as qs: `a[1]…[5][6][7]` is a → 1 … 5 → "[6][7]"
         path.append(brackets[segments[_QS_DEPTH].start() :])
+    if found[1] in _PROTOTYPE_NAMES or not _PROTOTYPE_NAMES.isdisjoint(path):
+        return None
     return found[1], path
 
 

@@ -387,3 +387,21 @@ def test_validate_nesting_stops_at_qs_depth_and_keeps_the_rest_as_one_key() -> N
     deep = "code=A&metadata" + "[a]" * 2700 + "=1&customer[metadata]" + "%5Bb%5D" * 900 + "=2"
     body = json.loads(call("validate", "GET", "/validate", deep).body)
     assert list(body) == ["customer", "metadata"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "metadata[__proto__][admin]=1",
+        "metadata%5B__proto__%5D%5Badmin%5D=1",
+        "customer[metadata][__proto__]=x",
+        "order[metadata][constructor][prototype][admin]=1",
+        "metadata[a][toString]=1",
+        "__proto__[amount]=1",
+        "metadata[a][b][c][d][hasOwnProperty]=1",
+    ],
+)
+def test_validate_drops_keys_naming_object_prototype_properties_as_qs_does(query: str) -> None:
+    # qs (allowPrototypes off, its default) drops such keys, and never sets `__proto__`: the server-side body
+    # must not carry one to a Node parser that could end up merging it into a prototype.
+    assert validation_body(parse_query(query + "&metadata[k]=v")) == {"metadata": {"k": "v"}}
