@@ -221,6 +221,8 @@ def check_body(admit: Admit, body: bytes) -> Refuse | None:
         document = json.loads(body.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant)
     except _DuplicateKey:
         return admit.refuse(errors.invalid_payload("The request body has the same key twice in one object."))
+    except _ProtoKey:
+        return admit.refuse(errors.invalid_payload('The request body has a "__proto__" key.'))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return admit.refuse(errors.invalid_payload("The request body is not valid UTF-8 JSON."))
     if not isinstance(document, dict):
@@ -239,12 +241,19 @@ class _DuplicateKey(ValueError):
     pass
 
 
+class _ProtoKey(ValueError):
+    pass
+
+
 def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
     """A JSON object whose keys are unique. Parsers disagree on which of two equal keys wins, so a body
     naming `loyalty` twice could pass the danger-zone check with one value and reach Voucherify with the
-    other."""
+    other. Nor is `__proto__` a key: copied on Voucherify's side (Object.assign, `obj[key] = value`), it
+    becomes the object's prototype, and a `loyalty` inside it would be read as the body's own."""
     document: dict[str, object] = {}
     for key, value in pairs:
+        if key == "__proto__":
+            raise _ProtoKey
         if key in document:
             raise _DuplicateKey
         document[key] = value

@@ -491,3 +491,11 @@ async def test_compressed_request_bodies_are_judged_decompressed(gateway, upstre
     [seen] = upstream.received
     assert seen.body == b'{"event": "viewed"}'
     assert "Content-Encoding" not in seen.headers
+
+
+async def test_danger_zone_body_bypass_through_a_proto_key(gateway, upstream):
+    client = await gateway()
+    body = b'{"event": "x", "__proto__": {"loyalty": {"code": "L"}, "referral": {"code": "R"}}}'
+    resp = await send(client.port, "POST", "/client/v1/events", [ORIGIN_H, JSON], body)
+    assert_gateway_error(resp.status, resp.json(), resp.headers, 400, "invalid_payload")
+    assert upstream.received == []

@@ -371,3 +371,19 @@ def test_early_refusals_carry_cors_only_for_an_allowed_origin():
         assert dict(allowed.cors)["Access-Control-Allow-Origin"] == ORIGIN, allowed
         assert run(method, target, *headers, BAD_ORIGIN).cors == ()
         assert run(method, target, *headers, origin=False).cors == ()
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("/client/v1/events", b'{"event": "x", "__proto__": {"loyalty": {"code": "L"}}}'),
+        ("/client/v1/events", b'{"event": "x", "\\u005f_proto__": {"referral": {"code": "R"}}}'),
+        ("/client/v1/validations", b'{"customer": {"metadata": {"__proto__": {"admin": true}}}}'),
+        ("/client/v1/validations", b'{"redeemables": [{"__proto__": null}]}'),
+    ],
+)
+def test_bodies_with_a_proto_key_are_refused(target, body):
+    # JSON.parse keeps "__proto__" as an own key, but any Object.assign or `obj[key] = value` copy on
+    # Voucherify's side turns it into the prototype: `body.loyalty` would then be there, unseen by our check.
+    refusal = check_body(admitted(target), body)
+    assert refusal is not None and refusal.error.key.value == "invalid_payload"
