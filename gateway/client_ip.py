@@ -42,6 +42,8 @@ def parse_address(text: str) -> IPAddress | None:
         return None
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped  # ::ffff:1.2.3.4 is 1.2.3.4, whatever socket family it came in on
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        return IPv6Address(int(address))  # a zone id (`%eth0`) names an interface here, not the client
     return address
 
 

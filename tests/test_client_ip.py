@@ -104,3 +104,15 @@ def test_truncated_for_logs():
     assert truncated(ip("203.0.113.7")) == "203.0.113.0/24"
     assert truncated(ip("2001:db8:1:2::1")) == "2001:db8:1::/48"
     assert truncated(None) == "unknown"
+
+
+@pytest.mark.parametrize("text", ["2001:db8::1%a", "2001:db8::1%25b", "[2001:db8::1%eth0]:443", "fe80::1%1"])
+def test_a_zone_id_is_not_part_of_the_client(text):
+    # A zone id only names the receiver's interface; kept, every made-up zone would be its own bucket
+    # (with ipv6_prefix: 128) and show in the logs as the client's address.
+    address = parse_address(text)
+    assert address is not None and address.scope_id is None
+    policy = ClientIpPolicy((ip_network("10.0.0.0/8"),), ipv6_prefix=128)
+    assert bucket_key(client_address("10.0.0.1", [text], policy), 128) == bucket_key(
+        parse_address(text.split("%")[0].lstrip("[")), 128
+    )
