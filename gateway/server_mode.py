@@ -245,7 +245,8 @@ def _publish(query: str, body: bytes) -> ServerRequest:
 
 
 def _dump(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact JSON, escaped to ASCII: a lone surrogate (`"\\ud800"`, valid JSON) has no UTF-8 encoding."""
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 # ------------------------------------------------------------------------------------------ legacy validate

@@ -405,3 +405,10 @@ def test_validate_drops_keys_naming_object_prototype_properties_as_qs_does(query
     # qs (allowPrototypes off, its default) drops such keys, and never sets `__proto__`: the server-side body
     # must not carry one to a Node parser that could end up merging it into a prototype.
     assert validation_body(parse_query(query + "&metadata[k]=v")) == {"metadata": {"k": "v"}}
+
+
+def test_publish_body_with_a_lone_surrogate_is_rewritten_as_valid_json() -> None:
+    # "\ud800" is valid JSON text; Python holds it as a lone surrogate, which UTF-8 cannot encode.
+    result = call("publish", "POST", "/publish", "campaign=C", b'{"metadata": {"x": "\\ud800"}}')
+    assert result.body.isascii()
+    assert json.loads(result.body) == {"metadata": {"x": "\ud800"}, "campaign": {"name": "C"}}
