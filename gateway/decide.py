@@ -9,7 +9,9 @@ rate limit and the upstream call.
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from dataclasses import dataclass
 
 from multidict import MultiMapping
@@ -218,7 +220,13 @@ def check_body(admit: Admit, body: bytes) -> Refuse | None:
     if not body or not route.takes_body:
         return None
     try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant)
+        document = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_object,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_finite_int,
+        )
     except _DuplicateKey:
         return admit.refuse(errors.invalid_payload("The request body has the same key twice in one object."))
     except _ProtoKey:
@@ -263,3 +271,18 @@ def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
 def _no_constant(name: str) -> object:
     """NaN and Infinity are not JSON, though Python's parser takes them."""
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A number past a double (`1e400`) is Infinity to Voucherify's parser: as good as the constant."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("a number beyond a double")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError("a number beyond a double")
+    return value

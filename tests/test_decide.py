@@ -387,3 +387,18 @@ def test_bodies_with_a_proto_key_are_refused(target, body):
     # Voucherify's side turns it into the prototype: `body.loyalty` would then be there, unseen by our check.
     refusal = check_body(admitted(target), body)
     assert refusal is not None and refusal.error.key.value == "invalid_payload"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"metadata": {"n": 1e400}}', b'{"metadata": {"n": -1E+999}}', b'{"n": 1' + b"0" * 400 + b"}"],
+)
+def test_numbers_beyond_a_double_are_refused(body):
+    # Voucherify's JSON.parse reads them as Infinity, which no JSON text can carry on.
+    refusal = check_body(admitted("/client/v1/validations"), body)
+    assert refusal is not None and refusal.error.key.value == "invalid_payload"
+
+
+@pytest.mark.parametrize("body", [b'{"n": 1e308}', b'{"n": -1' + b"0" * 300 + b"}", b'{"n": 1e-400}'])
+def test_large_numbers_within_a_double_are_accepted(body):
+    assert check_body(admitted("/client/v1/validations"), body) is None
