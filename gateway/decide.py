@@ -208,10 +208,22 @@ def _body_headers(
         return content_length, errors.invalid_payload(
             f"{route.method} {route.template} takes no request body."
         )
-    media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
+    if not _is_json_media_type(headers.get("Content-Type", "")):
         return content_length, errors.unsupported_media_type()
     return content_length, None
+
+
+def _is_json_media_type(value: str) -> bool:
+    """`application/json`, with any parameters but a charset other than UTF-8: the body is judged as UTF-8,
+    and an upstream parser honouring `charset=utf-7` would read `+AGw-oyalty` as `loyalty`."""
+    media_type, *parameters = value.split(";")
+    if media_type.strip().lower() != "application/json":
+        return False
+    for parameter in parameters:
+        name, _, charset = parameter.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
 
 
 def check_body(admit: Admit, body: bytes) -> Refuse | None:

@@ -499,3 +499,42 @@ async def test_danger_zone_body_bypass_through_a_proto_key(gateway, upstream):
     resp = await send(client.port, "POST", "/client/v1/events", [ORIGIN_H, JSON], body)
     assert_gateway_error(resp.status, resp.json(), resp.headers, 400, "invalid_payload")
     assert upstream.received == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=utf-7",
+        "application/json; charset=UTF-16",
+        'application/json; charset="utf-7"',
+        "application/json; charset=utf-8; charset=utf-7",
+        "application/json; CHARSET = utf-7",
+    ],
+)
+async def test_danger_zone_body_bypass_through_a_charset(gateway, upstream, content_type):
+    # Read as UTF-8 the key is "+AGw-oyalty"; a body parser honouring charset=utf-7 (body-parser takes any
+    # "utf-*") reads "loyalty". Only UTF-8 is JSON (RFC 8259), so another charset is refused.
+    client = await gateway()
+    body = b'{"event": "x", "+AGw-oyalty": {"code": "L"}}'
+    resp = await send(
+        client.port, "POST", "/client/v1/events", [ORIGIN_H, ("Content-Type", content_type)], body
+    )
+    assert_gateway_error(resp.status, resp.json(), resp.headers, 415, "unsupported_media_type")
+    assert upstream.received == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=UTF-8", 'application/json; charset="utf-8"', "application/json;charset=utf8"],
+)
+async def test_utf8_charsets_are_accepted(gateway, upstream, content_type):
+    client = await gateway()
+    resp = await send(
+        client.port,
+        "POST",
+        "/client/v1/events",
+        [ORIGIN_H, ("Content-Type", content_type)],
+        b'{"event": "x"}',
+    )
+    assert resp.status == 200
+    assert [seen.headers["Content-Type"] for seen in upstream.received] == [content_type]
