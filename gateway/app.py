@@ -160,7 +160,11 @@ async def _pipeline(
     target = admit.target
     outcome.project, outcome.operation = target.project.name, target.operation
 
-    body = await _read_body(request, policy.max_body_bytes)
+    try:
+        async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler for ever
+            body = await _read_body(request, policy.max_body_bytes)
+    except TimeoutError:
+        return _refused(admit.refuse(errors.request_timeout(policy.body_timeout)), outcome)
     if body is None:
         return _refused(admit.refuse(errors.payload_too_large(policy.max_body_bytes)), outcome)
     refusal = check_body(admit, body)

@@ -34,6 +34,7 @@ class CompiledPolicy:
     default_project: ProjectRuntime | None
     client_ip: ClientIpPolicy
     max_body_bytes: int
+    body_timeout: float
 
 
 def _credential_headers(project: Project) -> tuple[tuple[str, str], ...]:
@@ -75,4 +76,5 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
         default_project=projects[policy.default_project] if policy.default_project else None,
         client_ip=ClientIpPolicy(tuple(policy.client_ip.trusted_proxies), policy.client_ip.ipv6_prefix),
         max_body_bytes=policy.listen.max_body_bytes,
+        body_timeout=policy.listen.body_timeout,
     )

@@ -20,6 +20,7 @@ class ErrorKey(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
 
 
 _STATUS = {
@@ -35,6 +36,7 @@ _STATUS = {
     ErrorKey.UPSTREAM_UNAVAILABLE: 502,
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
+    ErrorKey.REQUEST_TIMEOUT: 408,
 }
 
 # Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
@@ -134,6 +136,15 @@ def payload_too_large(limit: int) -> GatewayError:
         ErrorKey.PAYLOAD_TOO_LARGE,
         "Payload too large",
         f"The request body is over the gateway's limit of {limit} bytes.",
+        close_connection=True,
+    )
+
+
+def request_timeout(seconds: float) -> GatewayError:
+    return GatewayError(
+        ErrorKey.REQUEST_TIMEOUT,
+        "Request timeout",
+        f"The request body did not arrive within {seconds:g} seconds.",
         close_connection=True,
     )
 

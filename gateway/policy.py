@@ -70,6 +70,7 @@ class Listen(_Model):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(262144, ge=1)
     drain_timeout: float = Field(30, ge=0)
+    body_timeout: float = Field(10, gt=0)  # an addition: seconds a client gets to send its whole body
 
 
 class Upstream(_Model):

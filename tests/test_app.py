@@ -699,3 +699,37 @@ async def test_null_origin_only_by_an_entry_null(gateway, upstream):
     resp = await client.get("/client/v1/validate", headers={"Origin": "null"})
     assert resp.status == 200
     assert resp.headers["Access-Control-Allow-Origin"] == "null"
+
+
+async def test_a_trickled_body_is_cut_off_with_408(gateway, upstream):
+    """A client that sends its body too slowly does not hold a handler for ever (listen.body_timeout)."""
+    tree = base_policy(upstream.url)
+    tree["listen"] = {"body_timeout": 0.5}
+    client = await gateway(tree)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        head = request_bytes(
+            "POST",
+            "/client/v1/validations",
+            [("Origin", ORIGIN), ("Content-Type", "application/json"), ("Content-Length", "100")],
+            b'{"redeemables": [',  # 17 of the 100 bytes announced, then nothing
+        )
+        writer.write(head)
+        await writer.drain()
+        response = await read_response(reader, timeout=10, check_closed=True)
+    finally:
+        writer.close()
+    assert response.status == 408
+    assert response.json()["key"] == "request_timeout"
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert response.closed
+    assert upstream.received == []
+
+
+async def test_a_body_within_the_timeout_is_forwarded(gateway, upstream):
+    tree = base_policy(upstream.url)
+    tree["listen"] = {"body_timeout": 5}
+    client = await gateway(tree)
+    resp = await client.post("/client/v1/validations", headers=JSON_H, data=b'{"redeemables": []}')
+    assert resp.status == 200
+    assert upstream.received[0].body == b'{"redeemables": []}'
