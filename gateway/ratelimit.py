@@ -22,7 +22,6 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.errors import StorageError
-from limits.storage import storage_from_string
 
 from gateway import redis_store
 from gateway.memory_store import BoundedMemoryStorage
@@ -71,27 +70,13 @@ class StoreUnavailable(Exception):
     """The limit store failed or was slower than its timeout for this request."""
 
 
-def storage_options(uri: str) -> tuple[str, dict[str, float | str | bool]]:
-    """Map a policy storage URI to a `limits` async storage string and client options."""
-    if uri.startswith("memory://"):
-        return "async+memory://", {}
-    options: dict[str, float | str | bool] = {"wrap_exceptions": True}
-    if not uri.startswith(("redis+sentinel://", "redis+cluster://")):
-        # redis-py rather than coredis: coredis retries in-flight commands after NOSCRIPT and over-counts.
-        options["implementation"] = "redispy"
-    return "async+" + uri, options
-
-
 def open_storage(uri: str, timeout: float = 0.5) -> Storage:
     """A storage for a policy URI: the bounded in-memory store, or Redis with timeouts and a bounded pool."""
     if uri.startswith("memory://"):
         return BoundedMemoryStorage()
     if redis_store.is_redis(uri):
         return redis_store.redis_storage(uri, timeout)
-    target, options = storage_options(uri)
-    created = storage_from_string(target, **options)
-    assert isinstance(created, Storage)
-    return created
+    raise ValueError(f"not a storage URI the policy accepts: {uri.split('://', 1)[0]}://")
 
 
 class Limiter:

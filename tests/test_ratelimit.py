@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from gateway.errors import TOO_MANY_REQUESTS_MESSAGE
-from gateway.ratelimit import STRATEGIES, Bucket, LimiterPool, StoreUnavailable, storage_options
+from gateway.ratelimit import STRATEGIES, Bucket, LimiterPool, StoreUnavailable, open_storage
 from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
 
 H = {"Origin": ORIGIN}
@@ -28,15 +28,9 @@ def test_bucket_policy_header():
     assert several.policy_header == '"per_ip";q=100;w=60, "per_ip-2";q=10;w=1'
 
 
-def test_storage_options():
-    assert storage_options("memory://") == ("async+memory://", {})
-    uri, options = storage_options("redis://localhost:6379/0")
-    assert uri == "async+redis://localhost:6379/0"
-    assert options["implementation"] == "redispy"
-    assert options["wrap_exceptions"] is True
-    uri, options = storage_options("redis+sentinel://localhost:26379/main")
-    assert uri == "async+redis+sentinel://localhost:26379/main"
-    assert "implementation" not in options
+def test_open_storage_refuses_a_scheme_the_policy_would_not_accept():
+    with pytest.raises(ValueError, match="memcached://"):
+        open_storage("memcached://127.0.0.1:11211", 0.5)
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
