@@ -76,13 +76,14 @@ async def raw_request(
     host: str = "127.0.0.1",
     local_addr: tuple[str, int] | None = None,
     timeout: float = 5.0,
+    check_closed: bool = False,
 ) -> RawResponse:
-    """Send `data` as written and read one response."""
+    """Send `data` as written and read one response (see `read_response` for `check_closed`)."""
     reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
     try:
         writer.write(data)
         await writer.drain()
-        return await read_response(reader, timeout)
+        return await read_response(reader, timeout, check_closed=check_closed)
     finally:
         writer.close()
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, assert_gateway_error, base_policy, raw_url
-from tests.rawhttp import read_response, request_bytes, send
+from tests.rawhttp import raw_request, read_response, request_bytes, send
 from tests.upstream_double import Reply
 
 H = {"Origin": ORIGIN}
@@ -453,16 +453,9 @@ def limited_body(upstream_url: str, limit: int = 1000) -> dict[str, Any]:
 
 async def test_413_from_content_length_before_reading_and_the_connection_closes(gateway, upstream):
     client = await gateway(limited_body(upstream.url))
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        # Only the head is sent: the answer cannot wait for a body that never comes.
-        writer.write(
-            request_bytes("POST", "/client/v1/validations", [*JSON_H.items(), ("Content-Length", "10000000")])
-        )
-        await writer.drain()
-        resp = await read_response(reader, timeout=3, check_closed=True)
-    finally:
-        writer.close()
+    # Only the head is sent: the answer cannot wait for a body that never comes.
+    head = request_bytes("POST", "/client/v1/validations", [*JSON_H.items(), ("Content-Length", "10000000")])
+    resp = await raw_request(client.port, head, timeout=3, check_closed=True)
     assert_gateway_error(resp.status, resp.json(), resp.headers, 413, "payload_too_large")
     assert resp.closed
     assert upstream.received == []
@@ -706,19 +699,13 @@ async def test_a_trickled_body_is_cut_off_with_408(gateway, upstream):
     tree = base_policy(upstream.url)
     tree["listen"] = {"body_timeout": 0.5}
     client = await gateway(tree)
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        head = request_bytes(
-            "POST",
-            "/client/v1/validations",
-            [("Origin", ORIGIN), ("Content-Type", "application/json"), ("Content-Length", "100")],
-            b'{"redeemables": [',  # 17 of the 100 bytes announced, then nothing
-        )
-        writer.write(head)
-        await writer.drain()
-        response = await read_response(reader, timeout=10, check_closed=True)
-    finally:
-        writer.close()
+    head = request_bytes(
+        "POST",
+        "/client/v1/validations",
+        [("Origin", ORIGIN), ("Content-Type", "application/json"), ("Content-Length", "100")],
+        b'{"redeemables": [',  # 17 of the 100 bytes announced, then nothing
+    )
+    response = await raw_request(client.port, head, timeout=10, check_closed=True)
     assert response.status == 408
     assert response.json()["key"] == "request_timeout"
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN

@@ -6,7 +6,6 @@ on its server-side twin with the gateway's server keys, and the browser that not
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ORIGIN, base_policy, raw_url
+from tests.rawhttp import send
 from tests.upstream_double import Reply
 
 APP_ID = "server-app-id-51d0"
@@ -200,26 +200,11 @@ async def test_code_injection_reaches_only_the_intended_path(gateway, upstream, 
         assert seen.raw_path == expected.removesuffix("/redemption") + suffix
 
 
-async def send_raw(port: int, request_line: str) -> tuple[int, bytes]:
-    """Send a request line exactly as written (a fragment or a backslash no HTTP client would send)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"{request_line}\r\nHost: 127.0.0.1\r\nOrigin: {ORIGIN}\r\nContent-Length: 0\r\n"
-        "Connection: close\r\n\r\n".encode("latin-1")
-    )
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    status = int(data.split(b" ", 2)[1])
-    return status, data.partition(b"\r\n\r\n")[2]
-
-
 @pytest.mark.parametrize("target", ["/client/v1/redeem?code=a#b", "/client/v1/redeem?code=a\\b"])
 async def test_raw_fragment_or_backslash_in_code_is_refused(gateway, upstream, target):
     client = await gateway(**SERVER)
-    status, _ = await send_raw(client.port, f"POST {target} HTTP/1.1")
-    assert status == 400, status
+    resp = await send(client.port, "POST", target, [("Origin", ORIGIN), ("Content-Length", "0")])
+    assert resp.status == 400, resp.status
     assert upstream.received == []
 
 
