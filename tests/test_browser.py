@@ -55,7 +55,8 @@ def page_server(gateway_url: str) -> web.Application:
     """A checkout on its own origin: the widget page, and a page loading the SDK's UMD build."""
     widget_page = f"""<!doctype html><meta charset=utf-8><title>shop</title>
 <script src="{gateway_url}/widget.js"></script>
-<voucherify-promo gateway="{gateway_url}" amount="12000" currency="EUR"></voucherify-promo>
+<voucherify-promo gateway="{gateway_url}" amount="12000" currency="EUR"
+  placeholder="Code&quot;&gt;&lt;img src=x&gt;"></voucherify-promo>
 <p>Total: <span id="total">120.00</span></p>
 <script>document.addEventListener("voucherify:validated", (e) => {{
   document.getElementById("total").textContent = ((12000 - (e.detail.valid ? e.detail.discount : 0)) / 100).toFixed(2);
@@ -164,6 +165,7 @@ async def test_widget_validates_through_the_gateway(stack: Stack) -> None:
     assert "expired" in expired["output"].lower()
     assert unknown["event"]["detail"]["valid"] is False
     assert result["total"] == "120.00"  # the last code tried was invalid: no discount left applied
+    assert result["shadow"] == {"placeholder": 'Code"><img src=x>', "images": 0}  # text, never markup
     validations = [r for r in stack.records if r.path == "/client/v1/validations"]
     assert len(validations) == 3
     for record in validations:

@@ -43,6 +43,11 @@ try {
       result.attempts.push({ code, output, event });
     }
     result.total = await page.locator("#total").textContent().catch(() => null);
+    // What the page author wrote as a placeholder must stay text: no element may come out of it.
+    result.shadow = await page.evaluate(() => {
+      const root = document.querySelector("voucherify-promo").shadowRoot;
+      return { placeholder: root.querySelector("input").placeholder, images: root.querySelectorAll("img").length };
+    });
     if (screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true });
   } else if (scenario === "sdk") {
     await page.waitForFunction(() => window.VoucherifySDK !== undefined, null, { timeout: 10000 });
