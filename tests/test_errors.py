@@ -1,0 +1,33 @@
+"""The gateway's own errors: Voucherify's shape, and caller text neutralised before it is echoed."""
+
+from __future__ import annotations
+
+import json
+
+from gateway import errors
+
+
+def test_error_body_has_voucherify_shape_and_the_request_id():
+    body = json.loads(errors.danger_zone_disabled("redeem", "redeem").body("gw-1"))
+    assert body == {
+        "code": 403,
+        "key": "danger_zone_disabled",
+        "message": "Operation disabled for client-side use",
+        "details": body["details"],
+        "request_id": "gw-1",
+    }
+    assert "danger_zone.redeem" in body["details"]
+
+
+def test_a_hostile_origin_is_shortened_and_stripped_of_control_characters_before_it_is_echoed():
+    hostile = "https://evil.example/\x1b[31m\r\nX-Injected: 1" + "a" * 500
+    details = errors.origin_not_allowed(hostile).details
+    assert "\x1b" not in details and "\r" not in details and "\n" not in details
+    assert "a" * 201 not in details  # at most 200 characters of it
+    assert details.count("…") == 1
+
+
+def test_a_hostile_method_in_a_405_is_neutralised():
+    details = errors.method_not_allowed("GET\x00\x07", ("POST",)).details
+    assert "\x00" not in details and "\x07" not in details
+    assert details.startswith("GET?? is not supported")
