@@ -482,6 +482,20 @@ async def test_413_while_reading_a_chunked_body(gateway, upstream):
     assert upstream.received == []
 
 
+async def test_a_whole_chunked_body_over_the_limit_in_one_packet_is_413(gateway, upstream):
+    # No Content-Length to refuse up front, and the body is complete before the handler runs.
+    client = await gateway(limited_body(upstream.url))
+    head = request_bytes(
+        "POST", "/client/v1/validations", [*JSON_H.items(), ("Transfer-Encoding", "chunked")]
+    )
+    for size, status in ((1001, 413), (1000, 200)):
+        body = b'{"a": "' + b"x" * (size - 9) + b'"}'
+        chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+        resp = await raw_request(client.port, head + chunked, timeout=3)
+        assert resp.status == status, size
+    assert len(upstream.received) == 1
+
+
 async def test_bodies_at_the_limit_pass_chunked_or_not(gateway, upstream):
     client = await gateway(limited_body(upstream.url))
     body = b'{"a": "' + b"x" * 991 + b'"}'
