@@ -49,7 +49,7 @@ class Observer:
     def record(self, outcome: Outcome) -> None:
         if access_log.isEnabledFor(logging.INFO):
             ip = outcome.client_ip
-            fields = {
+            fields: dict[str, object] = {
                 "request_id": outcome.request_id,
                 "method": outcome.method,
                 "project": outcome.project,
@@ -61,36 +61,62 @@ class Observer:
                 "client_ip": (truncated(ip) if self.truncate_ips else str(ip)) if ip is not None else None,
                 "origin": outcome.origin[:200] if outcome.origin else None,
             }
-            access_log.info("request", extra={"fields": fields})
+            handler = _direct
+            if handler is not None:  # what configure_logging set up: skip the LogRecord and its handlers
+                handler.write_access(fields)
+            else:
+                access_log.info("request", extra={"fields": fields})
 
 
-class JsonFormatter(logging.Formatter):
+class FieldsFormatter(logging.Formatter):
+    """Formats a record, or an access line straight from its fields (no LogRecord: see `write_access`)."""
+
+    def format_fields(self, created: float, level: str, name: str, fields: dict[str, object]) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(FieldsFormatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
-        else:
-            line["message"] = record.getMessage()
+        line = dict(fields) if isinstance(fields, dict) else {"message": record.getMessage()}
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__
+        return self.format_fields(record.created, record.levelname.lower(), record.name, line)
+
+    def format_fields(self, created: float, level: str, name: str, fields: dict[str, object]) -> str:
+        second = int(created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        millis = int((created - second) * 1000)
+        line: dict[str, object] = {"time": f"{self._stamp}.{millis:03d}Z", "level": level, "logger": name}
+        line.update(fields)
         return json.dumps(line, default=str)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(FieldsFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            body = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
-        else:
-            body = record.getMessage()
-        return f"{stamp} {record.levelname.lower():7} {record.name}: {body}"
+            return self.format_fields(record.created, record.levelname.lower(), record.name, fields)
+        return self._line(record.created, record.levelname.lower(), record.name, record.getMessage())
+
+    def format_fields(self, created: float, level: str, name: str, fields: dict[str, object]) -> str:
+        body = " ".join(f"{key}={_printable(value)}" for key, value in fields.items() if value is not None)
+        return self._line(created, level, name, body)
+
+    @staticmethod
+    def _line(created: float, level: str, name: str, body: str) -> str:
+        return f"{time.strftime('%H:%M:%S', time.localtime(created))} {level:7} {name}: {body}"
+
+
+def _printable(value: object) -> object:
+    """A value for a text line: a string with control characters (a forged line) is quoted and escaped."""
+    return repr(value) if isinstance(value, str) and not value.isprintable() else value
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -122,6 +148,16 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         ):
             self.flush()
 
+    def write_access(self, fields: dict[str, object]) -> None:
+        """An access line, formatted straight from its fields (info level, logger gateway.access)."""
+        formatter = self.formatter
+        if not isinstance(formatter, FieldsFormatter):
+            access_log.info("request", extra={"fields": fields})
+            return
+        self._pending.append(formatter.format_fields(time.time(), "info", access_log.name, fields))
+        if len(self._pending) >= self.BATCH:
+            self.flush()
+
     def flush(self) -> None:
         self.acquire()
         try:
@@ -133,6 +169,11 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.flush()
         finally:
             self.release()
+
+
+# The handler configure_logging installed, which access lines are written to directly; None when the
+# gateway runs inside someone else's logging set-up (tests, embedding), where lines go through `logging`.
+_direct: BufferedStreamHandler | None = None
 
 
 def flush_logs() -> None:
@@ -156,4 +197,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         root.handlers[:] = [handler]
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.setLevel(level.upper())
+    global _direct
+    _direct = handler
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 import aiohttp
 
+from gateway import observe
 from gateway.observe import JsonFormatter, Observer, Outcome, TextFormatter, access_log
 from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy
 from tests.ops_support import assert_no_secrets
@@ -112,3 +114,33 @@ def test_text_format_and_level():
         assert stream.getvalue() == ""
     finally:
         access_log.setLevel(previous)
+
+
+def test_direct_access_lines_match_the_logging_path(monkeypatch):
+    """configure_logging's handler takes access lines without a LogRecord; they must read the same."""
+    outcome = Outcome("gw-2", "POST", "shop", "redeem", "forwarded", 200, 2.25, 1.5, None, '"<evil>\n')
+    monkeypatch.setattr(access_log, "level", logging.INFO)
+    for fmt in (JsonFormatter(), TextFormatter()):
+        via_logging, handler = _capture(fmt, logging.INFO)
+        access_log.addHandler(handler)
+        try:
+            Observer().record(outcome)
+        finally:
+            access_log.removeHandler(handler)
+        direct_stream = io.StringIO()
+        direct = observe.BufferedStreamHandler(direct_stream)
+        direct.setFormatter(fmt)
+        monkeypatch.setattr(observe, "_direct", direct)
+        Observer().record(outcome)
+        direct.flush()
+        monkeypatch.setattr(observe, "_direct", None)
+
+        lines = [direct_stream.getvalue().strip(), via_logging.getvalue().strip()]
+        assert all("\n" not in line for line in lines)  # the origin's newline stays escaped
+        if isinstance(fmt, TextFormatter):
+            assert [line.split(" ", 1)[1] for line in lines] == [lines[1].split(" ", 1)[1]] * 2
+        else:
+            assert [json.loads(line) | {"time": ""} for line in lines] == [
+                json.loads(lines[1]) | {"time": ""}
+            ] * 2
+        assert "gw-2" in direct_stream.getvalue()
