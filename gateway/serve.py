@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -64,6 +65,7 @@ async def run(
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         reloader.start_watching()
+    settle_heap()
     # Announced only once signals are handled: a supervisor may send SIGTERM as soon as it reads the line.
     shown = f"[{host}]" if ":" in host else host
     flush_logs()  # what was logged before the line is readable when the line is
@@ -95,6 +97,22 @@ async def _start_admin(
     port = await admin.start()
     log.info("admin listener (/metrics, /healthz, /readyz) on %s:%s", policy.admin.host, port)
     return admin
+
+
+def settle_heap() -> None:
+    """Once started: keep the cyclic garbage collector off the start-up heap and out of the request path.
+
+    The policy models, metric families, imported modules and their caches (~90,000 objects) live for the
+    whole process, yet every full collection walked them all: under load the collector took 13 % of the
+    CPU (measured with gc.callbacks during a saturation run), 0.5 s of 6.4 s in full collections alone.
+    `gc.freeze()` moves what exists now out of every future collection. A request's objects are freed by
+    reference counting as it ends, so with ~64 requests in flight the young generation's net growth
+    crossed the default threshold (700) every few requests; at 10,000 it is crossed only by real growth,
+    and cyclic garbage is still collected (a few collections a minute instead of hundreds a second).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def load_for_serving(path: Path, report: TextIO = sys.stdout) -> PolicyFile | None:
