@@ -132,10 +132,17 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
+        self.tags: dict[str, object] = {}  # added to every line (a worker's pid)
         self._pending: list[str] = []
         self._last = time.monotonic()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.tags:
+            fields = getattr(record, "fields", None)
+            if not isinstance(fields, dict):
+                fields = {"message": record.getMessage()}
+                record.args = None
+            record.fields = {**fields, **self.tags}
         try:
             self._pending.append(self.format(record))
         except Exception:  # a formatting error must not take the request down
@@ -151,9 +158,11 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def write_access(self, fields: dict[str, object]) -> None:
         """An access line, formatted straight from its fields (info level, logger gateway.access)."""
         formatter = self.formatter
-        if not isinstance(formatter, FieldsFormatter):
+        if self.filters or not isinstance(formatter, FieldsFormatter):  # someone else's set-up: the long way
             access_log.info("request", extra={"fields": fields})
             return
+        if self.tags:
+            fields = {**fields, **self.tags}
         self._pending.append(formatter.format_fields(time.time(), "info", access_log.name, fields))
         if len(self._pending) >= self.BATCH:
             self.flush()

@@ -31,7 +31,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import AdminServer, create_admin_app
 from gateway.metrics import multiprocess_dir
-from gateway.observe import flush_logs, flush_logs_periodically
+from gateway.observe import BufferedStreamHandler, flush_logs, flush_logs_periodically
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool
 
@@ -55,21 +55,6 @@ def memory_warning(policy: PolicyFile, workers: int) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- worker
-
-
-class _WorkerTag(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pid = os.getpid()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            record.fields = {**fields, "worker": self.pid}
-        else:
-            record.fields = {"message": record.getMessage(), "worker": self.pid}
-            record.args = None
-        return True
 
 
 async def _orphan_watch(parent: int) -> None:
@@ -96,7 +81,8 @@ def run_worker(path: Path, host: str | None, port: int | None) -> int:
     if policy is None:
         return 1
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_WorkerTag())
+        if isinstance(handler, BufferedStreamHandler):  # what load_for_serving configured
+            handler.tags["worker"] = os.getpid()
     return _run_loop(
         _worker_main(policy, path, host or policy.listen.host, policy.listen.port if port is None else port)
     )
