@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import logging
 import socket
 import ssl
@@ -128,18 +129,29 @@ def answering(*answers: bytes, keep: bool = True) -> Answer:
     return answer
 
 
-@pytest.fixture
-async def servers() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
-    started: list[Upstream] = []
+class Servers:
+    """Starts scripted upstreams for one test and closes them after it."""
 
-    async def start(answer: Answer, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None):
+    def __init__(self) -> None:
+        self.started: list[Upstream] = []
+
+    async def __call__(
+        self, answer: Answer, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+    ) -> Upstream:
         server = await Upstream(answer, host).start(ssl_context)
-        started.append(server)
+        self.started.append(server)
         return server
 
-    yield start
-    for server in started:
-        await server.close()
+    async def close(self) -> None:
+        for server in self.started:
+            await server.close()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    started = Servers()
+    yield started
+    await started.close()
 
 
 @pytest.fixture
@@ -784,3 +796,33 @@ async def test_https_verifies_the_certificate_and_sends_sni(servers, tmp_path):
         assert server.requests[0].startswith(f"GET /v1/x HTTP/1.1\r\nHost: localhost:{port}\r\n".encode())
     finally:
         await trusting.close()
+
+
+# --- the same tests on uvloop, the loop the gateway runs on (its transports are not asyncio's classes)
+
+
+def _loop_agnostic_tests() -> list[Callable[..., Awaitable[None]]]:
+    return [
+        test
+        for name, test in sorted(globals().items())
+        if name.startswith("test_")
+        and inspect.iscoroutinefunction(test)
+        and set(inspect.signature(test).parameters) <= {"servers", "client"}
+    ]
+
+
+@pytest.mark.parametrize("test", _loop_agnostic_tests(), ids=lambda test: test.__name__)
+def test_on_uvloop(test: Callable[..., Awaitable[None]]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> None:
+        started, http = Servers(), Http1Client(10)
+        fixtures = {"servers": started, "client": http}
+        try:
+            await test(**{name: fixtures[name] for name in inspect.signature(test).parameters})
+        finally:
+            await http.close()
+            await started.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
