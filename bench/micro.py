@@ -67,9 +67,11 @@ async def main() -> None:
     project = admit.target.project
     limiter = state.limiters.get(project.rate_limit.storage, project.rate_limit.strategy)
     bucket = project.buckets[admit.target.operation]
-    upstream_headers = CIMultiDictProxy(
-        CIMultiDict({"Content-Type": "application/json", "Content-Length": "1500", "Connection": "close"})
-    )
+    upstream_headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", "1500"),
+        ("Connection", "close"),
+    ]
     answer = configs.RESPONSE_BODY.encode()
     path, peer, ip_policy = configs.PATH, "127.0.0.1", compiled.client_ip
     handler = logging.StreamHandler(io.StringIO())

@@ -15,7 +15,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterable
 
-import aiohttp
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -29,7 +28,7 @@ from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, StoreUnavailable
 from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
 from gateway.translate import UpstreamCall, upstream_call
-from gateway.upstream import UpstreamPool, UpstreamResponse, request_headers
+from gateway.upstream import Timeouts, UpstreamPool, UpstreamResponse, request_headers
 from gateway.widget import add_demo_page, add_widget
 
 log = logging.getLogger("gateway")
@@ -48,7 +47,7 @@ class GatewayState:
         self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
         self.fail_open_total = 0
         self.policy: CompiledPolicy
-        self.timeout: aiohttp.ClientTimeout
+        self.timeout: Timeouts
         self.set_policy(policy)
 
     def set_policy(self, policy: PolicyFile) -> None:
@@ -56,9 +55,7 @@ class GatewayState:
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
             self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=policy.upstream.connect_timeout, sock_read=policy.upstream.read_timeout
-        )
+        self.timeout = Timeouts(policy.upstream.connect_timeout, policy.upstream.read_timeout)
         self.policy = compiled
         if any(p.origins.allow_any for p in compiled.projects.values()):
             names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)

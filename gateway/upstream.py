@@ -1,4 +1,4 @@
-"""Talking to Voucherify: which headers cross in each direction, and the one pooled client session.
+"""Talking to Voucherify: which headers cross in each direction, and the one pooled client (`http1.py`).
 
 Request headers are an allow-list: only what Voucherify needs from the browser is copied, then the
 project's credentials and the request id are added. Credentials, cookies, forwarding and method-override
@@ -8,18 +8,18 @@ or plan (`X-Rate-Limit-*`, cookies, upstream CORS) reaches the browser.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import aiohttp
 from multidict import CIMultiDict, MultiMapping
-from yarl import URL
 
 from gateway import errors
 from gateway.errors import GatewayError
+from gateway.http1 import Http1Client, Timeouts, UpstreamError, UpstreamTimeout
 from gateway.translate import UpstreamCall
+
+__all__ = ["Timeouts", "UpstreamPool", "UpstreamResponse", "request_headers", "response_headers"]
 
 log = logging.getLogger("gateway.upstream")
 
@@ -68,13 +68,21 @@ def request_headers(
     return out
 
 
-def response_headers(upstream: MultiMapping[str]) -> list[tuple[str, str]]:
-    hop_by_hop = _connection_listed(upstream)
-    return [
-        (name, value)
-        for name, value in upstream.items()
-        if name.lower() in COPIED_RESPONSE_HEADERS and name.lower() not in hop_by_hop
-    ]
+def response_headers(upstream: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's headers (name, value pairs as received) that may reach the browser."""
+    hop_by_hop = {
+        token.strip().lower()
+        for name, value in upstream
+        if name.lower() == "connection"
+        for token in value.split(",")
+        if token.strip()
+    }
+    out = []
+    for name, value in upstream:
+        lower = name.lower()
+        if lower in COPIED_RESPONSE_HEADERS and lower not in hop_by_hop:
+            out.append((name, value))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,68 +94,49 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """One ClientSession for every upstream of the process: aiohttp pools connections per host inside it.
+    """The one HTTP client of the process (`http1.Http1Client`): a pool per upstream host inside it.
 
     Requests are never retried: a retried POST to /redeem is a double redemption.
     """
 
     def __init__(self, connect_timeout: float, read_timeout: float, max_connections: int = 1000) -> None:
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self.timeout = Timeouts(connect_timeout, read_timeout)
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Http1Client | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=15)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self.timeout,
-            # only what request_headers chose: no made-up User-Agent, and no Content-Type for an empty body
-            skip_auto_headers=("User-Agent", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
-        )
-        # aiohttp silently resends GET and PUT once when a reused connection drops; a validate that locks a
-        # session, or a second hit on Voucherify's per-IP budget, must not happen behind the caller's back.
-        # There is no public switch (aio-libs/aiohttp#10790); aiohttp's own test client sets this attribute.
-        self._session._retry_connection = False
+        self._client = Http1Client(self._max_connections)
 
     @property
     def ready(self) -> bool:
-        return self._session is not None and not self._session.closed
+        return self._client is not None and not self._client.closed
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def send(
         self,
         base_url: str,
         call: UpstreamCall,
         headers: CIMultiDict[str],
-        timeout: aiohttp.ClientTimeout | None = None,
+        timeout: Timeouts | None = None,
     ) -> UpstreamResponse | GatewayError:
-        assert self._session is not None, "UpstreamPool.start() was not awaited"
-        url = URL(base_url + call.path, encoded=True)
+        client = self._client
+        assert client is not None, "UpstreamPool.start() was not awaited"
         if call.content_type is not None:
             headers["Content-Type"] = call.content_type
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = client.loop.time()
         try:
-            async with self._session.request(
-                call.method,
-                url,
-                headers=headers,
-                data=call.body if call.body else None,
-                allow_redirects=False,
-                timeout=timeout or self.timeout,
-            ) as response:
-                body = await response.read()
-                return UpstreamResponse(
-                    response.status, response_headers(response.headers), body, loop.time() - started
-                )
-        except TimeoutError:
+            answer = await client.request(
+                base_url, call.method, call.path, headers.items(), call.body, timeout or self.timeout
+            )
+        except UpstreamTimeout:
             return errors.upstream_timeout()
-        except (aiohttp.ClientError, OSError) as exc:
-            log.warning("upstream %s failed: %s", url.host, type(exc).__name__)
+        except UpstreamError as exc:  # the type and host only: headers carry credentials, paths are hostile
+            log.warning("upstream %s failed: %s", exc.host, type(exc).__name__)
             return errors.upstream_unavailable()
+        return UpstreamResponse(
+            answer.status, response_headers(answer.headers), answer.body, client.loop.time() - started
+        )

@@ -101,7 +101,7 @@ def test_headers_named_in_connection_are_dropped():
 
 
 def test_response_headers_are_an_allow_list():
-    upstream = CIMultiDict(
+    upstream = (  # as the client hands them over: (name, value) pairs in the order received
         [
             ("Content-Type", "application/json; charset=utf-8"),
             ("Cache-Control", "no-store"),

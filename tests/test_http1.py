@@ -1,0 +1,828 @@
+"""The upstream HTTP/1.1 client (gateway/http1.py) against scripted upstreams on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import inspect
+import logging
+import socket
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from multidict import CIMultiDict
+
+from gateway.http1 import (
+    ConnectFailed,
+    ConnectionLost,
+    Http1Client,
+    ProtocolError,
+    ResponseTooLarge,
+    Timeouts,
+    UnsafeRequest,
+    UpstreamTimeout,
+)
+from gateway.translate import UpstreamCall
+from gateway.upstream import UpstreamPool
+from tests.conftest import free_port
+
+T = Timeouts(1, 2)
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
+
+
+def reply(
+    body: bytes = b'{"valid": true}',
+    status: str = "200 OK",
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),),
+    length: bool = True,
+) -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{n}: {v}" for n, v in headers)]
+    if length:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _take_request(buf: bytearray) -> bytes | None:
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[: end + 4])
+    size = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            size = int(value)
+    if len(buf) < end + 4 + size:
+        return None
+    request = bytes(buf[: end + 4 + size])
+    del buf[: end + 4 + size]
+    return request
+
+
+class Upstream:
+    """Counts connections (and how many at once), records every byte, answers each request with `answer`."""
+
+    def __init__(self, answer: Answer, host: str = "127.0.0.1") -> None:
+        self.answer = answer
+        self.host = host
+        self.connections = 0
+        self.open = 0
+        self.max_open = 0
+        self.requests: list[bytes] = []
+        self.raw = bytearray()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        buf = bytearray()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                self.raw += data
+                buf += data
+                while (request := _take_request(buf)) is not None:
+                    self.requests.append(request)
+                    if not await self.answer(reader, writer, len(self.requests) - 1):
+                        return
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client went away, or the test is over
+        finally:
+            self.open -= 1
+            self._tasks.discard(task)
+            writer.close()
+
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> Upstream:
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=ssl_context)
+        port = self._server.sockets[0].getsockname()[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def answering(*answers: bytes, keep: bool = True) -> Answer:
+    """Answer request i with answers[i] (the last one repeated)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(answers[min(index, len(answers) - 1)])
+        await writer.drain()
+        return keep
+
+    return answer
+
+
+class Servers:
+    """Starts scripted upstreams for one test and closes them after it."""
+
+    def __init__(self) -> None:
+        self.started: list[Upstream] = []
+
+    async def __call__(
+        self, answer: Answer, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+    ) -> Upstream:
+        server = await Upstream(answer, host).start(ssl_context)
+        self.started.append(server)
+        return server
+
+    async def close(self) -> None:
+        for server in self.started:
+            await server.close()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    started = Servers()
+    yield started
+    await started.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Http1Client]:
+    http = Http1Client(10)
+    yield http
+    await http.close()
+
+
+async def get(http: Http1Client, server: Upstream, target: str = "/v1/x", **kw):
+    return await http.request(server.url, kw.pop("method", "GET"), target, kw.pop("headers", ()), b"", T)
+
+
+# --- what is sent
+
+
+async def test_the_request_is_exactly_what_was_asked(servers, client):
+    server = await servers(answering(reply()))
+    headers = CIMultiDict([("X-Client-Token", "tok"), ("Accept", "application/json")])
+    await client.request(server.url, "POST", "/client/v1/validate?code=A", headers.items(), b"{}", T)
+    await client.request(server.url, "GET", "/client/v1/x", (), b"", T)
+    await client.request(server.url, "POST", "/client/v1/y", (), b"", T)
+    port = server.url.rsplit(":", 1)[1]
+    assert server.requests == [
+        b"POST /client/v1/validate?code=A HTTP/1.1\r\n"
+        + f"Host: 127.0.0.1:{port}\r\n".encode()
+        + b"Accept-Encoding: gzip, deflate\r\n"
+        + b"X-Client-Token: tok\r\nAccept: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        f"GET /client/v1/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+        + b"Accept-Encoding: gzip, deflate\r\n\r\n",  # no User-Agent, no Content-Type, no Content-Length
+        f"POST /client/v1/y HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+        + b"Accept-Encoding: gzip, deflate\r\nContent-Length: 0\r\n\r\n",
+    ]
+
+
+async def test_the_client_owns_framing_headers_and_a_base_path_prefix(servers, client):
+    server = await servers(answering(reply()))
+    headers = [
+        ("Host", "evil.test"),
+        ("Content-Length", "100"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "close"),
+        ("Accept-Encoding", "br"),
+        ("X-Ok", "1"),
+    ]
+    await client.request(server.url + "/prefix", "PUT", "/v1/a", headers, b"abc", T)
+    head = server.requests[0].decode()
+    assert head.startswith("PUT /prefix/v1/a HTTP/1.1\r\n")
+    assert "evil" not in head and "chunked" not in head and "br" not in head and "close" not in head
+    assert head.count("Content-Length") == 1 and "Content-Length: 3\r\n" in head
+    assert "X-Ok: 1\r\n" in head
+
+
+# --- how answers are read
+
+
+async def test_content_length_body(servers, client):
+    server = await servers(answering(reply(b"hello", headers=(("X-Cafe", "d\xe9j\xe0"),))))
+    response = await get(client, server)
+    assert response.status == 200
+    assert response.body == b"hello"
+    assert response.headers == [("X-Cafe", "d\xe9j\xe0"), ("Content-Length", "5")]  # latin-1, as received
+
+
+async def test_chunked_body(servers, client):
+    chunked = b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\n\r\n"
+    server = await servers(
+        answering(reply(chunked, headers=(("Transfer-Encoding", "chunked"),), length=False))
+    )
+    response = await get(client, server)
+    assert response.body == b"hello world"
+    assert (await get(client, server)).body == b"hello world"
+    assert server.connections == 1
+
+
+async def test_close_delimited_body(servers, client):
+    server = await servers(answering(reply(b"until the end", length=False), keep=False))
+    response = await get(client, server)
+    assert (response.status, response.body) == (200, b"until the end")
+    assert (await get(client, server)).body == b"until the end"
+    assert server.connections == 2  # a body read to EOF leaves nothing to reuse
+
+
+async def test_a_close_delimited_body_is_capped_too(servers):
+    http = Http1Client(10, max_body=1000)
+    try:
+        server = await servers(answering(reply(b"x" * 5000, length=False), keep=False))
+        with pytest.raises(ResponseTooLarge):
+            await get(http, server)
+    finally:
+        await http.close()
+
+
+async def test_gzip_and_deflate_bodies_are_decoded_and_their_header_dropped(servers, client):
+    data = b'{"valid": true, "padding": "' + b"x" * 500 + b'"}'
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    answers = [
+        reply(gzip.compress(data), headers=(("Content-Encoding", "gzip"), ("ETag", '"e"'))),
+        reply(zlib.compress(data), headers=(("Content-Encoding", "deflate"),)),
+        reply(raw_deflate.compress(data) + raw_deflate.flush(), headers=(("content-encoding", "Deflate"),)),
+    ]
+    server = await servers(answering(*answers))
+    for _ in answers:
+        response = await get(client, server)
+        assert response.body == data
+        assert all(name.lower() != "content-encoding" for name, _ in response.headers)
+    assert server.connections == 1
+
+
+async def test_an_encoding_not_asked_for_or_broken_is_refused(servers, client):
+    server = await servers(
+        answering(
+            reply(b"\x0b\x01\x80hello", headers=(("Content-Encoding", "br"),)),
+            reply(gzip.compress(b"hello")[:-6], headers=(("Content-Encoding", "gzip"),)),  # truncated
+            reply(b"not gzip at all", headers=(("Content-Encoding", "gzip"),)),
+        )
+    )
+    for _ in range(3):
+        with pytest.raises(ProtocolError):
+            await get(client, server)
+
+
+async def test_interim_100_continue_is_skipped(servers, client):
+    server = await servers(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(b"real", status="201 Created")))
+    response = await get(client, server)
+    assert (response.status, response.body) == (201, b"real")
+    assert (await get(client, server)).status == 201
+    assert server.connections == 1
+
+
+async def test_head_has_no_body_and_204_and_304_neither(servers, client):
+    server = await servers(
+        answering(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",  # a HEAD answer: the length of a body not sent
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        )
+    )
+    response = await get(client, server, method="HEAD")
+    assert (response.status, response.body) == (200, b"")
+    response = await asyncio.wait_for(get(client, server), 1)
+    assert (response.status, response.body) == (204, b"")
+    response = await asyncio.wait_for(get(client, server), 1)
+    assert (response.status, response.body) == (204, b"")
+    assert server.connections == 2  # not reused after HEAD (llhttp expects a body), reused after 204
+
+
+# --- connection reuse
+
+
+async def test_keep_alive_reuses_one_connection(servers, client):
+    server = await servers(answering(reply()))
+    for _ in range(3):
+        assert (await get(client, server)).status == 200
+    assert server.connections == 1
+    assert len(server.requests) == 3
+
+
+async def test_connection_close_is_not_reused(servers, client):
+    server = await servers(answering(reply(headers=(("Connection", "close"),)), keep=True))
+    for _ in range(2):
+        assert (await get(client, server)).status == 200
+    assert server.connections == 2
+
+
+async def test_http_1_0_answer_is_not_reused(servers, client):
+    server = await servers(answering(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    for _ in range(2):
+        assert (await get(client, server)).body == b"ok"
+    assert server.connections == 2
+
+
+async def test_bytes_after_the_answer_make_the_connection_unusable(servers, client):
+    server = await servers(answering(reply(b"one") + reply(b"smuggled"), reply(b"two")))
+    assert (await get(client, server)).body == b"one"
+    assert (await get(client, server)).body == b"two"  # not the unasked-for second answer
+    assert server.connections == 2
+
+
+async def test_bytes_arriving_while_idle_make_the_connection_unusable(servers, client):
+    async def answer_then_more(reader, writer, index):
+        writer.write(reply(b"%d" % index))
+        await writer.drain()
+        if index == 0:
+            await asyncio.sleep(0.05)
+            writer.write(reply(b"stray"))  # nobody asked: the client must not read it as the next answer
+        return True
+
+    server = await servers(answer_then_more)
+    assert (await get(client, server)).body == b"0"
+    await asyncio.sleep(0.15)
+    assert (await get(client, server)).body == b"1"
+    assert server.connections == 2
+
+
+async def test_an_idle_connection_closed_by_the_server_is_never_used(servers, client):
+    async def answer_then_close(reader, writer, index):
+        writer.write(reply(b"%d" % index))
+        await writer.drain()
+        return False  # the server closes the keep-alive connection right after answering
+
+    server = await servers(answer_then_close)
+    assert (await get(client, server)).body == b"0"
+    await asyncio.sleep(0.1)  # the FIN arrives while the connection is idle in the pool
+    assert (await get(client, server)).body == b"1"
+    assert server.connections == 2
+    assert len(server.requests) == 2
+
+
+async def test_idle_connections_are_closed_after_the_idle_timeout(servers):
+    http = Http1Client(10, idle_timeout=0.2)
+    try:
+        server = await servers(answering(reply()))
+        await get(http, server)
+        assert (server.open, http.open_connections) == (1, 1)
+        await asyncio.sleep(0.5)
+        assert (server.open, http.open_connections) == (0, 0)
+        assert (await get(http, server)).status == 200
+        assert server.connections == 2
+    finally:
+        await http.close()
+
+
+# --- faults: never retried
+
+
+async def test_a_reset_mid_answer_fails_and_is_not_retried(servers, client):
+    async def half_then_reset(reader, writer, index):
+        if index == 0:
+            writer.write(reply())
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        await writer.drain()
+        return True
+
+    server = await servers(half_then_reset)
+    assert (await get(client, server)).status == 200  # warm: a reused connection is where clients retry
+    with pytest.raises(ConnectionLost):
+        await client.request(server.url, "POST", "/v1/redeem", (), b"{}", T)
+    await asyncio.sleep(0.2)
+    assert len(server.requests) == 2
+    assert server.connections == 1
+
+
+async def test_eof_before_any_answer_fails(servers, client):
+    async def close(reader, writer, index):
+        return False
+
+    server = await servers(close)
+    with pytest.raises(ConnectionLost):
+        await client.request(server.url, "POST", "/v1/redeem", (), b"{}", T)
+    assert len(server.requests) == 1
+
+
+async def test_a_garbage_answer_fails(servers, client):
+    server = await servers(answering(b"\x00\x01garbage that is not http\r\n\r\n"))
+    with pytest.raises(ProtocolError):
+        await get(client, server)
+    assert client.open_connections == 0
+
+
+async def test_a_smuggling_shaped_answer_fails(servers, client):
+    server = await servers(
+        answering(reply(b"0\r\n\r\n", headers=(("Transfer-Encoding", "chunked"),)))  # and Content-Length
+    )
+    with pytest.raises(ProtocolError):
+        await get(client, server)
+
+
+async def test_an_upgrade_answer_fails(servers, client):
+    server = await servers(answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"))
+    with pytest.raises(ProtocolError):
+        await get(client, server)
+
+
+async def test_oversized_answers_fail(servers):
+    http = Http1Client(10, max_body=1000)
+    try:
+        big = b"x" * 5000
+        bomb = gzip.compress(b"\0" * 100_000)
+        assert len(bomb) < 1000
+        server = await servers(
+            answering(
+                reply(big),
+                reply(
+                    b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big),
+                    headers=(("Transfer-Encoding", "chunked"),),
+                    length=False,
+                ),
+                reply(bomb, headers=(("Content-Encoding", "gzip"),)),
+                b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"y" * 100_000 + b"\r\n\r\n",
+            )
+        )
+        for _ in range(4):
+            with pytest.raises(ResponseTooLarge):
+                await get(http, server)
+        assert len(server.requests) == 4
+        assert server.connections == 3  # the bomb arrived whole: only its decoding was refused
+    finally:
+        await http.close()
+
+
+async def test_a_trickling_upstream_times_out_within_the_read_timeout(servers, client):
+    async def trickle(reader, writer, index):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if writer.is_closing():
+                break
+            writer.write(b"x")
+        return False
+
+    server = await servers(trickle)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await client.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 0.4))
+    assert 0.35 < loop.time() - started < 0.8
+    assert client.open_connections == 0  # the connection was dropped, not parked
+    await asyncio.sleep(0.2)
+    assert server.open == 0
+
+
+async def test_a_slow_answer_times_out_and_a_prompt_one_does_not(servers, client):
+    async def slow(reader, writer, index):
+        await asyncio.sleep(0.5 if index == 0 else 0.05)
+        writer.write(reply())
+        return True
+
+    server = await servers(slow)
+    with pytest.raises(UpstreamTimeout):
+        await client.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 0.2))
+    assert (await client.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 0.2))).status == 200
+
+
+async def test_connect_refused_fails(client):
+    with pytest.raises(ConnectFailed):
+        await client.request(f"http://127.0.0.1:{free_port()}", "GET", "/v1/x", (), b"", T)
+
+
+async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(servers, client):
+    async def never(reader, writer, index):
+        return True
+
+    server = await servers(never)  # plain TCP: the ClientHello is never answered
+    url = server.url.replace("http://", "https://")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await client.request(url, "GET", "/v1/x", (), b"", Timeouts(0.3, 5))
+    assert loop.time() - started < 1
+
+
+# --- limits and cancellation
+
+
+async def test_cancelling_a_request_drops_its_connection_and_frees_its_slot(servers):
+    hold = asyncio.Event()
+    seen = asyncio.Event()
+
+    async def held(reader, writer, index):
+        if index == 0:
+            seen.set()
+            await hold.wait()
+        writer.write(reply())
+        await writer.drain()
+        return True
+
+    http = Http1Client(1)
+    try:
+        server = await servers(held)
+        task = asyncio.create_task(get(http, server))
+        await asyncio.wait_for(seen.wait(), 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)
+        assert http.open_connections == 0
+        hold.set()
+        # the one slot is free again, and the next request gets a new connection, not the cancelled one
+        response = await asyncio.wait_for(get(http, server), 1)
+        assert response.status == 200
+        assert server.connections == 2
+    finally:
+        await http.close()
+
+
+async def test_cancelling_a_request_waiting_for_a_slot_leaks_nothing(servers):
+    hold = asyncio.Event()
+
+    async def held(reader, writer, index):
+        await hold.wait()
+        writer.write(reply())
+        await writer.drain()
+        return True
+
+    http = Http1Client(1)
+    try:
+        server = await servers(held)
+        first = asyncio.create_task(get(http, server))
+        waiting = asyncio.create_task(get(http, server))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        hold.set()
+        assert (await first).status == 200
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await asyncio.wait_for(get(http, server), 1)).status == 200
+        assert len(server.requests) == 2
+    finally:
+        await http.close()
+
+
+async def test_max_connections_bounds_requests_in_flight(servers):
+    async def slowly(reader, writer, index):
+        await asyncio.sleep(0.1)
+        writer.write(reply())
+        await writer.drain()
+        return True
+
+    http = Http1Client(2)
+    try:
+        server = await servers(slowly)
+        responses = await asyncio.gather(*(get(http, server) for _ in range(5)))
+        assert [r.status for r in responses] == [200] * 5
+        assert server.max_open == 2
+        assert server.connections == 2  # the waiting three took the two connections in turn
+    finally:
+        await http.close()
+
+
+# --- hostile requests: refused before a byte is written
+
+
+SPLITTING_TARGETS = [
+    "/v1/x HTTP/1.1\r\nHost: evil\r\n\r\nGET /v1/admin",
+    "/v1/x\r\nX-Injected: 1",
+    "/v1/x\nX-Injected: 1",
+    "/v1/a b",
+    "/v1/a\tb",
+    "/v1/\x00",
+    "/v1/\x7f",
+    "/v1/caf\xe9",
+    "/v1/\u2028",
+    "v1/x",
+    "@evil.test/v1",
+]
+SPLITTING_HEADERS = [
+    [("X-Client-Token", "tok\r\nX-Injected: 1")],
+    [("X-Client-Token", "tok\nX-Injected: 1")],
+    [("X-Client-Token", "tok\rX-Injected: 1")],
+    [("X-Client-Token", "tok\x00")],
+    [("X-Client-Token", "tok\x7f")],
+    [("X-Injected: 1\r\nX-Client-Token", "tok")],
+    [("X Client", "tok")],
+    [("X-Client:", "tok")],
+    [("", "tok")],
+    [("User-Agent", "\udcff")],  # a lone surrogate: no honest encoding
+]
+
+
+@pytest.mark.parametrize("target", SPLITTING_TARGETS)
+async def test_hostile_targets_are_refused_before_sending(servers, client, target):
+    server = await servers(answering(reply()))
+    await get(client, server)  # a warm connection the attempt could have used
+    sent = bytes(server.raw)
+    with pytest.raises(UnsafeRequest):
+        await client.request(server.url, "POST", target, (), b"{}", T)
+    await asyncio.sleep(0.05)
+    assert bytes(server.raw) == sent  # not one byte more reached the upstream
+    assert (await get(client, server)).status == 200  # and the pooled connection is still fine
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("headers", SPLITTING_HEADERS)
+async def test_hostile_headers_are_refused_before_sending(servers, client, headers):
+    server = await servers(answering(reply()))
+    with pytest.raises(UnsafeRequest):
+        await client.request(server.url, "GET", "/v1/x", headers, b"", T)
+    await asyncio.sleep(0.05)
+    assert server.raw == b""
+    assert server.connections == 0
+
+
+async def test_hostile_methods_and_base_urls_are_refused(servers, client):
+    server = await servers(answering(reply()))
+    for method in ("GET /v1/admin HTTP/1.1\r\n", "G T", ""):
+        with pytest.raises(UnsafeRequest):
+            await client.request(server.url, method, "/v1/x", (), b"", T)
+    for base in (
+        "ftp://127.0.0.1",
+        "http://user:pw@127.0.0.1",
+        "http://127.0.0.1/a?b",
+        "http://",
+        "http://h:99999",
+    ):
+        with pytest.raises(UnsafeRequest):
+            await client.request(base, "GET", "/v1/x", (), b"", T)
+    assert server.raw == b""
+
+
+async def test_the_pool_answers_a_refused_request_502_and_logs_no_path_or_header(servers, caplog):
+    server = await servers(answering(reply()))
+    pool = UpstreamPool(1, 2)
+    await pool.start()
+    try:
+        headers = CIMultiDict([("X-Client-Token", "secret-token\r\nX-Injected: 1")])
+        with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
+            answer = await pool.send(server.url, UpstreamCall("GET", "/v1/x", b""), headers)
+            answer2 = await pool.send(
+                server.url, UpstreamCall("GET", "/v1/x\r\nX-Evil-Path: 1", b""), CIMultiDict()
+            )
+        assert answer.status == 502 and answer2.status == 502  # type: ignore[union-attr]
+        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+        assert "UnsafeRequest" in caplog.text
+        assert "secret-token" not in caplog.text and "Evil-Path" not in caplog.text
+        assert server.raw == b""
+    finally:
+        await pool.close()
+
+
+# --- the UpstreamPool façade
+
+
+async def test_the_pool_maps_faults_to_gateway_errors(servers):
+    server = await servers(answering(b"garbage\r\n\r\n"))
+    pool = UpstreamPool(1, 0.3)
+    await pool.start()
+    assert pool.ready
+    try:
+        call = UpstreamCall("POST", "/v1/redeem", b"{}", "application/json")
+        answer = await pool.send(server.url, call, CIMultiDict())
+        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+        answer = await pool.send(f"http://127.0.0.1:{free_port()}", call, CIMultiDict())
+        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+
+        async def silent(reader, writer, index):
+            return True
+
+        quiet = await servers(silent)
+        answer = await pool.send(quiet.url, call, CIMultiDict())
+        assert answer.key.value == "upstream_timeout"  # type: ignore[union-attr]
+        assert len(quiet.requests) == 1
+        assert b"Content-Type: application/json\r\n" in quiet.requests[0]
+    finally:
+        await pool.close()
+    assert not pool.ready
+
+
+async def test_close_closes_every_connection(servers):
+    server = await servers(answering(reply()))
+    http = Http1Client(10)
+    await asyncio.gather(*(get(http, server) for _ in range(3)))
+    assert server.open == 3
+    await http.close()
+    await asyncio.sleep(0.1)
+    assert server.open == 0
+    assert http.open_connections == 0
+
+
+# --- addresses and TLS
+
+
+async def test_an_ipv6_literal_base_url(servers, client):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = await servers(answering(reply(b"six")), host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    assert (await get(client, server)).body == b"six"
+    port = server.url.rsplit(":", 1)[1]
+    assert f"Host: [::1]:{port}\r\n".encode() in server.requests[0]
+
+
+def _self_signed(tmp_path) -> tuple[ssl.SSLContext, str]:
+    """A server context for `localhost` and the CA file that trusts it."""
+    x509 = pytest.importorskip("cryptography.x509")
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_file, key_file)
+    return server_context, str(cert_file)
+
+
+async def test_https_verifies_the_certificate_and_sends_sni(servers, tmp_path):
+    server_context, ca_file = _self_signed(tmp_path)
+    names: list[str | None] = []
+    server_context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment]
+    server = await servers(answering(reply(b"secure")), ssl_context=server_context)
+    url = server.url.replace("127.0.0.1", "localhost")
+
+    default = Http1Client(10)  # the system's trust store: a self-signed certificate is refused
+    try:
+        with pytest.raises(ConnectFailed):
+            await default.request(url, "GET", "/v1/x", (), b"", T)
+    finally:
+        await default.close()
+    assert server.requests == []
+
+    trusting = Http1Client(10, ssl_context=ssl.create_default_context(cafile=ca_file))
+    try:
+        for _ in range(2):
+            assert (await trusting.request(url, "GET", "/v1/x", (), b"", T)).body == b"secure"
+        assert server.connections == 1
+        assert names[-1] == "localhost"
+        port = url.rsplit(":", 1)[1]
+        assert server.requests[0].startswith(f"GET /v1/x HTTP/1.1\r\nHost: localhost:{port}\r\n".encode())
+    finally:
+        await trusting.close()
+
+
+# --- the same tests on uvloop, the loop the gateway runs on (its transports are not asyncio's classes)
+
+
+def _loop_agnostic_tests() -> list[Callable[..., Awaitable[None]]]:
+    return [
+        test
+        for name, test in sorted(globals().items())
+        if name.startswith("test_")
+        and inspect.iscoroutinefunction(test)
+        and set(inspect.signature(test).parameters) <= {"servers", "client"}
+    ]
+
+
+@pytest.mark.parametrize("test", _loop_agnostic_tests(), ids=lambda test: test.__name__)
+def test_on_uvloop(test: Callable[..., Awaitable[None]]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> None:
+        started, http = Servers(), Http1Client(10)
+        fixtures = {"servers": started, "client": http}
+        try:
+            await test(**{name: fixtures[name] for name in inspect.signature(test).parameters})
+        finally:
+            await http.close()
+            await started.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
