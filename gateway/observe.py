@@ -17,6 +17,7 @@ from typing import TextIO
 from gateway.client_ip import IPAddress, truncated
 
 access_log = logging.getLogger("gateway.access")
+_JSON = json.JSONEncoder(default=str)  # built once: json.dumps(default=...) builds one per call
 
 
 @dataclass(slots=True)
@@ -95,7 +96,7 @@ class JsonFormatter(FieldsFormatter):
         millis = int((created - second) * 1000)
         line: dict[str, object] = {"time": f"{self._stamp}.{millis:03d}Z", "level": level, "logger": name}
         line.update(fields)
-        return json.dumps(line, default=str)
+        return _JSON.encode(line)
 
 
 class TextFormatter(FieldsFormatter):
