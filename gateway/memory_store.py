@@ -10,7 +10,8 @@ due, so expired keys are reclaimed in amortised O(log n) without a background ta
 (`max_keys`) bounds memory even when a flood outpaces expiry: the keys closest to expiry are dropped first.
 
 It implements what the three `limits` strategies need (counters for fixed windows and the sliding window
-counter, timestamp lists for the moving window), so `limits`' strategies run on it unchanged.
+counter, timestamp lists for the moving window), so `limits`' strategies run on it unchanged. Each of those
+methods has a synchronous twin (`..._sync`) that the gateway's limiter calls directly (gateway/limit_ops.py).
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class BoundedMemoryStorage(
         return int(entry[0]) if entry is not None and entry[1] > now else 0
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.incr_sync(key, expiry, amount)
+
+    def incr_sync(self, key: str, expiry: int, amount: int = 1) -> int:
         return self._incr(key, expiry, amount, self.clock())
 
     async def decr(self, key: str, amount: int = 1) -> int:
@@ -117,9 +121,15 @@ class BoundedMemoryStorage(
         return int(entry[0])
 
     async def get(self, key: str) -> int:
+        return self.get_sync(key)
+
+    def get_sync(self, key: str) -> int:
         return self._get(key, self.clock())
 
     async def get_expiry(self, key: str) -> float:
+        return self.get_expiry_sync(key)
+
+    def get_expiry_sync(self, key: str) -> float:
         now = self.clock()
         entry = self.counters.get(key)
         return entry[1] if entry is not None and entry[1] > now else now
@@ -141,6 +151,9 @@ class BoundedMemoryStorage(
     # ------------------------------------------------------------------------------------ moving window
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        return self.acquire_entry_sync(key, limit, expiry, amount)
+
+    def acquire_entry_sync(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
             return False
         now = self.clock()
@@ -157,6 +170,9 @@ class BoundedMemoryStorage(
         return True
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        return self.get_moving_window_sync(key, expiry)
+
+    def get_moving_window_sync(self, key: str, expiry: int) -> tuple[float, int]:
         now = self.clock()
         hits = self.events.get(key)
         if hits:
@@ -178,6 +194,9 @@ class BoundedMemoryStorage(
         return previous, previous_ttl, current, current_ttl
 
     async def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        return self.acquire_sliding_window_entry_sync(key, limit, expiry, amount)
+
+    def acquire_sliding_window_entry_sync(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
             return False
         now = self.clock()
@@ -189,6 +208,9 @@ class BoundedMemoryStorage(
         return True
 
     async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
+        return self.get_sliding_window_sync(key, expiry)
+
+    def get_sliding_window_sync(self, key: str, expiry: int) -> tuple[int, float, int, float]:
         now = self.clock()
         previous_key, current_key = self.sliding_window_keys(key, expiry, now)
         return self._window_info(previous_key, current_key, expiry, now)

@@ -22,8 +22,9 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.errors import StorageError
+from limits.util import WindowStats
 
-from gateway import redis_store
+from gateway import limit_ops, redis_store
 from gateway.memory_store import BoundedMemoryStorage
 
 log = logging.getLogger("gateway.ratelimit")
@@ -44,6 +45,7 @@ class Bucket:
     namespace: str
     policy_header: str = field(init=False)
     item_names: tuple[str, ...] = field(init=False)
+    shares_a_key: bool = field(init=False)  # two items count in one key ("5/minute;5 per minute")
 
     def __post_init__(self) -> None:
         names = tuple(self.name if i == 0 else f"{self.name}-{i + 1}" for i in range(len(self.items)))
@@ -53,6 +55,7 @@ class Bucket:
         )
         object.__setattr__(self, "item_names", names)
         object.__setattr__(self, "policy_header", header)
+        object.__setattr__(self, "shares_a_key", len({i.key_for() for i in self.items}) < len(self.items))
 
     @classmethod
     def parse(cls, name: str, limit: str, namespace: str) -> Bucket:
@@ -80,38 +83,65 @@ def open_storage(uri: str, timeout: float = 0.5) -> Storage:
 
 
 class Limiter:
-    """One storage and strategy; `hit` counts a request in a bucket and says whether it may pass."""
+    """One storage and strategy; `hit` counts a request in a bucket and says whether it may pass.
+
+    The bucket is counted by `limit_ops.bucket_counter`, chosen here once for the storage and strategy:
+    on Redis one script call per item that counts the hit and reads the window, in memory the store's
+    synchronous methods. Storages without a counter, and buckets whose items share a key (where reading
+    an item's window before the next item counts in the same key would show), take `limits`' strategy
+    calls: `hit` per item, then `get_window_stats` per item.
+    """
 
     def __init__(self, storage: Storage, strategy: str) -> None:
         self.storage = storage
         self.strategy: RateLimiter = STRATEGIES[strategy](storage)
+        self.fused = limit_ops.bucket_counter(storage, strategy)
+        # Nothing on the memory store's paths suspends (no await inside), so a timeout around them could
+        # never fire; it would only cost about half of a memory hit.
+        self.timed = not isinstance(storage, BoundedMemoryStorage)
 
     async def hit(self, bucket: Bucket, client_key: str, timeout: float) -> LimitResult:
         try:
+            if not self.timed:
+                return await self._hit(bucket, client_key)
             async with asyncio.timeout(timeout):  # unlike wait_for (3.11), no extra task per request
                 return await self._hit(bucket, client_key)
         except (TimeoutError, StorageError, ConnectionError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def _hit(self, bucket: Bucket, client_key: str) -> LimitResult:
+        if self.fused is None or bucket.shares_a_key:
+            allowed, windows = await self.two_calls(bucket, client_key)
+        else:
+            allowed, windows = await self.fused(bucket.items, bucket.namespace, client_key)
+        return _result(bucket, allowed, windows)
+
+    async def two_calls(self, bucket: Bucket, client_key: str) -> tuple[bool, list[WindowStats]]:
+        """`limits`' own way: count in order up to the first refusal, then read every item's window."""
         allowed = True
         for item in bucket.items:
             if not await self.strategy.hit(item, bucket.namespace, client_key):
                 allowed = False
                 break
-        now = time.time()
-        parts: list[str] = []
-        retry_after = 0
-        for name, item in zip(bucket.item_names, bucket.items, strict=True):
-            stats = await self.strategy.get_window_stats(item, bucket.namespace, client_key)
-            reset = max(0, math.ceil(stats.reset_time - now))
-            parts.append(f'"{name}";r={stats.remaining};t={reset}')
-            if stats.remaining == 0:
-                retry_after = max(retry_after, reset, 1)
-        headers = {"RateLimit-Policy": bucket.policy_header, "RateLimit": ", ".join(parts)}
-        if not allowed:
-            headers["Retry-After"] = str(max(retry_after, 1))
-        return LimitResult(allowed, headers, 0 if allowed else max(retry_after, 1))
+        windows = [
+            await self.strategy.get_window_stats(i, bucket.namespace, client_key) for i in bucket.items
+        ]
+        return allowed, windows
+
+
+def _result(bucket: Bucket, allowed: bool, windows: list[WindowStats]) -> LimitResult:
+    now = time.time()
+    parts: list[str] = []
+    retry_after = 0
+    for name, stats in zip(bucket.item_names, windows, strict=True):
+        reset = max(0, math.ceil(stats.reset_time - now))
+        parts.append(f'"{name}";r={stats.remaining};t={reset}')
+        if stats.remaining == 0:
+            retry_after = max(retry_after, reset, 1)
+    headers = {"RateLimit-Policy": bucket.policy_header, "RateLimit": ", ".join(parts)}
+    if not allowed:
+        headers["Retry-After"] = str(max(retry_after, 1))
+    return LimitResult(allowed, headers, 0 if allowed else max(retry_after, 1))
 
 
 class LimiterPool:

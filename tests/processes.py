@@ -239,9 +239,10 @@ def redis_binary() -> str:
 class RedisServer:
     """A throw-away redis-server without persistence; `kill`, `start` again on the same port, `freeze`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         self.binary = redis_binary()
         self.port = free_port()
+        self.options = options  # more redis-server options, e.g. for a cluster node
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -259,6 +260,7 @@ class RedisServer:
             "",
             "--appendonly",
             "no",
+            *self.options,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -1,0 +1,317 @@
+"""The limiter's own path (gateway/limit_ops.py: one script call per item on Redis, synchronous calls in
+memory) against `limits`' strategies (hit, then get_window_stats) on the same kind of storage: the same
+decisions, headers, keys and data."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from redis import Redis as SyncRedis
+
+from gateway.memory_store import BoundedMemoryStorage
+from gateway.ratelimit import Bucket, Limiter, LimiterPool, LimitResult, StoreUnavailable, open_storage
+from gateway.redis_store import HIT_SCRIPTS, close
+from tests.conftest import free_port
+from tests.processes import RedisServer
+
+STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
+# one item; a later item refusing while the first is counted; the first refusing (the second only read)
+BUCKETS = ["3 per 10 seconds", "3 per 10 seconds;5 per minute", "5 per minute;2 per 10 seconds"]
+CLIENTS = ["203.0.113.1", "203.0.113.2", "2001:db8:1:2::/64"]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pair(storage: Any, strategy: str) -> tuple[Limiter, Limiter]:
+    """A limiter on the fused path and one on `limits`' two-call path, on `storage`."""
+    fused, reference = Limiter(storage, strategy), Limiter(storage, strategy)
+    assert fused.fused is not None
+    reference.fused = None
+    return fused, reference
+
+
+# --- memory: the store's clock and time.time are driven by the test, so every figure must be equal
+
+
+@pytest.mark.parametrize("max_keys", [1_000_000, 4])  # 4: the cap drops keys while the test runs
+@pytest.mark.parametrize("limit", [*BUCKETS, "2 per second;3 per 2 seconds"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_memory_fused_matches_limits(
+    strategy: str, limit: str, max_keys: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(1_000_000.25)
+    monkeypatch.setattr(time, "time", clock)  # limits' sliding window and the headers read time.time
+    fused, _ = pair(BoundedMemoryStorage(clock=clock, max_keys=max_keys), strategy)
+    _, reference = pair(BoundedMemoryStorage(clock=clock, max_keys=max_keys), strategy)
+    bucket = Bucket.parse("per_ip", limit, "shop/per_ip")
+    rng = random.Random(f"{strategy} {limit}")
+    outcomes = set()
+    for step in range(600):
+        clock.now += rng.choice([0.0, 0.0, 0.01, 0.3, 0.9, 1.7, 4.1, 9.99, 10.0, 31.0])
+        client = rng.choice(CLIENTS)
+        got = await fused.hit(bucket, client, 1.0)
+        want = await reference.hit(bucket, client, 1.0)
+        assert got == want, (step, client)
+        outcomes.add(got.allowed)
+    assert outcomes == {True, False}
+    mine, theirs = fused.storage, reference.storage
+    assert isinstance(mine, BoundedMemoryStorage) and isinstance(theirs, BoundedMemoryStorage)
+    assert mine.counters == theirs.counters
+    assert mine.events == theirs.events
+    assert mine._due == theirs._due
+    assert mine.evicted == theirs.evicted
+
+
+async def test_items_sharing_a_key_keep_the_two_call_order() -> None:
+    bucket = Bucket.parse("per_ip", "3/minute;3 per minute", "shop/per_ip")
+    assert bucket.shares_a_key
+    assert not Bucket.parse("per_ip", "3/minute;3 per 60 seconds", "shop/per_ip").shares_a_key
+    limiter = LimiterPool().get("memory://", "moving-window")
+    result = await limiter.hit(bucket, "k", 1.0)
+    assert result.headers["RateLimit"] == '"per_ip";r=1;t=60, "per_ip-2";r=1;t=60'  # both hits, then reads
+
+
+# --- real Redis
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def storage(redis: RedisServer) -> AsyncIterator[Any]:
+    store = open_storage(redis.url, 2.0)
+    yield store
+    await store.reset()
+    await close(store)
+
+
+async def snapshot(client: Any, namespace: str) -> dict[str, Any]:
+    """Every key of a namespace (named without it), its type and its data."""
+    found: dict[str, Any] = {}
+    for raw in await client.keys(f"*{namespace}*"):
+        key = raw.decode()
+        kind = (await client.type(key)).decode()
+        value = await client.lrange(key, 0, -1) if kind == "list" else await client.get(key)
+        found[key.replace(namespace, "NS")] = (kind, value)
+    return found
+
+
+async def test_redis_moving_window_matches_limits(storage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The moving window's clock is the client's: driven by the test, every figure must be equal."""
+    clock = Clock(time.time())
+    monkeypatch.setattr(time, "time", clock)
+    fused, reference = pair(storage, "moving-window")
+    rng = random.Random("moving")
+    client = storage.bridge.storage
+    for i, limit in enumerate(BUCKETS):
+        mine = Bucket.parse("per_ip", limit, f"fused{i}/per_ip")
+        theirs = Bucket.parse("per_ip", limit, f"limits{i}/per_ip")
+        for step in range(150):
+            clock.now += rng.choice([0.0, 0.01, 0.3, 1.7, 4.1, 9.99, 10.0, 31.0])
+            key = rng.choice(CLIENTS)
+            got = await fused.hit(mine, key, 2.0)
+            assert got == await reference.hit(theirs, key, 2.0), (limit, step)
+        assert await snapshot(client, f"fused{i}") == await snapshot(client, f"limits{i}")
+
+
+def parse(result: LimitResult) -> list[tuple[int, int]]:
+    """(remaining, reset) of each item in a RateLimit header."""
+    return [(int(r), int(t)) for r, t in re.findall(r";r=(\d+);t=(\d+)", result.headers["RateLimit"])]
+
+
+def away_from(now: float, boundaries: list[float], margin: float = 0.06) -> float:
+    """How long to wait so that `now` is not within `margin` of a window boundary."""
+    for boundary in sorted(boundaries):
+        if abs(now - boundary) < margin:
+            return boundary + margin - now
+    return 0.0
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "sliding-window-counter"])
+async def test_redis_counter_windows_match_limits(strategy: str, storage: Any) -> None:
+    """These windows run on Redis's clock (TTLs), so the hits are timed away from their edges.
+
+    One-second items: the fixed window turns at its first hit plus 1 s (and its TTL rounds to 0 after
+    0.5 s); the sliding window turns every second after the first hit, and its weighted count changes at
+    thirds and halves of a second (previous counts of at most 3).
+    """
+    fused, reference = pair(storage, strategy)
+    limit = "3 per second;2 per second"  # the second item refuses while the first is counted, and vice versa
+    mine = Bucket.parse("per_ip", limit, f"fused-{strategy}/per_ip")
+    theirs = Bucket.parse("per_ip", limit, f"limits-{strategy}/per_ip")
+    rng = random.Random(strategy)
+    first = window = time.time()  # the first hit starts both items' windows
+
+    def edges(now: float) -> list[float]:
+        if strategy == "fixed-window":
+            return [window + 0.5, window + 1.0]
+        base = first + int(now - first)
+        return [base + k + f for k in (0, 1) for f in (0, 1 / 3, 1 / 2, 2 / 3)]
+
+    seen = []
+    for step in range(14):
+        now = time.time()
+        if step:
+            await asyncio.sleep(rng.uniform(0.08, 0.3))
+            for _ in range(5):  # away from every edge (a late wake-up may land near the next one)
+                now = time.time()
+                wait = away_from(now, edges(now))
+                if not wait:
+                    break
+                await asyncio.sleep(wait)
+        if strategy == "fixed-window" and now >= window + 1.0:
+            window = now  # this hit starts the next window
+        got = await fused.hit(mine, "198.51.100.4", 2.0)
+        want = await reference.hit(theirs, "198.51.100.4", 2.0)
+        assert (got.allowed, got.retry_after) == (want.allowed, want.retry_after), step
+        assert got.headers.keys() == want.headers.keys()
+        assert got.headers.get("Retry-After") == want.headers.get("Retry-After")
+        if strategy == "fixed-window":
+            assert got.headers == want.headers, step
+        else:
+            # A window's first hit creates its counter with a PTTL of two windows. Read in the same
+            # millisecond (always, in one script; often, with limits' two calls) the reset is 0 s away,
+            # one millisecond later it is a window away: t=0 or t=1 here, so t may differ by one.
+            for (r1, t1), (r2, t2) in zip(parse(got), parse(want), strict=True):
+                assert r1 == r2 and abs(t1 - t2) <= 1, (step, got.headers, want.headers)
+        seen.append((got.allowed, got.headers["RateLimit"]))
+    assert {allowed for allowed, _ in seen} == {True, False}, seen
+    client = storage.bridge.storage
+    mine_keys = await snapshot(client, f"fused-{strategy}")
+    assert set(mine_keys) == set(await snapshot(client, f"limits-{strategy}"))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_redis_one_command_per_item(
+    strategy: str, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = storage.bridge.storage
+    limiter = Limiter(storage, strategy)
+    bucket = Bucket.parse("per_ip", "100 per hour;50 per minute", f"calls-{strategy}/per_ip")
+    await limiter.hit(bucket, "k", 2.0)  # loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA)
+    sent: list[str] = []
+    execute = client.execute_command
+
+    async def counted(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        return await execute(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", counted)
+    for _ in range(10):
+        assert (await limiter.hit(bucket, "k", 2.0)).allowed
+    assert sent == ["EVALSHA"] * 20
+    bucket = Bucket.parse("per_ip", "1 per hour;50 per minute;60 per minute", f"refused-{strategy}/per_ip")
+    sent.clear()
+    assert (await limiter.hit(bucket, "k", 2.0)).allowed
+    assert not (await limiter.hit(bucket, "k", 2.0)).allowed
+    assert sent == ["EVALSHA"] * 6  # the items after a refusal are read in one command each
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_redis_script_cache_flush(strategy: str, storage: Any) -> None:
+    """After SCRIPT FLUSH (a restarted Redis) the script loads itself again and the hit counts once."""
+    client = storage.bridge.storage
+    limiter = Limiter(storage, strategy)
+    bucket = Bucket.parse("per_ip", "5 per hour", f"flush-{strategy}/per_ip")
+    first = await limiter.hit(bucket, "k", 2.0)
+    assert first.headers["RateLimit"].startswith('"per_ip";r=4;')
+    await client.script_flush()
+    second = await limiter.hit(bucket, "k", 2.0)
+    assert second.headers["RateLimit"].startswith('"per_ip";r=3;')
+    third = await limiter.hit(bucket, "k", 2.0)
+    assert third.headers["RateLimit"].startswith('"per_ip";r=2;')
+
+
+async def test_start_loads_the_fused_scripts(redis: RedisServer) -> None:
+    pool = LimiterPool()
+    limiter = pool.get(redis.url, "fixed-window", 0.5)
+    client = limiter.storage.bridge.storage
+    await client.script_flush()
+    await pool.start()
+    shas = [hashlib.sha1(text.encode()).hexdigest() for text in HIT_SCRIPTS]
+    assert await client.script_exists(*shas) == [True, True, True]
+    await pool.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_redis_script_errors_are_store_errors(strategy: str, storage: Any) -> None:
+    """A Redis error in a script (here WRONGTYPE) surfaces as StoreUnavailable, like limits' own calls."""
+    client = storage.bridge.storage
+    limiter = Limiter(storage, strategy)
+    bucket = Bucket.parse("per_ip", "5 per hour", f"wrong-{strategy}/per_ip")
+    key = bucket.items[0].key_for(bucket.namespace, "k")
+    for name in (key, f"{{{key}}}", f"{{{key}}}/-1"):
+        await client.hset(f"LIMITS:{name}", "x", "1")
+    with pytest.raises(StoreUnavailable, match="StorageError"):
+        await limiter.hit(bucket, "k", 2.0)
+
+
+@pytest.fixture
+def cluster_node(tmp_path: Any) -> Iterator[RedisServer]:
+    """A one-node Redis Cluster that holds every slot."""
+    bus = str(free_port())  # by default the port + 10000, which may be taken or beyond 65535
+    node = RedisServer(
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        bus,
+        "--cluster-config-file",
+        str(tmp_path / "nodes.conf"),
+    )
+    try:
+        node.start()
+        admin = SyncRedis(port=node.port)
+        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + 10
+        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # takes a second or two
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.1)
+        admin.close()
+        yield node
+    finally:
+        node.kill()
+
+
+async def test_redis_cluster(cluster_node: RedisServer) -> None:
+    """Through redis-py's cluster client: each script call is routed by its keys' slot."""
+    pool = LimiterPool()
+    uri = f"redis+cluster://127.0.0.1:{cluster_node.port}"
+    for strategy in STRATEGIES:
+        pool.get(uri, strategy, 2.0)
+    await pool.start()
+    try:
+        for strategy in STRATEGIES:
+            fused, reference = pair(pool.get(uri, strategy, 2.0).storage, strategy)
+            limit = "3 per hour;2 per minute"
+            mine = Bucket.parse("per_ip", limit, f"fused-{strategy}/per_ip")
+            theirs = Bucket.parse("per_ip", limit, f"limits-{strategy}/per_ip")
+            for step in range(4):
+                got = await fused.hit(mine, "k", 2.0)
+                want = await reference.hit(theirs, "k", 2.0)
+                assert got.allowed == want.allowed == (step < 2)
+                # the sliding window's t depends on the millisecond (see above): compare what is remaining
+                assert [r for r, _ in parse(got)] == [r for r, _ in parse(want)], (strategy, step)
+            await fused.storage.bridge.storage.script_flush()
+            assert [r for r, _ in parse(await fused.hit(mine, "other", 2.0))] == [2, 1]
+    finally:
+        await pool.close()
