@@ -31,7 +31,7 @@ from bench.procs import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("direct", "bare-aiohttp", "nginx", "gateway", "gateway-redis")
+CONTENDERS = ("direct", "bare-aiohttp", "bare-http1", "nginx", "gateway", "gateway-redis")
 DELAY_MS = 100
 LOAD_CPU, CONTENDER_CPU = 0, 1  # wrk, stubs and redis share CPU 0; the contender has CPU 1 to itself
 
@@ -136,8 +136,9 @@ class Bench:
         if name == "direct":
             return Contender(upstream, lambda: [], lambda: None)
         port = free_port()
-        if name == "bare-aiohttp":
-            cmd = [sys.executable, "-m", "bench.bare_proxy", str(port), f"http://127.0.0.1:{upstream}"]
+        if name in ("bare-aiohttp", "bare-http1"):
+            module = "bench.bare_proxy" if name == "bare-aiohttp" else "bench.bare_http1"
+            cmd = [sys.executable, "-m", module, str(port), f"http://127.0.0.1:{upstream}"]
         elif name == "nginx":
             conf = self.workdir / f"proxy-{port}.conf"
             conf.write_text(configs.nginx_proxy_conf(self.workdir, port, upstream))
@@ -315,6 +316,9 @@ def targets(rows: dict[str, Row]) -> list[str]:
         info.append(f"gateway-redis = {gwr / ngx:.2f} x nginx")
     if bare and ngx:
         info.append(f"bare aiohttp = {bare / ngx:.2f} x nginx")
+    lean = rps("bare-http1")
+    if gw and lean:
+        info.append(f"gateway = {gw / lean:.2f} x bare-http1 (same transport, no policy)")
     if info:
         out.append("  info  " + "; ".join(info) + " (req/s at saturation)")
     cpu = {n: statistics.median(r.cpu_us) for n, r in rows.items() if r.cpu_us}
