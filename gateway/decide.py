@@ -232,13 +232,7 @@ def check_body(admit: Admit, body: bytes) -> Refuse | None:
     if not body or not route.takes_body:
         return None
     try:
-        document = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_object,
-            parse_constant=_no_constant,
-            parse_float=_finite_float,
-            parse_int=_finite_int,
-        )
+        document = _STRICT_JSON.decode(body.decode("utf-8"))
     except _DuplicateKey:
         return admit.refuse(errors.invalid_payload("The request body has the same key twice in one object."))
     except _ProtoKey:
@@ -298,3 +292,9 @@ def _finite_int(text: str) -> int:
     if abs(value) > sys.float_info.max:
         raise ValueError("a number beyond a double")
     return value
+
+
+# Built once: json.loads with hooks builds a new decoder for every call.
+_STRICT_JSON = json.JSONDecoder(
+    object_pairs_hook=_object, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int
+)
