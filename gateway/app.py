@@ -19,7 +19,6 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from gateway import errors
-from gateway.client_ip import bucket_key, client_address
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Admit, Preflight, Refuse, Target, check_body, decide
 from gateway.errors import GatewayError
@@ -140,8 +139,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def _pipeline(
     request: web.Request, state: GatewayState, policy: CompiledPolicy, outcome: Outcome
 ) -> web.StreamResponse:
-    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), policy.client_ip)
-    outcome.client_ip = address  # in every access-log line, refused requests included
+    client = policy.client_ip.client(request.remote, request.headers.getall("X-Forwarded-For", []))
+    outcome.client = client  # in every access-log line, refused requests included
     outcome.origin = request.headers.get("Origin")
 
     decision = decide(policy, request.method, request.raw_path, request.headers)
@@ -176,9 +175,7 @@ async def _pipeline(
     if isinstance(call, GatewayError):
         return _refused(admit.refuse(call), outcome)
 
-    limit_headers, limit_error = await _rate_limit(
-        state, target, bucket_key(address, policy.client_ip.ipv6_prefix), outcome
-    )
+    limit_headers, limit_error = await _rate_limit(state, target, client.bucket_key, outcome)
     if limit_error is not None:
         return _refused(admit.refuse(limit_error), outcome, limit_headers)
 

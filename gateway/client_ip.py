@@ -8,7 +8,7 @@ headers, an entry that is not an address) falls back to the peer: never guess.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
@@ -16,13 +16,44 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
 
+CLIENT_CACHE_SIZE = 16384  # distinct (peer, X-Forwarded-For) pairs remembered per policy
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who sent a request, with the strings the request path needs of it, computed once per client."""
+
+    address: IPAddress | None
+    bucket_key: str  # what the rate limit counts
+    text: str | None  # for logs
+    truncated: str | None  # for logs with `client_ip: truncated`
+
+
 @dataclass(frozen=True, slots=True)
 class ClientIpPolicy:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     ipv6_prefix: int = 64
+    _clients: dict[tuple[str | None, tuple[str, ...]], Client] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def is_trusted(self, address: IPAddress) -> bool:
         return any(address in network for network in self.trusted_proxies)
+
+    def client(self, peer: str | None, forwarded_for: Sequence[str]) -> Client:
+        """`client_address` and its strings, remembered: shoppers repeat, and the strings cost more than
+        the lookup. Bounded: an address-rotation flood only empties it every CLIENT_CACHE_SIZE clients."""
+        key = (peer, tuple(forwarded_for))
+        found = self._clients.get(key)
+        if found is None:
+            address = client_address(peer, forwarded_for, self)
+            text = None if address is None else str(address)
+            short = None if address is None else truncated(address)
+            found = Client(address, bucket_key(address, self.ipv6_prefix), text, short)
+            if len(self._clients) >= CLIENT_CACHE_SIZE:
+                self._clients.clear()
+            self._clients[key] = found
+        return found
 
 
 @lru_cache(maxsize=16384)  # peers and shoppers repeat; parsing an address is the costly part

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from gateway.client_ip import IPAddress, truncated
+from gateway.client_ip import Client
 
 access_log = logging.getLogger("gateway.access")
 _JSON = json.JSONEncoder(default=str)  # built once: json.dumps(default=...) builds one per call
@@ -30,7 +30,7 @@ class Outcome:
     status: int = 0
     duration_ms: float = 0.0
     upstream_ms: float | None = None
-    client_ip: IPAddress | None = None
+    client: Client | None = None
     origin: str | None = None
     limit_store_error: bool = False  # the rate-limit store failed for this request
 
@@ -49,7 +49,7 @@ class Observer:
 
     def record(self, outcome: Outcome) -> None:
         if access_log.isEnabledFor(logging.INFO):
-            ip = outcome.client_ip
+            client = outcome.client
             fields: dict[str, object] = {
                 "request_id": outcome.request_id,
                 "method": outcome.method,
@@ -59,7 +59,7 @@ class Observer:
                 "status": outcome.status,
                 "duration_ms": round(outcome.duration_ms, 3),
                 "upstream_ms": None if outcome.upstream_ms is None else round(outcome.upstream_ms, 3),
-                "client_ip": (truncated(ip) if self.truncate_ips else str(ip)) if ip is not None else None,
+                "client_ip": client and (client.truncated if self.truncate_ips else client.text),
                 "origin": outcome.origin[:200] if outcome.origin else None,
             }
             handler = _direct

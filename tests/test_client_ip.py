@@ -6,6 +6,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
+from gateway import client_ip
 from gateway.client_ip import ClientIpPolicy, bucket_key, client_address, parse_address, truncated
 
 NO_PROXIES = ClientIpPolicy()
@@ -116,3 +117,28 @@ def test_a_zone_id_is_not_part_of_the_client(text):
     assert bucket_key(client_address("10.0.0.1", [text], policy), 128) == bucket_key(
         parse_address(text.split("%")[0].lstrip("[")), 128
     )
+
+
+def test_client_is_what_the_functions_say_remembered_and_bounded(monkeypatch):
+    monkeypatch.setattr(client_ip, "CLIENT_CACHE_SIZE", 8)
+    policy = ClientIpPolicy((ip_network("10.0.0.0/8"),), 48)
+    cases = [
+        ("10.0.0.1", ["203.0.113.9, 10.0.0.7"]),
+        ("10.0.0.1", ["2001:db8:1:2::5"]),
+        ("198.51.100.4", ["203.0.113.9"]),  # an untrusted peer's XFF is ignored
+        ("10.0.0.1", ["nonsense"]),
+        (None, []),
+    ]
+    for peer, xff in cases:
+        client = policy.client(peer, xff)
+        address = client_address(peer, xff, policy)
+        assert client.address == address
+        assert client.bucket_key == bucket_key(address, 48)
+        assert client.truncated == (None if address is None else truncated(address))
+        assert client.text == (None if address is None else str(address))
+        assert policy.client(peer, xff) is client  # the second time from the cache
+    assert policy.client("10.0.0.1", ["2001:db8:1:2::5"]).bucket_key == "2001:db8:1::/48"
+    for i in range(20):  # a rotation flood: the cache stays within its size
+        policy.client("10.0.0.1", [f"203.0.113.{i}"])
+    assert len(policy._clients) <= 8
+    assert ClientIpPolicy((ip_network("10.0.0.0/8"),), 48) == policy  # the cache is not part of equality
