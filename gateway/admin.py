@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.app import GatewayState
 from gateway.metrics import scrape_registry
+from gateway.observe import flush_observers
 
 log = logging.getLogger("gateway.admin")
 
@@ -65,6 +66,7 @@ def gateway_readiness(state: GatewayState) -> Readiness:
 
 def create_admin_app(registry: CollectorRegistry, readiness: Readiness = always_ready) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
+        flush_observers()  # this process's queued outcomes, counted before they are read
         # In multiprocess mode this reads every worker's files: off the event loop.
         body = await asyncio.to_thread(generate_latest, scrape_registry(registry))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -256,6 +256,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await state.upstream.start()
     await state.limiters.start()
     yield
+    state.observer.flush()  # the last requests' lines and counts
     await state.upstream.close()
     await state.limiters.close()
 

@@ -124,6 +124,7 @@ class MetricsObserver(Observer):
         # values are bounded (projects x operations x decisions x statuses), so is this cache.
         self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._upstream: dict[tuple[str, str], Any] = {}
+        self._in_flight = 0  # the gauge is set from it at each flush
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -131,39 +132,50 @@ class MetricsObserver(Observer):
 
     def started(self) -> None:
         super().started()
-        self.metrics.in_flight.inc()
+        self._in_flight += 1
 
     def record(self, outcome: Outcome) -> None:
+        self._in_flight -= 1
         super().record(outcome)
+
+    def flush(self) -> None:
+        super().flush()
+        self.metrics.in_flight.set(self._in_flight)
+
+    def account(self, batch: list[Outcome]) -> None:
+        super().account(batch)
         m = self.metrics
-        m.in_flight.dec()
-        project = _project_label(outcome.project)
-        operation = outcome.operation if outcome.operation in OPERATIONS else UNKNOWN
-        decision = outcome.decision if outcome.decision in _DECISIONS else UNKNOWN
-        key = (project, operation, decision, outcome.status)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = (
-                m.requests.labels(project, operation, decision, str(outcome.status)),
-                m.request_duration.labels(project, decision),
-            )
-        requests, request_duration = series
-        requests.inc()
-        request_duration.observe(outcome.duration_ms / 1000)
-        if outcome.upstream_ms is not None:
-            upstream = self._upstream.get((project, operation))
-            if upstream is None:
-                upstream = self._upstream[(project, operation)] = m.upstream_duration.labels(
-                    project, operation
+        counted: dict[Any, int] = {}
+        for outcome in batch:
+            project = _project_label(outcome.project)
+            operation = outcome.operation if outcome.operation in OPERATIONS else UNKNOWN
+            decision = outcome.decision if outcome.decision in _DECISIONS else UNKNOWN
+            key = (project, operation, decision, outcome.status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (
+                    m.requests.labels(project, operation, decision, str(outcome.status)),
+                    m.request_duration.labels(project, decision),
                 )
-            upstream.observe(outcome.upstream_ms / 1000)
-        kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
-        if kind is not None:
-            m.upstream_errors.labels(project, operation, kind).inc()
-        if outcome.limit_store_error:
-            m.limit_store_errors.labels(project).inc()
-            if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:
-                m.fail_open.labels(project).inc()
+            requests, request_duration = series
+            counted[requests] = counted.get(requests, 0) + 1
+            request_duration.observe(outcome.duration_ms / 1000)
+            if outcome.upstream_ms is not None:
+                upstream = self._upstream.get((project, operation))
+                if upstream is None:
+                    upstream = self._upstream[(project, operation)] = m.upstream_duration.labels(
+                        project, operation
+                    )
+                upstream.observe(outcome.upstream_ms / 1000)
+            kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
+            if kind is not None:
+                m.upstream_errors.labels(project, operation, kind).inc()
+            if outcome.limit_store_error:
+                m.limit_store_errors.labels(project).inc()
+                if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:
+                    m.fail_open.labels(project).inc()
+        for requests, count in counted.items():
+            requests.inc(count)
 
     def reloaded(self, applied: bool) -> None:
         super().reloaded(applied)

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -36,10 +37,20 @@ class Outcome:
 
 
 class Observer:
-    """Receives every finished request. The base records the access log; metrics extend it."""
+    """Receives every finished request. The base writes the access log; metrics extend it.
+
+    `record` only queues the outcome: the queue is accounted for (log lines formatted, metrics counted)
+    in batches, when it holds BATCH outcomes, every FLUSH_EVERY seconds (`flush_observers`, called with the
+    log flush) and before a metrics scrape. In a saturation run, accounting inside each request cost about
+    twice as much CPU as the same work done in a batch, where its code and data stay in the CPU's caches.
+    """
+
+    BATCH = 256
 
     def __init__(self, truncate_ips: bool = False) -> None:
         self.truncate_ips = truncate_ips
+        self._pending: list[Outcome] = []
+        _observers.add(self)
 
     def started(self) -> None:
         """A request arrived; `record` follows for it, whatever happens."""
@@ -48,7 +59,23 @@ class Observer:
         """A policy reload was applied, or rejected (the running policy stayed)."""
 
     def record(self, outcome: Outcome) -> None:
-        if access_log.isEnabledFor(logging.INFO):
+        """A request finished: its outcome is accounted for in the next batch."""
+        pending = self._pending
+        pending.append(outcome)
+        if len(pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Account for every queued outcome now."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.account(batch)
+
+    def account(self, batch: list[Outcome]) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        handler = _direct  # what configure_logging set up: lines skip the LogRecord and its handlers
+        for outcome in batch:
             client = outcome.client
             fields: dict[str, object] = {
                 "request_id": outcome.request_id,
@@ -62,11 +89,19 @@ class Observer:
                 "client_ip": client and (client.truncated if self.truncate_ips else client.text),
                 "origin": outcome.origin[:200] if outcome.origin else None,
             }
-            handler = _direct
-            if handler is not None:  # what configure_logging set up: skip the LogRecord and its handlers
+            if handler is not None:
                 handler.write_access(fields)
             else:
                 access_log.info("request", extra={"fields": fields})
+
+
+_observers: weakref.WeakSet[Observer] = weakref.WeakSet()
+
+
+def flush_observers() -> None:
+    """Account for the queued outcomes of every observer of this process."""
+    for observer in list(_observers):
+        observer.flush()
 
 
 class FieldsFormatter(logging.Formatter):
@@ -187,6 +222,7 @@ _direct: BufferedStreamHandler | None = None
 
 
 def flush_logs() -> None:
+    flush_observers()  # their access lines first
     for handler in logging.getLogger().handlers:
         handler.flush()
 

@@ -100,7 +100,7 @@ def test_text_format_and_level():
             stream, handler = _capture(fmt, logging.INFO)
             access_log.addHandler(handler)
             try:
-                Observer().record(outcome)
+                _record_now(outcome)
             finally:
                 access_log.removeHandler(handler)
             assert expected in stream.getvalue()
@@ -108,7 +108,7 @@ def test_text_format_and_level():
         stream, handler = _capture(JsonFormatter(), logging.DEBUG)
         access_log.addHandler(handler)
         try:
-            Observer().record(outcome)
+            _record_now(outcome)
         finally:
             access_log.removeHandler(handler)
         assert stream.getvalue() == ""
@@ -124,14 +124,14 @@ def test_direct_access_lines_match_the_logging_path(monkeypatch):
         via_logging, handler = _capture(fmt, logging.INFO)
         access_log.addHandler(handler)
         try:
-            Observer().record(outcome)
+            _record_now(outcome)
         finally:
             access_log.removeHandler(handler)
         direct_stream = io.StringIO()
         direct = observe.BufferedStreamHandler(direct_stream)
         direct.setFormatter(fmt)
         monkeypatch.setattr(observe, "_direct", direct)
-        Observer().record(outcome)
+        _record_now(outcome)
         direct.flush()
         monkeypatch.setattr(observe, "_direct", None)
 
@@ -144,3 +144,28 @@ def test_direct_access_lines_match_the_logging_path(monkeypatch):
                 json.loads(lines[1]) | {"time": ""}
             ] * 2
         assert "gw-2" in direct_stream.getvalue()
+
+
+def _record_now(outcome: Outcome) -> None:
+    observer = Observer()
+    observer.record(outcome)
+    observer.flush()
+
+
+def test_outcomes_are_accounted_in_batches_and_none_is_lost(monkeypatch):
+    monkeypatch.setattr(access_log, "level", logging.INFO)
+    stream, handler = _capture(JsonFormatter(), logging.INFO)
+    access_log.addHandler(handler)
+    try:
+        observer = Observer()
+        for i in range(Observer.BATCH - 1):
+            observer.record(Outcome(f"gw-{i}", "GET"))
+        assert stream.getvalue() == ""  # queued: accounting is off the request path
+        observer.record(Outcome("gw-last", "GET"))  # a full batch is accounted at once
+        assert stream.getvalue().count("\n") == Observer.BATCH
+        observer.record(Outcome("gw-straggler", "GET"))
+        observe.flush_logs()  # what serve runs every FLUSH_EVERY seconds and at exit
+        lines = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+    finally:
+        access_log.removeHandler(handler)
+    assert lines == [*(f"gw-{i}" for i in range(Observer.BATCH - 1)), "gw-last", "gw-straggler"]
