@@ -73,7 +73,7 @@ class Row:
     slow: LoadResult | None = None
     slow_rss_mb: float | None = None
     cpu_us: list[float] = field(default_factory=list)  # contender CPU time per request at saturation
-    fail_open_logs: int = 0  # "rate-limit store unavailable" lines in the gateway's log
+    fail_open: dict[str, int] = field(default_factory=dict)  # scenario -> "store unavailable" log lines
 
     def median(self, results: list[LoadResult], attr: str) -> float:
         values = [float(getattr(r, attr)) for r in results]
@@ -85,6 +85,13 @@ class Contender:
     port: int
     pids: Callable[[], list[int]]  # the processes doing the work (nginx: its worker), for CPU and RSS
     stop: Callable[[], None]
+    log: Path | None = None  # its stdout and stderr
+
+    def fail_open_lines(self) -> int:
+        """The gateway's "rate-limit store unavailable" lines: requests passed unlimited after each."""
+        if self.log is None or not self.log.exists():
+            return 0
+        return self.log.read_text(errors="replace").count("rate-limit store unavailable")
 
     def peak_rss_mb(self) -> float | None:
         peaks = [p for p in (peak_rss_mb(pid) for pid in self.pids()) if p is not None]
@@ -154,7 +161,7 @@ class Bench:
         def pids() -> list[int]:
             return children(proc.pid) if name == "nginx" else [proc.pid]  # nginx: its one worker
 
-        return Contender(port, pids, lambda: self.procs.stop(proc))
+        return Contender(port, pids, lambda: self.procs.stop(proc), self.procs.logdir / f"{name}-{port}.log")
 
     def load(self, port: int, **kwargs: float) -> LoadResult:
         return run_wrk(self.workdir, port, cpu=LOAD_CPU, **kwargs)  # type: ignore[arg-type]
@@ -179,6 +186,7 @@ class Bench:
                     )
                 finally:
                     c.stop()
+                rows[name].fail_open["a"] = rows[name].fail_open.get("a", 0) + c.fail_open_lines()
         for name in self.contenders if "b" in self.scenarios else ():
             progress(f"(b) {s.slow_conns} connections, upstream {DELAY_MS} ms: {name}")
             c = self.start_contender(name, self.stub_port[DELAY_MS])
@@ -188,12 +196,7 @@ class Bench:
                 rows[name].slow_rss_mb = c.peak_rss_mb()
             finally:
                 c.stop()
-        for name in ("gateway", "gateway-redis"):
-            if name in rows:
-                rows[name].fail_open_logs = sum(
-                    log.read_text(errors="replace").count("rate-limit store unavailable")
-                    for log in self.workdir.glob(f"{name}-[0-9]*.log")
-                )
+            rows[name].fail_open["b"] = c.fail_open_lines()
         return rows
 
 
@@ -329,10 +332,12 @@ def targets(rows: dict[str, Row]) -> list[str]:
             + ", ".join(shares)
         )
     for name in ("gateway", "gateway-redis"):
-        if rows.get(name) and rows[name].fail_open_logs:
-            out.append(
-                f"  note  {name}: its log says the limit store was unavailable (requests passed unlimited)"
-            )
+        for scenario, lines in sorted(rows[name].fail_open.items() if name in rows else ()):
+            if lines:
+                out.append(
+                    f"  note  {name} ({scenario}): limit store unavailable {lines} time(s) in its log"
+                    " (requests passed unlimited while it was)"
+                )
     return out
 
 
