@@ -19,6 +19,7 @@ here, and `Limiter` keeps `limits`' two-call path for it.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from math import floor, inf
 from typing import Any
@@ -28,9 +29,11 @@ from limits.aio.storage import RedisStorage, Storage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
 from limits.util import WindowStats
+from redis.asyncio import Redis
 
 from gateway import redis_store
 from gateway.memory_store import BoundedMemoryStorage
+from gateway.redis_batch import ScriptBatcher
 
 # (items, namespace, client key) -> (allowed, one WindowStats per item)
 BucketCounter = Callable[[Sequence[RateLimitItem], str, str], Awaitable[tuple[bool, list[WindowStats]]]]
@@ -153,11 +156,15 @@ def _script(storage: RedisStorage, text: str) -> Callable[[list[str], list[Any]]
     """
     bridge = storage.bridge
     assert isinstance(bridge, RedispyBridge)  # bucket_counter checked it
-    script = bridge.get_connection().register_script(text.encode())
+    client = bridge.get_connection()
+    script = client.register_script(text.encode())
     errors, wrap = storage.base_exceptions, storage.wrap_exceptions
+    batcher = _batcher(client)
 
     async def call(keys: list[str], args: list[Any]) -> Any:
         try:
+            if batcher is not None:
+                return await batcher.call(script, keys, args)
             return await script(keys, args)
         except errors as exc:
             if wrap:
@@ -165,6 +172,19 @@ def _script(storage: RedisStorage, text: str) -> Callable[[list[str], list[Any]]
             raise
 
     return call
+
+
+_BATCHERS: weakref.WeakKeyDictionary[Any, ScriptBatcher] = weakref.WeakKeyDictionary()
+
+
+def _batcher(client: Any) -> ScriptBatcher | None:
+    """The client's one batcher (shared by its three scripts), or None for a cluster client."""
+    if not isinstance(client, Redis):
+        return None
+    batcher = _BATCHERS.get(client)
+    if batcher is None:
+        batcher = _BATCHERS[client] = ScriptBatcher(client)
+    return batcher
 
 
 def _redis_moving_window(storage: RedisStorage) -> RedisOp:

@@ -1,0 +1,79 @@
+"""gateway/redis_batch.py on a real redis-server: the calls of one loop turn go out as one pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from gateway import limit_ops
+from gateway.ratelimit import Bucket, Limiter, StoreUnavailable, open_storage
+from gateway.redis_store import close
+from tests.processes import RedisServer
+
+STRATEGIES = ("moving-window", "fixed-window", "sliding-window-counter")
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def storage(redis: RedisServer) -> AsyncIterator[Any]:
+    store = open_storage(redis.url, 2.0)
+    yield store
+    await close(store)
+
+
+def batcher_of(storage: Any) -> Any:
+    batcher = limit_ops._batcher(storage.bridge.get_connection())
+    assert batcher is not None
+    return batcher
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_one_turn_of_hits_is_one_pipeline_and_every_answer_is_right(
+    strategy: str, storage: Any
+) -> None:
+    limiter = Limiter(storage, strategy)
+    bucket = Bucket.parse("per_ip", "30 per hour", f"batch-{strategy}/per_ip")
+    await limiter.hit(bucket, "warm", 2.0)  # scripts loaded
+    batcher = batcher_of(storage)
+    before = batcher.pipelines
+    results = await asyncio.gather(*(limiter.hit(bucket, "shopper", 2.0) for _ in range(50)))
+    assert batcher.pipelines - before <= 2  # not 50 round trips
+    assert [r.allowed for r in results] == [True] * 30 + [False] * 20  # in the order the requests asked
+    remaining = [int(r.headers["RateLimit"].split("r=")[1].split(";")[0]) for r in results]
+    assert remaining[:30] == list(range(29, -1, -1))
+    others = await asyncio.gather(*(limiter.hit(bucket, f"other-{i}", 2.0) for i in range(5)))
+    assert all(r.allowed for r in others)  # one shopper's budget is not another's
+
+
+async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(storage: Any) -> None:
+    limiter = Limiter(storage, "moving-window")
+    bucket = Bucket.parse("per_ip", "100 per hour", "flush/per_ip")
+    await limiter.hit(bucket, "shopper", 2.0)
+    await storage.bridge.get_connection().script_flush()  # as a restarted Redis
+    results = await asyncio.gather(*(limiter.hit(bucket, "shopper", 2.0) for _ in range(20)))
+    assert all(r.allowed for r in results)
+    final = await limiter.hit(bucket, "shopper", 2.0)
+    assert final.headers["RateLimit"].startswith('"per_ip";r=78;')  # 1 + 20 + 1 hits: none counted twice
+
+
+async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, storage: Any) -> None:
+    limiter = Limiter(storage, "fixed-window")
+    bucket = Bucket.parse("per_ip", "100 per hour", "lost/per_ip")
+    await limiter.hit(bucket, "shopper", 2.0)
+    redis.kill()
+    results = await asyncio.gather(
+        *(limiter.hit(bucket, "shopper", 1.0) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
