@@ -16,7 +16,7 @@ from gateway.serve import free_port
 from tests.log_scan import capture_every_log_line, pytest_sessionfinish, remember_credentials
 from tests.upstream_double import UpstreamDouble
 
-# gateway_process and redis_server (real subprocesses), ops_gateway (in-process, with its admin app)
+# gateway_process and redis, redis_storage (real subprocesses), ops_gateway (in-process, with its admin app)
 pytest_plugins = ["tests.processes", "tests.ops_support"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: cwd of every subprocess the suite starts

@@ -20,13 +20,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 import yaml
 
+from gateway.ratelimit import open_storage
+from gateway.redis_store import close as close_storage
 from tests.conftest import ROOT, free_port, in_ci
 from tests.log_scan import register_lines, remember_credentials
 
@@ -287,3 +289,24 @@ class RedisServer:
     def thaw(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, killed afterwards (a test may kill, freeze or restart it)."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def redis_storage(redis: RedisServer) -> AsyncIterator[Any]:
+    """The gateway's limit storage on `redis`, emptied and closed afterwards."""
+    store = open_storage(redis.url, 2.0)
+    yield store
+    with contextlib.suppress(Exception):  # the test may have killed Redis
+        await store.reset()
+    await close_storage(store)

@@ -9,15 +9,15 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
 
 from gateway.memory_store import BoundedMemoryStorage
-from gateway.ratelimit import Bucket, Limiter, LimiterPool, LimitResult, StoreUnavailable, open_storage
-from gateway.redis_store import HIT_SCRIPTS, close
+from gateway.ratelimit import Bucket, Limiter, LimiterPool, LimitResult, StoreUnavailable
+from gateway.redis_store import HIT_SCRIPTS
 from tests.conftest import free_port
 from tests.processes import RedisServer
 
@@ -98,11 +98,8 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def storage(redis: RedisServer) -> AsyncIterator[Any]:
-    store = open_storage(redis.url, 2.0)
-    yield store
-    await store.reset()
-    await close(store)
+def storage(redis_storage: Any) -> Any:
+    return redis_storage  # on the module's one redis-server (above)
 
 
 async def snapshot(client: Any, namespace: str) -> dict[str, Any]:

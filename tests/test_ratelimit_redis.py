@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -22,16 +21,6 @@ from tests.processes import GatewayProcessFactory, RedisServer
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 H = {"Origin": ORIGIN}
 VALIDATE = "/client/v1/validate?code=SAVE10"
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
 
 
 def limited_policy(upstream_url: str, redis_url: str, **rate_limit: Any) -> dict[str, Any]:

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from gateway import limit_ops
-from gateway.ratelimit import Bucket, Limiter, StoreUnavailable, open_storage
-from gateway.redis_store import close
+from gateway.ratelimit import Bucket, Limiter, StoreUnavailable
 from tests.processes import RedisServer
 
 STRATEGIES = ("moving-window", "fixed-window", "sliding-window-counter")
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-async def storage(redis: RedisServer) -> AsyncIterator[Any]:
-    store = open_storage(redis.url, 2.0)
-    yield store
-    await close(store)
 
 
 def batcher_of(storage: Any) -> Any:
@@ -41,12 +22,12 @@ def batcher_of(storage: Any) -> Any:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_one_turn_of_hits_is_one_pipeline_and_every_answer_is_right(
-    strategy: str, storage: Any
+    strategy: str, redis_storage: Any
 ) -> None:
-    limiter = Limiter(storage, strategy)
+    limiter = Limiter(redis_storage, strategy)
     bucket = Bucket.parse("per_ip", "30 per hour", f"batch-{strategy}/per_ip")
     await limiter.hit(bucket, "warm", 2.0)  # scripts loaded
-    batcher = batcher_of(storage)
+    batcher = batcher_of(redis_storage)
     before = batcher.pipelines
     results = await asyncio.gather(*(limiter.hit(bucket, "shopper", 2.0) for _ in range(50)))
     assert batcher.pipelines - before <= 2  # not 50 round trips
@@ -57,19 +38,19 @@ async def test_one_turn_of_hits_is_one_pipeline_and_every_answer_is_right(
     assert all(r.allowed for r in others)  # one shopper's budget is not another's
 
 
-async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(storage: Any) -> None:
-    limiter = Limiter(storage, "moving-window")
+async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(redis_storage: Any) -> None:
+    limiter = Limiter(redis_storage, "moving-window")
     bucket = Bucket.parse("per_ip", "100 per hour", "flush/per_ip")
     await limiter.hit(bucket, "shopper", 2.0)
-    await storage.bridge.get_connection().script_flush()  # as a restarted Redis
+    await redis_storage.bridge.get_connection().script_flush()  # as a restarted Redis
     results = await asyncio.gather(*(limiter.hit(bucket, "shopper", 2.0) for _ in range(20)))
     assert all(r.allowed for r in results)
     final = await limiter.hit(bucket, "shopper", 2.0)
     assert final.headers["RateLimit"].startswith('"per_ip";r=78;')  # 1 + 20 + 1 hits: none counted twice
 
 
-async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, storage: Any) -> None:
-    limiter = Limiter(storage, "fixed-window")
+async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, redis_storage: Any) -> None:
+    limiter = Limiter(redis_storage, "fixed-window")
     bucket = Bucket.parse("per_ip", "100 per hour", "lost/per_ip")
     await limiter.hit(bucket, "shopper", 2.0)
     redis.kill()
