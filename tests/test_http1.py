@@ -731,10 +731,10 @@ async def test_an_ipv6_literal_base_url(servers, client):
 
 def _self_signed(tmp_path) -> tuple[ssl.SSLContext, str]:
     """A server context for `localhost` and the CA file that trusts it."""
-    x509 = pytest.importorskip("cryptography.x509")
     import datetime
     import ipaddress
 
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
