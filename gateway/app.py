@@ -132,6 +132,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
+        outcome.finished = time.time()
         state.observer.record(outcome)
     return response
 

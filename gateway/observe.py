@@ -34,6 +34,7 @@ class Outcome:
     client: Client | None = None
     origin: str | None = None
     limit_store_error: bool = False  # the rate-limit store failed for this request
+    finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written
 
 
 class Observer:
@@ -89,10 +90,19 @@ class Observer:
                 "client_ip": client and (client.truncated if self.truncate_ips else client.text),
                 "origin": outcome.origin[:200] if outcome.origin else None,
             }
+            finished = outcome.finished or time.time()
             if handler is not None:
-                handler.write_access(fields)
+                handler.write_access(fields, finished)
             else:
-                access_log.info("request", extra={"fields": fields})
+                _log_access(fields, finished)
+
+
+def _log_access(fields: dict[str, object], finished: float) -> None:
+    """An access line through `logging`, dated when its request was answered, not when it is written."""
+    record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "request", (), None)
+    record.created, record.msecs = finished, (finished - int(finished)) * 1000
+    record.fields = fields
+    access_log.handle(record)
 
 
 _observers: weakref.WeakSet[Observer] = weakref.WeakSet()
@@ -191,15 +201,15 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         ):
             self.flush()
 
-    def write_access(self, fields: dict[str, object]) -> None:
+    def write_access(self, fields: dict[str, object], finished: float) -> None:
         """An access line, formatted straight from its fields (info level, logger gateway.access)."""
         formatter = self.formatter
         if self.filters or not isinstance(formatter, FieldsFormatter):  # someone else's set-up: the long way
-            access_log.info("request", extra={"fields": fields})
+            _log_access(fields, finished)
             return
         if self.tags:
             fields = {**fields, **self.tags}
-        self._pending.append(formatter.format_fields(time.time(), "info", access_log.name, fields))
+        self._pending.append(formatter.format_fields(finished, "info", access_log.name, fields))
         if len(self._pending) >= self.BATCH:
             self.flush()
 

@@ -169,3 +169,27 @@ def test_outcomes_are_accounted_in_batches_and_none_is_lost(monkeypatch):
     finally:
         access_log.removeHandler(handler)
     assert lines == [*(f"gw-{i}" for i in range(Observer.BATCH - 1)), "gw-last", "gw-straggler"]
+
+
+def test_a_line_written_late_carries_the_time_its_request_was_answered(monkeypatch):
+    monkeypatch.setattr(access_log, "level", logging.INFO)
+    answered = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
+    for direct in (False, True):
+        stream = io.StringIO()
+        if direct:
+            handler = observe.BufferedStreamHandler(stream)
+            handler.setFormatter(JsonFormatter())
+            monkeypatch.setattr(observe, "_direct", handler)
+        else:
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(JsonFormatter())
+            access_log.addHandler(handler)
+        try:
+            observer = Observer()
+            observer.record(Outcome("gw-late", "GET", finished=answered))
+            observer.flush()  # batches are written up to FLUSH_EVERY later
+            handler.flush()
+        finally:
+            access_log.removeHandler(handler)
+            monkeypatch.setattr(observe, "_direct", None)
+        assert json.loads(stream.getvalue())["time"] == "2023-11-14T22:13:20.250Z", direct
