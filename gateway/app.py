@@ -44,7 +44,6 @@ class GatewayState:
         self.observer = observer or Observer(truncate_ips=policy.logging.client_ip == "truncated")
         self.draining = False
         self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
-        self.fail_open_total = 0
         self.policy: CompiledPolicy
         self.timeout: Timeouts
         self.set_policy(policy)
@@ -205,7 +204,6 @@ async def _rate_limit(
             log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
         if limits.on_storage_error == "deny":
             return (), errors.rate_limit_unavailable()
-        state.fail_open_total += 1
         return (), None
     if limits.storage in state.store_down:
         state.store_down.discard(limits.storage)

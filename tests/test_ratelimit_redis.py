@@ -13,7 +13,6 @@ import pytest
 from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage
 from redis.asyncio import BlockingConnectionPool
 
-from gateway.app import STATE
 from gateway.ratelimit import Bucket, LimiterPool, StoreUnavailable, open_storage
 from tests.conftest import ORIGIN, base_policy
 from tests.processes import GatewayProcessFactory, RedisServer
@@ -133,7 +132,6 @@ async def test_redis_killed_restarted_and_frozen(
         upstream.url, redis.url, per_ip="3 per hour", on_storage_error=mode, storage_timeout=0.5
     )
     client = await gateway(policy)
-    state = client.server.app[STATE]
 
     assert [s for s, _, _ in await _send(client, 3)] == [200, 200, 200]
     assert (await client.get(VALIDATE, headers=H)).status == 429
@@ -164,7 +162,6 @@ async def test_redis_killed_restarted_and_frozen(
         seen = await _until_limited(client)
         assert seen.count(200) <= 3
         assert any("reachable again" in r.getMessage() for r in caplog.records)
-    assert state.fail_open_total == (40 if mode == "allow" else 0)
 
 
 async def test_burst_larger_than_the_pool_waits_instead_of_failing(redis: RedisServer) -> None:
