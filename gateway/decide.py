@@ -73,7 +73,6 @@ class Admit:
     target: Target
     cors: tuple[tuple[str, str], ...]
     origin: str | None  # the verified Origin, forwarded upstream in client mode
-    content_length: int | None
 
     def refuse(self, error: GatewayError) -> Refuse:
         """A refusal after admission: the CORS headers still let an allowed page read it."""
@@ -178,39 +177,34 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
     if danger is not None and danger not in project.danger:
         return Refuse(errors.danger_zone_disabled(operation, danger.value), project, operation, cors)
 
-    content_length, body_refusal = _body_headers(route, headers, policy.max_body_bytes)
+    body_refusal = _body_headers(route, headers, policy.max_body_bytes)
     if body_refusal is None and not _QUERY.fullmatch(query):
         body_refusal = errors.invalid_payload("The query string is not validly encoded.")
     if body_refusal is not None:
         return Refuse(body_refusal, project, operation, cors)
 
     operation_path = "/" + "/".join(segments)
-    return Admit(Target(project, route, found.params, operation_path, query), cors, origin, content_length)
+    return Admit(Target(project, route, found.params, operation_path, query), cors, origin)
 
 
-def _body_headers(
-    route: Route, headers: MultiMapping[str], limit: int
-) -> tuple[int | None, GatewayError | None]:
+def _body_headers(route: Route, headers: MultiMapping[str], limit: int) -> GatewayError | None:
     """Content-Length and Content-Type checks that need no body: 413, then 415, then 400."""
     lengths = headers.getall("Content-Length", [])
     chunked = "Transfer-Encoding" in headers
-    content_length: int | None = None
+    content_length = 0
     if lengths:
         if len(set(lengths)) != 1 or not lengths[0].isdigit():
-            return None, errors.invalid_payload("The Content-Length header is not a single number.")
+            return errors.invalid_payload("The Content-Length header is not a single number.")
         content_length = int(lengths[0])
         if content_length > limit:
-            return content_length, errors.payload_too_large(limit)
-    has_body = chunked or bool(content_length)
-    if not has_body:
-        return content_length, None
+            return errors.payload_too_large(limit)
+    if not chunked and not content_length:
+        return None
     if not route.takes_body:
-        return content_length, errors.invalid_payload(
-            f"{route.method} {route.template} takes no request body."
-        )
+        return errors.invalid_payload(f"{route.method} {route.template} takes no request body.")
     if not _is_json_media_type(headers.get("Content-Type", "")):
-        return content_length, errors.unsupported_media_type()
-    return content_length, None
+        return errors.unsupported_media_type()
+    return None
 
 
 def _is_json_media_type(value: str) -> bool:
