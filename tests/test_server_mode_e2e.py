@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests import test_server_mode as unit
 from tests.conftest import ORIGIN, base_policy, raw_url
 from tests.rawhttp import send
 from tests.upstream_double import Reply
@@ -36,29 +37,9 @@ BROWSER = {
     "X-Client-Token": "-",
     "X-Voucherify-Channel": "Browser-ClientSide-SDK-v2.9.0",
 }
-# Captured from @voucherify/sdk's validate() (qs.stringify); see tests/test_server_mode.py.
-SDK_VALIDATE_QUERY = (
-    "code=SAVE10&item%5B0%5D%5Bproduct_id%5D=prod_1&item%5B0%5D%5Bquantity%5D=2"
-    "&item%5B0%5D%5Bprice%5D=750&item%5B1%5D%5Bsku_id%5D=sku%202&item%5B1%5D%5Bquantity%5D=1"
-    "&item%5B1%5D%5Bamount%5D=300&item%5B1%5D%5Brelated_object%5D=sku&amount=1500&metadata%5Bk%5D=v"
-    "&order%5Bmetadata%5D%5Bchannel%5D=web&customer%5Bsource_id%5D=cust%2B1%40x.com"
-    "&customer%5Bmetadata%5D%5Btier%5D=gold&tracking_id=track%201&session_type=LOCK&session_key=sk"
-    "&session_ttl=7&session_ttl_unit=DAYS"
-)
-SDK_VALIDATE_BODY = {
-    "customer": {"source_id": "cust+1@x.com", "metadata": {"tier": "gold"}},
-    "order": {
-        "amount": 1500,
-        "items": [
-            {"product_id": "prod_1", "quantity": 2, "price": 750},
-            {"sku_id": "sku 2", "quantity": 1, "amount": 300, "related_object": "sku"},
-        ],
-        "metadata": {"channel": "web"},
-    },
-    "metadata": {"k": "v"},
-    "session": {"type": "LOCK", "key": "sk", "ttl": 7, "ttl_unit": "DAYS"},
-    "tracking_id": "track 1",
-}
+# What @voucherify/sdk's validate() sends (qs.stringify), with a code that can sit in Voucherify's path.
+SDK_VALIDATE_QUERY = unit.SDK_VALIDATE_QUERY.replace("code=SAVE%2010%3Fx", "code=SAVE10")
+SDK_VALIDATE_BODY = unit.SDK_VALIDATE_BODY
 STACK = {"redeemables": [{"object": "voucher", "id": "SAVE10"}], "order": {"amount": 1000}}
 CUSTOMER = {"customer": {"source_id": "track 1"}}
 
