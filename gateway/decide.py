@@ -82,7 +82,16 @@ class Admit:
 Decision = Refuse | Preflight | Admit
 
 
+_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
 def split_target(raw: str) -> tuple[str, str]:
+    """Path and query of a request target. The absolute form (`http://host/client/v1/...`, RFC 9112 3.2.2,
+    which a server must accept) counts by its path and query alone: the authority in it names no project."""
+    if not raw.startswith("/"):
+        authority = _ABSOLUTE_FORM.match(raw)
+        if authority is not None:
+            raw = raw[authority.end() :] or "/"
     path, _, query = raw.partition("?")
     return path, query
 

@@ -734,3 +734,21 @@ async def test_a_body_within_the_timeout_is_forwarded(gateway, upstream):
     resp = await client.post("/client/v1/validations", headers=JSON_H, data=b'{"redeemables": []}')
     assert resp.status == 200
     assert upstream.received[0].body == b'{"redeemables": []}'
+
+
+async def test_an_absolute_form_target_is_served_by_its_path(gateway, upstream):
+    """RFC 9112 3.2.2: a server must accept `GET http://host/path`; the authority in it changes nothing."""
+    client = await gateway()
+    for target in (
+        "http://gateway.test/client/v1/validate?code=A",
+        "http://evil.example/client/v1/validate?code=B",
+    ):
+        resp = await raw_request(client.port, request_bytes("GET", target, [("Origin", ORIGIN)]), timeout=3)
+        assert resp.status == 200, target
+    assert [seen.raw_path for seen in upstream.received] == [
+        "/client/v1/validate?code=A",
+        "/client/v1/validate?code=B",
+    ]
+    refused = request_bytes("GET", "http://gateway.test/client/v1/vouchers", [("Origin", ORIGIN)])
+    assert (await raw_request(client.port, refused, timeout=3)).status == 403  # still the danger zone
+    assert len(upstream.received) == 2

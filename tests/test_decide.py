@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.compiled import CompiledPolicy, compile_policy
-from gateway.decide import Admit, Preflight, Refuse, check_body, decide
+from gateway.decide import Admit, Preflight, Refuse, check_body, decide, split_target
 from tests.conftest import ORIGIN, base_policy, make_policy
 
 JSON_TYPE = ("Content-Type", "application/json")
@@ -86,7 +86,6 @@ def test_default_project_prefix_and_merged_slashes(target):
         "/client/v1/../../v1/vouchers",
         "/client/v1/customers/%2e%2e/consents",
         "/client/v1/customers/a%2f..%2f..%2fx/consents",
-        "http://gateway.test/client/v1/validate",
         "*",
         "",
     ],
@@ -401,3 +400,34 @@ def test_numbers_beyond_a_double_are_refused(body):
 @pytest.mark.parametrize("body", [b'{"n": 1e308}', b'{"n": -1' + b"0" * 300 + b"}", b'{"n": 1e-400}'])
 def test_large_numbers_within_a_double_are_accepted(body):
     assert check_body(admitted("/client/v1/validations"), body) is None
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/client/v1/validate?code=A", ("/client/v1/validate", "code=A")),
+        ("http://gateway.test/client/v1/validate?code=A", ("/client/v1/validate", "code=A")),
+        ("HTTPS://evil.example:8443/client/v1/validate", ("/client/v1/validate", "")),
+        (
+            "http://user@evil.example/client/v1/vouchers",
+            ("/client/v1/vouchers", ""),
+        ),  # userinfo: authority too
+        ("http://gateway.test", ("/", "")),
+        ("http://gateway.test?code=A", ("", "code=A")),  # no path: matches no route
+        ("*", ("*", "")),
+        ("client/v1/validate", ("client/v1/validate", "")),  # not a URL, not a path: no route
+    ],
+)
+def test_a_target_counts_by_its_path_and_query_whatever_its_form(target: str, expected: tuple[str, str]):
+    assert split_target(target) == expected
+
+
+def test_the_absolute_form_is_decided_like_the_origin_form():
+    policy = POLICY
+    headers = CIMultiDict({"Origin": ORIGIN})
+    for target in ("/client/v1/validate?code=A", "http://anything.example/client/v1/validate?code=A"):
+        decision = decide(policy, "GET", target, headers)
+        assert isinstance(decision, Admit), target
+        assert (decision.target.operation_path, decision.target.query) == ("/validate", "code=A")
+    danger = decide(policy, "GET", "http://x.example/client/v1/vouchers", headers)
+    assert isinstance(danger, Refuse) and danger.error.key.value == "danger_zone_disabled"
