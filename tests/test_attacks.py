@@ -169,8 +169,7 @@ PATH_ATTACKS = [
     ("GET", "/"),
     ("GET", "http://gateway.test/v1/vouchers"),
     ("GET", "http://gateway.test/client/v1/../../v1/vouchers"),
-    ("GET", "https://api.voucherify.io/v1/vouchers"),
-    ("GET", "http://gateway.test/client/v1/validate"),
+    ("GET", "https://api.voucherify.io/v1/vouchers"),  # absolute form: judged by its path, which is no route
 ]
 
 
