@@ -106,6 +106,24 @@ def _error(
     return response
 
 
+async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes | GatewayError:
+    """The whole body; 413 past `max_body_bytes`, 408 when it takes longer than `body_timeout`."""
+    content, limit = request.content, policy.max_body_bytes
+    if not request.body_exists:
+        return b""
+    if content.is_eof():  # the whole body came with the headers (the usual case): no wait, no timer
+        body: bytes | None = content.read_nowait()
+    else:
+        try:
+            async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
+                body = await _read_body(request, limit)
+        except TimeoutError:
+            return errors.request_timeout(policy.body_timeout)
+    if body is None or len(body) > limit:
+        return errors.payload_too_large(limit)
+    return body
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The whole body, or None as soon as it passes `limit` (the rest is not read)."""
     chunks: list[bytes] = []
@@ -154,20 +172,9 @@ async def _pipeline(
     target = admit.target
     outcome.project, outcome.operation = target.project.name, target.operation
 
-    content = request.content
-    if not request.body_exists:
-        body: bytes | None = b""
-    elif content.is_eof():  # the whole body came with the headers (the usual case): no wait, no timer
-        body = content.read_nowait()
-        body = body if len(body) <= policy.max_body_bytes else None
-    else:
-        try:
-            async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
-                body = await _read_body(request, policy.max_body_bytes)
-        except TimeoutError:
-            return _refused(admit.refuse(errors.request_timeout(policy.body_timeout)), outcome)
-    if body is None:
-        return _refused(admit.refuse(errors.payload_too_large(policy.max_body_bytes)), outcome)
+    body = await _request_body(request, policy)
+    if isinstance(body, GatewayError):
+        return _refused(admit.refuse(body), outcome)
     refusal = check_body(admit, body)
     if refusal is not None:
         return _refused(refusal, outcome)

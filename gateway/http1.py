@@ -448,19 +448,23 @@ class Http1Client:
         host = origin.host
         if method not in _KNOWN_METHODS and not _TOKEN.fullmatch(method):
             raise UnsafeRequest(host)
-        if not target.startswith("/") or _BAD_TARGET.search(target):
+        # isascii/isprintable: the same rules as the regexes, in C, for the usual (clean) case
+        if not target.startswith("/") or not (target.isascii() and target.isprintable()) or " " in target:
             raise UnsafeRequest(host)
         parts = [method, " ", prefix, target, " HTTP/1.1\r\n", origin.host_header]
         append = parts.append
+        values: list[str] = []
         for name, value in headers:
             if not _name_sent(name, host):
                 continue
-            if _BAD_VALUE.search(value):
-                raise UnsafeRequest(host)
+            values.append(value)
             append(name)
             append(": ")
             append(value)
             append("\r\n")
+        joined = "".join(values)
+        if not joined.isprintable() and _BAD_VALUE.search(joined):  # one check for every value
+            raise UnsafeRequest(host)
         if size or method in _BODY_METHODS:
             append(f"Content-Length: {size}\r\n")
         append("\r\n")

@@ -35,8 +35,8 @@ from gateway import redis_store
 from gateway.memory_store import BoundedMemoryStorage
 from gateway.redis_batch import ScriptBatcher
 
-# (items, namespace, client key) -> (allowed, one WindowStats per item)
-BucketCounter = Callable[[Sequence[RateLimitItem], str, str], Awaitable[tuple[bool, list[WindowStats]]]]
+# (items, their storage keys for one client) -> (allowed, one WindowStats per item)
+BucketCounter = Callable[[Sequence[RateLimitItem], list[str]], Awaitable[tuple[bool, list[WindowStats]]]]
 # (item, storage key) -> counted / the item's window
 MemoryCount = Callable[[RateLimitItem, str], bool]
 MemoryRead = Callable[[RateLimitItem, str], WindowStats]
@@ -54,10 +54,7 @@ def bucket_counter(storage: Storage, strategy: str) -> BucketCounter | None:
 
 
 def _memory_counter(count: MemoryCount, read: MemoryRead) -> BucketCounter:
-    async def counter(
-        items: Sequence[RateLimitItem], namespace: str, client_key: str
-    ) -> tuple[bool, list[WindowStats]]:
-        keys = [item.key_for(namespace, client_key) for item in items]
+    async def counter(items: Sequence[RateLimitItem], keys: list[str]) -> tuple[bool, list[WindowStats]]:
         allowed = True
         for item, key in zip(items, keys, strict=True):
             if not count(item, key):
@@ -69,13 +66,11 @@ def _memory_counter(count: MemoryCount, read: MemoryRead) -> BucketCounter:
 
 
 def _redis_counter(op: RedisOp) -> BucketCounter:
-    async def counter(
-        items: Sequence[RateLimitItem], namespace: str, client_key: str
-    ) -> tuple[bool, list[WindowStats]]:
+    async def counter(items: Sequence[RateLimitItem], keys: list[str]) -> tuple[bool, list[WindowStats]]:
         allowed = True
         windows = []
-        for item in items:
-            counted, window = await op(item, item.key_for(namespace, client_key), allowed)
+        for item, key in zip(items, keys, strict=True):
+            counted, window = await op(item, key, allowed)
             allowed = allowed and counted
             windows.append(window)
         return allowed, windows

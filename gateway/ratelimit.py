@@ -46,6 +46,7 @@ class Bucket:
     policy_header: str = field(init=False)
     item_names: tuple[str, ...] = field(init=False)
     shares_a_key: bool = field(init=False)  # two items count in one key ("5/minute;5 per minute")
+    key_parts: tuple[tuple[str, str], ...] = field(init=False)  # each item's storage key around the client
 
     def __post_init__(self) -> None:
         names = tuple(self.name if i == 0 else f"{self.name}-{i + 1}" for i in range(len(self.items)))
@@ -56,6 +57,17 @@ class Bucket:
         object.__setattr__(self, "item_names", names)
         object.__setattr__(self, "policy_header", header)
         object.__setattr__(self, "shares_a_key", len({i.key_for() for i in self.items}) < len(self.items))
+        # limits' RateLimitItem.key_for(namespace, client) is LIMITER/{namespace}/{client}/{amount}/...: the
+        # parts around the client are the same for every request, so they are joined once, here
+        parts = []
+        for item in self.items:
+            before, after = item.key_for(self.namespace, "\0").split("\0")
+            parts.append((before, after))
+        object.__setattr__(self, "key_parts", tuple(parts))
+
+    def keys(self, client_key: str) -> list[str]:
+        """Each item's storage key for a client, as `limits` names it (`RateLimitItem.key_for`)."""
+        return [before + client_key + after for before, after in self.key_parts]
 
     @classmethod
     def parse(cls, name: str, limit: str, namespace: str) -> Bucket:
@@ -113,7 +125,7 @@ class Limiter:
         if self.fused is None or bucket.shares_a_key:
             allowed, windows = await self.two_calls(bucket, client_key)
         else:
-            allowed, windows = await self.fused(bucket.items, bucket.namespace, client_key)
+            allowed, windows = await self.fused(bucket.items, bucket.keys(client_key))
         return _result(bucket, allowed, windows)
 
     async def two_calls(self, bucket: Bucket, client_key: str) -> tuple[bool, list[WindowStats]]:

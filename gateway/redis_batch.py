@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript, Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 Call = tuple[AsyncScript | Script, list[str], list[Any], "asyncio.Future[Any]"]
 
@@ -75,6 +75,12 @@ class ScriptBatcher:
                 future.set_result(reply)
 
     async def _execute(self, batch: list[Call]) -> list[Any]:
+        if len(batch) == 1:  # a lone call (a quiet moment): a pipeline would only add its own cost
+            script, keys, args, _ = batch[0]
+            try:
+                return [await self.client.evalsha(script.sha, len(keys), *keys, *args)]
+            except ResponseError as exc:  # the call's own error (NOSCRIPT among them), as a pipeline gives it
+                return [exc]
         self.pipelines += 1
         async with self.client.pipeline(transaction=False) as pipe:
             for script, keys, args, _ in batch:

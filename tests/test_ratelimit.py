@@ -266,3 +266,10 @@ async def test_store_down_allow_passes_and_deny_refuses(gateway, upstream):
     resp = await client.get("/client/v1/validate", headers=H)
     assert_gateway_error(resp.status, await resp.json(), resp.headers, 503, "rate_limit_unavailable")
     assert len(upstream.received) == 1
+
+
+def test_bucket_keys_are_the_keys_limits_names():
+    """Old and new gateways share counts in Redis only if the keys are limits' own."""
+    bucket = Bucket.parse("per_ip", "10 per second;100/minute;1000 per 2 hours", "shop/per_ip")
+    for client in ("203.0.113.9", "2001:db8:1:2::/64", "unknown"):
+        assert bucket.keys(client) == [item.key_for("shop/per_ip", client) for item in bucket.items]
