@@ -291,15 +291,21 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
+@contextlib.contextmanager
+def running_redis(*options: str) -> Iterator[RedisServer]:
     """A real redis-server on a free port, killed afterwards (a test may kill, freeze or restart it)."""
-    server = RedisServer()
+    server = RedisServer(*options)
     try:
         server.start()
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from gateway.memory_store import BoundedMemoryStorage
 from gateway.ratelimit import Bucket, Limiter, LimiterPool, LimitResult, StoreUnavailable
 from gateway.redis_store import HIT_SCRIPTS
 from tests.conftest import free_port
-from tests.processes import RedisServer
+from tests.processes import RedisServer, running_redis
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 # one item; a later item refusing while the first is counted; the first refusing (the second only read)
@@ -89,12 +89,8 @@ async def test_items_sharing_a_key_keep_the_two_call_order() -> None:
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
+    with running_redis() as server:  # one server for the module's tests
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
