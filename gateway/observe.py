@@ -70,7 +70,10 @@ class Observer:
         """Account for every queued outcome now."""
         if self._pending:
             batch, self._pending = self._pending, []
-            self.account(batch)
+            try:
+                self.account(batch)
+            except Exception:  # never the request's problem: it may be the one that filled the batch
+                logging.getLogger("gateway").exception("accounting for %d requests failed", len(batch))
 
     def account(self, batch: list[Outcome]) -> None:
         if not access_log.isEnabledFor(logging.INFO):

@@ -193,3 +193,16 @@ def test_a_line_written_late_carries_the_time_its_request_was_answered(monkeypat
             access_log.removeHandler(handler)
             monkeypatch.setattr(observe, "_direct", None)
         assert json.loads(stream.getvalue())["time"] == "2023-11-14T22:13:20.250Z", direct
+
+
+def test_a_failing_batch_is_logged_and_never_fails_the_request(caplog):
+    class Broken(Observer):
+        def account(self, batch: list[Outcome]) -> None:
+            raise RuntimeError("metrics backend gone")
+
+    observer = Broken()
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        for i in range(Observer.BATCH):  # the request that fills the batch accounts for it
+            observer.record(Outcome(f"gw-{i}", "GET"))
+    assert [r.getMessage() for r in caplog.records] == [f"accounting for {Observer.BATCH} requests failed"]
+    assert observer._pending == []  # the next batch starts empty
