@@ -84,6 +84,16 @@ def in_ci() -> bool:
     return os.environ.get("CI") == "true"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Under CI=true a skip is a failure: CI installs every tool and service, so nothing may be left out."""
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true (install what it needs instead): {report.longrepr}"
+
+
 def raw_url(client: TestClient[web.Request, web.Application], path_and_query: str) -> Any:
     """A URL sent exactly as written (the test client would otherwise re-encode brackets and dots)."""
     from yarl import URL
