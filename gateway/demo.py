@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.observe import configure_logging, flush_logs, flush_logs_periodically
 from gateway.policy import Credentials, DangerZone, PolicyFile, Project
 from gateway.sandbox import SandboxCredentials, create_sandbox_app
+from gateway.serve import http_url
 
 
 def demo_policy(sandbox_url: str, port: int, sandbox: SandboxCredentials) -> PolicyFile:
@@ -55,7 +56,7 @@ async def run_demo(host: str, port: int) -> int:
     )
     await gateway.setup()
     await web.SockSite(gateway, sock).start()
-    print(f"voucherify-gateway demo listening on http://{host}:{bound}", flush=True)
+    print(f"voucherify-gateway demo listening on {http_url(host, bound)}", flush=True)
     print(
         f"open http://localhost:{bound}/ for the demo checkout (sandbox upstream at {sandbox_url})",
         flush=True,

@@ -113,13 +113,6 @@ class BoundedMemoryStorage(
     def incr_sync(self, key: str, expiry: int, amount: int = 1) -> int:
         return self._incr(key, expiry, amount, self.clock())
 
-    async def decr(self, key: str, amount: int = 1) -> int:
-        entry = self.counters.get(key)
-        if entry is None:
-            return 0
-        entry[0] = max(entry[0] - amount, 0)
-        return int(entry[0])
-
     async def get(self, key: str) -> int:
         return self.get_sync(key)
 

@@ -195,10 +195,6 @@ class LimiterPool:
         self._started = True
         await asyncio.gather(*(self._prepare(uri, timeout) for uri in list(self._storages)))
 
-    async def prepare(self, uri: str) -> None:
-        """Reload the scripts after a store came back (a restarted Redis has an empty script cache)."""
-        await self._prepare(uri, 1.0)
-
     async def check(self) -> dict[str, bool]:
         """Reachability of every storage in use (for readiness)."""
         results: dict[str, bool] = {}

@@ -112,8 +112,3 @@ class PolicyReloader:
                 self._seen = current
                 log.info("%s changed: reloading", self.path)
                 await self._load_and_apply()
-
-
-async def reload_policy(app: web.Application, path: Path) -> bool:
-    """One reload of `app`'s policy from `path` (for callers without a `PolicyReloader`)."""
-    return await PolicyReloader(app, path).reload()

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,13 +20,13 @@ from gateway.metrics import MetricsObserver
 from gateway.observe import configure_logging, flush_logs, flush_logs_periodically
 from gateway.policy import PolicyError, PolicyFile, load_policy
 from gateway.reload import PolicyReloader
-from gateway.reload import reload_policy as reload_policy  # kept importable from here
 
 log = logging.getLogger("gateway")
 
 
-def announce_line(text: str) -> None:
-    print(text, flush=True)  # stdout is a pipe under supervisors and tests: unflushed, the line never shows
+def http_url(host: str, port: int) -> str:
+    """Where a listener is, as a URL (an IPv6 host in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def run(
@@ -36,7 +36,6 @@ async def run(
     port: int,
     *,
     reuse_port: bool = False,
-    announce: Callable[[str], None] = announce_line,
     with_admin: bool = True,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain. Under `--workers`, the parent runs the admin listener."""
@@ -67,9 +66,9 @@ async def run(
         reloader.start_watching()
     settle_heap()
     # Announced only once signals are handled: a supervisor may send SIGTERM as soon as it reads the line.
-    shown = f"[{host}]" if ":" in host else host
     flush_logs()  # what was logged before the line is readable when the line is
-    announce(f"voucherify-gateway listening on http://{shown}:{runner.addresses[0][1]}")
+    # stdout is a pipe under supervisors and tests: unflushed, the line never shows
+    print(f"voucherify-gateway listening on {http_url(host, runner.addresses[0][1])}", flush=True)
     flusher = loop.create_task(flush_logs_periodically())
     await stop.wait()
     app[STATE].draining = True  # /readyz answers 503 from now on; the admin listener stops last

@@ -30,10 +30,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import AdminServer, create_admin_app
-from gateway.metrics import multiprocess_dir
+from gateway.metrics import MULTIPROC_ENV, multiprocess_dir
 from gateway.observe import BufferedStreamHandler, flush_logs, flush_logs_periodically
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool
+from gateway.serve import http_url
 
 log = logging.getLogger("gateway.workers")
 
@@ -205,8 +206,7 @@ class Supervisor:
         for task in (ready, failed, halted):
             task.cancel()
         if self.all_ready.is_set() and not self.startup_failed.is_set() and not self.stopping:
-            shown = f"[{self.host}]" if ":" in self.host else self.host
-            where = f"http://{shown}:{self.port}"
+            where = http_url(self.host, self.port)
             admin = await self._start_admin()
             flush_logs()  # what was logged before the line is readable when the line is
             print(f"voucherify-gateway listening on {where} ({self.count} workers)", flush=True)
@@ -240,9 +240,9 @@ def supervise(path: Path, host: str | None, port: int | None, count: int) -> int
     if port == 0:  # every worker must bind the same port: pick it here
         port = free_port(host)
     own_metrics_dir = None
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if multiprocess_dir() is None:  # unset or empty, as the workers and the scrape read it
         own_metrics_dir = tempfile.mkdtemp(prefix="voucherify-gateway-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+        os.environ[MULTIPROC_ENV] = own_metrics_dir
     try:
         return _run_loop(Supervisor(policy, path, host, port, count).run())
     finally:

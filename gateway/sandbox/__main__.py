@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.sandbox.app import SandboxCredentials, create_sandbox_app
+from gateway.serve import http_url
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +36,7 @@ async def _serve(args: argparse.Namespace) -> None:
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
     host, port = runner.addresses[0][:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"sandbox listening on http://{shown}:{port}", flush=True)
+    print(f"sandbox listening on {http_url(host, port)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -117,10 +117,6 @@ class Evaluated:
     discount_before: int = 0
     discount: int = 0
 
-    @property
-    def discount_model(self) -> Discount | None:
-        return self.target.discount if self.target is not None else None
-
 
 @dataclass
 class Store:
