@@ -41,7 +41,7 @@ class GatewayState:
     def __init__(self, policy: PolicyFile, observer: Observer | None = None) -> None:
         self.limiters = LimiterPool()
         self.upstream = UpstreamPool(policy.upstream.connect_timeout, policy.upstream.read_timeout)
-        self.observer = observer or Observer(truncate_ips=policy.logging.client_ip == "truncated")
+        self.observer = observer or Observer()
         self.draining = False
         self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
         self.policy: CompiledPolicy
@@ -50,6 +50,7 @@ class GatewayState:
 
     def set_policy(self, policy: PolicyFile) -> None:
         compiled = compile_policy(policy)
+        self.observer.truncate_ips = policy.logging.client_ip == "truncated"
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
             self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)

@@ -202,7 +202,7 @@ def _body_headers(route: Route, headers: MultiMapping[str], limit: int) -> Gatew
     chunked = "Transfer-Encoding" in headers
     content_length = 0
     if lengths:
-        if len(set(lengths)) != 1 or not lengths[0].isdigit():
+        if len(set(lengths)) != 1 or not (lengths[0].isascii() and lengths[0].isdigit()):  # not '²' or '١'
             return errors.invalid_payload("The Content-Length header is not a single number.")
         content_length = int(lengths[0])
         if content_length > limit:

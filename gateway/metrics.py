@@ -13,7 +13,6 @@ so one `/metrics` scrape covers them all (see `admin.py`).
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -24,7 +23,6 @@ from gateway.errors import ErrorKey
 from gateway.observe import Observer, Outcome
 
 UNKNOWN = "-"
-_PROJECT_NAME = re.compile(r"[a-z0-9-]{1,64}")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UPSTREAM_ERROR_KINDS = {
     ErrorKey.UPSTREAM_TIMEOUT.value: "timeout",
@@ -117,8 +115,8 @@ class GatewayMetrics:
 class MetricsObserver(Observer):
     """The access log of `Observer`, plus metrics."""
 
-    def __init__(self, metrics: GatewayMetrics | None = None, truncate_ips: bool = False) -> None:
-        super().__init__(truncate_ips=truncate_ips)
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        super().__init__()
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         # The labelled children per label set: `labels()` takes a lock and builds a tuple each call. Label
         # values are bounded (projects x operations x decisions x statuses), so is this cache.
@@ -147,7 +145,7 @@ class MetricsObserver(Observer):
         m = self.metrics
         counted: dict[Any, int] = {}
         for outcome in batch:
-            project = _project_label(outcome.project)
+            project = outcome.project or UNKNOWN  # only ever a project name of the policy
             operation = outcome.operation if outcome.operation in OPERATIONS else UNKNOWN
             decision = outcome.decision if outcome.decision in _DECISIONS else UNKNOWN
             key = (project, operation, decision, outcome.status)
@@ -180,8 +178,3 @@ class MetricsObserver(Observer):
     def reloaded(self, applied: bool) -> None:
         super().reloaded(applied)
         self.metrics.reloads.labels("applied" if applied else "rejected").inc()
-
-
-def _project_label(project: str | None) -> str:
-    # Outcome.project only ever holds a project name of the policy; anything else is not one.
-    return project if project is not None and _PROJECT_NAME.fullmatch(project) else UNKNOWN

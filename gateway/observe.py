@@ -48,8 +48,8 @@ class Observer:
 
     BATCH = 256
 
-    def __init__(self, truncate_ips: bool = False) -> None:
-        self.truncate_ips = truncate_ips
+    def __init__(self) -> None:
+        self.truncate_ips = False  # GatewayState.set_policy sets it from `logging.client_ip`
         self._pending: list[Outcome] = []
         _observers.add(self)
 

@@ -151,9 +151,10 @@ def _result(bucket: Bucket, allowed: bool, windows: list[WindowStats]) -> LimitR
         if stats.remaining == 0:
             retry_after = max(retry_after, reset, 1)
     headers = {"RateLimit-Policy": bucket.policy_header, "RateLimit": ", ".join(parts)}
-    if not allowed:
-        headers["Retry-After"] = str(max(retry_after, 1))
-    return LimitResult(allowed, headers, 0 if allowed else max(retry_after, 1))
+    retry = 0 if allowed else max(retry_after, 1)
+    if retry:
+        headers["Retry-After"] = str(retry)
+    return LimitResult(allowed, headers, retry)
 
 
 class LimiterPool:

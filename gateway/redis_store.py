@@ -32,9 +32,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway.policy import STORAGE_SCHEMES
+
 log = logging.getLogger("gateway.ratelimit")
 
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+REDIS_SCHEMES = tuple(scheme for scheme in STORAGE_SCHEMES if scheme.startswith("redis"))
 MAX_CONNECTIONS = 100  # per process; a burst beyond it waits for a free connection
 
 

@@ -75,8 +75,6 @@ class PolicyReloader:
         return True
 
     def _apply_side_settings(self, old: PolicyFile, new: PolicyFile) -> None:
-        state = self.app[STATE]
-        state.observer.truncate_ips = new.logging.client_ip == "truncated"
         if self.configure_logs and new.logging != old.logging:
             configure_logging(new.logging.level, new.logging.format)
         for section in ("listen", "admin"):

@@ -39,7 +39,7 @@ async def run(
     with_admin: bool = True,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain. Under `--workers`, the parent runs the admin listener."""
-    observer = MetricsObserver(truncate_ips=policy.logging.client_ip == "truncated")
+    observer = MetricsObserver()
     app = create_app(policy, observer)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=policy.listen.drain_timeout

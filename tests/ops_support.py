@@ -73,7 +73,7 @@ async def ops_gateway() -> AsyncIterator[Any]:
 
     async def start(tree: dict[str, Any]) -> OpsGateway:
         policy = make_policy(tree)
-        observer = MetricsObserver(truncate_ips=policy.logging.client_ip == "truncated")
+        observer = MetricsObserver()
         app = create_app(policy, observer)
         admin_app = create_admin_app(observer.registry, gateway_readiness(app[STATE]))
         public = TestClient(TestServer(app, host="127.0.0.1"))

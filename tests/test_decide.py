@@ -236,6 +236,11 @@ def test_preflight():
         ([("Content-Length", "1000"), JSON_TYPE], None),
         ([("Content-Length", "10"), ("Content-Length", "11"), JSON_TYPE], "invalid_payload"),
         ([("Content-Length", "-1"), JSON_TYPE], "invalid_payload"),
+        ([("Content-Length", "²"), JSON_TYPE], "invalid_payload"),  # str.isdigit says yes, int() says no
+        (
+            [("Content-Length", "\u0661\u0660"), JSON_TYPE],
+            "invalid_payload",
+        ),  # Arabic-Indic digits: int() reads 10
         ([("Content-Length", "10"), ("Content-Type", "application/json; charset=utf-8")], None),
         ([("Content-Length", "10"), ("Content-Type", "Application/JSON")], None),
         ([("Content-Length", "10"), ("Content-Type", "application/jsonp")], "unsupported_media_type"),

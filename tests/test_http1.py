@@ -649,6 +649,9 @@ async def test_hostile_methods_and_base_urls_are_refused(servers, client):
         "http://127.0.0.1/a?b",
         "http://",
         "http://h:99999",
+        "http://127.0.0.1/a b",  # a prefix that would split the request line
+        "http://127.0.0.1/a\r\nX: 1",
+        "http://127.0.0.1/a#frag",
     ):
         with pytest.raises(UnsafeRequest):
             await client.request(base, "GET", "/v1/x", (), b"", T)

@@ -9,8 +9,10 @@ import logging
 import aiohttp
 
 from gateway import observe
+from gateway.app import GatewayState
+from gateway.client_ip import ClientIpPolicy
 from gateway.observe import JsonFormatter, Observer, Outcome, TextFormatter, access_log
-from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy
+from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy, make_policy
 from tests.ops_support import assert_no_secrets
 
 BROWSER_SECRETS = {
@@ -206,3 +208,25 @@ def test_a_failing_batch_is_logged_and_never_fails_the_request(caplog):
             observer.record(Outcome(f"gw-{i}", "GET"))
     assert [r.getMessage() for r in caplog.records] == [f"accounting for {Observer.BATCH} requests failed"]
     assert observer._pending == []  # the next batch starts empty
+
+
+def test_a_huge_origin_is_cut_in_the_log_and_truncation_follows_the_policy(monkeypatch):
+    monkeypatch.setattr(access_log, "level", logging.INFO)
+    tree = base_policy("http://upstream.test")
+    state = GatewayState(make_policy(tree))
+    client = ClientIpPolicy().client("203.0.113.77", [])
+    outcome = Outcome("gw-big", "GET", client=client, origin="https://a." + "x" * 5000)
+    stream, handler = _capture(JsonFormatter(), logging.INFO)
+    access_log.addHandler(handler)
+    try:
+        state.observer.record(outcome)
+        state.observer.flush()
+        tree["logging"] = {"client_ip": "truncated"}
+        state.set_policy(make_policy(tree))  # what a reload does: the next lines are truncated
+        state.observer.record(outcome)
+        state.observer.flush()
+    finally:
+        access_log.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [len(line["origin"]) for line in lines] == [200, 200]  # a log line cannot be made huge
+    assert [line["client_ip"] for line in lines] == ["203.0.113.77", "203.0.113.0/24"]
