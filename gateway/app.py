@@ -27,7 +27,7 @@ from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, StoreUnavailable
 from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
 from gateway.translate import UpstreamCall, upstream_call
-from gateway.upstream import Timeouts, UpstreamPool, UpstreamResponse, request_headers
+from gateway.upstream import UpstreamPool, UpstreamResponse, request_headers
 from gateway.widget import add_demo_page, add_widget
 
 log = logging.getLogger("gateway")
@@ -45,7 +45,6 @@ class GatewayState:
         self.draining = False
         self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
         self.policy: CompiledPolicy
-        self.timeout: Timeouts
         self.set_policy(policy)
 
     def set_policy(self, policy: PolicyFile) -> None:
@@ -54,10 +53,9 @@ class GatewayState:
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
             self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
-        self.timeout = Timeouts(policy.upstream.connect_timeout, policy.upstream.read_timeout)
         self.policy = compiled
-        if any(p.origins.allow_any for p in compiled.projects.values()):
-            names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)
+        names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)
+        if names:
             log.warning(
                 "allowed_origins has '*' in %s: any website can call these projects through the gateway",
                 names,
@@ -187,7 +185,7 @@ async def _pipeline(
     if limit_error is not None:
         return _refused(admit.refuse(limit_error), outcome, limit_headers)
 
-    answer = await _forward(state, admit, call, request.headers, outcome)
+    answer = await _forward(state, policy, admit, call, request.headers, outcome)
     if isinstance(answer, GatewayError):
         return _refused(admit.refuse(answer), outcome, limit_headers)
     outcome.status = answer.status
@@ -221,7 +219,12 @@ async def _rate_limit(
 
 
 async def _forward(
-    state: GatewayState, admit: Admit, call: UpstreamCall, incoming: MultiMapping[str], outcome: Outcome
+    state: GatewayState,
+    policy: CompiledPolicy,
+    admit: Admit,
+    call: UpstreamCall,
+    incoming: MultiMapping[str],
+    outcome: Outcome,
 ) -> UpstreamResponse | GatewayError:
     """Call Voucherify and turn its answer into the browser's."""
     target = admit.target
@@ -233,7 +236,7 @@ async def _forward(
         outcome.request_id,
         forward_origin=not project.server_mode,
     )
-    answer = await state.upstream.send(project.base_url, call, headers, state.timeout)
+    answer = await state.upstream.send(project.base_url, call, headers, policy.upstream_timeouts)
     if isinstance(answer, GatewayError):
         return answer
     outcome.upstream_ms = answer.elapsed * 1000
@@ -271,7 +274,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     policy: PolicyFile, observer: Observer | None = None, *, demo_page: bool = False
 ) -> web.Application:
-    app = web.Application(client_max_size=policy.listen.max_body_bytes)
+    app = web.Application()  # bodies are read and limited by the handler (`_request_body`), not by aiohttp
     app[STATE] = GatewayState(policy, observer)
     app.cleanup_ctx.append(_lifecycle)
     add_widget(app)  # /widget.js, the one public addition to the contract's routes

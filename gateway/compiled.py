@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
+from gateway.http1 import Timeouts
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
 from gateway.ratelimit import Bucket
@@ -35,6 +36,7 @@ class CompiledPolicy:
     client_ip: ClientIpPolicy
     max_body_bytes: int
     body_timeout: float
+    upstream_timeouts: Timeouts
 
 
 def _credential_headers(project: Project) -> tuple[tuple[str, str], ...]:
@@ -77,4 +79,5 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
         client_ip=ClientIpPolicy(tuple(policy.client_ip.trusted_proxies), policy.client_ip.ipv6_prefix),
         max_body_bytes=policy.listen.max_body_bytes,
         body_timeout=policy.listen.body_timeout,
+        upstream_timeouts=Timeouts(policy.upstream.connect_timeout, policy.upstream.read_timeout),
     )

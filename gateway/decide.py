@@ -201,8 +201,8 @@ def _body_headers(route: Route, headers: MultiMapping[str], limit: int) -> Gatew
     lengths = headers.getall("Content-Length", [])
     chunked = "Transfer-Encoding" in headers
     content_length = 0
-    if lengths:
-        if len(set(lengths)) != 1 or not (lengths[0].isascii() and lengths[0].isdigit()):  # not '²' or '١'
+    if lengths:  # ASCII digits only: str.isdigit also takes "²", which int() refuses
+        if len(set(lengths)) != 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
             return errors.invalid_payload("The Content-Length header is not a single number.")
         content_length = int(lengths[0])
         if content_length > limit:

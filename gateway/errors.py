@@ -97,17 +97,13 @@ def secret_key_exposed(header: str) -> GatewayError:
 
 def origin_not_allowed(origin: str | None) -> GatewayError:
     if origin is None:
-        return GatewayError(
-            ErrorKey.ORIGIN_NOT_ALLOWED,
-            "Origin not allowed",
+        details = (
             "The request has no Origin header and this project does not allow requests without one "
-            "(set allow_missing_origin for native apps).",
+            "(set allow_missing_origin for native apps)."
         )
-    return GatewayError(
-        ErrorKey.ORIGIN_NOT_ALLOWED,
-        "Origin not allowed",
-        f"The origin {_printable(origin)!r} is not in this project's allowed_origins.",
-    )
+    else:
+        details = f"The origin {_printable(origin)!r} is not in this project's allowed_origins."
+    return GatewayError(ErrorKey.ORIGIN_NOT_ALLOWED, "Origin not allowed", details)
 
 
 def danger_zone_disabled(operation: str, option: str) -> GatewayError:

@@ -187,22 +187,20 @@ class _Connection(asyncio.Protocol):
         self.timer = None
         self._fail(UpstreamTimeout(self.host))
 
-    def _fail(self, error: UpstreamError) -> None:
-        self.alive = False
+    def _stop_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def _fail(self, error: UpstreamError) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
-        if self.transport is not None:
-            self.transport.abort()
+        self.abort()
 
     def abort(self) -> None:
         self.alive = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
 
@@ -252,9 +250,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
         self.registry.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timer()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionLost(self.host))
@@ -307,9 +303,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.complete = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timer()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             chunks = self.chunks

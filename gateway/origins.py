@@ -77,8 +77,7 @@ class _Wildcard:
         return (
             origin.scheme == self.scheme
             and origin.port == self.port
-            and origin.host.endswith(self.suffix)
-            and len(origin.host) > len(self.suffix)
+            and origin.host.endswith(self.suffix)  # suffix ".example.com": a host never starts with a dot
         )
 
 
@@ -86,7 +85,6 @@ class OriginPolicy:
     """Compiled `allowed_origins` of one project. Matching is cached per origin string (bounded)."""
 
     def __init__(self, entries: list[str] | tuple[str, ...]) -> None:
-        self.exact: frozenset[Origin] = frozenset()
         self.allow_null = False
         self.allow_any = False
         exact: set[Origin] = set()

@@ -86,11 +86,13 @@ _PROTOTYPE_NAMES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class ServerRequest:
+class UpstreamCall:
+    """What Voucherify is asked, in either mode (`gateway.translate`)."""
+
     method: str
     path: str  # raw path and query under the project's base URL, e.g. "/v1/vouchers/A%2FB/redemption"
     body: bytes
-    content_type: str | None = None  # set when the body was built or rewritten by the translation
+    content_type: str | None = None  # replaces the caller's Content-Type when the body was rebuilt
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +108,11 @@ class BadQuery(ValueError):
 
 def translate(
     operation: str, method: str, operation_path: str, query: str, body: bytes
-) -> ServerRequest | GatewayError:
+) -> UpstreamCall | GatewayError:
     """The server-side call for a client-side operation. `operation_path` is raw, relative to /client/v1."""
     try:
         if operation in SAME_SHAPE:
-            return ServerRequest(method, _with_query("/v1" + operation_path, query), body)
+            return UpstreamCall(method, with_query("/v1" + operation_path, query), body)
         if operation == "redeem":
             return _redeem(query, body)
         if operation == "publish":
@@ -200,7 +202,7 @@ def parse_query(query: str) -> list[QueryPair]:
     return pairs
 
 
-def _with_query(path: str, query: str) -> str:
+def with_query(path: str, query: str) -> str:
     return f"{path}?{query}" if query else path
 
 
@@ -230,18 +232,18 @@ def _has_control(text: str) -> bool:
 # ------------------------------------------------------------------------------------- redeem and publish
 
 
-def _redeem(query: str, body: bytes) -> ServerRequest:
+def _redeem(query: str, body: bytes) -> UpstreamCall:
     code, rest = _take(parse_query(query), "code")
-    return ServerRequest("POST", _with_query(f"/v1/vouchers/{code_segment(code)}/redemption", rest), body)
+    return UpstreamCall("POST", with_query(f"/v1/vouchers/{code_segment(code)}/redemption", rest), body)
 
 
-def _publish(query: str, body: bytes) -> ServerRequest:
+def _publish(query: str, body: bytes) -> UpstreamCall:
     campaign, rest = _take(parse_query(query), "campaign")
     if campaign is None:
-        return ServerRequest("POST", _with_query("/v1/publications", rest), body)
+        return UpstreamCall("POST", with_query("/v1/publications", rest), body)
     document: dict[str, Any] = json.loads(body) if body else {}  # check_body ensured a JSON object
     document["campaign"] = {"name": campaign}
-    return ServerRequest("POST", _with_query("/v1/publications", rest), _dump(document), JSON)
+    return UpstreamCall("POST", with_query("/v1/publications", rest), _dump(document), JSON)
 
 
 def _dump(document: dict[str, Any]) -> bytes:
@@ -252,14 +254,14 @@ def _dump(document: dict[str, Any]) -> bytes:
 # ------------------------------------------------------------------------------------------ legacy validate
 
 
-def _validate(operation_path: str, query: str) -> ServerRequest:
+def _validate(operation_path: str, query: str) -> UpstreamCall:
     pairs = parse_query(query)
     if operation_path == "/validate":
         code, _ = _take(pairs, "code")
         path = f"/v1/vouchers/{code_segment(code)}/validate"
     else:
         path = "/v1/promotions/validation"
-    return ServerRequest("POST", path, _dump(validation_body(pairs)), JSON)
+    return UpstreamCall("POST", path, _dump(validation_body(pairs)), JSON)
 
 
 def _number(value: str) -> int | str:

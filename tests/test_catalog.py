@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.catalog import CATALOG, OPERATIONS, ROUTES, DangerOption
+from gateway.policy import DangerZone
+from gateway.server_mode import SAME_SHAPE
 
 
 def segments(path: str) -> tuple[str, ...]:
@@ -140,3 +142,9 @@ def test_safe_parameters_match(param):
     found = CATALOG.match(segments(f"/customers/{param}/consents"))
     assert found is not None
     assert found.params == {"customer_id": param}
+
+
+def test_every_operation_has_a_server_side_twin_and_every_danger_option_a_policy_switch():
+    """Lists kept apart must agree, or a new operation is a 500 in server mode / an option nobody can set."""
+    assert set(OPERATIONS) == set(SAME_SHAPE) | {"redeem", "publish", "validate"}
+    assert set(DangerZone.model_fields) == {option.value for option in DangerOption}

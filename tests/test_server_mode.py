@@ -8,7 +8,7 @@ import pytest
 
 from gateway.errors import ErrorKey, GatewayError
 from gateway.server_mode import (
-    ServerRequest,
+    UpstreamCall,
     client_view,
     keys_rejected_log,
     parse_query,
@@ -45,9 +45,9 @@ SDK_VALIDATE_BODY = {
 }
 
 
-def call(operation: str, method: str, path: str, query: str = "", body: bytes = b"") -> ServerRequest:
+def call(operation: str, method: str, path: str, query: str = "", body: bytes = b"") -> UpstreamCall:
     result = translate(operation, method, path, query, body)
-    assert isinstance(result, ServerRequest), result
+    assert isinstance(result, UpstreamCall), result
     return result
 
 
