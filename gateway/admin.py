@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.app import GatewayState
 from gateway.metrics import scrape_registry
 from gateway.observe import flush_observers
+from gateway.policy import Admin
 
 log = logging.getLogger("gateway.admin")
 
@@ -108,3 +109,15 @@ class AdminServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+
+async def start_admin(
+    config: Admin, registry: CollectorRegistry, readiness: Readiness, serving: str = ""
+) -> AdminServer | None:
+    """The admin listener the policy asks for, started; None when `admin.port` is not set."""
+    if config.port is None:
+        return None
+    admin = AdminServer(create_admin_app(registry, readiness), config.host, config.port)
+    port = await admin.start()
+    log.info("admin listener (/metrics, /healthz, /readyz)%s on %s:%s", serving, config.host, port)
+    return admin

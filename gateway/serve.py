@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from gateway.admin import AdminServer, create_admin_app, gateway_readiness
+from gateway.admin import gateway_readiness, start_admin
 from gateway.app import STATE, create_app
 from gateway.metrics import MetricsObserver
 from gateway.observe import configure_logging, flush_logs, flush_logs_periodically
@@ -47,7 +47,8 @@ async def run(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
-    admin = await _start_admin(app, observer, policy) if with_admin else None
+    readiness = gateway_readiness(app[STATE])
+    admin = await start_admin(policy.admin, observer.registry, readiness) if with_admin else None
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -84,18 +85,6 @@ async def run(
     flusher.cancel()
     flush_logs()
     return 0
-
-
-async def _start_admin(
-    app: web.Application, observer: MetricsObserver, policy: PolicyFile
-) -> AdminServer | None:
-    if policy.admin.port is None:
-        return None
-    readiness = gateway_readiness(app[STATE])
-    admin = AdminServer(create_admin_app(observer.registry, readiness), policy.admin.host, policy.admin.port)
-    port = await admin.start()
-    log.info("admin listener (/metrics, /healthz, /readyz) on %s:%s", policy.admin.host, port)
-    return admin
 
 
 def settle_heap() -> None:

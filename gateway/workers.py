@@ -29,7 +29,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
 
-from gateway.admin import AdminServer, create_admin_app
+from gateway.admin import start_admin
 from gateway.metrics import MULTIPROC_ENV, multiprocess_dir
 from gateway.observe import BufferedStreamHandler, flush_logs, flush_logs_periodically
 from gateway.policy import PolicyFile
@@ -161,23 +161,6 @@ class Supervisor:
         checks["limit_store"] = "reachable" if stores_up else "unreachable (on_storage_error: deny)"
         return not self.stopping and alive == self.count and stores_up, checks
 
-    async def _start_admin(self) -> AdminServer | None:
-        """One admin listener for all workers, in the parent: /metrics sums every worker's values."""
-        admin_config = self.policy.admin
-        if admin_config.port is None:
-            return None
-        admin = AdminServer(
-            create_admin_app(CollectorRegistry(), self.readiness), admin_config.host, admin_config.port
-        )
-        port = await admin.start()
-        log.info(
-            "admin listener (/metrics, /healthz, /readyz) for %d workers on %s:%s",
-            self.count,
-            admin_config.host,
-            port,
-        )
-        return admin
-
     def _forward(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
@@ -207,7 +190,9 @@ class Supervisor:
             task.cancel()
         if self.all_ready.is_set() and not self.startup_failed.is_set() and not self.stopping:
             where = http_url(self.host, self.port)
-            admin = await self._start_admin()
+            admin = await start_admin(  # one for all workers: /metrics sums their values
+                self.policy.admin, CollectorRegistry(), self.readiness, f" for {self.count} workers"
+            )
             flush_logs()  # what was logged before the line is readable when the line is
             print(f"voucherify-gateway listening on {where} ({self.count} workers)", flush=True)
             await stopped.wait()
