@@ -324,23 +324,25 @@ class Store:
     def redeem_voucher(self, code: str, payload: Json) -> Json:
         """Legacy single-code redemption; 404 for an unknown code, 400 for an invalid one."""
         context = self._context(payload, create_customer=True)
-        voucher, failure = self._check_voucher(code, context.order)
-        if failure is not None or voucher is None:
-            assert failure is not None
-            raise failure.error()
-        discount = voucher.discount.amount_for(context.order.amount)
-        item = Evaluated("voucher", voucher.code, voucher, discount=discount)
-        return self._record_redemption(item, context, None)
+        return self._redeem_one("voucher", code, *self._check_voucher(code, context.order), context)
 
     def redeem_promotion_tier(self, tier_id: str, payload: Json) -> Json:
         context = self._context(payload, create_customer=True)
-        tier, failure = self._check_tier(tier_id, context.order)
-        if failure is not None or tier is None:
-            assert failure is not None
+        return self._redeem_one("promotion_tier", tier_id, *self._check_tier(tier_id, context.order), context)
+
+    def _redeem_one(
+        self,
+        kind: str,
+        ident: str,
+        target: Voucher | PromotionTier | None,
+        failure: Failure | None,
+        context: Context,
+    ) -> Json:
+        if failure is not None:
             raise failure.error()
-        discount = tier.discount.amount_for(context.order.amount)
-        item = Evaluated("promotion_tier", tier.id, tier, discount=discount)
-        return self._record_redemption(item, context, None)
+        assert target is not None
+        discount = target.discount.amount_for(context.order.amount)
+        return self._record_redemption(Evaluated(kind, ident, target, discount=discount), context, None)
 
     # ------------------------------------------------------------ publication
 
