@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import uvloop
 from aiohttp import web
 
-from gateway.http1 import Http1Client, Timeouts
+from gateway.http1 import Http1Client
+from gateway.models import Timeouts
 
 COPIED = ("Content-Type", "Accept", "User-Agent", "Origin")
 CLIENT = web.AppKey("client", Http1Client)

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-from gateway.ratelimit import Bucket, LimiterPool
+from gateway.models import Bucket
+from gateway.ratelimit import LimiterPool
 
 N = 20_000
 STRATEGIES = ("moving-window", "fixed-window", "sliding-window-counter")

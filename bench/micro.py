@@ -18,7 +18,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from bench import configs
 from gateway import app as gw
 from gateway.decide import Admit, check_body, decide
-from gateway.observe import JsonFormatter, Observer, Outcome, access_log
+from gateway.models import Outcome
+from gateway.observe import JsonFormatter, Observer, access_log
 from gateway.policy import parse_policy
 from gateway.translate import upstream_call
 from gateway.upstream import request_headers, response_headers

@@ -20,14 +20,15 @@ from multidict import MultiMapping
 
 from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
-from gateway.decide import Admit, Preflight, Refuse, Target, check_body, decide
+from gateway.decide import Admit, Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError
-from gateway.observe import Observer, Outcome
+from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
+from gateway.observe import Observer
 from gateway.policy import PolicyFile
-from gateway.ratelimit import LimiterPool, StoreUnavailable
+from gateway.ratelimit.limiter import LimiterPool, StoreUnavailable
 from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
-from gateway.translate import UpstreamCall, upstream_call
-from gateway.upstream import UpstreamPool, UpstreamResponse, request_headers
+from gateway.translate import upstream_call
+from gateway.upstream import UpstreamPool, request_headers
 from gateway.widget import add_demo_page, add_widget
 
 log = logging.getLogger("gateway")
@@ -49,7 +50,6 @@ class GatewayState:
 
     def set_policy(self, policy: PolicyFile) -> None:
         compiled = compile_policy(policy)
-        self.observer.truncate_ips = policy.logging.client_ip == "truncated"
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
             self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
@@ -139,7 +139,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     policy = state.policy  # this request finishes under the policy it started with
     started = time.perf_counter()
-    outcome = Outcome(new_request_id(), request.method)
+    outcome = Outcome(new_request_id(), request.method, truncate_ip=policy.truncate_ips)
     state.observer.started()
     try:
         response = await _pipeline(request, state, policy, outcome)

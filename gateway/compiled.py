@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
-from gateway.http1 import Timeouts
+from gateway.models import Bucket, Timeouts
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
-from gateway.ratelimit import Bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +36,7 @@ class CompiledPolicy:
     max_body_bytes: int
     body_timeout: float
     upstream_timeouts: Timeouts
+    truncate_ips: bool  # logging.client_ip: truncated
 
 
 def _credential_headers(project: Project) -> tuple[tuple[str, str], ...]:
@@ -80,4 +80,5 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
         max_body_bytes=policy.listen.max_body_bytes,
         body_timeout=policy.listen.body_timeout,
         upstream_timeouts=Timeouts(policy.upstream.connect_timeout, policy.upstream.read_timeout),
+        truncate_ips=policy.logging.client_ip == "truncated",
     )

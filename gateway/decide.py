@@ -20,6 +20,7 @@ from gateway import errors
 from gateway.catalog import CATALOG, Route
 from gateway.compiled import CompiledPolicy, ProjectRuntime
 from gateway.errors import GatewayError
+from gateway.models import Target
 from gateway.origins import OriginMatch
 
 SERVER_SECRETS = ("X-App-Token", "X-Management-Token")
@@ -34,21 +35,6 @@ _SLASHES = re.compile(r"/{2,}")
 # A query string forwarded byte for byte must be one the upstream reads as we do: printable ASCII,
 # no space or fragment, well-formed percent-escapes.
 _QUERY = re.compile(r"(?:[!$&-;=?-Z\[\]_a-z{|}~^`]|%[0-9A-Fa-f]{2})*")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What the request addresses: a project's operation, with its raw path and query."""
-
-    project: ProjectRuntime
-    route: Route
-    params: dict[str, str]
-    operation_path: str  # raw, relative to /client/v1, e.g. "/customers/c%201/consents"
-    query: str  # raw, without "?"
-
-    @property
-    def operation(self) -> str:
-        return self.route.operation.name
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.models import Timeouts
+
 MAX_BODY = 16 * 1024 * 1024
 MAX_HEAD = 64 * 1024  # status line and headers of one answer
 IDLE_TIMEOUT = 15.0
@@ -58,12 +60,6 @@ _KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OP
 # header names seen before: True to send, False to leave out (the client's own); bounded
 _NAMES: dict[str, bool] = {}
 _NAMES_MAX = 512
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect: float  # seconds for DNS, TCP connect and TLS handshake
-    read: float  # seconds from the request written to the answer's last byte
 
 
 @dataclass(slots=True)

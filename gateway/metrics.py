@@ -20,7 +20,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.catalog import OPERATIONS
 from gateway.errors import ErrorKey
-from gateway.observe import Observer, Outcome
+from gateway.models import Outcome
+from gateway.observe import Observer
 
 UNKNOWN = "-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

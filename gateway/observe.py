@@ -12,29 +12,14 @@ import logging
 import sys
 import time
 import weakref
-from dataclasses import dataclass
 from typing import TextIO
 
-from gateway.client_ip import Client
+from gateway.models import Outcome
+
+__all__ = ["Observer", "Outcome"]
 
 access_log = logging.getLogger("gateway.access")
 _JSON = json.JSONEncoder(default=str)  # built once: json.dumps(default=...) builds one per call
-
-
-@dataclass(slots=True)
-class Outcome:
-    request_id: str
-    method: str
-    project: str | None = None
-    operation: str | None = None
-    decision: str = "forwarded"  # "forwarded" or the error key
-    status: int = 0
-    duration_ms: float = 0.0
-    upstream_ms: float | None = None
-    client: Client | None = None
-    origin: str | None = None
-    limit_store_error: bool = False  # the rate-limit store failed for this request
-    finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written
 
 
 class Observer:
@@ -49,7 +34,6 @@ class Observer:
     BATCH = 256
 
     def __init__(self) -> None:
-        self.truncate_ips = False  # GatewayState.set_policy sets it from `logging.client_ip`
         self._pending: list[Outcome] = []
         _observers.add(self)
 
@@ -90,7 +74,7 @@ class Observer:
                 "status": outcome.status,
                 "duration_ms": round(outcome.duration_ms, 3),
                 "upstream_ms": None if outcome.upstream_ms is None else round(outcome.upstream_ms, 3),
-                "client_ip": client and (client.truncated if self.truncate_ips else client.text),
+                "client_ip": client and (client.truncated if outcome.truncate_ip else client.text),
                 "origin": outcome.origin[:200] if outcome.origin else None,
             }
             finished = outcome.finished or time.time()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from limits import parse_many
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,6 +27,7 @@ from pydantic import (
 )
 
 from gateway.catalog import OPERATIONS
+from gateway.models import RateItem
 from gateway.origins import OriginEntryError, OriginPolicy
 
 REGIONS = {
@@ -48,7 +48,7 @@ class PolicyError(Exception):
 
 def _rate_limit_string(value: str) -> str:
     try:
-        parse_many(value)
+        RateItem.parse_many(value)
     except ValueError as exc:
         raise ValueError(
             f"{value!r} is not a rate limit such as '5 per 5 seconds' or '100/minute;10/second'"

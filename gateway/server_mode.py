@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote_plus
 
 from gateway import errors
 from gateway.errors import GatewayError
+from gateway.models import UpstreamCall
 
 JSON = "application/json"
 
@@ -83,16 +84,6 @@ _PROTOTYPE_NAMES = frozenset(
         "valueOf",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamCall:
-    """What Voucherify is asked, in either mode (`gateway.translate`)."""
-
-    method: str
-    path: str  # raw path and query under the project's base URL, e.g. "/v1/vouchers/A%2FB/redemption"
-    body: bytes
-    content_type: str | None = None  # replaces the caller's Content-Type when the body was rebuilt
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,9 @@ Voucherify's /v1 API) maps each operation to its server-side twin; see `server_m
 from __future__ import annotations
 
 from gateway import server_mode
-from gateway.decide import Target
 from gateway.errors import GatewayError
-from gateway.server_mode import UpstreamCall, with_query
+from gateway.models import Target, UpstreamCall
+from gateway.server_mode import with_query
 
 __all__ = ["UpstreamCall", "upstream_call"]
 

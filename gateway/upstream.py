@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from multidict import CIMultiDict, MultiMapping
 
 from gateway import errors
 from gateway.errors import GatewayError
-from gateway.http1 import Http1Client, Timeouts, UpstreamError, UpstreamTimeout
-from gateway.translate import UpstreamCall
+from gateway.http1 import Http1Client, UpstreamError, UpstreamTimeout
+from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
 
 __all__ = ["Timeouts", "UpstreamPool", "UpstreamResponse", "request_headers", "response_headers"]
 
@@ -83,14 +82,6 @@ def response_headers(upstream: Sequence[tuple[str, str]]) -> list[tuple[str, str
         if lower in COPIED_RESPONSE_HEADERS and lower not in hop_by_hop:
             out.append((name, value))
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    elapsed: float
 
 
 class UpstreamPool:

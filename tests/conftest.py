@@ -13,17 +13,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.policy import PolicyFile, parse_policy
 from gateway.serve import free_port
-from tests.log_scan import capture_every_log_line, pytest_sessionfinish, remember_credentials
-from tests.upstream_double import UpstreamDouble
+from tests.support.constants import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN
+from tests.support.log_scan import capture_every_log_line, pytest_sessionfinish, remember_credentials
+from tests.support.upstream_double import UpstreamDouble
 
 # gateway_process and redis, redis_storage (real subprocesses), ops_gateway (in-process, with its admin app)
-pytest_plugins = ["tests.processes", "tests.ops_support"]
+pytest_plugins = ["tests.support.processes", "tests.support.ops"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: cwd of every subprocess the suite starts
-
-CLIENT_APP_ID = "client-app-id-7f3a"
-CLIENT_TOKEN = "client-secret-token-9c1e"
-ORIGIN = "https://shop.example.com"
 
 
 def base_policy(upstream_url: str, **project: Any) -> dict[str, Any]:
@@ -42,7 +39,14 @@ def base_policy(upstream_url: str, **project: Any) -> dict[str, Any]:
 
 
 # the suite-wide credential scan (log_scan.py), and the gateway's own free_port for the tests
-__all__ = ["capture_every_log_line", "free_port", "pytest_sessionfinish"]
+__all__ = [
+    "CLIENT_APP_ID",
+    "CLIENT_TOKEN",
+    "ORIGIN",
+    "capture_every_log_line",
+    "free_port",
+    "pytest_sessionfinish",
+]
 
 
 def make_policy(tree: dict[str, Any]) -> PolicyFile:

@@ -11,8 +11,9 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 
 from gateway.client_ip import bucket_key
-from gateway.memory_store import BoundedMemoryStorage
-from gateway.ratelimit import Bucket, Limiter, LimiterPool
+from gateway.models import Bucket
+from gateway.ratelimit import Limiter, LimiterPool, limits_item
+from gateway.ratelimit.memory_store import BoundedMemoryStorage
 
 
 class Clock:
@@ -42,7 +43,7 @@ async def test_rotation_flood_is_reclaimed(strategy: str, flood: int) -> None:
     clock = Clock()
     limiter, storage = memory_limiter(strategy, clock)
     bucket = Bucket.parse("per_ip", "5 per 5 seconds", "shop/per_ip")
-    item = bucket.items[0]
+    item = limits_item(bucket.items[0])
     rate = 10_000  # distinct new addresses per (simulated) second
     peak = 0
     for i in range(flood):
@@ -69,7 +70,7 @@ async def test_hard_cap_bounds_a_flood_faster_than_expiry() -> None:
     bucket = Bucket.parse("per_ip", "5 per hour", "shop/per_ip")
     for i in range(100_000):
         await limiter.strategy.hit(
-            bucket.items[0], bucket.namespace, f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
+            limits_item(bucket.items[0]), bucket.namespace, f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
         )
         assert len(storage) <= 5_000
     assert storage.evicted == 95_000

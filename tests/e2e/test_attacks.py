@@ -12,7 +12,7 @@ import logging
 import pytest
 
 from tests.conftest import ORIGIN, assert_gateway_error, base_policy
-from tests.rawhttp import raw_request, request_bytes, send
+from tests.support.rawhttp import raw_request, request_bytes, send
 
 ORIGIN_H = ("Origin", ORIGIN)
 JSON = ("Content-Type", "application/json")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from tests.conftest import ORIGIN, base_policy, free_port
-from tests.ops_support import labels, samples
-from tests.upstream_double import Reply
-
-H = {"Origin": ORIGIN}
+from tests.conftest import base_policy, free_port
+from tests.support.constants import H
+from tests.support.ops import labels, samples
+from tests.support.upstream_double import Reply
 
 
 def req(project: str, operation: str, decision: str, status: int) -> tuple[tuple[str, str], ...]:

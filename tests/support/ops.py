@@ -1,7 +1,7 @@
 """Support for the operations tests in-process: the gateway with its admin app and metrics, on real ports.
 
 `ops_gateway` starts an `OpsGateway`; `samples` and `labels` read a /metrics page; `assert_no_secrets` is the
-reusable credential scan over captured log lines. Real `serve` subprocesses are in tests/processes.py.
+reusable credential scan over captured log lines. Real `serve` subprocesses are in tests/support/processes.py.
 """
 
 from __future__ import annotations

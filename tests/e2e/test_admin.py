@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.conftest import ORIGIN, ROOT, base_policy, free_port
-from tests.upstream_double import Reply
-
-H = {"Origin": ORIGIN}
+from tests.conftest import ROOT, base_policy, free_port
+from tests.support.constants import H
+from tests.support.upstream_double import Reply
 
 
 async def test_health_and_readiness(ops_gateway, upstream):

@@ -11,7 +11,7 @@ import yaml
 
 from gateway.cli import warnings_for
 from gateway.policy import PolicyError, parse_policy
-from tests.processes import run_cli
+from tests.support.processes import run_cli
 
 SERVER_CREDS = {"application_id": "srv-app-id-0a1b", "secret_key": "srv-secret-2c3d"}
 CLIENT_CREDS = {"client_application_id": "cli-app-id-4e5f", "client_secret_key": "cli-secret-6a7b"}

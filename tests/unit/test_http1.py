@@ -24,7 +24,7 @@ from gateway.http1 import (
     UnsafeRequest,
     UpstreamTimeout,
 )
-from gateway.translate import UpstreamCall
+from gateway.models import UpstreamCall
 from gateway.upstream import UpstreamPool
 from tests.conftest import free_port
 

@@ -14,12 +14,13 @@ from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisS
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.ratelimit import Bucket, LimiterPool, StoreUnavailable, open_storage
-from tests.conftest import ORIGIN, base_policy
-from tests.processes import GatewayProcessFactory, RedisServer
+from gateway.models import Bucket
+from gateway.ratelimit import LimiterPool, StoreUnavailable, open_storage
+from tests.conftest import base_policy
+from tests.support.constants import H
+from tests.support.processes import GatewayProcessFactory, RedisServer
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
-H = {"Origin": ORIGIN}
 VALIDATE = "/client/v1/validate?code=SAVE10"
 
 

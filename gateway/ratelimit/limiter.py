@@ -11,9 +11,9 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 from limits.aio.storage import Storage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
@@ -22,10 +22,13 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.errors import StorageError
+from limits.limits import GRANULARITIES
 from limits.util import WindowStats
 
-from gateway import limit_ops, redis_store
-from gateway.memory_store import BoundedMemoryStorage
+from gateway.models import Bucket, RateItem
+from gateway.ratelimit import ops as limit_ops
+from gateway.ratelimit import redis_store
+from gateway.ratelimit.memory_store import BoundedMemoryStorage
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -34,44 +37,6 @@ STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """A named budget: `per_ip` or an operation's own. `namespace` keeps projects apart."""
-
-    name: str
-    items: tuple[RateLimitItem, ...]
-    namespace: str
-    policy_header: str = field(init=False)
-    item_names: tuple[str, ...] = field(init=False)
-    shares_a_key: bool = field(init=False)  # two items count in one key ("5/minute;5 per minute")
-    key_parts: tuple[tuple[str, str], ...] = field(init=False)  # each item's storage key around the client
-
-    def __post_init__(self) -> None:
-        names = tuple(self.name if i == 0 else f"{self.name}-{i + 1}" for i in range(len(self.items)))
-        header = ", ".join(
-            f'"{name}";q={item.amount};w={item.get_expiry()}'
-            for name, item in zip(names, self.items, strict=True)
-        )
-        object.__setattr__(self, "item_names", names)
-        object.__setattr__(self, "policy_header", header)
-        object.__setattr__(self, "shares_a_key", len({i.key_for() for i in self.items}) < len(self.items))
-        # limits' RateLimitItem.key_for(namespace, client) is LIMITER/{namespace}/{client}/{amount}/...: the
-        # parts around the client are the same for every request, so they are joined once, here
-        parts = []
-        for item in self.items:
-            before, after = item.key_for(self.namespace, "\0").split("\0")
-            parts.append((before, after))
-        object.__setattr__(self, "key_parts", tuple(parts))
-
-    def keys(self, client_key: str) -> list[str]:
-        """Each item's storage key for a client, as `limits` names it (`RateLimitItem.key_for`)."""
-        return [before + client_key + after for before, after in self.key_parts]
-
-    @classmethod
-    def parse(cls, name: str, limit: str, namespace: str) -> Bucket:
-        return cls(name, tuple(parse_many(limit)), namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +95,19 @@ class Limiter:
 
     async def two_calls(self, bucket: Bucket, client_key: str) -> tuple[bool, list[WindowStats]]:
         """`limits`' own way: count in order up to the first refusal, then read every item's window."""
+        items = [limits_item(item) for item in bucket.items]
         allowed = True
-        for item in bucket.items:
+        for item in items:
             if not await self.strategy.hit(item, bucket.namespace, client_key):
                 allowed = False
                 break
-        windows = [
-            await self.strategy.get_window_stats(i, bucket.namespace, client_key) for i in bucket.items
-        ]
+        windows = [await self.strategy.get_window_stats(i, bucket.namespace, client_key) for i in items]
         return allowed, windows
+
+
+def limits_item(item: RateItem) -> RateLimitItem:
+    """`limits`' own item for one of ours (same amount, window and storage key)."""
+    return GRANULARITIES[item.granularity](item.amount, item.multiples)
 
 
 def _result(bucket: Bucket, allowed: bool, windows: list[WindowStats]) -> LimitResult:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests import test_server_mode as unit
 from tests.conftest import ORIGIN, base_policy, raw_url
-from tests.rawhttp import send
-from tests.upstream_double import Reply
+from tests.support.rawhttp import send
+from tests.support.upstream_double import Reply
+from tests.unit import test_server_mode as unit
 
 APP_ID = "server-app-id-51d0"
 APP_TOKEN = "server-secret-token-e84b"

@@ -10,10 +10,11 @@ import aiohttp
 import pytest
 
 from gateway.errors import TOO_MANY_REQUESTS_MESSAGE
-from gateway.ratelimit import STRATEGIES, Bucket, LimiterPool, StoreUnavailable, open_storage
+from gateway.models import Bucket
+from gateway.ratelimit import STRATEGIES, LimiterPool, StoreUnavailable, open_storage
 from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
+from tests.support.constants import H
 
-H = {"Origin": ORIGIN}
 STRATEGY_NAMES = sorted(STRATEGIES)
 RATE_LIMIT = re.compile(r'^"per_ip";r=(\d+);t=(\d+)$')
 

@@ -28,9 +28,9 @@ import pytest
 import yaml
 
 from gateway.ratelimit import open_storage
-from gateway.redis_store import close as close_storage
+from gateway.ratelimit.redis_store import close as close_storage
 from tests.conftest import ROOT, free_port, in_ci
-from tests.log_scan import register_lines, remember_credentials
+from tests.support.log_scan import register_lines, remember_credentials
 
 WAIT = 30.0  # upper bound for things that normally take milliseconds; never a pass/fail timing
 

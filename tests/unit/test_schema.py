@@ -6,7 +6,7 @@ import json
 
 from gateway.policy import PolicyFile
 from tests.conftest import ROOT
-from tests.processes import run_cli
+from tests.support.processes import run_cli
 
 SCHEMA = ROOT / "config" / "policy.schema.json"
 

@@ -239,5 +239,5 @@ def test_load_policy_from_a_file(tmp_path: Path):
 
 @pytest.mark.parametrize("name", ["config/policy.yaml", "config/policy.example.yaml"])
 def test_shipped_policies_are_valid(name):
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     load_policy(root / name, env={})

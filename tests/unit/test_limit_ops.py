@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 
-from gateway.memory_store import BoundedMemoryStorage
-from gateway.ratelimit import Bucket, Limiter, LimiterPool, LimitResult, StoreUnavailable
-from gateway.redis_store import HIT_SCRIPTS
+from gateway.models import Bucket
+from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable
+from gateway.ratelimit.memory_store import BoundedMemoryStorage
+from gateway.ratelimit.redis_store import HIT_SCRIPTS
 from tests.conftest import free_port
-from tests.processes import RedisServer, running_redis
+from tests.support.processes import RedisServer, running_redis
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 # one item; a later item refusing while the first is counted; the first refusing (the second only read)

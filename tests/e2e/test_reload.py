@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import base_policy, free_port
-from tests.ops_support import labels, samples
-from tests.processes import GatewayProcess, run_cli, write_policy
+from tests.support.ops import labels, samples
+from tests.support.processes import GatewayProcess, run_cli, write_policy
 
 KEPT = "https://shop.example.com"
 DROPPED = "https://old.example.net"
@@ -113,7 +113,7 @@ async def test_reload_under_load(gateway_process, upstream, tmp_path, trigger):
 
 async def test_rate_limit_state_and_in_flight_requests_survive_a_reload(ops_gateway, upstream, tmp_path):
     from gateway.reload import PolicyReloader
-    from tests.upstream_double import Reply
+    from tests.support.upstream_double import Reply
 
     tree = base_policy(upstream.url, allowed_origins=[KEPT, DROPPED])
     tree["rate_limit"] = {"per_ip": "3 per minute"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,9 @@ from gateway.app import create_app
 from gateway.sandbox import SANDBOX_RECORDS, RecordedRequest, SandboxCredentials, create_sandbox_app
 from tests.conftest import in_ci, make_policy
 
-HERE = Path(__file__).parent / "browser"
+HERE = Path(__file__).parent.parent / "browser"
 NODE_MODULES = HERE / "node_modules"
-OUTPUT = Path(__file__).parent / "output"
+OUTPUT = Path(__file__).parent.parent / "output"
 LIBS = {
     "axios.min.js": NODE_MODULES / "axios/dist/axios.min.js",
     "qs.js": NODE_MODULES / "qs/dist/qs.js",
@@ -227,7 +228,7 @@ async def test_official_sdk_from_a_disallowed_origin_gets_nothing(stack: Stack) 
 async def test_demo_page_screenshot(tmp_path: Path) -> None:
     """The demo command's page in a real browser; the screenshot is kept under tests/output/ for CI."""
     process = await asyncio.create_subprocess_exec(
-        "python",
+        sys.executable,
         "-m",
         "gateway",
         "demo",

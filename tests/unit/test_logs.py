@@ -11,9 +11,10 @@ import aiohttp
 from gateway import observe
 from gateway.app import GatewayState
 from gateway.client_ip import ClientIpPolicy
-from gateway.observe import JsonFormatter, Observer, Outcome, TextFormatter, access_log
+from gateway.models import Outcome
+from gateway.observe import JsonFormatter, Observer, TextFormatter, access_log
 from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy, make_policy
-from tests.ops_support import assert_no_secrets
+from tests.support.ops import assert_no_secrets
 
 BROWSER_SECRETS = {
     "X-App-Token": "srv-secret-app-token-5d2c",
@@ -215,18 +216,23 @@ def test_a_huge_origin_is_cut_in_the_log_and_truncation_follows_the_policy(monke
     tree = base_policy("http://upstream.test")
     state = GatewayState(make_policy(tree))
     client = ClientIpPolicy().client("203.0.113.77", [])
-    outcome = Outcome("gw-big", "GET", client=client, origin="https://a." + "x" * 5000)
+    origin = "https://a." + "x" * 5000
+
+    def outcome(request_id: str) -> Outcome:  # as the handler builds it, under the policy now in force
+        return Outcome(request_id, "GET", client=client, origin=origin, truncate_ip=state.policy.truncate_ips)
+
     stream, handler = _capture(JsonFormatter(), logging.INFO)
     access_log.addHandler(handler)
     try:
-        state.observer.record(outcome)
-        state.observer.flush()
+        answered = outcome("gw-before")
+        state.observer.record(answered)  # queued, not yet written
         tree["logging"] = {"client_ip": "truncated"}
-        state.set_policy(make_policy(tree))  # what a reload does: the next lines are truncated
-        state.observer.record(outcome)
+        state.set_policy(make_policy(tree))  # what a reload does: the next requests' lines are truncated
+        state.observer.record(outcome("gw-after"))
         state.observer.flush()
     finally:
         access_log.removeHandler(handler)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [len(line["origin"]) for line in lines] == [200, 200]  # a log line cannot be made huge
+    # a line keeps the form its own request's policy asked for, even when written after a reload
     assert [line["client_ip"] for line in lines] == ["203.0.113.77", "203.0.113.0/24"]

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, assert_gateway_error, base_policy, raw_url
-from tests.rawhttp import raw_request, read_response, request_bytes, send
-from tests.upstream_double import Reply
+from tests.support.constants import JSON_H, H
+from tests.support.rawhttp import raw_request, read_response, request_bytes, send
+from tests.support.upstream_double import Reply
 
-H = {"Origin": ORIGIN}
-JSON_H = {**H, "Content-Type": "application/json"}
 ALL_DANGER = dict.fromkeys(
     ["redeem", "publish", "list_vouchers", "create_customers", "create_loyalty_referral_events"], True
 )

@@ -9,10 +9,9 @@ from multidict import CIMultiDict
 
 from gateway.upstream import request_headers, response_headers
 from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
-from tests.upstream_double import GarbageServer, Reply
+from tests.support.constants import JSON_H, H
+from tests.support.upstream_double import GarbageServer, Reply
 
-H = {"Origin": ORIGIN}
-JSON_H = {**H, "Content-Type": "application/json"}
 CREDENTIALS = (("X-Client-Application-Id", "app"), ("X-Client-Token", "tok"))
 
 

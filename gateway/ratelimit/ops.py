@@ -24,24 +24,24 @@ from collections.abc import Awaitable, Callable, Sequence
 from math import floor, inf
 from typing import Any
 
-from limits import RateLimitItem
 from limits.aio.storage import RedisStorage, Storage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
 from limits.util import WindowStats
 from redis.asyncio import Redis
 
-from gateway import redis_store
-from gateway.memory_store import BoundedMemoryStorage
-from gateway.redis_batch import ScriptBatcher
+from gateway.models import RateItem
+from gateway.ratelimit import redis_store
+from gateway.ratelimit.memory_store import BoundedMemoryStorage
+from gateway.ratelimit.redis_batch import ScriptBatcher
 
 # (items, their storage keys for one client) -> (allowed, one WindowStats per item)
-BucketCounter = Callable[[Sequence[RateLimitItem], list[str]], Awaitable[tuple[bool, list[WindowStats]]]]
+BucketCounter = Callable[[Sequence[RateItem], list[str]], Awaitable[tuple[bool, list[WindowStats]]]]
 # (item, storage key) -> counted / the item's window
-MemoryCount = Callable[[RateLimitItem, str], bool]
-MemoryRead = Callable[[RateLimitItem, str], WindowStats]
+MemoryCount = Callable[[RateItem, str], bool]
+MemoryRead = Callable[[RateItem, str], WindowStats]
 # (item, storage key, count?) -> (counted, the item's window); `counted` is False when not counting
-RedisOp = Callable[[RateLimitItem, str, bool], Awaitable[tuple[bool, WindowStats]]]
+RedisOp = Callable[[RateItem, str, bool], Awaitable[tuple[bool, WindowStats]]]
 
 
 def bucket_counter(storage: Storage, strategy: str) -> BucketCounter | None:
@@ -54,7 +54,7 @@ def bucket_counter(storage: Storage, strategy: str) -> BucketCounter | None:
 
 
 def _memory_counter(count: MemoryCount, read: MemoryRead) -> BucketCounter:
-    async def counter(items: Sequence[RateLimitItem], keys: list[str]) -> tuple[bool, list[WindowStats]]:
+    async def counter(items: Sequence[RateItem], keys: list[str]) -> tuple[bool, list[WindowStats]]:
         allowed = True
         for item, key in zip(items, keys, strict=True):
             if not count(item, key):
@@ -66,7 +66,7 @@ def _memory_counter(count: MemoryCount, read: MemoryRead) -> BucketCounter:
 
 
 def _redis_counter(op: RedisOp) -> BucketCounter:
-    async def counter(items: Sequence[RateLimitItem], keys: list[str]) -> tuple[bool, list[WindowStats]]:
+    async def counter(items: Sequence[RateItem], keys: list[str]) -> tuple[bool, list[WindowStats]]:
         allowed = True
         windows = []
         for item, key in zip(items, keys, strict=True):
@@ -79,10 +79,10 @@ def _redis_counter(op: RedisOp) -> BucketCounter:
 
 
 def _sliding_window_stats(
-    item: RateLimitItem, previous: int, previous_expires_in: float, current: int, current_expires_in: float
+    item: RateItem, previous: int, previous_expires_in: float, current: int, current_expires_in: float
 ) -> WindowStats:
     """`SlidingWindowCounterRateLimiter.get_window_stats` on a `get_sliding_window` answer."""
-    expiry = item.get_expiry()
+    expiry = item.expiry
     remaining = max(0, item.amount - floor(previous * previous_expires_in / expiry + current))
     now = time.time()
     if not (previous or current):
@@ -102,21 +102,21 @@ def _sliding_window_stats(
 
 
 def _memory_moving_window(storage: BoundedMemoryStorage) -> tuple[MemoryCount, MemoryRead]:
-    def count(item: RateLimitItem, key: str) -> bool:
-        return storage.acquire_entry_sync(key, item.amount, item.get_expiry())
+    def count(item: RateItem, key: str) -> bool:
+        return storage.acquire_entry_sync(key, item.amount, item.expiry)
 
-    def read(item: RateLimitItem, key: str) -> WindowStats:
-        start, hits = storage.get_moving_window_sync(key, item.get_expiry())
-        return WindowStats(start + item.get_expiry(), item.amount - hits)
+    def read(item: RateItem, key: str) -> WindowStats:
+        start, hits = storage.get_moving_window_sync(key, item.expiry)
+        return WindowStats(start + item.expiry, item.amount - hits)
 
     return count, read
 
 
 def _memory_fixed_window(storage: BoundedMemoryStorage) -> tuple[MemoryCount, MemoryRead]:
-    def count(item: RateLimitItem, key: str) -> bool:
-        return storage.incr_sync(key, item.get_expiry()) <= item.amount
+    def count(item: RateItem, key: str) -> bool:
+        return storage.incr_sync(key, item.expiry) <= item.amount
 
-    def read(item: RateLimitItem, key: str) -> WindowStats:
+    def read(item: RateItem, key: str) -> WindowStats:
         remaining = max(0, item.amount - storage.get_sync(key))
         return WindowStats(storage.get_expiry_sync(key), remaining)
 
@@ -124,11 +124,11 @@ def _memory_fixed_window(storage: BoundedMemoryStorage) -> tuple[MemoryCount, Me
 
 
 def _memory_sliding_window(storage: BoundedMemoryStorage) -> tuple[MemoryCount, MemoryRead]:
-    def count(item: RateLimitItem, key: str) -> bool:
-        return storage.acquire_sliding_window_entry_sync(key, item.amount, item.get_expiry())
+    def count(item: RateItem, key: str) -> bool:
+        return storage.acquire_sliding_window_entry_sync(key, item.amount, item.expiry)
 
-    def read(item: RateLimitItem, key: str) -> WindowStats:
-        return _sliding_window_stats(item, *storage.get_sliding_window_sync(key, item.get_expiry()))
+    def read(item: RateItem, key: str) -> WindowStats:
+        return _sliding_window_stats(item, *storage.get_sliding_window_sync(key, item.expiry))
 
     return count, read
 
@@ -185,8 +185,8 @@ def _batcher(client: Any) -> ScriptBatcher | None:
 def _redis_moving_window(storage: RedisStorage) -> RedisOp:
     call, prefixed = _script(storage, redis_store.MOVING_WINDOW_HIT), storage.bridge.prefixed_key
 
-    async def op(item: RateLimitItem, key: str, count: bool) -> tuple[bool, WindowStats]:
-        expiry, timestamp = item.get_expiry(), time.time()
+    async def op(item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
+        expiry, timestamp = item.expiry, time.time()
         reply = await call([prefixed(key)], [timestamp, item.amount, expiry, int(count)])
         hits = int(reply[1])
         start = float(reply[2]) if hits else timestamp  # RedispyBridge.get_moving_window
@@ -198,8 +198,8 @@ def _redis_moving_window(storage: RedisStorage) -> RedisOp:
 def _redis_fixed_window(storage: RedisStorage) -> RedisOp:
     call, prefixed = _script(storage, redis_store.FIXED_WINDOW_HIT), storage.bridge.prefixed_key
 
-    async def op(item: RateLimitItem, key: str, count: bool) -> tuple[bool, WindowStats]:
-        current, ttl = await call([prefixed(key)], [item.get_expiry(), int(count)])
+    async def op(item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
+        current, ttl = await call([prefixed(key)], [item.expiry, int(count)])
         reset = max(int(ttl), 0) + time.time()  # RedispyBridge.get_expiry
         return count and int(current) <= item.amount, WindowStats(reset, max(0, item.amount - int(current)))
 
@@ -209,10 +209,10 @@ def _redis_fixed_window(storage: RedisStorage) -> RedisOp:
 def _redis_sliding_window(storage: RedisStorage) -> RedisOp:
     call, prefixed = _script(storage, redis_store.SLIDING_WINDOW_HIT), storage.bridge.prefixed_key
 
-    async def op(item: RateLimitItem, key: str, count: bool) -> tuple[bool, WindowStats]:
+    async def op(item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
         # limits' keys: "{key}/-1" and "{key}", one hash tag so one cluster slot
         keys = [prefixed(storage._previous_window_key(key)), prefixed(storage._current_window_key(key))]
-        reply = await call(keys, [item.amount, item.get_expiry(), int(count)])
+        reply = await call(keys, [item.amount, item.expiry, int(count)])
         return reply[0] == 1, _sliding_window_stats(  # RedispyBridge.get_sliding_window's conversions
             item,
             int(reply[1] or 0),

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from gateway import limit_ops
-from gateway.ratelimit import Bucket, Limiter, StoreUnavailable
-from tests.processes import RedisServer
+from gateway.models import Bucket
+from gateway.ratelimit import Limiter, StoreUnavailable
+from gateway.ratelimit import ops as limit_ops
+from tests.support.processes import RedisServer
 
 STRATEGIES = ("moving-window", "fixed-window", "sliding-window-counter")
 

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.cli import main
 from tests.conftest import ROOT, free_port
-from tests.processes import run_cli
+from tests.support.processes import run_cli
 
 VALID = """
 default_project: shop

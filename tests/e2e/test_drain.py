@@ -8,8 +8,8 @@ import signal
 import aiohttp
 
 from tests.conftest import ORIGIN, base_policy, free_port
-from tests.processes import GatewayProcess
-from tests.upstream_double import Reply
+from tests.support.processes import GatewayProcess
+from tests.support.upstream_double import Reply
 
 SLOW = 5
 

@@ -14,10 +14,9 @@ import pytest
 
 from gateway.policy import parse_policy
 from gateway.workers import memory_warning
-from tests.conftest import ORIGIN, base_policy, free_port
-from tests.processes import GatewayProcess, GatewayProcessFactory
-
-H = {"Origin": ORIGIN}
+from tests.conftest import base_policy, free_port
+from tests.support.constants import H
+from tests.support.processes import GatewayProcess, GatewayProcessFactory
 
 
 def _alive(pid: int) -> bool:
@@ -134,7 +133,7 @@ async def test_one_metrics_scrape_covers_every_worker(
 async def test_parent_readiness_follows_a_deny_projects_limit_store(
     upstream: Any, gateway_process: GatewayProcessFactory
 ) -> None:
-    from tests.processes import RedisServer
+    from tests.support.processes import RedisServer
 
     redis = RedisServer()
     redis.start()

@@ -14,7 +14,7 @@ the storage is built here with:
 
 `prepare` pings and loads the strategies' Lua scripts, so the first round trip is not a request's.
 
-The gateway's own scripts (`HIT_SCRIPTS`, used by gateway/limit_ops.py) count a hit and read the window back
+The gateway's own scripts (`HIT_SCRIPTS`, used by `ops.py`) count a hit and read the window back
 in one EVALSHA: each is `limits`' acquire script followed by its read script (or GET and TTL), on the same
 keys and data structures, so gateways running `limits`' two-call path share the counts during a rolling
 deploy. One script call per item: an item's keys are in one cluster slot (the sliding window's two keys
