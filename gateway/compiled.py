@@ -21,6 +21,8 @@ class ProjectRuntime:
     rate_limit: RateLimit
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
+    cache_ttl: float = 0.0  # seconds list answers are reused (`cache.ttl`); 0: off
+    api_version: str | None = None  # sent upstream as X-Voucherify-API-Version on every call
 
     @property
     def server_mode(self) -> bool:
@@ -71,6 +73,8 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             rate_limit=limits,
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
+            cache_ttl=policy.cache_for(name).ttl,
+            api_version=project.api_version,
         )
     return CompiledPolicy(
         source=policy,

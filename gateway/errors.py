@@ -20,6 +20,7 @@ class ErrorKey(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_QUOTA_EXHAUSTED = "upstream_quota_exhausted"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
 
 
@@ -36,6 +37,7 @@ _STATUS = {
     ErrorKey.UPSTREAM_UNAVAILABLE: 502,
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
+    ErrorKey.UPSTREAM_QUOTA_EXHAUSTED: 503,
     ErrorKey.REQUEST_TIMEOUT: 408,
 }
 
@@ -179,6 +181,22 @@ def upstream_timeout() -> GatewayError:
         "Upstream timeout",
         "Voucherify did not answer in time. A redemption may or may not have happened: "
         "check before retrying.",
+    )
+
+
+def upstream_quota_exhausted(retry_after: int, *, voucherify_busy: bool = False) -> GatewayError:
+    """503: the project's `upstream_quota` is spent, or Voucherify answered 429 and the gateway holds off.
+
+    The pipeline sends `Retry-After: <retry_after>` with it."""
+    reason = (
+        "Voucherify asked the gateway to slow down for this project"
+        if voucherify_busy
+        else "This project's calls to Voucherify are used up for now"
+    )
+    return GatewayError(
+        ErrorKey.UPSTREAM_QUOTA_EXHAUSTED,
+        "Upstream quota exhausted",
+        f"{reason}; nothing was sent. Retry after {retry_after} seconds.",
     )
 
 

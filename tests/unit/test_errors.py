@@ -31,3 +31,12 @@ def test_a_hostile_method_in_a_405_is_neutralised():
     details = errors.method_not_allowed("GET\x00\x07", ("POST",)).details
     assert "\x00" not in details and "\x07" not in details
     assert details.startswith("GET?? is not supported")
+
+
+def test_upstream_quota_exhausted_is_a_503_for_both_reasons():
+    for busy in (False, True):
+        error = errors.upstream_quota_exhausted(7, voucherify_busy=busy)
+        body = json.loads(error.body("gw-2"))
+        assert (error.status, body["code"], body["key"]) == (503, 503, "upstream_quota_exhausted")
+        assert "7 seconds" in body["details"] and "nothing was sent" in body["details"]
+    assert "Voucherify" in errors.upstream_quota_exhausted(1, voucherify_busy=True).details

@@ -241,3 +241,55 @@ def test_load_policy_from_a_file(tmp_path: Path):
 def test_shipped_policies_are_valid(name):
     root = Path(__file__).resolve().parents[2]
     load_policy(root / name, env={})
+
+
+def test_cache_ttl_defaults_to_off_and_a_project_may_replace_it():
+    policy = parse_policy(MINIMAL, env={})
+    assert policy.cache.ttl == 0 and policy.cache_for("shop").ttl == 0
+    assert compile_policy(policy).projects["shop"].cache_ttl == 0
+    text = MINIMAL + "    cache: {ttl: 30}\n  blog:\n" + MINIMAL.split("  shop:\n")[1] + "cache: {ttl: 5}\n"
+    compiled = compile_policy(parse_policy(text, env={}))
+    assert compiled.projects["shop"].cache_ttl == 30
+    assert compiled.projects["blog"].cache_ttl == 5  # inherited
+    inherit = MINIMAL + "    cache: {}\ncache: {ttl: 2.5}\n"
+    assert compile_policy(parse_policy(inherit, env={})).projects["shop"].cache_ttl == 2.5
+
+
+def test_bad_cache_keys_are_reported_with_their_paths():
+    found = problems(MINIMAL + "    cache: {ttl: -1, size: 3}\ncache: {ttl: soon}\n")
+    assert any(p.startswith("projects.shop.cache.ttl:") for p in found), found
+    assert "projects.shop.cache.size: unknown key" in found
+    assert any(p.startswith("cache.ttl:") for p in found), found
+
+
+def test_api_version_is_compiled_for_the_upstream_call():
+    shop = compile_policy(parse_policy(MINIMAL + "    api_version: v2018-08-01\n", env={})).projects["shop"]
+    assert shop.api_version == "v2018-08-01"
+    assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].api_version is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2018-08-01",
+        "v2018-8-1",
+        "V2018-08-01",
+        "v2018-13-01",
+        "v2018-02-30",
+        "v2018-08-01 ",
+        "v2018-08-01\\r\\nX-Evil: 1",
+        "v\u0662\u0660\u0661\u0668-08-01",  # Arabic-Indic digits
+        "v20180801",
+        "latest",
+        "1",
+    ],
+)
+def test_check_refuses_an_api_version_that_is_not_vyyyy_mm_dd(value: str):
+    found = problems(MINIMAL + f'    api_version: "{value}"\n')
+    assert len(found) == 1 and found[0].startswith("projects.shop.api_version:"), found
+    assert "vYYYY-MM-DD" in found[0]
+
+
+def test_api_version_is_a_string_not_a_yaml_date():
+    found = problems(MINIMAL + "    api_version: 2018-08-01\n")
+    assert found and found[0].startswith("projects.shop.api_version:")

@@ -1,0 +1,1 @@
+"""The second release's guards: each a sans-IO module the pipeline calls at its place in the check order."""
