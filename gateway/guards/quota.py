@@ -34,7 +34,7 @@ class QuotaPlan:
     limit: int
     window: int
     reserve: int
-    key: str  # the project's ledger in the limit store
+    key: str  # the project's ledger in the limit store (the store prefixes and hash-tags it)
 
     def __post_init__(self) -> None:
         if not 0 <= self.reserve <= self.limit:
@@ -61,7 +61,7 @@ class QuotaPlan:
             raise ValueError("redeem_reserve is a share between 0 and 1")
         item = items[0]
         reserve = reserve_of(item.amount, redeem_reserve)
-        return cls(item.amount, item.expiry, reserve, f"LIMITER/{project}/upstream_quota/{item.expiry}")
+        return cls(item.amount, item.expiry, reserve, f"{project}/upstream_quota/{item.expiry}")
 
 
 def reserve_of(limit: int, redeem_reserve: float) -> int:

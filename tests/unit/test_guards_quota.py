@@ -41,7 +41,7 @@ class Clock:
 
 def test_a_plan_from_policy_values():
     plan = QuotaPlan.build("shop", "2000 per minute", 0.2)
-    assert plan == QuotaPlan(2000, 60, 400, "LIMITER/shop/upstream_quota/60")
+    assert plan == QuotaPlan(2000, 60, 400, "shop/upstream_quota/60")
     assert plan.policy_header == '"upstream_quota";q=2000;w=60'
     assert QuotaPlan.build("shop", None, 0.2) is None
 
