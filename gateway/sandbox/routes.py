@@ -25,7 +25,7 @@ def _store(request: web.Request) -> Store:
 
 def _request_id(request: web.Request) -> str:
     """The answer's ``X-Request-Id``, which errors inside a 200 answer carry too."""
-    return request[REQUEST_ID] if REQUEST_ID in request else ""
+    return request[REQUEST_ID]
 
 
 async def _body(request: web.Request) -> Json:
