@@ -49,14 +49,3 @@ class SandboxError(Exception):
 
 def invalid_payload(details: str) -> SandboxError:
     return SandboxError(400, "invalid_payload", "Invalid payload", details)
-
-
-def not_found(resource_type: str, resource_id: str) -> SandboxError:
-    return SandboxError(
-        404,
-        "not_found",
-        "Resource not found",
-        f"Cannot find {resource_type} with id {resource_id}",
-        resource_id=resource_id,
-        resource_type=resource_type,
-    )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gateway.sandbox import render
-from gateway.sandbox.errors import Json, SandboxError, invalid_payload, not_found
+from gateway.sandbox.errors import Json, SandboxError, invalid_payload
 from gateway.sandbox.loading import new_id, parse_fixtures
 from gateway.sandbox.models import (
     Campaign,
@@ -36,6 +36,7 @@ from gateway.sandbox.rules import (
     check_voucher,
     evaluate,
     first_failure,
+    missing,
     tier_available,
 )
 
@@ -169,7 +170,7 @@ class Store:
             (c for c in self.campaigns.values() if c.id == campaign_name), None
         )
         if campaign is None:
-            raise not_found("campaign", campaign_name)
+            raise missing("campaign", campaign_name).error()
         customer = self._customer(payload, create=True)
         if customer is None:
             raise SandboxError(
@@ -304,7 +305,7 @@ class Store:
     def update_consents(self, customer_id: str, payload: Json) -> None:
         customer = self._find_customer(customer_id)
         if customer is None:
-            raise not_found("customer", customer_id)
+            raise missing("customer", customer_id).error()
         for key, value in payload.items():
             if not isinstance(value, bool):
                 raise invalid_payload(f"{key} must be a boolean")
@@ -313,7 +314,7 @@ class Store:
                     customer.consents = dict.fromkeys(self.consents, False)
                 continue
             if key not in self.consents:
-                raise not_found("consent", key)
+                raise missing("consent", key).error()
             customer.consents[key] = value
         customer.updated_at = self.clock()
 

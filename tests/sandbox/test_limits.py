@@ -11,7 +11,14 @@ import pytest
 
 from gateway.sandbox import SANDBOX_STORE, create_sandbox_app
 from gateway.sandbox.ratelimit import PlanLimit
-from tests.sandbox.conftest import CLIENT_HEADERS, SERVER_HEADERS, Client, MakeClient
+from tests.sandbox.conftest import (
+    CLIENT_HEADERS,
+    SERVER_HEADERS,
+    Client,
+    MakeClient,
+    raw_request,
+    standalone_sandbox,
+)
 
 TOO_MANY = {"code": 429, "message": "Too many requests hit the API too quickly."}
 
@@ -122,47 +129,20 @@ def test_plan_limit_must_be_positive(bad: int) -> None:
         create_sandbox_app(plan_limit=bad)
 
 
-async def _request(port: int, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    answer = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    return answer
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="signals")
 async def test_standalone_runner_takes_plan_limit() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.sandbox",
-        "--port",
-        "0",
-        "--plan-limit",
-        "1",
-        stdout=asyncio.subprocess.PIPE,
+    request = (
+        b"GET /v1/consents HTTP/1.1\r\nHost: x\r\nX-App-Id: sandbox-app-id\r\n"
+        b"X-App-Token: sandbox-secret-key\r\nConnection: close\r\n\r\n"
     )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
-        match = re.fullmatch(r"sandbox listening on http://127\.0\.0\.1:(\d+)\n", line)
-        assert match, line
-        request = (
-            b"GET /v1/consents HTTP/1.1\r\nHost: x\r\nX-App-Id: sandbox-app-id\r\n"
-            b"X-App-Token: sandbox-secret-key\r\nConnection: close\r\n\r\n"
-        )
-        first = await _request(int(match.group(1)), request)
-        second = await _request(int(match.group(1)), request)
-        assert first.startswith(b"HTTP/1.1 200")
-        assert b"\r\nX-Rate-Limit-Remaining: 0\r\n" in first
-        assert second.startswith(b"HTTP/1.1 429")
-        assert b"\r\nX-Rate-Limit-Limit: 1\r\n" in second
-        assert re.search(rb"\r\nRetry-After: \d+\r\n", second)
-    finally:
-        process.terminate()
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+    async with standalone_sandbox("--plan-limit", "1") as port:
+        first = await raw_request(port, request)
+        second = await raw_request(port, request)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert b"\r\nX-Rate-Limit-Remaining: 0\r\n" in first
+    assert second.startswith(b"HTTP/1.1 429")
+    assert b"\r\nX-Rate-Limit-Limit: 1\r\n" in second
+    assert re.search(rb"\r\nRetry-After: \d+\r\n", second)
 
 
 async def test_standalone_runner_refuses_a_bad_plan_limit() -> None:
