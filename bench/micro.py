@@ -19,7 +19,9 @@ from bench import configs
 from gateway import app as gw
 from gateway.decide import Admit, check_body, decide
 from gateway.models import Outcome
-from gateway.observe import JsonFormatter, Observer, access_log
+from gateway.observe.access import AccessLog, access_log
+from gateway.observe.accounting import Accounting
+from gateway.observe.logs import JsonFormatter
 from gateway.policy import parse_policy
 from gateway.translate import upstream_call
 from gateway.upstream import request_headers, response_headers
@@ -79,11 +81,12 @@ async def main() -> None:
     access_log.addHandler(handler)
     access_log.setLevel(logging.INFO)
     access_log.propagate = False
-    observer = Observer()
+    accounting = Accounting([AccessLog()])
 
     def record() -> None:
         outcome = Outcome(gw.new_request_id(), "POST", "shop", "validate_stackable", status=200)
-        observer.record(outcome)
+        accounting.started()
+        accounting.record(outcome)
 
     keys = itertools.cycle([f"10.0.{i // 256}.{i % 256}" for i in range(1000)])  # real per-IP lists are short
     credentials, origin, cors = project.credential_headers, admit.origin, admit.cors
@@ -112,7 +115,7 @@ async def main() -> None:
             "_respond (build the web.Response)",
             per_call_us(lambda: gw._respond(200, answer, "gw-1", cors, content_type, None)),
         ),
-        ("access log line (Observer.record, accounted in batches)", per_call_us(record)),
+        ("access log line (Accounting.record, accounted in batches)", per_call_us(record)),
     ]
     await state.limiters.close()
     print("| step | µs per request |\n|---|---:|")
