@@ -111,11 +111,10 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes lines in batches: one write per FLUSH_EVERY seconds or BATCH lines, not one per request.
 
     A write and flush per access line cost about as much as the rest of the gateway's own work per request.
-    Warnings and errors are written at once; `serve` flushes the rest every FLUSH_EVERY seconds and at exit,
-    so a line is never more than that late, and none is lost on a clean stop.
+    Warnings and errors are written at once; `serving.Serving` flushes the rest every FLUSH_EVERY seconds
+    and at exit, so a line is never more than that late, and none is lost on a clean stop.
     """
 
-    FLUSH_EVERY = FLUSH_EVERY
     BATCH = 256
 
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -139,7 +138,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if (
             record.levelno >= logging.WARNING
             or len(self._pending) >= self.BATCH
-            or time.monotonic() - self._last >= self.FLUSH_EVERY
+            or time.monotonic() - self._last >= FLUSH_EVERY
         ):
             self.flush()
 
