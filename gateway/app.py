@@ -24,8 +24,10 @@ from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused
 from gateway.headers import request_headers
+from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
-from gateway.observe import Observer
+from gateway.observe.access import AccessLog
+from gateway.observe.accounting import Accounting
 from gateway.policy import PolicyFile
 from gateway.ratelimit.limiter import LimiterPool, StoreUnavailable
 from gateway.upstream import Http1Transport, Transport
@@ -40,11 +42,11 @@ class GatewayState:
     """Everything the handler needs, swapped atomically on reload (`policy` is one reference)."""
 
     def __init__(
-        self, policy: PolicyFile, observer: Observer | None = None, transport: Transport | None = None
+        self, policy: PolicyFile, accounting: Accounting | None = None, transport: Transport | None = None
     ) -> None:
         self.limiters = LimiterPool()
         self.transport: Transport = transport if transport is not None else Http1Transport()
-        self.observer = observer or Observer()
+        self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
         self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
         self.policy: CompiledPolicy
@@ -56,12 +58,8 @@ class GatewayState:
             limits = project.rate_limit
             self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
         self.policy = compiled
-        names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)
-        if names:
-            log.warning(
-                "allowed_origins has '*' in %s: any website can call these projects through the gateway",
-                names,
-            )
+        for warning in policy_warnings(policy):
+            log.warning("%s", warning)
 
 
 STATE = web.AppKey("state", GatewayState)
@@ -142,7 +140,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     policy = state.policy  # this request finishes under the policy it started with
     started = time.perf_counter()
     outcome = Outcome(new_request_id(), request.method, truncate_ip=policy.truncate_ips)
-    state.observer.started()
+    state.accounting.started()
     try:
         response = await _pipeline(request, state, policy, outcome)
     except asyncio.CancelledError:
@@ -151,7 +149,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
-        state.observer.record(outcome)
+        state.accounting.record(outcome)
     return response
 
 
@@ -255,21 +253,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await state.transport.start()
     await state.limiters.start()
     yield
-    state.observer.flush()  # the last requests' lines and counts
+    state.accounting.flush()  # the last requests' lines and counts
     await state.transport.close()
     await state.limiters.close()
 
 
 def create_app(
     policy: PolicyFile,
-    observer: Observer | None = None,
+    accounting: Accounting | None = None,
     *,
     demo_page: bool = False,
     transport: Transport | None = None,
 ) -> web.Application:
     """The gateway's app. `transport` replaces the HTTP client to Voucherify (tests, embedding)."""
     app = web.Application()  # bodies are read and limited by the handler (`_request_body`), not by aiohttp
-    app[STATE] = GatewayState(policy, observer, transport)
+    app[STATE] = GatewayState(policy, accounting, transport)
     app.cleanup_ctx.append(_lifecycle)
     add_widget(app)  # /widget.js, the one public addition to the contract's routes
     if demo_page:
