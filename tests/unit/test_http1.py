@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import inspect
 import logging
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from multidict import CIMultiDict
 
+from gateway import http1
 from gateway.http1 import (
     ConnectFailed,
     ConnectionLost,
@@ -452,6 +454,103 @@ async def test_oversized_answers_fail(servers):
                 await get(http, server)
         assert len(server.requests) == 4
         assert server.connections == 3  # the bomb arrived whole: only its decoding was refused
+    finally:
+        await http.close()
+
+
+async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers):
+    async def declared(reader, writer, index):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")  # and no body, ever
+        await writer.drain()
+        await asyncio.sleep(10)
+        return False
+
+    http = Http1Client(10, max_body=1000)
+    try:
+        server = await servers(declared)
+        # refused as the headers arrive: not after a read timeout spent waiting for the gigabyte
+        with pytest.raises(ResponseTooLarge):
+            await http.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 30))
+        assert http.buffered == 0
+    finally:
+        await http.close()
+
+
+async def test_a_declared_length_on_head_and_304_is_not_a_body(servers, client):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n"
+    server = await servers(
+        answering(head, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1073741824\r\n\r\n")
+    )
+    assert (await get(client, server, method="HEAD")).status == 200
+    assert (await get(client, server)).status == 304
+
+
+async def test_a_failed_answer_is_freed_without_the_cyclic_collector(servers):
+    """The server makes full collections rare, so nothing of a failed answer may wait for one."""
+
+    async def too_big(reader, writer, index):
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 5000)
+        await writer.drain()
+        return False
+
+    def connections() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, http1._Connection))
+
+    http = Http1Client(10, max_body=1000)
+    server = await servers(too_big)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            with pytest.raises(ResponseTooLarge):
+                await get(http, server)
+        with pytest.raises(ConnectFailed):
+            await http.request(f"http://127.0.0.1:{free_port()}", "GET", "/", (), b"", T)
+        for _ in range(3):
+            await asyncio.sleep(0)  # connection_lost
+        assert http.open_connections == 0
+        assert connections() == 0  # none left in a cycle (gc.get_objects lists uncollected garbage too)
+        assert http.buffered == 0
+    finally:
+        gc.enable()
+        await http.close()
+
+
+async def test_the_bodies_of_all_answers_in_flight_are_bounded_together(servers):
+    first_half = asyncio.Event()
+    finish = asyncio.Event()
+
+    def halves(hold: bool) -> Answer:
+        async def answer(reader, writer, index):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1800\r\n\r\n" + b"x" * 900)
+            await writer.drain()
+            if hold:
+                first_half.set()
+                await finish.wait()
+            writer.write(b"y" * 900)
+            await writer.drain()
+            return True
+
+        return answer
+
+    http = Http1Client(10, max_body=2000, max_buffered=2500)
+    try:
+        one, two = await servers(halves(True)), await servers(halves(False))
+        held = asyncio.create_task(get(http, one))
+        await asyncio.wait_for(first_half.wait(), 1)
+        for _ in range(500):  # the first half is in the client's buffers (a bound, not a timing)
+            if http.buffered >= 900:
+                break
+            await asyncio.sleep(0.01)
+        assert http.buffered == 900
+        # 900 held + 1800 would pass 2500: the second answer is refused, though it alone is under max_body
+        with pytest.raises(ResponseTooLarge):
+            await get(http, two)
+        assert http.buffered == 900
+        finish.set()
+        assert (await held).body == b"x" * 900 + b"y" * 900
+        assert http.buffered == 0
+        assert len((await get(http, two)).body) == 1800  # alone, it fits
     finally:
         await http.close()
 
