@@ -41,7 +41,11 @@ class GatewayState:
 
     def __init__(self, policy: PolicyFile, observer: Observer | None = None) -> None:
         self.limiters = LimiterPool()
-        self.upstream = UpstreamPool(policy.upstream.connect_timeout, policy.upstream.read_timeout)
+        self.upstream = UpstreamPool(
+            policy.upstream.connect_timeout,
+            policy.upstream.read_timeout,
+            policy.upstream.max_in_flight_per_host,
+        )
         self.observer = observer or Observer()
         self.draining = False
         self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
@@ -54,6 +58,7 @@ class GatewayState:
             limits = project.rate_limit
             self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
         self.policy = compiled
+        self.upstream.max_in_flight = policy.upstream.max_in_flight_per_host
         names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)
         if names:
             log.warning(

@@ -10,7 +10,9 @@ What it does:
     literal hosts, an optional path prefix in the base URL; each base URL is parsed once and cached.
   - one pool per (scheme, host, port), idle connections reused last-in first-out and closed after
     `idle_timeout` seconds (one sweep timer for the client, re-armed only while something is idle);
-    `max_connections` requests in flight across all pools, the rest wait in line.
+    at most `max_in_flight` requests in flight to each (scheme, host, port), a cap of its own for every
+    upstream host (Envoy's per-cluster circuit breaker): one more while it is full fails at once with
+    `PoolFull`, nothing sent, instead of waiting for a slot, so a hung upstream holds only its own slots.
   - bodies by Content-Length, chunked or until the connection closes; 1xx interim answers skipped; no body
     for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent).
   - a bounded answer: more than `max_body` bytes (on the wire or decoded) is an error, not memory growth;
@@ -103,6 +105,10 @@ class ProtocolError(UpstreamError):
 
 class ResponseTooLarge(UpstreamError):
     """The answer is over `max_body` bytes, on the wire or decoded."""
+
+
+class PoolFull(UpstreamError):
+    """The host already has `max_in_flight` requests in flight: nothing was sent."""
 
 
 class UnsafeRequest(UpstreamError):
@@ -359,7 +365,7 @@ class _Connection(asyncio.Protocol):
 class _Origin:
     """The connections to one (scheme, host, port)."""
 
-    __slots__ = ("host", "host_header", "idle", "port", "server_hostname", "ssl")
+    __slots__ = ("host", "host_header", "idle", "in_flight", "port", "server_hostname", "ssl")
 
     def __init__(self, scheme: str, host: str, port: int, context: ssl.SSLContext | None) -> None:
         self.host = host
@@ -373,6 +379,7 @@ class _Origin:
         # pre-built once: every request on this origin starts its headers with these two lines
         self.host_header = f"Host: {authority}\r\nAccept-Encoding: gzip, deflate\r\n"
         self.idle: list[_Connection] = []  # oldest first; reuse takes the newest
+        self.in_flight = 0  # requests between their cap check and their answer (or failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +435,7 @@ class Http1Client:
 
     def __init__(
         self,
-        max_connections: int = 1000,
+        max_in_flight: int = 1000,
         *,
         idle_timeout: float = IDLE_TIMEOUT,
         max_body: int = MAX_BODY,
@@ -441,11 +448,15 @@ class Http1Client:
         self._budget = _Budget(max_buffered)
         self.closed = False
         self._ssl = ssl_context
-        self._slots = asyncio.Semaphore(max_connections)
+        self.max_in_flight = max_in_flight  # per (scheme, host, port); may be changed (a reload) at any time
         self._bases: dict[str, _Base] = {}
         self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._connections: set[_Connection] = set()  # every open one, idle or busy, for close()
         self._sweep: asyncio.TimerHandle | None = None
+
+    def in_flight(self, base_url: str) -> int:
+        """Requests in flight to `base_url`'s (scheme, host, port)."""
+        return self._base(base_url).origin.in_flight
 
     @property
     def buffered(self) -> int:
@@ -540,7 +551,9 @@ class Http1Client:
         base = self._base(base_url)
         origin = base.origin
         head = self._head(origin, base.prefix, method, target, headers, len(body))
-        await self._slots.acquire()
+        if origin.in_flight >= self.max_in_flight:
+            raise PoolFull(origin.host)
+        origin.in_flight += 1
         conn: _Connection | None = None
         try:
             conn = self._idle(origin)
@@ -552,7 +565,7 @@ class Http1Client:
                 conn.abort()  # cancelled, failed or timed out mid-answer: never back in the pool
             raise
         finally:
-            self._slots.release()
+            origin.in_flight -= 1
         if conn.reusable and conn.alive and not self.closed:
             conn.waiter = None
             conn.idle_since = self.loop.time()

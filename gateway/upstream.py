@@ -15,7 +15,7 @@ from multidict import CIMultiDict, MultiMapping
 
 from gateway import errors
 from gateway.errors import GatewayError
-from gateway.http1 import Http1Client, UpstreamError, UpstreamTimeout
+from gateway.http1 import Http1Client, PoolFull, UpstreamError, UpstreamTimeout
 from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
 
 __all__ = ["Timeouts", "UpstreamPool", "UpstreamResponse", "request_headers", "response_headers"]
@@ -87,16 +87,29 @@ def response_headers(upstream: Sequence[tuple[str, str]]) -> list[tuple[str, str
 class UpstreamPool:
     """The one HTTP client of the process (`http1.Http1Client`): a pool per upstream host inside it.
 
-    Requests are never retried: a retried POST to /redeem is a double redemption.
+    Requests are never retried: a retried POST to /redeem is a double redemption. Each upstream host has
+    its own cap of requests in flight (`max_in_flight`); one over it is a 502 at once, logged once per
+    episode (until a request to that host ends otherwise), not once per request.
     """
 
-    def __init__(self, connect_timeout: float, read_timeout: float, max_connections: int = 1000) -> None:
+    def __init__(self, connect_timeout: float, read_timeout: float, max_in_flight: int = 1000) -> None:
         self.timeout = Timeouts(connect_timeout, read_timeout)
-        self._max_connections = max_connections
+        self._max_in_flight = max_in_flight
         self._client: Http1Client | None = None
+        self._full: set[str] = set()  # hosts whose cap refused a request since their last other outcome
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._max_in_flight
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:  # a reload: requests already in flight keep their slots
+        self._max_in_flight = value
+        if self._client is not None:
+            self._client.max_in_flight = value
 
     async def start(self) -> None:
-        self._client = Http1Client(self._max_connections)
+        self._client = Http1Client(self._max_in_flight)
 
     @property
     def ready(self) -> bool:
@@ -124,10 +137,23 @@ class UpstreamPool:
                 base_url, call.method, call.path, headers.items(), call.body, timeout or self.timeout
             )
         except UpstreamTimeout:
+            self._full.discard(base_url)
             return errors.upstream_timeout()
+        except PoolFull as exc:
+            if base_url not in self._full:
+                self._full.add(base_url)
+                log.warning(
+                    "upstream %s has %d requests in flight, its cap: more answer 502 at once",
+                    exc.host,
+                    self._max_in_flight,
+                )
+            return errors.upstream_unavailable()
         except UpstreamError as exc:  # the type and host only: headers carry credentials, paths are hostile
+            self._full.discard(base_url)
             log.warning("upstream %s failed: %s", exc.host, type(exc).__name__)
             return errors.upstream_unavailable()
+        if self._full:
+            self._full.discard(base_url)
         return UpstreamResponse(
             answer.status, response_headers(answer.headers), answer.body, client.loop.time() - started
         )

@@ -99,6 +99,14 @@ class RawUpstream:
             self._tasks.discard(task)
             writer.close()
 
+    async def wait_seen(self, count: int, bound: float = 30.0) -> None:
+        """Until `count` whole requests were read; fails after `bound` seconds (a bound, not a timing)."""
+        for _ in range(int(bound / 0.02)):
+            if len(self.seen) >= count:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{len(self.seen)} of {count} requests reached the upstream")
+
     async def start(self) -> RawUpstream:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=self.backlog)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -20,6 +20,7 @@ from gateway.http1 import (
     ConnectFailed,
     ConnectionLost,
     Http1Client,
+    PoolFull,
     ProtocolError,
     ResponseTooLarge,
     Timeouts,
@@ -640,7 +641,8 @@ async def test_cancelling_a_request_drops_its_connection_and_frees_its_slot(serv
         await http.close()
 
 
-async def test_cancelling_a_request_waiting_for_a_slot_leaks_nothing(servers):
+def holding() -> tuple[Answer, asyncio.Event]:
+    """An upstream that reads each request and answers only once the event is set."""
     hold = asyncio.Event()
 
     async def held(reader, writer, index):
@@ -649,39 +651,125 @@ async def test_cancelling_a_request_waiting_for_a_slot_leaks_nothing(servers):
         await writer.drain()
         return True
 
+    return held, hold
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):  # a bound for a busy machine, not a timing
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+async def test_a_full_host_fails_at_once_and_sends_nothing(servers):
+    held, hold = holding()
+    http = Http1Client(2)
+    try:
+        server = await servers(held)
+        stuck = [asyncio.create_task(get(http, server)) for _ in range(2)]
+        await wait_until(lambda: len(server.requests) == 2)
+        assert http.in_flight(server.url) == 2
+        # no wait for a slot: the third fails before connecting, whatever its timeouts
+        with pytest.raises(PoolFull):
+            await http.request(server.url, "POST", "/v1/redeem", (), b"{}", Timeouts(30, 30))
+        assert not any(task.done() for task in stuck)
+        assert len(server.requests) == 2 and server.connections == 2
+        hold.set()
+        assert [r.status for r in await asyncio.gather(*stuck)] == [200, 200]
+        assert http.in_flight(server.url) == 0
+        assert (await get(http, server)).status == 200  # the slots are back
+        assert server.connections == 2  # on a kept connection
+    finally:
+        await http.close()
+
+
+async def test_each_host_has_its_own_cap(servers):
+    held, hold = holding()
+    http = Http1Client(1)
+    try:
+        hung, healthy = await servers(held), await servers(answering(reply()))
+        stuck = asyncio.create_task(get(http, hung))
+        await wait_until(lambda: len(hung.requests) == 1)
+        # the same host under another base path shares its cap; another host has a cap of its own
+        with pytest.raises(PoolFull):
+            await http.request(hung.url + "/prefix", "GET", "/v1/x", (), b"", T)
+        for _ in range(3):
+            assert (await get(http, healthy)).status == 200
+        assert not stuck.done()
+        hold.set()
+        assert (await stuck).status == 200
+    finally:
+        await http.close()
+
+
+async def test_a_failed_or_cancelled_request_gives_its_slot_back(servers):
+    held, hold = holding()
+    http = Http1Client(1)
+    try:
+        server = await servers(held)
+        with pytest.raises(ConnectFailed):
+            await http.request(f"http://127.0.0.1:{free_port()}", "GET", "/", (), b"", T)
+        task = asyncio.create_task(get(http, server))
+        await wait_until(lambda: len(server.requests) == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert http.in_flight(server.url) == 0
+        hold.set()
+        assert (await get(http, server)).status == 200
+    finally:
+        await http.close()
+
+
+async def test_the_cap_can_change_while_requests_are_in_flight(servers):
+    held, hold = holding()
     http = Http1Client(1)
     try:
         server = await servers(held)
         first = asyncio.create_task(get(http, server))
-        waiting = asyncio.create_task(get(http, server))
-        await asyncio.sleep(0.1)
-        waiting.cancel()
+        await wait_until(lambda: len(server.requests) == 1)
+        http.max_in_flight = 2  # a reload raising the cap
+        second = asyncio.create_task(get(http, server))
+        await wait_until(lambda: len(server.requests) == 2)
+        http.max_in_flight = 1  # and lowering it: the two in flight keep their slots, a third is refused
+        with pytest.raises(PoolFull):
+            await get(http, server)
         hold.set()
-        assert (await first).status == 200
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert (await asyncio.wait_for(get(http, server), 1)).status == 200
-        assert len(server.requests) == 2
+        assert [r.status for r in await asyncio.gather(first, second)] == [200, 200]
     finally:
         await http.close()
 
 
-async def test_max_connections_bounds_requests_in_flight(servers):
-    async def slowly(reader, writer, index):
-        await asyncio.sleep(0.1)
+async def test_the_pool_answers_a_full_host_502_and_logs_it_once(servers, caplog):
+    holds = [asyncio.Event(), asyncio.Event()]
+
+    async def held(reader, writer, index):
+        await holds[index].wait()
         writer.write(reply())
         await writer.drain()
         return True
 
-    http = Http1Client(2)
+    pool = UpstreamPool(1, 30, max_in_flight=1)
+    await pool.start()
     try:
-        server = await servers(slowly)
-        responses = await asyncio.gather(*(get(http, server) for _ in range(5)))
-        assert [r.status for r in responses] == [200] * 5
-        assert server.max_open == 2
-        assert server.connections == 2  # the waiting three took the two connections in turn
+        server = await servers(held)
+        call = UpstreamCall("GET", "/v1/x", b"")
+        with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
+            for episode in range(2):
+                stuck = asyncio.create_task(pool.send(server.url, call, CIMultiDict()))
+                await wait_until(lambda n=episode: len(server.requests) == n + 1)
+                for _ in range(5):
+                    answer = await pool.send(server.url, call, CIMultiDict())
+                    assert answer.status == 502
+                    assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+                holds[episode].set()
+                assert (await stuck).status == 200
+        full = [r for r in caplog.records if "its cap" in r.getMessage()]
+        assert len(full) == 2, caplog.text  # one line per episode, not one per refusal
+        assert len(server.requests) == 2
     finally:
-        await http.close()
+        await pool.close()
 
 
 # --- hostile requests: refused before a byte is written
