@@ -363,7 +363,9 @@ class RedisCluster:
         self.directory = directory
         self.nodes: list[RedisServer] = []
         for _ in range(masters):
-            node = RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
+            node = RedisServer(
+                "--cluster-enabled", "yes", "--cluster-node-timeout", "5000", "--dir", str(directory)
+            )
             config = directory / f"nodes-{node.port}.conf"  # the cluster's own state file, one per node
             node.options = (*node.options, "--cluster-config-file", str(config))
             self.nodes.append(node)
@@ -456,8 +458,9 @@ class SentinelGroup:
     SERVICE = "mymaster"
 
     def __init__(self, directory: Path) -> None:
-        self.master = RedisServer()
-        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
+        where = ("--dir", str(directory))  # a replica keeps the RDB it synced from: not in the checkout
+        self.master = RedisServer(*where)
+        self.replica = RedisServer(*where, "--replicaof", "127.0.0.1", str(self.master.port))
         self.sentinels = [SentinelServer(directory, self.SERVICE, self.master.port, 2) for _ in range(3)]
 
     @property
