@@ -45,7 +45,9 @@ class GatewayState:
         self, policy: PolicyFile, accounting: Accounting | None = None, transport: Transport | None = None
     ) -> None:
         self.limiters = LimiterPool()
-        self.transport: Transport = transport if transport is not None else Http1Transport()
+        self.transport: Transport = (
+            transport if transport is not None else Http1Transport(policy.upstream.max_in_flight_per_host)
+        )
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
         self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
@@ -58,6 +60,8 @@ class GatewayState:
             limits = project.rate_limit
             self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
         self.policy = compiled
+        if isinstance(self.transport, Http1Transport):
+            self.transport.max_in_flight = policy.upstream.max_in_flight_per_host
         for warning in policy_warnings(policy):
             log.warning("%s", warning)
 
