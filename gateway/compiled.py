@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
 from gateway.models import Bucket, Timeouts
+from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
 
@@ -21,12 +22,9 @@ class ProjectRuntime:
     rate_limit: RateLimit
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
+    mode: Mode  # client or server keys: both halves of the upstream translation
     cache_ttl: float = 0.0  # seconds list answers are reused (`cache.ttl`); 0: off
     api_version: str | None = None  # sent upstream as X-Voucherify-API-Version on every call
-
-    @property
-    def server_mode(self) -> bool:
-        return self.config.upstream_auth == "server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +71,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             rate_limit=limits,
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
+            mode=mode_for(project.upstream_auth),
             cache_ttl=policy.cache_for(name).ttl,
             api_version=project.api_version,
         )

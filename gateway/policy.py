@@ -77,6 +77,8 @@ class Listen(_Model):
 class Upstream(_Model):
     connect_timeout: float = Field(2, gt=0)
     read_timeout: float = Field(10, gt=0)
+    # an addition: requests in flight to one upstream host (scheme, host, port); more answer 502 at once
+    max_in_flight_per_host: int = Field(1000, ge=1)
 
 
 class Admin(_Model):

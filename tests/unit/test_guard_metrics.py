@@ -3,17 +3,16 @@ and reason; Voucherify's 429s per project. Counted from each request's Outcome, 
 
 from __future__ import annotations
 
-from gateway.metrics import GatewayMetrics, MetricsObserver
 from gateway.models import Outcome
+from gateway.observe.metrics import Metrics
 
 
-def value(metrics: GatewayMetrics, name: str, **labels: str) -> float | None:
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
 def test_cache_quota_and_429_counters():
-    metrics = GatewayMetrics()
-    observer = MetricsObserver(metrics)
+    metrics = Metrics()
     batch = [
         Outcome("a", "GET", "shop", "list_consents", cache="hit", status=200),
         Outcome("b", "GET", "shop", "list_consents", cache="hit", status=200),
@@ -26,7 +25,7 @@ def test_cache_quota_and_429_counters():
         Outcome("g", "POST", "shop", "redeem", "upstream_quota_exhausted", 503, upstream_429=True),
         Outcome("h", "POST", "shop", "redeem", status=200),
     ]
-    observer.account(batch)
+    metrics.account(batch, in_flight=0)
     lookups = "gateway_cache_lookups_total"
     assert value(metrics, lookups, project="shop", operation="list_consents", result="hit") == 2
     assert value(metrics, lookups, project="shop", operation="list_consents", result="miss") == 1
