@@ -5,16 +5,18 @@ from gateway.ratelimit.limiter import (
     Limiter,
     LimiterPool,
     LimitResult,
-    StoreUnavailable,
     limits_item,
     open_storage,
 )
+from gateway.ratelimit.store import Reservation, Store, StoreUnavailable
 
 __all__ = [
     "STRATEGIES",
     "LimitResult",
     "Limiter",
     "LimiterPool",
+    "Reservation",
+    "Store",
     "StoreUnavailable",
     "limits_item",
     "open_storage",

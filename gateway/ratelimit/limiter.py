@@ -28,7 +28,10 @@ from limits.util import WindowStats
 from gateway.models import Bucket, RateItem
 from gateway.ratelimit import ops as limit_ops
 from gateway.ratelimit import redis_store
-from gateway.ratelimit.memory_store import BoundedMemoryStorage
+from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
+from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.store import Store
+from gateway.ratelimit.store import StoreUnavailable as StoreUnavailable  # app.py imports it here
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -44,10 +47,6 @@ class LimitResult:
     allowed: bool
     headers: dict[str, str]
     retry_after: int  # seconds until the exhausted budget returns (0 when allowed)
-
-
-class StoreUnavailable(Exception):
-    """The limit store failed or was slower than its timeout for this request."""
 
 
 def open_storage(uri: str, timeout: float = 0.5) -> Storage:
@@ -136,20 +135,39 @@ class LimiterPool:
     def __init__(self) -> None:
         self._storages: dict[str, Storage] = {}
         self._limiters: dict[tuple[str, str], Limiter] = {}
+        self._stores: dict[str, MemoryStore | RedisStore] = {}
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, uri: str, strategy: str, timeout: float = 0.5) -> Limiter:
         limiter = self._limiters.get((uri, strategy))
         if limiter is None:
-            if uri not in self._storages:
-                self._storages[uri] = open_storage(uri, timeout)
-                if self._started:
-                    task = asyncio.get_running_loop().create_task(self._prepare(uri, timeout))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            self._open(uri, timeout)
             limiter = self._limiters[(uri, strategy)] = Limiter(self._storages[uri], strategy)
         return limiter
+
+    def store(self, uri: str, timeout: float = 0.5) -> Store:
+        """The counters of gateway/ratelimit/store.py on the storage of `uri`, their calls bounded by
+        `timeout` (the policy's `storage_timeout`). One per URI and process: every project, policy and
+        timeout naming the same URI shares its counts."""
+        store = self._stores.get(uri)
+        if store is None:
+            self._open(uri, timeout)
+            storage = self._storages[uri]
+            if isinstance(storage, BoundedMemoryStorage):
+                store = MemoryStore(timeout)
+            else:
+                store = RedisStore(storage, timeout)
+            self._stores[uri] = store
+        return store.bound(timeout)
+
+    def _open(self, uri: str, timeout: float) -> None:
+        if uri not in self._storages:
+            self._storages[uri] = open_storage(uri, timeout)
+            if self._started:
+                task = asyncio.get_running_loop().create_task(self._prepare(uri, timeout))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _prepare(self, uri: str, timeout: float) -> None:
         storage = self._storages.get(uri)
@@ -185,4 +203,5 @@ class LimiterPool:
                 log.debug("closing a limit storage failed", exc_info=True)
         self._storages.clear()
         self._limiters.clear()
+        self._stores.clear()
         self._started = False

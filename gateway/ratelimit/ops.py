@@ -19,7 +19,6 @@ here, and `Limiter` keeps `limits`' two-call path for it.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from math import floor, inf
 from typing import Any
@@ -28,12 +27,11 @@ from limits.aio.storage import RedisStorage, Storage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
 from limits.util import WindowStats
-from redis.asyncio import Redis
 
 from gateway.models import RateItem
 from gateway.ratelimit import redis_store
 from gateway.ratelimit.memory_store import BoundedMemoryStorage
-from gateway.ratelimit.redis_batch import ScriptBatcher
+from gateway.ratelimit.redis_batch import ScriptBatcher, batcher_for
 
 # (items, their storage keys for one client) -> (allowed, one WindowStats per item)
 BucketCounter = Callable[[Sequence[RateItem], list[str]], Awaitable[tuple[bool, list[WindowStats]]]]
@@ -169,17 +167,9 @@ def _script(storage: RedisStorage, text: str) -> Callable[[list[str], list[Any]]
     return call
 
 
-_BATCHERS: weakref.WeakKeyDictionary[Any, ScriptBatcher] = weakref.WeakKeyDictionary()
-
-
 def _batcher(client: Any) -> ScriptBatcher | None:
-    """The client's one batcher (shared by its three scripts), or None for a cluster client."""
-    if not isinstance(client, Redis):
-        return None
-    batcher = _BATCHERS.get(client)
-    if batcher is None:
-        batcher = _BATCHERS[client] = ScriptBatcher(client)
-    return batcher
+    """The client's one batcher (shared by its scripts and the primitives'), or None for a cluster client."""
+    return batcher_for(client)
 
 
 def _redis_moving_window(storage: RedisStorage) -> RedisOp:

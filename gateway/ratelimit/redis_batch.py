@@ -20,6 +20,7 @@ one by one.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from redis.asyncio import Redis
@@ -87,3 +88,16 @@ class ScriptBatcher:
                 # EVALSHA itself, not script(...): a Script in a pipeline sends SCRIPT EXISTS every time
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
+
+
+_BATCHERS: weakref.WeakKeyDictionary[Any, ScriptBatcher] = weakref.WeakKeyDictionary()
+
+
+def batcher_for(client: Any) -> ScriptBatcher | None:
+    """The client's one batcher (shared by every script on it), or None for a cluster client."""
+    if not isinstance(client, Redis):
+        return None
+    batcher = _BATCHERS.get(client)
+    if batcher is None:
+        batcher = _BATCHERS[client] = ScriptBatcher(client)
+    return batcher

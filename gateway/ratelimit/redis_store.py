@@ -23,16 +23,25 @@ share a hash tag), a bucket's items are not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import os
+import weakref
 from typing import Any
 
 from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage, Storage
+from limits.errors import StorageError
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from gateway.policy import STORAGE_SCHEMES
+from gateway.ratelimit import bridge
+from gateway.ratelimit.redis_batch import batcher_for
+from gateway.ratelimit.store import Reservation, StoreUnavailable
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -194,7 +203,7 @@ async def prepare(storage: Storage) -> None:
     await client.ping()
     for script in _scripts(storage):
         await client.script_load(script.script)
-    for text in HIT_SCRIPTS:
+    for text in (*HIT_SCRIPTS, *PRIMITIVE_SCRIPTS):
         await client.script_load(text)
 
 
@@ -211,3 +220,193 @@ async def close(storage: Storage) -> None:
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
             await pool.aclose()
+
+
+# ------------------------------------------------------------------------------------ ledger and records
+# The primitives of gateway/ratelimit/store.py on Redis (their semantics are written down there). One key
+# per script, declared in KEYS and hash-tagged; the clock is Redis's (TIME), in microseconds (exact in a
+# double until the year 2255). `redis.replicate_commands()` lets a script write after TIME on Redis < 5
+# (from 5 on it is the default, and a no-op).
+
+LEDGER_PREFIX = "gw:ledger:"
+RECORD_PREFIX = "gw:record:"
+
+# KEYS: the ledger (a sorted set, member token:i, score the grant's time in µs).
+# ARGV: limit, window (µs), amount, token. Returns {granted, live, reset (µs), retry_after (µs)}.
+RESERVE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit, window, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local live = redis.call('ZCARD', KEYS[1])
+local granted = 0
+if amount <= 0 then
+    granted = 1
+elseif live + amount <= limit then
+    local i = 1
+    while i <= amount do
+        local args = {}
+        local last = math.min(i + 499, amount)
+        for j = i, last do
+            args[#args + 1] = now
+            args[#args + 1] = ARGV[4] .. ':' .. j
+        end
+        redis.call('ZADD', KEYS[1], unpack(args))
+        i = last + 1
+    end
+    redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+    live = live + amount
+    granted = 1
+end
+local reset, retry = 0, 0
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if oldest[2] then
+    reset = tonumber(oldest[2]) + window - now
+end
+if granted == 0 then
+    if amount > limit then
+        retry = window
+    else
+        local need = live + amount - limit
+        local entry = redis.call('ZRANGE', KEYS[1], need - 1, need - 1, 'WITHSCORES')
+        retry = tonumber(entry[2]) + window - now
+    end
+end
+return {granted, live, tostring(math.max(reset, 0)), tostring(math.max(retry, 0))}
+"""
+
+# KEYS: the ledger. ARGV: token, amount, keep. Removes members token:(keep+1) .. token:amount.
+SETTLE = """
+local token, amount, keep = ARGV[1], tonumber(ARGV[2]), math.max(tonumber(ARGV[3]), 0)
+local i = keep + 1
+while i <= amount do
+    local members = {}
+    local last = math.min(i + 499, amount)
+    for j = i, last do
+        members[#members + 1] = token .. ':' .. j
+    end
+    redis.call('ZREM', KEYS[1], unpack(members))
+    i = last + 1
+end
+return 0
+"""
+
+# KEYS: the record. ARGV: value, ttl (ms). Returns the value held (nil when this call claimed the key).
+CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then
+    return held
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+# KEYS: the record. ARGV: expected, value, ttl (ms). Returns 1 when swapped.
+REPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+
+# KEYS: the record. ARGV: expected. Returns 1 when deleted.
+DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
+end
+return 0
+"""
+
+PRIMITIVE_SCRIPTS = (RESERVE, SETTLE, CLAIM, REPLACE, DELETE_IF)
+_FAILURES = (TimeoutError, StorageError, ConnectionError, OSError, RedisError)
+
+
+def ledger_key(key: str) -> str:
+    return f"{LEDGER_PREFIX}{{{key}}}"
+
+
+def record_key(key: str) -> str:
+    return f"{RECORD_PREFIX}{{{key}}}"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+class _Scripts:
+    """One storage's client and the scripts registered on it; calls go through the loop-turn batcher."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.client = bridge.client(storage)
+        self.batcher = batcher_for(self.client)
+        self.scripts = {text: self.client.register_script(text.encode()) for text in PRIMITIVE_SCRIPTS}
+
+    async def call(self, text: str, key: str, args: list[Any]) -> Any:
+        script = self.scripts[text]
+        if self.batcher is not None:
+            return await self.batcher.call(script, [key], args)
+        return await script([key], args)
+
+
+_SCRIPTS: weakref.WeakKeyDictionary[Storage, _Scripts] = weakref.WeakKeyDictionary()
+
+
+class RedisStore:
+    """`Store` on a `limits` Redis storage (plain, Sentinel or Cluster, on redis-py), with a timeout.
+
+    Every call is one script, sent in the loop turn's pipeline on plain Redis and Sentinel (one per client,
+    shared with the per-IP hits), alone on a Cluster (routed by its key's slot). A call that fails, or
+    takes longer than `timeout`, raises `StoreUnavailable`.
+    """
+
+    def __init__(self, storage: Storage, timeout: float) -> None:
+        self.storage = storage
+        self.timeout = timeout
+        scripts = _SCRIPTS.get(storage)
+        if scripts is None:
+            scripts = _SCRIPTS[storage] = _Scripts(storage)
+        self._scripts = scripts
+
+    def bound(self, timeout: float) -> RedisStore:
+        """The same store (same client, same counts) with another timeout."""
+        return self if timeout == self.timeout else RedisStore(self.storage, timeout)
+
+    async def _call(self, text: str, key: str, args: list[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._scripts.call(text, key, args)
+        except _FAILURES as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def reserve(self, key: str, limit: int, window: float, amount: int) -> Reservation:
+        token = os.urandom(9).hex() if amount > 0 else ""
+        span = max(1, math.ceil(window * 1_000_000))
+        reply = await self._call(RESERVE, ledger_key(key), [limit, span, amount, token])
+        granted, live = int(reply[0]) == 1, int(reply[1])
+        held = amount if granted and amount > 0 else 0
+        return Reservation(
+            granted,
+            token if held else "",
+            held,
+            max(limit - live, 0),
+            float(reply[2]) / 1_000_000,
+            float(reply[3]) / 1_000_000,
+        )
+
+    async def settle(self, key: str, reservation: Reservation, keep: int) -> None:
+        if not reservation.token or keep >= reservation.amount:
+            return
+        await self._call(SETTLE, ledger_key(key), [reservation.token, reservation.amount, max(keep, 0)])
+
+    async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        held = await self._call(CLAIM, record_key(key), [value, _ms(ttl)])
+        return None if held is None else bytes(held)
+
+    async def replace(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        return int(await self._call(REPLACE, record_key(key), [expected, value, _ms(ttl)])) == 1
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        return int(await self._call(DELETE_IF, record_key(key), [expected])) == 1

@@ -308,6 +308,34 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
+@contextlib.contextmanager
+def running_cluster_node(directory: Path) -> Iterator[RedisServer]:
+    """A one-node Redis Cluster that holds every slot (it still refuses CROSSSLOT commands and scripts)."""
+    from redis import Redis as SyncRedis
+
+    bus = str(free_port())  # by default the port + 10000, which may be taken or beyond 65535
+    conf = str(directory / f"nodes-{bus}.conf")
+    node = RedisServer("--cluster-enabled", "yes", "--cluster-port", bus, "--cluster-config-file", conf)
+    try:
+        node.start()
+        admin: Any = SyncRedis(port=node.port)  # execute_command is untyped
+        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + WAIT
+        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # takes a second or two
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.1)
+        admin.close()
+        yield node
+    finally:
+        node.kill()
+
+
+@pytest.fixture
+def cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_cluster_node(tmp_path) as node:
+        yield node
+
+
 @pytest.fixture
 async def redis_storage(redis: RedisServer) -> AsyncIterator[Any]:
     """The gateway's limit storage on `redis`, emptied and closed afterwards."""

@@ -13,13 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis import Redis as SyncRedis
 
 from gateway.models import Bucket
 from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable
 from gateway.ratelimit.memory_store import BoundedMemoryStorage
 from gateway.ratelimit.redis_store import HIT_SCRIPTS
-from tests.conftest import free_port
 from tests.support.processes import RedisServer, running_redis
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
@@ -262,32 +260,6 @@ async def test_redis_script_errors_are_store_errors(strategy: str, storage: Any)
         await client.hset(f"LIMITS:{name}", "x", "1")
     with pytest.raises(StoreUnavailable, match="StorageError"):
         await limiter.hit(bucket, "k", 2.0)
-
-
-@pytest.fixture
-def cluster_node(tmp_path: Any) -> Iterator[RedisServer]:
-    """A one-node Redis Cluster that holds every slot."""
-    bus = str(free_port())  # by default the port + 10000, which may be taken or beyond 65535
-    node = RedisServer(
-        "--cluster-enabled",
-        "yes",
-        "--cluster-port",
-        bus,
-        "--cluster-config-file",
-        str(tmp_path / "nodes.conf"),
-    )
-    try:
-        node.start()
-        admin = SyncRedis(port=node.port)
-        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + 10
-        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # takes a second or two
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.1)
-        admin.close()
-        yield node
-    finally:
-        node.kill()
 
 
 async def test_redis_cluster(cluster_node: RedisServer) -> None:
