@@ -25,7 +25,7 @@ from gateway.errors import GatewayError
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe import Observer
 from gateway.policy import PolicyFile
-from gateway.ratelimit.limiter import LimiterPool, StoreUnavailable
+from gateway.ratelimit import LimiterPool
 from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
 from gateway.translate import upstream_call
 from gateway.upstream import UpstreamPool, request_headers
@@ -44,7 +44,6 @@ class GatewayState:
         self.upstream = UpstreamPool(policy.upstream.connect_timeout, policy.upstream.read_timeout)
         self.observer = observer or Observer()
         self.draining = False
-        self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
         self.policy: CompiledPolicy
         self.set_policy(policy)
 
@@ -52,7 +51,7 @@ class GatewayState:
         compiled = compile_policy(policy)
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
-            self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
+            self.limiters.store(limits.storage, limits.storage_timeout)
         self.policy = compiled
         names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)
         if names:
@@ -197,25 +196,10 @@ async def _rate_limit(
     state: GatewayState, target: Target, client_key: str, outcome: Outcome
 ) -> tuple[tuple[tuple[str, str], ...], GatewayError | None]:
     """Count the request in its bucket: the RateLimit headers, and a 429 or 503 when it may not pass."""
-    limits = target.project.rate_limit
-    limiter = state.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
-    try:
-        result = await limiter.hit(
-            target.project.buckets[target.operation], client_key, limits.storage_timeout
-        )
-    except StoreUnavailable as exc:
-        outcome.limit_store_error = True
-        if limits.storage not in state.store_down:
-            state.store_down.add(limits.storage)
-            log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
-        if limits.on_storage_error == "deny":
-            return (), errors.rate_limit_unavailable()
-        return (), None
-    if limits.storage in state.store_down:
-        state.store_down.discard(limits.storage)
-        log.warning("rate-limit store reachable again")
-    headers = tuple(result.headers.items())
-    return headers, None if result.allowed else errors.too_many_requests(result.retry_after)
+    project = target.project
+    verdict = await state.limiters.check(project.rate_limit, project.buckets[target.operation], client_key)
+    outcome.limit_store_error = verdict.store_error
+    return verdict.headers, verdict.error
 
 
 async def _forward(

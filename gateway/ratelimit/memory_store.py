@@ -11,7 +11,7 @@ due, so expired keys are reclaimed in amortised O(log n) without a background ta
 
 It implements what the three `limits` strategies need (counters for fixed windows and the sliding window
 counter, timestamp lists for the moving window), so `limits`' strategies run on it unchanged. Each of those
-methods has a synchronous twin (`..._sync`) that the gateway's limiter calls directly (gateway/limit_ops.py).
+methods has a synchronous twin (`..._sync`) that `MemoryStore.step` (below) calls directly.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from typing import Generic, TypeVar
 
 from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport, Storage
 from limits.storage.base import TimestampedSlidingWindow
+from limits.util import WindowStats
 
-from gateway.ratelimit.store import Reservation
+from gateway.models import RateItem, Strategy
+from gateway.ratelimit.store import Reservation, sliding_window_stats
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -342,21 +344,29 @@ class MemoryStore:
     """`Store` for `memory://`: one per process, every call synchronous inside its coroutine (atomic on the
     event loop, no lock, no await that could suspend, so `timeout` never applies).
 
+    Per-IP hits run on `storage` (a `BoundedMemoryStorage`, capped at `max_keys`), with its synchronous
+    methods called in `limits`' strategies' order: no pass through `limits`' async layers.
+
     Bounds (a flood of distinct keys cannot grow it past them): ledgers, `max_ledger_keys` keys (each key
     holds at most its largest limit's entries); records, `max_record_keys` keys and `max_record_bytes`
     bytes of keys and values together. Past a bound the entries closest to expiry are dropped first.
     """
 
+    fuses_reads = False  # counting and reading are separate calls, in limits' order (count all, then read)
+    suspends = False
+
     def __init__(
         self,
         timeout: float = 0.5,
         *,
+        storage: BoundedMemoryStorage | None = None,
         max_ledger_keys: int = DEFAULT_LEDGER_KEYS,
         max_record_keys: int = DEFAULT_RECORD_KEYS,
         max_record_bytes: int = DEFAULT_RECORD_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.timeout = timeout
+        self.storage = storage if storage is not None else BoundedMemoryStorage()
         self.clock = clock
         self.ledgers: _BoundedMap[_Ledger] = _BoundedMap("ledger", max_ledger_keys, 2**62)
         self.records: _BoundedMap[_Record] = _BoundedMap("record", max_record_keys, max_record_bytes)
@@ -365,6 +375,39 @@ class MemoryStore:
     def bound(self, timeout: float) -> MemoryStore:
         """This store (a memory call never waits, so every timeout is the same store)."""
         return self
+
+    async def ready(self) -> bool:
+        return True
+
+    async def prepare(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # ------------------------------------------------------------------------------------ per-IP hits
+
+    async def step(
+        self, strategy: Strategy, item: RateItem, key: str, count: bool, read: bool
+    ) -> tuple[bool, WindowStats | None]:
+        storage, expiry = self.storage, item.expiry
+        counted = False
+        if count:
+            if strategy == Strategy.MOVING_WINDOW:
+                counted = storage.acquire_entry_sync(key, item.amount, expiry)
+            elif strategy == Strategy.FIXED_WINDOW:
+                counted = storage.incr_sync(key, expiry) <= item.amount
+            else:
+                counted = storage.acquire_sliding_window_entry_sync(key, item.amount, expiry)
+        if not read:
+            return counted, None
+        if strategy == Strategy.MOVING_WINDOW:
+            start, hits = storage.get_moving_window_sync(key, expiry)
+            return counted, WindowStats(start + expiry, item.amount - hits)
+        if strategy == Strategy.FIXED_WINDOW:
+            remaining = max(0, item.amount - storage.get_sync(key))
+            return counted, WindowStats(storage.get_expiry_sync(key), remaining)
+        return counted, sliding_window_stats(item, *storage.get_sliding_window_sync(key, expiry))
 
     # ------------------------------------------------------------------------------------ ledger
 

@@ -9,11 +9,11 @@ each reply, or error, goes back to the request that asked.
 
 - NOSCRIPT (a restarted or flushed Redis): the refused calls' scripts are loaded and only those calls are
   sent again. Redis refused them before running anything, so nothing is counted twice.
-- A failure of the whole pipeline (connection lost, timeout) fails every call of the batch; `Limiter`
+- A failure of the whole pipeline (connection lost, timeout) fails every call of the batch; `RedisStore`
   turns that into `StoreUnavailable` for each request, and `on_storage_error` decides.
 - A request that gave up waiting (its storage timeout) is not answered: its reply is dropped.
 
-Redis Cluster clients are not batched (a pipeline there is split by slot anyway): `limit_ops` calls them
+Redis Cluster clients are not batched (a pipeline there is split by slot anyway): `RedisStore` calls them
 one by one.
 """
 

@@ -14,7 +14,7 @@ the storage is built here with:
 
 `prepare` pings and loads the strategies' Lua scripts, so the first round trip is not a request's.
 
-The gateway's own scripts (`HIT_SCRIPTS`, used by `ops.py`) count a hit and read the window back
+The gateway's own scripts (`HIT_SCRIPTS`, used by `RedisStore.step`) count a hit and read the window back
 in one EVALSHA: each is `limits`' acquire script followed by its read script (or GET and TTL), on the same
 keys and data structures, so gateways running `limits`' two-call path share the counts during a rolling
 deploy. One script call per item: an item's keys are in one cluster slot (the sliding window's two keys
@@ -27,21 +27,24 @@ import asyncio
 import logging
 import math
 import os
+import time
 import weakref
 from typing import Any
 
 from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage, Storage
 from limits.errors import StorageError
+from limits.util import WindowStats
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from gateway.models import RateItem, Strategy
 from gateway.policy import STORAGE_SCHEMES
 from gateway.ratelimit import bridge
 from gateway.ratelimit.redis_batch import batcher_for
-from gateway.ratelimit.store import Reservation, StoreUnavailable
+from gateway.ratelimit.store import Reservation, StoreUnavailable, sliding_window_stats
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -186,36 +189,24 @@ return {counted, previous_count, previous_ttl, current_count, current_ttl}
 HIT_SCRIPTS = (MOVING_WINDOW_HIT, FIXED_WINDOW_HIT, SLIDING_WINDOW_HIT)
 
 
-def _scripts(storage: Storage) -> list[Any]:
-    bridge = getattr(storage, "bridge", None)
-    if bridge is None:
-        return []
-    found = vars(bridge).items()
-    return [value for name, value in found if name.startswith("lua_") and hasattr(value, "sha")]
-
-
 async def prepare(storage: Storage) -> None:
-    """Open a connection and load the Lua scripts (after start-up and after Redis came back empty)."""
-    bridge = getattr(storage, "bridge", None)
-    if bridge is None:
+    """Open a connection and load the Lua scripts (after start-up and after Redis came back empty):
+    the gateway's, and `limits`' own (so anything running `limits`' strategies on this Redis finds them)."""
+    if not bridge.is_redispy(storage):
         return
-    client = bridge.get_connection()
+    client = bridge.client(storage)
     await client.ping()
-    for script in _scripts(storage):
+    for script in bridge.limits_scripts(storage):
         await client.script_load(script.script)
     for text in (*HIT_SCRIPTS, *PRIMITIVE_SCRIPTS):
         await client.script_load(text)
 
 
 async def close(storage: Storage) -> None:
-    """Close the client and its pool (limits has no close of its own)."""
-    bridge = getattr(storage, "bridge", None)
-    if bridge is None:
+    """Close the clients and their pools (limits has no close of its own)."""
+    if not bridge.is_redispy(storage):
         return
-    clients = {id(c): c for c in (getattr(bridge, "storage", None), getattr(bridge, "storage_replica", None))}
-    for client in clients.values():
-        if client is None:
-            continue
+    for client in bridge.clients(storage):
         await client.aclose()
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
@@ -321,7 +312,8 @@ return 0
 """
 
 PRIMITIVE_SCRIPTS = (RESERVE, SETTLE, CLAIM, REPLACE, DELETE_IF)
-_FAILURES = (TimeoutError, StorageError, ConnectionError, OSError, RedisError)
+_STEP_FAILURES = (StorageError, ConnectionError, OSError, RedisError)
+_FAILURES = (TimeoutError, *_STEP_FAILURES)
 
 
 def ledger_key(key: str) -> str:
@@ -337,18 +329,22 @@ def _ms(seconds: float) -> int:
 
 
 class _Scripts:
-    """One storage's client and the scripts registered on it; calls go through the loop-turn batcher."""
+    """One storage's client and every script registered on it; calls go through the loop-turn batcher.
+
+    redis-py's Script loads itself again on NOSCRIPT (a restarted Redis), and so does the batcher.
+    """
 
     def __init__(self, storage: Storage) -> None:
         self.client = bridge.client(storage)
         self.batcher = batcher_for(self.client)
-        self.scripts = {text: self.client.register_script(text.encode()) for text in PRIMITIVE_SCRIPTS}
+        texts = (*HIT_SCRIPTS, *PRIMITIVE_SCRIPTS)
+        self.scripts = {text: self.client.register_script(text.encode()) for text in texts}
 
-    async def call(self, text: str, key: str, args: list[Any]) -> Any:
+    async def call(self, text: str, keys: list[str], args: list[Any]) -> Any:
         script = self.scripts[text]
         if self.batcher is not None:
-            return await self.batcher.call(script, [key], args)
-        return await script([key], args)
+            return await self.batcher.call(script, keys, args)
+        return await script(keys, args)
 
 
 _SCRIPTS: weakref.WeakKeyDictionary[Storage, _Scripts] = weakref.WeakKeyDictionary()
@@ -358,9 +354,16 @@ class RedisStore:
     """`Store` on a `limits` Redis storage (plain, Sentinel or Cluster, on redis-py), with a timeout.
 
     Every call is one script, sent in the loop turn's pipeline on plain Redis and Sentinel (one per client,
-    shared with the per-IP hits), alone on a Cluster (routed by its key's slot). A call that fails, or
-    takes longer than `timeout`, raises `StoreUnavailable`.
+    shared by the per-IP hits and the primitives), alone on a Cluster (routed by its key's slot). A
+    primitive that fails, or takes longer than `timeout`, raises `StoreUnavailable`; a `step` that fails
+    raises it too, and the limiter bounds the whole bucket by `timeout`.
+
+    Per-IP hits: one script per item that counts and reads the window (`HIT_SCRIPTS`, above), on `limits`'
+    keys, so `fuses_reads`; the moving window is stamped with this host's clock, as `limits` does.
     """
+
+    fuses_reads = True
+    suspends = True
 
     def __init__(self, storage: Storage, timeout: float) -> None:
         self.storage = storage
@@ -374,12 +377,68 @@ class RedisStore:
         """The same store (same client, same counts) with another timeout."""
         return self if timeout == self.timeout else RedisStore(self.storage, timeout)
 
+    async def ready(self) -> bool:
+        try:
+            async with asyncio.timeout(max(self.timeout, 1.0)):
+                return bool(await self.storage.check())
+        except Exception:  # any failure means not ready
+            return False
+
+    async def prepare(self) -> None:
+        await prepare(self.storage)
+
+    async def close(self) -> None:
+        await close(self.storage)
+
     async def _call(self, text: str, key: str, args: list[Any]) -> Any:
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._scripts.call(text, key, args)
+                return await self._scripts.call(text, [key], args)
         except _FAILURES as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    # ------------------------------------------------------------------------------------ per-IP hits
+
+    async def step(
+        self, strategy: Strategy, item: RateItem, key: str, count: bool, read: bool
+    ) -> tuple[bool, WindowStats | None]:
+        try:
+            if strategy == Strategy.MOVING_WINDOW:
+                return await self._moving_window(item, key, count)
+            if strategy == Strategy.FIXED_WINDOW:
+                return await self._fixed_window(item, key, count)
+            return await self._sliding_window(item, key, count)
+        except _STEP_FAILURES as exc:  # the limiter's own timeout is raised around the whole bucket
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def _moving_window(self, item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
+        expiry, timestamp = item.expiry, time.time()
+        keys = [bridge.prefixed_key(self.storage, key)]
+        reply = await self._scripts.call(
+            MOVING_WINDOW_HIT, keys, [timestamp, item.amount, expiry, int(count)]
+        )
+        hits = int(reply[1])
+        start = float(reply[2]) if hits else timestamp  # RedispyBridge.get_moving_window
+        return reply[0] == 1, WindowStats(start + expiry, item.amount - hits)
+
+    async def _fixed_window(self, item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
+        keys = [bridge.prefixed_key(self.storage, key)]
+        current, ttl = await self._scripts.call(FIXED_WINDOW_HIT, keys, [item.expiry, int(count)])
+        reset = max(int(ttl), 0) + time.time()  # RedispyBridge.get_expiry
+        return count and int(current) <= item.amount, WindowStats(reset, max(0, item.amount - int(current)))
+
+    async def _sliding_window(self, item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
+        keys = bridge.sliding_window_keys(self.storage, key)  # "{key}/-1" and "{key}": one hash tag
+        reply = await self._scripts.call(SLIDING_WINDOW_HIT, keys, [item.amount, item.expiry, int(count)])
+        return reply[0] == 1, sliding_window_stats(  # RedispyBridge.get_sliding_window's conversions
+            item,
+            int(reply[1] or 0),
+            max(0, float(reply[2] or 0)) / 1000,
+            int(reply[3] or 0),
+            max(0, float(reply[4] or 0)) / 1000,
+        )
+
+    # ------------------------------------------------------------------------------------ primitives
 
     async def reserve(self, key: str, limit: int, window: float, amount: int) -> Reservation:
         token = os.urandom(9).hex() if amount > 0 else ""

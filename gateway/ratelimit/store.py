@@ -40,6 +40,14 @@ Records (single-flight claims, e.g. Idempotency-Key: an in-flight marker, then t
   it holds `value` for `ttl` seconds from now on, and True; otherwise nothing changes, False.
 - `delete_if(key, expected) -> bool`: when `key` holds exactly `expected`, it holds nothing, and True.
 
+Per-IP hits (`step`, driven by `gateway.ratelimit.limiter.count_bucket`, the one loop "count up to the
+first refusal, then read every window"): one item of a bucket, counted (`count`) and/or read (`read`) with
+the policy's strategy, on `limits`' keys and data structures, giving `limits`' `WindowStats`. A store whose
+`fuses_reads` is True reads the window in the same call that counts (Redis: one script per item); the others
+count first and read afterwards. Unlike the primitives, `step` is not bounded by the timeout on its own: the
+limiter bounds the whole bucket by it (a frozen Redis costs a request one `storage_timeout`, whatever the
+number of items), and a store whose `suspends` is False (memory) is never bounded.
+
 Values are bytes (a few hundred KiB at most: a kept answer). `ttl` and `window` are seconds (floats allowed;
 Redis keeps milliseconds). In memory the ledger and the records are bounded (see memory_store.py): under a
 flood of distinct keys the entries closest to expiry are dropped first, which forgets a budget or a record
@@ -48,8 +56,14 @@ early, never makes one stricter.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from math import floor, inf
 from typing import Protocol
+
+from limits.util import WindowStats
+
+from gateway.models import RateItem, Strategy
 
 
 class StoreUnavailable(Exception):
@@ -71,7 +85,26 @@ class Reservation:
 class Store(Protocol):
     """One store's counters (see the module docstring for the exact semantics)."""
 
-    timeout: float
+    timeout: float  # seconds, the policy's storage_timeout
+    fuses_reads: bool  # `step` reads the window in the call that counts
+    suspends: bool  # a call may wait (on the network); False: no timeout ever applies
+
+    async def step(
+        self, strategy: Strategy, item: RateItem, key: str, count: bool, read: bool
+    ) -> tuple[bool, WindowStats | None]:
+        """Count one hit of `item` in `key` (when `count`; answers whether it was counted), and read the
+        item's window (when `read`, or always when `fuses_reads`; else None)."""
+        ...
+
+    async def ready(self) -> bool:
+        """Whether the store answers (for readiness); never raises."""
+        ...
+
+    async def prepare(self) -> None:
+        """Connect and load what the calls need, before the first request (may raise)."""
+        ...
+
+    async def close(self) -> None: ...
 
     async def reserve(self, key: str, limit: int, window: float, amount: int) -> Reservation: ...
 
@@ -82,3 +115,20 @@ class Store(Protocol):
     async def replace(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool: ...
 
     async def delete_if(self, key: str, expected: bytes) -> bool: ...
+
+
+def sliding_window_stats(
+    item: RateItem, previous: int, previous_expires_in: float, current: int, current_expires_in: float
+) -> WindowStats:
+    """`limits`' `SlidingWindowCounterRateLimiter.get_window_stats` on a `get_sliding_window` answer."""
+    expiry = item.expiry
+    remaining = max(0, item.amount - floor(previous * previous_expires_in / expiry + current))
+    now = time.time()
+    if not (previous or current):
+        return WindowStats(now, remaining)
+    previous_reset_in, current_reset_in = inf, inf
+    if previous:
+        previous_reset_in = previous_expires_in % (expiry / previous)
+    if current:
+        current_reset_in = current_expires_in % expiry
+    return WindowStats(now + min(previous_reset_in, current_reset_in), remaining)
