@@ -43,7 +43,7 @@ def gateway_readiness(state: GatewayState) -> Readiness:
             checks["draining"] = "yes: not taking new requests"
             ok = False
         checks["policy"] = f"loaded, {len(policy.projects)} project(s)"
-        if state.upstream.ready:
+        if state.transport.ready:
             checks["upstream_session"] = "open"
         else:
             checks["upstream_session"] = "closed"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
 from gateway.models import Bucket, Timeouts
+from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
 
@@ -21,10 +22,7 @@ class ProjectRuntime:
     rate_limit: RateLimit
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
-
-    @property
-    def server_mode(self) -> bool:
-        return self.config.upstream_auth == "server"
+    mode: Mode  # client or server keys: both halves of the upstream translation
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +69,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             rate_limit=limits,
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
+            mode=mode_for(project.upstream_auth),
         )
     return CompiledPolicy(
         source=policy,

@@ -14,6 +14,12 @@ from gateway.sandbox.app import SandboxCredentials, create_sandbox_app
 from gateway.serve import http_url
 
 
+def _per_minute(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of requests a minute, at least 1")
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway.sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -21,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fixtures", type=Path, default=None, help="seed data (default: built-in)")
     parser.add_argument("--allowed-origin", action="append", default=None, help="repeatable; default *")
     parser.add_argument("--rate-limit", action="store_true", help="emulate 5 client requests / 5 s per IP")
+    parser.add_argument(
+        "--plan-limit",
+        type=_per_minute,
+        default=None,
+        metavar="N",
+        help="emulate a plan of N server requests a minute",
+    )
     return parser
 
 
@@ -30,6 +43,7 @@ async def _serve(args: argparse.Namespace) -> None:
         SandboxCredentials(allowed_origins=origins),
         fixtures=args.fixtures,
         emulate_client_rate_limit=args.rate_limit,
+        plan_limit=args.plan_limit,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
