@@ -23,12 +23,13 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from gateway.catalog import OPERATIONS
-from gateway.models import RateItem
+from gateway.models import RateItem, Strategy
 from gateway.origins import OriginEntryError, OriginPolicy
 
 REGIONS = {
@@ -58,7 +59,8 @@ def _rate_limit_string(value: str) -> str:
 
 
 RateLimitString = Annotated[str, AfterValidator(_rate_limit_string)]
-Strategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
+# The enum, with the JSON Schema the Literal it replaced had (an inline enum of strings, no $defs entry)
+StrategyName = Annotated[Strategy, WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"})]
 OnStorageError = Literal["allow", "deny"]
 
 
@@ -118,7 +120,7 @@ OperationLimits = dict[Annotated[str, AfterValidator(_operation_name)], RateLimi
 
 class RateLimit(_Model):
     storage: StorageUri = "memory://"
-    strategy: Strategy = "moving-window"
+    strategy: StrategyName = Field(Strategy.MOVING_WINDOW, title="Strategy")
     per_ip: RateLimitString = "5 per 5 seconds"
     operations: OperationLimits = Field(default_factory=dict)
     on_storage_error: OnStorageError = "allow"
@@ -129,7 +131,7 @@ class ProjectRateLimit(_Model):
     """A project's overrides: keys left out (None) are inherited from the top-level `rate_limit`."""
 
     storage: StorageUri | None = None
-    strategy: Strategy | None = None
+    strategy: StrategyName | None = Field(None, title="Strategy")
     per_ip: RateLimitString | None = None
     operations: OperationLimits | None = None
     on_storage_error: OnStorageError | None = None

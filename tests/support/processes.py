@@ -310,6 +310,34 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
+@contextlib.contextmanager
+def running_cluster_node(directory: Path) -> Iterator[RedisServer]:
+    """A one-node Redis Cluster that holds every slot (it still refuses CROSSSLOT commands and scripts)."""
+    from redis import Redis as SyncRedis
+
+    bus = str(free_port())  # by default the port + 10000, which may be taken or beyond 65535
+    conf = str(directory / f"nodes-{bus}.conf")
+    node = RedisServer("--cluster-enabled", "yes", "--cluster-port", bus, "--cluster-config-file", conf)
+    try:
+        node.start()
+        admin: Any = SyncRedis(port=node.port)  # execute_command is untyped
+        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + WAIT
+        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # takes a second or two
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.1)
+        admin.close()
+        yield node
+    finally:
+        node.kill()
+
+
+@pytest.fixture
+def cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_cluster_node(tmp_path) as node:
+        yield node
+
+
 @pytest.fixture
 async def redis_storage(redis: RedisServer) -> AsyncIterator[Any]:
     """The gateway's limit storage on `redis`, emptied and closed afterwards."""
@@ -362,13 +390,18 @@ class RedisCluster:
     def __init__(self, directory: Path, masters: int = 3) -> None:
         self.directory = directory
         self.nodes: list[RedisServer] = []
+        self.buses: list[str] = []
         for _ in range(masters):
+            # the bus port defaults to port + 10000, past 65535 for a free port above 55535: name one
+            bus = str(free_port())
             node = RedisServer(
-                "--cluster-enabled", "yes", "--cluster-node-timeout", "5000", "--dir", str(directory)
-            )
+                "--cluster-enabled", "yes", "--cluster-node-timeout", "5000", "--dir", str(directory),
+                "--cluster-port", bus,
+            )  # fmt: skip
             config = directory / f"nodes-{node.port}.conf"  # the cluster's own state file, one per node
             node.options = (*node.options, "--cluster-config-file", str(config))
             self.nodes.append(node)
+            self.buses.append(bus)
 
     @property
     def url(self) -> str:
@@ -383,7 +416,7 @@ class RedisCluster:
             last = self.SLOTS - 1 if i == len(self.nodes) - 1 else (i + 1) * share - 1
             redis_call(node.port, "CLUSTER", "ADDSLOTSRANGE", str(i * share), str(last))
         for node in self.nodes[1:]:
-            redis_call(node.port, "CLUSTER", "MEET", "127.0.0.1", str(self.nodes[0].port))
+            redis_call(node.port, "CLUSTER", "MEET", "127.0.0.1", str(self.nodes[0].port), self.buses[0])
 
         def formed() -> bool:
             return all(
