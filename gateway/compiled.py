@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
+from gateway.guards.quota import QuotaPlan
 from gateway.models import Bucket, Timeouts
 from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
@@ -25,6 +26,7 @@ class ProjectRuntime:
     mode: Mode  # client or server keys: both halves of the upstream translation
     cache_ttl: float = 0.0  # seconds list answers are reused (`cache.ttl`); 0: off
     api_version: str | None = None  # sent upstream as X-Voucherify-API-Version on every call
+    quota: QuotaPlan | None = None  # rate_limit.upstream_quota and redeem_reserve; None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             mode=mode_for(project.upstream_auth),
             cache_ttl=policy.cache_for(name).ttl,
             api_version=project.api_version,
+            quota=QuotaPlan.build(name, limits.upstream_quota, limits.redeem_reserve),
         )
     return CompiledPolicy(
         source=policy,

@@ -53,6 +53,9 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     body: bytes
     elapsed: float  # seconds, request written to answer read
+    # a 429's Retry-After and X-Rate-Limit-Retry as Voucherify sent them, before the allow-list (which drops
+    # X-Rate-Limit-*): read for the hold-off only, never sent on
+    throttle: tuple[tuple[str, str], ...] = ()
 
 
 # ------------------------------------------------------------------------------------------ rate limits

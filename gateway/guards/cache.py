@@ -129,6 +129,10 @@ class ReadCache(Generic[T]):
             return None
         return Hit(entry.answer, int(max(0.0, now - entry.stored)))
 
+    def calling(self, key: Key) -> bool:
+        """Whether a call for `key` is in flight (a miss now would share it)."""
+        return key in self._flights
+
     async def load(self, key: Key, ttl: float, call: Callable[[], Awaitable[T]]) -> tuple[T, Lookup]:
         """The result of `call()` for a miss, shared with every identical miss while it runs.
 
