@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import assert_gateway_error, base_policy
+from gateway.app import STATE
+from tests.conftest import assert_gateway_error, base_policy, make_policy
 from tests.support.constants import JSON_H, ORIGIN, H
 from tests.support.ops import labels
 from tests.support.processes import GatewayProcessFactory, RedisServer
@@ -408,3 +409,92 @@ async def test_server_mode_429_is_held_off_too(gateway, upstream):
     assert json.dumps(body).find("s-k-2") == -1
     assert (await client.post("/client/v1/validations", headers=JSON_H, data=b"{}")).status == 503
     assert len(upstream.received) == 1
+
+
+async def test_the_quota_is_exact_over_two_gateways_on_a_three_master_cluster(
+    redis_cluster: Any, upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
+):
+    tree = base_policy(upstream.url, danger_zone={"redeem": True})
+    tree["projects"]["blog"] = dict(tree["projects"]["shop"])
+    tree["rate_limit"].update(
+        storage=redis_cluster.url,
+        upstream_quota="6 per hour",
+        redeem_reserve=0.5,
+        on_storage_error="deny",
+        storage_timeout=20,
+    )
+    tree["logging"] = {"level": "warning"}
+    gateways = await asyncio.gather(*(gateway_process(tree, workers=2) for _ in range(2)))
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int, project: str, redeem: bool) -> tuple[str, bool, int]:
+            path = "/client/v1/redeem?code=SAVE10" if redeem else "/client/v1/validate?code=SAVE10"
+            url = gateways[i % 2].url + f"/{project}" + path
+            method = session.post if redeem else session.get
+            kwargs: dict[str, Any] = {"data": b"{}", "headers": JSON_H} if redeem else {"headers": H}
+            async with method(url, timeout=aiohttp.ClientTimeout(total=30), **kwargs) as resp:
+                await resp.read()
+                return project, redeem, resp.status
+
+        browsing = await asyncio.gather(*(one(i, p, False) for i in range(40) for p in ("shop", "blog")))
+        redeeming = await asyncio.gather(*(one(i, p, True) for i in range(40) for p in ("shop", "blog")))
+    for project in ("shop", "blog"):  # each project its own ledger; browsing gets 3, redemptions the rest
+        assert Counter(s for p, _, s in browsing if p == project) == {200: 3, 503: 37}, project
+        assert Counter(s for p, _, s in redeeming if p == project) == {200: 3, 503: 37}, project
+    assert len(upstream.received) == 12
+
+
+async def test_the_sandboxs_plan_limit_is_held_off(gateway):
+    """Against the offline sandbox's emulation of Voucherify's plan limit (`--plan-limit`): its 429 (with
+    Retry-After and X-Rate-Limit-Retry) becomes the 503, and nothing more reaches it meanwhile."""
+    from aiohttp import web
+
+    from gateway.sandbox import SANDBOX_RECORDS, SandboxCredentials, create_sandbox_app
+
+    credentials = SandboxCredentials()
+    sandbox = create_sandbox_app(credentials, plan_limit=2)
+    runner = web.AppRunner(sandbox, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        tree = base_policy(
+            url,
+            upstream_auth="server",
+            credentials={"application_id": credentials.application_id, "secret_key": credentials.secret_key},
+            api_version="v2018-08-01",
+        )
+        client = await gateway(tree)
+        statuses = [(await client.get("/client/v1/validate?code=SAVE10", headers=H)).status for _ in range(2)]
+        assert statuses == [200, 200]
+        resp = await client.get("/client/v1/validate?code=SAVE10", headers=H)
+        assert_gateway_error(resp.status, await resp.json(), resp.headers, 503, "upstream_quota_exhausted")
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
+        assert not any(name.lower().startswith("x-rate-limit") for name in resp.headers)
+        for _ in range(3):
+            again = await client.get("/client/v1/validate?code=SAVE10", headers=H)
+            assert again.status == 503 and int(again.headers["Retry-After"]) <= int(
+                resp.headers["Retry-After"]
+            )
+        records = sandbox[SANDBOX_RECORDS]
+        assert len(records) == 3  # two answered, one 429, then nothing
+        assert {r.headers.get("x-voucherify-api-version") for r in records} == {"v2018-08-01"}
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_reload_that_changes_a_project_drops_its_kept_answers(gateway, upstream):
+    tree = cached_policy(upstream)
+    client = await gateway(tree)
+    state = client.server.app[STATE]
+    assert (await client.get(TIERS, headers=H)).status == 200
+    assert "Age" in (await client.get(TIERS, headers=H)).headers
+    state.set_policy(make_policy(tree))  # the same policy: answers stay
+    assert "Age" in (await client.get(TIERS, headers=H)).headers
+    tree["projects"]["shop"]["api_version"] = "v2018-08-01"
+    state.set_policy(make_policy(tree))
+    resp = await client.get(TIERS, headers=H)
+    assert resp.status == 200 and "Age" not in resp.headers
+    assert len(upstream.received) == 2
+    assert upstream.received[1].headers["X-Voucherify-API-Version"] == "v2018-08-01"

@@ -293,3 +293,40 @@ def test_check_refuses_an_api_version_that_is_not_vyyyy_mm_dd(value: str):
 def test_api_version_is_a_string_not_a_yaml_date():
     found = problems(MINIMAL + "    api_version: 2018-08-01\n")
     assert found and found[0].startswith("projects.shop.api_version:")
+
+
+def test_upstream_quota_and_its_reserve_are_compiled_per_project():
+    text = MINIMAL + "rate_limit: {upstream_quota: 2000 per minute, redeem_reserve: 0.2}\n"
+    shop = compile_policy(parse_policy(text, env={})).projects["shop"]
+    assert shop.quota is not None
+    assert (shop.quota.limit, shop.quota.window, shop.quota.reserve) == (2000, 60, 400)
+    assert shop.quota.limit_for("redeem") == 2000 and shop.quota.limit_for("list_consents") == 1600
+    assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].quota is None  # default: off
+
+
+def test_an_explicit_null_turns_the_upstream_quota_off_for_a_project_and_a_left_out_key_inherits():
+    base = "rate_limit: {upstream_quota: 10 per minute, redeem_reserve: 0.5}\n"
+    off = compile_policy(parse_policy(MINIMAL + "    rate_limit: {upstream_quota: null}\n" + base, env={}))
+    assert off.projects["shop"].quota is None
+    kept = compile_policy(parse_policy(MINIMAL + "    rate_limit: {per_ip: 9/minute}\n" + base, env={}))
+    assert kept.projects["shop"].quota is not None and kept.projects["shop"].quota.reserve == 5
+    own = compile_policy(parse_policy(MINIMAL + "    rate_limit: {redeem_reserve: 0}\n" + base, env={}))
+    assert own.projects["shop"].quota is not None and own.projects["shop"].quota.reserve == 0
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "path"),
+    [
+        ("{upstream_quota: 10/hour;3/minute}", "rate_limit.upstream_quota"),
+        ("{upstream_quota: 0 per hour}", "rate_limit.upstream_quota"),
+        ("{upstream_quota: lots}", "rate_limit.upstream_quota"),
+        ("{redeem_reserve: 1.5}", "rate_limit.redeem_reserve"),
+        ("{redeem_reserve: -0.1}", "rate_limit.redeem_reserve"),
+        ("{redeem_reserve: true}", "rate_limit.redeem_reserve"),
+    ],
+)
+def test_check_refuses_bad_quota_keys(rate_limit: str, path: str):
+    found = problems(MINIMAL + f"rate_limit: {rate_limit}\n")
+    assert len(found) == 1 and found[0].startswith(f"{path}:"), found
+    in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
+    assert len(in_project) == 1 and in_project[0].startswith(f"projects.shop.{path}:"), in_project
