@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
+from gateway.guards.failed_codes import FailedCodeBudget
 from gateway.models import Bucket, Timeouts
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
@@ -21,6 +22,7 @@ class ProjectRuntime:
     rate_limit: RateLimit
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
+    failed_codes: FailedCodeBudget | None = None  # rate_limit.failed_codes; None: off for this project
 
     @property
     def server_mode(self) -> bool:
@@ -71,6 +73,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             rate_limit=limits,
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
+            failed_codes=FailedCodeBudget.parse(name, limits.failed_codes) if limits.failed_codes else None,
         )
     return CompiledPolicy(
         source=policy,

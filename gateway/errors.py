@@ -21,6 +21,7 @@ class ErrorKey(StrEnum):
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
+    TOO_MANY_FAILED_CODES = "too_many_failed_codes"
 
 
 _STATUS = {
@@ -37,10 +38,12 @@ _STATUS = {
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
     ErrorKey.REQUEST_TIMEOUT: 408,
+    ErrorKey.TOO_MANY_FAILED_CODES: 429,
 }
 
 # Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
 TOO_MANY_REQUESTS_MESSAGE = "Too many requests hit the API too quickly."
+TOO_MANY_FAILED_CODES_MESSAGE = "Too many unknown codes were tried from this address."
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,15 @@ def too_many_requests(retry_after: int) -> GatewayError:
         ErrorKey.TOO_MANY_REQUESTS,
         TOO_MANY_REQUESTS_MESSAGE,
         f"The per-IP limit is used up; retry after {retry_after} seconds.",
+    )
+
+
+def too_many_failed_codes(retry_after: int) -> GatewayError:
+    return GatewayError(
+        ErrorKey.TOO_MANY_FAILED_CODES,
+        TOO_MANY_FAILED_CODES_MESSAGE,
+        f"The failed-code budget of this address does not cover the codes in this request; "
+        f"retry after {retry_after} seconds.",
     )
 
 
