@@ -8,6 +8,7 @@ from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
 from gateway.guards.failed_codes import FailedCodeBudget
 from gateway.models import Bucket, Timeouts
+from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
 
@@ -22,11 +23,8 @@ class ProjectRuntime:
     rate_limit: RateLimit
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
+    mode: Mode  # client or server keys: both halves of the upstream translation
     failed_codes: FailedCodeBudget | None = None  # rate_limit.failed_codes; None: off for this project
-
-    @property
-    def server_mode(self) -> bool:
-        return self.config.upstream_auth == "server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +71,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             rate_limit=limits,
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
+            mode=mode_for(project.upstream_auth),
             failed_codes=FailedCodeBudget.parse(name, limits.failed_codes) if limits.failed_codes else None,
         )
     return CompiledPolicy(

@@ -10,7 +10,8 @@ from multidict import CIMultiDict
 
 from gateway.catalog import ROUTES, Route
 from gateway.compiled import compile_policy
-from gateway.decide import Admit, Refuse, check_body, decide
+from gateway.decide import Admit, check_body, decide
+from gateway.errors import Refused
 from gateway.guards.failed_codes import (
     FailedCodeBudget,
     counts,
@@ -141,11 +142,12 @@ default_project: shop
         assert isinstance(admit, Admit)
         assert admit.target.project.failed_codes == BUDGET
         for body in bodies:
-            refusal = check_body(admit, body.encode())
-            assert isinstance(refusal, Refuse), body
-            assert refusal.error.key == "invalid_payload"
-            assert refusal.error.status == 400
-        assert check_body(admit, f'{{"redeemables": {long}}}'.encode()) is None
+            with pytest.raises(Refused) as refused:
+                check_body(admit, body.encode())
+            assert refused.value.error.key == "invalid_payload"
+            assert refused.value.error.status == 400
+        document = check_body(admit, f'{{"redeemables": {long}}}'.encode())
+        assert named_codes(admit.target.route, document) == 10
 
 
 # ---------------------------------------------------------------------------------------- unknown codes

@@ -9,8 +9,8 @@ import pytest
 
 from gateway import errors
 from gateway.compiled import compile_policy
-from gateway.metrics import GatewayMetrics, MetricsObserver
 from gateway.models import Outcome
+from gateway.observe.metrics import Metrics
 from gateway.policy import PolicyError, parse_policy
 
 CREDENTIALS = "{client_application_id: a, client_secret_key: b}"
@@ -170,7 +170,7 @@ def test_the_refusal_is_a_429_with_the_contracts_message():
 
 
 def test_metrics_count_unknown_codes_and_refusals_per_project():
-    observer = MetricsObserver(GatewayMetrics())
+    metrics = Metrics()
     batch = [
         Outcome("gw-1", "POST", project="shop", operation="validate_stackable", status=200, unknown_codes=2),
         Outcome("gw-2", "GET", project="shop", operation="validate", status=200, unknown_codes=1),
@@ -182,8 +182,8 @@ def test_metrics_count_unknown_codes_and_refusals_per_project():
             "gw-5", "POST", project="other", operation="redeem", decision="too_many_failed_codes", status=429
         ),
     ]
-    observer.account(batch)
-    registry = observer.registry
+    metrics.account(batch, in_flight=0)
+    registry = metrics.registry
     assert registry.get_sample_value("gateway_failed_codes_total", {"project": "shop"}) == 3
     assert registry.get_sample_value("gateway_failed_codes_total", {"project": "other"}) is None
     assert registry.get_sample_value("gateway_failed_code_refusals_total", {"project": "shop"}) == 1

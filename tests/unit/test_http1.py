@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from multidict import CIMultiDict
 
+from gateway.errors import Refused
 from gateway.http1 import (
     ConnectFailed,
     ConnectionLost,
     Http1Client,
     ProtocolError,
     ResponseTooLarge,
-    Timeouts,
     UnsafeRequest,
     UpstreamTimeout,
 )
-from gateway.models import UpstreamCall
-from gateway.upstream import UpstreamPool
+from gateway.models import Timeouts, UpstreamCall
+from gateway.upstream import Http1Transport
 from tests.conftest import free_port
 
 T = Timeouts(1, 2)
@@ -658,52 +658,68 @@ async def test_hostile_methods_and_base_urls_are_refused(servers, client):
     assert server.raw == b""
 
 
-async def test_the_pool_answers_a_refused_request_502_and_logs_no_path_or_header(servers, caplog):
+async def refusal(
+    transport: Http1Transport, url: str, call: UpstreamCall, headers: CIMultiDict[str], timeouts: Timeouts
+):
+    """The gateway error the transport refuses a call with (it must refuse)."""
+    with pytest.raises(Refused) as refused:
+        await transport.send(url, call, headers, timeouts)
+    return refused.value.error
+
+
+async def test_the_transport_answers_a_refused_request_502_and_logs_no_path_or_header(servers, caplog):
     server = await servers(answering(reply()))
-    pool = UpstreamPool(1, 2)
-    await pool.start()
+    transport = Http1Transport()
+    await transport.start()
     try:
         headers = CIMultiDict([("X-Client-Token", "secret-token\r\nX-Injected: 1")])
         with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
-            answer = await pool.send(server.url, UpstreamCall("GET", "/v1/x", b""), headers)
-            answer2 = await pool.send(
-                server.url, UpstreamCall("GET", "/v1/x\r\nX-Evil-Path: 1", b""), CIMultiDict()
+            error = await refusal(
+                transport, server.url, UpstreamCall("GET", "/v1/x", b""), headers, Timeouts(1, 2)
             )
-        assert answer.status == 502 and answer2.status == 502  # type: ignore[union-attr]
-        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+            error2 = await refusal(
+                transport,
+                server.url,
+                UpstreamCall("GET", "/v1/x\r\nX-Evil-Path: 1", b""),
+                CIMultiDict(),
+                Timeouts(1, 2),
+            )
+        assert error.status == 502 and error2.status == 502
+        assert error.key.value == "upstream_unavailable"
         assert "UnsafeRequest" in caplog.text
         assert "secret-token" not in caplog.text and "Evil-Path" not in caplog.text
         assert server.raw == b""
     finally:
-        await pool.close()
+        await transport.close()
 
 
-# --- the UpstreamPool façade
+# --- the transport (gateway.upstream.Http1Transport)
 
 
-async def test_the_pool_maps_faults_to_gateway_errors(servers):
+async def test_the_transport_maps_faults_to_gateway_errors(servers):
     server = await servers(answering(b"garbage\r\n\r\n"))
-    pool = UpstreamPool(1, 0.3)
-    await pool.start()
-    assert pool.ready
+    transport = Http1Transport()
+    await transport.start()
+    assert transport.ready
+    timeouts = Timeouts(1, 0.3)
     try:
         call = UpstreamCall("POST", "/v1/redeem", b"{}", "application/json")
-        answer = await pool.send(server.url, call, CIMultiDict())
-        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
-        answer = await pool.send(f"http://127.0.0.1:{free_port()}", call, CIMultiDict())
-        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+        error = await refusal(transport, server.url, call, CIMultiDict(), timeouts)
+        assert error.key.value == "upstream_unavailable"
+        error = await refusal(transport, f"http://127.0.0.1:{free_port()}", call, CIMultiDict(), timeouts)
+        assert error.key.value == "upstream_unavailable"
 
         async def silent(reader, writer, index):
             return True
 
         quiet = await servers(silent)
-        answer = await pool.send(quiet.url, call, CIMultiDict())
-        assert answer.key.value == "upstream_timeout"  # type: ignore[union-attr]
+        error = await refusal(transport, quiet.url, call, CIMultiDict(), timeouts)
+        assert error.key.value == "upstream_timeout"
         assert len(quiet.requests) == 1
         assert b"Content-Type: application/json\r\n" in quiet.requests[0]
     finally:
-        await pool.close()
-    assert not pool.ready
+        await transport.close()
+    assert not transport.ready
 
 
 async def test_close_closes_every_connection(servers):
