@@ -70,7 +70,7 @@ async def main() -> None:
     admit = decide(compiled, "POST", configs.PATH, headers)
     assert isinstance(admit, Admit)
     project = admit.target.project
-    limiter = state.limiters.get(project.rate_limit.storage, project.rate_limit.strategy)
+    limiter = state.limiters.limiter(project.rate_limit.storage, project.rate_limit.strategy)
     bucket = project.buckets[admit.target.operation]
     upstream_headers = [
         ("Content-Type", "application/json"),
@@ -106,7 +106,7 @@ async def main() -> None:
         ),
         (
             "rate limit hit (memory, moving window)",
-            await per_await_us(lambda: limiter.hit(bucket, next(keys), 0.5)),
+            await per_await_us(lambda: limiter.hit(bucket, next(keys))),
         ),
         ("the mode's upstream call", per_call_us(lambda: mode.request(admit.target, body, document))),
         (

@@ -49,18 +49,9 @@ def gateway_readiness(state: GatewayState) -> Readiness:
         else:
             checks["upstream_session"] = "closed"
             ok = False
-        deny = {
-            p.rate_limit.storage for p in policy.projects.values() if p.rate_limit.on_storage_error == "deny"
-        }
-        reachable = await state.limiters.check()
-        down = [uri for uri, up in reachable.items() if not up]
-        if not down:
-            checks["limit_store"] = "reachable"
-        elif any(uri in deny for uri in down):
-            checks["limit_store"] = "unreachable (on_storage_error: deny)"
-            ok = False
-        else:
-            checks["limit_store"] = "unreachable (on_storage_error: allow, requests pass unlimited)"
+        stores = await state.limiters.readiness(p.rate_limit for p in policy.projects.values())
+        checks["limit_store"] = stores.check
+        ok = ok and stores.ok
         return ok, checks
 
     return ready

@@ -29,7 +29,7 @@ from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.policy import PolicyFile
-from gateway.ratelimit.limiter import LimiterPool, StoreUnavailable
+from gateway.ratelimit import LimiterPool
 from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
@@ -45,10 +45,11 @@ class GatewayState:
         self, policy: PolicyFile, accounting: Accounting | None = None, transport: Transport | None = None
     ) -> None:
         self.limiters = LimiterPool()
-        self.transport: Transport = transport if transport is not None else Http1Transport()
+        self.transport: Transport = (
+            transport if transport is not None else Http1Transport(policy.upstream.max_in_flight_per_host)
+        )
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
-        self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
         self.policy: CompiledPolicy
         self.set_policy(policy)
 
@@ -56,8 +57,10 @@ class GatewayState:
         compiled = compile_policy(policy)
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
-            self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
+            self.limiters.store(limits.storage, limits.storage_timeout)
         self.policy = compiled
+        if isinstance(self.transport, Http1Transport):
+            self.transport.max_in_flight = policy.upstream.max_in_flight_per_host
         for warning in policy_warnings(policy):
             log.warning("%s", warning)
 
@@ -201,27 +204,12 @@ async def _rate_limit(
 ) -> tuple[tuple[str, str], ...]:
     """Count the request in its bucket: the RateLimit headers, or Refused (429, or 503 while the store is
     down and `on_storage_error: deny`)."""
-    limits = target.project.rate_limit
-    limiter = state.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
-    try:
-        result = await limiter.hit(
-            target.project.buckets[target.operation], client_key, limits.storage_timeout
-        )
-    except StoreUnavailable as exc:
-        outcome.limit_store_error = True
-        if limits.storage not in state.store_down:
-            state.store_down.add(limits.storage)
-            log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
-        if limits.on_storage_error == "deny":
-            raise Refused(errors.rate_limit_unavailable()) from None
-        return ()
-    if limits.storage in state.store_down:
-        state.store_down.discard(limits.storage)
-        log.warning("rate-limit store reachable again")
-    headers = tuple(result.headers.items())
-    if not result.allowed:
-        raise Refused(errors.too_many_requests(result.retry_after), headers)
-    return headers
+    project = target.project
+    verdict = await state.limiters.check(project.rate_limit, project.buckets[target.operation], client_key)
+    outcome.limit_store_error = verdict.store_error
+    if verdict.error is not None:
+        raise Refused(verdict.error, verdict.headers)
+    return verdict.headers
 
 
 async def _send(

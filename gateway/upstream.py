@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from gateway import errors
 from gateway.errors import Refused
 from gateway.headers import response_headers
-from gateway.http1 import Http1Client, UpstreamError, UpstreamTimeout
+from gateway.http1 import Http1Client, PoolFull, UpstreamError, UpstreamTimeout
 from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
 
 log = logging.getLogger("gateway.upstream")
@@ -46,14 +46,28 @@ class Http1Transport:
     """The one HTTP client of the process (`http1.Http1Client`), with a keep-alive pool per upstream host.
 
     Timeouts come with each call, from the policy the request runs under, so a reload changes them at once.
+    Each upstream host has its own cap of requests in flight (`upstream.max_in_flight_per_host`); one over
+    it is a 502 at once, logged once per episode (until a request to that host ends otherwise), not once per
+    request.
     """
 
-    def __init__(self, max_connections: int = 1000) -> None:
-        self._max_connections = max_connections
+    def __init__(self, max_in_flight: int = 1000) -> None:
+        self._max_in_flight = max_in_flight
         self._client: Http1Client | None = None
+        self._full: set[str] = set()  # hosts whose cap refused a request since their last other outcome
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._max_in_flight
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:  # a reload: requests already in flight keep their slots
+        self._max_in_flight = value
+        if self._client is not None:
+            self._client.max_in_flight = value
 
     async def start(self) -> None:
-        self._client = Http1Client(self._max_connections)
+        self._client = Http1Client(self._max_in_flight)
 
     @property
     def ready(self) -> bool:
@@ -77,10 +91,23 @@ class Http1Transport:
                 base_url, call.method, call.path, headers.items(), call.body, timeouts
             )
         except UpstreamTimeout:
+            self._full.discard(base_url)
             raise Refused(errors.upstream_timeout()) from None
+        except PoolFull as exc:
+            if base_url not in self._full:
+                self._full.add(base_url)
+                log.warning(
+                    "upstream %s has %d requests in flight, its cap: more answer 502 at once",
+                    exc.host,
+                    self._max_in_flight,
+                )
+            raise Refused(errors.upstream_unavailable()) from None
         except UpstreamError as exc:  # the type and host only: headers carry credentials, paths are hostile
+            self._full.discard(base_url)
             log.warning("upstream %s failed: %s", exc.host, type(exc).__name__)
             raise Refused(errors.upstream_unavailable()) from None
+        if self._full:
+            self._full.discard(base_url)
         return UpstreamResponse(
             answer.status, response_headers(answer.headers), answer.body, client.loop.time() - started
         )

@@ -78,12 +78,9 @@ class Supervisor:
     def __init__(self, policy: PolicyFile, path: Path, host: str, port: int, count: int) -> None:
         self.policy = policy
         self.path, self.host, self.port, self.count = path, host, port, count
-        # The limit stores of projects that deny while their store is down: the parent's /readyz checks them.
-        self.deny_stores = LimiterPool()
-        for name in policy.projects:
-            limits = policy.rate_limit_for(name)
-            if limits.on_storage_error == "deny":
-                self.deny_stores.get(limits.storage, limits.strategy, limits.storage_timeout)
+        # The parent's /readyz checks the projects' limit stores as a worker's does (LimiterPool.readiness).
+        self.stores = LimiterPool()
+        self.rate_limits = [policy.rate_limit_for(name) for name in policy.projects]
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.failed = False
@@ -139,9 +136,9 @@ class Supervisor:
         checks = {"workers": f"{alive} of {self.count} running"}
         if self.stopping:
             checks["draining"] = "yes: not taking new requests"
-        stores_up = all((await self.deny_stores.check()).values())
-        checks["limit_store"] = "reachable" if stores_up else "unreachable (on_storage_error: deny)"
-        return not self.stopping and alive == self.count and stores_up, checks
+        stores = await self.stores.readiness(self.rate_limits)
+        checks["limit_store"] = stores.check
+        return not self.stopping and alive == self.count and stores.ok, checks
 
     def _forward(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,7 +178,7 @@ class Supervisor:
                 self._forward(signal.SIGTERM)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            await self.deny_stores.close()
+            await self.stores.close()
         return 1 if self.failed else 0
 
 
