@@ -362,3 +362,24 @@ async def test_forty_at_once_on_a_three_master_redis_cluster(
     statuses = await _burst_with_one_unit_left([gateway.url], upstream)
     assert Counter(statuses) == {200: 1, 429: 39}
     assert len(upstream.received) == 1
+
+
+async def test_the_access_line_of_a_refused_request_says_too_many_failed_codes(
+    upstream: Any, gateway_process: GatewayProcessFactory
+) -> None:
+    gateway = await gateway_process(budget_policy(upstream.url, "1 per hour"))
+    upstream.default = Reply(200, UNKNOWN_VALIDATE)
+    async with aiohttp.ClientSession() as session:
+        for expected in (200, 429):
+            async with session.get(gateway.url + VALIDATE, headers=H) as resp:
+                assert resp.status == expected
+                request_id = resp.headers["X-Request-Id"]
+    await gateway.wait_for('"logger": "gateway.access"', count=2)
+    refused = [line for line in gateway.access_lines() if line["request_id"] == request_id]
+    assert len(refused) == 1
+    assert (refused[0]["decision"], refused[0]["status"], refused[0]["operation"]) == (
+        "too_many_failed_codes",
+        429,
+        "validate",
+    )
+    assert len(upstream.received) == 1
