@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
+from gateway.guards.failed_codes import FailedCodeBudget
 from gateway.guards.quota import QuotaPlan
 from gateway.models import Bucket, Timeouts
 from gateway.modes import Mode, mode_for
@@ -27,6 +28,7 @@ class ProjectRuntime:
     cache_ttl: float = 0.0  # seconds list answers are reused (`cache.ttl`); 0: off
     api_version: str | None = None  # sent upstream as X-Voucherify-API-Version on every call
     quota: QuotaPlan | None = None  # rate_limit.upstream_quota and redeem_reserve; None: off
+    failed_codes: FailedCodeBudget | None = None  # rate_limit.failed_codes; None: off for this project
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             cache_ttl=policy.cache_for(name).ttl,
             api_version=project.api_version,
             quota=QuotaPlan.build(name, limits.upstream_quota, limits.redeem_reserve),
+            failed_codes=FailedCodeBudget.parse(name, limits.failed_codes) if limits.failed_codes else None,
         )
     return CompiledPolicy(
         source=policy,

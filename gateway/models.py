@@ -194,4 +194,5 @@ class Outcome:
     cache: str | None = None  # cached reads: "hit", "miss" or "shared" (`gateway.guards.cache.Lookup`)
     quota_refusal: str | None = None  # upstream_quota_exhausted: "quota" (spent) or "hold_off" (after a 429)
     upstream_429: bool = False  # Voucherify answered this request's call with 429
+    unknown_codes: int = 0  # codes Voucherify's answer said do not exist, charged to the failed-code budget
     finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written

@@ -153,12 +153,13 @@ class RateLimit(_Model):
     operations: OperationLimits = Field(default_factory=dict)
     on_storage_error: OnStorageError = "allow"
     storage_timeout: float = Field(0.5, gt=0)
+    failed_codes: SingleLimitString | None = None  # unknown codes one client may try per window; None: off
     upstream_quota: SingleLimitString | None = None  # calls one project may make to Voucherify; None: off
     redeem_reserve: ReserveShare = 0  # share of upstream_quota only redemptions may use
 
 
 # Keys a project can switch off with an explicit null (a key left out is inherited).
-NULLABLE_RATE_LIMIT_KEYS = ("upstream_quota",)
+NULLABLE_RATE_LIMIT_KEYS = ("failed_codes", "upstream_quota")
 
 
 class ProjectRateLimit(_Model):
@@ -170,6 +171,7 @@ class ProjectRateLimit(_Model):
     operations: OperationLimits | None = None
     on_storage_error: OnStorageError | None = None
     storage_timeout: float | None = Field(None, gt=0)
+    failed_codes: SingleLimitString | None = None  # an explicit null turns it off for this project
     upstream_quota: SingleLimitString | None = None  # an explicit null turns it off for this project
     redeem_reserve: ReserveShare | None = None
 

@@ -1,1 +1,1 @@
-"""The second release's guards: each a sans-IO module the pipeline calls at its place in the check order."""
+"""Guards on what a client may make the gateway ask of Voucherify: sans-IO rules, one module each."""

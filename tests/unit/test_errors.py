@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway import errors
 
 
@@ -40,3 +42,24 @@ def test_upstream_quota_exhausted_is_a_503_for_both_reasons():
         assert (error.status, body["code"], body["key"]) == (503, 503, "upstream_quota_exhausted")
         assert "7 seconds" in body["details"] and "nothing was sent" in body["details"]
     assert "Voucherify" in errors.upstream_quota_exhausted(1, voucherify_busy=True).details
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.too_many_requests(7),
+        errors.origin_not_allowed('https://a"b\\c.example\u2028'),
+        errors.invalid_payload('The request body has a "__proto__" key.'),
+        errors.not_found(),
+    ],
+)
+@pytest.mark.parametrize("request_id", ["gw-0123456789abcdef", 'odd"id\\\x00'])
+def test_the_body_is_voucherifys_shape_whatever_its_text(error: errors.GatewayError, request_id: str) -> None:
+    """The pre-encoded halves plus the id are exactly the JSON of the whole error."""
+    assert json.loads(error.body(request_id)) == {
+        "code": error.status,
+        "key": error.key.value,
+        "message": error.message,
+        "details": error.details,
+        "request_id": request_id,
+    }
