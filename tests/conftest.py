@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from gateway.app import create_app
 from gateway.policy import PolicyFile, parse_policy
@@ -89,7 +91,9 @@ def in_ci() -> bool:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     """Under CI=true a skip is a failure: CI installs every tool and service, so nothing may be left out."""
     outcome = yield
     report = outcome.get_result()
@@ -98,17 +102,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped under CI=true (install what it needs instead): {report.longrepr}"
 
 
-def raw_url(client: TestClient[web.Request, web.Application], path_and_query: str) -> Any:
+def raw_url(client: TestClient[web.Request, web.Application], path_and_query: str) -> URL:
     """A URL sent exactly as written (the test client would otherwise re-encode brackets and dots)."""
-    from yarl import URL
-
     return URL(f"http://127.0.0.1:{client.port}{path_and_query}", encoded=True)
 
 
 GATEWAY_ERROR_FIELDS = {"code", "key", "message", "details", "request_id"}
 
 
-def assert_gateway_error(status: int, body: Any, headers: Any, code: int, key: str) -> None:
+def assert_gateway_error(status: int, body: Any, headers: Mapping[str, str], code: int, key: str) -> None:
     """One of the gateway's own errors, in Voucherify's shape, its request_id the X-Request-Id header."""
     assert status == code, body
     assert isinstance(body, dict) and set(body) == GATEWAY_ERROR_FIELDS, body
