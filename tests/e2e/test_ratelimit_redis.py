@@ -11,11 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import LimiterPool, StoreUnavailable, open_storage
+from gateway.ratelimit import LimiterPool, StoreUnavailable, bridge, open_storage
+from gateway.ratelimit.redis_store import RedisStore
 from tests.conftest import base_policy
 from tests.support.constants import H
 from tests.support.processes import GatewayProcessFactory, RedisServer
@@ -34,7 +36,7 @@ def test_storage_clients_are_configured() -> None:
     """redis-py with a blocking pool, socket timeouts and at most one retry; no network needed."""
     plain = open_storage("redis://127.0.0.1:1/0", 0.25)
     assert isinstance(plain, RedisStorage)
-    client = plain.bridge.storage
+    client = bridge.client(plain)
     pool = client.connection_pool
     assert isinstance(pool, BlockingConnectionPool)
     assert pool.timeout == 0.25
@@ -47,8 +49,8 @@ def test_storage_clients_are_configured() -> None:
     assert not any(issubclass(error, timeouts) for error in retry._supported_errors), retry._supported_errors
     assert plain.wrap_exceptions is True
     secure = open_storage("rediss://127.0.0.1:1/0", 0.25)
-    assert isinstance(secure.bridge.storage.connection_pool, BlockingConnectionPool)
-    assert "SSL" in secure.bridge.storage.connection_pool.connection_class.__name__
+    assert isinstance(bridge.client(secure).connection_pool, BlockingConnectionPool)
+    assert "SSL" in bridge.client(secure).connection_pool.connection_class.__name__
     sentinel = open_storage("redis+sentinel://127.0.0.1:1/mymaster", 0.25)
     assert isinstance(sentinel, RedisSentinelStorage)
     assert type(sentinel.bridge).__name__ == "RedispyBridge"
@@ -61,13 +63,16 @@ async def test_start_loads_scripts_and_close_releases_pool(redis: RedisServer) -
     pool = LimiterPool()
     limiter = pool.limiter(redis.url, Strategy.MOVING_WINDOW, 0.5)
     await pool.start()
-    client = limiter.store.storage.bridge.storage
-    assert await client.script_exists(limiter.store.storage.bridge.lua_acquire_moving_window.sha) == [True]
+    assert isinstance(limiter.store, RedisStore)
+    storage = limiter.store.storage
+    assert isinstance(storage, RedisStorage) and isinstance(storage.bridge, RedispyBridge)
+    client = bridge.client(storage)
+    assert await client.script_exists(storage.bridge.lua_acquire_moving_window.sha) == [True]
     bucket = Bucket.parse("per_ip", "2 per hour", "p/per_ip")
     results = [await limiter.hit(bucket, "203.0.113.9") for _ in range(3)]
     assert [r.allowed for r in results] == [True, True, False]
     await pool.close()
-    assert limiter.store.storage.bridge.storage.connection_pool._in_use_connections == set()
+    assert client.connection_pool._in_use_connections == set()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
