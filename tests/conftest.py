@@ -64,19 +64,27 @@ async def upstream() -> AsyncIterator[UpstreamDouble]:
     await double.close()
 
 
-GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+class GatewayClient(TestClient[web.Request, web.Application]):
+    """The test client of a started gateway: its port is known."""
+
+    @property
+    def port(self) -> int:
+        port = super().port
+        assert port is not None, "the test server is not started"
+        return port
+
+
+GatewayFactory = Callable[..., Awaitable[GatewayClient]]
 
 
 @pytest.fixture
 async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
     """`await gateway(tree=None, **project_overrides)`: a gateway on a real port in front of the double."""
-    clients: list[TestClient[web.Request, web.Application]] = []
+    clients: list[GatewayClient] = []
 
-    async def start(
-        tree: dict[str, Any] | None = None, **project: Any
-    ) -> TestClient[web.Request, web.Application]:
+    async def start(tree: dict[str, Any] | None = None, **project: Any) -> GatewayClient:
         policy = make_policy(tree if tree is not None else base_policy(upstream.url, **project))
-        client = TestClient(TestServer(create_app(policy), host="127.0.0.1"))
+        client = GatewayClient(TestServer(create_app(policy), host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client
