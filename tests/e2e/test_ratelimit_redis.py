@@ -18,9 +18,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.models import Bucket, Strategy
 from gateway.ratelimit import LimiterPool, StoreUnavailable, bridge, open_storage
 from gateway.ratelimit.redis_store import RedisStore
-from tests.conftest import base_policy
+from tests.conftest import GatewayClient, GatewayFactory, base_policy
 from tests.support.constants import H
 from tests.support.processes import GatewayProcessFactory, RedisServer
+from tests.support.upstream_double import UpstreamDouble
 
 STRATEGIES = [s.value for s in Strategy]  # plain strings: they go into policy files
 VALIDATE = "/client/v1/validate?code=SAVE10"
@@ -77,7 +78,7 @@ async def test_start_loads_scripts_and_close_releases_pool(redis: RedisServer) -
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_burst_over_two_instances_lets_exactly_k_through(
-    strategy: str, redis: RedisServer, upstream: Any, gateway_process: GatewayProcessFactory
+    strategy: str, redis: RedisServer, upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
 ) -> None:
     limit = 7
     # deny and a generous store timeout: on a loaded machine a slow Redis answer must show up as a 503
@@ -107,7 +108,7 @@ async def test_burst_over_two_instances_lets_exactly_k_through(
     assert len(upstream.received) == limit
 
 
-async def _send(client: Any, n: int) -> list[tuple[int, dict[str, Any], float]]:
+async def _send(client: GatewayClient, n: int) -> list[tuple[int, dict[str, Any], float]]:
     async def one() -> tuple[int, dict[str, Any], float]:
         started = time.monotonic()
         resp = await client.get(VALIDATE, headers=H, timeout=aiohttp.ClientTimeout(total=10))
@@ -117,7 +118,7 @@ async def _send(client: Any, n: int) -> list[tuple[int, dict[str, Any], float]]:
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def _until_limited(client: Any, deadline_s: float = 15) -> list[int]:
+async def _until_limited(client: GatewayClient, deadline_s: float = 15) -> list[int]:
     """One request at a time until a 429: the limit is enforced again (fails if it never is)."""
     seen: list[int] = []
     deadline = time.monotonic() + deadline_s
@@ -136,7 +137,11 @@ BOUND = 0.5 + 2.0
 
 @pytest.mark.parametrize("mode", ["allow", "deny"])
 async def test_redis_killed_restarted_and_frozen(
-    mode: str, redis: RedisServer, upstream: Any, gateway: Any, caplog: pytest.LogCaptureFixture
+    mode: str,
+    redis: RedisServer,
+    upstream: UpstreamDouble,
+    gateway: GatewayFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     policy = limited_policy(
