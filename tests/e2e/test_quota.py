@@ -9,16 +9,18 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.app import STATE
-from tests.conftest import assert_gateway_error, base_policy, make_policy
+from tests.conftest import GatewayFactory, assert_gateway_error, base_policy, make_policy
 from tests.support.constants import JSON_H, ORIGIN, H
-from tests.support.ops import labels
-from tests.support.processes import GatewayProcessFactory, RedisServer
+from tests.support.ops import OpsGatewayFactory, labels
+from tests.support.processes import GatewayProcessFactory, RedisCluster, RedisServer
 from tests.support.upstream_double import Reply, UpstreamDouble
 
 TIERS = "/client/v1/promotions/tiers?limit=10"
@@ -26,7 +28,7 @@ CONSENTS = "/client/v1/consents"
 TIERS_BODY = {"object": "list", "data_ref": "tiers", "tiers": [{"id": "promo_1"}], "total": 1}
 
 
-async def until(condition: Any, what: str) -> None:
+async def until(condition: Callable[[], bool], what: str) -> None:
     """Wait for a state the test drives to (not a timing assertion); fails after about 20 s."""
     for _ in range(2000):
         if condition():
@@ -45,7 +47,9 @@ def cached_policy(upstream: UpstreamDouble, ttl: float = 30, **rate_limit: Any) 
 # ---------------------------------------------------------------------------------------------- cached reads
 
 
-async def test_a_hit_reuses_status_body_and_content_type_with_age_and_its_own_headers(gateway, upstream):
+async def test_a_hit_reuses_status_body_and_content_type_with_age_and_its_own_headers(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     upstream.default = Reply(
         200,
         TIERS_BODY,
@@ -68,7 +72,9 @@ async def test_a_hit_reuses_status_body_and_content_type_with_age_and_its_own_he
     assert len(upstream.received) == 1
 
 
-async def test_misses_per_query_operation_and_project(gateway, upstream):
+async def test_misses_per_query_operation_and_project(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     upstream.default = Reply(200, TIERS_BODY)
     tree = cached_policy(upstream)
     tree["projects"]["blog"] = dict(tree["projects"]["shop"])
@@ -82,7 +88,9 @@ async def test_misses_per_query_operation_and_project(gateway, upstream):
     assert len(upstream.received) == 5
 
 
-async def test_other_operations_and_a_ttl_of_zero_are_never_cached(gateway, upstream):
+async def test_other_operations_and_a_ttl_of_zero_are_never_cached(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(cached_policy(upstream))
     for _ in range(2):
         assert (await client.get("/client/v1/validate?code=SAVE10", headers=H)).status == 200
@@ -92,7 +100,9 @@ async def test_other_operations_and_a_ttl_of_zero_are_never_cached(gateway, upst
     assert len(upstream.received) == 4
 
 
-async def test_a_project_may_turn_the_cache_on_for_itself(gateway, upstream):
+async def test_a_project_may_turn_the_cache_on_for_itself(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = cached_policy(upstream, ttl=0)
     tree["projects"]["shop"]["cache"] = {"ttl": 30}
     client = await gateway(tree)
@@ -101,7 +111,7 @@ async def test_a_project_may_turn_the_cache_on_for_itself(gateway, upstream):
     assert len(upstream.received) == 1
 
 
-async def test_an_answer_expires_after_the_ttl(gateway, upstream):
+async def test_an_answer_expires_after_the_ttl(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(cached_policy(upstream, ttl=0.5))
     assert (await client.get(TIERS, headers=H)).status == 200
     assert (await client.get(TIERS, headers=H)).headers.get("Age") == "0"
@@ -113,7 +123,9 @@ async def test_an_answer_expires_after_the_ttl(gateway, upstream):
 
 
 @pytest.mark.parametrize("status", [201, 400, 404, 500, 503])
-async def test_error_answers_are_never_kept(gateway, upstream, status: int):
+async def test_error_answers_are_never_kept(
+    gateway: GatewayFactory, upstream: UpstreamDouble, status: int
+) -> None:
     upstream.reply(Reply(status, {"code": status, "key": "x"}))
     client = await gateway(cached_policy(upstream))
     assert (await client.get(TIERS, headers=H)).status == status
@@ -122,7 +134,7 @@ async def test_error_answers_are_never_kept(gateway, upstream, status: int):
     assert len(upstream.received) == 2
 
 
-async def test_a_gateway_error_is_never_kept(gateway, upstream):
+async def test_a_gateway_error_is_never_kept(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     upstream.reply(Reply(reset=True))
     client = await gateway(cached_policy(upstream))
     resp = await client.get(TIERS, headers=H)
@@ -131,7 +143,9 @@ async def test_a_gateway_error_is_never_kept(gateway, upstream):
     assert len(upstream.received) == 2
 
 
-async def test_the_per_ip_limit_still_applies_to_hits(gateway, upstream):
+async def test_the_per_ip_limit_still_applies_to_hits(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(cached_policy(upstream, per_ip="3 per minute"))
     statuses = [(await client.get(TIERS, headers=H)).status for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -145,13 +159,15 @@ class GatedDouble(UpstreamDouble):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def _handle(self, request: Any) -> Any:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         await self.gate.wait()
         return await super()._handle(request)
 
 
 @pytest.mark.parametrize("answer", [Reply(200, TIERS_BODY), Reply(503, {"code": 503})])
-async def test_twenty_concurrent_identical_reads_make_one_upstream_call(ops_gateway, answer: Reply):
+async def test_twenty_concurrent_identical_reads_make_one_upstream_call(
+    ops_gateway: OpsGatewayFactory, answer: Reply
+) -> None:
     double = GatedDouble()
     await double.start()
     try:
@@ -183,7 +199,9 @@ async def test_twenty_concurrent_identical_reads_make_one_upstream_call(ops_gate
         await double.close()
 
 
-async def test_a_leader_whose_client_left_does_not_strand_its_followers(ops_gateway):
+async def test_a_leader_whose_client_left_does_not_strand_its_followers(
+    ops_gateway: OpsGatewayFactory,
+) -> None:
     double = GatedDouble()
     await double.start()
     try:
@@ -210,7 +228,9 @@ async def test_a_leader_whose_client_left_does_not_strand_its_followers(ops_gate
 
 
 @pytest.mark.parametrize("mode", ["client", "server"])
-async def test_api_version_is_sent_on_every_call_and_the_browsers_own_is_dropped(gateway, upstream, mode):
+async def test_api_version_is_sent_on_every_call_and_the_browsers_own_is_dropped(
+    gateway: GatewayFactory, upstream: UpstreamDouble, mode: str
+) -> None:
     project: dict[str, Any] = {"api_version": "v2018-08-01"}
     if mode == "server":
         project |= {"upstream_auth": "server", "credentials": {"application_id": "a", "secret_key": "s-k-1"}}
@@ -225,7 +245,7 @@ async def test_api_version_is_sent_on_every_call_and_the_browsers_own_is_dropped
         assert received.headers.getall("X-Voucherify-API-Version") == ["v2018-08-01"]
 
 
-async def test_without_api_version_none_is_sent(gateway, upstream):
+async def test_without_api_version_none_is_sent(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway()
     headers = {**H, "X-Voucherify-API-Version": "v2024-01-01"}
     assert (await client.get("/client/v1/validate?code=SAVE10", headers=headers)).status == 200
@@ -243,7 +263,9 @@ def quota_policy(
     return tree
 
 
-async def test_a_call_that_would_pass_the_quota_is_refused_with_retry_after(gateway, upstream):
+async def test_a_call_that_would_pass_the_quota_is_refused_with_retry_after(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(quota_policy(upstream, "3 per hour"))
     statuses = []
     for _ in range(5):
@@ -256,7 +278,9 @@ async def test_a_call_that_would_pass_the_quota_is_refused_with_retry_after(gate
     assert len(upstream.received) == 3
 
 
-async def test_cache_hits_do_not_count_against_the_quota(gateway, upstream):
+async def test_cache_hits_do_not_count_against_the_quota(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = quota_policy(upstream, "2 per hour")
     tree["cache"] = {"ttl": 30}
     client = await gateway(tree)
@@ -267,7 +291,9 @@ async def test_cache_hits_do_not_count_against_the_quota(gateway, upstream):
     assert len(upstream.received) == 2
 
 
-async def test_the_reserve_lets_redemptions_through_when_browsing_used_the_rest(gateway, upstream):
+async def test_the_reserve_lets_redemptions_through_when_browsing_used_the_rest(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(quota_policy(upstream, "10 per hour", 0.3))
     browsing = [(await client.get("/client/v1/validate?code=SAVE10", headers=H)).status for _ in range(9)]
     assert browsing == [200] * 7 + [503] * 2
@@ -280,7 +306,9 @@ async def test_the_reserve_lets_redemptions_through_when_browsing_used_the_rest(
     assert len(upstream.received) == 10
 
 
-async def test_an_explicit_null_turns_the_quota_off_for_a_project(gateway, upstream):
+async def test_an_explicit_null_turns_the_quota_off_for_a_project(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = quota_policy(upstream, "1 per hour")
     tree["projects"]["shop"]["rate_limit"] = {"upstream_quota": None}
     client = await gateway(tree)
@@ -290,7 +318,7 @@ async def test_an_explicit_null_turns_the_quota_off_for_a_project(gateway, upstr
 
 async def test_the_quota_is_exact_over_two_gateways_of_two_workers_on_one_redis(
     redis: RedisServer, upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
-):
+) -> None:
     quota = 11
     tree = quota_policy(upstream, f"{quota} per hour", on_storage_error="deny", storage_timeout=20)
     tree["rate_limit"]["storage"] = redis.url
@@ -311,7 +339,9 @@ async def test_the_quota_is_exact_over_two_gateways_of_two_workers_on_one_redis(
 
 
 @pytest.mark.parametrize("mode", ["allow", "deny"])
-async def test_a_quota_store_that_is_down_follows_on_storage_error(gateway, upstream, mode: str):
+async def test_a_quota_store_that_is_down_follows_on_storage_error(
+    gateway: GatewayFactory, upstream: UpstreamDouble, mode: str
+) -> None:
     tree = quota_policy(upstream, "5 per hour", on_storage_error=mode, storage_timeout=0.2)
     tree["rate_limit"]["storage"] = "redis://127.0.0.1:1/0"
     tree["rate_limit"]["per_ip"] = "1000 per minute"
@@ -327,7 +357,9 @@ async def test_a_quota_store_that_is_down_follows_on_storage_error(gateway, upst
 # ---------------------------------------------------------------------------------------------- Voucherify's 429
 
 
-async def test_voucherifys_429_becomes_a_503_and_holds_the_project_off(ops_gateway, upstream, caplog):
+async def test_voucherifys_429_becomes_a_503_and_holds_the_project_off(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="gateway")
     tree = base_policy(upstream.url)
     tree["cache"] = {"ttl": 60}
@@ -378,7 +410,9 @@ async def test_voucherifys_429_becomes_a_503_and_holds_the_project_off(ops_gatew
         ({"Retry-After": "3600"}, "60"),
     ],
 )
-async def test_the_hold_off_takes_voucherifys_seconds(gateway, upstream, headers, seconds):
+async def test_the_hold_off_takes_voucherifys_seconds(
+    gateway: GatewayFactory, upstream: UpstreamDouble, headers: dict[str, str], seconds: str
+) -> None:
     upstream.reply(Reply(429, {"code": 429}, headers))
     client = await gateway()
     resp = await client.get("/client/v1/validate?code=SAVE10", headers=H)
@@ -388,7 +422,7 @@ async def test_the_hold_off_takes_voucherifys_seconds(gateway, upstream, headers
     assert len(upstream.received) == 1
 
 
-async def test_a_hold_off_is_per_project(gateway, upstream):
+async def test_a_hold_off_is_per_project(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = base_policy(upstream.url)
     tree["projects"]["blog"] = dict(tree["projects"]["shop"])
     client = await gateway(tree)
@@ -399,7 +433,7 @@ async def test_a_hold_off_is_per_project(gateway, upstream):
     assert len(upstream.received) == 2
 
 
-async def test_server_mode_429_is_held_off_too(gateway, upstream):
+async def test_server_mode_429_is_held_off_too(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     upstream.reply(Reply(429, {"code": 429}, {"Retry-After": "30", "X-Rate-Limit-Remaining": "0"}))
     client = await gateway(upstream_auth="server", credentials={"application_id": "a", "secret_key": "s-k-2"})
     resp = await client.post("/client/v1/validations", headers=JSON_H, data=b"{}")
@@ -412,8 +446,8 @@ async def test_server_mode_429_is_held_off_too(gateway, upstream):
 
 
 async def test_the_quota_is_exact_over_two_gateways_on_a_three_master_cluster(
-    redis_cluster: Any, upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
-):
+    redis_cluster: RedisCluster, upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
+) -> None:
     tree = base_policy(upstream.url, danger_zone={"redeem": True})
     tree["projects"]["blog"] = dict(tree["projects"]["shop"])
     tree["rate_limit"].update(
@@ -445,11 +479,9 @@ async def test_the_quota_is_exact_over_two_gateways_on_a_three_master_cluster(
     assert len(upstream.received) == 12
 
 
-async def test_the_sandboxs_plan_limit_is_held_off(gateway):
+async def test_the_sandboxs_plan_limit_is_held_off(gateway: GatewayFactory) -> None:
     """Against the offline sandbox's emulation of Voucherify's plan limit (`--plan-limit`): its 429 (with
     Retry-After and X-Rate-Limit-Retry) becomes the 503, and nothing more reaches it meanwhile."""
-    from aiohttp import web
-
     from gateway.sandbox import SANDBOX_RECORDS, SandboxCredentials, create_sandbox_app
 
     credentials = SandboxCredentials()
@@ -484,10 +516,12 @@ async def test_the_sandboxs_plan_limit_is_held_off(gateway):
         await runner.cleanup()
 
 
-async def test_a_reload_that_changes_a_project_drops_its_kept_answers(gateway, upstream):
+async def test_a_reload_that_changes_a_project_drops_its_kept_answers(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = cached_policy(upstream)
     client = await gateway(tree)
-    state = client.server.app[STATE]
+    state = client.app[STATE]
     assert (await client.get(TIERS, headers=H)).status == 200
     assert "Age" in (await client.get(TIERS, headers=H)).headers
     state.set_policy(make_policy(tree))  # the same policy: answers stay

@@ -35,7 +35,7 @@ def test_a_hostile_method_in_a_405_is_neutralised() -> None:
     assert details.startswith("GET?? is not supported")
 
 
-def test_upstream_quota_exhausted_is_a_503_for_both_reasons():
+def test_upstream_quota_exhausted_is_a_503_for_both_reasons() -> None:
     for busy in (False, True):
         error = errors.upstream_quota_exhausted(7, voucherify_busy=busy)
         body = json.loads(error.body("gw-2"))

@@ -11,7 +11,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-def test_cache_quota_and_429_counters():
+def test_cache_quota_and_429_counters() -> None:
     metrics = Metrics()
     batch = [
         Outcome("a", "GET", "shop", "list_consents", cache="hit", status=200),

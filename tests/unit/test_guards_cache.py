@@ -51,7 +51,7 @@ class Upstream:
 # ---------------------------------------------------------------------------------------------- kept
 
 
-def test_a_kept_answer_is_a_hit_with_its_age_and_only_status_body_and_content_type():
+def test_a_kept_answer_is_a_hit_with_its_age_and_only_status_body_and_content_type() -> None:
     clock = Clock()
     cache = make(clock)
     assert cache.get(KEY) is None
@@ -63,7 +63,7 @@ def test_a_kept_answer_is_a_hit_with_its_age_and_only_status_body_and_content_ty
     assert Hit(Answer(200, b"", None), 0).headers == (("Age", "0"),)
 
 
-def test_keys_keep_projects_operations_and_queries_apart():
+def test_keys_keep_projects_operations_and_queries_apart() -> None:
     cache = make()
     cache.put(KEY, OK, 30)
     for other in [
@@ -76,7 +76,7 @@ def test_keys_keep_projects_operations_and_queries_apart():
         assert cache.get(other) is None, other
 
 
-def test_an_answer_expires_after_its_ttl():
+def test_an_answer_expires_after_its_ttl() -> None:
     clock = Clock()
     cache = make(clock)
     cache.put(KEY, OK, 5)
@@ -88,19 +88,19 @@ def test_an_answer_expires_after_its_ttl():
 
 
 @pytest.mark.parametrize("status", [201, 204, 304, 400, 404, 429, 500, 502, 503])
-def test_only_200_answers_are_kept(status: int):
+def test_only_200_answers_are_kept(status: int) -> None:
     cache = make()
     assert not cache.put(KEY, Answer(status, b"{}", "application/json"), 30)
     assert cache.get(KEY) is None
 
 
-def test_a_ttl_of_zero_keeps_nothing():
+def test_a_ttl_of_zero_keeps_nothing() -> None:
     cache = make()
     assert not cache.put(KEY, OK, 0)
     assert cache.get(KEY) is None
 
 
-def test_entries_are_bounded_and_the_least_recently_used_goes_first():
+def test_entries_are_bounded_and_the_least_recently_used_goes_first() -> None:
     cache = make(max_entries=3)
     keys = [("shop", "list_consents", f"page={i}") for i in range(4)]
     for key in keys[:3]:
@@ -112,7 +112,7 @@ def test_entries_are_bounded_and_the_least_recently_used_goes_first():
     assert all(cache.get(key) is not None for key in (keys[0], keys[2], keys[3]))
 
 
-def test_bytes_are_bounded():
+def test_bytes_are_bounded() -> None:
     body = b"x" * 1000
     size = ENTRY_OVERHEAD + len(body) + len("shop") + len("list_consents") + len("page=0") + len("a/b")
     cache = make(max_bytes=size * 3 + 10)
@@ -123,7 +123,7 @@ def test_bytes_are_bounded():
     assert cache.get(("shop", "list_consents", "page=9")) is not None
 
 
-def test_an_answer_larger_than_an_entry_may_be_is_not_kept():
+def test_an_answer_larger_than_an_entry_may_be_is_not_kept() -> None:
     cache = make(max_entry_bytes=2000)
     assert not cache.put(KEY, Answer(200, b"x" * 2000, "application/json"), 30)
     assert cache.put(KEY, Answer(200, b"x" * 1000, "application/json"), 30)
@@ -131,7 +131,7 @@ def test_an_answer_larger_than_an_entry_may_be_is_not_kept():
     assert not huge.put(KEY, Answer(200, b"x" * 1000, None), 30)
 
 
-def test_replacing_a_key_does_not_count_it_twice():
+def test_replacing_a_key_does_not_count_it_twice() -> None:
     clock = Clock()
     cache = make(clock, max_entries=2)
     cache.put(KEY, OK, 30)
@@ -144,7 +144,7 @@ def test_replacing_a_key_does_not_count_it_twice():
     assert cache.get(KEY) == Hit(Answer(200, b"{}", None), 0)
 
 
-def test_forget_drops_one_projects_answers():
+def test_forget_drops_one_projects_answers() -> None:
     cache = make()
     cache.put(KEY, OK, 30)
     cache.put(("blog", "list_consents", ""), OK, 30)
@@ -153,7 +153,7 @@ def test_forget_drops_one_projects_answers():
     assert cache.get(("blog", "list_consents", "")) is not None
 
 
-def test_an_expired_entry_does_not_take_a_slot():
+def test_an_expired_entry_does_not_take_a_slot() -> None:
     clock = Clock()
     cache = make(clock, max_entries=1)
     cache.put(("shop", "list_consents", "a"), OK, 1)
@@ -162,12 +162,12 @@ def test_an_expired_entry_does_not_take_a_slot():
     assert cache.get(KEY) is not None
 
 
-def test_a_bad_bound_is_refused():
+def test_a_bad_bound_is_refused() -> None:
     with pytest.raises(ValueError):
         make(max_entries=0)
 
 
-def test_the_guards_import_no_io():
+def test_the_guards_import_no_io() -> None:
     program = (
         "import sys, gateway.guards.cache, gateway.guards.quota;"
         "print(','.join(sorted({n.split('.')[0] for n in sys.modules} & set(sys.argv[1:]))))"
@@ -185,7 +185,7 @@ def test_the_guards_import_no_io():
 # ---------------------------------------------------------------------------------------------- single flight
 
 
-async def test_twenty_concurrent_identical_misses_make_one_call_and_all_get_its_answer():
+async def test_twenty_concurrent_identical_misses_make_one_call_and_all_get_its_answer() -> None:
     cache = make()
     upstream = Upstream()
     waiters = [asyncio.create_task(cache.load(KEY, 30, upstream)) for _ in range(20)]
@@ -201,7 +201,7 @@ async def test_twenty_concurrent_identical_misses_make_one_call_and_all_get_its_
     assert cache.in_flight == 0
 
 
-async def test_different_keys_do_not_share_a_call():
+async def test_different_keys_do_not_share_a_call() -> None:
     cache = make()
     upstream = Upstream()
     upstream.release.set()
@@ -211,7 +211,7 @@ async def test_different_keys_do_not_share_a_call():
     assert upstream.calls == 2
 
 
-async def test_an_error_answer_is_shared_but_not_kept():
+async def test_an_error_answer_is_shared_but_not_kept() -> None:
     cache = make()
     failing = Upstream(Answer(503, b'{"code": 503}', "application/json"))
     waiters = [asyncio.create_task(cache.load(KEY, 30, failing)) for _ in range(5)]
@@ -227,7 +227,7 @@ async def test_an_error_answer_is_shared_but_not_kept():
     assert (answer, how, ok.calls) == (OK, Lookup.MISS, 1)
 
 
-async def test_an_exception_reaches_every_waiter_and_nothing_is_kept():
+async def test_an_exception_reaches_every_waiter_and_nothing_is_kept() -> None:
     cache = make()
     failing = Upstream(RuntimeError("upstream reset"))
     waiters = [asyncio.create_task(cache.load(KEY, 30, failing)) for _ in range(5)]
@@ -239,7 +239,7 @@ async def test_an_exception_reaches_every_waiter_and_nothing_is_kept():
     assert cache.get(KEY) is None and cache.in_flight == 0
 
 
-async def test_a_result_that_keep_refuses_is_shared_but_not_kept():
+async def test_a_result_that_keep_refuses_is_shared_but_not_kept() -> None:
     cache: ReadCache[Answer] = ReadCache(lambda result: None, clock=Clock())
     upstream = Upstream()
     upstream.release.set()
@@ -247,7 +247,7 @@ async def test_a_result_that_keep_refuses_is_shared_but_not_kept():
     assert cache.get(KEY) is None
 
 
-async def test_a_cancelled_first_waiter_does_not_strand_the_others():
+async def test_a_cancelled_first_waiter_does_not_strand_the_others() -> None:
     cache = make()
     upstream = Upstream()
     leader = asyncio.create_task(cache.load(KEY, 30, upstream))
@@ -264,7 +264,7 @@ async def test_a_cancelled_first_waiter_does_not_strand_the_others():
     assert cache.get(KEY) is not None  # the call finished and was kept although its first waiter left
 
 
-async def test_a_failed_first_call_does_not_strand_later_waiters():
+async def test_a_failed_first_call_does_not_strand_later_waiters() -> None:
     cache = make()
     failing = Upstream(TimeoutError())
     first = [asyncio.create_task(cache.load(KEY, 30, failing)) for _ in range(3)]
@@ -278,7 +278,7 @@ async def test_a_failed_first_call_does_not_strand_later_waiters():
     assert ok.calls == 1
 
 
-async def test_when_every_waiter_leaves_the_call_is_cancelled_and_a_new_request_starts_afresh():
+async def test_when_every_waiter_leaves_the_call_is_cancelled_and_a_new_request_starts_afresh() -> None:
     cache = make()
     started = asyncio.Event()
     cancelled = asyncio.Event()
@@ -304,7 +304,7 @@ async def test_when_every_waiter_leaves_the_call_is_cancelled_and_a_new_request_
     assert await cache.load(KEY, 30, upstream) == (OK, Lookup.MISS)
 
 
-async def test_a_call_cancelled_from_outside_restarts_for_waiters_that_were_not_cancelled():
+async def test_a_call_cancelled_from_outside_restarts_for_waiters_that_were_not_cancelled() -> None:
     cache = make()
     calls = 0
 
@@ -324,7 +324,7 @@ async def test_a_call_cancelled_from_outside_restarts_for_waiters_that_were_not_
     assert calls == 2
 
 
-async def test_a_waiter_gone_during_a_shared_call_does_not_cancel_it():
+async def test_a_waiter_gone_during_a_shared_call_does_not_cancel_it() -> None:
     cache = make()
     upstream = Upstream()
     waiters = [asyncio.create_task(cache.load(KEY, 30, upstream)) for _ in range(2)]
@@ -335,7 +335,7 @@ async def test_a_waiter_gone_during_a_shared_call_does_not_cancel_it():
     assert (await waiters[0])[0] == OK
 
 
-async def test_a_load_with_ttl_zero_keeps_nothing():
+async def test_a_load_with_ttl_zero_keeps_nothing() -> None:
     cache = make()
     upstream = Upstream()
     upstream.release.set()

@@ -39,14 +39,14 @@ class Clock:
 # ---------------------------------------------------------------------------------------------- the plan
 
 
-def test_a_plan_from_policy_values():
+def test_a_plan_from_policy_values() -> None:
     plan = QuotaPlan.build("shop", "2000 per minute", 0.2)
     assert plan == QuotaPlan(2000, 60, 400, "shop/upstream_quota/60")
     assert plan.policy_header == '"upstream_quota";q=2000;w=60'
     assert QuotaPlan.build("shop", None, 0.2) is None
 
 
-def test_redemptions_may_use_the_whole_quota_and_the_rest_only_what_the_reserve_leaves():
+def test_redemptions_may_use_the_whole_quota_and_the_rest_only_what_the_reserve_leaves() -> None:
     plan = QuotaPlan.build("shop", "10 per minute", 0.3)
     assert plan is not None and plan.reserve == 3
     assert {"redeem", "redeem_stackable", "redeem_promotion_tier"} == REDEMPTIONS
@@ -69,13 +69,13 @@ def test_redemptions_may_use_the_whole_quota_and_the_rest_only_what_the_reserve_
         (1, 0.4, 0),
     ],
 )
-def test_the_reserve_is_round_of_q_times_the_share(q: int, share: float, reserve: int):
+def test_the_reserve_is_round_of_q_times_the_share(q: int, share: float, reserve: int) -> None:
     assert reserve_of(q, share) == reserve == round(q * share)
     plan = QuotaPlan.build("p", f"{q} per hour", share)
     assert plan is not None and plan.reserve == reserve and plan.window == 3600
 
 
-def test_a_reserve_of_everything_leaves_nothing_for_browsing():
+def test_a_reserve_of_everything_leaves_nothing_for_browsing() -> None:
     plan = QuotaPlan.build("shop", "5 per second", 1)
     assert plan is not None
     assert plan.limit_for("list_consents") == 0 and plan.limit_for("redeem") == 5
@@ -85,14 +85,14 @@ def test_a_reserve_of_everything_leaves_nothing_for_browsing():
     ("quota", "share"),
     [("10/hour;3/minute", 0), ("10 per hour", -0.1), ("10 per hour", 1.01), ("ten per hour", 0)],
 )
-def test_bad_plans_are_refused(quota: str, share: float):
+def test_bad_plans_are_refused(quota: str, share: float) -> None:
     with pytest.raises(ValueError):
         QuotaPlan.build("shop", quota, share)
     with pytest.raises(ValueError):
         QuotaPlan(5, 60, 6, "k")
 
 
-def test_projects_and_windows_have_their_own_ledgers():
+def test_projects_and_windows_have_their_own_ledgers() -> None:
     keys = {
         QuotaPlan.build("shop", "10 per minute", 0).key,  # type: ignore[union-attr]
         QuotaPlan.build("blog", "10 per minute", 0).key,  # type: ignore[union-attr]
@@ -107,11 +107,11 @@ def test_projects_and_windows_have_their_own_ledgers():
     ("seconds", "at_most", "expected"),
     [(0.0, None, 1), (0.2, None, 1), (1.0, None, 1), (1.01, None, 2), (59.5, 60, 60), (3600, 60, 60)],
 )
-def test_whole_seconds(seconds: float, at_most: int | None, expected: int):
+def test_whole_seconds(seconds: float, at_most: int | None, expected: int) -> None:
     assert whole_seconds(seconds, at_most=at_most) == expected
 
 
-def test_whole_seconds_of_something_not_finite_is_the_bound():
+def test_whole_seconds_of_something_not_finite_is_the_bound() -> None:
     assert whole_seconds(float("inf"), at_most=60) == 60
     assert whole_seconds(float("nan")) == 1
 
@@ -151,14 +151,14 @@ def test_whole_seconds_of_something_not_finite_is_the_bound():
         ([("X-Rate-Limit-Limit", "100"), ("X-Rate-Limit-Remaining", "0")], 1),
     ],
 )
-def test_the_seconds_a_429_asks_for(headers: list[tuple[str, str]], seconds: int):
+def test_the_seconds_a_429_asks_for(headers: list[tuple[str, str]], seconds: int) -> None:
     assert retry_after_of_429(headers) == seconds
 
 
 # ---------------------------------------------------------------------------------------------- hold-off
 
 
-def test_a_hold_off_lasts_its_seconds_and_reports_what_is_left():
+def test_a_hold_off_lasts_its_seconds_and_reports_what_is_left() -> None:
     clock = Clock()
     hold = HoldOff(clock)
     assert hold.remaining("shop") is None
@@ -173,7 +173,7 @@ def test_a_hold_off_lasts_its_seconds_and_reports_what_is_left():
     assert hold.active() == ()
 
 
-def test_a_hold_off_is_per_project():
+def test_a_hold_off_is_per_project() -> None:
     clock = Clock()
     hold = HoldOff(clock)
     hold.start("shop", 10)
@@ -181,7 +181,7 @@ def test_a_hold_off_is_per_project():
     assert hold.active() == ("shop",)
 
 
-def test_one_episode_per_run_of_429s_and_a_hold_off_only_grows():
+def test_one_episode_per_run_of_429s_and_a_hold_off_only_grows() -> None:
     clock = Clock()
     hold = HoldOff(clock)
     assert hold.start("shop", 10) is True

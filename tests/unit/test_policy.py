@@ -245,7 +245,7 @@ def test_shipped_policies_are_valid(name: str) -> None:
     load_policy(root / name, env={})
 
 
-def test_cache_ttl_defaults_to_off_and_a_project_may_replace_it():
+def test_cache_ttl_defaults_to_off_and_a_project_may_replace_it() -> None:
     policy = parse_policy(MINIMAL, env={})
     assert policy.cache.ttl == 0 and policy.cache_for("shop").ttl == 0
     assert compile_policy(policy).projects["shop"].cache_ttl == 0
@@ -257,14 +257,14 @@ def test_cache_ttl_defaults_to_off_and_a_project_may_replace_it():
     assert compile_policy(parse_policy(inherit, env={})).projects["shop"].cache_ttl == 2.5
 
 
-def test_bad_cache_keys_are_reported_with_their_paths():
+def test_bad_cache_keys_are_reported_with_their_paths() -> None:
     found = problems(MINIMAL + "    cache: {ttl: -1, size: 3}\ncache: {ttl: soon}\n")
     assert any(p.startswith("projects.shop.cache.ttl:") for p in found), found
     assert "projects.shop.cache.size: unknown key" in found
     assert any(p.startswith("cache.ttl:") for p in found), found
 
 
-def test_api_version_is_compiled_for_the_upstream_call():
+def test_api_version_is_compiled_for_the_upstream_call() -> None:
     shop = compile_policy(parse_policy(MINIMAL + "    api_version: v2018-08-01\n", env={})).projects["shop"]
     assert shop.api_version == "v2018-08-01"
     assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].api_version is None
@@ -286,18 +286,18 @@ def test_api_version_is_compiled_for_the_upstream_call():
         "1",
     ],
 )
-def test_check_refuses_an_api_version_that_is_not_vyyyy_mm_dd(value: str):
+def test_check_refuses_an_api_version_that_is_not_vyyyy_mm_dd(value: str) -> None:
     found = problems(MINIMAL + f'    api_version: "{value}"\n')
     assert len(found) == 1 and found[0].startswith("projects.shop.api_version:"), found
     assert "vYYYY-MM-DD" in found[0]
 
 
-def test_api_version_is_a_string_not_a_yaml_date():
+def test_api_version_is_a_string_not_a_yaml_date() -> None:
     found = problems(MINIMAL + "    api_version: 2018-08-01\n")
     assert found and found[0].startswith("projects.shop.api_version:")
 
 
-def test_upstream_quota_and_its_reserve_are_compiled_per_project():
+def test_upstream_quota_and_its_reserve_are_compiled_per_project() -> None:
     text = MINIMAL + "rate_limit: {upstream_quota: 2000 per minute, redeem_reserve: 0.2}\n"
     shop = compile_policy(parse_policy(text, env={})).projects["shop"]
     assert shop.quota is not None
@@ -306,7 +306,7 @@ def test_upstream_quota_and_its_reserve_are_compiled_per_project():
     assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].quota is None  # default: off
 
 
-def test_an_explicit_null_turns_the_upstream_quota_off_for_a_project_and_a_left_out_key_inherits():
+def test_an_explicit_null_turns_the_upstream_quota_off_for_a_project_and_a_left_out_key_inherits() -> None:
     base = "rate_limit: {upstream_quota: 10 per minute, redeem_reserve: 0.5}\n"
     off = compile_policy(parse_policy(MINIMAL + "    rate_limit: {upstream_quota: null}\n" + base, env={}))
     assert off.projects["shop"].quota is None
@@ -327,7 +327,7 @@ def test_an_explicit_null_turns_the_upstream_quota_off_for_a_project_and_a_left_
         ("{redeem_reserve: true}", "rate_limit.redeem_reserve"),
     ],
 )
-def test_check_refuses_bad_quota_keys(rate_limit: str, path: str):
+def test_check_refuses_bad_quota_keys(rate_limit: str, path: str) -> None:
     found = problems(MINIMAL + f"rate_limit: {rate_limit}\n")
     assert len(found) == 1 and found[0].startswith(f"{path}:"), found
     in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
