@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
+from gateway.guards import idempotency
 from gateway.models import Bucket, Timeouts
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
@@ -21,6 +22,7 @@ class ProjectRuntime:
     rate_limit: RateLimit
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
+    idempotency: idempotency.Settings
 
     @property
     def server_mode(self) -> bool:
@@ -57,6 +59,20 @@ def _buckets(name: str, limits: RateLimit) -> dict[str, Bucket]:
     return {op: own.get(op, shared) for op in OPERATIONS}
 
 
+def _idempotency(name: str, policy: PolicyFile, limits: RateLimit) -> idempotency.Settings:
+    settings = policy.idempotency_for(name)
+    return idempotency.compile_settings(
+        name,
+        ttl=settings.ttl,
+        required=settings.required,
+        connect_timeout=policy.upstream.connect_timeout,
+        read_timeout=policy.upstream.read_timeout,
+        body_timeout=policy.listen.body_timeout,
+        storage_timeout=limits.storage_timeout,
+        max_kept_body=policy.listen.max_body_bytes,
+    )
+
+
 def compile_policy(policy: PolicyFile) -> CompiledPolicy:
     projects: dict[str, ProjectRuntime] = {}
     for name, project in policy.projects.items():
@@ -71,6 +87,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             rate_limit=limits,
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
+            idempotency=_idempotency(name, policy, limits),
         )
     return CompiledPolicy(
         source=policy,

@@ -20,14 +20,15 @@ from gateway import errors
 from gateway.catalog import CATALOG, Route
 from gateway.compiled import CompiledPolicy, ProjectRuntime
 from gateway.errors import GatewayError
+from gateway.guards import idempotency
 from gateway.models import Target
 from gateway.origins import OriginMatch
 
 SERVER_SECRETS = ("X-App-Token", "X-Management-Token")
-EXPOSED_HEADERS = "X-Request-Id, RateLimit, RateLimit-Policy, Retry-After"
+EXPOSED_HEADERS = f"X-Request-Id, RateLimit, RateLimit-Policy, Retry-After, {idempotency.REPLAYED_HEADER}"
 ALLOWED_REQUEST_HEADERS = (
     "Content-Type, Accept, Accept-Language, X-Client-Application-Id, X-Client-Token, "
-    "X-Voucherify-Channel, X-Voucherify-Double-Opt-In"
+    f"X-Voucherify-Channel, X-Voucherify-Double-Opt-In, {idempotency.HEADER}"
 )
 PREFLIGHT_MAX_AGE = "600"
 

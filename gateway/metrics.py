@@ -20,6 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.catalog import OPERATIONS
 from gateway.errors import ErrorKey
+from gateway.guards.idempotency import REPLAYED_DECISION, Result
 from gateway.models import Outcome
 from gateway.observe import Observer
 
@@ -29,7 +30,10 @@ UPSTREAM_ERROR_KINDS = {
     ErrorKey.UPSTREAM_TIMEOUT.value: "timeout",
     ErrorKey.UPSTREAM_UNAVAILABLE.value: "unavailable",
 }
-_DECISIONS = frozenset({"forwarded", "preflight", "client_closed"} | {key.value for key in ErrorKey})
+_DECISIONS = frozenset(
+    {"forwarded", "preflight", "client_closed", REPLAYED_DECISION} | {key.value for key in ErrorKey}
+)
+_IDEMPOTENCY_RESULTS = frozenset(result.value for result in Result)
 # Checkout calls: most answer in tens of milliseconds; the read timeout defaults to 10 s.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -95,6 +99,13 @@ class GatewayMetrics:
             "gateway_rate_limit_fail_open",
             "Requests let through unlimited because the limit store failed and on_storage_error is allow",
             ["project"],
+            registry=r,
+        )
+        self.idempotency = Counter(
+            "gateway_idempotency",
+            "Requests with an Idempotency-Key, by what it did (kept, released, lost, replayed, in_flight, "
+            "reused, invalid, required, unavailable)",
+            ["project", "operation", "result"],
             registry=r,
         )
         self.reloads = Counter(
@@ -169,6 +180,8 @@ class MetricsObserver(Observer):
             kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
             if kind is not None:
                 m.upstream_errors.labels(project, operation, kind).inc()
+            if outcome.idempotency in _IDEMPOTENCY_RESULTS:
+                m.idempotency.labels(project, operation, outcome.idempotency).inc()
             if outcome.limit_store_error:
                 m.limit_store_errors.labels(project).inc()
                 if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:

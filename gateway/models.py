@@ -178,3 +178,4 @@ class Outcome:
     origin: str | None = None
     limit_store_error: bool = False  # the rate-limit store failed for this request
     finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written
+    idempotency: str | None = None  # what its Idempotency-Key did (guards.idempotency.Result), if it had one

@@ -77,6 +77,8 @@ class Observer:
                 "client_ip": client and (client.truncated if outcome.truncate_ip else client.text),
                 "origin": outcome.origin[:200] if outcome.origin else None,
             }
+            if outcome.idempotency is not None:  # kept, released, replayed, in_flight, reused...
+                fields["idempotency"] = outcome.idempotency
             finished = outcome.finished or time.time()
             if handler is not None:
                 handler.write_access(fields, finished)

@@ -136,6 +136,27 @@ class ProjectRateLimit(_Model):
         return base.model_copy(update=self.model_dump(exclude_none=True))
 
 
+# Ten years: a bound so that a typo cannot overflow a store's expiry arithmetic.
+MAX_IDEMPOTENCY_TTL = 10 * 365 * 86400
+
+
+class Idempotency(_Model):
+    """Idempotency-Key for redemptions, publications and customer creation (gateway/guards/idempotency.py)."""
+
+    ttl: float = Field(86400, ge=0, le=MAX_IDEMPOTENCY_TTL)  # seconds a key and its answer are kept; 0 = off
+    required: bool = False  # those operations without the header answer 400 idempotency_key_required
+
+
+class ProjectIdempotency(_Model):
+    """A project's overrides: keys left out (None) are inherited from the top-level `idempotency`."""
+
+    ttl: float | None = Field(None, ge=0, le=MAX_IDEMPOTENCY_TTL)
+    required: bool | None = None
+
+    def over(self, base: Idempotency) -> Idempotency:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
 class Credentials(_Model):
     client_application_id: SecretStr | None = None
     client_secret_key: SecretStr | None = None
@@ -177,6 +198,7 @@ class Project(_Model):
     allow_missing_origin: bool = False
     danger_zone: DangerZone = DangerZone()
     rate_limit: ProjectRateLimit | None = None
+    idempotency: ProjectIdempotency | None = None
 
     @field_validator("credentials")
     @classmethod
@@ -212,6 +234,7 @@ class PolicyFile(_Model):
     watch: bool = False
     client_ip: ClientIp = ClientIp()
     rate_limit: RateLimit = RateLimit()
+    idempotency: Idempotency = Idempotency()
     default_project: str | None = None
     projects: dict[ProjectName, Project]
 
@@ -231,6 +254,10 @@ class PolicyFile(_Model):
     def rate_limit_for(self, project: str) -> RateLimit:
         overrides = self.projects[project].rate_limit
         return overrides.over(self.rate_limit) if overrides else self.rate_limit
+
+    def idempotency_for(self, project: str) -> Idempotency:
+        overrides = self.projects[project].idempotency
+        return overrides.over(self.idempotency) if overrides else self.idempotency
 
 
 # ---------------------------------------------------------------------------------------------- loading
