@@ -161,10 +161,10 @@ def parse_key(value: str) -> str | None:
 
 
 def storage_key(namespace: str, key: str) -> str:
-    """The record's key in the store: per project, the key hashed (bounded, no `{}` of its own), and
-    hash-tagged whole so that records spread over a Redis Cluster's slots."""
+    """The record's key in the store: per project, the key hashed (bounded, and no `{}` of its own: the
+    store hash-tags the whole key, so that records spread over a Redis Cluster's slots)."""
     digest = hashlib.sha256(key.encode("ascii")).hexdigest()
-    return f"IDEMPOTENCY/{{{namespace}/{digest}}}"
+    return f"idempotency/{namespace}/{digest}"
 
 
 def fingerprint(operation: str, operation_path: str, query: str, body: bytes) -> bytes:
