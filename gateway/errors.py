@@ -62,6 +62,7 @@ class GatewayError:
     details: str
     allow: tuple[str, ...] = ()  # for 405: the methods the path takes
     close_connection: bool = False  # for 413: the rest of the body is not read
+    sent: bool = False  # for 502: the request was written to Voucherify, which may have acted on it
 
     @property
     def status(self) -> int:
@@ -172,14 +173,16 @@ def rate_limit_unavailable() -> GatewayError:
     )
 
 
-def upstream_unavailable(details: str = "Voucherify could not be reached. Retry shortly.") -> GatewayError:
-    return GatewayError(ErrorKey.UPSTREAM_UNAVAILABLE, "Upstream unavailable", details)
+def upstream_unavailable(
+    details: str = "Voucherify could not be reached. Retry shortly.", *, sent: bool = False
+) -> GatewayError:
+    return GatewayError(ErrorKey.UPSTREAM_UNAVAILABLE, "Upstream unavailable", details, sent=sent)
 
 
 def upstream_rejected() -> GatewayError:
     """Voucherify refused the gateway's own call (server mode): the browser learns nothing about keys."""
     return upstream_unavailable(
-        "Voucherify did not accept the gateway's call. This is logged for the gateway operator."
+        "Voucherify did not accept the gateway's call. This is logged for the gateway operator.", sent=True
     )
 
 

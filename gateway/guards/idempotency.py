@@ -10,7 +10,7 @@ instead of a second redemption. This module decides everything that needs no sto
     if existing is not None:
         answer = judge(claim, existing)                     # a Replay, or 409 / 422 (/ 503 unreadable)
     ... forward ...
-    record = keep_answer(claim, status, content_type, body) or keep_error(claim, error, request_id, sent)
+    record = keep_answer(claim, status, content_type, body) or keep_error(claim, error, request_id)
     record is None: await store.delete_if(key, claim.marker)  # the key can be used again
     else:           await store.replace(key, claim.marker, record, claim.ttl)
 
@@ -252,11 +252,11 @@ def keep_answer(claim: Claim, status: int, content_type: str | None, body: bytes
     return _kept(claim, status, content_type, body)
 
 
-def keep_error(claim: Claim, error: GatewayError, request_id: str, *, sent: bool) -> bytes | None:
+def keep_error(claim: Claim, error: GatewayError, request_id: str) -> bytes | None:
     """The record of the gateway's own answer: only an unknown outcome is kept, a 504 upstream_timeout or a
-    502 upstream_unavailable once the request was sent (Voucherify may have redeemed). Nothing is kept after
-    a 502 where nothing was sent, another 5xx, or any of the gateway's refusals."""
-    if error.key is ErrorKey.UPSTREAM_TIMEOUT or (error.key is ErrorKey.UPSTREAM_UNAVAILABLE and sent):
+    502 upstream_unavailable once the request was sent (`error.sent`: Voucherify may have redeemed). Nothing
+    is kept after a 502 where nothing was sent, another 5xx, or any of the gateway's refusals."""
+    if error.key is ErrorKey.UPSTREAM_TIMEOUT or (error.key is ErrorKey.UPSTREAM_UNAVAILABLE and error.sent):
         return _kept(claim, error.status, JSON, error.body(request_id))
     return None
 

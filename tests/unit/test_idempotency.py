@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from gateway import errors, observe
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Admit, Preflight, decide
-from gateway.errors import ErrorKey, GatewayError
+from gateway.errors import GatewayError
 from gateway.guards import idempotency as idem
 from gateway.guards.idempotency import Claim, Replay, Result, Settings
 from gateway.metrics import GatewayMetrics, MetricsObserver
@@ -375,7 +375,7 @@ def test_the_kept_body_is_bounded_by_max_body_bytes():
 
 def test_unknown_outcomes_are_kept_as_the_gateways_own_answer():
     first = claim()
-    timeout = idem.keep_error(first, errors.upstream_timeout(), "gw-1", sent=False)
+    timeout = idem.keep_error(first, errors.upstream_timeout(), "gw-1")
     assert timeout is not None  # a 504, sent or not: the contract keeps every upstream_timeout
     replay = idem.judge(claim(), timeout)
     assert isinstance(replay, Replay)
@@ -383,12 +383,11 @@ def test_unknown_outcomes_are_kept_as_the_gateways_own_answer():
     assert json.loads(replay.body)["key"] == "upstream_timeout"
     assert json.loads(replay.body)["request_id"] == "gw-1"  # the first answer, as it was
 
-    sent = idem.keep_error(first, errors.upstream_unavailable(), "gw-1", sent=True)
+    after_sending = errors.upstream_unavailable("The connection was lost.", sent=True)
+    sent = idem.keep_error(first, after_sending, "gw-1")
     assert sent is not None
-    assert idem.judge(claim(), sent) == Replay(
-        502, "application/json", errors.upstream_unavailable().body("gw-1")
-    )
-    rejected = idem.keep_error(first, errors.upstream_rejected(), "gw-1", sent=True)
+    assert idem.judge(claim(), sent) == Replay(502, "application/json", after_sending.body("gw-1"))
+    rejected = idem.keep_error(first, errors.upstream_rejected(), "gw-1")
     assert rejected is not None  # server mode: Voucherify answered the gateway's keys, so it was sent
 
 
@@ -406,9 +405,7 @@ def test_unknown_outcomes_are_kept_as_the_gateways_own_answer():
     ],
 )
 def test_nothing_is_kept_after_a_502_not_sent_or_any_refusal(error):
-    assert idem.keep_error(claim(), error, "gw-1", sent=False) is None
-    if error.key is not ErrorKey.UPSTREAM_UNAVAILABLE:
-        assert idem.keep_error(claim(), error, "gw-1", sent=True) is None
+    assert idem.keep_error(claim(), error, "gw-1") is None
 
 
 @pytest.mark.parametrize(
