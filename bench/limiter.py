@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 
-from gateway.models import Bucket
+from gateway.models import Bucket, Strategy
 from gateway.ratelimit import LimiterPool
 
 N = 20_000
-STRATEGIES = ("moving-window", "fixed-window", "sliding-window-counter")
+STRATEGIES = tuple(Strategy)
 BUCKETS = {
     "1 item": "1000 per minute",
     "2 items": "1000 per minute;100 per second",
@@ -54,22 +54,22 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 
 async def run(uri: str) -> None:
     pool = LimiterPool()
-    for strategy in STRATEGIES:
-        pool.get(uri, strategy)
+    pool.store(uri, 5.0)
     await pool.start()
     for strategy in STRATEGIES:
-        limiter = pool.get(uri, strategy)
+        limiter = pool.limiter(uri, strategy, 5.0)
         for label, limit in BUCKETS.items():
             bucket = Bucket.parse("per_ip", limit, f"bench-{strategy}-{label}/per_ip")
             keys = itertools.cycle([f"10.0.{i // 256}.{i % 256}" for i in range(1000)])
             for _ in range(500):  # warm up: connections, scripts, keys
-                await limiter.hit(bucket, next(keys), 5.0)
+                await limiter.hit(bucket, next(keys))
             started = time.perf_counter()
             for _ in range(N):
-                await limiter.hit(bucket, next(keys), 5.0)
+                await limiter.hit(bucket, next(keys))
             elapsed = time.perf_counter() - started
             kind = uri.split("://")[0]
-            print(f"| {kind} | {strategy} | {label} | {elapsed:.2f} | {elapsed / N * 1e6:.1f} |", flush=True)
+            row = f"| {kind} | {strategy.value} | {label} | {elapsed:.2f} | {elapsed / N * 1e6:.1f} |"
+            print(row, flush=True)
     await pool.close()
 
 

@@ -1,7 +1,10 @@
-"""Per-step cost of the gateway's request path, in process, without sockets: `python -m bench.micro`.
+"""Cost of the gateway's request path, in process, without sockets: `python -m bench.micro`.
 
-Each step of `gateway/app.py`'s pipeline is timed on its own with the bench's policy and request, so a change
-to one step shows up as a figure that a busy machine barely moves (wrk figures move by 10 % between runs).
+Two tables, with the bench's policy and request. Steps: the public functions that `gateway/app.py`'s
+pipeline calls, each timed on its own, so a change to one shows up as a figure that a busy machine barely
+moves (wrk figures move by 10 % between runs). Whole requests: `gateway.app.handle` itself on one reused
+request, in front of an in-process transport (`create_app(transport=...)`), forwarded and refused 429 by the
+per-IP limit (a flood). Times are this process's CPU time, so other load on the machine moves them less.
 """
 
 from __future__ import annotations
@@ -13,21 +16,23 @@ import logging
 import time
 from collections.abc import Callable
 
+from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from bench import configs
 from gateway import app as gw
 from gateway.decide import Admit, check_body, decide
-from gateway.models import Outcome
-from gateway.observe import JsonFormatter, Observer, access_log
+from gateway.headers import request_headers, response_headers
+from gateway.models import Outcome, Timeouts, UpstreamCall, UpstreamResponse
+from gateway.observe.access import AccessLog, access_log
+from gateway.observe.accounting import Accounting
+from gateway.observe.logs import JsonFormatter
 from gateway.policy import parse_policy
-from gateway.translate import upstream_call
-from gateway.upstream import request_headers, response_headers
 
 
 def per_call_us(fn: Callable[[], object], seconds: float = 0.3) -> float:
-    n, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
+    n, started = 0, time.process_time()
+    while (elapsed := time.process_time() - started) < seconds:
         for _ in range(200):
             fn()
         n += 200
@@ -35,8 +40,8 @@ def per_call_us(fn: Callable[[], object], seconds: float = 0.3) -> float:
 
 
 async def per_await_us(fn: Callable[[], object], seconds: float = 0.3) -> float:
-    n, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
+    n, started = 0, time.process_time()
+    while (elapsed := time.process_time() - started) < seconds:
         for _ in range(200):
             await fn()  # type: ignore[misc]
         n += 200
@@ -65,7 +70,7 @@ async def main() -> None:
     admit = decide(compiled, "POST", configs.PATH, headers)
     assert isinstance(admit, Admit)
     project = admit.target.project
-    limiter = state.limiters.get(project.rate_limit.storage, project.rate_limit.strategy)
+    limiter = state.limiters.limiter(project.rate_limit.storage, project.rate_limit.strategy)
     bucket = project.buckets[admit.target.operation]
     upstream_headers = [
         ("Content-Type", "application/json"),
@@ -79,15 +84,16 @@ async def main() -> None:
     access_log.addHandler(handler)
     access_log.setLevel(logging.INFO)
     access_log.propagate = False
-    observer = Observer()
+    accounting = Accounting([AccessLog()])
 
     def record() -> None:
         outcome = Outcome(gw.new_request_id(), "POST", "shop", "validate_stackable", status=200)
-        observer.record(outcome)
+        accounting.started()
+        accounting.record(outcome)
 
     keys = itertools.cycle([f"10.0.{i // 256}.{i % 256}" for i in range(1000)])  # real per-IP lists are short
-    credentials, origin, cors = project.credential_headers, admit.origin, admit.cors
-    content_type = [("Content-Type", "application/json")]
+    credentials, origin = project.credential_headers, admit.origin
+    mode, document = project.mode, check_body(admit, body)
     steps: list[tuple[str, float]] = [
         (
             "decide (route, origin, danger zone, headers)",
@@ -100,25 +106,61 @@ async def main() -> None:
         ),
         (
             "rate limit hit (memory, moving window)",
-            await per_await_us(lambda: limiter.hit(bucket, next(keys), 0.5)),
+            await per_await_us(lambda: limiter.hit(bucket, next(keys))),
         ),
-        ("upstream_call", per_call_us(lambda: upstream_call(admit.target, body))),
+        ("the mode's upstream call", per_call_us(lambda: mode.request(admit.target, body, document))),
         (
             "request_headers",
             per_call_us(lambda: request_headers(headers, credentials, origin, "gw-1", forward_origin=True)),
         ),
         ("response_headers", per_call_us(lambda: response_headers(upstream_headers))),
-        (
-            "_respond (build the web.Response)",
-            per_call_us(lambda: gw._respond(200, answer, "gw-1", cors, content_type, None)),
-        ),
-        ("access log line (Observer.record, accounted in batches)", per_call_us(record)),
+        ("access log line (Accounting.record, accounted in batches)", per_call_us(record)),
     ]
     await state.limiters.close()
     print("| step | µs per request |\n|---|---:|")
     for name, us in steps:
         print(f"| {name} | {us:.1f} |")
     print(f"| total of the steps | {sum(us for _, us in steps):.1f} |")
+    print("\n| whole request through `handle` | µs per request |\n|---|---:|")
+    for name, us in await whole_requests(answer):
+        print(f"| {name} | {us:.1f} |")
+
+
+class InProcessTransport:
+    """Answers every call at once with the bench's answer: the handler's own cost, no socket."""
+
+    ready = True
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = UpstreamResponse(200, [("Content-Type", "application/json")], answer, 0.0)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def send(
+        self, base_url: str, call: UpstreamCall, headers: CIMultiDict[str], timeouts: Timeouts
+    ) -> UpstreamResponse:
+        return self.answer
+
+
+async def whole_requests(answer: bytes) -> list[tuple[str, float]]:
+    """`handle` on one reused GET /validate (a bodiless request can be replayed), forwarded, then a flood."""
+    headers = CIMultiDict({"Host": "127.0.0.1:8080", "Origin": configs.ORIGIN, "Accept": "application/json"})
+    rows = []
+    for name, per_ip in (("forwarded (GET /validate)", "1000000 per minute"), ("429 flood", "5 per minute")):
+        text = configs.policy_yaml(8080, 8081, "memory://").replace("1000 per minute", per_ip)
+        app = gw.create_app(parse_policy(text, env={}), transport=InProcessTransport(answer))
+        request = make_mocked_request("GET", "/client/v1/validate?code=SAVE10", headers=headers, app=app)
+        for _ in range(10):  # past the flood's limit
+            await gw.handle(request)
+        expected = 200 if name.startswith("forwarded") else 429
+        assert (await gw.handle(request)).status == expected
+        rows.append((name, await per_await_us(lambda request=request: gw.handle(request), 0.5)))
+        await app[gw.STATE].limiters.close()
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The admin listener: `/metrics`, `/healthz`, `/readyz`, on its own port, never on the public one.
 
-`create_admin_app(registry, readiness)` builds it from a metrics registry and a readiness check, so a
-supervisor of several workers can run it in the parent (multiprocess metrics, its own readiness) or in one
-worker (`gateway_readiness(state)`), with the same code.
+`create_admin_app(registry, readiness, accounting)` builds it from a metrics registry, a readiness check and
+the accounting to flush before a scrape, so a supervisor of several workers can run it in the parent
+(multiprocess metrics, its own readiness, nothing of its own to flush) or in one process
+(`gateway_readiness(state)`, the app's accounting), with the same code.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.app import GatewayState
-from gateway.metrics import scrape_registry
-from gateway.observe import flush_observers
+from gateway.observe.accounting import Accounting
+from gateway.observe.metrics import scrape_registry
 from gateway.policy import Admin
 
 log = logging.getLogger("gateway.admin")
@@ -43,31 +44,25 @@ def gateway_readiness(state: GatewayState) -> Readiness:
             checks["draining"] = "yes: not taking new requests"
             ok = False
         checks["policy"] = f"loaded, {len(policy.projects)} project(s)"
-        if state.upstream.ready:
+        if state.transport.ready:
             checks["upstream_session"] = "open"
         else:
             checks["upstream_session"] = "closed"
             ok = False
-        deny = {
-            p.rate_limit.storage for p in policy.projects.values() if p.rate_limit.on_storage_error == "deny"
-        }
-        reachable = await state.limiters.check()
-        down = [uri for uri, up in reachable.items() if not up]
-        if not down:
-            checks["limit_store"] = "reachable"
-        elif any(uri in deny for uri in down):
-            checks["limit_store"] = "unreachable (on_storage_error: deny)"
-            ok = False
-        else:
-            checks["limit_store"] = "unreachable (on_storage_error: allow, requests pass unlimited)"
+        stores = await state.limiters.readiness(p.rate_limit for p in policy.projects.values())
+        checks["limit_store"] = stores.check
+        ok = ok and stores.ok
         return ok, checks
 
     return ready
 
 
-def create_admin_app(registry: CollectorRegistry, readiness: Readiness = always_ready) -> web.Application:
+def create_admin_app(
+    registry: CollectorRegistry, readiness: Readiness = always_ready, accounting: Accounting | None = None
+) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
-        flush_observers()  # this process's queued outcomes, counted before they are read
+        if accounting is not None:
+            accounting.flush()  # this process's queued outcomes, counted before they are read
         # In multiprocess mode this reads every worker's files: off the event loop.
         body = await asyncio.to_thread(generate_latest, scrape_registry(registry))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -112,12 +107,17 @@ class AdminServer:
 
 
 async def start_admin(
-    config: Admin, registry: CollectorRegistry, readiness: Readiness, serving: str = ""
+    config: Admin,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    accounting: Accounting | None = None,
+    *,
+    serving: str = "",
 ) -> AdminServer | None:
     """The admin listener the policy asks for, started; None when `admin.port` is not set."""
     if config.port is None:
         return None
-    admin = AdminServer(create_admin_app(registry, readiness), config.host, config.port)
+    admin = AdminServer(create_admin_app(registry, readiness, accounting), config.host, config.port)
     port = await admin.start()
     log.info("admin listener (/metrics, /healthz, /readyz)%s on %s:%s", serving, config.host, port)
     return admin

@@ -1,34 +1,36 @@
-"""The aiohttp wiring: one handler that decides, reads the body, limits, forwards and answers.
+"""The aiohttp wiring: one handler whose pipeline reads top to bottom in `_pipeline`.
 
-The pipeline, in order (see `decide.py` for the checks themselves):
-  decide (route, method, secrets, origin, danger zone, body headers) -> read body (413) -> check body
-  -> translate for the project's mode (400) -> rate limit (429 / 503) -> upstream -> answer.
-Only a request that passed every check is counted against its rate limit.
+  decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
+  -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
+  -> rate limit (429, 503) -> Voucherify (502, 504) -> the mode's view of the answer.
+
+After `decide`, each step returns its value or raises `errors.Refused`, caught once in `_pipeline`. Only a
+request that passed every check is counted against its rate limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
-from multidict import MultiMapping
+from multidict import CIMultiDict
 
 from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
-from gateway.decide import Admit, Preflight, Refuse, check_body, decide
-from gateway.errors import GatewayError
+from gateway.decide import Preflight, Refuse, check_body, decide
+from gateway.errors import GatewayError, Refused
+from gateway.headers import request_headers
+from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
-from gateway.observe import Observer
+from gateway.observe.access import AccessLog
+from gateway.observe.accounting import Accounting
 from gateway.policy import PolicyFile
-from gateway.ratelimit.limiter import LimiterPool, StoreUnavailable
-from gateway.server_mode import client_view, keys_rejected_log, rejects_gateway_keys
-from gateway.translate import upstream_call
-from gateway.upstream import UpstreamPool, request_headers
+from gateway.ratelimit import LimiterPool
+from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
 log = logging.getLogger("gateway")
@@ -39,12 +41,15 @@ JSON = "application/json"
 class GatewayState:
     """Everything the handler needs, swapped atomically on reload (`policy` is one reference)."""
 
-    def __init__(self, policy: PolicyFile, observer: Observer | None = None) -> None:
+    def __init__(
+        self, policy: PolicyFile, accounting: Accounting | None = None, transport: Transport | None = None
+    ) -> None:
         self.limiters = LimiterPool()
-        self.upstream = UpstreamPool(policy.upstream.connect_timeout, policy.upstream.read_timeout)
-        self.observer = observer or Observer()
+        self.transport: Transport = (
+            transport if transport is not None else Http1Transport(policy.upstream.max_in_flight_per_host)
+        )
+        self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
-        self.store_down: set[str] = set()  # storage URIs in an outage, for one log line per outage
         self.policy: CompiledPolicy
         self.set_policy(policy)
 
@@ -52,14 +57,12 @@ class GatewayState:
         compiled = compile_policy(policy)
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
-            self.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
+            self.limiters.store(limits.storage, limits.storage_timeout)
         self.policy = compiled
-        names = ", ".join(n for n, p in compiled.projects.items() if p.origins.allow_any)
-        if names:
-            log.warning(
-                "allowed_origins has '*' in %s: any website can call these projects through the gateway",
-                names,
-            )
+        if isinstance(self.transport, Http1Transport):
+            self.transport.max_in_flight = policy.upstream.max_in_flight_per_host
+        for warning in policy_warnings(policy):
+            log.warning("%s", warning)
 
 
 STATE = web.AppKey("state", GatewayState)
@@ -105,8 +108,8 @@ def _error(
     return response
 
 
-async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes | GatewayError:
-    """The whole body; 413 past `max_body_bytes`, 408 when it takes longer than `body_timeout`."""
+async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes:
+    """The whole body; Refused: 413 past `max_body_bytes`, 408 when it takes longer than `body_timeout`."""
     content, limit = request.content, policy.max_body_bytes
     if not request.body_exists:
         return b""
@@ -117,9 +120,9 @@ async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes |
             async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
                 body = await _read_body(request, limit)
         except TimeoutError:
-            return errors.request_timeout(policy.body_timeout)
+            raise Refused(errors.request_timeout(policy.body_timeout)) from None
     if body is None or len(body) > limit:
-        return errors.payload_too_large(limit)
+        raise Refused(errors.payload_too_large(limit))
     return body
 
 
@@ -140,7 +143,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     policy = state.policy  # this request finishes under the policy it started with
     started = time.perf_counter()
     outcome = Outcome(new_request_id(), request.method, truncate_ip=policy.truncate_ips)
-    state.observer.started()
+    state.accounting.started()
     try:
         response = await _pipeline(request, state, policy, outcome)
     except asyncio.CancelledError:
@@ -149,7 +152,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
-        state.observer.record(outcome)
+        state.accounting.record(outcome)
     return response
 
 
@@ -169,86 +172,58 @@ async def _pipeline(
         return _respond(204, b"", outcome.request_id, decision.headers, content_type=None)
     admit = decision
     target = admit.target
+    mode = target.project.mode
     outcome.project, outcome.operation = target.project.name, target.operation
 
-    body = await _request_body(request, policy)
-    if isinstance(body, GatewayError):
-        return _refused(admit.refuse(body), outcome)
-    refusal = check_body(admit, body)
-    if refusal is not None:
-        return _refused(refusal, outcome)
-    call = upstream_call(target, body)  # server mode refuses a bad `code` here (400): before counting
-    if isinstance(call, GatewayError):
-        return _refused(admit.refuse(call), outcome)
-
-    limit_headers, limit_error = await _rate_limit(state, target, client.bucket_key, outcome)
-    if limit_error is not None:
-        return _refused(admit.refuse(limit_error), outcome, limit_headers)
-
-    answer = await _forward(state, policy, admit, call, request.headers, outcome)
-    if isinstance(answer, GatewayError):
-        return _refused(admit.refuse(answer), outcome, limit_headers)
+    limit_headers: tuple[tuple[str, str], ...] = ()
+    try:
+        body = await _request_body(request, policy)
+        document = check_body(admit, body)
+        call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
+        limit_headers = await _rate_limit(state, target, client.bucket_key, outcome)
+        headers = request_headers(
+            request.headers,
+            target.project.credential_headers,
+            admit.origin,
+            outcome.request_id,
+            forward_origin=mode.forwards_origin,
+        )
+        answer = await _send(state, policy, target, call, headers, outcome)
+        answer = mode.response(target, answer)
+    except Refused as refused:
+        return _refused(admit.refuse(refused.error), outcome, (*limit_headers, *refused.headers))
     outcome.status = answer.status
-    headers = [*answer.headers, *limit_headers]
-    return _respond(answer.status, answer.body, outcome.request_id, admit.cors, headers, content_type=None)
+    headers_out = [*answer.headers, *limit_headers]
+    return _respond(
+        answer.status, answer.body, outcome.request_id, admit.cors, headers_out, content_type=None
+    )
 
 
 async def _rate_limit(
     state: GatewayState, target: Target, client_key: str, outcome: Outcome
-) -> tuple[tuple[tuple[str, str], ...], GatewayError | None]:
-    """Count the request in its bucket: the RateLimit headers, and a 429 or 503 when it may not pass."""
-    limits = target.project.rate_limit
-    limiter = state.limiters.get(limits.storage, limits.strategy, limits.storage_timeout)
-    try:
-        result = await limiter.hit(
-            target.project.buckets[target.operation], client_key, limits.storage_timeout
-        )
-    except StoreUnavailable as exc:
-        outcome.limit_store_error = True
-        if limits.storage not in state.store_down:
-            state.store_down.add(limits.storage)
-            log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
-        if limits.on_storage_error == "deny":
-            return (), errors.rate_limit_unavailable()
-        return (), None
-    if limits.storage in state.store_down:
-        state.store_down.discard(limits.storage)
-        log.warning("rate-limit store reachable again")
-    headers = tuple(result.headers.items())
-    return headers, None if result.allowed else errors.too_many_requests(result.retry_after)
+) -> tuple[tuple[str, str], ...]:
+    """Count the request in its bucket: the RateLimit headers, or Refused (429, or 503 while the store is
+    down and `on_storage_error: deny`)."""
+    project = target.project
+    verdict = await state.limiters.check(project.rate_limit, project.buckets[target.operation], client_key)
+    outcome.limit_store_error = verdict.store_error
+    if verdict.error is not None:
+        raise Refused(verdict.error, verdict.headers)
+    return verdict.headers
 
 
-async def _forward(
+async def _send(
     state: GatewayState,
     policy: CompiledPolicy,
-    admit: Admit,
+    target: Target,
     call: UpstreamCall,
-    incoming: MultiMapping[str],
+    headers: CIMultiDict[str],
     outcome: Outcome,
-) -> UpstreamResponse | GatewayError:
-    """Call Voucherify and turn its answer into the browser's."""
-    target = admit.target
-    project = target.project
-    headers = request_headers(
-        incoming,
-        project.credential_headers,
-        admit.origin,
-        outcome.request_id,
-        forward_origin=not project.server_mode,
-    )
-    answer = await state.upstream.send(project.base_url, call, headers, policy.upstream_timeouts)
-    if isinstance(answer, GatewayError):
-        return answer
+) -> UpstreamResponse:
+    """Voucherify's answer to the call, timed for the access log; Refused (502, 504) without one."""
+    answer = await state.transport.send(target.project.base_url, call, headers, policy.upstream_timeouts)
     outcome.upstream_ms = answer.elapsed * 1000
-    if not project.server_mode:
-        return answer
-    if rejects_gateway_keys(answer.status):
-        log.error("%s", keys_rejected_log(project.name, target.operation, answer.status, answer.body))
-        return errors.upstream_rejected()
-    view = client_view(target.operation, answer.status, answer.headers, answer.body)
-    if isinstance(view, GatewayError):
-        return view
-    return dataclasses.replace(answer, headers=view[0], body=view[1])
+    return answer
 
 
 def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]] = ()) -> web.Response:
@@ -263,19 +238,24 @@ def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]]
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    await state.upstream.start()
+    await state.transport.start()
     await state.limiters.start()
     yield
-    state.observer.flush()  # the last requests' lines and counts
-    await state.upstream.close()
+    state.accounting.flush()  # the last requests' lines and counts
+    await state.transport.close()
     await state.limiters.close()
 
 
 def create_app(
-    policy: PolicyFile, observer: Observer | None = None, *, demo_page: bool = False
+    policy: PolicyFile,
+    accounting: Accounting | None = None,
+    *,
+    demo_page: bool = False,
+    transport: Transport | None = None,
 ) -> web.Application:
+    """The gateway's app. `transport` replaces the HTTP client to Voucherify (tests, embedding)."""
     app = web.Application()  # bodies are read and limited by the handler (`_request_body`), not by aiohttp
-    app[STATE] = GatewayState(policy, observer)
+    app[STATE] = GatewayState(policy, accounting, transport)
     app.cleanup_ctx.append(_lifecycle)
     add_widget(app)  # /widget.js, the one public addition to the contract's routes
     if demo_page:

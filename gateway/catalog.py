@@ -1,4 +1,5 @@
-"""The client-side operations the gateway exposes: their routes, danger-zone options and path matching.
+"""The client-side operations the gateway exposes: their routes, danger-zone options, server-side twins and
+path matching: every fact about an operation is in its one row of the table below.
 
 Nothing outside this table ever reaches the upstream. Matching works on the raw (still percent-encoded)
 path: static segments must be equal to the letter, so `%76alidate`, `Validate` or `..` never match, and
@@ -21,6 +22,15 @@ class DangerOption(StrEnum):
     CREATE_LOYALTY_REFERRAL_EVENTS = "create_loyalty_referral_events"
 
 
+class Twin(StrEnum):
+    """The shape of an operation's twin on Voucherify's server-side API (/v1), used in server mode."""
+
+    SAME = "same"  # same method, path under /v1, body and query byte for byte
+    CODE_IN_PATH = "code_in_path"  # POST /redeem?code=C -> POST /v1/vouchers/{C}/redemption
+    PUBLICATION = "publication"  # POST /publish?campaign=N -> POST /v1/publications, campaign into the body
+    QUERY_TO_BODY = "query_to_body"  # GET /validate?… -> POST /v1/…/validate(ion), the query as a JSON body
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     name: str
@@ -29,6 +39,8 @@ class Operation:
         None  # needed when the JSON body has a non-null key of `body_danger_keys`
     )
     body_danger_keys: tuple[str, ...] = ()
+    twin: Twin = Twin.SAME  # its server-side twin's shape
+    narrowed: bool = False  # in server mode its answer is cut down to what the client-side API shows
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +58,12 @@ class Route:
         return self.method in ("POST", "PUT")
 
 
-VALIDATE = Operation("validate")
+VALIDATE = Operation("validate", twin=Twin.QUERY_TO_BODY)
 VALIDATE_STACKABLE = Operation("validate_stackable")
-REDEEM = Operation("redeem", danger=DangerOption.REDEEM)
+REDEEM = Operation("redeem", danger=DangerOption.REDEEM, twin=Twin.CODE_IN_PATH)
 REDEEM_STACKABLE = Operation("redeem_stackable", danger=DangerOption.REDEEM)
 REDEEM_PROMOTION_TIER = Operation("redeem_promotion_tier", danger=DangerOption.REDEEM)
-PUBLISH = Operation("publish", danger=DangerOption.PUBLISH)
+PUBLISH = Operation("publish", danger=DangerOption.PUBLISH, twin=Twin.PUBLICATION)
 QUALIFICATIONS = Operation("qualifications")
 LIST_PROMOTION_TIERS = Operation("list_promotion_tiers")
 TRACK_EVENT = Operation(
@@ -59,7 +71,7 @@ TRACK_EVENT = Operation(
     body_danger=DangerOption.CREATE_LOYALTY_REFERRAL_EVENTS,
     body_danger_keys=("loyalty", "referral"),
 )
-LIST_VOUCHERS = Operation("list_vouchers", danger=DangerOption.LIST_VOUCHERS)
+LIST_VOUCHERS = Operation("list_vouchers", danger=DangerOption.LIST_VOUCHERS, narrowed=True)
 CREATE_CUSTOMER = Operation("create_customer", danger=DangerOption.CREATE_CUSTOMERS)
 LIST_CONSENTS = Operation("list_consents")
 UPDATE_CONSENTS = Operation("update_consents")

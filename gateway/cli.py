@@ -9,30 +9,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.policy import REGIONS, PolicyError, PolicyFile, load_policy
+from gateway.lint import policy_warnings
+from gateway.policy import PolicyError, PolicyFile, load_policy
 
 DEFAULT_CONFIG = "config/policy.yaml"
 
 
 def default_config() -> str:
     return os.environ.get("VOUCHERIFY_GATEWAY_CONFIG", DEFAULT_CONFIG)
-
-
-def warnings_for(policy: PolicyFile) -> list[str]:
-    """Things that are valid but probably not what an operator wants in production."""
-    notes: list[str] = []
-    for name, project in policy.projects.items():
-        if "*" in project.allowed_origins:
-            notes.append(f"projects.{name}.allowed_origins: '*' lets any website call this project")
-        if project.upstream_auth == "client" and project.region in REGIONS:
-            notes.append(
-                f"projects.{name}: upstream_auth: client with the production region {project.region} sends "
-                "every shopper through the gateway's one IP address, and Voucherify allows client-side calls "
-                "5 requests per 5 seconds per IP: all shoppers share that budget. Use upstream_auth: server "
-                "with the project's server-side keys (credentials.application_id, credentials.secret_key) "
-                "for production traffic"
-            )
-    return notes
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -43,7 +27,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"error: {problem}")
         print(f"{args.config}: {len(exc.problems)} problem(s)")
         return 1
-    for note in warnings_for(policy):
+    for note in policy_warnings(policy):
         print(f"warning: {note}")
     print(f"{args.config}: valid, {len(policy.projects)} project(s)")
     return 0

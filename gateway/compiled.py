@@ -8,6 +8,7 @@ from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
 from gateway.guards import idempotency
 from gateway.models import Bucket, Timeouts
+from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
 from gateway.policy import PolicyFile, Project, RateLimit
 
@@ -22,11 +23,8 @@ class ProjectRuntime:
     rate_limit: RateLimit
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
+    mode: Mode  # client or server keys: both halves of the upstream translation
     idempotency: idempotency.Settings
-
-    @property
-    def server_mode(self) -> bool:
-        return self.config.upstream_auth == "server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +85,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             rate_limit=limits,
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
+            mode=mode_for(project.upstream_auth),
             idempotency=_idempotency(name, policy, limits),
         )
     return CompiledPolicy(

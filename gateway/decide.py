@@ -1,35 +1,29 @@
 """The request pipeline's decisions, free of I/O: request facts in, a decision out.
 
 `decide` runs every check that needs only the request line and headers, in the contract's order
-(404, 405, secret_key_exposed, origin_not_allowed, danger_zone_disabled, 413/415/400); `check_body` runs
-the ones that need the body. The handler in `app.py` does the I/O around them: reading the body, the
-rate limit and the upstream call.
+(404, 405, secret_key_exposed, origin_not_allowed, danger_zone_disabled, 413/415/400) and returns one of
+`Refuse | Preflight | Admit`; `check_body` runs the ones that need the body and returns the parsed document
+(or raises `errors.Refused`, the pipeline's one way of refusing after `decide`). The handler in `app.py` does
+the I/O around them: reading the body, the rate limit and the upstream call.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import sys
 from dataclasses import dataclass
+from typing import Any
 
 from multidict import MultiMapping
 
-from gateway import errors
+from gateway import errors, strictjson
 from gateway.catalog import CATALOG, Route
 from gateway.compiled import CompiledPolicy, ProjectRuntime
-from gateway.errors import GatewayError
-from gateway.guards import idempotency
+from gateway.errors import GatewayError, Refused
+from gateway.headers import EXPOSED_HEADERS, PREFLIGHT_ALLOWED_HEADERS
 from gateway.models import Target
 from gateway.origins import OriginMatch
 
 SERVER_SECRETS = ("X-App-Token", "X-Management-Token")
-EXPOSED_HEADERS = f"X-Request-Id, RateLimit, RateLimit-Policy, Retry-After, {idempotency.REPLAYED_HEADER}"
-ALLOWED_REQUEST_HEADERS = (
-    "Content-Type, Accept, Accept-Language, X-Client-Application-Id, X-Client-Token, "
-    f"X-Voucherify-Channel, X-Voucherify-Double-Opt-In, {idempotency.HEADER}"
-)
 PREFLIGHT_MAX_AGE = "600"
 
 _SLASHES = re.compile(r"/{2,}")
@@ -146,7 +140,7 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
         preflight = (
             *cors,
             ("Access-Control-Allow-Methods", allow),
-            ("Access-Control-Allow-Headers", ALLOWED_REQUEST_HEADERS),
+            ("Access-Control-Allow-Headers", PREFLIGHT_ALLOWED_HEADERS),
             ("Access-Control-Max-Age", PREFLIGHT_MAX_AGE),
         )
         return Preflight(project, route.operation.name, preflight)
@@ -216,75 +210,26 @@ def _is_json_media_type(value: str) -> bool:
     return True
 
 
-def check_body(admit: Admit, body: bytes) -> Refuse | None:
-    """The checks that need the body: a JSON object, and the body-dependent danger-zone options."""
+def check_body(admit: Admit, body: bytes) -> dict[str, Any] | None:
+    """The checks that need the body: a strict JSON object, and the body-dependent danger-zone options.
+
+    Returns the parsed document (None for an empty body or a route that takes none), so no later step parses
+    the body again; raises `Refused` (400 invalid_payload, 403 danger_zone_disabled).
+    """
     route = admit.target.route
     if not body or not route.takes_body:
         return None
     try:
-        document = _STRICT_JSON.decode(body.decode("utf-8"))
-    except _DuplicateKey:
-        return admit.refuse(errors.invalid_payload("The request body has the same key twice in one object."))
-    except _ProtoKey:
-        return admit.refuse(errors.invalid_payload('The request body has a "__proto__" key.'))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return admit.refuse(errors.invalid_payload("The request body is not valid UTF-8 JSON."))
+        document = strictjson.loads(body)
+    except strictjson.StrictJsonError as exc:
+        raise Refused(errors.invalid_payload(str(exc))) from None
     if not isinstance(document, dict):
-        return admit.refuse(errors.invalid_payload("The request body must be a JSON object."))
+        raise Refused(errors.invalid_payload("The request body must be a JSON object."))
     option = route.operation.body_danger
     if (
         option is not None
         and option not in admit.target.project.danger
         and any(document.get(key) is not None for key in route.operation.body_danger_keys)
     ):
-        return admit.refuse(errors.danger_zone_disabled(admit.target.operation, option.value))
-    return None
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-class _ProtoKey(ValueError):
-    pass
-
-
-def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object whose keys are unique. Parsers disagree on which of two equal keys wins, so a body
-    naming `loyalty` twice could pass the danger-zone check with one value and reach Voucherify with the
-    other. Nor is `__proto__` a key: copied on Voucherify's side (Object.assign, `obj[key] = value`), it
-    becomes the object's prototype, and a `loyalty` inside it would be read as the body's own."""
-    document: dict[str, object] = {}
-    for key, value in pairs:
-        if key == "__proto__":
-            raise _ProtoKey
-        if key in document:
-            raise _DuplicateKey
-        document[key] = value
+        raise Refused(errors.danger_zone_disabled(admit.target.operation, option.value))
     return document
-
-
-def _no_constant(name: str) -> object:
-    """NaN and Infinity are not JSON, though Python's parser takes them."""
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    """A number past a double (`1e400`) is Infinity to Voucherify's parser: as good as the constant."""
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError("a number beyond a double")
-    return value
-
-
-def _finite_int(text: str) -> int:
-    value = int(text)
-    if abs(value) > sys.float_info.max:
-        raise ValueError("a number beyond a double")
-    return value
-
-
-# Built once: json.loads with hooks builds a new decoder for every call.
-_STRICT_JSON = json.JSONDecoder(
-    object_pairs_hook=_object, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_finite_int
-)

@@ -7,16 +7,15 @@ the gateway on `--port` (default 8080) with a built-in policy that allows the de
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 
-from aiohttp import web
-
 from gateway.app import create_app
-from gateway.observe import configure_logging, flush_logs, flush_logs_periodically
+from gateway.observe.access import AccessLog
+from gateway.observe.accounting import Accounting
+from gateway.observe.logs import BufferedStreamHandler, configure_logging, flush_logs
 from gateway.policy import Credentials, DangerZone, PolicyFile, Project
 from gateway.sandbox import SandboxCredentials, create_sandbox_app
-from gateway.serve import http_url
+from gateway.serving import Serving, http_url, port_of
 
 
 def demo_policy(sandbox_url: str, port: int, sandbox: SandboxCredentials) -> PolicyFile:
@@ -39,42 +38,25 @@ def demo_policy(sandbox_url: str, port: int, sandbox: SandboxCredentials) -> Pol
     )
 
 
-async def run_demo(host: str, port: int) -> int:
+async def run_demo(host: str, port: int, log_handler: BufferedStreamHandler | None = None) -> int:
     credentials = SandboxCredentials()
-    sandbox = web.AppRunner(create_sandbox_app(credentials), access_log=None)
-    await sandbox.setup()
-    sandbox_site = web.TCPSite(sandbox, "127.0.0.1", 0)
-    await sandbox_site.start()
-    sandbox_url = f"http://127.0.0.1:{sandbox.addresses[0][1]}"
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound = sock.getsockname()[1]
-    gateway = web.AppRunner(
-        create_app(demo_policy(sandbox_url, bound, credentials), demo_page=True), access_log=None
-    )
-    await gateway.setup()
-    await web.SockSite(gateway, sock).start()
-    print(f"voucherify-gateway demo listening on {http_url(host, bound)}", flush=True)
-    print(
-        f"open http://localhost:{bound}/ for the demo checkout (sandbox upstream at {sandbox_url})",
-        flush=True,
-    )
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    flusher = loop.create_task(flush_logs_periodically())
-    await stop.wait()
-    await gateway.cleanup()
-    await sandbox.cleanup()
-    flusher.cancel()
-    flush_logs()
-    return 0
+    accounting = Accounting([AccessLog(log_handler)])
+    async with Serving(flush=(accounting.flush, flush_logs)) as serving:
+        sandbox = await serving.listen(create_sandbox_app(credentials))  # a free loopback port
+        sandbox_url = http_url("127.0.0.1", port_of(sandbox))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))  # bound first: the policy allows the page's own origin, port included
+        bound = sock.getsockname()[1]
+        policy = demo_policy(sandbox_url, bound, credentials)
+        await serving.listen(create_app(policy, accounting, demo_page=True), sock=sock)
+        serving.announce(
+            f"voucherify-gateway demo listening on {http_url(host, bound)}",
+            f"open http://localhost:{bound}/ for the demo checkout (sandbox upstream at {sandbox_url})",
+        )
+        await serving.wait()
+    return 0  # the gateway is cleaned up first, then the sandbox it calls
 
 
 def demo(host: str, port: int) -> int:
-    configure_logging("info", "text")
-    return asyncio.run(run_demo(host, port))
+    return asyncio.run(run_demo(host, port, configure_logging("info", "text")))

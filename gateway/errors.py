@@ -80,6 +80,19 @@ class GatewayError:
         ).encode()
 
 
+class Refused(Exception):
+    """A step of the request pipeline refuses the request: the one way of saying so after `decide()`.
+
+    Each step returns its value or raises this; the handler catches it once and answers `error`, with
+    `headers` (RateLimit fields, Retry-After) added to the gateway's own.
+    """
+
+    def __init__(self, error: GatewayError, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(error.key.value)
+        self.error = error
+        self.headers = headers
+
+
 def not_found(
     details: str = "This path is not a client-side operation exposed by the gateway.",
 ) -> GatewayError:

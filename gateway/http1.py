@@ -10,10 +10,17 @@ What it does:
     literal hosts, an optional path prefix in the base URL; each base URL is parsed once and cached.
   - one pool per (scheme, host, port), idle connections reused last-in first-out and closed after
     `idle_timeout` seconds (one sweep timer for the client, re-armed only while something is idle);
-    `max_connections` requests in flight across all pools, the rest wait in line.
+    at most `max_in_flight` requests in flight to each (scheme, host, port), a cap of its own for every
+    upstream host (Envoy's per-cluster circuit breaker): one more while it is full fails at once with
+    `PoolFull`, nothing sent, instead of waiting for a slot, so a hung upstream holds only its own slots.
   - bodies by Content-Length, chunked or until the connection closes; 1xx interim answers skipped; no body
     for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent).
-  - a bounded answer: more than `max_body` bytes (on the wire or decoded) is an error, not memory growth.
+  - a bounded answer: more than `max_body` bytes (on the wire or decoded) is an error, not memory growth;
+    a declared Content-Length over it is refused as the headers arrive, before any of the body is kept.
+    The bodies of all answers in flight together are bounded too (`max_buffered`): the answer that would
+    pass it fails the same way. A failed answer's buffers are released at once, not by the cyclic garbage
+    collector (which the server makes rare): a connection drops its chunks, its waiter and its failure on
+    every error path, and its parser (which holds the connection) once the connection is lost.
   - timeouts: `connect` bounds DNS, TCP and the TLS handshake; `read` bounds the whole answer, from the
     request written to its last byte (not the gap between two reads), so an upstream trickling a byte at a
     time cannot hold a request longer than `read` seconds.
@@ -34,6 +41,7 @@ Errors are `UpstreamError` subclasses carrying only the host: never a header val
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import zlib
@@ -48,6 +56,7 @@ from gateway.models import Timeouts
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_HEAD = 64 * 1024  # status line and headers of one answer
+MAX_BUFFERED = 64 * 1024 * 1024  # the bodies of every answer in flight together
 IDLE_TIMEOUT = 15.0
 
 _BAD_TARGET = re.compile(r"[^\x21-\x7e]")  # space, controls, DEL, anything non-ASCII
@@ -98,6 +107,10 @@ class ResponseTooLarge(UpstreamError):
     """The answer is over `max_body` bytes, on the wire or decoded."""
 
 
+class PoolFull(UpstreamError):
+    """The host already has `max_in_flight` requests in flight: nothing was sent."""
+
+
 class UnsafeRequest(UpstreamError):
     """The request would not be one well-formed HTTP request (splitting, smuggling): nothing was sent."""
 
@@ -106,12 +119,23 @@ class _Stop(Exception):
     """Raised inside a parser callback to stop parsing; the reason is in `_Connection.failure`."""
 
 
+class _Budget:
+    """Body bytes held by every answer in flight, against one limit shared by the client's connections."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and its llhttp parser. At most one request on it at a time."""
 
     __slots__ = (
         "alive",
         "body_size",
+        "budget",
         "chunks",
         "close_delimited",
         "complete",
@@ -135,14 +159,21 @@ class _Connection(asyncio.Protocol):
     )
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, host: str, max_body: int, registry: set[_Connection]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        max_body: int,
+        registry: set[_Connection],
+        budget: _Budget,
     ) -> None:
         self.loop = loop
         self.host = host
         self.max_body = max_body
+        self.budget = budget  # body_size of the answer being read is counted in it until _release
         self.registry = registry  # the client's open connections: in it from connection_made to _lost
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        # self.parser is made in connection_made: it holds this protocol (its callbacks), and uvloop makes
+        # the protocol before connecting, so a refused connection, never made nor lost, would keep a cycle
         self.alive = True  # False once closed, lost or not trusted: never handed out again
         self.idle_since = 0.0
         self.waiter: asyncio.Future[Response] | None = None
@@ -194,9 +225,21 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(error)
         self.abort()
 
+    def _release(self) -> None:
+        """Give back the answer's buffers and budget now. The waiter and failure go too: the error's
+        traceback holds the request's frame, which holds this connection, a cycle only the collector frees."""
+        self.budget.used -= self.body_size
+        self.body_size = 0
+        self.chunks = []
+        self.failure = None
+
     def abort(self) -> None:
+        """Never used again: whatever was being read is dropped."""
         self.alive = False
         self._stop_timer()
+        self._release()
+        self.headers = []
+        self.waiter = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -209,6 +252,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+        self.parser = httptools.HttpResponseParser(self)
         self.registry.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -250,15 +294,19 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionLost(self.host))
+        self._release()
+        self.waiter = None
+        self.transport = None
+        with contextlib.suppress(AttributeError):  # lost without being made
+            del self.parser  # it holds this protocol (its callbacks): the cycle ends with the connection
 
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
         if self.complete:  # a second answer to one request
             self.reusable = False
+        self._release()
         self.headers = []
-        self.chunks = []
-        self.body_size = 0
         self.encoding = ""
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -274,6 +322,9 @@ class _Connection(asyncio.Protocol):
             lower = name.lower()
             if lower == "content-length":
                 length_known = True
+                if not self.head_request and status not in (204, 304) and _over(value, self.max_body):
+                    self.failure = ResponseTooLarge(self.host)
+                    raise _Stop  # refused before a byte of the body is kept
             elif lower == "transfer-encoding":
                 length_known = length_known or value.rsplit(",", 1)[-1].strip().lower() == "chunked"
             elif lower == "content-encoding":
@@ -285,8 +336,11 @@ class _Connection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self.max_body:
+        size = len(body)
+        budget = self.budget
+        self.body_size += size
+        budget.used += size
+        if self.body_size > self.max_body or budget.used > budget.limit:
             self.failure = ResponseTooLarge(self.host)
             raise _Stop
         self.chunks.append(body)
@@ -305,12 +359,13 @@ class _Connection(asyncio.Protocol):
             chunks = self.chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             waiter.set_result(Response(self.status, self.headers, body, self.encoding))
+        self._release()  # the body is the caller's now
 
 
 class _Origin:
     """The connections to one (scheme, host, port)."""
 
-    __slots__ = ("host", "host_header", "idle", "port", "server_hostname", "ssl")
+    __slots__ = ("host", "host_header", "idle", "in_flight", "port", "server_hostname", "ssl")
 
     def __init__(self, scheme: str, host: str, port: int, context: ssl.SSLContext | None) -> None:
         self.host = host
@@ -324,12 +379,19 @@ class _Origin:
         # pre-built once: every request on this origin starts its headers with these two lines
         self.host_header = f"Host: {authority}\r\nAccept-Encoding: gzip, deflate\r\n"
         self.idle: list[_Connection] = []  # oldest first; reuse takes the newest
+        self.in_flight = 0  # requests between their cap check and their answer (or failure)
 
 
 @dataclass(frozen=True, slots=True)
 class _Base:
     origin: _Origin
     prefix: str  # the base URL's path, without its trailing slash
+
+
+def _over(length: str, limit: int) -> bool:
+    """A Content-Length value (llhttp has checked it is digits) over `limit`; unreadable ones are llhttp's."""
+    value = length.strip()
+    return value.isdigit() and value.isascii() and (len(value) > 20 or int(value) > limit)
 
 
 def _name_sent(name: str, host: str) -> bool:
@@ -373,22 +435,33 @@ class Http1Client:
 
     def __init__(
         self,
-        max_connections: int = 1000,
+        max_in_flight: int = 1000,
         *,
         idle_timeout: float = IDLE_TIMEOUT,
         max_body: int = MAX_BODY,
+        max_buffered: int = MAX_BUFFERED,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.idle_timeout = idle_timeout
         self.max_body = max_body
+        self._budget = _Budget(max_buffered)
         self.closed = False
         self._ssl = ssl_context
-        self._slots = asyncio.Semaphore(max_connections)
+        self.max_in_flight = max_in_flight  # per (scheme, host, port); may be changed (a reload) at any time
         self._bases: dict[str, _Base] = {}
         self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._connections: set[_Connection] = set()  # every open one, idle or busy, for close()
         self._sweep: asyncio.TimerHandle | None = None
+
+    def in_flight(self, base_url: str) -> int:
+        """Requests in flight to `base_url`'s (scheme, host, port)."""
+        return self._base(base_url).origin.in_flight
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes held right now by the answers being read."""
+        return self._budget.used
 
     @property
     def open_connections(self) -> int:
@@ -478,7 +551,9 @@ class Http1Client:
         base = self._base(base_url)
         origin = base.origin
         head = self._head(origin, base.prefix, method, target, headers, len(body))
-        await self._slots.acquire()
+        if origin.in_flight >= self.max_in_flight:
+            raise PoolFull(origin.host)
+        origin.in_flight += 1
         conn: _Connection | None = None
         try:
             conn = self._idle(origin)
@@ -490,7 +565,7 @@ class Http1Client:
                 conn.abort()  # cancelled, failed or timed out mid-answer: never back in the pool
             raise
         finally:
-            self._slots.release()
+            origin.in_flight -= 1
         if conn.reusable and conn.alive and not self.closed:
             conn.waiter = None
             conn.idle_since = self.loop.time()
@@ -519,11 +594,11 @@ class Http1Client:
 
     async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
         loop = self.loop
-        host, max_body, connections = origin.host, self.max_body, self._connections
+        host, max_body, connections, budget = origin.host, self.max_body, self._connections, self._budget
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, host, max_body, connections),
+                    lambda: _Connection(loop, host, max_body, connections, budget),
                     host,
                     origin.port,
                     ssl=origin.ssl,

@@ -6,8 +6,9 @@ that does I/O: the decision core (`decide`, `compiled`, `modes`) and the I/O she
 Redis client, no HTTP parser and no aiohttp (tests/unit/test_layers.py pins it).
 
 - `Timeouts`, `UpstreamCall`, `UpstreamResponse`: what is asked of Voucherify and what it answered.
-- `RateItem`, `Bucket`: a rate limit as the policy states it, parsed here with `limits`' own grammar and
-  keyed with `limits`' own key names (so counts are shared with gateways running `limits`' strategies).
+- `Strategy`, `RateItem`, `Bucket`: a rate limit as the policy states it, parsed here with `limits`' own
+  grammar and keyed with `limits`' own key names (so counts are shared with gateways running `limits`'
+  strategies).
 - `Target`: the project's operation a request addresses.
 - `Outcome`: what a finished request leaves behind for the access log, metrics and traces.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # types only: these modules are above this one
@@ -54,6 +56,15 @@ class UpstreamResponse:
 
 
 # ------------------------------------------------------------------------------------------ rate limits
+
+
+class Strategy(StrEnum):
+    """How a bucket's items count (the policy's `rate_limit.strategy`), named as `limits` names them."""
+
+    MOVING_WINDOW = "moving-window"
+    FIXED_WINDOW = "fixed-window"
+    SLIDING_WINDOW_COUNTER = "sliding-window-counter"
+
 
 # `limits`' grammar (limits.util.parse_many), kept here so that parsing a policy loads no storage code:
 # "5 per 5 seconds", "100/minute;10/second"; items separated by , ; or |.

@@ -22,12 +22,13 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from gateway.catalog import OPERATIONS
-from gateway.models import RateItem
+from gateway.models import RateItem, Strategy
 from gateway.origins import OriginEntryError, OriginPolicy
 
 REGIONS = {
@@ -57,7 +58,8 @@ def _rate_limit_string(value: str) -> str:
 
 
 RateLimitString = Annotated[str, AfterValidator(_rate_limit_string)]
-Strategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
+# The enum, with the JSON Schema the Literal it replaced had (an inline enum of strings, no $defs entry)
+StrategyName = Annotated[Strategy, WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"})]
 OnStorageError = Literal["allow", "deny"]
 
 
@@ -76,6 +78,8 @@ class Listen(_Model):
 class Upstream(_Model):
     connect_timeout: float = Field(2, gt=0)
     read_timeout: float = Field(10, gt=0)
+    # an addition: requests in flight to one upstream host (scheme, host, port); more answer 502 at once
+    max_in_flight_per_host: int = Field(1000, ge=1)
 
 
 class Admin(_Model):
@@ -115,7 +119,7 @@ OperationLimits = dict[Annotated[str, AfterValidator(_operation_name)], RateLimi
 
 class RateLimit(_Model):
     storage: StorageUri = "memory://"
-    strategy: Strategy = "moving-window"
+    strategy: StrategyName = Field(Strategy.MOVING_WINDOW, title="Strategy")
     per_ip: RateLimitString = "5 per 5 seconds"
     operations: OperationLimits = Field(default_factory=dict)
     on_storage_error: OnStorageError = "allow"
@@ -126,7 +130,7 @@ class ProjectRateLimit(_Model):
     """A project's overrides: keys left out (None) are inherited from the top-level `rate_limit`."""
 
     storage: StorageUri | None = None
-    strategy: Strategy | None = None
+    strategy: StrategyName | None = Field(None, title="Strategy")
     per_ip: RateLimitString | None = None
     operations: OperationLimits | None = None
     on_storage_error: OnStorageError | None = None

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway.app import STATE
-from gateway.observe import configure_logging
+from gateway.observe.logs import configure_logging
 from gateway.policy import PolicyError, PolicyFile, load_policy
 
 log = logging.getLogger("gateway.reload")
@@ -40,10 +41,18 @@ def fingerprint(path: Path) -> Fingerprint:
 class PolicyReloader:
     """Reloads one app's policy from one file; reloads never overlap."""
 
-    def __init__(self, app: web.Application, path: Path, *, configure_logs: bool = True) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        path: Path,
+        *,
+        configure_logs: bool = True,
+        counted: Callable[[bool], None] | None = None,
+    ) -> None:
         self.app = app
         self.path = path
         self.configure_logs = configure_logs  # False when the embedding program owns logging (tests)
+        self._counted = counted  # told of each reload: applied (True) or rejected (metrics count them)
         self._lock = asyncio.Lock()
         self._seen: Fingerprint = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -63,16 +72,20 @@ class PolicyReloader:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
             log.error("%s: %d problem(s); the running policy stays in force", self.path, len(exc.problems))
-            state.observer.reloaded(False)
+            self._count(False)
             return False
         except Exception as exc:  # compiling or opening a storage failed: keep the running policy
             log.error("reload rejected: %s: %s", self.path, type(exc).__name__)
-            state.observer.reloaded(False)
+            self._count(False)
             return False
         self._apply_side_settings(old, policy)
-        state.observer.reloaded(True)
+        self._count(True)
         log.info("policy reloaded from %s: %d project(s)", self.path, len(policy.projects))
         return True
+
+    def _count(self, applied: bool) -> None:
+        if self._counted is not None:
+            self._counted(applied)
 
     def _apply_side_settings(self, old: PolicyFile, new: PolicyFile) -> None:
         if self.configure_logs and new.logging != old.logging:

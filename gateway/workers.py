@@ -30,62 +30,44 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import start_admin
-from gateway.metrics import MULTIPROC_ENV, multiprocess_dir
-from gateway.observe import BufferedStreamHandler, flush_logs, flush_logs_periodically
+from gateway.lint import workers_warning
+from gateway.observe.logs import flush_logs
+from gateway.observe.metrics import MULTIPROC_ENV, multiprocess_dir
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool
-from gateway.serve import http_url
+from gateway.serving import Serving, http_url, run_loop
 
 log = logging.getLogger("gateway.workers")
 
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 RESTART_BACKOFF = 1.0  # seconds before replacing a worker that died soon after it started
-
-
-def memory_warning(policy: PolicyFile, workers: int) -> str | None:
-    """With several workers, an in-memory store counts per process: say so at start-up."""
-    if workers <= 1:
-        return None
-    in_memory = [n for n in policy.projects if policy.rate_limit_for(n).storage.startswith("memory://")]
-    if not in_memory:
-        return None
-    return (
-        f"rate_limit.storage is memory:// for {', '.join(in_memory)} with {workers} workers: limits are per "
-        f"process, so clients get up to {workers} times each limit; use a Redis URL to share them"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- worker
 
 
-async def _orphan_watch(parent: int) -> None:
-    """Stop (drain) when the supervising parent is gone, so no worker outlives it."""
-    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
-        await asyncio.sleep(1.0)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-async def _worker_main(policy: PolicyFile, path: Path, host: str, port: int) -> int:
-    from gateway.serve import run
-
-    watch = asyncio.create_task(_orphan_watch(os.getppid()))
-    try:
-        return await run(policy, path, host, port, reuse_port=True, with_admin=False)
-    finally:
-        watch.cancel()
-
-
 def run_worker(path: Path, host: str | None, port: int | None) -> int:
-    from gateway.serve import _run_loop, load_for_serving
+    """One worker: the gateway on a shared port (SO_REUSEPORT), no admin listener of its own, its log
+    lines tagged with its PID, stopping by itself when the supervising parent is gone."""
+    from gateway.serve import load_for_serving, run
 
-    policy = load_for_serving(path, sys.stderr)  # stdout is read by the parent
-    if policy is None:
+    loaded = load_for_serving(path, sys.stderr)  # stdout is read by the parent
+    if loaded is None:
         return 1
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, BufferedStreamHandler):  # what load_for_serving configured
-            handler.tags["worker"] = os.getpid()
-    return _run_loop(
-        _worker_main(policy, path, host or policy.listen.host, policy.listen.port if port is None else port)
+    policy, handler = loaded
+    handler.tags["worker"] = os.getpid()
+    host = host or policy.listen.host
+    port = policy.listen.port if port is None else port
+    return run_loop(
+        run(
+            policy,
+            path,
+            host,
+            port,
+            log_handler=handler,
+            reuse_port=True,
+            with_admin=False,
+            parent=os.getppid(),
+        )
     )
 
 
@@ -96,12 +78,9 @@ class Supervisor:
     def __init__(self, policy: PolicyFile, path: Path, host: str, port: int, count: int) -> None:
         self.policy = policy
         self.path, self.host, self.port, self.count = path, host, port, count
-        # The limit stores of projects that deny while their store is down: the parent's /readyz checks them.
-        self.deny_stores = LimiterPool()
-        for name in policy.projects:
-            limits = policy.rate_limit_for(name)
-            if limits.on_storage_error == "deny":
-                self.deny_stores.get(limits.storage, limits.strategy, limits.storage_timeout)
+        # The parent's /readyz checks the projects' limit stores as a worker's does (LimiterPool.readiness).
+        self.stores = LimiterPool()
+        self.rate_limits = [policy.rate_limit_for(name) for name in policy.projects]
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.failed = False
@@ -157,9 +136,9 @@ class Supervisor:
         checks = {"workers": f"{alive} of {self.count} running"}
         if self.stopping:
             checks["draining"] = "yes: not taking new requests"
-        stores_up = all((await self.deny_stores.check()).values())
-        checks["limit_store"] = "reachable" if stores_up else "unreachable (on_storage_error: deny)"
-        return not self.stopping and alive == self.count and stores_up, checks
+        stores = await self.stores.readiness(self.rate_limits)
+        checks["limit_store"] = stores.check
+        return not self.stopping and alive == self.count and stores.ok, checks
 
     def _forward(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -169,55 +148,48 @@ class Supervisor:
                 proc.send_signal(sig)
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        stopped = asyncio.Event()
-        flusher = loop.create_task(flush_logs_periodically())
-
-        def on_signal(sig: signal.Signals) -> None:
-            self._forward(sig)
-            if sig != signal.SIGHUP:
-                stopped.set()
-
-        for sig in FORWARDED:
-            loop.add_signal_handler(sig, on_signal, sig)
-        for _ in range(self.count):
-            await self._spawn(initial=True)
-        ready = asyncio.create_task(self.all_ready.wait())
-        failed = asyncio.create_task(self.startup_failed.wait())
-        halted = asyncio.create_task(stopped.wait())
-        await asyncio.wait({ready, failed, halted}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (ready, failed, halted):
-            task.cancel()
-        if self.all_ready.is_set() and not self.startup_failed.is_set() and not self.stopping:
-            where = http_url(self.host, self.port)
-            admin = await start_admin(  # one for all workers: /metrics sums their values
-                self.policy.admin, CollectorRegistry(), self.readiness, f" for {self.count} workers"
-            )
-            flush_logs()  # what was logged before the line is readable when the line is
-            print(f"voucherify-gateway listening on {where} ({self.count} workers)", flush=True)
-            await stopped.wait()
-            while self._tasks:  # the workers drain; /readyz answers 503 meanwhile
+        async with Serving(
+            flush=(flush_logs,), hangup=lambda: self._forward(signal.SIGHUP), stopping=self._forward
+        ) as serving:
+            for _ in range(self.count):
+                await self._spawn(initial=True)
+            ready = asyncio.create_task(self.all_ready.wait())
+            failed = asyncio.create_task(self.startup_failed.wait())
+            halted = asyncio.create_task(serving.wait())
+            await asyncio.wait({ready, failed, halted}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (ready, failed, halted):
+                task.cancel()
+            if self.all_ready.is_set() and not self.startup_failed.is_set() and not self.stopping:
+                admin = await start_admin(  # one for all workers: /metrics sums their values
+                    self.policy.admin,
+                    CollectorRegistry(),
+                    self.readiness,
+                    serving=f" for {self.count} workers",
+                )
+                where = http_url(self.host, self.port)
+                serving.announce(f"voucherify-gateway listening on {where} ({self.count} workers)")
+                await serving.wait()
+                while self._tasks:  # the workers drain; /readyz answers 503 meanwhile
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                if admin is not None:
+                    await admin.stop()
+            else:
+                self.failed = self.startup_failed.is_set()
+                self._forward(signal.SIGTERM)
+            while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            if admin is not None:
-                await admin.stop()
-        else:
-            self.failed = self.startup_failed.is_set()
-            self._forward(signal.SIGTERM)
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await self.deny_stores.close()
-        flusher.cancel()
-        flush_logs()
+            await self.stores.close()
         return 1 if self.failed else 0
 
 
 def supervise(path: Path, host: str | None, port: int | None, count: int) -> int:
-    from gateway.serve import _run_loop, free_port, load_for_serving
+    from gateway.serve import free_port, load_for_serving
 
-    policy = load_for_serving(path)
-    if policy is None:
+    loaded = load_for_serving(path)
+    if loaded is None:
         return 1
-    warning = memory_warning(policy, count)
+    policy = loaded[0]
+    warning = workers_warning(policy, count)
     if warning is not None:
         log.warning(warning)
     host = host or policy.listen.host
@@ -229,7 +201,7 @@ def supervise(path: Path, host: str | None, port: int | None, count: int) -> int
         own_metrics_dir = tempfile.mkdtemp(prefix="voucherify-gateway-metrics-")
         os.environ[MULTIPROC_ENV] = own_metrics_dir
     try:
-        return _run_loop(Supervisor(policy, path, host, port, count).run())
+        return run_loop(Supervisor(policy, path, host, port, count).run())
     finally:
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)

@@ -41,14 +41,15 @@ from typing import TYPE_CHECKING
 
 from gateway import errors
 from gateway.errors import ErrorKey, GatewayError
+from gateway.headers import IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
 
 if TYPE_CHECKING:  # types only: models imports nothing of the gateway's at run time
     from gateway.models import Target
 
 # The five operations that create something in Voucherify: a redemption, a published code, a customer.
 OPERATIONS = frozenset({"redeem", "redeem_stackable", "redeem_promotion_tier", "publish", "create_customer"})
-HEADER = "Idempotency-Key"  # allowed in preflights (gateway/decide.py), never forwarded upstream
-REPLAYED_HEADER = "Idempotent-Replayed"  # exposed to scripts
+HEADER = IDEMPOTENCY_KEY  # allowed in preflights, never forwarded upstream (gateway/headers.py)
+REPLAYED_HEADER = IDEMPOTENT_REPLAYED  # exposed to scripts
 REPLAYED = (REPLAYED_HEADER, "true")
 REPLAYED_DECISION = "replayed"  # a replay's access-line and metric decision (neither forwarded nor an error)
 MAX_KEY_LENGTH = 255

@@ -1,21 +1,37 @@
-"""Rate limiting: buckets counted in a store (memory or Redis), and the verdicts the pipeline acts on."""
+"""Rate limiting: counters in a store (memory or Redis), and the verdicts the pipeline acts on.
+
+- `store.py`: the counter interface (`Store`: per-IP hits, reserve/settle, claim/replace/delete_if) and
+  what its calls answer; its docstring is the contract the features code against.
+- `memory_store.py`, `redis_store.py`: its two implementations (plain Redis, Sentinel and Cluster share one);
+  `redis_batch.py`: one pipeline per loop turn; `bridge.py`: the one module touching `limits`' internals.
+- `limiter.py`: `count_bucket` (the one loop), `Limiter`, `LimiterPool` (stores by URI, `check` -> `Verdict`
+  with `on_storage_error` applied, `readiness` for the admin listener and the worker supervisor).
+"""
 
 from gateway.ratelimit.limiter import (
-    STRATEGIES,
     Limiter,
     LimiterPool,
     LimitResult,
-    StoreUnavailable,
+    StoreReadiness,
+    Verdict,
+    count_bucket,
     limits_item,
     open_storage,
+    open_store,
 )
+from gateway.ratelimit.store import Reservation, Store, StoreUnavailable
 
 __all__ = [
-    "STRATEGIES",
     "LimitResult",
     "Limiter",
     "LimiterPool",
+    "Reservation",
+    "Store",
+    "StoreReadiness",
     "StoreUnavailable",
+    "Verdict",
+    "count_bucket",
     "limits_item",
     "open_storage",
+    "open_store",
 ]

@@ -1,8 +1,10 @@
-"""Per-IP rate limits on the `limits` library's async API, with Voucherify's 429 and IETF draft headers.
+"""Per-IP rate limits with Voucherify's 429 and IETF draft headers, and the verdict the handler acts on.
 
 A `Bucket` is one named budget of a project (`per_ip`, or an operation with its own limit); the client's
-bucket key (an IPv4 address or IPv6 prefix) is counted in it. Storages outlive policy reloads: the pool
-hands the same storage to every policy that names the same URI, so counts survive a reload.
+bucket key (an IPv4 address or IPv6 prefix) is counted in it by `count_bucket`, on the project's store
+(gateway/ratelimit/store.py). `LimiterPool.check` turns that into a `Verdict` that has already applied
+`on_storage_error`. Stores outlive policy reloads: the pool hands the same store to every policy that
+names the same URI, so counts survive a reload.
 """
 
 from __future__ import annotations
@@ -11,32 +13,24 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from limits import RateLimitItem
 from limits.aio.storage import Storage
-from limits.aio.strategies import (
-    FixedWindowRateLimiter,
-    MovingWindowRateLimiter,
-    RateLimiter,
-    SlidingWindowCounterRateLimiter,
-)
-from limits.errors import StorageError
 from limits.limits import GRANULARITIES
 from limits.util import WindowStats
 
-from gateway.models import Bucket, RateItem
-from gateway.ratelimit import ops as limit_ops
+from gateway import errors
+from gateway.errors import GatewayError
+from gateway.models import Bucket, RateItem, Strategy
+from gateway.policy import RateLimit
 from gateway.ratelimit import redis_store
-from gateway.ratelimit.memory_store import BoundedMemoryStorage
+from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
+from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.store import Store, StoreUnavailable
 
 log = logging.getLogger("gateway.ratelimit")
-
-STRATEGIES: dict[str, type[RateLimiter]] = {
-    "moving-window": MovingWindowRateLimiter,
-    "fixed-window": FixedWindowRateLimiter,
-    "sliding-window-counter": SlidingWindowCounterRateLimiter,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +40,15 @@ class LimitResult:
     retry_after: int  # seconds until the exhausted budget returns (0 when allowed)
 
 
-class StoreUnavailable(Exception):
-    """The limit store failed or was slower than its timeout for this request."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the handler does with a request's per-IP count, `on_storage_error` already applied."""
+
+    headers: tuple[
+        tuple[str, str], ...
+    ]  # the RateLimit fields (and Retry-After on a 429); () on a store error
+    error: GatewayError | None  # 429 too_many_requests, 503 rate_limit_unavailable (deny), or None: pass
+    store_error: bool  # the store failed for this request (with `allow`, it passed uncounted)
 
 
 def open_storage(uri: str, timeout: float = 0.5) -> Storage:
@@ -59,50 +60,65 @@ def open_storage(uri: str, timeout: float = 0.5) -> Storage:
     raise ValueError(f"not a storage URI the policy accepts: {uri.split('://', 1)[0]}://")
 
 
-class Limiter:
-    """One storage and strategy; `hit` counts a request in a bucket and says whether it may pass.
+def open_store(uri: str, timeout: float = 0.5) -> MemoryStore | RedisStore:
+    """The `Store` for a policy URI (see `open_storage`)."""
+    storage = open_storage(uri, timeout)
+    if isinstance(storage, BoundedMemoryStorage):
+        return MemoryStore(timeout, storage=storage)
+    return RedisStore(storage, timeout)
 
-    The bucket is counted by `limit_ops.bucket_counter`, chosen here once for the storage and strategy:
-    on Redis one script call per item that counts the hit and reads the window, in memory the store's
-    synchronous methods. Storages without a counter, and buckets whose items share a key (where reading
-    an item's window before the next item counts in the same key would show), take `limits`' strategy
-    calls: `hit` per item, then `get_window_stats` per item.
+
+async def count_bucket(
+    store: Store, strategy: Strategy, bucket: Bucket, client_key: str
+) -> tuple[bool, list[WindowStats]]:
+    """Count a request in a bucket: items in order up to the first that refuses it (the ones after it are
+    not charged for a refused request), then every item's window, as `limits`' strategies compute it.
+
+    A store that `fuses_reads` reads each item's window in the call that counts it (one Redis script per
+    item), except when two items share a key: then, as in memory, every count comes before every read, so
+    an item's window shows the next item's count in the same key, exactly as with `limits`' own calls.
+    """
+    keys = bucket.keys(client_key)
+    fused = store.fuses_reads and not bucket.shares_a_key
+    allowed = True
+    windows: list[WindowStats | None] = []
+    for item, key in zip(bucket.items, keys, strict=True):
+        if not (allowed or fused):
+            break
+        counted, window = await store.step(strategy, item, key, allowed, fused)
+        allowed = allowed and counted
+        windows.append(window)
+    if fused:
+        return allowed, [w for w in windows if w is not None]
+    read = []
+    for item, key in zip(bucket.items, keys, strict=True):
+        _, window = await store.step(strategy, item, key, False, True)
+        assert window is not None  # read=True
+        read.append(window)
+    return allowed, read
+
+
+class Limiter:
+    """One store and strategy; `hit` counts a request in a bucket and says whether it may pass.
+
+    The whole bucket is bounded by the store's timeout (a store that never waits, memory, is not: a timer
+    there could never fire and would cost about half of a memory hit). Raises `StoreUnavailable`.
     """
 
-    def __init__(self, storage: Storage, strategy: str) -> None:
-        self.storage = storage
-        self.strategy: RateLimiter = STRATEGIES[strategy](storage)
-        self.fused = limit_ops.bucket_counter(storage, strategy)
-        # Nothing on the memory store's paths suspends (no await inside), so a timeout around them could
-        # never fire; it would only cost about half of a memory hit.
-        self.timed = not isinstance(storage, BoundedMemoryStorage)
+    def __init__(self, store: Store, strategy: Strategy) -> None:
+        self.store = store
+        self.strategy = Strategy(strategy)
 
-    async def hit(self, bucket: Bucket, client_key: str, timeout: float) -> LimitResult:
+    async def hit(self, bucket: Bucket, client_key: str) -> LimitResult:
+        store = self.store
+        if not store.suspends:
+            return _result(bucket, *await count_bucket(store, self.strategy, bucket, client_key))
         try:
-            if not self.timed:
-                return await self._hit(bucket, client_key)
-            async with asyncio.timeout(timeout):  # unlike wait_for (3.11), no extra task per request
-                return await self._hit(bucket, client_key)
-        except (TimeoutError, StorageError, ConnectionError, OSError) as exc:
+            async with asyncio.timeout(store.timeout):  # unlike wait_for (3.11), no extra task per request
+                allowed, windows = await count_bucket(store, self.strategy, bucket, client_key)
+        except TimeoutError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-
-    async def _hit(self, bucket: Bucket, client_key: str) -> LimitResult:
-        if self.fused is None or bucket.shares_a_key:
-            allowed, windows = await self.two_calls(bucket, client_key)
-        else:
-            allowed, windows = await self.fused(bucket.items, bucket.keys(client_key))
         return _result(bucket, allowed, windows)
-
-    async def two_calls(self, bucket: Bucket, client_key: str) -> tuple[bool, list[WindowStats]]:
-        """`limits`' own way: count in order up to the first refusal, then read every item's window."""
-        items = [limits_item(item) for item in bucket.items]
-        allowed = True
-        for item in items:
-            if not await self.strategy.hit(item, bucket.namespace, client_key):
-                allowed = False
-                break
-        windows = [await self.strategy.get_window_stats(i, bucket.namespace, client_key) for i in items]
-        return allowed, windows
 
 
 def limits_item(item: RateItem) -> RateLimitItem:
@@ -126,63 +142,103 @@ def _result(bucket: Bucket, allowed: bool, windows: list[WindowStats]) -> LimitR
     return LimitResult(allowed, headers, retry)
 
 
-class LimiterPool:
-    """Storages by URI and limiters by (URI, strategy), shared across policy reloads.
+@dataclass(frozen=True, slots=True)
+class StoreReadiness:
+    ok: bool  # False when a store that a deny project uses does not answer
+    check: str  # the readiness line; never a URI (a Redis URL may carry a password)
 
-    One storage (so one Redis connection pool) per URI and process. `start` opens the Redis connections and
-    loads the Lua scripts before the first request; storages a reload adds are prepared in the background.
+
+class LimiterPool:
+    """Stores by URI and limiters by (URI, strategy, timeout), shared across policy reloads.
+
+    One store (so one Redis connection pool) per URI and process. `start` opens the Redis connections and
+    loads the Lua scripts before the first request; stores a reload adds are prepared in the background.
     """
 
     def __init__(self) -> None:
-        self._storages: dict[str, Storage] = {}
-        self._limiters: dict[tuple[str, str], Limiter] = {}
+        self._stores: dict[str, MemoryStore | RedisStore] = {}
+        self._limiters: dict[tuple[str, Strategy, float], Limiter] = {}
+        self._down: set[str] = set()  # URIs in an outage, for one log line per outage
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def get(self, uri: str, strategy: str, timeout: float = 0.5) -> Limiter:
-        limiter = self._limiters.get((uri, strategy))
+    def store(self, uri: str, timeout: float = 0.5) -> Store:
+        """The counters of gateway/ratelimit/store.py on the storage of `uri`, their calls bounded by
+        `timeout` (the policy's `storage_timeout`). One per URI and process: every project, policy and
+        timeout naming the same URI shares its counts."""
+        store = self._stores.get(uri)
+        if store is None:
+            store = self._stores[uri] = open_store(uri, timeout)
+            if self._started:
+                task = asyncio.get_running_loop().create_task(self._prepare(store, timeout))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return store.bound(timeout)
+
+    def limiter(self, uri: str, strategy: Strategy, timeout: float = 0.5) -> Limiter:
+        limiter = self._limiters.get((uri, strategy, timeout))
         if limiter is None:
-            if uri not in self._storages:
-                self._storages[uri] = open_storage(uri, timeout)
-                if self._started:
-                    task = asyncio.get_running_loop().create_task(self._prepare(uri, timeout))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            limiter = self._limiters[(uri, strategy)] = Limiter(self._storages[uri], strategy)
+            limiter = Limiter(self.store(uri, timeout), strategy)
+            self._limiters[(uri, strategy, timeout)] = limiter
         return limiter
 
-    async def _prepare(self, uri: str, timeout: float) -> None:
-        storage = self._storages.get(uri)
-        if storage is None:
-            return
+    async def check(self, limits: RateLimit, bucket: Bucket, client_key: str) -> Verdict:
+        """Count the request in its bucket: the RateLimit headers, and a 429, or on a store failure the
+        503 of `on_storage_error: deny` (with `allow`, no error: the request passes uncounted)."""
+        uri = limits.storage
+        limiter = self.limiter(uri, limits.strategy, limits.storage_timeout)
         try:
-            await asyncio.wait_for(redis_store.prepare(storage), max(timeout, 1.0))
+            result = await limiter.hit(bucket, client_key)
+        except StoreUnavailable as exc:
+            if uri not in self._down:
+                self._down.add(uri)
+                log.error(
+                    "rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error
+                )
+            error = errors.rate_limit_unavailable() if limits.on_storage_error == "deny" else None
+            return Verdict((), error, True)
+        if uri in self._down:
+            self._down.discard(uri)
+            log.warning("rate-limit store reachable again")
+        error = None if result.allowed else errors.too_many_requests(result.retry_after)
+        return Verdict(tuple(result.headers.items()), error, False)
+
+    async def readiness(self, limits: Iterable[RateLimit]) -> StoreReadiness:
+        """Whether the stores these rate limits use answer: not ready only when one that a project with
+        `on_storage_error: deny` uses does not (with `allow` its requests pass unlimited)."""
+        uris: dict[str, float] = {}
+        deny: set[str] = set()
+        for item in limits:
+            uris.setdefault(item.storage, item.storage_timeout)
+            if item.on_storage_error == "deny":
+                deny.add(item.storage)
+        answers = await asyncio.gather(*(self.store(uri, t).ready() for uri, t in uris.items()))
+        down = {uri for uri, up in zip(uris, answers, strict=True) if not up}
+        if not down:
+            return StoreReadiness(True, "reachable")
+        if down & deny:
+            return StoreReadiness(False, "unreachable (on_storage_error: deny)")
+        return StoreReadiness(True, "unreachable (on_storage_error: allow, requests pass unlimited)")
+
+    async def _prepare(self, store: Store, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(store.prepare(), max(timeout, 1.0))
         except Exception as exc:  # an unreachable store is handled per request (on_storage_error)
             log.warning("rate-limit store not reachable at start-up (%s)", type(exc).__name__)
 
     async def start(self, timeout: float = 1.0) -> None:
-        """Open each Redis storage's first connection and load its scripts (at start-up)."""
+        """Open each Redis store's first connection and load its scripts (at start-up)."""
         self._started = True
-        await asyncio.gather(*(self._prepare(uri, timeout) for uri in list(self._storages)))
-
-    async def check(self) -> dict[str, bool]:
-        """Reachability of every storage in use (for readiness)."""
-        results: dict[str, bool] = {}
-        for uri, storage in self._storages.items():
-            try:
-                results[uri] = bool(await asyncio.wait_for(storage.check(), 1.0))
-            except Exception:  # any failure means not ready
-                results[uri] = False
-        return results
+        await asyncio.gather(*(self._prepare(store, timeout) for store in list(self._stores.values())))
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for storage in self._storages.values():
+        for store in self._stores.values():
             try:
-                await redis_store.close(storage)
+                await store.close()
             except Exception:  # closing is best effort at shutdown
-                log.debug("closing a limit storage failed", exc_info=True)
-        self._storages.clear()
+                log.debug("closing a limit store failed", exc_info=True)
+        self._stores.clear()
         self._limiters.clear()
         self._started = False

@@ -11,20 +11,26 @@ due, so expired keys are reclaimed in amortised O(log n) without a background ta
 
 It implements what the three `limits` strategies need (counters for fixed windows and the sliding window
 counter, timestamp lists for the moving window), so `limits`' strategies run on it unchanged. Each of those
-methods has a synchronous twin (`..._sync`) that the gateway's limiter calls directly (gateway/limit_ops.py).
+methods has a synchronous twin (`..._sync`) that `MemoryStore.step` (below) calls directly.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from math import floor
+from math import floor, inf
+from typing import Generic, TypeVar
 
 from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport, Storage
 from limits.storage.base import TimestampedSlidingWindow
+from limits.util import WindowStats
+
+from gateway.models import RateItem, Strategy
+from gateway.ratelimit.store import Reservation, sliding_window_stats
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -212,3 +218,303 @@ class BoundedMemoryStorage(
         previous_key, current_key = self.sliding_window_keys(key, expiry, self.clock())
         await self.clear(previous_key)
         await self.clear(current_key)
+
+
+# ------------------------------------------------------------------------------------ ledger and records
+# The primitives of gateway/ratelimit/store.py for `memory://` (their semantics are written down there).
+
+
+class _Entry:
+    __slots__ = ("expires", "heap_at", "size")
+
+    def __init__(self, expires: float, size: int) -> None:
+        self.expires = expires  # when the whole entry is gone
+        self.heap_at = inf  # the time of its one live heap entry (inf: none yet)
+        self.size = size  # bytes counted against the map's bound
+
+
+class _Ledger(_Entry):
+    __slots__ = ("groups", "live", "window")
+
+    def __init__(self, window: float) -> None:
+        super().__init__(0.0, 0)
+        self.window = window
+        self.groups: OrderedDict[str, list[float]] = OrderedDict()  # token -> [time, entries], oldest first
+        self.live = 0  # entries of the groups
+
+    def expire(self, now: float) -> None:
+        groups, horizon = self.groups, now - self.window
+        while groups:
+            token, group = next(iter(groups.items()))
+            if group[0] > horizon:
+                break
+            del groups[token]
+            self.live -= int(group[1])
+
+
+class _Record(_Entry):
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes, expires: float, key: str) -> None:
+        super().__init__(expires, len(value) + len(key) + _RECORD_OVERHEAD)
+        self.value = value
+
+
+_RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (objects, dict and heap slots)
+_E = TypeVar("_E", bound=_Entry)
+
+
+class _BoundedMap(Generic[_E]):
+    """Entries that expire, bounded in keys and in bytes; one heap entry per key, as BoundedMemoryStorage.
+
+    Expired entries are reclaimed as time passes (each call first pops what is due); when a new entry
+    would pass a bound, the entries closest to expiry are dropped first.
+    """
+
+    def __init__(self, what: str, max_keys: int, max_bytes: int) -> None:
+        self.what, self.max_keys, self.max_bytes = what, max_keys, max_bytes
+        self.entries: dict[str, _E] = {}
+        self.bytes = 0
+        self.evicted = 0  # live entries dropped because of a bound
+        self._due: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str, now: float) -> _E | None:
+        self._reap(now)
+        entry = self.entries.get(key)
+        if entry is not None and entry.expires <= now:
+            self.remove(key)
+            return None
+        return entry
+
+    def put(self, key: str, entry: _E) -> None:
+        """Add a new entry (the key holds none), making room for it first."""
+        self._make_room(entry.size)
+        self.entries[key] = entry
+        self.bytes += entry.size
+        self.schedule(key, entry)
+
+    def schedule(self, key: str, entry: _E) -> None:
+        """After `entry.expires` changed: a heap entry no later than it (a later one is found on its pop)."""
+        if entry.expires < entry.heap_at:
+            entry.heap_at = entry.expires
+            heapq.heappush(self._due, (entry.expires, key))
+
+    def remove(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size
+
+    def _reap(self, now: float) -> None:
+        due = self._due
+        while due and due[0][0] <= now:
+            when, key = heapq.heappop(due)
+            entry = self.entries.get(key)
+            if entry is None or entry.heap_at != when:
+                continue  # stale: the key is gone, or has an earlier heap entry
+            if entry.expires <= now:
+                self.remove(key)
+            else:
+                entry.heap_at = entry.expires
+                heapq.heappush(due, (entry.expires, key))
+
+    def _make_room(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise ValueError(f"a {self.what} of {size} bytes is larger than the store ({self.max_bytes})")
+        due = self._due
+        while (len(self.entries) >= self.max_keys or self.bytes + size > self.max_bytes) and due:
+            when, key = heapq.heappop(due)
+            entry = self.entries.get(key)
+            if entry is None or entry.heap_at != when:
+                continue
+            self.remove(key)
+            if self.evicted == 0:
+                log.warning("memory %s store full, dropping the entries closest to expiry", self.what)
+            self.evicted += 1
+
+
+DEFAULT_LEDGER_KEYS = 1_000_000
+DEFAULT_RECORD_KEYS = 100_000
+DEFAULT_RECORD_BYTES = 64 * 1024 * 1024
+
+
+class MemoryStore:
+    """`Store` for `memory://`: one per process, every call synchronous inside its coroutine (atomic on the
+    event loop, no lock, no await that could suspend, so `timeout` never applies).
+
+    Per-IP hits run on `storage` (a `BoundedMemoryStorage`, capped at `max_keys`), with its synchronous
+    methods called in `limits`' strategies' order: no pass through `limits`' async layers.
+
+    Bounds (a flood of distinct keys cannot grow it past them): ledgers, `max_ledger_keys` keys (each key
+    holds at most its largest limit's entries); records, `max_record_keys` keys and `max_record_bytes`
+    bytes of keys and values together. Past a bound the entries closest to expiry are dropped first.
+    """
+
+    fuses_reads = False  # counting and reading are separate calls, in limits' order (count all, then read)
+    suspends = False
+
+    def __init__(
+        self,
+        timeout: float = 0.5,
+        *,
+        storage: BoundedMemoryStorage | None = None,
+        max_ledger_keys: int = DEFAULT_LEDGER_KEYS,
+        max_record_keys: int = DEFAULT_RECORD_KEYS,
+        max_record_bytes: int = DEFAULT_RECORD_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timeout = timeout
+        self.storage = storage if storage is not None else BoundedMemoryStorage()
+        self.clock = clock
+        self.ledgers: _BoundedMap[_Ledger] = _BoundedMap("ledger", max_ledger_keys, 2**62)
+        self.records: _BoundedMap[_Record] = _BoundedMap("record", max_record_keys, max_record_bytes)
+        self._tokens = itertools.count(1)
+
+    def bound(self, timeout: float) -> MemoryStore:
+        """This store (a memory call never waits, so every timeout is the same store)."""
+        return self
+
+    async def ready(self) -> bool:
+        return True
+
+    async def prepare(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # ------------------------------------------------------------------------------------ per-IP hits
+
+    async def step(
+        self, strategy: Strategy, item: RateItem, key: str, count: bool, read: bool
+    ) -> tuple[bool, WindowStats | None]:
+        storage, expiry = self.storage, item.expiry
+        counted = False
+        if count:
+            if strategy == Strategy.MOVING_WINDOW:
+                counted = storage.acquire_entry_sync(key, item.amount, expiry)
+            elif strategy == Strategy.FIXED_WINDOW:
+                counted = storage.incr_sync(key, expiry) <= item.amount
+            else:
+                counted = storage.acquire_sliding_window_entry_sync(key, item.amount, expiry)
+        if not read:
+            return counted, None
+        if strategy == Strategy.MOVING_WINDOW:
+            start, hits = storage.get_moving_window_sync(key, expiry)
+            return counted, WindowStats(start + expiry, item.amount - hits)
+        if strategy == Strategy.FIXED_WINDOW:
+            remaining = max(0, item.amount - storage.get_sync(key))
+            return counted, WindowStats(storage.get_expiry_sync(key), remaining)
+        return counted, sliding_window_stats(item, *storage.get_sliding_window_sync(key, expiry))
+
+    # ------------------------------------------------------------------------------------ ledger
+
+    async def reserve(self, key: str, limit: int, window: float, amount: int) -> Reservation:
+        return self.reserve_sync(key, limit, window, amount)
+
+    def reserve_sync(self, key: str, limit: int, window: float, amount: int) -> Reservation:
+        now = self.clock()
+        ledger = self.ledgers.get(key, now)
+        if ledger is not None:
+            ledger.window = window
+            ledger.expire(now)
+        live = 0 if ledger is None else ledger.live
+        if amount <= 0:
+            return _answer(ledger, True, "", 0, limit, live, now, 0.0)
+        if live + amount > limit:
+            return _answer(
+                ledger, False, "", 0, limit, live, now, _retry_after(ledger, limit, window, amount, now)
+            )
+        if ledger is None:
+            ledger = _Ledger(window)
+            self.ledgers.put(key, ledger)
+        if ledger.groups:  # time-ordered, even if the clock stepped back
+            now = max(now, next(reversed(ledger.groups.values()))[0])
+        token = f"{next(self._tokens):x}"
+        ledger.groups[token] = [now, amount]
+        ledger.live += amount
+        ledger.expires = now + window
+        self.ledgers.schedule(key, ledger)
+        return _answer(ledger, True, token, amount, limit, ledger.live, now, 0.0)
+
+    async def settle(self, key: str, reservation: Reservation, keep: int) -> None:
+        self.settle_sync(key, reservation, keep)
+
+    def settle_sync(self, key: str, reservation: Reservation, keep: int) -> None:
+        if not reservation.token:
+            return
+        ledger = self.ledgers.get(key, self.clock())
+        group = None if ledger is None else ledger.groups.get(reservation.token)
+        if ledger is None or group is None:
+            return  # given back already, or out of the window
+        kept = min(max(keep, 0), int(group[1]))
+        ledger.live -= int(group[1]) - kept
+        if kept:
+            group[1] = kept
+        else:
+            del ledger.groups[reservation.token]
+
+    # ------------------------------------------------------------------------------------ records
+
+    async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        return self.claim_sync(key, value, ttl)
+
+    def claim_sync(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        now = self.clock()
+        record = self.records.get(key, now)
+        if record is not None:
+            return record.value
+        self.records.put(key, _Record(bytes(value), now + ttl, key))
+        return None
+
+    async def replace(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        return self.replace_sync(key, expected, value, ttl)
+
+    def replace_sync(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        now = self.clock()
+        record = self.records.get(key, now)
+        if record is None or record.value != expected:
+            return False
+        self.records.remove(key)
+        self.records.put(key, _Record(bytes(value), now + ttl, key))
+        return True
+
+    async def delete_if(self, key: str, expected: bytes) -> bool:
+        return self.delete_if_sync(key, expected)
+
+    def delete_if_sync(self, key: str, expected: bytes) -> bool:
+        record = self.records.get(key, self.clock())
+        if record is None or record.value != expected:
+            return False
+        self.records.remove(key)
+        return True
+
+
+def _retry_after(ledger: _Ledger | None, limit: int, window: float, amount: int, now: float) -> float:
+    """Seconds until enough of the ledger's entries have left for `amount` to fit under `limit`."""
+    if ledger is None or amount > limit:
+        return window
+    need, freed = ledger.live + amount - limit, 0
+    for when, entries in ledger.groups.values():
+        freed += int(entries)
+        if freed >= need:
+            return max(when + window - now, 0.0)
+    return window  # pragma: no cover - the live entries are the groups' entries
+
+
+def _answer(
+    ledger: _Ledger | None,
+    granted: bool,
+    token: str,
+    amount: int,
+    limit: int,
+    live: int,
+    now: float,
+    retry_after: float,
+) -> Reservation:
+    reset = 0.0
+    if ledger is not None and ledger.groups:
+        reset = max(next(iter(ledger.groups.values()))[0] + ledger.window - now, 0.0)
+    return Reservation(granted, token, amount, max(limit - live, 0), reset, retry_after)

@@ -9,17 +9,18 @@ each reply, or error, goes back to the request that asked.
 
 - NOSCRIPT (a restarted or flushed Redis): the refused calls' scripts are loaded and only those calls are
   sent again. Redis refused them before running anything, so nothing is counted twice.
-- A failure of the whole pipeline (connection lost, timeout) fails every call of the batch; `Limiter`
+- A failure of the whole pipeline (connection lost, timeout) fails every call of the batch; `RedisStore`
   turns that into `StoreUnavailable` for each request, and `on_storage_error` decides.
 - A request that gave up waiting (its storage timeout) is not answered: its reply is dropped.
 
-Redis Cluster clients are not batched (a pipeline there is split by slot anyway): `limit_ops` calls them
+Redis Cluster clients are not batched (a pipeline there is split by slot anyway): `RedisStore` calls them
 one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from redis.asyncio import Redis
@@ -87,3 +88,16 @@ class ScriptBatcher:
                 # EVALSHA itself, not script(...): a Script in a pipeline sends SCRIPT EXISTS every time
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
+
+
+_BATCHERS: weakref.WeakKeyDictionary[Any, ScriptBatcher] = weakref.WeakKeyDictionary()
+
+
+def batcher_for(client: Any) -> ScriptBatcher | None:
+    """The client's one batcher (shared by every script on it), or None for a cluster client."""
+    if not isinstance(client, Redis):
+        return None
+    batcher = _BATCHERS.get(client)
+    if batcher is None:
+        batcher = _BATCHERS[client] = ScriptBatcher(client)
+    return batcher

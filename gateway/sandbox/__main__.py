@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 from pathlib import Path
 
-from aiohttp import web
-
 from gateway.sandbox.app import SandboxCredentials, create_sandbox_app
-from gateway.serve import http_url
+from gateway.serving import Serving, http_url
+
+
+def _per_minute(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of requests a minute, at least 1")
+    return int(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fixtures", type=Path, default=None, help="seed data (default: built-in)")
     parser.add_argument("--allowed-origin", action="append", default=None, help="repeatable; default *")
     parser.add_argument("--rate-limit", action="store_true", help="emulate 5 client requests / 5 s per IP")
+    parser.add_argument(
+        "--plan-limit",
+        type=_per_minute,
+        default=None,
+        metavar="N",
+        help="emulate a plan of N server requests a minute",
+    )
     return parser
 
 
@@ -30,22 +40,13 @@ async def _serve(args: argparse.Namespace) -> None:
         SandboxCredentials(allowed_origins=origins),
         fixtures=args.fixtures,
         emulate_client_rate_limit=args.rate_limit,
+        plan_limit=args.plan_limit,
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    print(f"sandbox listening on {http_url(host, port)}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    async with Serving() as serving:
+        runner = await serving.listen(app, host=args.host, port=args.port)
+        host, port = runner.addresses[0][:2]
+        serving.announce(f"sandbox listening on {http_url(host, port)}")
+        await serving.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

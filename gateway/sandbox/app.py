@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
 from aiohttp import web
 
 from gateway.sandbox.errors import Json, SandboxError
-from gateway.sandbox.ratelimit import MovingWindowLimiter
-from gateway.sandbox.routes import SANDBOX_STORE, Handler, add_routes
+from gateway.sandbox.loading import DEFAULT_FIXTURES, read_fixtures
+from gateway.sandbox.ratelimit import MovingWindowLimiter, PlanLimit
+from gateway.sandbox.routes import REQUEST_ID, SANDBOX_STORE, Handler, add_routes
 from gateway.sandbox.store import Store
 
-DEFAULT_FIXTURES = Path(__file__).with_name("fixtures.yaml")
+__all__ = ["DEFAULT_FIXTURES", "SandboxCredentials", "create_sandbox_app", "load_store"]
 TOO_MANY_REQUESTS: Json = {"code": 429, "message": "Too many requests hit the API too quickly."}
 CORS_ALLOW_HEADERS = (
     "Content-Type, X-Client-Application-Id, X-Client-Token, X-Voucherify-Channel, "
@@ -48,13 +48,11 @@ class RecordedRequest:
 SANDBOX_RECORDS: web.AppKey[list[RecordedRequest]] = web.AppKey("sandbox_records", list)
 SANDBOX_CREDENTIALS: web.AppKey[SandboxCredentials] = web.AppKey("sandbox_credentials", SandboxCredentials)
 SANDBOX_LIMITER: web.AppKey[MovingWindowLimiter | None] = web.AppKey("sandbox_limiter")
+SANDBOX_PLAN_LIMIT: web.AppKey[PlanLimit | None] = web.AppKey("sandbox_plan_limit")
 
 
 def load_store(fixtures: Path | None = None) -> Store:
-    data = yaml.safe_load((fixtures or DEFAULT_FIXTURES).read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{fixtures}: the fixtures file must hold a mapping")
-    return Store.from_mapping(data)
+    return Store.from_mapping(read_fixtures(fixtures))
 
 
 def create_sandbox_app(
@@ -62,12 +60,21 @@ def create_sandbox_app(
     *,
     fixtures: Path | None = None,
     emulate_client_rate_limit: bool = False,
+    plan_limit: int | None = None,
 ) -> web.Application:
-    """An offline Voucherify: ``/client/v1/…`` with client keys and Origin, ``/v1/…`` with server keys."""
+    """An offline Voucherify: ``/client/v1/…`` with client keys and Origin, ``/v1/…`` with server keys.
+
+    ``emulate_client_rate_limit``: Voucherify's 5 client-side requests per 5 seconds per IP (429 before
+    anything else is checked). ``plan_limit``: the server-side API's per-project plan limit of that many
+    authenticated requests a minute, answered with Voucherify's ``X-Rate-Limit-*`` headers (429 past it).
+    """
+    if plan_limit is not None and plan_limit < 1:
+        raise ValueError("plan_limit must be at least 1 request a minute")
     app = web.Application(middlewares=[_sandbox_middleware])
     app[SANDBOX_RECORDS] = []
     app[SANDBOX_CREDENTIALS] = credentials
     app[SANDBOX_LIMITER] = MovingWindowLimiter(5, 5.0) if emulate_client_rate_limit else None
+    app[SANDBOX_PLAN_LIMIT] = PlanLimit(plan_limit) if plan_limit is not None else None
     app[SANDBOX_STORE] = load_store(fixtures)
     add_routes(app)
     return app
@@ -193,7 +200,26 @@ async def _answer(
     if match_exception is not None:
         raise match_exception
     _authenticate(request, api)
+    plan = request.app[SANDBOX_PLAN_LIMIT]
+    if api == "server" and plan is not None:
+        return await _within_plan(request, handler, plan)
     return await handler(request)
+
+
+async def _within_plan(request: web.Request, handler: Handler, plan: PlanLimit) -> web.StreamResponse:
+    """The project's plan: every authenticated server-side call counts; past the limit, 429. The usage
+    headers go on every answer, errors included, as Voucherify's do."""
+    usage = plan.hit()
+    if usage.allowed:
+        try:
+            response = await handler(request)
+        except SandboxError as exc:
+            response = web.json_response(exc.body(request[REQUEST_ID]), status=exc.status)
+    else:
+        response = web.json_response(TOO_MANY_REQUESTS, status=429)
+        response.headers["Retry-After"] = str(usage.retry_after)
+    response.headers.update(usage.headers())
+    return response
 
 
 def _lower_headers(request: web.Request) -> dict[str, str]:
@@ -207,6 +233,7 @@ def _lower_headers(request: web.Request) -> dict[str, str]:
 @web.middleware
 async def _sandbox_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = "v-" + secrets.token_hex(9)
+    request[REQUEST_ID] = request_id
     raw_path, _, raw_query = request.raw_path.partition("?")
     api: Literal["client", "server"] = "client" if raw_path.startswith("/client/") else "server"
     try:

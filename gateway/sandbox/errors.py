@@ -8,7 +8,9 @@ Json = dict[str, Any]
 
 
 class SandboxError(Exception):
-    """An API error in Voucherify's shape: ``{"code", "key", "message", "details", "request_id"}``."""
+    """An API error in Voucherify's shape: ``{"code", "key", "message", "details", "request_id"}``, then
+    ``resource_id`` / ``resource_type`` when set, then ``extra`` (a refused stackable redemption's
+    ``redeemables``)."""
 
     def __init__(
         self,
@@ -19,6 +21,7 @@ class SandboxError(Exception):
         *,
         resource_id: str | None = None,
         resource_type: str | None = None,
+        extra: Json | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -27,6 +30,7 @@ class SandboxError(Exception):
         self.details = details
         self.resource_id = resource_id
         self.resource_type = resource_type
+        self.extra = extra or {}
 
     def body(self, request_id: str = "") -> Json:
         body: Json = {
@@ -40,19 +44,8 @@ class SandboxError(Exception):
             body["resource_id"] = self.resource_id
         if self.resource_type is not None:
             body["resource_type"] = self.resource_type
-        return body
+        return {**body, **self.extra}
 
 
 def invalid_payload(details: str) -> SandboxError:
     return SandboxError(400, "invalid_payload", "Invalid payload", details)
-
-
-def not_found(resource_type: str, resource_id: str) -> SandboxError:
-    return SandboxError(
-        404,
-        "not_found",
-        "Resource not found",
-        f"Cannot find {resource_type} with id {resource_id}",
-        resource_id=resource_id,
-        resource_type=resource_type,
-    )

@@ -16,10 +16,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Api = Literal["client", "server"]
 
 SANDBOX_STORE: web.AppKey[Store] = web.AppKey("sandbox_store", Store)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("sandbox_request_id", str)  # set by the app's middleware
 
 
 def _store(request: web.Request) -> Store:
     return request.app[SANDBOX_STORE]
+
+
+def _request_id(request: web.Request) -> str:
+    """The answer's ``X-Request-Id``, which errors inside a 200 answer carry too."""
+    return request[REQUEST_ID]
 
 
 async def _body(request: web.Request) -> Json:
@@ -66,13 +72,15 @@ async def validate_legacy(request: web.Request) -> web.Response:
     code = query.get("code")
     if not isinstance(code, str) or not code:
         raise SandboxError(400, "invalid_query_params", "Invalid query params", "code is required")
-    return web.json_response(_store(request).validate_voucher(code, validation_body(query)))
+    answer = _store(request).validate_voucher(code, validation_body(query), request_id=_request_id(request))
+    return web.json_response(answer)
 
 
 async def validate_voucher(request: web.Request) -> web.Response:
     """POST /v1/vouchers/{code}/validate"""
     body = await _body(request)
-    return web.json_response(_store(request).validate_voucher(request.match_info["code"], body))
+    code = request.match_info["code"]
+    return web.json_response(_store(request).validate_voucher(code, body, request_id=_request_id(request)))
 
 
 async def validate_promotions_legacy(request: web.Request) -> web.Response:
@@ -88,7 +96,7 @@ async def validate_promotions(request: web.Request) -> web.Response:
 
 async def validate_stackable(request: web.Request) -> web.Response:
     body = await _body(request)
-    return web.json_response(_store(request).validate_stackable(body))
+    return web.json_response(_store(request).validate_stackable(body, request_id=_request_id(request)))
 
 
 # -------------------------------------------------------------- redemption
@@ -96,7 +104,7 @@ async def validate_stackable(request: web.Request) -> web.Response:
 
 async def redeem_stackable(request: web.Request) -> web.Response:
     body = await _body(request)
-    return web.json_response(_store(request).redeem_stackable(body))
+    return web.json_response(_store(request).redeem_stackable(body, request_id=_request_id(request)))
 
 
 async def redeem_legacy(request: web.Request) -> web.Response:

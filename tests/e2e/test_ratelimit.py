@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 
 from gateway.errors import TOO_MANY_REQUESTS_MESSAGE
-from gateway.models import Bucket
-from gateway.ratelimit import STRATEGIES, LimiterPool, StoreUnavailable, open_storage
+from gateway.models import Bucket, Strategy
+from gateway.ratelimit import LimiterPool, StoreUnavailable, open_storage
 from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
 from tests.support.constants import H
 
-STRATEGY_NAMES = sorted(STRATEGIES)
+STRATEGY_NAMES = sorted(s.value for s in Strategy)  # plain strings: they go into policy files
 RATE_LIMIT = re.compile(r'^"per_ip";r=(\d+);t=(\d+)$')
 
 
@@ -37,10 +37,10 @@ def test_open_storage_refuses_a_scheme_the_policy_would_not_accept():
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 async def test_exactly_k_of_a_concurrent_burst_pass(strategy):
     pool = LimiterPool()
-    limiter = pool.get("memory://", strategy)
+    limiter = pool.limiter("memory://", strategy, 5)
     # a day: fixed windows start on the clock, and a burst across a window's edge would pass twice
     bucket = Bucket.parse("per_ip", "7 per day", "shop/per_ip")
-    results = await asyncio.gather(*(limiter.hit(bucket, "203.0.113.7", 5) for _ in range(300)))
+    results = await asyncio.gather(*(limiter.hit(bucket, "203.0.113.7") for _ in range(300)))
     assert sum(r.allowed for r in results) == 7
     refused = [r for r in results if not r.allowed]
     assert all(r.headers["RateLimit-Policy"] == '"per_ip";q=7;w=86400' for r in results)
@@ -52,19 +52,19 @@ async def test_exactly_k_of_a_concurrent_burst_pass(strategy):
             and reset <= result.retry_after <= 86400
         )
     # another client and another bucket namespace are untouched
-    assert (await limiter.hit(bucket, "203.0.113.8", 5)).allowed
+    assert (await limiter.hit(bucket, "203.0.113.8")).allowed
     other_project = Bucket.parse("per_ip", "7 per day", "other/per_ip")
-    assert (await limiter.hit(other_project, "203.0.113.7", 5)).allowed
+    assert (await limiter.hit(other_project, "203.0.113.7")).allowed
     await pool.close()
 
 
 async def test_remaining_counts_down():
     pool = LimiterPool()
-    limiter = pool.get("memory://", "moving-window")
+    limiter = pool.limiter("memory://", Strategy.MOVING_WINDOW, 5)
     bucket = Bucket.parse("per_ip", "3 per 10 seconds", "shop/per_ip")
     seen = []
     for _ in range(4):
-        result = await limiter.hit(bucket, "k", 5)
+        result = await limiter.hit(bucket, "k")
         seen.append((result.allowed, result.headers["RateLimit"]))
     assert seen == [
         (True, '"per_ip";r=2;t=10'),
@@ -77,16 +77,18 @@ async def test_remaining_counts_down():
 
 def test_the_pool_shares_storages_across_reloads():
     pool = LimiterPool()
-    assert pool.get("memory://", "moving-window") is pool.get("memory://", "moving-window")
-    assert pool.get("memory://", "fixed-window").storage is pool.get("memory://", "moving-window").storage
+    moving = pool.limiter("memory://", Strategy.MOVING_WINDOW, 0.5)
+    assert moving is pool.limiter("memory://", Strategy.MOVING_WINDOW, 0.5)
+    assert pool.limiter("memory://", Strategy.FIXED_WINDOW, 2.0).store is moving.store
+    assert pool.store("memory://", 1.0) is moving.store
 
 
 async def test_an_unreachable_store_is_reported():
     pool = LimiterPool()
-    limiter = pool.get(f"redis://127.0.0.1:{free_port()}/0", "moving-window")
+    limiter = pool.limiter(f"redis://127.0.0.1:{free_port()}/0", Strategy.MOVING_WINDOW, 2)
     with pytest.raises(StoreUnavailable):
-        await limiter.hit(Bucket.parse("per_ip", "5/second", "ns"), "k", 2)
-    assert list((await pool.check()).values()) == [False]
+        await limiter.hit(Bucket.parse("per_ip", "5/second", "ns"), "k")
+    assert not await limiter.store.ready()
     await pool.close()
 
 

@@ -14,13 +14,13 @@ from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisS
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.models import Bucket
+from gateway.models import Bucket, Strategy
 from gateway.ratelimit import LimiterPool, StoreUnavailable, open_storage
 from tests.conftest import base_policy
 from tests.support.constants import H
 from tests.support.processes import GatewayProcessFactory, RedisServer
 
-STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
+STRATEGIES = [s.value for s in Strategy]  # plain strings: they go into policy files
 VALIDATE = "/client/v1/validate?code=SAVE10"
 
 
@@ -59,15 +59,15 @@ def test_storage_clients_are_configured() -> None:
 
 async def test_start_loads_scripts_and_close_releases_pool(redis: RedisServer) -> None:
     pool = LimiterPool()
-    limiter = pool.get(redis.url, "moving-window", 0.5)
+    limiter = pool.limiter(redis.url, Strategy.MOVING_WINDOW, 0.5)
     await pool.start()
-    client = limiter.storage.bridge.storage
-    assert await client.script_exists(limiter.storage.bridge.lua_acquire_moving_window.sha) == [True]
+    client = limiter.store.storage.bridge.storage
+    assert await client.script_exists(limiter.store.storage.bridge.lua_acquire_moving_window.sha) == [True]
     bucket = Bucket.parse("per_ip", "2 per hour", "p/per_ip")
-    results = [await limiter.hit(bucket, "203.0.113.9", 0.5) for _ in range(3)]
+    results = [await limiter.hit(bucket, "203.0.113.9") for _ in range(3)]
     assert [r.allowed for r in results] == [True, True, False]
     await pool.close()
-    assert limiter.storage.bridge.storage.connection_pool._in_use_connections == set()
+    assert limiter.store.storage.bridge.storage.connection_pool._in_use_connections == set()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -172,11 +172,12 @@ async def test_redis_killed_restarted_and_frozen(
 
 async def test_burst_larger_than_the_pool_waits_instead_of_failing(redis: RedisServer) -> None:
     pool = LimiterPool()
-    limiter = pool.get(redis.url, "moving-window", 2.0)
+    pool.store(redis.url, 2.0)  # the pool waits up to 2 s for a connection
+    limiter = pool.limiter(redis.url, Strategy.MOVING_WINDOW, 5.0)
     await pool.start()
     bucket = Bucket.parse("per_ip", "50 per hour", "b/per_ip")
     try:
-        results = await asyncio.gather(*(limiter.hit(bucket, "198.51.100.7", 5.0) for _ in range(400)))
+        results = await asyncio.gather(*(limiter.hit(bucket, "198.51.100.7") for _ in range(400)))
     except StoreUnavailable as exc:  # MaxConnectionsError would surface here
         pytest.fail(f"burst failed instead of waiting for a connection: {exc}")
     finally:

@@ -7,7 +7,7 @@ import json
 
 from multidict import CIMultiDict
 
-from gateway.upstream import request_headers, response_headers
+from gateway.headers import request_headers, response_headers
 from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
 from tests.support.constants import JSON_H, H
 from tests.support.upstream_double import GarbageServer, Reply

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.lint import workers_warning
 from gateway.policy import parse_policy
-from gateway.workers import memory_warning
 from tests.conftest import base_policy, free_port
 from tests.support.constants import H
 from tests.support.processes import GatewayProcess, GatewayProcessFactory
@@ -80,14 +80,28 @@ async def test_two_workers_serve_replace_reload_and_stop(
     assert not any(_alive(pid) for pid in gw.worker_pids())
 
 
+async def test_workers_drain_and_exit_when_the_supervisor_dies(
+    upstream: Any, gateway_process: GatewayProcessFactory
+) -> None:
+    """A SIGKILLed parent forwards nothing: each worker notices it has been orphaned and drains itself."""
+    gw = await gateway_process(base_policy(upstream.url), workers=2)
+    workers = gw.worker_pids()
+    assert gw.proc is not None
+    gw.proc.kill()
+    gw.proc.wait(10)
+    await gw.wait_for("drained, exiting", count=2)  # their stderr is the test's: they still log
+    drained = {json.loads(line)["worker"] for line in gw.lines("drained, exiting")}
+    assert drained == workers
+
+
 def test_memory_warning_only_for_several_workers_on_memory() -> None:
     tree = base_policy("http://127.0.0.1:9")
     policy = parse_policy(json.dumps(tree), env={})
-    assert memory_warning(policy, 1) is None
-    warning = memory_warning(policy, 4) or ""
+    assert workers_warning(policy, 1) is None
+    warning = workers_warning(policy, 4) or ""
     assert "limits are per process" in warning and "4 workers" in warning
     tree["rate_limit"]["storage"] = "redis://127.0.0.1:6379/0"
-    assert memory_warning(parse_policy(json.dumps(tree), env={}), 4) is None
+    assert workers_warning(parse_policy(json.dumps(tree), env={}), 4) is None
 
 
 def test_workers_argument_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -35,3 +39,40 @@ async def make_client(aiohttp_client: Any) -> MakeClient:
 @pytest.fixture
 async def client(make_client: MakeClient) -> Client:
     return await make_client()
+
+
+@asynccontextmanager
+async def standalone_sandbox(*args: str) -> AsyncIterator[int]:
+    """``python -m gateway.sandbox --port 0 ARGS``: yields its port once it says where it listens, and
+    checks that it exits cleanly on SIGTERM."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        match = re.fullmatch(r"sandbox listening on http://127\.0\.0\.1:(\d+)\n", line)
+        assert match, line
+        yield int(match.group(1))
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+async def raw_request(port: int, request: bytes) -> bytes:
+    """Send bytes as they are on a fresh connection and read the whole answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return answer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from pathlib import Path
 
@@ -12,7 +11,14 @@ import pytest
 from gateway.sandbox import SANDBOX_RECORDS, RecordedRequest, SandboxCredentials
 from gateway.sandbox.querystring import parse_nested_query, validation_body
 from gateway.sandbox.ratelimit import MovingWindowLimiter
-from tests.sandbox.conftest import CLIENT_HEADERS, SERVER_HEADERS, Client, MakeClient
+from tests.sandbox.conftest import (
+    CLIENT_HEADERS,
+    SERVER_HEADERS,
+    Client,
+    MakeClient,
+    raw_request,
+    standalone_sandbox,
+)
 
 TOO_MANY = {"code": 429, "message": "Too many requests hit the API too quickly."}
 
@@ -136,27 +142,8 @@ async def test_custom_credentials(make_client: MakeClient) -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="signals")
 async def test_standalone_runner_prints_its_address() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.sandbox",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
-        match = re.fullmatch(r"sandbox listening on http://127\.0\.0\.1:(\d+)\n", line)
-        assert match, line
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(match.group(1)))
-        writer.write(b"GET /client/v1/consents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        status_line = await reader.readline()
-        writer.close()
-        assert status_line.startswith(b"HTTP/1.1 401")
-    finally:
-        process.terminate()
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+    async with standalone_sandbox() as port:
+        answer = await raw_request(
+            port, b"GET /client/v1/consents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 401")

@@ -121,3 +121,65 @@ async def test_concurrent_stackable_redemptions(client: Client) -> None:
         *(client.post("/client/v1/redemptions", json=body, headers=CLIENT_HEADERS) for _ in range(10))
     )
     assert sorted(r.status for r in responses) == [200] + [400] * 9
+
+
+QUANTITY_EXCEEDED = {
+    "code": 400,
+    "key": "quantity_exceeded",
+    "message": "quantity exceeded",
+    "details": "ONEUSE has been redeemed the maximum number of times (1)",
+    "resource_id": "ONEUSE",
+    "resource_type": "voucher",
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [("/client/v1/redeem?code=ONEUSE", CLIENT_HEADERS), ("/v1/vouchers/ONEUSE/redemption", SERVER_HEADERS)],
+    ids=["client", "server"],
+)
+async def test_one_use_is_spent_once_and_refused_in_voucherify_shape(
+    client: Client, path: str, headers: dict[str, str]
+) -> None:
+    first = await client.post(path, json={"order": {"amount": 5000}}, headers=headers)
+    assert first.status == 200
+    second = await client.post(path, json={"order": {"amount": 5000}}, headers=headers)
+    assert second.status == 400
+    assert await second.json() == {**QUANTITY_EXCEEDED, "request_id": second.headers["X-Request-Id"]}
+    assert client.app is not None
+    store = client.app[SANDBOX_STORE]
+    assert [r["related_object_id"] for r in store.redemptions] == [
+        "v_sandbox_oneuse"
+    ]  # the refusal left none
+    listing = await (await client.get("/v1/vouchers", headers=SERVER_HEADERS)).json()
+    oneuse = next(v for v in listing["vouchers"] if v["code"] == "ONEUSE")
+    assert oneuse["redemption"]["redeemed_quantity"] == 1
+
+
+async def test_twenty_mixed_concurrent_redemptions_spend_one_use(client: Client) -> None:
+    """Legacy and stackable redemptions, client and server side, 20 at once: exactly one wins."""
+    stackable = {"order": {"amount": 5000}, "redeemables": [{"object": "voucher", "id": "ONEUSE"}]}
+    calls = [
+        ("/client/v1/redeem?code=ONEUSE", CLIENT_HEADERS, {"order": {"amount": 5000}}),
+        ("/v1/vouchers/ONEUSE/redemption", SERVER_HEADERS, {"order": {"amount": 5000}}),
+        ("/client/v1/redemptions", CLIENT_HEADERS, stackable),
+        ("/v1/redemptions", SERVER_HEADERS, stackable),
+    ]
+
+    async def redeem(i: int) -> tuple[int, dict[str, object], str]:
+        path, headers, body = calls[i % len(calls)]
+        response = await client.post(path, json=body, headers=headers)
+        return response.status, await response.json(), response.headers["X-Request-Id"]
+
+    results = await asyncio.gather(*(redeem(i) for i in range(20)))
+    assert sorted(status for status, _, _ in results) == [200] + [400] * 19
+    for status, body, request_id in results:
+        if status == 400:
+            assert {k: body[k] for k in (*QUANTITY_EXCEEDED, "request_id")} == {
+                **QUANTITY_EXCEEDED,
+                "request_id": request_id,
+            }
+    assert client.app is not None
+    store = client.app[SANDBOX_STORE]
+    assert store.vouchers["ONEUSE"].redeemed_quantity == 1
+    assert sum(1 for r in store.redemptions if r.get("related_object_id") == "v_sandbox_oneuse") == 1

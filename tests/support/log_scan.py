@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.observe import JsonFormatter
+from gateway.observe.logs import JsonFormatter
 
 # Fragments every test secret of the suite carries; header values sent by "browsers" included.
 SECRET_MARKERS = ("secret-token", "sk_live_", "body-secret", "secret-key", "client-secret")

@@ -16,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.admin import create_admin_app, gateway_readiness
 from gateway.app import STATE, GatewayState, create_app
-from gateway.metrics import MetricsObserver
+from gateway.observe.access import AccessLog
+from gateway.observe.accounting import Accounting
+from gateway.observe.metrics import Metrics
 from tests.conftest import make_policy
 
 
@@ -34,7 +36,7 @@ def assert_no_secrets(lines: Iterable[str], secrets: Iterable[str]) -> None:
 
 
 class OpsGateway:
-    """The gateway app with a `MetricsObserver`, and its admin app, each on a real port."""
+    """The gateway app accounting to its access log and metrics, and its admin app, each on a real port."""
 
     def __init__(
         self,
@@ -73,9 +75,10 @@ async def ops_gateway() -> AsyncIterator[Any]:
 
     async def start(tree: dict[str, Any]) -> OpsGateway:
         policy = make_policy(tree)
-        observer = MetricsObserver()
-        app = create_app(policy, observer)
-        admin_app = create_admin_app(observer.registry, gateway_readiness(app[STATE]))
+        metrics = Metrics()
+        accounting = Accounting([AccessLog(), metrics])
+        app = create_app(policy, accounting)
+        admin_app = create_admin_app(metrics.registry, gateway_readiness(app[STATE]), accounting)
         public = TestClient(TestServer(app, host="127.0.0.1"))
         admin = TestClient(TestServer(admin_app, host="127.0.0.1"))
         for client in (public, admin):

@@ -251,8 +251,8 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        args = [
+    def command(self) -> list[str]:
+        return [
             self.binary,
             "--port",
             str(self.port),
@@ -264,7 +264,9 @@ class RedisServer:
             "no",
             *self.options,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -308,6 +310,34 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
+@contextlib.contextmanager
+def running_cluster_node(directory: Path) -> Iterator[RedisServer]:
+    """A one-node Redis Cluster that holds every slot (it still refuses CROSSSLOT commands and scripts)."""
+    from redis import Redis as SyncRedis
+
+    bus = str(free_port())  # by default the port + 10000, which may be taken or beyond 65535
+    conf = str(directory / f"nodes-{bus}.conf")
+    node = RedisServer("--cluster-enabled", "yes", "--cluster-port", bus, "--cluster-config-file", conf)
+    try:
+        node.start()
+        admin: Any = SyncRedis(port=node.port)  # execute_command is untyped
+        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + WAIT
+        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # takes a second or two
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.1)
+        admin.close()
+        yield node
+    finally:
+        node.kill()
+
+
+@pytest.fixture
+def cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_cluster_node(tmp_path) as node:
+        yield node
+
+
 @pytest.fixture
 async def redis_storage(redis: RedisServer) -> AsyncIterator[Any]:
     """The gateway's limit storage on `redis`, emptied and closed afterwards."""
@@ -316,3 +346,216 @@ async def redis_storage(redis: RedisServer) -> AsyncIterator[Any]:
     with contextlib.suppress(Exception):  # the test may have killed Redis
         await store.reset()
     await close_storage(store)
+
+
+# ------------------------------------------------------------------------------- redis cluster, sentinel
+
+
+def redis_call(port: int, *command: str) -> Any:
+    """One command to the redis-server (or sentinel) on `port`, synchronously, with redis-py."""
+    import redis as redis_py
+
+    client = redis_py.Redis(port=port, socket_timeout=5, decode_responses=True)
+    try:
+        return client.execute_command(*command)
+    finally:
+        client.close()
+
+
+def redis_info(port: int, section: str = "replication") -> dict[str, Any]:
+    import redis as redis_py
+
+    client = redis_py.Redis(port=port, socket_timeout=5, decode_responses=True)
+    try:
+        return dict(client.info(section))
+    finally:
+        client.close()
+
+
+def _until(condition: Callable[[], bool], what: str, bound: float = WAIT) -> None:
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # not up yet: refused, loading, not formed
+            if condition():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what}: not after {bound}s")
+
+
+class RedisCluster:
+    """A real Redis Cluster of `masters` masters (no replicas) on free ports, slots split evenly."""
+
+    SLOTS = 16384
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.nodes: list[RedisServer] = []
+        self.buses: list[str] = []
+        for _ in range(masters):
+            # the bus port defaults to port + 10000, past 65535 for a free port above 55535: name one
+            bus = str(free_port())
+            node = RedisServer(
+                "--cluster-enabled", "yes", "--cluster-node-timeout", "5000", "--dir", str(directory),
+                "--cluster-port", bus,
+            )  # fmt: skip
+            config = directory / f"nodes-{node.port}.conf"  # the cluster's own state file, one per node
+            node.options = (*node.options, "--cluster-config-file", str(config))
+            self.nodes.append(node)
+            self.buses.append(bus)
+
+    @property
+    def url(self) -> str:
+        """The `redis+cluster://` URL naming every master, as a policy's `rate_limit.storage`."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        share = self.SLOTS // len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            last = self.SLOTS - 1 if i == len(self.nodes) - 1 else (i + 1) * share - 1
+            redis_call(node.port, "CLUSTER", "ADDSLOTSRANGE", str(i * share), str(last))
+        for node in self.nodes[1:]:
+            redis_call(node.port, "CLUSTER", "MEET", "127.0.0.1", str(self.nodes[0].port), self.buses[0])
+
+        def formed() -> bool:
+            return all(
+                "cluster_state:ok" in redis_call(node.port, "CLUSTER", "INFO")
+                and len(redis_call(node.port, "CLUSTER", "NODES").strip().splitlines()) == len(self.nodes)
+                for node in self.nodes
+            )
+
+        _until(formed, "the cluster did not form")
+
+    def flush(self) -> None:
+        """Empty every master: a test sharing the cluster starts with no counts."""
+        for node in self.nodes:
+            redis_call(node.port, "FLUSHALL")
+
+    def keys_per_node(self) -> list[int]:
+        return [int(redis_call(node.port, "DBSIZE")) for node in self.nodes]
+
+    def kill(self) -> None:
+        with contextlib.ExitStack() as stack:
+            for node in self.nodes:
+                stack.callback(node.kill)
+
+
+@contextlib.contextmanager
+def running_redis_cluster(directory: Path, masters: int = 3) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(directory, masters)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One 3-master cluster for the whole run (forming one takes a second or two); use `redis_cluster`."""
+    with running_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> RedisCluster:
+    """The shared cluster, emptied for this test; `redis_cluster.url` is its `redis+cluster://` URL."""
+    redis_cluster_session.flush()
+    return redis_cluster_session
+
+
+class SentinelServer(RedisServer):
+    """`redis-server CONF --sentinel` watching `master_port` as `service`, with quick failure detection."""
+
+    def __init__(self, directory: Path, service: str, master_port: int, quorum: int) -> None:
+        super().__init__()
+        self.config = directory / f"sentinel-{self.port}.conf"  # sentinel rewrites it: one per sentinel
+        self.config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"sentinel monitor {service} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 1\n",
+            encoding="utf-8",
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, str(self.config), "--sentinel"]
+
+
+class SentinelGroup:
+    """A master, one replica of it and three sentinels, all real, on free ports."""
+
+    SERVICE = "mymaster"
+
+    def __init__(self, directory: Path) -> None:
+        where = ("--dir", str(directory))  # a replica keeps the RDB it synced from: not in the checkout
+        self.master = RedisServer(*where)
+        self.replica = RedisServer(*where, "--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinels = [SentinelServer(directory, self.SERVICE, self.master.port, 2) for _ in range(3)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}"
+
+    def master_port(self, sentinel: int = 0) -> int:
+        """The master's port as one sentinel sees it now."""
+        _, port = redis_call(
+            self.sentinels[sentinel].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE
+        )
+        return int(port)
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+
+        def synced() -> bool:
+            return redis_info(self.replica.port)["master_link_status"] == "up"
+
+        _until(synced, "the replica did not sync")
+        for sentinel in self.sentinels:
+            sentinel.start()
+
+        def watching() -> bool:  # every sentinel knows the replica and the other two sentinels
+            for sentinel in self.sentinels:
+                master = redis_call(sentinel.port, "SENTINEL", "MASTER", self.SERVICE)
+                if int(master["num-slaves"]) < 1 or int(master["num-other-sentinels"]) < 2:
+                    return False
+            return True
+
+        _until(watching, "the sentinels did not find each other")
+
+    def kill_master(self) -> int:
+        """SIGKILL the master; the port it had."""
+        port = self.master.port
+        self.master.kill()
+        return port
+
+    def wait_failover(self) -> None:
+        """Until every sentinel names the replica as the master, and it accepts writes."""
+
+        def promoted() -> bool:
+            sentinels = range(len(self.sentinels))
+            moved = all(self.master_port(i) == self.replica.port for i in sentinels)
+            return moved and redis_info(self.replica.port)["role"] == "master"
+
+        _until(promoted, "no failover")
+
+    def kill(self) -> None:
+        with contextlib.ExitStack() as stack:
+            for server in (*self.sentinels, self.replica, self.master):
+                stack.callback(server.kill)
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A fresh sentinel group per test (tests kill its master); `redis_sentinel.url` for the policy."""
+    group = SentinelGroup(tmp_path)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.kill()

@@ -10,6 +10,7 @@ from multidict import CIMultiDict
 
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Admit, Preflight, Refuse, check_body, decide, split_target
+from gateway.errors import Refused
 from tests.conftest import ORIGIN, base_policy, make_policy
 
 JSON_TYPE = ("Content-Type", "application/json")
@@ -315,14 +316,32 @@ def admitted(target: str, policy: CompiledPolicy = POLICY) -> Admit:
     ],
 )
 def test_bodies_that_are_not_a_json_object(body):
-    refusal = check_body(admitted("/client/v1/validations"), body)
+    refusal = body_refusal(admitted("/client/v1/validations"), body)
     assert refusal is not None
     assert refusal.error.key.value == "invalid_payload"
 
 
+def body_refusal(admit: Admit, body: bytes) -> Refuse | None:
+    """What check_body refuses, as the handler answers it; None when it passes."""
+    try:
+        check_body(admit, body)
+    except Refused as refused:
+        return admit.refuse(refused.error)
+    return None
+
+
 @pytest.mark.parametrize("body", [b"{}", b'{"redeemables": [{"object": "voucher", "id": "SAVE10"}]}', b""])
 def test_bodies_accepted(body):
-    assert check_body(admitted("/client/v1/validations"), body) is None
+    assert body_refusal(admitted("/client/v1/validations"), body) is None
+
+
+def test_the_body_is_parsed_once_and_handed_on():
+    admit = admitted("/client/v1/validations")
+    assert check_body(admit, b'{"redeemables": [{"id": "A"}], "n": 1.5}') == {
+        "redeemables": [{"id": "A"}],
+        "n": 1.5,
+    }
+    assert check_body(admit, b"") is None
 
 
 @pytest.mark.parametrize(
@@ -340,13 +359,13 @@ def test_bodies_accepted(body):
 )
 def test_track_event_body_danger(body, needs_option):
     raw = json.dumps(body).encode()
-    refusal = check_body(admitted("/client/v1/events"), raw)
+    refusal = body_refusal(admitted("/client/v1/events"), raw)
     if needs_option:
         assert refusal is not None and refusal.error.key.value == "danger_zone_disabled"
         assert "create_loyalty_referral_events" in refusal.error.details
     else:
         assert refusal is None
-    assert check_body(admitted("/client/v1/events", OPEN), raw) is None
+    assert body_refusal(admitted("/client/v1/events", OPEN), raw) is None
 
 
 @pytest.mark.parametrize(
@@ -360,7 +379,7 @@ def test_track_event_body_danger(body, needs_option):
     ],
 )
 def test_track_event_bypass_attempts(raw):
-    refusal = check_body(admitted("/client/v1/events"), raw)
+    refusal = body_refusal(admitted("/client/v1/events"), raw)
     assert refusal is not None, raw
 
 
@@ -388,7 +407,7 @@ def test_early_refusals_carry_cors_only_for_an_allowed_origin():
 def test_bodies_with_a_proto_key_are_refused(target, body):
     # JSON.parse keeps "__proto__" as an own key, but any Object.assign or `obj[key] = value` copy on
     # Voucherify's side turns it into the prototype: `body.loyalty` would then be there, unseen by our check.
-    refusal = check_body(admitted(target), body)
+    refusal = body_refusal(admitted(target), body)
     assert refusal is not None and refusal.error.key.value == "invalid_payload"
 
 
@@ -398,13 +417,13 @@ def test_bodies_with_a_proto_key_are_refused(target, body):
 )
 def test_numbers_beyond_a_double_are_refused(body):
     # Voucherify's JSON.parse reads them as Infinity, which no JSON text can carry on.
-    refusal = check_body(admitted("/client/v1/validations"), body)
+    refusal = body_refusal(admitted("/client/v1/validations"), body)
     assert refusal is not None and refusal.error.key.value == "invalid_payload"
 
 
 @pytest.mark.parametrize("body", [b'{"n": 1e308}', b'{"n": -1' + b"0" * 300 + b"}", b'{"n": 1e-400}'])
 def test_large_numbers_within_a_double_are_accepted(body):
-    assert check_body(admitted("/client/v1/validations"), body) is None
+    assert body_refusal(admitted("/client/v1/validations"), body) is None
 
 
 @pytest.mark.parametrize(

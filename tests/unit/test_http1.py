@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import inspect
 import logging
@@ -14,18 +15,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from multidict import CIMultiDict
 
+from gateway import http1
+from gateway.errors import Refused
 from gateway.http1 import (
     ConnectFailed,
     ConnectionLost,
     Http1Client,
+    PoolFull,
     ProtocolError,
     ResponseTooLarge,
-    Timeouts,
     UnsafeRequest,
     UpstreamTimeout,
 )
-from gateway.models import UpstreamCall
-from gateway.upstream import UpstreamPool
+from gateway.models import Timeouts, UpstreamCall
+from gateway.upstream import Http1Transport
 from tests.conftest import free_port
 
 T = Timeouts(1, 2)
@@ -456,6 +459,103 @@ async def test_oversized_answers_fail(servers):
         await http.close()
 
 
+async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers):
+    async def declared(reader, writer, index):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")  # and no body, ever
+        await writer.drain()
+        await asyncio.sleep(10)
+        return False
+
+    http = Http1Client(10, max_body=1000)
+    try:
+        server = await servers(declared)
+        # refused as the headers arrive: not after a read timeout spent waiting for the gigabyte
+        with pytest.raises(ResponseTooLarge):
+            await http.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 30))
+        assert http.buffered == 0
+    finally:
+        await http.close()
+
+
+async def test_a_declared_length_on_head_and_304_is_not_a_body(servers, client):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n"
+    server = await servers(
+        answering(head, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1073741824\r\n\r\n")
+    )
+    assert (await get(client, server, method="HEAD")).status == 200
+    assert (await get(client, server)).status == 304
+
+
+async def test_a_failed_answer_is_freed_without_the_cyclic_collector(servers):
+    """The server makes full collections rare, so nothing of a failed answer may wait for one."""
+
+    async def too_big(reader, writer, index):
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 5000)
+        await writer.drain()
+        return False
+
+    def connections() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, http1._Connection))
+
+    http = Http1Client(10, max_body=1000)
+    server = await servers(too_big)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            with pytest.raises(ResponseTooLarge):
+                await get(http, server)
+        with pytest.raises(ConnectFailed):
+            await http.request(f"http://127.0.0.1:{free_port()}", "GET", "/", (), b"", T)
+        for _ in range(3):
+            await asyncio.sleep(0)  # connection_lost
+        assert http.open_connections == 0
+        assert connections() == 0  # none left in a cycle (gc.get_objects lists uncollected garbage too)
+        assert http.buffered == 0
+    finally:
+        gc.enable()
+        await http.close()
+
+
+async def test_the_bodies_of_all_answers_in_flight_are_bounded_together(servers):
+    first_half = asyncio.Event()
+    finish = asyncio.Event()
+
+    def halves(hold: bool) -> Answer:
+        async def answer(reader, writer, index):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1800\r\n\r\n" + b"x" * 900)
+            await writer.drain()
+            if hold:
+                first_half.set()
+                await finish.wait()
+            writer.write(b"y" * 900)
+            await writer.drain()
+            return True
+
+        return answer
+
+    http = Http1Client(10, max_body=2000, max_buffered=2500)
+    try:
+        one, two = await servers(halves(True)), await servers(halves(False))
+        held = asyncio.create_task(get(http, one))
+        await asyncio.wait_for(first_half.wait(), 1)
+        for _ in range(500):  # the first half is in the client's buffers (a bound, not a timing)
+            if http.buffered >= 900:
+                break
+            await asyncio.sleep(0.01)
+        assert http.buffered == 900
+        # 900 held + 1800 would pass 2500: the second answer is refused, though it alone is under max_body
+        with pytest.raises(ResponseTooLarge):
+            await get(http, two)
+        assert http.buffered == 900
+        finish.set()
+        assert (await held).body == b"x" * 900 + b"y" * 900
+        assert http.buffered == 0
+        assert len((await get(http, two)).body) == 1800  # alone, it fits
+    finally:
+        await http.close()
+
+
 async def test_a_trickling_upstream_times_out_within_the_read_timeout(servers, client):
     async def trickle(reader, writer, index):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
@@ -541,7 +641,8 @@ async def test_cancelling_a_request_drops_its_connection_and_frees_its_slot(serv
         await http.close()
 
 
-async def test_cancelling_a_request_waiting_for_a_slot_leaks_nothing(servers):
+def holding() -> tuple[Answer, asyncio.Event]:
+    """An upstream that reads each request and answers only once the event is set."""
     hold = asyncio.Event()
 
     async def held(reader, writer, index):
@@ -550,39 +651,126 @@ async def test_cancelling_a_request_waiting_for_a_slot_leaks_nothing(servers):
         await writer.drain()
         return True
 
+    return held, hold
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):  # a bound for a busy machine, not a timing
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+async def test_a_full_host_fails_at_once_and_sends_nothing(servers):
+    held, hold = holding()
+    http = Http1Client(2)
+    try:
+        server = await servers(held)
+        stuck = [asyncio.create_task(get(http, server)) for _ in range(2)]
+        await wait_until(lambda: len(server.requests) == 2)
+        assert http.in_flight(server.url) == 2
+        # no wait for a slot: the third fails before connecting, whatever its timeouts
+        with pytest.raises(PoolFull):
+            await http.request(server.url, "POST", "/v1/redeem", (), b"{}", Timeouts(30, 30))
+        assert not any(task.done() for task in stuck)
+        assert len(server.requests) == 2 and server.connections == 2
+        hold.set()
+        assert [r.status for r in await asyncio.gather(*stuck)] == [200, 200]
+        assert http.in_flight(server.url) == 0
+        assert (await get(http, server)).status == 200  # the slots are back
+        assert server.connections == 2  # on a kept connection
+    finally:
+        await http.close()
+
+
+async def test_each_host_has_its_own_cap(servers):
+    held, hold = holding()
+    http = Http1Client(1)
+    try:
+        hung, healthy = await servers(held), await servers(answering(reply()))
+        stuck = asyncio.create_task(get(http, hung))
+        await wait_until(lambda: len(hung.requests) == 1)
+        # the same host under another base path shares its cap; another host has a cap of its own
+        with pytest.raises(PoolFull):
+            await http.request(hung.url + "/prefix", "GET", "/v1/x", (), b"", T)
+        for _ in range(3):
+            assert (await get(http, healthy)).status == 200
+        assert not stuck.done()
+        hold.set()
+        assert (await stuck).status == 200
+    finally:
+        await http.close()
+
+
+async def test_a_failed_or_cancelled_request_gives_its_slot_back(servers):
+    held, hold = holding()
+    http = Http1Client(1)
+    try:
+        server = await servers(held)
+        with pytest.raises(ConnectFailed):
+            await http.request(f"http://127.0.0.1:{free_port()}", "GET", "/", (), b"", T)
+        task = asyncio.create_task(get(http, server))
+        await wait_until(lambda: len(server.requests) == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert http.in_flight(server.url) == 0
+        hold.set()
+        assert (await get(http, server)).status == 200
+    finally:
+        await http.close()
+
+
+async def test_the_cap_can_change_while_requests_are_in_flight(servers):
+    held, hold = holding()
     http = Http1Client(1)
     try:
         server = await servers(held)
         first = asyncio.create_task(get(http, server))
-        waiting = asyncio.create_task(get(http, server))
-        await asyncio.sleep(0.1)
-        waiting.cancel()
+        await wait_until(lambda: len(server.requests) == 1)
+        http.max_in_flight = 2  # a reload raising the cap
+        second = asyncio.create_task(get(http, server))
+        await wait_until(lambda: len(server.requests) == 2)
+        http.max_in_flight = 1  # and lowering it: the two in flight keep their slots, a third is refused
+        with pytest.raises(PoolFull):
+            await get(http, server)
         hold.set()
-        assert (await first).status == 200
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert (await asyncio.wait_for(get(http, server), 1)).status == 200
-        assert len(server.requests) == 2
+        assert [r.status for r in await asyncio.gather(first, second)] == [200, 200]
     finally:
         await http.close()
 
 
-async def test_max_connections_bounds_requests_in_flight(servers):
-    async def slowly(reader, writer, index):
-        await asyncio.sleep(0.1)
+async def test_the_transport_answers_a_full_host_502_and_logs_it_once(servers, caplog):
+    holds = [asyncio.Event(), asyncio.Event()]
+
+    async def held(reader, writer, index):
+        await holds[index].wait()
         writer.write(reply())
         await writer.drain()
         return True
 
-    http = Http1Client(2)
+    pool = Http1Transport(max_in_flight=1)
+    await pool.start()
+    timeouts = Timeouts(1, 30)
     try:
-        server = await servers(slowly)
-        responses = await asyncio.gather(*(get(http, server) for _ in range(5)))
-        assert [r.status for r in responses] == [200] * 5
-        assert server.max_open == 2
-        assert server.connections == 2  # the waiting three took the two connections in turn
+        server = await servers(held)
+        call = UpstreamCall("GET", "/v1/x", b"")
+        with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
+            for episode in range(2):
+                stuck = asyncio.create_task(pool.send(server.url, call, CIMultiDict(), timeouts))
+                await wait_until(lambda n=episode: len(server.requests) == n + 1)
+                for _ in range(5):
+                    error = await refusal(pool, server.url, call, CIMultiDict(), timeouts)
+                    assert error.status == 502
+                    assert error.key.value == "upstream_unavailable"
+                holds[episode].set()
+                assert (await stuck).status == 200
+        full = [r for r in caplog.records if "its cap" in r.getMessage()]
+        assert len(full) == 2, caplog.text  # one line per episode, not one per refusal
+        assert len(server.requests) == 2
     finally:
-        await http.close()
+        await pool.close()
 
 
 # --- hostile requests: refused before a byte is written
@@ -658,52 +846,68 @@ async def test_hostile_methods_and_base_urls_are_refused(servers, client):
     assert server.raw == b""
 
 
-async def test_the_pool_answers_a_refused_request_502_and_logs_no_path_or_header(servers, caplog):
+async def refusal(
+    transport: Http1Transport, url: str, call: UpstreamCall, headers: CIMultiDict[str], timeouts: Timeouts
+):
+    """The gateway error the transport refuses a call with (it must refuse)."""
+    with pytest.raises(Refused) as refused:
+        await transport.send(url, call, headers, timeouts)
+    return refused.value.error
+
+
+async def test_the_transport_answers_a_refused_request_502_and_logs_no_path_or_header(servers, caplog):
     server = await servers(answering(reply()))
-    pool = UpstreamPool(1, 2)
-    await pool.start()
+    transport = Http1Transport()
+    await transport.start()
     try:
         headers = CIMultiDict([("X-Client-Token", "secret-token\r\nX-Injected: 1")])
         with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
-            answer = await pool.send(server.url, UpstreamCall("GET", "/v1/x", b""), headers)
-            answer2 = await pool.send(
-                server.url, UpstreamCall("GET", "/v1/x\r\nX-Evil-Path: 1", b""), CIMultiDict()
+            error = await refusal(
+                transport, server.url, UpstreamCall("GET", "/v1/x", b""), headers, Timeouts(1, 2)
             )
-        assert answer.status == 502 and answer2.status == 502  # type: ignore[union-attr]
-        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+            error2 = await refusal(
+                transport,
+                server.url,
+                UpstreamCall("GET", "/v1/x\r\nX-Evil-Path: 1", b""),
+                CIMultiDict(),
+                Timeouts(1, 2),
+            )
+        assert error.status == 502 and error2.status == 502
+        assert error.key.value == "upstream_unavailable"
         assert "UnsafeRequest" in caplog.text
         assert "secret-token" not in caplog.text and "Evil-Path" not in caplog.text
         assert server.raw == b""
     finally:
-        await pool.close()
+        await transport.close()
 
 
-# --- the UpstreamPool façade
+# --- the transport (gateway.upstream.Http1Transport)
 
 
-async def test_the_pool_maps_faults_to_gateway_errors(servers):
+async def test_the_transport_maps_faults_to_gateway_errors(servers):
     server = await servers(answering(b"garbage\r\n\r\n"))
-    pool = UpstreamPool(1, 0.3)
-    await pool.start()
-    assert pool.ready
+    transport = Http1Transport()
+    await transport.start()
+    assert transport.ready
+    timeouts = Timeouts(1, 0.3)
     try:
         call = UpstreamCall("POST", "/v1/redeem", b"{}", "application/json")
-        answer = await pool.send(server.url, call, CIMultiDict())
-        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
-        answer = await pool.send(f"http://127.0.0.1:{free_port()}", call, CIMultiDict())
-        assert answer.key.value == "upstream_unavailable"  # type: ignore[union-attr]
+        error = await refusal(transport, server.url, call, CIMultiDict(), timeouts)
+        assert error.key.value == "upstream_unavailable"
+        error = await refusal(transport, f"http://127.0.0.1:{free_port()}", call, CIMultiDict(), timeouts)
+        assert error.key.value == "upstream_unavailable"
 
         async def silent(reader, writer, index):
             return True
 
         quiet = await servers(silent)
-        answer = await pool.send(quiet.url, call, CIMultiDict())
-        assert answer.key.value == "upstream_timeout"  # type: ignore[union-attr]
+        error = await refusal(transport, quiet.url, call, CIMultiDict(), timeouts)
+        assert error.key.value == "upstream_timeout"
         assert len(quiet.requests) == 1
         assert b"Content-Type: application/json\r\n" in quiet.requests[0]
     finally:
-        await pool.close()
-    assert not pool.ready
+        await transport.close()
+    assert not transport.ready
 
 
 async def test_close_closes_every_connection(servers):

@@ -12,16 +12,18 @@ import pytest
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
-from gateway import errors, observe
+from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Admit, Preflight, decide
 from gateway.errors import GatewayError
 from gateway.guards import idempotency as idem
 from gateway.guards.idempotency import Claim, Replay, Result, Settings
-from gateway.metrics import GatewayMetrics, MetricsObserver
+from gateway.headers import request_headers
 from gateway.models import Outcome, Target
-from gateway.observe import JsonFormatter, access_log
-from gateway.upstream import request_headers
+from gateway.observe.access import AccessLog, access_log
+from gateway.observe.accounting import Accounting
+from gateway.observe.logs import JsonFormatter
+from gateway.observe.metrics import Metrics
 from tests.conftest import ORIGIN, base_policy, make_policy
 
 DANGER = {"redeem": True, "publish": True, "create_customers": True}
@@ -542,8 +544,8 @@ def test_the_access_line_and_the_metric_say_what_the_key_did(monkeypatch):
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     access_log.addHandler(handler)
-    monkeypatch.setattr(observe, "_direct", None)
-    observer = MetricsObserver(GatewayMetrics(CollectorRegistry()))
+    metrics = Metrics(CollectorRegistry())
+    accounting = Accounting([AccessLog(), metrics])
     try:
         for result, decision, status in [
             (Result.REPLAYED, idem.REPLAYED_DECISION, 200),
@@ -552,17 +554,17 @@ def test_the_access_line_and_the_metric_say_what_the_key_did(monkeypatch):
             (Result.KEPT, "forwarded", 200),
             (None, "forwarded", 200),
         ]:
-            observer.started()
+            accounting.started()
             outcome = Outcome("gw-1", "POST", "shop", "redeem", decision, status)
             outcome.idempotency = result.value if result else None
-            observer.record(outcome)
-        observer.flush()
+            accounting.record(outcome)
+        accounting.flush()
     finally:
         access_log.removeHandler(handler)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line.get("idempotency") for line in lines] == ["replayed", "in_flight", "reused", "kept", None]
     assert "idempotency" not in lines[-1]
-    registry = observer.registry
+    registry = metrics.registry
     for result in ("replayed", "in_flight", "reused", "kept"):
         labels = {"project": "shop", "operation": "redeem", "result": result}
         assert registry.get_sample_value("gateway_idempotency_total", labels) == 1

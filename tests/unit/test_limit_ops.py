@@ -1,6 +1,6 @@
-"""The limiter's own path (gateway/limit_ops.py: one script call per item on Redis, synchronous calls in
-memory) against `limits`' strategies (hit, then get_window_stats) on the same kind of storage: the same
-decisions, headers, keys and data."""
+"""The limiter's own path (`count_bucket` on the stores: one script call per item on Redis, synchronous
+calls in memory) against `limits`' strategies (hit, then get_window_stats) on the same kind of storage: the
+same decisions, headers, keys and data."""
 
 from __future__ import annotations
 
@@ -13,16 +13,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis import Redis as SyncRedis
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
 
-from gateway.models import Bucket
-from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable
-from gateway.ratelimit.memory_store import BoundedMemoryStorage
-from gateway.ratelimit.redis_store import HIT_SCRIPTS
-from tests.conftest import free_port
+from gateway.models import Bucket, Strategy
+from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable, limits_item
+from gateway.ratelimit.limiter import _result
+from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
+from gateway.ratelimit.redis_store import HIT_SCRIPTS, RedisStore
 from tests.support.processes import RedisServer, running_redis
 
-STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
+STRATEGIES = list(Strategy)
+LIMITS_STRATEGIES: dict[Strategy, type[RateLimiter]] = {
+    Strategy.MOVING_WINDOW: MovingWindowRateLimiter,
+    Strategy.FIXED_WINDOW: FixedWindowRateLimiter,
+    Strategy.SLIDING_WINDOW_COUNTER: SlidingWindowCounterRateLimiter,
+}
 # one item; a later item refusing while the first is counted; the first refusing (the second only read)
 BUCKETS = ["3 per 10 seconds", "3 per 10 seconds;5 per minute", "5 per minute;2 per 10 seconds"]
 CLIENTS = ["203.0.113.1", "203.0.113.2", "2001:db8:1:2::/64"]
@@ -36,12 +46,34 @@ class Clock:
         return self.now
 
 
-def pair(storage: Any, strategy: str) -> tuple[Limiter, Limiter]:
-    """A limiter on the fused path and one on `limits`' two-call path, on `storage`."""
-    fused, reference = Limiter(storage, strategy), Limiter(storage, strategy)
-    assert fused.fused is not None
-    reference.fused = None
-    return fused, reference
+class LimitsReference:
+    """`limits`' own way, the reference: count in order up to the first refusal with the strategy's `hit`,
+    then read every item's window with `get_window_stats` (two storage calls per item)."""
+
+    def __init__(self, storage: Any, strategy: Strategy) -> None:
+        self.storage = storage
+        self.strategy = LIMITS_STRATEGIES[strategy](storage)
+
+    async def hit(self, bucket: Bucket, client_key: str) -> LimitResult:
+        items = [limits_item(item) for item in bucket.items]
+        allowed = True
+        for item in items:
+            if not await self.strategy.hit(item, bucket.namespace, client_key):
+                allowed = False
+                break
+        windows = [await self.strategy.get_window_stats(i, bucket.namespace, client_key) for i in items]
+        return _result(bucket, allowed, windows)
+
+
+def store_of(storage: Any) -> Any:
+    if isinstance(storage, BoundedMemoryStorage):
+        return MemoryStore(storage=storage)
+    return RedisStore(storage, 2.0)
+
+
+def pair(storage: Any, strategy: Strategy) -> tuple[Limiter, LimitsReference]:
+    """The gateway's limiter and `limits`' own strategy calls, on `storage`."""
+    return Limiter(store_of(storage), strategy), LimitsReference(storage, strategy)
 
 
 # --- memory: the store's clock and time.time are driven by the test, so every figure must be equal
@@ -51,7 +83,7 @@ def pair(storage: Any, strategy: str) -> tuple[Limiter, Limiter]:
 @pytest.mark.parametrize("limit", [*BUCKETS, "2 per second;3 per 2 seconds"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_memory_fused_matches_limits(
-    strategy: str, limit: str, max_keys: int, monkeypatch: pytest.MonkeyPatch
+    strategy: Strategy, limit: str, max_keys: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock(1_000_000.25)
     monkeypatch.setattr(time, "time", clock)  # limits' sliding window and the headers read time.time
@@ -63,12 +95,12 @@ async def test_memory_fused_matches_limits(
     for step in range(600):
         clock.now += rng.choice([0.0, 0.0, 0.01, 0.3, 0.9, 1.7, 4.1, 9.99, 10.0, 31.0])
         client = rng.choice(CLIENTS)
-        got = await fused.hit(bucket, client, 1.0)
-        want = await reference.hit(bucket, client, 1.0)
+        got = await fused.hit(bucket, client)
+        want = await reference.hit(bucket, client)
         assert got == want, (step, client)
         outcomes.add(got.allowed)
     assert outcomes == {True, False}
-    mine, theirs = fused.storage, reference.storage
+    mine, theirs = fused.store.storage, reference.storage
     assert isinstance(mine, BoundedMemoryStorage) and isinstance(theirs, BoundedMemoryStorage)
     assert mine.counters == theirs.counters
     assert mine.events == theirs.events
@@ -80,9 +112,22 @@ async def test_items_sharing_a_key_keep_the_two_call_order() -> None:
     bucket = Bucket.parse("per_ip", "3/minute;3 per minute", "shop/per_ip")
     assert bucket.shares_a_key
     assert not Bucket.parse("per_ip", "3/minute;3 per 60 seconds", "shop/per_ip").shares_a_key
-    limiter = LimiterPool().get("memory://", "moving-window")
-    result = await limiter.hit(bucket, "k", 1.0)
+    limiter = LimiterPool().limiter("memory://", Strategy.MOVING_WINDOW)
+    result = await limiter.hit(bucket, "k")
     assert result.headers["RateLimit"] == '"per_ip";r=1;t=60, "per_ip-2";r=1;t=60'  # both hits, then reads
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_redis_items_sharing_a_key_keep_the_two_call_order(strategy: Strategy, storage: Any) -> None:
+    fused, reference = pair(storage, strategy)
+    limit = "3/hour;3 per hour"
+    mine = Bucket.parse("per_ip", limit, f"shared-mine-{strategy}/per_ip")
+    theirs = Bucket.parse("per_ip", limit, f"shared-theirs-{strategy}/per_ip")
+    for step in range(3):
+        got, want = await fused.hit(mine, "k"), await reference.hit(theirs, "k")
+        assert got.allowed == want.allowed == (step == 0)
+        assert [r for r, _ in parse(got)] == [r for r, _ in parse(want)], step  # t: see below
+    assert [r for r, _ in parse(got)] == [0, 0]
 
 
 # --- real Redis
@@ -123,8 +168,8 @@ async def test_redis_moving_window_matches_limits(storage: Any, monkeypatch: pyt
         for step in range(150):
             clock.now += rng.choice([0.0, 0.01, 0.3, 1.7, 4.1, 9.99, 10.0, 31.0])
             key = rng.choice(CLIENTS)
-            got = await fused.hit(mine, key, 2.0)
-            assert got == await reference.hit(theirs, key, 2.0), (limit, step)
+            got = await fused.hit(mine, key)
+            assert got == await reference.hit(theirs, key), (limit, step)
         assert await snapshot(client, f"fused{i}") == await snapshot(client, f"limits{i}")
 
 
@@ -142,7 +187,7 @@ def away_from(now: float, boundaries: list[float], margin: float = 0.06) -> floa
 
 
 @pytest.mark.parametrize("strategy", ["fixed-window", "sliding-window-counter"])
-async def test_redis_counter_windows_match_limits(strategy: str, storage: Any) -> None:
+async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: Any) -> None:
     """These windows run on Redis's clock (TTLs), so the hits are timed away from their edges.
 
     One-second items: the fixed window turns at its first hit plus 1 s (and its TTL rounds to 0 after
@@ -157,7 +202,7 @@ async def test_redis_counter_windows_match_limits(strategy: str, storage: Any) -
     first = window = time.time()  # the first hit starts both items' windows
 
     def edges(now: float) -> list[float]:
-        if strategy == "fixed-window":
+        if strategy == Strategy.FIXED_WINDOW:
             return [window + 0.5, window + 1.0]
         base = first + int(now - first)
         return [base + k + f for k in (0, 1) for f in (0, 1 / 3, 1 / 2, 2 / 3)]
@@ -175,12 +220,12 @@ async def test_redis_counter_windows_match_limits(strategy: str, storage: Any) -
                 await asyncio.sleep(wait)
         if strategy == "fixed-window" and now >= window + 1.0:
             window = now  # this hit starts the next window
-        got = await fused.hit(mine, "198.51.100.4", 2.0)
-        want = await reference.hit(theirs, "198.51.100.4", 2.0)
+        got = await fused.hit(mine, "198.51.100.4")
+        want = await reference.hit(theirs, "198.51.100.4")
         assert (got.allowed, got.retry_after) == (want.allowed, want.retry_after), step
         assert got.headers.keys() == want.headers.keys()
         assert got.headers.get("Retry-After") == want.headers.get("Retry-After")
-        if strategy == "fixed-window":
+        if strategy == Strategy.FIXED_WINDOW:
             assert got.headers == want.headers, step
         else:
             # A window's first hit creates its counter with a PTTL of two windows. Read in the same
@@ -197,12 +242,12 @@ async def test_redis_counter_windows_match_limits(strategy: str, storage: Any) -
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_redis_one_command_per_item(
-    strategy: str, storage: Any, monkeypatch: pytest.MonkeyPatch
+    strategy: Strategy, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = storage.bridge.storage
-    limiter = Limiter(storage, strategy)
+    limiter = Limiter(store_of(storage), strategy)
     bucket = Bucket.parse("per_ip", "100 per hour;50 per minute", f"calls-{strategy}/per_ip")
-    await limiter.hit(bucket, "k", 2.0)  # loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA)
+    await limiter.hit(bucket, "k")  # loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA)
 
     async def commands() -> dict[str, int]:  # what Redis itself counted, by command
         stats = await client.info("commandstats")
@@ -210,7 +255,7 @@ async def test_redis_one_command_per_item(
 
     before = await commands()
     for _ in range(10):
-        assert (await limiter.hit(bucket, "k", 2.0)).allowed
+        assert (await limiter.hit(bucket, "k")).allowed
     after = await commands()
     changed = {
         name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)
@@ -219,31 +264,31 @@ async def test_redis_one_command_per_item(
     assert not [name for name in changed if name.startswith(("script", "eval")) and name != "evalsha"]
     bucket = Bucket.parse("per_ip", "1 per hour;50 per minute;60 per minute", f"refused-{strategy}/per_ip")
     before = await commands()
-    assert (await limiter.hit(bucket, "k", 2.0)).allowed
-    assert not (await limiter.hit(bucket, "k", 2.0)).allowed
+    assert (await limiter.hit(bucket, "k")).allowed
+    assert not (await limiter.hit(bucket, "k")).allowed
     after = await commands()
     assert after["evalsha"] - before["evalsha"] == 6  # the items after a refusal are read in one command each
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_redis_script_cache_flush(strategy: str, storage: Any) -> None:
+async def test_redis_script_cache_flush(strategy: Strategy, storage: Any) -> None:
     """After SCRIPT FLUSH (a restarted Redis) the script loads itself again and the hit counts once."""
     client = storage.bridge.storage
-    limiter = Limiter(storage, strategy)
+    limiter = Limiter(store_of(storage), strategy)
     bucket = Bucket.parse("per_ip", "5 per hour", f"flush-{strategy}/per_ip")
-    first = await limiter.hit(bucket, "k", 2.0)
+    first = await limiter.hit(bucket, "k")
     assert first.headers["RateLimit"].startswith('"per_ip";r=4;')
     await client.script_flush()
-    second = await limiter.hit(bucket, "k", 2.0)
+    second = await limiter.hit(bucket, "k")
     assert second.headers["RateLimit"].startswith('"per_ip";r=3;')
-    third = await limiter.hit(bucket, "k", 2.0)
+    third = await limiter.hit(bucket, "k")
     assert third.headers["RateLimit"].startswith('"per_ip";r=2;')
 
 
 async def test_start_loads_the_fused_scripts(redis: RedisServer) -> None:
     pool = LimiterPool()
-    limiter = pool.get(redis.url, "fixed-window", 0.5)
-    client = limiter.storage.bridge.storage
+    limiter = pool.limiter(redis.url, Strategy.FIXED_WINDOW, 0.5)
+    client = limiter.store.storage.bridge.storage
     await client.script_flush()
     await pool.start()
     shas = [hashlib.sha1(text.encode()).hexdigest() for text in HIT_SCRIPTS]
@@ -252,64 +297,38 @@ async def test_start_loads_the_fused_scripts(redis: RedisServer) -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_redis_script_errors_are_store_errors(strategy: str, storage: Any) -> None:
+async def test_redis_script_errors_are_store_errors(strategy: Strategy, storage: Any) -> None:
     """A Redis error in a script (here WRONGTYPE) surfaces as StoreUnavailable, like limits' own calls."""
     client = storage.bridge.storage
-    limiter = Limiter(storage, strategy)
+    limiter = Limiter(store_of(storage), strategy)
     bucket = Bucket.parse("per_ip", "5 per hour", f"wrong-{strategy}/per_ip")
     key = bucket.items[0].key_for(bucket.namespace, "k")
     for name in (key, f"{{{key}}}", f"{{{key}}}/-1"):
         await client.hset(f"LIMITS:{name}", "x", "1")
-    with pytest.raises(StoreUnavailable, match="StorageError"):
-        await limiter.hit(bucket, "k", 2.0)
-
-
-@pytest.fixture
-def cluster_node(tmp_path: Any) -> Iterator[RedisServer]:
-    """A one-node Redis Cluster that holds every slot."""
-    bus = str(free_port())  # by default the port + 10000, which may be taken or beyond 65535
-    node = RedisServer(
-        "--cluster-enabled",
-        "yes",
-        "--cluster-port",
-        bus,
-        "--cluster-config-file",
-        str(tmp_path / "nodes.conf"),
-    )
-    try:
-        node.start()
-        admin = SyncRedis(port=node.port)
-        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + 10
-        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # takes a second or two
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.1)
-        admin.close()
-        yield node
-    finally:
-        node.kill()
+    with pytest.raises(StoreUnavailable, match="ResponseError"):
+        await limiter.hit(bucket, "k")
 
 
 async def test_redis_cluster(cluster_node: RedisServer) -> None:
     """Through redis-py's cluster client: each script call is routed by its keys' slot."""
     pool = LimiterPool()
     uri = f"redis+cluster://127.0.0.1:{cluster_node.port}"
-    for strategy in STRATEGIES:
-        pool.get(uri, strategy, 2.0)
+    store = pool.store(uri, 2.0)
+    assert isinstance(store, RedisStore)
     await pool.start()
     try:
         for strategy in STRATEGIES:
-            fused, reference = pair(pool.get(uri, strategy, 2.0).storage, strategy)
+            fused, reference = pair(store.storage, strategy)
             limit = "3 per hour;2 per minute"
             mine = Bucket.parse("per_ip", limit, f"fused-{strategy}/per_ip")
             theirs = Bucket.parse("per_ip", limit, f"limits-{strategy}/per_ip")
             for step in range(4):
-                got = await fused.hit(mine, "k", 2.0)
-                want = await reference.hit(theirs, "k", 2.0)
+                got = await fused.hit(mine, "k")
+                want = await reference.hit(theirs, "k")
                 assert got.allowed == want.allowed == (step < 2)
                 # the sliding window's t depends on the millisecond (see above): compare what is remaining
                 assert [r for r, _ in parse(got)] == [r for r, _ in parse(want)], (strategy, step)
-            await fused.storage.bridge.storage.script_flush()
-            assert [r for r, _ in parse(await fused.hit(mine, "other", 2.0))] == [2, 1]
+            await store.storage.bridge.storage.script_flush()
+            assert [r for r, _ in parse(await fused.hit(mine, "other"))] == [2, 1]
     finally:
         await pool.close()

@@ -1,4 +1,4 @@
-"""gateway/redis_batch.py on a real redis-server: the calls of one loop turn go out as one pipeline."""
+"""gateway/ratelimit/redis_batch.py on a real redis-server: the calls of one loop turn go out as one pipeline."""
 
 from __future__ import annotations
 
@@ -7,55 +7,56 @@ from typing import Any
 
 import pytest
 
-from gateway.models import Bucket
+from gateway.models import Bucket, Strategy
 from gateway.ratelimit import Limiter, StoreUnavailable
-from gateway.ratelimit import ops as limit_ops
+from gateway.ratelimit.redis_batch import batcher_for
+from gateway.ratelimit.redis_store import RedisStore
 from tests.support.processes import RedisServer
 
-STRATEGIES = ("moving-window", "fixed-window", "sliding-window-counter")
+STRATEGIES = list(Strategy)
 
 
 def batcher_of(storage: Any) -> Any:
-    batcher = limit_ops._batcher(storage.bridge.get_connection())
+    batcher = batcher_for(storage.bridge.get_connection())
     assert batcher is not None
     return batcher
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_one_turn_of_hits_is_one_pipeline_and_every_answer_is_right(
-    strategy: str, redis_storage: Any
+    strategy: Strategy, redis_storage: Any
 ) -> None:
-    limiter = Limiter(redis_storage, strategy)
+    limiter = Limiter(RedisStore(redis_storage, 2.0), strategy)
     bucket = Bucket.parse("per_ip", "30 per hour", f"batch-{strategy}/per_ip")
-    await limiter.hit(bucket, "warm", 2.0)  # scripts loaded
+    await limiter.hit(bucket, "warm")  # scripts loaded
     batcher = batcher_of(redis_storage)
     before = batcher.pipelines
-    results = await asyncio.gather(*(limiter.hit(bucket, "shopper", 2.0) for _ in range(50)))
+    results = await asyncio.gather(*(limiter.hit(bucket, "shopper") for _ in range(50)))
     assert batcher.pipelines - before <= 2  # not 50 round trips
     assert [r.allowed for r in results] == [True] * 30 + [False] * 20  # in the order the requests asked
     remaining = [int(r.headers["RateLimit"].split("r=")[1].split(";")[0]) for r in results]
     assert remaining[:30] == list(range(29, -1, -1))
-    others = await asyncio.gather(*(limiter.hit(bucket, f"other-{i}", 2.0) for i in range(5)))
+    others = await asyncio.gather(*(limiter.hit(bucket, f"other-{i}") for i in range(5)))
     assert all(r.allowed for r in others)  # one shopper's budget is not another's
 
 
 async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(redis_storage: Any) -> None:
-    limiter = Limiter(redis_storage, "moving-window")
+    limiter = Limiter(RedisStore(redis_storage, 2.0), Strategy.MOVING_WINDOW)
     bucket = Bucket.parse("per_ip", "100 per hour", "flush/per_ip")
-    await limiter.hit(bucket, "shopper", 2.0)
+    await limiter.hit(bucket, "shopper")
     await redis_storage.bridge.get_connection().script_flush()  # as a restarted Redis
-    results = await asyncio.gather(*(limiter.hit(bucket, "shopper", 2.0) for _ in range(20)))
+    results = await asyncio.gather(*(limiter.hit(bucket, "shopper") for _ in range(20)))
     assert all(r.allowed for r in results)
-    final = await limiter.hit(bucket, "shopper", 2.0)
+    final = await limiter.hit(bucket, "shopper")
     assert final.headers["RateLimit"].startswith('"per_ip";r=78;')  # 1 + 20 + 1 hits: none counted twice
 
 
 async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, redis_storage: Any) -> None:
-    limiter = Limiter(redis_storage, "fixed-window")
+    limiter = Limiter(RedisStore(redis_storage, 1.0), Strategy.FIXED_WINDOW)
     bucket = Bucket.parse("per_ip", "100 per hour", "lost/per_ip")
-    await limiter.hit(bucket, "shopper", 2.0)
+    await limiter.hit(bucket, "shopper")
     redis.kill()
     results = await asyncio.gather(
-        *(limiter.hit(bucket, "shopper", 1.0) for _ in range(10)), return_exceptions=True
+        *(limiter.hit(bucket, "shopper") for _ in range(10)), return_exceptions=True
     )
     assert all(isinstance(r, StoreUnavailable) for r in results), results

@@ -6,16 +6,36 @@ import json
 
 import pytest
 
-from gateway.errors import ErrorKey, GatewayError
-from gateway.server_mode import (
-    UpstreamCall,
-    client_view,
-    keys_rejected_log,
-    parse_query,
-    rejects_gateway_keys,
-    translate,
-    validation_body,
-)
+from gateway import strictjson
+from gateway.catalog import OPERATIONS
+from gateway.errors import ErrorKey, GatewayError, Refused
+from gateway.models import UpstreamCall
+from gateway.modes.qs import legacy_validation_document, parse_query
+from gateway.modes.server import KEY_REJECTED_STATUSES, keys_rejected_log, narrowed_listing, twin_call
+
+
+def translate(operation: str, method: str, path: str, query: str, body: bytes) -> UpstreamCall | GatewayError:
+    """Server mode's request half for one operation, the body parsed as check_body hands it on."""
+    document = strictjson.loads(body) if body else None
+    try:
+        return twin_call(OPERATIONS[operation], method, path, query, body, document)
+    except Refused as refused:
+        return refused.error
+
+
+def rejects_gateway_keys(status: int) -> bool:
+    return status in KEY_REJECTED_STATUSES
+
+
+def client_view(operation, status, headers, body):
+    """The answer's narrowing as ServerMode.response applies it: only narrowed operations' 2xx answers."""
+    if not OPERATIONS[operation].narrowed or not 200 <= status < 300:
+        return headers, body
+    try:
+        return narrowed_listing(headers, body)
+    except Refused as refused:
+        return refused.error
+
 
 # Captured from @voucherify/sdk (VoucherifyClientSide.validate) with qs.stringify: brackets percent-encoded,
 # arrays as item[0][...], nested objects as metadata[k][0]. Only the code differs from the capture (it held a
@@ -225,12 +245,12 @@ def test_validate_refuses_missing_or_unsafe_code(query: str) -> None:
     ],
 )
 def test_validate_numbers_only_where_the_contract_says(query: str, expected: dict[str, object]) -> None:
-    assert validation_body(parse_query(query)) == expected
+    assert legacy_validation_document(parse_query(query)) == expected
 
 
 def test_validate_items_ordered_by_index_and_compacted() -> None:
     query = "item[10][price]=3&item[2][price]=2&item[0][price]=1"
-    assert validation_body(parse_query(query)) == {
+    assert legacy_validation_document(parse_query(query)) == {
         "order": {"items": [{"price": 1}, {"price": 2}, {"price": 3}]}
     }
 
@@ -258,19 +278,19 @@ def test_validate_items_ordered_by_index_and_compacted() -> None:
     ],
 )
 def test_validate_drops_keys_it_does_not_know(query: str) -> None:
-    assert validation_body(parse_query(query)) == {}
+    assert legacy_validation_document(parse_query(query)) == {}
 
 
 def test_validate_nested_metadata_objects() -> None:
     query = "metadata[a][b]=1&metadata[a][c]=2&customer[metadata][x][0]=p&customer[metadata][x][1]=q"
-    assert validation_body(parse_query(query)) == {
+    assert legacy_validation_document(parse_query(query)) == {
         "metadata": {"a": {"b": "1", "c": "2"}},
         "customer": {"metadata": {"x": ["p", "q"]}},
     }
 
 
 def test_validate_large_indices_stay_object_keys_as_in_qs() -> None:
-    assert validation_body(parse_query("metadata[k][21]=a")) == {"metadata": {"k": {"21": "a"}}}
+    assert legacy_validation_document(parse_query("metadata[k][21]=a")) == {"metadata": {"k": {"21": "a"}}}
 
 
 @pytest.mark.parametrize(
@@ -289,7 +309,7 @@ def test_validate_refuses_repeated_or_conflicting_keys(query: str) -> None:
 
 
 def test_plus_is_a_space_and_encoded_plus_is_a_plus() -> None:
-    body = validation_body(parse_query("customer[source_id]=a+b%2Bc&metadata[k]=%26%3D"))
+    body = legacy_validation_document(parse_query("customer[source_id]=a+b%2Bc&metadata[k]=%26%3D"))
     assert body == {"customer": {"source_id": "a b+c"}, "metadata": {"k": "&="}}
 
 
@@ -381,7 +401,7 @@ def test_other_answers_pass_through_unchanged(operation: str, status: int) -> No
 def test_validate_nesting_stops_at_qs_depth_and_keeps_the_rest_as_one_key() -> None:
     # qs (depth 5) keeps brackets past the fifth as one literal key; a query line of 8 KB would otherwise
     # nest thousands of objects deep and overflow the recursion while building the body.
-    assert validation_body(parse_query("metadata[a][b][c][d][e][f][g]=1")) == {
+    assert legacy_validation_document(parse_query("metadata[a][b][c][d][e][f][g]=1")) == {
         "metadata": {"a": {"b": {"c": {"d": {"e": {"[f][g]": "1"}}}}}}
     }
     deep = "code=A&metadata" + "[a]" * 2700 + "=1&customer[metadata]" + "%5Bb%5D" * 900 + "=2"
@@ -404,7 +424,7 @@ def test_validate_nesting_stops_at_qs_depth_and_keeps_the_rest_as_one_key() -> N
 def test_validate_drops_keys_naming_object_prototype_properties_as_qs_does(query: str) -> None:
     # qs (allowPrototypes off, its default) drops such keys, and never sets `__proto__`: the server-side body
     # must not carry one to a Node parser that could end up merging it into a prototype.
-    assert validation_body(parse_query(query + "&metadata[k]=v")) == {"metadata": {"k": "v"}}
+    assert legacy_validation_document(parse_query(query + "&metadata[k]=v")) == {"metadata": {"k": "v"}}
 
 
 def test_publish_body_with_a_lone_surrogate_is_rewritten_as_valid_json() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.cli import warnings_for
+from gateway.lint import policy_warnings
 from gateway.policy import PolicyError, parse_policy
 from tests.support.processes import run_cli
 
@@ -110,10 +110,10 @@ def tree(**shop: Any) -> Any:
 
 
 def test_warning_only_for_client_mode_on_voucherify_regions() -> None:
-    assert len(warnings_for(tree(credentials=CLIENT_CREDS))) == 1  # region defaults to eu
-    assert warnings_for(tree(region="http://127.0.0.1:8081", credentials=CLIENT_CREDS)) == []
-    assert warnings_for(tree(region="https://acme.voucherify.example", credentials=CLIENT_CREDS)) == []
-    assert warnings_for(tree(region="eu", upstream_auth="server", credentials=SERVER_CREDS)) == []
+    assert len(policy_warnings(tree(credentials=CLIENT_CREDS))) == 1  # region defaults to eu
+    assert policy_warnings(tree(region="http://127.0.0.1:8081", credentials=CLIENT_CREDS)) == []
+    assert policy_warnings(tree(region="https://acme.voucherify.example", credentials=CLIENT_CREDS)) == []
+    assert policy_warnings(tree(region="eu", upstream_auth="server", credentials=SERVER_CREDS)) == []
 
 
 def test_policy_error_names_the_mode_and_not_the_secrets() -> None:

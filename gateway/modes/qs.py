@@ -1,52 +1,18 @@
-"""Server mode: a browser's client-side operation turned into its twin on Voucherify's server-side API (/v1).
+"""Query strings read the way `qs` reads them (the official SDK's and Voucherify's own parser). Pure.
 
-Pure functions, no I/O. The browser-facing surface does not change; only the upstream call does:
-
-- most operations keep their method, body and query (forwarded byte for byte) and move from /client/v1 to /v1;
-- `redeem` moves `code` from the query into the path (`/v1/vouchers/{code}/redemption`), percent-encoded so no
-  value can change the resource, and keeps its other query parameters as they were sent;
-- `publish` becomes POST `/v1/publications` with `"campaign": {"name": N}` added to the body, the other query
-  parameters (`join_once`) kept;
-- legacy `validate` (GET with a `qs`-style query, as the official SDK sends it) becomes a POST whose JSON
-  body is built from the query; keys the translation does not know are dropped.
-
-The query is decoded as `qs` (Voucherify's and the SDK's parser) decodes it: `+` is a space, brackets may be
-sent raw (`item[0][price]`) or percent-encoded (`item%5B0%5D%5Bprice%5D`, what `qs.stringify` produces).
+`+` is a space, brackets may be sent raw (`item[0][price]`) or percent-encoded (`item%5B0%5D%5Bprice%5D`,
+what `qs.stringify` produces), arrays are `item[0][price]`, and past five levels of brackets the rest of a key
+stays one literal key. Server mode uses it to move a code into a path and to turn a legacy validation's query
+into a JSON body (`legacy_validation_document`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_plus
-
-from gateway import errors
-from gateway.errors import GatewayError
-from gateway.models import UpstreamCall
-
-JSON = "application/json"
-
-# Operations whose server-side twin is the same method on the same path under /v1, body and query unchanged.
-SAME_SHAPE = frozenset(
-    {
-        "validate_stackable",
-        "redeem_stackable",
-        "redeem_promotion_tier",
-        "qualifications",
-        "list_promotion_tiers",
-        "track_event",
-        "list_vouchers",
-        "create_customer",
-        "list_consents",
-        "update_consents",
-    }
-)
-
-# Voucherify answers these when it does not accept the gateway's own server-side keys.
-KEY_REJECTED_STATUSES = frozenset({401, 403})
 
 ITEM_FIELDS = frozenset(
     {"product_id", "sku_id", "quantity", "price", "amount", "source_id", "related_object"}
@@ -64,7 +30,6 @@ _KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
 _INDEX = re.compile(r"0|[1-9][0-9]{0,5}")
-_ERROR_KEY = re.compile(r"[a-z0-9_]{1,64}")
 _QS_ARRAY_LIMIT = 20  # qs turns indices up to this into an array, larger ones into object keys
 _QS_DEPTH = 5  # qs nests this many brackets; the rest of the key stays one literal key
 # Names on Node's Object.prototype: qs (allowPrototypes off, its default) drops any key that names one.
@@ -94,87 +59,7 @@ class QueryPair:
 
 
 class BadQuery(ValueError):
-    """The query cannot be read as the translation needs it; the message is safe to show the caller."""
-
-
-def translate(
-    operation: str, method: str, operation_path: str, query: str, body: bytes
-) -> UpstreamCall | GatewayError:
-    """The server-side call for a client-side operation. `operation_path` is raw, relative to /client/v1."""
-    try:
-        if operation in SAME_SHAPE:
-            return UpstreamCall(method, with_query("/v1" + operation_path, query), body)
-        if operation == "redeem":
-            return _redeem(query, body)
-        if operation == "publish":
-            return _publish(query, body)
-        if operation == "validate":
-            return _validate(operation_path, query)
-    except BadQuery as exc:
-        return errors.invalid_payload(str(exc))
-    raise ValueError(f"no server-side twin for operation {operation!r}")
-
-
-def rejects_gateway_keys(status: int) -> bool:
-    """Whether an upstream status, in server mode, says Voucherify refused the gateway's own keys."""
-    return status in KEY_REJECTED_STATUSES
-
-
-def keys_rejected_log(project: str, operation: str, status: int, body: bytes) -> str:
-    """The operator's log line for a 401/403 on the gateway's keys: names, status and error key, no secret."""
-    key = "unknown"
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        document = None
-    if (
-        isinstance(document, dict)
-        and isinstance(document.get("key"), str)
-        and _ERROR_KEY.fullmatch(document["key"])
-    ):
-        key = document["key"]
-    return (
-        f"Voucherify refused the server-side keys of project {project} "
-        f"(HTTP {status}, key {key}) on {operation}; "
-        f"check projects.{project}.credentials.application_id and secret_key and the keys' permissions. "
-        "The browser was answered 502 upstream_unavailable."
-    )
-
-
-# Voucherify's client-side voucher listing shows only these fields of each voucher (the SDK's
-# ClientSideVoucherListing); /v1/vouchers returns whole vouchers: holders, redemptions, publications, rules.
-LISTED_VOUCHER_FIELDS = ("object", "code", "active", "metadata", "assets", "expiration_date", "start_date")
-LIST_FIELDS = ("object", "total", "data_ref", "vouchers")
-
-
-def client_view(
-    operation: str, status: int, headers: list[tuple[str, str]], body: bytes
-) -> tuple[list[tuple[str, str]], bytes] | GatewayError:
-    """The browser's view of a server-side answer: what the client-side API would have shown.
-
-    Only `list_vouchers` differs: its successful answer is cut down to the client-side listing's fields.
-    An answer that is not the list it should be is not passed on (502), so nothing unfiltered leaks.
-    """
-    if operation != "list_vouchers" or not 200 <= status < 300:
-        return headers, body
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        document = None
-    if not isinstance(document, dict) or not isinstance(document.get("vouchers", []), list):
-        return errors.upstream_unavailable("Voucherify answered something that is not a voucher list.")
-    listing = {key: document[key] for key in LIST_FIELDS if key in document}
-    if "vouchers" in listing:
-        listing["vouchers"] = [
-            {key: voucher[key] for key in LISTED_VOUCHER_FIELDS if key in voucher}
-            for voucher in listing["vouchers"]
-            if isinstance(voucher, dict)
-        ]
-    kept = [(name, value) for name, value in headers if name.lower() not in ("etag", "content-type")]
-    return [("Content-Type", JSON), *kept], _dump(listing)
-
-
-# ------------------------------------------------------------------------------------------------ queries
+    """The query cannot be read as server mode needs it; the message is safe to show the caller."""
 
 
 def parse_query(query: str) -> list[QueryPair]:
@@ -193,11 +78,7 @@ def parse_query(query: str) -> list[QueryPair]:
     return pairs
 
 
-def with_query(path: str, query: str) -> str:
-    return f"{path}?{query}" if query else path
-
-
-def _take(pairs: list[QueryPair], key: str) -> tuple[str | None, str]:
+def take(pairs: list[QueryPair], key: str) -> tuple[str | None, str]:
     """The decoded value of `key` (None when absent) and the raw query without it."""
     found = [pair for pair in pairs if pair.key == key]
     if len(found) > 1:
@@ -220,41 +101,6 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
-# ------------------------------------------------------------------------------------- redeem and publish
-
-
-def _redeem(query: str, body: bytes) -> UpstreamCall:
-    code, rest = _take(parse_query(query), "code")
-    return UpstreamCall("POST", with_query(f"/v1/vouchers/{code_segment(code)}/redemption", rest), body)
-
-
-def _publish(query: str, body: bytes) -> UpstreamCall:
-    campaign, rest = _take(parse_query(query), "campaign")
-    if campaign is None:
-        return UpstreamCall("POST", with_query("/v1/publications", rest), body)
-    document: dict[str, Any] = json.loads(body) if body else {}  # check_body ensured a JSON object
-    document["campaign"] = {"name": campaign}
-    return UpstreamCall("POST", with_query("/v1/publications", rest), _dump(document), JSON)
-
-
-def _dump(document: dict[str, Any]) -> bytes:
-    """Compact JSON, escaped to ASCII: a lone surrogate (`"\\ud800"`, valid JSON) has no UTF-8 encoding."""
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-# ------------------------------------------------------------------------------------------ legacy validate
-
-
-def _validate(operation_path: str, query: str) -> UpstreamCall:
-    pairs = parse_query(query)
-    if operation_path == "/validate":
-        code, _ = _take(pairs, "code")
-        path = f"/v1/vouchers/{code_segment(code)}/validate"
-    else:
-        path = "/v1/promotions/validation"
-    return UpstreamCall("POST", path, _dump(validation_body(pairs)), JSON)
-
-
 def _number(value: str) -> int | str:
     return int(value) if _INTEGER.fullmatch(value) else value
 
@@ -274,7 +120,7 @@ def _split_key(key: str) -> tuple[str, list[str]] | None:
     return found[1], path
 
 
-def validation_body(pairs: list[QueryPair]) -> dict[str, Any]:
+def legacy_validation_document(pairs: list[QueryPair]) -> dict[str, Any]:
     """The server-side validation body for a legacy validate query (`code` is not part of it)."""
     seen: set[str] = set()
     order: dict[str, Any] = {}

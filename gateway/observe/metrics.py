@@ -1,6 +1,6 @@
-"""Prometheus metrics, fed by the same `Outcome` every request leaves for the access log.
+"""Prometheus metrics: a sink of `Accounting`, fed by the same `Outcome`s as the access log.
 
-Every metric lives in the registry given to `GatewayMetrics` (one per app, so several apps in one process
+Every metric lives in the registry given to `Metrics` (one per app, so several apps in one process
 never collide). Labels take bounded values only: project names from the policy, operation names from the
 catalog, decisions (`forwarded`, `preflight`, `client_closed` or an error key) and status codes. A request
 that names no known project or operation is labelled `-`; no path, IP or origin ever becomes a label.
@@ -13,6 +13,7 @@ so one `/metrics` scrape covers them all (see `admin.py`).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -22,7 +23,6 @@ from gateway.catalog import OPERATIONS
 from gateway.errors import ErrorKey
 from gateway.guards.idempotency import REPLAYED_DECISION, Result
 from gateway.models import Outcome
-from gateway.observe import Observer
 
 UNKNOWN = "-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -52,8 +52,8 @@ def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
     return combined
 
 
-class GatewayMetrics:
-    """The gateway's metric families, registered in one registry."""
+class Metrics:
+    """The gateway's metric families, registered in one registry, and the sink that counts outcomes."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         if multiprocess_dir() is not None and values.ValueClass is values.MutexValue:
@@ -122,39 +122,17 @@ class GatewayMetrics:
         )
         for result in ("applied", "rejected"):
             self.reloads.labels(result)  # both series exist from the start, at 0
-
-
-class MetricsObserver(Observer):
-    """The access log of `Observer`, plus metrics."""
-
-    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
-        super().__init__()
-        self.metrics = metrics if metrics is not None else GatewayMetrics()
         # The labelled children per label set: `labels()` takes a lock and builds a tuple each call. Label
         # values are bounded (projects x operations x decisions x statuses), so is this cache.
         self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._upstream: dict[tuple[str, str], Any] = {}
-        self._in_flight = 0  # the gauge is set from it at each flush
 
-    @property
-    def registry(self) -> CollectorRegistry:
-        return self.metrics.registry
+    def reloaded(self, applied: bool) -> None:
+        """A policy reload was applied, or rejected (the running policy stayed)."""
+        self.reloads.labels("applied" if applied else "rejected").inc()
 
-    def started(self) -> None:
-        super().started()
-        self._in_flight += 1
-
-    def record(self, outcome: Outcome) -> None:
-        self._in_flight -= 1
-        super().record(outcome)
-
-    def flush(self) -> None:
-        super().flush()
-        self.metrics.in_flight.set(self._in_flight)
-
-    def account(self, batch: list[Outcome]) -> None:
-        super().account(batch)
-        m = self.metrics
+    def account(self, batch: Sequence[Outcome], in_flight: int) -> None:
+        self.in_flight.set(in_flight)
         counted: dict[Any, int] = {}
         for outcome in batch:
             project = outcome.project or UNKNOWN  # only ever a project name of the policy
@@ -164,8 +142,8 @@ class MetricsObserver(Observer):
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = (
-                    m.requests.labels(project, operation, decision, str(outcome.status)),
-                    m.request_duration.labels(project, decision),
+                    self.requests.labels(project, operation, decision, str(outcome.status)),
+                    self.request_duration.labels(project, decision),
                 )
             requests, request_duration = series
             counted[requests] = counted.get(requests, 0) + 1
@@ -173,22 +151,18 @@ class MetricsObserver(Observer):
             if outcome.upstream_ms is not None:
                 upstream = self._upstream.get((project, operation))
                 if upstream is None:
-                    upstream = self._upstream[(project, operation)] = m.upstream_duration.labels(
+                    upstream = self._upstream[(project, operation)] = self.upstream_duration.labels(
                         project, operation
                     )
                 upstream.observe(outcome.upstream_ms / 1000)
             kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
             if kind is not None:
-                m.upstream_errors.labels(project, operation, kind).inc()
+                self.upstream_errors.labels(project, operation, kind).inc()
             if outcome.idempotency in _IDEMPOTENCY_RESULTS:
-                m.idempotency.labels(project, operation, outcome.idempotency).inc()
+                self.idempotency.labels(project, operation, outcome.idempotency).inc()
             if outcome.limit_store_error:
-                m.limit_store_errors.labels(project).inc()
+                self.limit_store_errors.labels(project).inc()
                 if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:
-                    m.fail_open.labels(project).inc()
+                    self.fail_open.labels(project).inc()
         for requests, count in counted.items():
             requests.inc(count)
-
-    def reloaded(self, applied: bool) -> None:
-        super().reloaded(applied)
-        self.metrics.reloads.labels("applied" if applied else "rejected").inc()

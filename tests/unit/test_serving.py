@@ -1,0 +1,132 @@
+"""gateway.serving: the one way every listener is served (signals, flush, listening line, cleanup), light
+enough for the sandbox; and settle_heap, which keeps the collector off the start-up heap."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import subprocess
+import sys
+import weakref
+
+import aiohttp
+from aiohttp import web
+
+from gateway.models import Outcome
+from gateway.observe.accounting import Accounting
+from gateway.serving import Serving, http_url, port_of, settle_heap
+from tests.conftest import ROOT
+
+HEAVY = ("redis", "prometheus_client", "httptools", "limits")
+
+
+def test_serving_and_the_sandbox_load_no_redis_prometheus_httptools_or_limits() -> None:
+    program = (
+        "import sys, gateway.serving, gateway.sandbox.__main__\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", program, *HEAVY], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "", f"serving the sandbox loaded {found.stdout.strip()}"
+
+
+def test_http_url_brackets_an_ipv6_host() -> None:
+    assert http_url("127.0.0.1", 80) == "http://127.0.0.1:80"
+    assert http_url("::1", 8080) == "http://[::1]:8080"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.accounted = asyncio.Event()
+
+    def account(self, batch, in_flight):
+        self.seen += [outcome.request_id for outcome in batch]
+        if batch:
+            self.accounted.set()
+
+
+def _hello_app(cleaned: list[str], name: str) -> web.Application:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=name)
+
+    async def on_cleanup(app: web.Application) -> None:
+        cleaned.append(name)
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def test_a_signal_stops_it_and_every_runner_is_cleaned_up_last_started_first(capsys) -> None:
+    cleaned: list[str] = []
+    stopping: list[signal.Signals] = []
+    async with Serving(stopping=stopping.append) as serving:
+        first = await serving.listen(_hello_app(cleaned, "upstream"))
+        second = await serving.listen(_hello_app(cleaned, "front"))
+        async with aiohttp.ClientSession() as session:
+            for runner, name in ((first, "upstream"), (second, "front")):
+                async with session.get(http_url("127.0.0.1", port_of(runner))) as resp:
+                    assert await resp.text() == name
+        serving.announce("test listening on somewhere")
+        assert capsys.readouterr().out == "test listening on somewhere\n"
+        os.kill(os.getpid(), signal.SIGTERM)  # trapped: this process does not die
+        await asyncio.wait_for(serving.wait(), 30)
+    assert stopping == [signal.SIGTERM]  # a supervisor forwards it from here
+    assert cleaned == ["front", "upstream"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are gone with it
+
+
+async def test_sighup_calls_hangup_and_does_not_stop() -> None:
+    hangups = asyncio.Event()
+    async with Serving(hangup=hangups.set) as serving:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.wait_for(hangups.wait(), 30)
+        assert not serving.stopped
+        serving.stop()
+        await serving.wait()
+
+
+async def test_queued_outcomes_are_flushed_while_serving_and_at_exit() -> None:
+    sink = Sink()
+    accounting = Accounting([sink])
+    async with Serving(flush=(accounting.flush,)):
+        accounting.record(Outcome("gw-periodic", "GET"))
+        await asyncio.wait_for(sink.accounted.wait(), 30)  # the flusher's turn, every FLUSH_EVERY seconds
+        assert sink.seen == ["gw-periodic"]
+        accounting.record(Outcome("gw-last", "GET"))  # queued as the process stops
+    assert sink.seen == ["gw-periodic", "gw-last"]
+
+
+async def test_a_worker_stops_when_its_parent_is_gone() -> None:
+    async with Serving(parent=os.getppid() + 1_000_000) as serving:  # not this process's parent: orphaned
+        await asyncio.wait_for(serving.wait(), 30)
+    assert serving.stopped
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the cyclic collector can free it
+
+
+def test_settle_heap_freezes_start_up_objects_and_still_collects_cycles():
+    threshold = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 1000  # what existed at start-up is out of every collection
+        first = Node()
+        dead = weakref.ref(first)
+        del first
+        for _ in range(
+            30_000
+        ):  # new cycles, as requests may leave: the young generation fills and is collected
+            Node()
+        assert dead() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -1,0 +1,471 @@
+"""The counters of gateway/ratelimit/store.py (reserve/settle, claim/replace/delete_if) on every store kind:
+memory, a real redis-server, and a one-node Redis Cluster.
+
+On Redis, "two gateways" are two stores on two separate storages (two clients, two connection pools) on one
+server; in memory it is one store (memory is per process by design). Memory runs on a clock the test drives;
+Redis runs on its own clock (TIME), so expiry there waits for real (always past the window: no timing
+threshold decides a pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.ratelimit import LimiterPool, Reservation, Store, StoreUnavailable
+from gateway.ratelimit.memory_store import MemoryStore
+from gateway.ratelimit.redis_batch import batcher_for
+from gateway.ratelimit.redis_store import (
+    HIT_SCRIPTS,
+    PRIMITIVE_SCRIPTS,
+    RedisStore,
+    close,
+    ledger_key,
+    prepare,
+    record_key,
+)
+from tests.support.processes import RedisServer, running_cluster_node, running_redis
+
+WAIT = 30.0  # a bound on a call that should not hang, never a pass/fail timing
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Kind:
+    """One store kind: `store()` is a gateway's store (a new client each time on Redis), `advance` lets
+    time pass (the test's clock in memory, real time on Redis)."""
+
+    def __init__(self, name: str, uri: str | None) -> None:
+        self.name, self.uri = name, uri
+        self.clock = Clock()
+        self.memory = MemoryStore(2.0, clock=self.clock) if uri is None else None
+        self.pools: list[LimiterPool] = []
+
+    async def store(self, timeout: float = 2.0) -> Store:
+        if self.memory is not None:
+            return self.memory
+        assert self.uri is not None
+        pool = LimiterPool()
+        self.pools.append(pool)
+        store = pool.store(self.uri, timeout)
+        await pool.start()
+        return store
+
+    async def advance(self, seconds: float) -> None:
+        if self.memory is not None:
+            self.clock.now += seconds
+        else:
+            await asyncio.sleep(seconds)
+
+    async def close(self) -> None:
+        for pool in self.pools:
+            await pool.close()
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with running_cluster_node(tmp_path_factory.mktemp("cluster")) as node:
+        yield node
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def kind(request: pytest.FixtureRequest) -> AsyncIterator[Kind]:
+    if request.param == "memory":
+        found = Kind("memory", None)
+    elif request.param == "redis":
+        found = Kind("redis", request.getfixturevalue("module_redis").url)
+    else:
+        node = request.getfixturevalue("module_cluster")
+        found = Kind("cluster", f"redis+cluster://127.0.0.1:{node.port}")
+    yield found
+    await found.close()
+
+
+def fresh(name: str) -> str:
+    """A key no other test (of the module's one Redis) used."""
+    return f"{name}:{time.time_ns()}"
+
+
+# ------------------------------------------------------------------------------------ reserve / settle
+
+
+async def test_forty_callers_one_unit_left_exactly_one_granted(kind: Kind) -> None:
+    one, two = await kind.store(), await kind.store()
+    key = fresh("one-left")
+    for _ in range(4):
+        assert (await one.reserve(key, 5, 60, 1)).granted
+    stores = [one, two] * 20
+    results = await asyncio.gather(*(store.reserve(key, 5, 60, 1) for store in stores))
+    assert sum(r.granted for r in results) == 1
+    assert all(r.remaining == 0 for r in results)
+    refused = [r for r in results if not r.granted]
+    assert all(r.token == "" and r.amount == 0 and 0 < r.retry_after <= 60 for r in refused)
+
+
+async def test_concurrent_multi_unit_reservations_never_pass_the_limit(kind: Kind) -> None:
+    one, two = await kind.store(), await kind.store()
+    key = fresh("multi")
+    results = await asyncio.gather(*((one, two)[i % 2].reserve(key, 10, 60, 3) for i in range(40)))
+    assert sum(r.granted for r in results) == 3  # 9 of 10 held; a 4th would make 12
+    assert {r.amount for r in results if r.granted} == {3}
+    assert (await one.reserve(key, 10, 60, 1)).granted  # the 10th
+    assert not (await two.reserve(key, 10, 60, 1)).granted
+
+
+async def test_settle_gives_back_all_but_keep_and_is_idempotent(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("settle")
+    first = await store.reserve(key, 10, 60, 4)
+    assert first.granted and first.amount == 4 and first.remaining == 6
+    other = await store.reserve(key, 10, 60, 5)
+    assert other.granted and other.remaining == 1
+    assert not (await store.reserve(key, 10, 60, 2)).granted
+    await store.settle(key, first, 1)  # 3 given back: 1 + 5 live
+    again = await store.reserve(key, 10, 60, 0)
+    assert again.granted and again.remaining == 4 and again.token == ""
+    await store.settle(key, first, 1)  # idempotent
+    await store.settle(key, first, 3)  # a larger keep gives nothing back, and takes nothing
+    await store.settle(key, first, 0)  # the last kept one
+    assert (await store.reserve(key, 10, 60, 0)).remaining == 5
+    await store.settle(key, first, 0)
+    assert (await store.reserve(key, 10, 60, 0)).remaining == 5  # the other reservation is untouched
+    refused = await store.reserve(key, 10, 60, 6)
+    assert not refused.granted
+    await store.settle(key, refused, 0)  # settling a refusal does nothing
+    assert (await store.reserve(key, 10, 60, 5)).granted
+
+
+async def test_calls_on_one_key_may_pass_different_limits(kind: Kind) -> None:
+    """The upstream quota: q=10 with a reserve of 2, browsing may use 8, redemptions all 10."""
+    store = await kind.store()
+    key = fresh("quota")
+    browse = [await store.reserve(key, 8, 60, 1) for _ in range(9)]
+    assert [r.granted for r in browse] == [True] * 8 + [False]
+    assert browse[-1].remaining == 0
+    redeem = [await store.reserve(key, 10, 60, 1) for _ in range(3)]
+    assert [r.granted for r in redeem] == [True, True, False]
+    assert not (await store.reserve(key, 8, 60, 1)).granted
+
+
+async def test_entries_leave_with_the_window_settled_or_not(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("window")
+    held = await store.reserve(key, 3, 0.4, 3)
+    assert held.granted and 0 < held.reset <= 0.4
+    refused = await store.reserve(key, 3, 0.4, 1)
+    assert not refused.granted and 0 < refused.retry_after <= 0.4 and 0 < refused.reset <= 0.4
+    await kind.advance(0.6)
+    after = await store.reserve(key, 3, 0.4, 3)
+    assert after.granted and after.remaining == 0  # the unsettled ones left with their window
+    await store.settle(key, held, 0)  # a settle after the window passed: harmless
+    assert (await store.reserve(key, 3, 0.4, 0)).remaining == 0
+
+
+async def test_retry_after_is_when_the_amount_would_fit(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("retry")
+    await store.reserve(key, 4, 30, 2)
+    await kind.advance(0.3)
+    await store.reserve(key, 4, 30, 2)
+    one = await store.reserve(key, 4, 30, 1)  # the first two must leave
+    three = await store.reserve(key, 4, 30, 3)  # all four must leave
+    never = await store.reserve(key, 4, 30, 5)  # more than the limit
+    assert not (one.granted or three.granted or never.granted)
+    assert 29.0 < one.retry_after < 29.8 and one.retry_after == pytest.approx(one.reset, abs=0.05)
+    assert 29.5 < three.retry_after <= 30.0 and three.retry_after > one.retry_after
+    assert never.retry_after == 30.0
+
+
+async def test_zero_amount_is_granted_and_holds_nothing(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("zero")
+    assert (await store.reserve(key, 1, 60, 1)).granted
+    zero = await store.reserve(key, 1, 60, 0)
+    assert zero.granted and zero.token == "" and zero.amount == 0 and zero.remaining == 0
+
+
+async def test_a_large_reservation(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("large")
+    big = await store.reserve(key, 5000, 60, 1200)  # more members than one Lua unpack may take
+    assert big.granted and big.remaining == 3800
+    await store.settle(key, big, 7)
+    assert (await store.reserve(key, 5000, 60, 0)).remaining == 4993
+
+
+# ------------------------------------------------------------------------------------ claim / replace / delete_if
+
+
+async def test_fifty_claimers_exactly_one_claims(kind: Kind) -> None:
+    one, two = await kind.store(), await kind.store()
+    key = fresh("claim")
+    values = [f"in-flight-{i}".encode() for i in range(50)]
+    results = await asyncio.gather(*((one, two)[i % 2].claim(key, v, 60) for i, v in enumerate(values)))
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1
+    assert all(r == values[winners[0]] for r in results if r is not None)
+
+
+async def test_compare_and_set_and_delete_if(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("cas")
+    assert await store.claim(key, b"marker-1", 60) is None
+    assert not await store.replace(key, b"marker-2", b"answer", 60)
+    assert await store.claim(key, b"x", 60) == b"marker-1"
+    answer = bytes(range(256)) * 1200  # ~300 KiB, every byte value
+    assert await store.replace(key, b"marker-1", answer, 60)
+    assert await store.claim(key, b"x", 60) == answer
+    assert not await store.delete_if(key, b"marker-1")
+    assert await store.claim(key, b"x", 60) == answer
+    assert await store.delete_if(key, answer)
+    assert not await store.delete_if(key, answer)
+    assert await store.claim(key, b"again", 60) is None
+    assert not await store.replace(fresh("absent"), b"", b"v", 60)
+    assert not await store.delete_if(fresh("absent"), b"")
+
+
+async def test_records_expire_and_replace_sets_a_new_ttl(kind: Kind) -> None:
+    store = await kind.store()
+    key, short = fresh("ttl"), fresh("short")
+    assert await store.claim(key, b"marker", 0.3) is None
+    assert await store.replace(key, b"marker", b"kept", 60)  # kept for 60 s from now on
+    assert await store.claim(short, b"marker", 0.3) is None
+    await kind.advance(0.6)
+    assert await store.claim(short, b"new", 60) is None  # the marker expired by itself
+    assert await store.claim(key, b"new", 60) == b"kept"
+    assert await store.replace(key, b"kept", b"brief", 0.3)  # a shorter ttl applies too
+    await kind.advance(0.6)
+    assert await store.claim(key, b"new", 60) is None
+
+
+# ------------------------------------------------------------------------------------ Redis only
+
+
+@pytest.fixture
+async def plain(redis: RedisServer) -> AsyncIterator[tuple[RedisServer, LimiterPool]]:
+    pool = LimiterPool()
+    yield redis, pool
+    await pool.close()
+
+
+async def test_redis_keys_are_prefixed_hash_tagged_and_on_redis_time(
+    module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = LimiterPool()
+    store = pool.store(module_redis.url, 2.0)
+    assert isinstance(store, RedisStore)
+    client = batcher_for(store._scripts.client)
+    assert client is not None
+    redis: Any = client.client
+    key = fresh("names")
+    assert ledger_key(key) == f"gw:ledger:{{{key}}}" and record_key(key) == f"gw:record:{{{key}}}"
+    monkeypatch.setattr(time, "time", lambda: 0.0)  # this process's clock says nothing to the store
+    held = await store.reserve(key, 5, 60, 2)
+    await store.claim(key, b"v", 60)
+    monkeypatch.undo()
+    seconds, micros = await redis.time()
+    members = await redis.zrange(ledger_key(key), 0, -1, withscores=True)
+    assert [m for m, _ in members] == [f"{held.token}:1".encode(), f"{held.token}:2".encode()]
+    assert all(abs(score - (seconds * 1_000_000 + micros)) < 10_000_000 for _, score in members)
+    assert 59_000 < await redis.pttl(ledger_key(key)) <= 60_000
+    assert await redis.get(record_key(key)) == b"v"
+    assert not [k for k in await redis.keys("*") if k.startswith((b"LIMITS", b"LIMITER"))]
+    await pool.close()
+
+
+def test_every_script_touches_only_its_declared_keys() -> None:
+    """Cluster slots and servers that refuse undeclared keys (Dragonfly): every key is a KEYS[n]."""
+    for text in (*HIT_SCRIPTS, *PRIMITIVE_SCRIPTS):
+        calls = re.findall(r"redis\.call\('(\w+)'(?:,\s*([^,)]+))?", text)
+        assert calls
+        for command, first in calls:
+            if command.upper() == "TIME":
+                continue
+            assert re.fullmatch(r"KEYS\[\d\]", first), (command, first)
+
+
+async def test_one_turn_of_primitives_is_one_pipeline(plain: tuple[RedisServer, LimiterPool]) -> None:
+    redis, pool = plain
+    store = pool.store(redis.url, 2.0)
+    await pool.start()
+    assert isinstance(store, RedisStore)
+    batcher = batcher_for(store._scripts.client)
+    assert batcher is not None
+    before = batcher.pipelines
+    results = await asyncio.gather(*(store.reserve("turn", 30, 60, 1) for _ in range(50)))
+    assert batcher.pipelines - before <= 2
+    assert [r.granted for r in results] == [True] * 30 + [False] * 20  # in the order asked
+    assert [r.remaining for r in results[:30]] == list(range(29, -1, -1))
+
+
+async def test_a_flushed_script_cache_counts_each_reservation_once(
+    plain: tuple[RedisServer, LimiterPool],
+) -> None:
+    redis, pool = plain
+    store = pool.store(redis.url, 2.0)
+    assert isinstance(store, RedisStore)
+    assert (await store.reserve("flush", 100, 60, 1)).granted
+    await store._scripts.client.script_flush()  # as a restarted Redis
+    results = await asyncio.gather(*(store.reserve("flush", 100, 60, 1) for _ in range(20)))
+    assert all(r.granted for r in results)
+    assert (await store.reserve("flush", 100, 60, 0)).remaining == 79
+    await store._scripts.client.script_flush()
+    assert await store.claim("flush", b"a", 60) is None
+    assert await store.claim("flush", b"b", 60) == b"a"
+
+
+async def test_a_restarted_redis_serves_again(plain: tuple[RedisServer, LimiterPool]) -> None:
+    redis, pool = plain
+    store = pool.store(redis.url, 1.0)
+    assert (await store.reserve("restart", 5, 60, 1)).granted
+    redis.kill()
+    with pytest.raises(StoreUnavailable):
+        await store.reserve("restart", 5, 60, 1)
+    redis.start()  # empty: nothing persisted
+    assert (await store.reserve("restart", 5, 60, 1)).remaining == 4
+    assert await store.claim("restart", b"v", 60) is None
+
+
+async def test_a_frozen_redis_raises_store_unavailable_after_the_timeout(
+    plain: tuple[RedisServer, LimiterPool],
+) -> None:
+    redis, pool = plain
+    store = pool.store(redis.url, 0.3)
+    await pool.start()
+    held = await store.reserve("frozen", 5, 60, 2)
+    assert await store.claim("frozen", b"m", 60) is None
+    redis.freeze()
+    try:
+        calls = [
+            store.reserve("frozen", 5, 60, 1),
+            store.settle("frozen", held, 0),
+            store.claim("frozen", b"n", 60),
+            store.replace("frozen", b"m", b"v", 60),
+            store.delete_if("frozen", b"m"),
+        ]
+        for call in calls:
+            with pytest.raises(StoreUnavailable) as raised:
+                async with asyncio.timeout(WAIT):  # our own timeout fires, not this bound
+                    await call
+            assert isinstance(raised.value.__cause__, TimeoutError), raised.value.__cause__
+        # the same URI with another policy's timeout: the same counts, its own bound
+        longer = pool.store(redis.url, 0.6)
+        assert longer.timeout == 0.6 and store.timeout == 0.3
+        with pytest.raises(StoreUnavailable):
+            await longer.claim("frozen", b"n", 60)
+    finally:
+        redis.thaw()
+    assert (await store.reserve("frozen", 5, 60, 0)).remaining in (2, 3)  # one reserve may have landed
+
+
+async def test_a_redis_error_is_store_unavailable(plain: tuple[RedisServer, LimiterPool]) -> None:
+    redis, pool = plain
+    store = pool.store(redis.url, 2.0)
+    assert isinstance(store, RedisStore)
+    await store._scripts.client.hset(ledger_key("wrong"), "x", "1")  # WRONGTYPE inside the script
+    await store._scripts.client.hset(record_key("wrong"), "x", "1")
+    with pytest.raises(StoreUnavailable):
+        await store.reserve("wrong", 5, 60, 1)
+    with pytest.raises(StoreUnavailable):
+        await store.claim("wrong", b"v", 60)
+
+
+async def test_prepare_loads_the_primitive_scripts(redis: RedisServer) -> None:
+    import hashlib
+
+    pool = LimiterPool()
+    store = pool.store(redis.url, 2.0)
+    assert isinstance(store, RedisStore)
+    await pool.start()
+    client = store._scripts.client
+    shas = [hashlib.sha1(text.encode()).hexdigest() for text in PRIMITIVE_SCRIPTS]
+    assert await client.script_exists(*shas) == [True] * len(shas)
+    await client.script_flush()
+    await prepare(store.storage)
+    assert await client.script_exists(*shas) == [True] * len(shas)
+    await pool.close()
+    with contextlib.suppress(Exception):
+        await close(store.storage)
+
+
+# ------------------------------------------------------------------------------------ memory only
+
+
+async def test_memory_ledger_is_bounded_and_reclaimed() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock, max_ledger_keys=100)
+    for i in range(1000):  # a flood of distinct clients
+        assert (await store.reserve(f"client-{i}", 3, 60, 1)).granted
+        clock.now += 0.001
+    assert len(store.ledgers) == 100 and store.ledgers.evicted == 900
+    assert (await store.reserve("client-999", 3, 60, 0)).remaining == 2  # the newest are kept
+    clock.now += 61
+    await store.reserve("late", 3, 60, 1)
+    assert len(store.ledgers) == 1  # the expired ones were reclaimed without a sweep
+
+
+async def test_memory_ledger_does_not_grow_with_settled_reservations() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for _ in range(10_000):  # existing codes, all given back: nothing stays held
+        reservation = await store.reserve("shopper", 10, 3600, 1)
+        assert reservation.granted
+        await store.settle("shopper", reservation, 0)
+    ledger = store.ledgers.entries["shopper"]
+    assert ledger.live == 0 and len(ledger.groups) == 0
+
+
+async def test_memory_records_are_bounded_in_keys_and_bytes() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock, max_record_keys=50, max_record_bytes=1_000_000)
+    value = b"x" * 100_000
+    for i in range(30):
+        assert await store.claim(f"key-{i}", value, 60 + i) is None
+        assert store.records.bytes <= 1_000_000
+    assert len(store.records) == 9 and store.records.evicted == 21
+    assert await store.claim("key-29", b"y", 60) == value  # the latest to expire are kept
+    assert await store.claim("key-0", b"y", 60) is None  # the earliest were dropped
+    for i in range(200):
+        await store.claim(f"small-{i}", b"s", 600)
+    assert len(store.records) == 50
+    clock.now += 601
+    await store.claim("after", b"s", 1)
+    assert len(store.records) == 1 and store.records.bytes < 1000
+    with pytest.raises(ValueError):
+        await store.claim("huge", b"x" * 2_000_000, 60)
+
+
+async def test_memory_store_is_one_per_uri(tmp_path: Path) -> None:
+    pool = LimiterPool()
+    one, two = pool.store("memory://", 0.5), pool.store("memory://", 2.0)
+    assert one is two
+    held = await one.reserve("k", 1, 60, 1)
+    assert isinstance(held, Reservation) and not (await two.reserve("k", 1, 60, 1)).granted
+    await pool.close()
+
+
+def test_redis_store_bound_shares_the_client() -> None:
+    pool = LimiterPool()
+    one = pool.store("redis://127.0.0.1:1/0", 0.5)
+    two = pool.store("redis://127.0.0.1:1/0", 1.5)
+    assert isinstance(one, RedisStore) and isinstance(two, RedisStore)
+    assert one._scripts is two._scripts and (one.timeout, two.timeout) == (0.5, 1.5)
