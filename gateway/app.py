@@ -2,7 +2,8 @@
 
   decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
   -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
-  -> rate limit (429, 503) -> Voucherify (502, 504) -> the mode's view of the answer.
+  -> rate limit (429, 503) -> Idempotency-Key (400, 409, 422, 503, or a replay: `idempotent.py`)
+  -> Voucherify (502, 504) -> the mode's view of the answer.
 
 After `decide`, each step returns its value or raises `errors.Refused`, caught once in `_pipeline`. Only a
 request that passed every check is counted against its rate limit.
@@ -19,11 +20,13 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import errors
+from gateway import errors, idempotent
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused
-from gateway.headers import request_headers
+from gateway.guards.idempotency import REPLAYED, REPLAYED_DECISION, Replay
+from gateway.headers import IDEMPOTENCY_KEY, request_headers
+from gateway.idempotent import Hold, Holder
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
@@ -50,6 +53,7 @@ class GatewayState:
         )
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
+        self.holder = Holder()  # Idempotency-Key answers still to be kept, their handlers maybe gone
         self.policy: CompiledPolicy
         self.set_policy(policy)
 
@@ -176,11 +180,16 @@ async def _pipeline(
     outcome.project, outcome.operation = target.project.name, target.operation
 
     limit_headers: tuple[tuple[str, str], ...] = ()
+    hold: Hold | None = None
     try:
         body = await _request_body(request, policy)
         document = check_body(admit, body)
         call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
         limit_headers = await _rate_limit(state, target, client.bucket_key, outcome)
+        held = await _idempotency(state, target, request.headers.getall(IDEMPOTENCY_KEY, []), body, outcome)
+        if isinstance(held, Replay):
+            return _replayed(held, admit.cors, limit_headers, outcome)
+        hold = held
         headers = request_headers(
             request.headers,
             target.project.credential_headers,
@@ -188,10 +197,16 @@ async def _pipeline(
             outcome.request_id,
             forward_origin=mode.forwards_origin,
         )
-        answer = await _send(state, policy, target, call, headers, outcome)
-        answer = mode.response(target, answer)
+
+        async def voucherify() -> UpstreamResponse:
+            return mode.response(target, await _send(state, policy, target, call, headers, outcome))
+
+        answer = await (voucherify() if hold is None else hold.run(voucherify))
     except Refused as refused:
         return _refused(admit.refuse(refused.error), outcome, (*limit_headers, *refused.headers))
+    finally:
+        if hold is not None:  # refused or cancelled before Voucherify's call: the key is free again
+            await hold.release()
     outcome.status = answer.status
     headers_out = [*answer.headers, *limit_headers]
     return _respond(
@@ -210,6 +225,30 @@ async def _rate_limit(
     if verdict.error is not None:
         raise Refused(verdict.error, verdict.headers)
     return verdict.headers
+
+
+async def _idempotency(
+    state: GatewayState, target: Target, values: list[str], body: bytes, outcome: Outcome
+) -> Hold | Replay | None:
+    """Claim the request's Idempotency-Key: a hold on it, the kept answer to replay, None without a key;
+    Refused: 400 (bad or missing key), 409 (in flight), 422 (another request's), 503 (store down)."""
+    project = target.project
+    limits = project.rate_limit
+    store = state.limiters.store(limits.storage, limits.storage_timeout)
+    return await idempotent.claim(project.idempotency, store, target, values, body, outcome, state.holder)
+
+
+def _replayed(
+    replay: Replay,
+    cors: Iterable[tuple[str, str]],
+    limit_headers: Iterable[tuple[str, str]],
+    outcome: Outcome,
+) -> web.Response:
+    """The kept answer again, with this request's own CORS, id and RateLimit fields."""
+    status, content_type, body = replay.answer(outcome.request_id)
+    outcome.decision, outcome.status = REPLAYED_DECISION, status
+    headers = [REPLAYED, *limit_headers]
+    return _respond(status, body, outcome.request_id, cors, headers, content_type=content_type)
 
 
 async def _send(
@@ -241,6 +280,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await state.transport.start()
     await state.limiters.start()
     yield
+    await state.holder.wait(state.policy.upstream_timeouts.connect + state.policy.upstream_timeouts.read)
     state.accounting.flush()  # the last requests' lines and counts
     await state.transport.close()
     await state.limiters.close()
