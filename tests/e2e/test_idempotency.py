@@ -334,3 +334,36 @@ async def test_a_reload_turning_it_off_or_changing_ttl_applies_to_new_requests(g
     status, headers, _ = await post(client, "short")
     assert status == 200 and "Idempotent-Replayed" not in headers
     assert len(upstream.received) == 4
+
+
+# ---------------------------------------------------------------------------------------------- the sandbox
+
+
+async def test_a_replay_does_not_spend_the_sandboxes_last_use(gateway):
+    """The offline sandbox redeems for real: ONEUSE has one use, and a replay must not take a second."""
+    from aiohttp import web
+
+    from gateway.sandbox import SANDBOX_RECORDS, SandboxCredentials, create_sandbox_app
+
+    credentials = SandboxCredentials()
+    sandbox = create_sandbox_app(credentials)
+    runner = web.AppRunner(sandbox, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        tree = policy(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        tree["projects"]["shop"]["credentials"] = {
+            "client_application_id": credentials.client_application_id,
+            "client_secret_key": credentials.client_secret_key,
+        }
+        client = await gateway(tree)
+        oneuse = "/client/v1/redeem?code=ONEUSE"
+        first = await post(client, "pay-1", path=oneuse)
+        assert first[0] == 200 and json.loads(first[2])["result"] == "SUCCESS"
+        again = await post(client, "pay-1", path=oneuse)
+        assert (again[0], again[1]["Idempotent-Replayed"], again[2]) == (200, "true", first[2])
+        spent = await post(client, "pay-2", path=oneuse)  # a new key is a new redemption: none left
+        assert spent[0] == 400 and "Idempotent-Replayed" not in spent[1]
+        assert [r.path for r in sandbox[SANDBOX_RECORDS]] == ["/client/v1/redeem"] * 2
+    finally:
+        await runner.cleanup()
