@@ -3,7 +3,8 @@
   decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
   -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
   -> rate limit (429, 503) -> Idempotency-Key (400, 409, 422, 503, or a replay: `idempotent.py`)
-  -> Voucherify (502, 504) -> the mode's view of the answer.
+  -> failed-code budget (429) -> Voucherify (502, 504) -> the mode's view of the answer (the budget
+  keeps its unknown codes and gives the rest back; a held Idempotency-Key keeps the answer).
 
 After `decide`, each step returns its value or raises `errors.Refused`, caught once in `_pipeline`. Only a
 request that passed every check is counted against its rate limit.
@@ -24,6 +25,7 @@ from gateway import errors, idempotent
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused
+from gateway.guards.failed_code_hold import CodeHold
 from gateway.guards.idempotency import REPLAYED, REPLAYED_DECISION, Replay
 from gateway.headers import IDEMPOTENCY_KEY, request_headers
 from gateway.idempotent import Hold, Holder
@@ -32,7 +34,7 @@ from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.policy import PolicyFile
-from gateway.ratelimit import LimiterPool
+from gateway.ratelimit import LimiterPool, Store
 from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
@@ -181,6 +183,7 @@ async def _pipeline(
 
     limit_headers: tuple[tuple[str, str], ...] = ()
     hold: Hold | None = None
+    codes = CodeHold()  # the failed-code budget's hold: its RateLimit members, given back in `finally`
     try:
         body = await _request_body(request, policy)
         document = check_body(admit, body)
@@ -190,6 +193,8 @@ async def _pipeline(
         if isinstance(held, Replay):
             return _replayed(held, admit.cors, limit_headers, outcome)
         hold = held
+        if target.project.failed_codes is not None:  # the failed-code budget (429)
+            await codes.reserve(_store(state, target), target, client.bucket_key, document, outcome)
         headers = request_headers(
             request.headers,
             target.project.credential_headers,
@@ -202,13 +207,16 @@ async def _pipeline(
             return mode.response(target, await _send(state, policy, target, call, headers, outcome))
 
         answer = await (voucherify() if hold is None else hold.run(voucherify))
+        codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
     except Refused as refused:
-        return _refused(admit.refuse(refused.error), outcome, (*limit_headers, *refused.headers))
+        extra = codes.fields((*limit_headers, *refused.headers))
+        return _refused(admit.refuse(refused.error), outcome, extra)
     finally:
+        codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
         if hold is not None:  # refused or cancelled before Voucherify's call: the key is free again
             await hold.release()
     outcome.status = answer.status
-    headers_out = [*answer.headers, *limit_headers]
+    headers_out = [*answer.headers, *codes.fields(limit_headers)]
     return _respond(
         answer.status, answer.body, outcome.request_id, admit.cors, headers_out, content_type=None
     )
@@ -232,10 +240,10 @@ async def _idempotency(
 ) -> Hold | Replay | None:
     """Claim the request's Idempotency-Key: a hold on it, the kept answer to replay, None without a key;
     Refused: 400 (bad or missing key), 409 (in flight), 422 (another request's), 503 (store down)."""
-    project = target.project
-    limits = project.rate_limit
-    store = state.limiters.store(limits.storage, limits.storage_timeout)
-    return await idempotent.claim(project.idempotency, store, target, values, body, outcome, state.holder)
+    store = _store(state, target)
+    return await idempotent.claim(
+        target.project.idempotency, store, target, values, body, outcome, state.holder
+    )
 
 
 def _replayed(
@@ -249,6 +257,11 @@ def _replayed(
     outcome.decision, outcome.status = REPLAYED_DECISION, status
     headers = [REPLAYED, *limit_headers]
     return _respond(status, body, outcome.request_id, cors, headers, content_type=content_type)
+
+
+def _store(state: GatewayState, target: Target) -> Store:
+    limits = target.project.rate_limit
+    return state.limiters.store(limits.storage, limits.storage_timeout)
 
 
 async def _send(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
 from gateway.guards import idempotency
+from gateway.guards.failed_codes import FailedCodeBudget
 from gateway.models import Bucket, Timeouts
 from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
@@ -25,6 +26,7 @@ class ProjectRuntime:
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
     mode: Mode  # client or server keys: both halves of the upstream translation
     idempotency: idempotency.Settings
+    failed_codes: FailedCodeBudget | None = None  # rate_limit.failed_codes; None: off for this project
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             credential_headers=_credential_headers(project),
             mode=mode_for(project.upstream_auth),
             idempotency=_idempotency(name, policy, limits),
+            failed_codes=FailedCodeBudget.parse(name, limits.failed_codes) if limits.failed_codes else None,
         )
     return CompiledPolicy(
         source=policy,

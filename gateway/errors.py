@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +27,7 @@ class ErrorKey(StrEnum):
     IDEMPOTENCY_KEY_IN_FLIGHT = "idempotency_key_in_flight"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     IDEMPOTENCY_UNAVAILABLE = "idempotency_unavailable"
+    TOO_MANY_FAILED_CODES = "too_many_failed_codes"
 
 
 _STATUS = {
@@ -47,10 +49,12 @@ _STATUS = {
     ErrorKey.IDEMPOTENCY_KEY_IN_FLIGHT: 409,
     ErrorKey.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorKey.IDEMPOTENCY_UNAVAILABLE: 503,
+    ErrorKey.TOO_MANY_FAILED_CODES: 429,
 }
 
 # Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
 TOO_MANY_REQUESTS_MESSAGE = "Too many requests hit the API too quickly."
+TOO_MANY_FAILED_CODES_MESSAGE = "Too many unknown codes were tried from this address."
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +73,20 @@ class GatewayError:
         return _STATUS[self.key]
 
     def body(self, request_id: str) -> bytes:
-        return json.dumps(
-            {
-                "code": self.status,
-                "key": self.key.value,
-                "message": self.message,
-                "details": self.details,
-                "request_id": request_id,
-            }
-        ).encode()
+        """The JSON body. Everything but the request id is the same for every request refused alike (a 429
+        flood), so it is encoded once (`_frame`) and the id is set between the two halves."""
+        before, after = _frame(self.status, self.key.value, self.message, self.details)
+        return before + json.dumps(request_id).encode() + after
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: details may carry caller text (an origin)
+def _frame(status: int, key: str, message: str, details: str) -> tuple[bytes, bytes]:
+    marker = "\x00request-id\x00"
+    encoded = json.dumps(
+        {"code": status, "key": key, "message": message, "details": details, "request_id": marker}
+    ).encode()
+    before, after = encoded.split(json.dumps(marker).encode())
+    return before, after
 
 
 class Refused(Exception):
@@ -174,6 +183,15 @@ def too_many_requests(retry_after: int) -> GatewayError:
         ErrorKey.TOO_MANY_REQUESTS,
         TOO_MANY_REQUESTS_MESSAGE,
         f"The per-IP limit is used up; retry after {retry_after} seconds.",
+    )
+
+
+def too_many_failed_codes(retry_after: int) -> GatewayError:
+    return GatewayError(
+        ErrorKey.TOO_MANY_FAILED_CODES,
+        TOO_MANY_FAILED_CODES_MESSAGE,
+        f"The failed-code budget of this address does not cover the codes in this request; "
+        f"retry after {retry_after} seconds.",
     )
 
 

@@ -1,1 +1,1 @@
-"""The second release's guards around Voucherify: sans-IO decisions the pipeline runs with its store."""
+"""Guards on what a client may make the gateway ask of Voucherify: sans-IO rules, one module each."""
