@@ -367,3 +367,20 @@ async def test_a_replay_does_not_spend_the_sandboxes_last_use(gateway):
         assert [r.path for r in sandbox[SANDBOX_RECORDS]] == ["/client/v1/redeem"] * 2
     finally:
         await runner.cleanup()
+
+
+async def test_a_failed_code_refusal_after_the_claim_keeps_nothing_and_replays_cost_no_budget(
+    gateway, upstream
+):
+    tree = policy(upstream.url)
+    tree["rate_limit"]["failed_codes"] = "1 per hour"
+    client = await gateway(tree)
+    upstream.reply(Reply(404, {"code": 404, "key": "resource_not_found"}))
+    unknown = await post(client, "a")  # an unknown code: the budget is spent
+    assert unknown[0] == 404
+    for _ in range(2):  # refused by the budget after its key was claimed: the key is free again, not 409
+        refused = await post(client, "b")
+        assert_gateway_error(refused[0], json.loads(refused[2]), refused[1], 429, "too_many_failed_codes")
+    replay = await post(client, "a")  # a replay is answered before the budget, and costs nothing
+    assert (replay[0], replay[1]["Idempotent-Replayed"], replay[2]) == (404, "true", unknown[2])
+    assert len(upstream.received) == 1
