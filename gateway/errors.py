@@ -21,6 +21,7 @@ class ErrorKey(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_QUOTA_EXHAUSTED = "upstream_quota_exhausted"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
     INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
     IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
@@ -43,6 +44,7 @@ _STATUS = {
     ErrorKey.UPSTREAM_UNAVAILABLE: 502,
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
+    ErrorKey.UPSTREAM_QUOTA_EXHAUSTED: 503,
     ErrorKey.REQUEST_TIMEOUT: 408,
     ErrorKey.INVALID_IDEMPOTENCY_KEY: 400,
     ErrorKey.IDEMPOTENCY_KEY_REQUIRED: 400,
@@ -272,6 +274,22 @@ def idempotency_unavailable() -> GatewayError:
         "Idempotency store unavailable",
         "The gateway cannot reach the store that keeps Idempotency-Key records, so it cannot promise to "
         "answer this request once. Nothing was sent to Voucherify. Retry shortly with the same key.",
+    )
+
+
+def upstream_quota_exhausted(retry_after: int, *, voucherify_busy: bool = False) -> GatewayError:
+    """503: the project's `upstream_quota` is spent, or Voucherify answered 429 and the gateway holds off.
+
+    The pipeline sends `Retry-After: <retry_after>` with it."""
+    reason = (
+        "Voucherify asked the gateway to slow down for this project"
+        if voucherify_busy
+        else "This project's calls to Voucherify are used up for now"
+    )
+    return GatewayError(
+        ErrorKey.UPSTREAM_QUOTA_EXHAUSTED,
+        "Upstream quota exhausted",
+        f"{reason}; nothing was sent. Retry after {retry_after} seconds.",
     )
 
 

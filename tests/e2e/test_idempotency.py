@@ -138,7 +138,7 @@ async def test_voucherify_errors_below_500_are_kept_too(gateway, upstream):
 
 async def test_voucherify_5xx_and_429_keep_nothing_and_the_key_is_free_again(gateway, upstream):
     client = await gateway(policy(upstream.url))
-    for status in (500, 503, 429):
+    for status in (500, 503):
         upstream.received.clear()
         upstream.reply(Reply(status, {"code": status}, {"Retry-After": "1"}))
         key = f"k-{status}"
@@ -149,6 +149,16 @@ async def test_voucherify_5xx_and_429_keep_nothing_and_the_key_is_free_again(gat
         assert len(upstream.received) == 2
         third = await post(client, key)  # and that answer is kept
         assert third[1]["Idempotent-Replayed"] == "true" and len(upstream.received) == 2
+
+
+async def test_voucherify_429_keeps_nothing(gateway, upstream):
+    client = await gateway(policy(upstream.url))
+    upstream.reply(Reply(429, {"code": 429}, {"Retry-After": "30"}))
+    for _ in range(2):  # the gateway's 503 (and then its hold-off): no 409, no replay, the key is free
+        status, headers, raw = await post(client)
+        assert_gateway_error(status, json.loads(raw), headers, 503, "upstream_quota_exhausted")
+        assert "Idempotent-Replayed" not in headers
+    assert len(upstream.received) == 1
 
 
 async def test_a_timeout_is_an_unknown_outcome_and_kept(gateway, upstream):
@@ -383,4 +393,18 @@ async def test_a_failed_code_refusal_after_the_claim_keeps_nothing_and_replays_c
         assert_gateway_error(refused[0], json.loads(refused[2]), refused[1], 429, "too_many_failed_codes")
     replay = await post(client, "a")  # a replay is answered before the budget, and costs nothing
     assert (replay[0], replay[1]["Idempotent-Replayed"], replay[2]) == (404, "true", unknown[2])
+    assert len(upstream.received) == 1
+
+
+async def test_a_quota_refusal_after_the_claim_keeps_nothing_and_replays_cost_no_quota(gateway, upstream):
+    tree = policy(upstream.url)
+    tree["rate_limit"]["upstream_quota"] = "1 per hour"
+    client = await gateway(tree)
+    first = await post(client, "a")
+    assert first[0] == 200
+    for _ in range(2):  # refused by the quota after its key was claimed: the key is free again, not 409
+        refused = await post(client, "b")
+        assert_gateway_error(refused[0], json.loads(refused[2]), refused[1], 503, "upstream_quota_exhausted")
+    replay = await post(client, "a")  # answered without Voucherify: the spent quota does not matter
+    assert (replay[0], replay[1]["Idempotent-Replayed"], replay[2]) == (200, "true", first[2])
     assert len(upstream.received) == 1
