@@ -8,12 +8,12 @@ import json
 from collections import Counter
 from typing import Any
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from tests.conftest import assert_gateway_error, base_policy
+from tests.conftest import GatewayClient, GatewayFactory, assert_gateway_error, base_policy
 from tests.support.constants import JSON_H, ORIGIN
 from tests.support.rawhttp import send
-from tests.support.upstream_double import Reply
+from tests.support.upstream_double import Reply, UpstreamDouble
 
 DANGER = {"danger_zone": {"redeem": True, "publish": True, "create_customers": True}}
 REDEEM = "/client/v1/redeem?code=SAVE10"
@@ -27,7 +27,9 @@ def policy(upstream_url: str, idempotency: dict[str, Any] | None = None, **proje
     return tree
 
 
-async def test_preflight_allows_the_header_and_exposes_the_replay_flag(gateway, upstream):
+async def test_preflight_allows_the_header_and_exposes_the_replay_flag(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     resp = await client.options(
         REDEEM,
@@ -45,7 +47,9 @@ async def test_preflight_allows_the_header_and_exposes_the_replay_flag(gateway, 
     assert upstream.received == []
 
 
-async def test_the_header_never_reaches_the_upstream_even_when_off(gateway, upstream):
+async def test_the_header_never_reaches_the_upstream_even_when_off(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     for idempotency in ({"ttl": 0}, None):
         client = await gateway(policy(upstream.url, idempotency))
         upstream.received.clear()
@@ -63,12 +67,16 @@ def keyed(key: str = "k-1", **more: str) -> dict[str, str]:
     return {**JSON_H, "Idempotency-Key": key, **more}
 
 
-async def post(client, key: str = "k-1", body: str = BODY, path: str = REDEEM, **headers: str):
+async def post(
+    client: GatewayClient, key: str = "k-1", body: str = BODY, path: str = REDEEM, **headers: str
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
     resp = await client.post(path, data=body, headers=keyed(key, **headers))
     return resp.status, resp.headers, await resp.read()
 
 
-async def test_a_retry_gets_the_first_answer_and_voucherify_is_called_once(gateway, upstream):
+async def test_a_retry_gets_the_first_answer_and_voucherify_is_called_once(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     upstream.reply(Reply(201, {"id": "r_1", "result": "SUCCESS"}, {"X-Other": "1"}))
     first = await post(client)
@@ -82,7 +90,9 @@ async def test_a_retry_gets_the_first_answer_and_voucherify_is_called_once(gatew
     assert len(upstream.received) == 1
 
 
-async def test_a_replay_carries_the_replaying_origins_cors(gateway, upstream):
+async def test_a_replay_carries_the_replaying_origins_cors(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     await post(client)
     other = "https://a.example.org"  # allowed by the wildcard entry
@@ -95,7 +105,7 @@ async def test_a_replay_carries_the_replaying_origins_cors(gateway, upstream):
     assert len(upstream.received) == 1
 
 
-async def test_another_request_with_the_key_is_422(gateway, upstream):
+async def test_another_request_with_the_key_is_422(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(policy(upstream.url))
     await post(client)
     for body, path in [
@@ -108,7 +118,9 @@ async def test_another_request_with_the_key_is_422(gateway, upstream):
     assert len(upstream.received) == 1
 
 
-async def test_twenty_at_once_reach_voucherify_once(gateway, upstream):
+async def test_twenty_at_once_reach_voucherify_once(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     upstream.reply(Reply(200, {"id": "r_1"}, delay=0.5))
     answers = await asyncio.gather(*(post(client) for _ in range(20)))
@@ -127,7 +139,9 @@ async def test_twenty_at_once_reach_voucherify_once(gateway, upstream):
 # ---------------------------------------------------------------------------------------------- what is kept
 
 
-async def test_voucherify_errors_below_500_are_kept_too(gateway, upstream):
+async def test_voucherify_errors_below_500_are_kept_too(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     upstream.reply(Reply(400, {"code": 400, "key": "quota_exceeded"}))
     first = await post(client)
@@ -136,7 +150,9 @@ async def test_voucherify_errors_below_500_are_kept_too(gateway, upstream):
     assert len(upstream.received) == 1
 
 
-async def test_voucherify_5xx_and_429_keep_nothing_and_the_key_is_free_again(gateway, upstream):
+async def test_voucherify_5xx_and_429_keep_nothing_and_the_key_is_free_again(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     for status in (500, 503):
         upstream.received.clear()
@@ -151,7 +167,7 @@ async def test_voucherify_5xx_and_429_keep_nothing_and_the_key_is_free_again(gat
         assert third[1]["Idempotent-Replayed"] == "true" and len(upstream.received) == 2
 
 
-async def test_voucherify_429_keeps_nothing(gateway, upstream):
+async def test_voucherify_429_keeps_nothing(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(policy(upstream.url))
     upstream.reply(Reply(429, {"code": 429}, {"Retry-After": "30"}))
     for _ in range(2):  # the gateway's 503 (and then its hold-off): no 409, no replay, the key is free
@@ -161,7 +177,9 @@ async def test_voucherify_429_keeps_nothing(gateway, upstream):
     assert len(upstream.received) == 1
 
 
-async def test_a_timeout_is_an_unknown_outcome_and_kept(gateway, upstream):
+async def test_a_timeout_is_an_unknown_outcome_and_kept(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = policy(upstream.url)
     tree["upstream"] = {"read_timeout": 0.3}
     client = await gateway(tree)
@@ -173,7 +191,9 @@ async def test_a_timeout_is_an_unknown_outcome_and_kept(gateway, upstream):
     assert len(upstream.received) == 1  # never a second redemption
 
 
-async def test_a_502_after_the_request_was_sent_is_kept(gateway, upstream):
+async def test_a_502_after_the_request_was_sent_is_kept(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     upstream.reply(Reply(reset=True))  # the double reads the request, then drops the connection
     first = await post(client)
@@ -183,7 +203,7 @@ async def test_a_502_after_the_request_was_sent_is_kept(gateway, upstream):
     assert len(upstream.received) == 1
 
 
-async def test_a_502_where_nothing_was_sent_keeps_nothing(gateway):
+async def test_a_502_where_nothing_was_sent_keeps_nothing(gateway: GatewayFactory) -> None:
     from gateway.serve import free_port
 
     client = await gateway(policy(f"http://127.0.0.1:{free_port()}"))  # nothing listens there
@@ -193,7 +213,9 @@ async def test_a_502_where_nothing_was_sent_keeps_nothing(gateway):
         assert "Idempotent-Replayed" not in headers
 
 
-async def test_an_answer_near_max_body_bytes_is_kept_whole_and_a_larger_one_is_bounded(gateway, upstream):
+async def test_an_answer_near_max_body_bytes_is_kept_whole_and_a_larger_one_is_bounded(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = policy(upstream.url)
     tree["listen"] = {"max_body_bytes": 4000}
     client = await gateway(tree)
@@ -220,7 +242,9 @@ async def test_an_answer_near_max_body_bytes_is_kept_whole_and_a_larger_one_is_b
 # ---------------------------------------------------------------------------------------------- the header
 
 
-async def test_bad_values_and_two_headers_are_400_and_nothing_is_sent(gateway, upstream):
+async def test_bad_values_and_two_headers_are_400_and_nothing_is_sent(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     for value in ['"unclosed', "a\\b", "x" * 256, '""', '"k";a=1', "ké"]:
         status, headers, raw = await post(client, value)
@@ -240,7 +264,9 @@ async def test_bad_values_and_two_headers_are_400_and_nothing_is_sent(gateway, u
     assert upstream.received == []
 
 
-async def test_required_makes_a_missing_key_400_on_those_operations_only(gateway, upstream):
+async def test_required_makes_a_missing_key_400_on_those_operations_only(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url, {"required": True}))
     resp = await client.post(REDEEM, data=BODY, headers=JSON_H)
     assert_gateway_error(resp.status, await resp.json(), resp.headers, 400, "idempotency_key_required")
@@ -250,7 +276,9 @@ async def test_required_makes_a_missing_key_400_on_those_operations_only(gateway
     assert [seen.path for seen in upstream.received] == ["/client/v1/validations"]
 
 
-async def test_ttl_zero_ignores_the_header_and_required(gateway, upstream):
+async def test_ttl_zero_ignores_the_header_and_required(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url, {"ttl": 0, "required": True}))
     for _ in range(2):
         status, headers, _ = await post(client, '"unclosed')
@@ -260,7 +288,9 @@ async def test_ttl_zero_ignores_the_header_and_required(gateway, upstream):
     assert len(upstream.received) == 3
 
 
-async def test_the_per_ip_limit_comes_first_and_counts_replays(gateway, upstream):
+async def test_the_per_ip_limit_comes_first_and_counts_replays(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = policy(upstream.url)
     tree["rate_limit"] = {"per_ip": "2 per minute"}
     client = await gateway(tree)
@@ -272,7 +302,7 @@ async def test_the_per_ip_limit_comes_first_and_counts_replays(gateway, upstream
     assert "Idempotent-Replayed" not in limited[1]
 
 
-async def test_a_key_belongs_to_its_project(gateway, upstream):
+async def test_a_key_belongs_to_its_project(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = policy(upstream.url)
     tree["projects"]["other"] = dict(tree["projects"]["shop"])
     client = await gateway(tree)
@@ -287,7 +317,9 @@ async def test_a_key_belongs_to_its_project(gateway, upstream):
 # ---------------------------------------------------------------------------------------------- in flight
 
 
-async def test_a_client_gone_mid_flight_still_has_its_answer_kept_for_the_retry(gateway, upstream):
+async def test_a_client_gone_mid_flight_still_has_its_answer_kept_for_the_retry(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     upstream.reply(Reply(201, {"id": "r_gone"}, delay=0.6))
     gone = asyncio.ensure_future(post(client))
@@ -309,7 +341,9 @@ async def test_a_client_gone_mid_flight_still_has_its_answer_kept_for_the_retry(
     assert len(upstream.received) == 1
 
 
-async def test_another_request_with_the_key_in_flight_is_422(gateway, upstream):
+async def test_another_request_with_the_key_in_flight_is_422(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(policy(upstream.url))
     upstream.reply(Reply(200, {"id": "slow"}, delay=0.5))
     first = asyncio.ensure_future(post(client))
@@ -324,13 +358,15 @@ async def test_another_request_with_the_key_in_flight_is_422(gateway, upstream):
 # ---------------------------------------------------------------------------------------------- reloads
 
 
-async def test_a_reload_turning_it_off_or_changing_ttl_applies_to_new_requests(gateway, upstream):
+async def test_a_reload_turning_it_off_or_changing_ttl_applies_to_new_requests(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     from gateway.app import STATE
     from tests.conftest import make_policy
 
     tree = policy(upstream.url)
     client = await gateway(tree)
-    state = client.server.app[STATE]
+    state = client.app[STATE]
     await post(client, "before")
     state.set_policy(make_policy(policy(upstream.url, {"ttl": 0})))
     status, headers, _ = await post(client, "before")  # off: the header is ignored, the call made
@@ -349,7 +385,7 @@ async def test_a_reload_turning_it_off_or_changing_ttl_applies_to_new_requests(g
 # ---------------------------------------------------------------------------------------------- the sandbox
 
 
-async def test_a_replay_does_not_spend_the_sandboxes_last_use(gateway):
+async def test_a_replay_does_not_spend_the_sandboxes_last_use(gateway: GatewayFactory) -> None:
     """The offline sandbox redeems for real: ONEUSE has one use, and a replay must not take a second."""
     from aiohttp import web
 
@@ -380,8 +416,8 @@ async def test_a_replay_does_not_spend_the_sandboxes_last_use(gateway):
 
 
 async def test_a_failed_code_refusal_after_the_claim_keeps_nothing_and_replays_cost_no_budget(
-    gateway, upstream
-):
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = policy(upstream.url)
     tree["rate_limit"]["failed_codes"] = "1 per hour"
     client = await gateway(tree)
@@ -396,7 +432,9 @@ async def test_a_failed_code_refusal_after_the_claim_keeps_nothing_and_replays_c
     assert len(upstream.received) == 1
 
 
-async def test_a_quota_refusal_after_the_claim_keeps_nothing_and_replays_cost_no_quota(gateway, upstream):
+async def test_a_quota_refusal_after_the_claim_keeps_nothing_and_replays_cost_no_quota(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = policy(upstream.url)
     tree["rate_limit"]["upstream_quota"] = "1 per hour"
     client = await gateway(tree)

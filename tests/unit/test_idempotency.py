@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -87,7 +88,7 @@ def key_of(error: object) -> str:
         ('" k "', " k "),  # inside the quotes, spaces are the key's
     ],
 )
-def test_valid_keys(value, key):
+def test_valid_keys(value: str, key: str) -> None:
     assert idem.parse_key(value) == key
 
 
@@ -118,24 +119,24 @@ def test_valid_keys(value, key):
         "k\udcff",  # a byte that was not UTF-8
     ],
 )
-def test_invalid_keys(value):
+def test_invalid_keys(value: str) -> None:
     assert idem.parse_key(value) is None
 
 
 @pytest.mark.parametrize("code", [*range(0x00, 0x20), 0x7F, 0x22, 0x5C, 0x80, 0xFF])
-def test_every_forbidden_character_is_refused_bare_and_quoted(code):
+def test_every_forbidden_character_is_refused_bare_and_quoted(code: int) -> None:
     char = chr(code)
     assert idem.parse_key(f"a{char}b") is None
     assert idem.parse_key(f'"a{char}b"') is None
 
 
-def test_quoted_and_bare_are_one_key_in_one_project():
+def test_quoted_and_bare_are_one_key_in_one_project() -> None:
     assert claim('"k-1"').storage_key == claim("k-1").storage_key
     assert claim("k-1").storage_key != claim("k-2").storage_key
     assert claim("K-1").storage_key != claim("k-1").storage_key  # keys are case-sensitive
 
 
-def test_a_key_belongs_to_its_project():
+def test_a_key_belongs_to_its_project() -> None:
     two = compiled(
         {
             "projects": {
@@ -153,7 +154,7 @@ def test_a_key_belongs_to_its_project():
     assert shop.fingerprint == other.fingerprint  # the same request, in two projects
 
 
-def test_storage_keys_are_bounded_free_of_braces_and_never_hold_the_key():
+def test_storage_keys_are_bounded_free_of_braces_and_never_hold_the_key() -> None:
     hostile = "KEYTEXT{x}" + "}" * 200 + "{"
     made = claim(hostile)
     assert made.storage_key.startswith("idempotency/shop/")
@@ -172,7 +173,7 @@ def test_storage_keys_are_bounded_free_of_braces_and_never_hold_the_key():
         ("POST", "/client/v1/customers"),
     ],
 )
-def test_the_five_operations_take_a_key(method, path):
+def test_the_five_operations_take_a_key(method: str, path: str) -> None:
     assert isinstance(idem.begin(settings(), target(path, method), ["k"], b"", NONCE), Claim)
 
 
@@ -187,35 +188,37 @@ def test_the_five_operations_take_a_key(method, path):
         ("GET", "/client/v1/vouchers"),
     ],
 )
-def test_other_operations_ignore_the_header_even_a_bad_one_and_when_required(method, path):
+def test_other_operations_ignore_the_header_even_a_bad_one_and_when_required(method: str, path: str) -> None:
     required = compiled({"idempotency": {"required": True}}, danger_zone={**DANGER, "list_vouchers": True})
     where = target(path, method, policy=required)
     for values in ([], ["k"], ["bad\x01"], ["a", "b"]):
         assert idem.begin(settings(required), where, values, b"", NONCE) is None
 
 
-def test_missing_header_is_fine_unless_required():
+def test_missing_header_is_fine_unless_required() -> None:
     assert idem.begin(settings(), target(), [], b"", NONCE) is None
     required = compiled({"idempotency": {"required": True}})
     refused = idem.begin(settings(required), target(policy=required), [], b"", NONCE)
     assert key_of(refused) == "idempotency_key_required"
+    assert isinstance(refused, GatewayError)
     assert refused.status == 400 and "redeem" in refused.details
 
 
-def test_two_headers_are_refused_even_when_equal():
+def test_two_headers_are_refused_even_when_equal() -> None:
     for values in (["k", "k"], ["k", "l"], ['"k"', "k"]):
         refused = idem.begin(settings(), target(), values, b"", NONCE)
-        assert key_of(refused) == "invalid_idempotency_key" and refused.status == 400
+        assert key_of(refused) == "invalid_idempotency_key" and isinstance(refused, GatewayError)
+        assert refused.status == 400
 
 
-def test_an_invalid_value_is_400_and_never_echoed():
+def test_an_invalid_value_is_400_and_never_echoed() -> None:
     hostile = "secret-ish\x00<script>"
     refused = idem.begin(settings(), target(), [hostile], b"", NONCE)
-    assert key_of(refused) == "invalid_idempotency_key"
+    assert key_of(refused) == "invalid_idempotency_key" and isinstance(refused, GatewayError)
     assert "secret-ish" not in refused.body("gw-1").decode()
 
 
-def test_ttl_zero_turns_it_off_and_required_with_it():
+def test_ttl_zero_turns_it_off_and_required_with_it() -> None:
     off = compiled({"idempotency": {"ttl": 0, "required": True}})
     assert not settings(off).enabled and not settings(off).required
     for values in ([], ["k"], ["bad\x01"], ["a", "b"]):
@@ -229,7 +232,7 @@ def fp(path: str, body: bytes = b"", method: str = "POST", **kw: Any) -> bytes:
     return claim("k", body, target(path, method, **kw)).fingerprint
 
 
-def test_fingerprint_covers_operation_path_query_and_body():
+def test_fingerprint_covers_operation_path_query_and_body() -> None:
     base = fp("/client/v1/redeem?code=A", b'{"a":1}')
     assert len(base) == idem.FINGERPRINT_SIZE
     assert fp("/client/v1/redeem?code=A", b'{"a":1}') == base
@@ -243,21 +246,21 @@ def test_fingerprint_covers_operation_path_query_and_body():
     assert fp("/client/v1/promotions/tiers/t%31/redemption") != tier  # raw, as matched
 
 
-def test_fingerprint_is_the_path_as_matched_whatever_the_prefix():
+def test_fingerprint_is_the_path_as_matched_whatever_the_prefix() -> None:
     base = fp("/client/v1/redeem?code=A")
     assert fp("/shop/client/v1/redeem?code=A") == base  # the default project under both prefixes
     assert fp("//client/v1//redeem?code=A") == base  # repeated slashes merged (the SDK's //client/v1)
     assert fp("http://gw.example/client/v1/redeem?code=A") == base  # absolute form
 
 
-def test_fingerprint_parts_cannot_slide_into_each_other():
+def test_fingerprint_parts_cannot_slide_into_each_other() -> None:
     # without length prefixes, "redeem" + "/x" + "" and "redeem/x" + ... could hash the same
     assert idem.fingerprint("redeem", "/a", "b", b"") != idem.fingerprint("redeem", "/ab", "", b"")
     assert idem.fingerprint("redeem", "/a", "", b"b") != idem.fingerprint("redeem", "/a", "b", b"")
     assert idem.fingerprint("redeem", "/a", "", b"") != idem.fingerprint("redeem_stackable", "/a", "", b"")
 
 
-def test_a_body_near_the_limit_is_fingerprinted_whole():
+def test_a_body_near_the_limit_is_fingerprinted_whole() -> None:
     body = b'{"x":"' + b"a" * 990 + b'"}'
     assert len(body) < 1000
     changed = body[:-3] + b'b"}'
@@ -267,7 +270,7 @@ def test_a_body_near_the_limit_is_fingerprinted_whole():
 # ---------------------------------------------------------------------------------------------- markers
 
 
-def test_the_marker_carries_the_fingerprint_and_a_nonce_of_its_own():
+def test_the_marker_carries_the_fingerprint_and_a_nonce_of_its_own() -> None:
     made = claim()
     assert made.marker == idem.IN_FLIGHT + made.fingerprint + NONCE
     one = idem.begin(settings(), target(), ["k-1"], b'{"a":1}')
@@ -277,7 +280,7 @@ def test_the_marker_carries_the_fingerprint_and_a_nonce_of_its_own():
     assert len(one.marker) == 1 + idem.FINGERPRINT_SIZE + idem.NONCE_SIZE
 
 
-def test_marker_lifetime_is_the_request_bounds_and_a_margin():
+def test_marker_lifetime_is_the_request_bounds_and_a_margin() -> None:
     policy = compiled(
         {
             "upstream": {"connect_timeout": 1.5, "read_timeout": 4},
@@ -291,14 +294,14 @@ def test_marker_lifetime_is_the_request_bounds_and_a_margin():
     assert made.ttl == 86400
 
 
-def test_same_key_same_request_in_flight_is_409():
+def test_same_key_same_request_in_flight_is_409() -> None:
     first, second = claim(nonce=b"1" * 16), claim(nonce=b"2" * 16)
     verdict = idem.judge(second, first.marker)
     assert key_of(verdict) == "idempotency_key_in_flight" and verdict.status == 409
     assert idem.result_of(verdict) is Result.IN_FLIGHT
 
 
-def test_same_key_other_request_in_flight_is_422():
+def test_same_key_other_request_in_flight_is_422() -> None:
     first = claim(body=b'{"a":1}')
     for other in (
         claim(body=b'{"a":2}'),
@@ -314,7 +317,7 @@ def test_same_key_other_request_in_flight_is_422():
 
 
 @pytest.mark.parametrize("status", [200, 201, 204, 400, 401, 403, 404, 409, 422, 499])
-def test_voucherify_answers_below_500_are_kept_and_replayed_exactly(status):
+def test_voucherify_answers_below_500_are_kept_and_replayed_exactly(status: int) -> None:
     first = claim()
     body = b'{"id":"r_1","result":"SUCCESS"}'
     record = idem.keep_answer(first, status, "application/json; charset=utf-8", body)
@@ -326,36 +329,36 @@ def test_voucherify_answers_below_500_are_kept_and_replayed_exactly(status):
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 599])
-def test_voucherify_429_and_5xx_are_not_kept(status):
+def test_voucherify_429_and_5xx_are_not_kept(status: int) -> None:
     assert idem.keep_answer(claim(), status, "application/json", b"{}") is None
 
 
-def test_a_kept_answer_with_another_fingerprint_is_422():
+def test_a_kept_answer_with_another_fingerprint_is_422() -> None:
     record = idem.keep_answer(claim(body=b'{"a":1}'), 200, "application/json", b"{}")
     assert record is not None
     assert key_of(idem.judge(claim(body=b'{"a":2}'), record)) == "idempotency_key_reused"
 
 
-def test_no_content_type_and_an_empty_body_round_trip():
+def test_no_content_type_and_an_empty_body_round_trip() -> None:
     record = idem.keep_answer(claim(), 204, None, b"")
     assert record is not None
     assert idem.judge(claim(), record) == Replay(204, None, b"")
 
 
-def test_binary_and_non_utf8_bodies_round_trip():
+def test_binary_and_non_utf8_bodies_round_trip() -> None:
     body = bytes(range(256)) * 3
     record = idem.keep_answer(claim(), 200, "application/octet-stream", body)
     assert record is not None
     assert idem.judge(claim(), record) == Replay(200, "application/octet-stream", body)
 
 
-def test_an_oversized_content_type_is_not_kept():
+def test_an_oversized_content_type_is_not_kept() -> None:
     record = idem.keep_answer(claim(), 200, "application/json;" + "x" * 2000, b"{}")
     assert record is not None
     assert idem.judge(claim(), record) == Replay(200, None, b"{}")
 
 
-def test_the_kept_body_is_bounded_by_max_body_bytes():
+def test_the_kept_body_is_bounded_by_max_body_bytes() -> None:
     limit = settings().max_kept_body
     assert limit == 1000
     at_limit = b"a" * limit
@@ -375,7 +378,7 @@ def test_the_kept_body_is_bounded_by_max_body_bytes():
     assert idem.result_of(replay) is Result.REPLAYED
 
 
-def test_unknown_outcomes_are_kept_as_the_gateways_own_answer():
+def test_unknown_outcomes_are_kept_as_the_gateways_own_answer() -> None:
     first = claim()
     timeout = idem.keep_error(first, errors.upstream_timeout(), "gw-1")
     assert timeout is not None  # a 504, sent or not: the contract keeps every upstream_timeout
@@ -406,7 +409,7 @@ def test_unknown_outcomes_are_kept_as_the_gateways_own_answer():
         errors.danger_zone_disabled("redeem", "redeem"),
     ],
 )
-def test_nothing_is_kept_after_a_502_not_sent_or_any_refusal(error):
+def test_nothing_is_kept_after_a_502_not_sent_or_any_refusal(error: GatewayError) -> None:
     assert idem.keep_error(claim(), error, "gw-1") is None
 
 
@@ -420,13 +423,13 @@ def test_nothing_is_kept_after_a_502_not_sent_or_any_refusal(error):
         b"garbage from another program",
     ],
 )
-def test_an_unreadable_record_is_503_never_a_replay(record):
+def test_an_unreadable_record_is_503_never_a_replay(record: bytes) -> None:
     verdict = idem.judge(claim(), record)
     assert key_of(verdict) == "idempotency_unavailable" and verdict.status == 503
     assert idem.result_of(verdict) is Result.UNAVAILABLE
 
 
-def test_a_damaged_kept_record_is_503():
+def test_a_damaged_kept_record_is_503() -> None:
     good = idem.keep_answer(claim(), 200, "application/json", b"{}")
     assert good is not None
     head = 1 + idem.FINGERPRINT_SIZE
@@ -440,7 +443,7 @@ def test_a_damaged_kept_record_is_503():
 # ---------------------------------------------------------------------------------------------- the policy
 
 
-def test_defaults_and_per_project_overrides():
+def test_defaults_and_per_project_overrides() -> None:
     policy = compiled()
     assert settings(policy) == Settings(
         "shop", 86400, False, 2 + 10 + 10 + idem.MARGIN_SECONDS + 3 * 0.5, 1000
@@ -462,7 +465,7 @@ def test_defaults_and_per_project_overrides():
     )
 
 
-def test_null_in_a_project_inherits():
+def test_null_in_a_project_inherits() -> None:
     tree = base_policy("http://upstream.test", idempotency={"ttl": None, "required": None})
     tree["idempotency"] = {"ttl": 5, "required": True}
     runtime = compile_policy(make_policy(tree)).projects["shop"].idempotency
@@ -481,7 +484,7 @@ def test_null_in_a_project_inherits():
         ("project", {"keep": 1}, "projects.shop.idempotency.keep: unknown key"),
     ],
 )
-def test_bad_values_are_load_errors_with_their_path(where, value, path):
+def test_bad_values_are_load_errors_with_their_path(where: str, value: dict[str, Any], path: str) -> None:
     from gateway.policy import PolicyError
 
     tree = base_policy("http://upstream.test")
@@ -497,7 +500,7 @@ def test_bad_values_are_load_errors_with_their_path(where, value, path):
 # ---------------------------------------------------------------------------------------------- around it
 
 
-def test_preflights_allow_the_header_and_answers_expose_the_replay_flag():
+def test_preflights_allow_the_header_and_answers_expose_the_replay_flag() -> None:
     decision = decide(
         POLICY,
         "OPTIONS",
@@ -514,7 +517,7 @@ def test_preflights_allow_the_header_and_answers_expose_the_replay_flag():
     assert "Idempotent-Replayed" in answer_cors["Access-Control-Expose-Headers"]
 
 
-def test_the_header_is_never_copied_upstream():
+def test_the_header_is_never_copied_upstream() -> None:
     incoming = CIMultiDict({"Idempotency-Key": "k-1", "Content-Type": "application/json"})
     incoming.add("Connection", "Idempotency-Key")
     out = request_headers(incoming, (), ORIGIN, "gw-1", forward_origin=True)
@@ -531,14 +534,14 @@ def test_the_header_is_never_copied_upstream():
         (errors.idempotency_unavailable, 503, "idempotency_unavailable"),
     ],
 )
-def test_error_keys_and_statuses(make, status, key):
+def test_error_keys_and_statuses(make: Callable[[], GatewayError], status: int, key: str) -> None:
     error = make()
     document = json.loads(error.body("gw-3"))
     assert (error.status, document["code"], document["key"]) == (status, status, key)
     assert document["message"] and document["details"] and document["request_id"] == "gw-3"
 
 
-def test_the_access_line_and_the_metric_say_what_the_key_did(monkeypatch):
+def test_the_access_line_and_the_metric_say_what_the_key_did(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access_log, "level", logging.INFO)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -565,8 +568,8 @@ def test_the_access_line_and_the_metric_say_what_the_key_did(monkeypatch):
     assert [line.get("idempotency") for line in lines] == ["replayed", "in_flight", "reused", "kept", None]
     assert "idempotency" not in lines[-1]
     registry = metrics.registry
-    for result in ("replayed", "in_flight", "reused", "kept"):
-        labels = {"project": "shop", "operation": "redeem", "result": result}
+    for name in ("replayed", "in_flight", "reused", "kept"):
+        labels = {"project": "shop", "operation": "redeem", "result": name}
         assert registry.get_sample_value("gateway_idempotency_total", labels) == 1
     replayed = {"project": "shop", "operation": "redeem", "decision": "replayed", "status": "200"}
     assert registry.get_sample_value("gateway_requests_total", replayed) == 1
