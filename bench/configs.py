@@ -177,7 +177,20 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
     )
 
 
-def policy_yaml(port: int, upstream_port: int, storage: str) -> str:
+# The second release's guards, set so that the validation scenario exercises each without tripping it: the
+# failed-code budget reserves and gives back the stub's (existing) code, the upstream quota counts every call,
+# idempotency covers redemptions (not this scenario's validations), and cached reads are on for listings.
+GUARDS = """  failed_codes: 1000000 per hour
+  upstream_quota: 10000000 per minute
+  redeem_reserve: 0.2
+idempotency:
+  ttl: 86400
+cache:
+  ttl: 30
+"""
+
+
+def policy_yaml(port: int, upstream_port: int, storage: str, *, guards: bool = False) -> str:
     """The gateway's full policy in client mode: origin list, danger zone, a per-IP limit that never triggers.
 
     The load comes as from a load balancer at 127.0.0.1 that names CLIENT_IPS different shoppers in
@@ -202,7 +215,7 @@ rate_limit:
   strategy: moving-window
   per_ip: 1000 per minute
   on_storage_error: allow
-default_project: shop
+{GUARDS if guards else ""}default_project: shop
 projects:
   shop:
     region: http://127.0.0.1:{upstream_port}

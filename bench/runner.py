@@ -32,7 +32,16 @@ from bench.procs import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("direct", "bare-aiohttp", "bare-http1", "nginx", "gateway", "gateway-redis")
+CONTENDERS = (
+    "direct",
+    "bare-aiohttp",
+    "bare-http1",
+    "nginx",
+    "gateway",
+    "gateway-redis",
+    "gateway-guards",  # the gateway with the second release's guards on (configs.GUARDS), memory
+    "gateway-guards-redis",  # the same, every counter and record on Redis
+)
 DELAY_MS = 100
 LOAD_CPU, CONTENDER_CPU = 0, 1  # wrk, stubs and redis share CPU 0; the contender has CPU 1 to itself
 
@@ -123,7 +132,7 @@ class Bench:
             conf = self.workdir / f"stub-{delay}.conf"
             conf.write_text(configs.stub_conf(self.workdir, port, delay))
             self.procs.start(f"stub-{delay}ms", pinned(self._nginx(conf), LOAD_CPU), port=port)
-        if "gateway-redis" in self.contenders:
+        if any(name.endswith("-redis") for name in self.contenders):
             self.redis_port = free_port()
             cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
                    "--appendonly", "no", "--dir", str(self.workdir), "--maxclients", "10000"]  # fmt: skip
@@ -152,9 +161,9 @@ class Bench:
             conf.write_text(configs.nginx_proxy_conf(self.workdir, port, upstream))
             cmd = self._nginx(conf)
         else:
-            storage = f"redis://127.0.0.1:{self.redis_port}/0" if name == "gateway-redis" else "memory://"
+            storage = f"redis://127.0.0.1:{self.redis_port}/0" if name.endswith("-redis") else "memory://"
             conf = self.workdir / f"policy-{port}.yaml"
-            conf.write_text(configs.policy_yaml(port, upstream, storage))
+            conf.write_text(configs.policy_yaml(port, upstream, storage, guards="guards" in name))
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
         cwd = self.gateway_src if name.startswith("gateway") else ROOT
         proc = self.procs.start(f"{name}-{port}", pinned(cmd, CONTENDER_CPU), port=port, cwd=cwd)
@@ -322,6 +331,11 @@ def targets(rows: dict[str, Row]) -> list[str]:
     lean = rps("bare-http1")
     if gw and lean:
         info.append(f"gateway = {gw / lean:.2f} x bare-http1 (same transport, no policy)")
+    guarded, guarded_redis = rps("gateway-guards"), rps("gateway-guards-redis")
+    if guarded and gw:
+        info.append(f"gateway-guards = {guarded / gw:.2f} x gateway")
+    if guarded_redis and gwr:
+        info.append(f"gateway-guards-redis = {guarded_redis / gwr:.2f} x gateway-redis")
     if info:
         out.append("  info  " + "; ".join(info) + " (req/s at saturation)")
     cpu = {n: statistics.median(r.cpu_us) for n, r in rows.items() if r.cpu_us}
@@ -331,7 +345,7 @@ def targets(rows: dict[str, Row]) -> list[str]:
             "  info  CPU per request relative to bare aiohttp (less sensitive to a busy machine): "
             + ", ".join(shares)
         )
-    for name in ("gateway", "gateway-redis"):
+    for name in ("gateway", "gateway-redis", "gateway-guards", "gateway-guards-redis"):
         for scenario, lines in sorted(rows[name].fail_open.items() if name in rows else ()):
             if lines:
                 out.append(
