@@ -28,6 +28,7 @@ from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
+from gateway.observe.trace_context import CURRENT, RequestTrace, TraceStarter
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool
 from gateway.upstream import Http1Transport, Transport
@@ -42,7 +43,11 @@ class GatewayState:
     """Everything the handler needs, swapped atomically on reload (`policy` is one reference)."""
 
     def __init__(
-        self, policy: PolicyFile, accounting: Accounting | None = None, transport: Transport | None = None
+        self,
+        policy: PolicyFile,
+        accounting: Accounting | None = None,
+        transport: Transport | None = None,
+        tracer: TraceStarter | None = None,
     ) -> None:
         self.limiters = LimiterPool()
         self.transport: Transport = (
@@ -50,6 +55,7 @@ class GatewayState:
         )
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
+        self.tracer = tracer  # None: tracing is off (read once at start: `tracing` changes need a restart)
         self.policy: CompiledPolicy
         self.set_policy(policy)
 
@@ -144,6 +150,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     outcome = Outcome(new_request_id(), request.method, truncate_ip=policy.truncate_ips)
     state.accounting.started()
+    traced = None if state.tracer is None else CURRENT.set(_trace(state.tracer, request, outcome))
     try:
         response = await _pipeline(request, state, policy, outcome)
     except asyncio.CancelledError:
@@ -152,8 +159,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
+        if traced is not None:
+            CURRENT.reset(traced)
         state.accounting.record(outcome)
     return response
+
+
+def _trace(tracer: TraceStarter, request: web.Request, outcome: Outcome) -> RequestTrace:
+    """The request's trace (the caller's continued, or a new one), for its spans and the access log."""
+    trace = outcome.trace = tracer.begin(request.headers)
+    return trace
 
 
 async def _pipeline(
@@ -205,7 +220,14 @@ async def _rate_limit(
     """Count the request in its bucket: the RateLimit headers, or Refused (429, or 503 while the store is
     down and `on_storage_error: deny`)."""
     project = target.project
-    verdict = await state.limiters.check(project.rate_limit, project.buckets[target.operation], client_key)
+    bucket, trace = project.buckets[target.operation], outcome.trace
+    started = time.perf_counter() if trace is not None else 0.0
+    verdict = await state.limiters.check(project.rate_limit, bucket, client_key)
+    if trace is not None:  # a span event: the decision and the storage round trip
+        elapsed = time.perf_counter() - started
+        trace.limit_checked(
+            bucket.name, project.rate_limit.storage, verdict.error is not None, verdict.store_error, elapsed
+        )
     outcome.limit_store_error = verdict.store_error
     if verdict.error is not None:
         raise Refused(verdict.error, verdict.headers)
@@ -252,10 +274,12 @@ def create_app(
     *,
     demo_page: bool = False,
     transport: Transport | None = None,
+    tracer: TraceStarter | None = None,
 ) -> web.Application:
-    """The gateway's app. `transport` replaces the HTTP client to Voucherify (tests, embedding)."""
+    """The gateway's app. `transport` replaces the HTTP client to Voucherify (tests, embedding); `tracer`
+    (with tracing on: `observe.tracing.Tracing.starter`, whose sink is in `accounting`) traces requests."""
     app = web.Application()  # bodies are read and limited by the handler (`_request_body`), not by aiohttp
-    app[STATE] = GatewayState(policy, accounting, transport)
+    app[STATE] = GatewayState(policy, accounting, transport, tracer)
     app.cleanup_ctx.append(_lifecycle)
     add_widget(app)  # /widget.js, the one public addition to the contract's routes
     if demo_page:

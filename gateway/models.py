@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # types only: these modules are above this one
     from gateway.catalog import Route
     from gateway.client_ip import Client
     from gateway.compiled import ProjectRuntime
+    from gateway.observe.trace_context import RequestTrace
 
 
 # ------------------------------------------------------------------------------------------ upstream
@@ -189,3 +190,4 @@ class Outcome:
     origin: str | None = None
     limit_store_error: bool = False  # the rate-limit store failed for this request
     finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written
+    trace: RequestTrace | None = None  # with tracing on: its trace id, spans and events
