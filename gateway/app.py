@@ -161,6 +161,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         outcome.finished = time.time()
         if traced is not None:
             CURRENT.reset(traced)
+            outcome.trace.end_ns = time.time_ns()  # type: ignore[union-attr]  # set with `traced`
         state.accounting.record(outcome)
     return response
 

@@ -115,6 +115,7 @@ class RequestTrace:
     sampled: bool
     tracestate: str | None  # the caller's, sent upstream as received; never exported
     start_ns: int
+    end_ns: int = 0  # once answered (0: the span ends after the request's duration)
     calls: list[ClientCall] = field(default_factory=list)
     events: list[tuple[str, int, dict[str, str | int | float | bool]]] = field(default_factory=list)
 

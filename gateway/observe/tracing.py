@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from typing import Any
@@ -46,6 +47,7 @@ SCOPE = "voucherify-gateway"
 # conventions): a method is a token of the client's choosing, of any length.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 SHUTDOWN_WAIT = 2.0  # seconds the last spans get to leave at exit, while exports succeed
+STUCK_AFTER = 0.5  # seconds an export may take before the exit stops waiting for the collector
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NO_STATE = TraceState()
 _ERROR = Status(StatusCode.ERROR)
@@ -73,12 +75,22 @@ class WatchedExporter(SpanExporter):
         self.collector = collector
         self.failing = False
         self.exported = 0  # spans accepted by the collector (for tests and the bench)
+        self.busy_since = 0.0  # time.monotonic() when the export under way began; 0 when none is
+
+    @property
+    def stuck(self) -> bool:
+        """Failing, or an export has waited on the collector for longer than a healthy one takes."""
+        busy = self.busy_since
+        return self.failing or (busy > 0 and time.monotonic() - busy > STUCK_AFTER)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.busy_since = time.monotonic()
         try:
             result = self.inner.export(spans)
         except Exception:  # an exporter bug must not kill the processor's thread
             result = SpanExportResult.FAILURE
+        finally:
+            self.busy_since = 0.0
         if result is SpanExportResult.SUCCESS:
             self.exported += len(spans)
             if self.failing:
@@ -152,7 +164,7 @@ class Tracing:
         if outcome.status:
             attributes["http.response.status_code"] = outcome.status
         start = trace.start_ns
-        end = start + int(outcome.duration_ms * 1_000_000)
+        end = trace.end_ns or start + int(outcome.duration_ms * 1_000_000)
         events = [Event(name, attrs, at) for name, at, attrs in trace.events] if trace.events else ()
         yield ReadableSpan(
             name=outcome.operation or "not_found",
@@ -192,8 +204,9 @@ class Tracing:
             )
 
     def shutdown(self) -> None:
-        """Send what is queued, waiting at most SHUTDOWN_WAIT seconds, and none while exports fail (a
-        collector that is down or slow never holds the exit). Blocking: run it off the event loop."""
+        """Send what is queued, waiting at most SHUTDOWN_WAIT seconds, and not at all while exports fail
+        or one is stuck (a collector that is down or slow never holds the exit). Blocking: run it off the
+        event loop."""
         if self._closed:
             return
         self._closed = True
@@ -201,7 +214,9 @@ class Tracing:
         # its export timeout): it runs in a daemon thread of its own, which the exit does not wait for.
         closing = threading.Thread(target=self.processor.shutdown, name="tracing-shutdown", daemon=True)
         closing.start()
-        closing.join(0.0 if self.exporter.failing else SHUTDOWN_WAIT)
+        deadline = time.monotonic() + SHUTDOWN_WAIT
+        while closing.is_alive() and not self.exporter.stuck and time.monotonic() < deadline:
+            closing.join(0.05)
 
 
 def _version() -> str:
