@@ -27,7 +27,7 @@ from gateway.errors import Refused
 from gateway.headers import response_headers
 from gateway.http1 import Http1Client, PoolFull, UpstreamError, UpstreamTimeout
 from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
-from gateway.observe.trace_context import CURRENT
+from gateway.observe.trace_context import CURRENT, new_span_id
 
 log = logging.getLogger("gateway.upstream")
 
@@ -92,11 +92,14 @@ class Http1Transport:
         trace = CURRENT.get()
         if trace is None:  # tracing off, or a call outside a request
             return await self._send(base_url, call, headers, timeouts)
+        if trace.tracestate is not None:
+            headers["tracestate"] = trace.tracestate
+        if not trace.sampled:  # no span is recorded: the call only carries the trace on
+            headers["traceparent"] = trace.traceparent(new_span_id())
+            return await self._send(base_url, call, headers, timeouts)
         host, port = self._address(base_url)
         span = trace.start_call(host, port, call.method)
         headers["traceparent"] = trace.traceparent(span.span_id)
-        if trace.tracestate is not None:
-            headers["tracestate"] = trace.tracestate
         try:
             answer = await self._send(base_url, call, headers, timeouts)
         except Refused as refused:

@@ -31,6 +31,7 @@ __all__ = [
     "ClientCall",
     "RequestTrace",
     "TraceStarter",
+    "new_span_id",
     "parse_traceparent",
     "ratio_bound",
     "tracing_unavailable",
@@ -84,7 +85,7 @@ def ratio_bound(ratio: float) -> int:
     return round(ratio * (_MASK_64 + 1))
 
 
-def _span_id() -> int:
+def new_span_id() -> int:
     while True:
         span_id = _getrandbits(64)
         if span_id:
@@ -124,7 +125,7 @@ class RequestTrace:
         return f"{self.trace_id:032x}"
 
     def start_call(self, host: str, port: int, method: str) -> ClientCall:
-        call = ClientCall(_span_id(), host, port, method, time.time_ns())
+        call = ClientCall(new_span_id(), host, port, method, time.time_ns())
         self.calls.append(call)
         return call
 
@@ -140,7 +141,9 @@ class RequestTrace:
         self, bucket: str, storage: str, refused: bool, store_error: bool, seconds: float
     ) -> None:
         """The `rate_limit` event: the bucket, the decision, the store's kind (its URI's scheme only: the
-        rest may hold a password) and the storage round trip in milliseconds."""
+        rest may hold a password) and the storage round trip in milliseconds. Kept only when sampled."""
+        if not self.sampled:
+            return
         decision = "store_error" if store_error else "limited" if refused else "allowed"
         attributes: dict[str, str | int | float | bool] = {
             "gateway.rate_limit.bucket": bucket,
@@ -169,7 +172,7 @@ class TraceStarter:
         else:
             trace_id = _getrandbits(128) or 1
             parent_id, sampled, tracestate = 0, (trace_id & _MASK_64) < self.bound, None
-        return RequestTrace(trace_id, _span_id(), parent_id, sampled, tracestate, time.time_ns())
+        return RequestTrace(trace_id, new_span_id(), parent_id, sampled, tracestate, time.time_ns())
 
 
 def _tracestate(values: list[str] | tuple[str, ...]) -> str | None:
