@@ -1,57 +1,58 @@
-"""The tracing sink: each sampled request's spans, built in batches and exported over OTLP/HTTP.
+"""The tracing sink: each sampled request's spans, encoded and exported over OTLP/HTTP off the event loop.
 
 The one module of the gateway that imports OpenTelemetry (the `tracing` extra); `serve` imports it only
 when `tracing.otlp_endpoint` is set. The request path records plain values (`observe.trace_context`);
-this sink, fed by `Accounting` like the access log and the metrics, turns each sampled request into one
-SERVER span and one CLIENT span per upstream call (the SDK's `ReadableSpan`), and hands them to the SDK's
-`BatchSpanProcessor`, whose own thread encodes and sends them: a bounded queue (spans past it are
-dropped), nothing on the event loop, nothing a request waits for.
+this sink, fed by `Accounting` like the access log and the metrics, queues each sampled request's outcome
+(a bounded queue: past OTEL_BSP_MAX_QUEUE_SIZE requests, the oldest are dropped), and one thread of its
+own encodes them in batches (`observe.otlp`: one SERVER span, one CLIENT span per upstream call) and posts
+each batch to the collector. Nothing a request waits for.
 
-A collector that is down, slow or refusing costs requests nothing; `WatchedExporter` says so once at
-warning, naming the collector (scheme, host, port and path: never user info or a query), when exports
-start failing, and once when they succeed again. The SDK's own per-attempt log lines are silenced.
+From OpenTelemetry: the resource (`Resource.create`: `service.name` and the SDK's own attributes, with
+OTEL_RESOURCE_ATTRIBUTES merged), its protobuf form, and the standard variables: OTEL_BSP_SCHEDULE_DELAY,
+OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, and OTEL_EXPORTER_OTLP_[TRACES_]HEADERS,
+_TIMEOUT, _COMPRESSION (gzip) and _CERTIFICATE. The endpoint is the policy's. The SDK's span encoder is
+not used: it costs about 100 µs of CPU per span (see `observe.otlp`).
+
+A collector that is down, slow or refusing costs requests nothing: a failed batch is dropped, not retried
+(memory stays bounded), and `ExportWatch` says so once at warning, naming the collector (scheme, host,
+port and path: never user info or a query), when exports start failing, and once when they succeed again.
 
 What a span holds: names and values of the policy and the catalog (project, operation, decision), the
-method, status codes, the request id, the upstream's host and port. Never a credential, a header value,
-a body, a query string, a path or a client address; the caller's `tracestate` is not kept in spans either.
+method, status codes, the request id, the upstream's host and port, the rate-limit event. Never a
+credential, a header value, a body, a query string, a path or a client address; the caller's
+`tracestate` is not kept in spans either.
 """
 
 from __future__ import annotations
 
+import collections
+import gzip
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+import requests
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceMessage
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.util.re import parse_env_headers
 
 from gateway.models import Outcome
-from gateway.observe.trace_context import RequestTrace, TraceStarter
+from gateway.observe.otlp import SpanWriter, export_request
+from gateway.observe.trace_context import TraceStarter
 from gateway.policy import Tracing as TracingConfig
 
-__all__ = ["KNOWN_METHODS", "Tracing", "WatchedExporter", "collector_name"]
+__all__ = ["ExportWatch", "Tracing", "collector_name"]
 
 log = logging.getLogger("gateway.tracing")
 
 SCOPE = "voucherify-gateway"
-# http.request.method takes a known method as it is, anything else as "_OTHER" (OpenTelemetry's HTTP
-# conventions): a method is a token of the client's choosing, of any length.
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 SHUTDOWN_WAIT = 2.0  # seconds the last spans get to leave at exit, while exports succeed
 STUCK_AFTER = 0.5  # seconds an export may take before the exit stops waiting for the collector
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NO_STATE = TraceState()
-_ERROR = Status(StatusCode.ERROR)
-_UNSET = Status(StatusCode.UNSET)
 
 
 def collector_name(endpoint: str) -> str:
@@ -67,32 +68,15 @@ def collector_name(endpoint: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-class WatchedExporter(SpanExporter):
-    """An exporter that logs the start of a run of failed exports, and its end, once each."""
+class ExportWatch:
+    """Logs the start of a run of failed exports, and its end, once each."""
 
-    def __init__(self, inner: SpanExporter, collector: str) -> None:
-        self.inner = inner
+    def __init__(self, collector: str) -> None:
         self.collector = collector
         self.failing = False
-        self.exported = 0  # spans accepted by the collector (for tests and the bench)
-        self.busy_since = 0.0  # time.monotonic() when the export under way began; 0 when none is
 
-    @property
-    def stuck(self) -> bool:
-        """Failing, or an export has waited on the collector for longer than a healthy one takes."""
-        busy = self.busy_since
-        return self.failing or (busy > 0 and time.monotonic() - busy > STUCK_AFTER)
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.busy_since = time.monotonic()
-        try:
-            result = self.inner.export(spans)
-        except Exception:  # an exporter bug must not kill the processor's thread
-            result = SpanExportResult.FAILURE
-        finally:
-            self.busy_since = 0.0
-        if result is SpanExportResult.SUCCESS:
-            self.exported += len(spans)
+    def exported(self, ok: bool) -> None:
+        if ok:
             if self.failing:
                 self.failing = False
                 log.warning("tracing: exports to the collector %s succeed again", self.collector)
@@ -103,105 +87,99 @@ class WatchedExporter(SpanExporter):
                 "dropped until it takes them again, and requests are not affected",
                 self.collector,
             )
-        return result
 
-    def shutdown(self) -> None:
-        self.inner.shutdown()
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _number(default: float, *names: str) -> float:
+    value = _env(*names)
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        log.warning("tracing: %s is not a number; using %g", names[0], default)
+        return default
+
+
+class OtlpHttpSender:
+    """POSTs encoded export requests to the collector: one attempt each, bounded by the timeout."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.session = requests.Session()
+        headers = parse_env_headers(
+            _env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or "", liberal=True
+        )
+        self.headers = {**headers, "Content-Type": "application/x-protobuf"}
+        self.timeout = _number(10.0, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+        compression = _env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+        self.gzip = (compression or "").lower() == "gzip"
+        if self.gzip:
+            self.headers["Content-Encoding"] = "gzip"
+        certificate = _env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+        self.verify: str | bool = certificate or True
+
+    def send(self, body: bytes) -> bool:
+        data = gzip.compress(body, compresslevel=5) if self.gzip else body
+        try:
+            answer = self.session.post(
+                self.endpoint, data=data, headers=self.headers, timeout=self.timeout, verify=self.verify
+            )
+            answer.close()
+        except (requests.RequestException, OSError, ValueError):
+            return False
+        return 200 <= answer.status_code < 300
+
+    def close(self) -> None:
+        self.session.close()
 
 
 class Tracing:
-    """Tracing for one process: the `TraceStarter` for the request path, and the sink of its spans.
+    """Tracing for one process: the `TraceStarter` for the request path, and the sink of its spans."""
 
-    `exporter` replaces the OTLP/HTTP exporter (tests). The processor's sizes and delays are the SDK's,
-    so the standard `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_TRACES_*` environment variables (headers,
-    timeout, compression, certificates) apply; the endpoint is the policy's.
-    """
-
-    def __init__(self, config: TracingConfig, exporter: SpanExporter | None = None) -> None:
+    def __init__(self, config: TracingConfig) -> None:
         assert config.otlp_endpoint is not None, "tracing is off"
-        # The SDK logs every failed attempt and every dropped span; WatchedExporter says it once instead.
-        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         version = _version()
         self.starter = TraceStarter(config.sample_ratio)
-        self.resource = Resource.create(
+        resource = Resource.create(
             {"service.name": config.service_name, "service.version": version, "process.pid": os.getpid()}
         )
-        self.scope = InstrumentationScope(SCOPE, version)
+        self.resource = _resource_bytes(resource)
+        self.scope = InstrumentationScope(name=SCOPE, version=version).SerializeToString()
         self.collector = collector_name(config.otlp_endpoint)
-        inner = exporter if exporter is not None else OTLPSpanExporter(endpoint=config.otlp_endpoint)
-        self.exporter = WatchedExporter(inner, self.collector)
-        self.processor = BatchSpanProcessor(self.exporter)
+        self.watch = ExportWatch(self.collector)
+        self.sender = OtlpHttpSender(config.otlp_endpoint)
+        self.writer = SpanWriter()
+        self.delay = _number(5000, "OTEL_BSP_SCHEDULE_DELAY") / 1000
+        self.max_queue = max(1, int(_number(2048, "OTEL_BSP_MAX_QUEUE_SIZE")))
+        self.batch = min(self.max_queue, max(1, int(_number(512, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"))))
+        self.exported = 0  # requests whose spans the collector took
+        self.dropped = 0  # requests whose spans were dropped: the queue was full, or their export failed
+        self.busy_since = 0.0  # time.monotonic() when the export under way began; 0 when none is
+        self._queue: collections.deque[Outcome] = collections.deque(maxlen=self.max_queue)
+        self._wake = threading.Event()
+        self._stopping = False
         self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tracing-export", daemon=True)
+        self._thread.start()
+
+    # -------------------------------------------------------------------------------- the event loop's
 
     def account(self, batch: Sequence[Outcome], in_flight: int) -> None:
-        on_end = self.processor.on_end
+        queue = self._queue
         for outcome in batch:
             trace = outcome.trace
-            if trace is None or not trace.sampled:
-                continue
-            for span in self.spans(outcome, trace):
-                on_end(span)
-
-    def spans(self, outcome: Outcome, trace: RequestTrace) -> Iterator[ReadableSpan]:
-        """The request's SERVER span, then a CLIENT span per upstream call."""
-        trace_id = trace.trace_id
-        context = SpanContext(trace_id, trace.span_id, False, _SAMPLED, _NO_STATE)
-        parent = None
-        if trace.parent_span_id:
-            parent = SpanContext(trace_id, trace.parent_span_id, True, _SAMPLED, _NO_STATE)
-        attributes: dict[str, Any] = {}
-        if outcome.project is not None:
-            attributes["voucherify.project"] = outcome.project
-        if outcome.operation is not None:
-            attributes["voucherify.operation"] = outcome.operation
-        method = outcome.method
-        attributes["gateway.decision"] = outcome.decision
-        attributes["gateway.request_id"] = outcome.request_id
-        attributes["http.request.method"] = method if method in KNOWN_METHODS else "_OTHER"
-        if outcome.status:
-            attributes["http.response.status_code"] = outcome.status
-        start = trace.start_ns
-        end = trace.end_ns or start + int(outcome.duration_ms * 1_000_000)
-        events = [Event(name, attrs, at) for name, at, attrs in trace.events] if trace.events else ()
-        yield ReadableSpan(
-            name=outcome.operation or "not_found",
-            context=context,
-            parent=parent,
-            resource=self.resource,
-            attributes=attributes,
-            events=events,
-            kind=SpanKind.SERVER,
-            status=_ERROR if outcome.status >= 500 or not outcome.status else _UNSET,
-            start_time=start,
-            end_time=end,
-            instrumentation_scope=self.scope,
-        )
-        for call in trace.calls:
-            call_attributes: dict[str, Any] = {
-                "server.address": call.host,
-                "server.port": call.port,
-                "http.request.method": call.method if call.method in KNOWN_METHODS else "_OTHER",
-            }
-            if call.status is not None:
-                call_attributes["http.response.status_code"] = call.status
-            if call.error is not None:
-                call_attributes["error.type"] = call.error
-            failed = call.status is None or call.status >= 500
-            yield ReadableSpan(
-                name="upstream",
-                context=SpanContext(trace_id, call.span_id, False, _SAMPLED, _NO_STATE),
-                parent=context,
-                resource=self.resource,
-                attributes=call_attributes,
-                kind=SpanKind.CLIENT,
-                status=_ERROR if failed else _UNSET,
-                start_time=call.start_ns,
-                end_time=call.end_ns or end,
-                instrumentation_scope=self.scope,
-            )
+            if trace is not None and trace.sampled:
+                if len(queue) == self.max_queue:
+                    self.dropped += 1  # deque(maxlen) lets the oldest go
+                queue.append(outcome)
+        if len(queue) >= self.batch:
+            self._wake.set()
 
     def shutdown(self) -> None:
         """Send what is queued, waiting at most SHUTDOWN_WAIT seconds, and not at all while exports fail
@@ -210,13 +188,64 @@ class Tracing:
         if self._closed:
             return
         self._closed = True
-        # The SDK's shutdown waits up to 30 s for its thread (and a hung collector holds that thread for
-        # its export timeout): it runs in a daemon thread of its own, which the exit does not wait for.
-        closing = threading.Thread(target=self.processor.shutdown, name="tracing-shutdown", daemon=True)
-        closing.start()
+        self._stopping = True
+        self._wake.set()
         deadline = time.monotonic() + SHUTDOWN_WAIT
-        while closing.is_alive() and not self.exporter.stuck and time.monotonic() < deadline:
-            closing.join(0.05)
+        while self._thread.is_alive() and not self.stuck and time.monotonic() < deadline:
+            self._thread.join(0.05)
+
+    @property
+    def stuck(self) -> bool:
+        """Failing, or an export has waited on the collector for longer than a healthy one takes."""
+        busy = self.busy_since
+        return self.watch.failing or (busy > 0 and time.monotonic() - busy > STUCK_AFTER)
+
+    # -------------------------------------------------------------------------------- the export thread
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.delay)
+            self._wake.clear()
+            self._export_queued()
+        self._export_queued()
+        self.sender.close()
+
+    def _export_queued(self) -> None:
+        queue, writer = self._queue, self.writer
+        while queue:
+            outcomes = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
+            spans = [writer.request(outcome, outcome.trace) for outcome in outcomes if outcome.trace]
+            body = export_request(self.resource, self.scope, spans)
+            self.busy_since = time.monotonic()
+            try:
+                ok = self.sender.send(body)
+            finally:
+                self.busy_since = 0.0
+            if ok:
+                self.exported += len(outcomes)
+            else:
+                self.dropped += len(outcomes)
+            self.watch.exported(ok)
+            if self._stopping and self.stuck:
+                return
+
+
+def _resource_bytes(resource: Resource) -> bytes:
+    """The resource as OTLP's Resource message, encoded once."""
+    message = ResourceMessage()
+    for key, value in resource.attributes.items():
+        pair = KeyValue(key=key)
+        if isinstance(value, bool):
+            pair.value.CopyFrom(AnyValue(bool_value=value))
+        elif isinstance(value, int):
+            pair.value.CopyFrom(AnyValue(int_value=value))
+        elif isinstance(value, float):
+            pair.value.CopyFrom(AnyValue(double_value=value))
+        else:
+            pair.value.CopyFrom(AnyValue(string_value=str(value)))
+        message.attributes.append(pair)
+    encoded: bytes = message.SerializeToString()
+    return encoded
 
 
 def _version() -> str:
