@@ -582,3 +582,44 @@ async def test_each_worker_exports_its_own_spans(gateway_process, upstream, rece
         if len(exporters) == 2:
             break
     assert exporters == workers
+
+
+# ------------------------------------------------------------------------- server mode, a reload
+
+
+async def test_server_mode_carries_the_same_trace_headers(traced, upstream, receiver):
+    from tests.e2e.test_server_mode_e2e import SERVER
+
+    gw = await traced(tree=base_policy(upstream.url, **SERVER))
+    resp = await gw.client.post(
+        "/client/v1/validations",
+        data=BODY,
+        headers={**JSON_H, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "rojo=1"},
+    )
+    assert resp.status == 200
+    [seen] = upstream.received
+    assert seen.path == "/v1/validations"
+    trace_id, client_span_id, _ = upstream_traceparent(upstream)
+    assert trace_id == TRACE_ID and seen.headers.getall("tracestate") == ["rojo=1"]
+    gw.flush()
+    server, client = await receiver.wait_for_trace(TRACE_ID)
+    assert (
+        client.span_id == client_span_id and server.attributes["voucherify.operation"] == "validate_stackable"
+    )
+
+
+async def test_a_reload_that_changes_tracing_says_it_needs_a_restart(traced, upstream, tmp_path, caplog):
+    from gateway.reload import PolicyReloader
+    from tests.support.processes import write_policy
+
+    gw = await traced()
+    tree = base_policy(upstream.url)
+    tree["tracing"] = {"otlp_endpoint": "http://127.0.0.1:9/v1/traces", "sample_ratio": 0.5}
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    reloader = PolicyReloader(gw.client.server.app, path, configure_logs=False)
+    assert await reloader.reload()
+    assert any(
+        "tracing changed" in r.getMessage() and "next restart" in r.getMessage() for r in caplog.records
+    )
+    assert gw.client.server.app[STATE].tracer is gw.tracing.starter  # the running tracer stays
+    assert gw.tracing.starter.bound == 1 << 64
