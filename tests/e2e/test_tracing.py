@@ -508,8 +508,8 @@ async def test_a_failing_collector_costs_requests_nothing_and_is_logged_once(
             return
         collector.mode = "ok"  # the collector is back
         collector._release.set()
+        await _timed(failing, 20)  # spans to export: the next export says it succeeds again
         await _until(lambda: bool(_tracing_warnings(caplog, "succeed again")), "no recovery line")
-        await _timed(failing, 20)
         await collector.wait_for_trace(upstream_traceparent(upstream)[0])
         assert len(_tracing_warnings(caplog, "succeed again")) == 1
         assert len(_tracing_warnings(caplog, "are failing")) == 1
