@@ -28,7 +28,7 @@ from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
-from gateway.observe.trace_context import CURRENT, RequestTrace, TraceStarter
+from gateway.observe.trace_context import CURRENT, TraceStarter
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool
 from gateway.upstream import Http1Transport, Transport
@@ -150,7 +150,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     outcome = Outcome(new_request_id(), request.method, truncate_ip=policy.truncate_ips)
     state.accounting.started()
-    traced = None if state.tracer is None else CURRENT.set(_trace(state.tracer, request, outcome))
+    trace = outcome.trace = None if state.tracer is None else state.tracer.begin(request.headers)
+    traced = None if trace is None else CURRENT.set(trace)  # for the upstream call's CLIENT span
     try:
         response = await _pipeline(request, state, policy, outcome)
     except asyncio.CancelledError:
@@ -159,17 +160,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
-        if traced is not None:
+        if trace is not None and traced is not None:
             CURRENT.reset(traced)
-            outcome.trace.end_ns = time.time_ns()  # type: ignore[union-attr]  # set with `traced`
+            trace.end_ns = time.time_ns()
         state.accounting.record(outcome)
     return response
-
-
-def _trace(tracer: TraceStarter, request: web.Request, outcome: Outcome) -> RequestTrace:
-    """The request's trace (the caller's continued, or a new one), for its spans and the access log."""
-    trace = outcome.trace = tracer.begin(request.headers)
-    return trace
 
 
 async def _pipeline(

@@ -569,6 +569,7 @@ async def test_each_worker_exports_its_own_spans(gateway_process, upstream, rece
     import aiohttp
 
     gw = await gateway_process(_traced_tree(upstream, receiver.url), workers=2, env=QUICK_ENV)
+    await gw.wait_for(re.compile(r"worker \d+ listening"), count=2)  # stderr may lag the stdout line
     workers = gw.worker_pids()
     assert len(workers) == 2
     exporters: set[int] = set()
