@@ -2,7 +2,8 @@
 
   decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
   -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
-  -> rate limit (429, 503) -> Voucherify (502, 504) -> the mode's view of the answer.
+  -> rate limit (429, 503) -> failed-code budget (429) -> Voucherify (502, 504) -> the mode's view of the
+  answer (the budget keeps its unknown codes and gives the rest back).
 
 After `decide`, each step returns its value or raises `errors.Refused`, caught once in `_pipeline`. Only a
 request that passed every check is counted against its rate limit.
@@ -23,6 +24,7 @@ from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused
+from gateway.guards.failed_code_hold import CodeHold
 from gateway.headers import request_headers
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
@@ -30,7 +32,8 @@ from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.observe.trace_context import CURRENT, TraceStarter
 from gateway.policy import PolicyFile
-from gateway.ratelimit import LimiterPool
+from gateway.ratelimit import LimiterPool, Store
+from gateway.sparing import API_VERSION_HEADER, Sparing, not_sent
 from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
@@ -56,6 +59,7 @@ class GatewayState:
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
         self.tracer = tracer  # None: tracing is off (read once at start: `tracing` changes need a restart)
+        self.sparing = Sparing()  # cached reads and hold-offs, per process, kept across reloads
         self.policy: CompiledPolicy
         self.set_policy(policy)
 
@@ -64,6 +68,8 @@ class GatewayState:
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
             self.limiters.store(limits.storage, limits.storage_timeout)
+        if hasattr(self, "policy"):  # a reload: a project whose upstream changed loses its kept answers
+            self.sparing.forget_changed(self.policy.projects, compiled.projects)
         self.policy = compiled
         if isinstance(self.transport, Http1Transport):
             self.transport.max_in_flight = policy.upstream.max_in_flight_per_host
@@ -187,11 +193,14 @@ async def _pipeline(
     outcome.project, outcome.operation = target.project.name, target.operation
 
     limit_headers: tuple[tuple[str, str], ...] = ()
+    codes = CodeHold()  # the failed-code budget's hold: its RateLimit members, given back in `finally`
     try:
         body = await _request_body(request, policy)
         document = check_body(admit, body)
         call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
         limit_headers = await _rate_limit(state, target, client.bucket_key, outcome)
+        if target.project.failed_codes is not None:  # the failed-code budget (429)
+            await codes.reserve(_store(state, target), target, client.bucket_key, document, outcome)
         headers = request_headers(
             request.headers,
             target.project.credential_headers,
@@ -199,12 +208,19 @@ async def _pipeline(
             outcome.request_id,
             forward_origin=mode.forwards_origin,
         )
-        answer = await _send(state, policy, target, call, headers, outcome)
-        answer = mode.response(target, answer)
+        if target.project.api_version is not None:
+            headers[API_VERSION_HEADER] = target.project.api_version
+        answer = await state.sparing.answer(  # cache -> upstream quota -> Voucherify (429: hold-off)
+            target, outcome, lambda: _spared_send(state, policy, target, call, headers, outcome)
+        )
+        codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
     except Refused as refused:
-        return _refused(admit.refuse(refused.error), outcome, (*limit_headers, *refused.headers))
+        extra = codes.fields((*limit_headers, *refused.headers))
+        return _refused(admit.refuse(refused.error), outcome, extra)
+    finally:
+        codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
     outcome.status = answer.status
-    headers_out = [*answer.headers, *limit_headers]
+    headers_out = [*answer.headers, *codes.fields(limit_headers)]
     return _respond(
         answer.status, answer.body, outcome.request_id, admit.cors, headers_out, content_type=None
     )
@@ -230,6 +246,11 @@ async def _rate_limit(
     return verdict.headers
 
 
+def _store(state: GatewayState, target: Target) -> Store:
+    limits = target.project.rate_limit
+    return state.limiters.store(limits.storage, limits.storage_timeout)
+
+
 async def _send(
     state: GatewayState,
     policy: CompiledPolicy,
@@ -242,6 +263,27 @@ async def _send(
     answer = await state.transport.send(target.project.base_url, call, headers, policy.upstream_timeouts)
     outcome.upstream_ms = answer.elapsed * 1000
     return answer
+
+
+async def _spared_send(
+    state: GatewayState,
+    policy: CompiledPolicy,
+    target: Target,
+    call: UpstreamCall,
+    headers: CIMultiDict[str],
+    outcome: Outcome,
+) -> UpstreamResponse:
+    """The upstream quota (and hold-off) first, then Voucherify and the mode's view of its answer; a
+    reserved call that surely reached nothing is given back, a 429 starts the hold-off (Refused, 503)."""
+    held = await state.sparing.reserve(state.limiters, target, outcome)
+    try:
+        answer = await _send(state, policy, target, call, headers, outcome)
+    except Refused as refused:
+        if not_sent(refused):
+            await state.sparing.give_back(target, held)
+        raise
+    state.sparing.throttled(target, answer, outcome)
+    return target.project.mode.response(target, answer)
 
 
 def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]] = ()) -> web.Response:

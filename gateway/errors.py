@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,7 +21,9 @@ class ErrorKey(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_QUOTA_EXHAUSTED = "upstream_quota_exhausted"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
+    TOO_MANY_FAILED_CODES = "too_many_failed_codes"
 
 
 _STATUS = {
@@ -36,11 +39,14 @@ _STATUS = {
     ErrorKey.UPSTREAM_UNAVAILABLE: 502,
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
+    ErrorKey.UPSTREAM_QUOTA_EXHAUSTED: 503,
     ErrorKey.REQUEST_TIMEOUT: 408,
+    ErrorKey.TOO_MANY_FAILED_CODES: 429,
 }
 
 # Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
 TOO_MANY_REQUESTS_MESSAGE = "Too many requests hit the API too quickly."
+TOO_MANY_FAILED_CODES_MESSAGE = "Too many unknown codes were tried from this address."
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +64,20 @@ class GatewayError:
         return _STATUS[self.key]
 
     def body(self, request_id: str) -> bytes:
-        return json.dumps(
-            {
-                "code": self.status,
-                "key": self.key.value,
-                "message": self.message,
-                "details": self.details,
-                "request_id": request_id,
-            }
-        ).encode()
+        """The JSON body. Everything but the request id is the same for every request refused alike (a 429
+        flood), so it is encoded once (`_frame`) and the id is set between the two halves."""
+        before, after = _frame(self.status, self.key.value, self.message, self.details)
+        return before + json.dumps(request_id).encode() + after
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: details may carry caller text (an origin)
+def _frame(status: int, key: str, message: str, details: str) -> tuple[bytes, bytes]:
+    marker = "\x00request-id\x00"
+    encoded = json.dumps(
+        {"code": status, "key": key, "message": message, "details": details, "request_id": marker}
+    ).encode()
+    before, after = encoded.split(json.dumps(marker).encode())
+    return before, after
 
 
 class Refused(Exception):
@@ -166,6 +177,15 @@ def too_many_requests(retry_after: int) -> GatewayError:
     )
 
 
+def too_many_failed_codes(retry_after: int) -> GatewayError:
+    return GatewayError(
+        ErrorKey.TOO_MANY_FAILED_CODES,
+        TOO_MANY_FAILED_CODES_MESSAGE,
+        f"The failed-code budget of this address does not cover the codes in this request; "
+        f"retry after {retry_after} seconds.",
+    )
+
+
 def rate_limit_unavailable() -> GatewayError:
     return GatewayError(
         ErrorKey.RATE_LIMIT_UNAVAILABLE,
@@ -192,6 +212,22 @@ def upstream_timeout() -> GatewayError:
         "Upstream timeout",
         "Voucherify did not answer in time. A redemption may or may not have happened: "
         "check before retrying.",
+    )
+
+
+def upstream_quota_exhausted(retry_after: int, *, voucherify_busy: bool = False) -> GatewayError:
+    """503: the project's `upstream_quota` is spent, or Voucherify answered 429 and the gateway holds off.
+
+    The pipeline sends `Retry-After: <retry_after>` with it."""
+    reason = (
+        "Voucherify asked the gateway to slow down for this project"
+        if voucherify_busy
+        else "This project's calls to Voucherify are used up for now"
+    )
+    return GatewayError(
+        ErrorKey.UPSTREAM_QUOTA_EXHAUSTED,
+        "Upstream quota exhausted",
+        f"{reason}; nothing was sent. Retry after {retry_after} seconds.",
     )
 
 

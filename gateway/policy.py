@@ -6,6 +6,7 @@ of its key. Secrets are held as `SecretStr`, so no repr, log line or error messa
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -58,6 +60,33 @@ def _rate_limit_string(value: str) -> str:
 
 
 RateLimitString = Annotated[str, AfterValidator(_rate_limit_string)]
+
+
+def _single_limit(value: str) -> str:
+    """`failed_codes` and `upstream_quota`: one limit (`10 per hour`), never a list, at least 1."""
+    try:
+        items = RateItem.parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a rate limit such as '10 per hour'") from exc
+    if len(items) != 1:
+        raise ValueError(
+            f"{value!r} is a list of limits; this key takes a single limit such as '10 per hour'"
+        )
+    if items[0].amount < 1:
+        raise ValueError(f"{value!r} allows nothing; write null to turn this key off")
+    return value
+
+
+SingleLimitString = Annotated[str, AfterValidator(_single_limit)]
+
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):  # pydantic would read `true` as 1.0: all of the quota
+        raise ValueError("must be a number from 0 to 1, not true or false")
+    return value
+
+
+ReserveShare = Annotated[float, Field(ge=0, le=1), BeforeValidator(_not_a_bool)]
 # The enum, with the JSON Schema the Literal it replaced had (an inline enum of strings, no $defs entry)
 StrategyName = Annotated[Strategy, WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"})]
 OnStorageError = Literal["allow", "deny"]
@@ -138,6 +167,13 @@ class RateLimit(_Model):
     operations: OperationLimits = Field(default_factory=dict)
     on_storage_error: OnStorageError = "allow"
     storage_timeout: float = Field(0.5, gt=0)
+    failed_codes: SingleLimitString | None = None  # unknown codes one client may try per window; None: off
+    upstream_quota: SingleLimitString | None = None  # calls one project may make to Voucherify; None: off
+    redeem_reserve: ReserveShare = 0  # share of upstream_quota only redemptions may use
+
+
+# Keys a project can switch off with an explicit null (a key left out is inherited).
+NULLABLE_RATE_LIMIT_KEYS = ("failed_codes", "upstream_quota")
 
 
 class ProjectRateLimit(_Model):
@@ -149,9 +185,41 @@ class ProjectRateLimit(_Model):
     operations: OperationLimits | None = None
     on_storage_error: OnStorageError | None = None
     storage_timeout: float | None = Field(None, gt=0)
+    failed_codes: SingleLimitString | None = None  # an explicit null turns it off for this project
+    upstream_quota: SingleLimitString | None = None  # an explicit null turns it off for this project
+    redeem_reserve: ReserveShare | None = None
 
     def over(self, base: RateLimit) -> RateLimit:
+        update = self.model_dump(exclude_none=True)
+        for key in NULLABLE_RATE_LIMIT_KEYS:  # written as null: off here, whatever the top level says
+            if key in self.model_fields_set:
+                update[key] = getattr(self, key)
+        return base.model_copy(update=update)
+
+
+class Cache(_Model):
+    """Cached reads (`gateway/guards/cache.py`): seconds 200 answers of the list operations are reused."""
+
+    ttl: float = Field(0, ge=0)
+
+
+class ProjectCache(_Model):
+    ttl: float | None = Field(None, ge=0)  # left out (None): inherited
+
+    def over(self, base: Cache) -> Cache:
         return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+def _api_version(value: str) -> str:
+    """`vYYYY-MM-DD`, a real calendar date in ASCII digits: it becomes an upstream header value."""
+    problem = f"{value!r} is not an API version such as v2018-08-01 (vYYYY-MM-DD)"
+    if not re.fullmatch(r"v[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError(problem)
+    try:
+        datetime.date.fromisoformat(value[1:])
+    except ValueError:
+        raise ValueError(problem) from None
+    return value
 
 
 class Credentials(_Model):
@@ -195,6 +263,8 @@ class Project(_Model):
     allow_missing_origin: bool = False
     danger_zone: DangerZone = DangerZone()
     rate_limit: ProjectRateLimit | None = None
+    cache: ProjectCache | None = None
+    api_version: Annotated[str, AfterValidator(_api_version)] | None = None  # X-Voucherify-API-Version
 
     @field_validator("credentials")
     @classmethod
@@ -230,6 +300,7 @@ class PolicyFile(_Model):
     watch: bool = False
     client_ip: ClientIp = ClientIp()
     rate_limit: RateLimit = RateLimit()
+    cache: Cache = Cache()
     tracing: Tracing = Tracing()
     default_project: str | None = None
     projects: dict[ProjectName, Project]
@@ -250,6 +321,10 @@ class PolicyFile(_Model):
     def rate_limit_for(self, project: str) -> RateLimit:
         overrides = self.projects[project].rate_limit
         return overrides.over(self.rate_limit) if overrides else self.rate_limit
+
+    def cache_for(self, project: str) -> Cache:
+        overrides = self.projects[project].cache
+        return overrides.over(self.cache) if overrides else self.cache
 
 
 # ---------------------------------------------------------------------------------------------- loading

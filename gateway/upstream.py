@@ -29,6 +29,7 @@ from gateway.http1 import Http1Client, PoolFull, UpstreamError, UpstreamTimeout
 from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
 from gateway.observe.trace_context import CURRENT, new_span_id
 
+THROTTLE_HEADERS = frozenset({"retry-after", "x-rate-limit-retry"})  # read from a 429, for the hold-off
 log = logging.getLogger("gateway.upstream")
 
 
@@ -152,6 +153,15 @@ class Http1Transport:
             raise Refused(errors.upstream_unavailable()) from None
         if self._full:
             self._full.discard(base_url)
+        throttle = (
+            ()
+            if answer.status != 429
+            else tuple((name, value) for name, value in answer.headers if name.lower() in THROTTLE_HEADERS)
+        )
         return UpstreamResponse(
-            answer.status, response_headers(answer.headers), answer.body, client.loop.time() - started
+            answer.status,
+            response_headers(answer.headers),
+            answer.body,
+            client.loop.time() - started,
+            throttle,
         )

@@ -137,6 +137,19 @@ class RequestTrace:
         """A span event on the SERVER span (the rate-limit decision, a storage round trip, ...)."""
         self.events.append((name, time.time_ns(), attributes))
 
+    def codes_checked(self, named: int, refused: bool, store_error: bool, seconds: float) -> None:
+        """The `failed_codes` event: the codes the request names, the budget's decision and the storage
+        round trip in milliseconds. Kept only when sampled."""
+        if not self.sampled:
+            return
+        decision = "store_error" if store_error else "limited" if refused else "allowed"
+        attributes: dict[str, str | int | float | bool] = {
+            "gateway.failed_codes.named": named,
+            "gateway.failed_codes.decision": decision,
+            "gateway.failed_codes.store_ms": round(seconds * 1000, 3),
+        }
+        self.event("failed_codes", **attributes)
+
     def limit_checked(
         self, bucket: str, storage: str, refused: bool, store_error: bool, seconds: float
     ) -> None:

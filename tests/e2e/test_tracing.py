@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +25,10 @@ from gateway.app import STATE, create_app
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.observe.tracing import Tracing
-from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy, make_policy
+from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, GatewayFactory, base_policy, make_policy
 from tests.support.constants import JSON_H, H
 from tests.support.otlp_receiver import CLIENT, SERVER, STATUS_ERROR, WAIT, OtlpReceiver
+from tests.support.processes import GatewayProcessFactory
 from tests.support.upstream_double import Reply, UpstreamDouble
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -61,6 +63,7 @@ def quick_export(monkeypatch: pytest.MonkeyPatch) -> None:
 @dataclass
 class Traced:
     client: TestClient[web.Request, web.Application]
+    app: web.Application
     tracing: Tracing
     accounting: Accounting
 
@@ -85,7 +88,7 @@ async def traced(upstream: UpstreamDouble, receiver: OtlpReceiver) -> AsyncItera
         app = create_app(policy, accounting, tracer=tracing.starter)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
-        made.append(Traced(client, tracing, accounting))
+        made.append(Traced(client, app, tracing, accounting))
         return made[-1]
 
     yield start
@@ -111,7 +114,9 @@ def access_line(caplog: pytest.LogCaptureFixture, request_id: str) -> dict[str, 
 # --------------------------------------------------------------------------------- span tree and names
 
 
-async def test_spans_of_a_forwarded_request_and_the_traceparent_upstream_got(traced, upstream, receiver):
+async def test_spans_of_a_forwarded_request_and_the_traceparent_upstream_got(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     gw = await traced()
     resp = await gw.client.post("/client/v1/validations", data=BODY, headers=JSON_H)
     assert resp.status == 200
@@ -156,8 +161,8 @@ async def test_spans_of_a_forwarded_request_and_the_traceparent_upstream_got(tra
 
 
 async def test_an_incoming_traceparent_is_continued_and_its_tracestate_sent_upstream(
-    traced, upstream, receiver
-):
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     gw = await traced(service_name="checkout-gateway")
     state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
     resp = await gw.client.post(
@@ -178,7 +183,9 @@ async def test_an_incoming_traceparent_is_continued_and_its_tracestate_sent_upst
     assert server.resource["service.name"] == "checkout-gateway"
 
 
-async def test_an_unsampled_caller_is_not_exported_but_keeps_its_trace(traced, upstream, receiver, caplog):
+async def test_an_unsampled_caller_is_not_exported_but_keeps_its_trace(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
     gw = await traced(sample_ratio=1.0)
     unsampled = "0af7651916cd43dd8448eb211c80319c"
     resp = await gw.client.get(
@@ -213,7 +220,9 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("value", MALFORMED)
-async def test_a_malformed_traceparent_starts_a_new_trace(traced, upstream, receiver, value):
+async def test_a_malformed_traceparent_starts_a_new_trace(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, value: str
+) -> None:
     gw = await traced()
     resp = await gw.client.get(
         "/client/v1/validate?code=A", headers={**H, "traceparent": value, "tracestate": "rojo=1"}
@@ -227,7 +236,7 @@ async def test_a_malformed_traceparent_starts_a_new_trace(traced, upstream, rece
     assert server.parent_span_id == ""
 
 
-async def test_two_traceparent_headers_are_malformed(traced, upstream):
+async def test_two_traceparent_headers_are_malformed(traced: TracedFactory, upstream: UpstreamDouble) -> None:
     gw = await traced()
     headers = [*H.items(), *[("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")] * 2]
     resp = await gw.client.get("/client/v1/validate?code=A", headers=headers)
@@ -235,7 +244,9 @@ async def test_two_traceparent_headers_are_malformed(traced, upstream):
     assert upstream_traceparent(upstream)[0] != TRACE_ID
 
 
-async def test_a_tracestate_too_long_or_unprintable_is_not_sent_upstream(traced, upstream):
+async def test_a_tracestate_too_long_or_unprintable_is_not_sent_upstream(
+    traced: TracedFactory, upstream: UpstreamDouble
+) -> None:
     gw = await traced()
     parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
     for state in ("a=" + "x" * 600, "a=\u00e9t\u00e9"):
@@ -248,8 +259,8 @@ async def test_a_tracestate_too_long_or_unprintable_is_not_sent_upstream(traced,
 
 
 async def test_sample_ratio_zero_exports_no_new_trace_yet_logs_each_trace_id(
-    traced, upstream, receiver, caplog
-):
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
     gw = await traced(sample_ratio=0.0)
     ids = []
     for _ in range(5):
@@ -269,7 +280,9 @@ async def test_sample_ratio_zero_exports_no_new_trace_yet_logs_each_trace_id(
     assert access_line(caplog, marker.headers["X-Request-Id"])["trace_id"] == TRACE_ID
 
 
-async def test_sample_ratio_samples_about_that_share_of_new_traces(traced, upstream):
+async def test_sample_ratio_samples_about_that_share_of_new_traces(
+    traced: TracedFactory, upstream: UpstreamDouble
+) -> None:
     gw = await traced(sample_ratio=0.25)
     flags = []
     for _ in range(200):
@@ -283,7 +296,9 @@ async def test_sample_ratio_samples_about_that_share_of_new_traces(traced, upstr
 # --------------------------------------------------------------------------- refusals, preflights, errors
 
 
-async def test_a_preflight_and_a_refusal_have_their_server_span(traced, upstream, receiver, caplog):
+async def test_a_preflight_and_a_refusal_have_their_server_span(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
     gw = await traced()
     parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
     preflight = await gw.client.options(
@@ -326,7 +341,9 @@ async def test_a_preflight_and_a_refusal_have_their_server_span(traced, upstream
     assert access_line(caplog, preflight.headers["X-Request-Id"])["trace_id"] == TRACE_ID
 
 
-async def test_an_unknown_method_is_named_other_in_spans(traced, receiver):
+async def test_an_unknown_method_is_named_other_in_spans(
+    traced: TracedFactory, receiver: OtlpReceiver
+) -> None:
     gw = await traced()
     resp = await gw.client.request(
         "PROPFIND",
@@ -339,7 +356,9 @@ async def test_an_unknown_method_is_named_other_in_spans(traced, receiver):
     assert server.attributes["http.request.method"] == "_OTHER"
 
 
-async def test_a_failed_upstream_call_is_an_error_client_span(traced, upstream, receiver):
+async def test_a_failed_upstream_call_is_an_error_client_span(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     gw = await traced()
     upstream.reply(Reply(reset=True), Reply(503, {"code": 503}))
     for expected in (502, 503):
@@ -359,7 +378,9 @@ async def test_a_failed_upstream_call_is_an_error_client_span(traced, upstream, 
     assert client.status == STATUS_ERROR and client.attributes["http.response.status_code"] == 503
 
 
-async def test_a_limited_request_has_the_decision_as_an_event(traced, upstream, receiver):
+async def test_a_limited_request_has_the_decision_as_an_event(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     tree = {**base_policy(upstream.url), "rate_limit": {"per_ip": "1 per minute"}}
     gw = await traced(tree=tree)
     parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
@@ -377,7 +398,9 @@ async def test_a_limited_request_has_the_decision_as_an_event(traced, upstream, 
 # ----------------------------------------------------------------------- what spans never hold
 
 
-async def test_spans_hold_no_credential_body_query_or_client_address(traced, upstream, receiver):
+async def test_spans_hold_no_credential_body_query_or_client_address(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     tree = base_policy(upstream.url)
     tree["client_ip"] = {"trusted_proxies": ["127.0.0.1/32"]}
     gw = await traced(tree=tree)
@@ -419,7 +442,9 @@ async def test_spans_hold_no_credential_body_query_or_client_address(traced, ups
 # ------------------------------------------------------------------- tracing off: nothing changes
 
 
-async def test_tracing_off_sends_no_trace_headers_upstream_and_logs_no_trace_id(gateway, upstream, caplog):
+async def test_tracing_off_sends_no_trace_headers_upstream_and_logs_no_trace_id(
+    gateway: GatewayFactory, upstream: UpstreamDouble, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await gateway()
     resp = await client.get(
         "/client/v1/validate?code=A",
@@ -438,7 +463,8 @@ async def test_tracing_off_sends_no_trace_headers_upstream_and_logs_no_trace_id(
     )
     allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
     assert {"traceparent", "tracestate"} <= allowed  # whether tracing is on or not
-    client.server.app[STATE].accounting.flush()
+    assert client.app is not None
+    client.app[STATE].accounting.flush()
     assert "trace_id" not in access_line(caplog, resp.headers["X-Request-Id"])
 
 
@@ -477,8 +503,12 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
 
 @pytest.mark.parametrize("mode", ["hang", "refuse", "unavailable", "down"])
 async def test_a_failing_collector_costs_requests_nothing_and_is_logged_once(
-    traced, upstream, receiver, caplog, mode
-):
+    traced: TracedFactory,
+    upstream: UpstreamDouble,
+    receiver: OtlpReceiver,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+) -> None:
     healthy = await traced()
     baseline = await _timed(healthy, 150)
     collector = await OtlpReceiver(mode=mode).start()  # this gateway's own, failing
@@ -530,7 +560,9 @@ def _traced_tree(upstream: UpstreamDouble, receiver_url: str) -> dict[str, Any]:
 QUICK_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "20", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1"}
 
 
-async def test_serve_exports_spans_and_logs_trace_ids(gateway_process, upstream, receiver):
+async def test_serve_exports_spans_and_logs_trace_ids(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     import aiohttp
 
     gw = await gateway_process(_traced_tree(upstream, receiver.url), env=QUICK_ENV)
@@ -547,7 +579,9 @@ async def test_serve_exports_spans_and_logs_trace_ids(gateway_process, upstream,
     assert line["trace_id"] == trace_id
 
 
-async def test_a_hung_collector_holds_no_drain(gateway_process, upstream, receiver):
+async def test_a_hung_collector_holds_no_drain(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     import signal
 
     import aiohttp
@@ -565,7 +599,9 @@ async def test_a_hung_collector_holds_no_drain(gateway_process, upstream, receiv
     print(f"\n  drain and exit with a hung collector: {time.monotonic() - started:.2f} s")
 
 
-async def test_each_worker_exports_its_own_spans(gateway_process, upstream, receiver):
+async def test_each_worker_exports_its_own_spans(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     import aiohttp
 
     gw = await gateway_process(_traced_tree(upstream, receiver.url), workers=2, env=QUICK_ENV)
@@ -588,7 +624,9 @@ async def test_each_worker_exports_its_own_spans(gateway_process, upstream, rece
 # ------------------------------------------------------------------------- server mode, a reload
 
 
-async def test_server_mode_carries_the_same_trace_headers(traced, upstream, receiver):
+async def test_server_mode_carries_the_same_trace_headers(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
     from tests.e2e.test_server_mode_e2e import SERVER
 
     gw = await traced(tree=base_policy(upstream.url, **SERVER))
@@ -609,7 +647,9 @@ async def test_server_mode_carries_the_same_trace_headers(traced, upstream, rece
     )
 
 
-async def test_a_reload_that_changes_tracing_says_it_needs_a_restart(traced, upstream, tmp_path, caplog):
+async def test_a_reload_that_changes_tracing_says_it_needs_a_restart(
+    traced: TracedFactory, upstream: UpstreamDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from gateway.reload import PolicyReloader
     from tests.support.processes import write_policy
 
@@ -617,10 +657,38 @@ async def test_a_reload_that_changes_tracing_says_it_needs_a_restart(traced, ups
     tree = base_policy(upstream.url)
     tree["tracing"] = {"otlp_endpoint": "http://127.0.0.1:9/v1/traces", "sample_ratio": 0.5}
     path = write_policy(tmp_path / "policy.yaml", tree)
-    reloader = PolicyReloader(gw.client.server.app, path, configure_logs=False)
+    reloader = PolicyReloader(gw.app, path, configure_logs=False)
     assert await reloader.reload()
     assert any(
         "tracing changed" in r.getMessage() and "next restart" in r.getMessage() for r in caplog.records
     )
-    assert gw.client.server.app[STATE].tracer is gw.tracing.starter  # the running tracer stays
+    assert gw.app[STATE].tracer is gw.tracing.starter  # the running tracer stays
     assert gw.tracing.starter.bound == 1 << 64
+
+
+async def test_the_failed_code_budget_decision_is_an_event(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    tree = base_policy(upstream.url)
+    tree["rate_limit"] = {"per_ip": "1000 per minute", "failed_codes": "1 per hour"}
+    gw = await traced(tree=tree)
+    upstream.reply(Reply(404, {"code": 404, "key": "not_found", "message": "Resource not found"}))
+    parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    for expected in (404, 429):
+        resp = await gw.client.get("/client/v1/validate?code=NOPE", headers={**H, "traceparent": parent})
+        assert resp.status == expected
+    gw.flush()
+    spans = await receiver.wait_for_trace(TRACE_ID, count=3)
+    servers = sorted((s for s in spans if s.kind == SERVER), key=lambda s: s.start_ns)
+    decisions = [
+        [
+            attributes["gateway.failed_codes.decision"]
+            for name, attributes in s.events
+            if name == "failed_codes"
+        ]
+        for s in servers
+    ]
+    assert decisions == [["allowed"], ["limited"]]
+    [(_, attributes)] = [e for e in servers[1].events if e[0] == "failed_codes"]
+    assert attributes["gateway.failed_codes.named"] == 1 and attributes["gateway.failed_codes.store_ms"] >= 0
+    assert servers[1].attributes["gateway.decision"] == "too_many_failed_codes"

@@ -32,7 +32,7 @@ class _Who:
         return None
 
 
-sys.meta_path.insert(0, _Who())  # type: ignore[arg-type]
+sys.meta_path.insert(0, _Who())
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 

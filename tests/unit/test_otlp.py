@@ -30,7 +30,7 @@ def _outcome(**fields: object) -> Outcome:
     return outcome
 
 
-def test_a_request_decodes_as_otlp_with_every_field():
+def test_a_request_decodes_as_otlp_with_every_field() -> None:
     trace = TraceStarter(1.0).begin(CIMultiDict({"traceparent": PARENT}))
     trace.event("custom", flag=True, count=-3, ratio=0.5, text="é" * 100)  # varint lengths over 127
     trace.limit_checked("redeem", "redis+sentinel://:pw@h:1/m", True, False, 0.002)
@@ -77,7 +77,7 @@ def test_a_request_decodes_as_otlp_with_every_field():
     assert timed_out.end_time_unix_nano == server.end_time_unix_nano  # never ended: ends with the request
 
 
-def test_a_new_trace_has_no_parent_and_unknown_methods_are_other():
+def test_a_new_trace_has_no_parent_and_unknown_methods_are_other() -> None:
     trace = TraceStarter(1.0).begin(CIMultiDict())
     outcome = _outcome(trace=trace, method="PROPFIND", operation=None, project=None, status=404)
     [span] = (
@@ -93,7 +93,7 @@ def test_a_new_trace_has_no_parent_and_unknown_methods_are_other():
     assert span.status.code == 0
 
 
-def test_the_queue_is_bounded(monkeypatch: pytest.MonkeyPatch):
+def test_the_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # the export thread never wakes by itself
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1000")  # at most the queue: 10

@@ -26,7 +26,7 @@ def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
     return caught.value.problems
 
 
-def test_defaults():
+def test_defaults() -> None:
     policy = parse_policy(MINIMAL, env={})
     assert (policy.listen.host, policy.listen.port) == ("127.0.0.1", 8080)
     assert policy.listen.max_body_bytes == 262144
@@ -63,12 +63,12 @@ def test_defaults():
         ("http://127.0.0.1:8081", "http://127.0.0.1:8081"),
     ],
 )
-def test_regions(region, url):
+def test_regions(region: str, url: str) -> None:
     policy = parse_policy(MINIMAL + f"    region: {region}\n", env={})
     assert policy.projects["shop"].base_url == url
 
 
-def test_interpolation_with_defaults():
+def test_interpolation_with_defaults() -> None:
     text = """
     listen:
       port: ${PORT:-9000}
@@ -85,12 +85,14 @@ def test_interpolation_with_defaults():
     assert (policy.listen.host, policy.listen.port) == ("10.0.0.1", 9000)
     shop = policy.projects["shop"]
     assert shop.region == "us1"
+    assert shop.credentials.client_application_id is not None
+    assert shop.credentials.client_secret_key is not None
     assert shop.credentials.client_application_id.get_secret_value() == "id-42-x"
     assert shop.credentials.client_secret_key.get_secret_value() == "fallback"
     assert shop.allowed_origins == ("https://default.example.com",)
 
 
-def test_a_missing_variable_is_an_error_naming_it_and_its_key():
+def test_a_missing_variable_is_an_error_naming_it_and_its_key() -> None:
     found = problems(
         """
         projects:
@@ -106,14 +108,14 @@ def test_a_missing_variable_is_an_error_naming_it_and_its_key():
     )
 
 
-def test_secrets_never_show_in_reprs():
+def test_secrets_never_show_in_reprs() -> None:
     policy = parse_policy(MINIMAL, env={})
     assert "s3cr3t-value" not in repr(policy)
     assert "app-id" not in repr(policy)
     assert "s3cr3t-value" not in policy.model_dump_json()
 
 
-def test_every_problem_is_listed_with_its_key_path():
+def test_every_problem_is_listed_with_its_key_path() -> None:
     found = problems(
         """
         listen:
@@ -157,7 +159,7 @@ def test_every_problem_is_listed_with_its_key_path():
     assert "rate_limit.operations.redeem: '3 per fortnight'" in text, text
 
 
-def test_missing_credentials_for_the_mode():
+def test_missing_credentials_for_the_mode() -> None:
     client = problems("projects:\n  shop:\n    credentials: {client_application_id: a}\n")
     assert any("projects.shop" in p and "credentials.client_secret_key" in p for p in client), client
     server = problems(
@@ -168,7 +170,7 @@ def test_missing_credentials_for_the_mode():
     assert "credentials.application_id" in text and "credentials.secret_key" in text, text
 
 
-def test_missing_credentials_are_reported_beside_other_problems():
+def test_missing_credentials_are_reported_beside_other_problems() -> None:
     found = problems("projects:\n  shop:\n    region: mars\n")
     text = "\n".join(found)
     assert "projects.shop.region" in text, text
@@ -177,7 +179,7 @@ def test_missing_credentials_are_reported_beside_other_problems():
     ), text
 
 
-def test_every_bad_origin_entry_is_reported():
+def test_every_bad_origin_entry_is_reported() -> None:
     found = problems(
         MINIMAL.replace(
             "[https://shop.example.com]", "[https://ok.example.com, shop.example.com, https://x.com/path]"
@@ -189,19 +191,19 @@ def test_every_bad_origin_entry_is_reported():
     assert len(found) == 2, found
 
 
-def test_default_project_must_exist_and_projects_are_needed():
+def test_default_project_must_exist_and_projects_are_needed() -> None:
     assert any("default_project" in p for p in problems(MINIMAL + "default_project: nope\n"))
     assert any("projects" in p for p in problems("projects: {}\n"))
     assert any("projects" in p for p in problems("listen: {port: 1}\n"))
 
 
-def test_duplicate_keys_and_non_mappings_are_refused():
+def test_duplicate_keys_and_non_mappings_are_refused() -> None:
     assert any("duplicate key" in p for p in problems(MINIMAL + "watch: true\nwatch: false\n"))
     assert problems("- a list\n")
     assert problems("projects: [\n")
 
 
-def test_project_rate_limit_overrides_inherit_the_rest():
+def test_project_rate_limit_overrides_inherit_the_rest() -> None:
     text = MINIMAL + textwrap.dedent(
         """\
             rate_limit: {per_ip: 20 per minute}
@@ -218,7 +220,7 @@ def test_project_rate_limit_overrides_inherit_the_rest():
     assert limits.operations == {"redeem": "3 per minute"}
 
 
-def test_compiled_buckets_per_operation():
+def test_compiled_buckets_per_operation() -> None:
     text = MINIMAL + "rate_limit:\n  operations: {redeem: 3 per minute}\n"
     shop = compile_policy(parse_policy(text, env={})).projects["shop"]
     assert shop.buckets["redeem"].name == "redeem"
@@ -228,7 +230,7 @@ def test_compiled_buckets_per_operation():
     assert shop.buckets["validate"].namespace != shop.buckets["redeem"].namespace
 
 
-def test_load_policy_from_a_file(tmp_path: Path):
+def test_load_policy_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(MINIMAL)
     assert "shop" in load_policy(path, env={}).projects
@@ -238,6 +240,95 @@ def test_load_policy_from_a_file(tmp_path: Path):
 
 
 @pytest.mark.parametrize("name", ["config/policy.yaml", "config/policy.example.yaml"])
-def test_shipped_policies_are_valid(name):
+def test_shipped_policies_are_valid(name: str) -> None:
     root = Path(__file__).resolve().parents[2]
     load_policy(root / name, env={})
+
+
+def test_cache_ttl_defaults_to_off_and_a_project_may_replace_it():
+    policy = parse_policy(MINIMAL, env={})
+    assert policy.cache.ttl == 0 and policy.cache_for("shop").ttl == 0
+    assert compile_policy(policy).projects["shop"].cache_ttl == 0
+    text = MINIMAL + "    cache: {ttl: 30}\n  blog:\n" + MINIMAL.split("  shop:\n")[1] + "cache: {ttl: 5}\n"
+    compiled = compile_policy(parse_policy(text, env={}))
+    assert compiled.projects["shop"].cache_ttl == 30
+    assert compiled.projects["blog"].cache_ttl == 5  # inherited
+    inherit = MINIMAL + "    cache: {}\ncache: {ttl: 2.5}\n"
+    assert compile_policy(parse_policy(inherit, env={})).projects["shop"].cache_ttl == 2.5
+
+
+def test_bad_cache_keys_are_reported_with_their_paths():
+    found = problems(MINIMAL + "    cache: {ttl: -1, size: 3}\ncache: {ttl: soon}\n")
+    assert any(p.startswith("projects.shop.cache.ttl:") for p in found), found
+    assert "projects.shop.cache.size: unknown key" in found
+    assert any(p.startswith("cache.ttl:") for p in found), found
+
+
+def test_api_version_is_compiled_for_the_upstream_call():
+    shop = compile_policy(parse_policy(MINIMAL + "    api_version: v2018-08-01\n", env={})).projects["shop"]
+    assert shop.api_version == "v2018-08-01"
+    assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].api_version is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2018-08-01",
+        "v2018-8-1",
+        "V2018-08-01",
+        "v2018-13-01",
+        "v2018-02-30",
+        "v2018-08-01 ",
+        "v2018-08-01\\r\\nX-Evil: 1",
+        "v\u0662\u0660\u0661\u0668-08-01",  # Arabic-Indic digits
+        "v20180801",
+        "latest",
+        "1",
+    ],
+)
+def test_check_refuses_an_api_version_that_is_not_vyyyy_mm_dd(value: str):
+    found = problems(MINIMAL + f'    api_version: "{value}"\n')
+    assert len(found) == 1 and found[0].startswith("projects.shop.api_version:"), found
+    assert "vYYYY-MM-DD" in found[0]
+
+
+def test_api_version_is_a_string_not_a_yaml_date():
+    found = problems(MINIMAL + "    api_version: 2018-08-01\n")
+    assert found and found[0].startswith("projects.shop.api_version:")
+
+
+def test_upstream_quota_and_its_reserve_are_compiled_per_project():
+    text = MINIMAL + "rate_limit: {upstream_quota: 2000 per minute, redeem_reserve: 0.2}\n"
+    shop = compile_policy(parse_policy(text, env={})).projects["shop"]
+    assert shop.quota is not None
+    assert (shop.quota.limit, shop.quota.window, shop.quota.reserve) == (2000, 60, 400)
+    assert shop.quota.limit_for("redeem") == 2000 and shop.quota.limit_for("list_consents") == 1600
+    assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].quota is None  # default: off
+
+
+def test_an_explicit_null_turns_the_upstream_quota_off_for_a_project_and_a_left_out_key_inherits():
+    base = "rate_limit: {upstream_quota: 10 per minute, redeem_reserve: 0.5}\n"
+    off = compile_policy(parse_policy(MINIMAL + "    rate_limit: {upstream_quota: null}\n" + base, env={}))
+    assert off.projects["shop"].quota is None
+    kept = compile_policy(parse_policy(MINIMAL + "    rate_limit: {per_ip: 9/minute}\n" + base, env={}))
+    assert kept.projects["shop"].quota is not None and kept.projects["shop"].quota.reserve == 5
+    own = compile_policy(parse_policy(MINIMAL + "    rate_limit: {redeem_reserve: 0}\n" + base, env={}))
+    assert own.projects["shop"].quota is not None and own.projects["shop"].quota.reserve == 0
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "path"),
+    [
+        ("{upstream_quota: 10/hour;3/minute}", "rate_limit.upstream_quota"),
+        ("{upstream_quota: 0 per hour}", "rate_limit.upstream_quota"),
+        ("{upstream_quota: lots}", "rate_limit.upstream_quota"),
+        ("{redeem_reserve: 1.5}", "rate_limit.redeem_reserve"),
+        ("{redeem_reserve: -0.1}", "rate_limit.redeem_reserve"),
+        ("{redeem_reserve: true}", "rate_limit.redeem_reserve"),
+    ],
+)
+def test_check_refuses_bad_quota_keys(rate_limit: str, path: str):
+    found = problems(MINIMAL + f"rate_limit: {rate_limit}\n")
+    assert len(found) == 1 and found[0].startswith(f"{path}:"), found
+    in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
+    assert len(in_project) == 1 and in_project[0].startswith(f"projects.shop.{path}:"), in_project

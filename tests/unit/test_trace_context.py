@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from multidict import CIMultiDict
@@ -44,11 +45,13 @@ SPAN = "00f067aa0ba902b7"
         (f"00-{TRACE}-{SPAN}-01\n", None),
     ],
 )
-def test_traceparent_is_read_exactly_as_w3c_writes_it(value, parsed):
+def test_traceparent_is_read_exactly_as_w3c_writes_it(
+    value: str, parsed: tuple[int, int, bool] | None
+) -> None:
     assert parse_traceparent(value) == parsed
 
 
-def test_a_new_trace_is_sampled_as_opentelemetry_samples_it():
+def test_a_new_trace_is_sampled_as_opentelemetry_samples_it() -> None:
     for ratio in (0.0, 0.01, 0.25, 0.5, 1.0):
         sampler = TraceIdRatioBased(ratio)
         assert ratio_bound(ratio) == sampler.bound
@@ -60,7 +63,7 @@ def test_a_new_trace_is_sampled_as_opentelemetry_samples_it():
             assert trace.parent_span_id == 0 and trace.tracestate is None
 
 
-def test_the_callers_decision_wins_whatever_the_ratio():
+def test_the_callers_decision_wins_whatever_the_ratio() -> None:
     headers = CIMultiDict({"traceparent": f"00-{TRACE}-{SPAN}-01", "tracestate": "a=1"})
     trace = TraceStarter(0.0).begin(headers)
     assert trace.sampled and trace.trace_id_hex == TRACE and trace.parent_span_id == int(SPAN, 16)
@@ -69,7 +72,7 @@ def test_the_callers_decision_wins_whatever_the_ratio():
     assert not TraceStarter(1.0).begin(headers).sampled
 
 
-def test_tracestate_headers_are_combined_and_bounded():
+def test_tracestate_headers_are_combined_and_bounded() -> None:
     def state(*values: str) -> str | None:
         headers = CIMultiDict([("traceparent", f"00-{TRACE}-{SPAN}-01")])
         for value in values:
@@ -84,7 +87,7 @@ def test_tracestate_headers_are_combined_and_bounded():
     assert state("a=\u00e9") is None
 
 
-def test_the_upstream_traceparent_names_the_client_span():
+def test_the_upstream_traceparent_names_the_client_span() -> None:
     trace = TraceStarter(1.0).begin(CIMultiDict({"traceparent": f"00-{TRACE}-{SPAN}-00"}))
     call = trace.start_call("api.voucherify.io", 443, "POST")
     assert trace.traceparent(call.span_id) == f"00-{TRACE}-{call.span_id:016x}-00"
@@ -92,7 +95,7 @@ def test_the_upstream_traceparent_names_the_client_span():
     assert trace.calls == [call]
 
 
-def test_collector_name_drops_user_info_and_query():
+def test_collector_name_drops_user_info_and_query() -> None:
     assert (
         collector_name("https://u:p@otel.example:4318/v1/traces?k=s") == "https://otel.example:4318/v1/traces"
     )
@@ -110,14 +113,14 @@ projects:
 """
 
 
-def test_the_tracing_section_defaults_to_off():
+def test_the_tracing_section_defaults_to_off() -> None:
     tracing = parse_policy(BASE, env={}).tracing
     assert tracing.otlp_endpoint is None
     assert tracing.service_name == "voucherify-gateway"
     assert tracing.sample_ratio == 1.0
 
 
-def test_the_tracing_section_is_validated():
+def test_the_tracing_section_is_validated() -> None:
     policy = parse_policy(
         BASE + "tracing: {otlp_endpoint: 'http://c:4318/v1/traces', service_name: gw, sample_ratio: 0.01}",
         env={},
@@ -132,7 +135,9 @@ def test_the_tracing_section_is_validated():
         assert key in problems, problems
 
 
-def test_check_says_when_the_tracing_extra_is_missing(tmp_path, monkeypatch, capsys):
+def test_check_says_when_the_tracing_extra_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(BASE + "tracing: {otlp_endpoint: 'http://c:4318/v1/traces'}\n", encoding="utf-8")
     assert cli.main(["check", "--config", str(path)]) == 0  # the test extra installs it
@@ -143,7 +148,7 @@ def test_check_says_when_the_tracing_extra_is_missing(tmp_path, monkeypatch, cap
             raise metadata.PackageNotFoundError(name)
         return real(name)
 
-    monkeypatch.setattr(trace_context.metadata, "distribution", without_sdk)
+    monkeypatch.setattr(metadata, "distribution", without_sdk)
     capsys.readouterr()
     assert cli.main(["check", "--config", str(path)]) == 1
     out = capsys.readouterr().out
@@ -157,7 +162,7 @@ def test_check_says_when_the_tracing_extra_is_missing(tmp_path, monkeypatch, cap
 # ---------------------------------------------------------------------------------- what off imports
 
 
-def test_tracing_off_imports_nothing_of_opentelemetry():
+def test_tracing_off_imports_nothing_of_opentelemetry() -> None:
     found = subprocess.run(
         [sys.executable, "-m", "tests.support.tracing_off"],
         cwd=ROOT,
@@ -169,7 +174,7 @@ def test_tracing_off_imports_nothing_of_opentelemetry():
     assert found.stdout.strip() == "", f"tracing off loaded {found.stdout.strip()}"
 
 
-def test_the_check_for_the_extra_imports_nothing_of_it():
+def test_the_check_for_the_extra_imports_nothing_of_it() -> None:
     program = (
         "import sys; from gateway.observe.trace_context import tracing_unavailable; "
         "assert tracing_unavailable() is None; "
@@ -181,7 +186,7 @@ def test_the_check_for_the_extra_imports_nothing_of_it():
     assert found.stdout.strip() == "[]"
 
 
-def test_random_ids_are_never_zero(monkeypatch):
+def test_random_ids_are_never_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     draws = iter([0, 0, 5, 0, 7])
     monkeypatch.setattr(trace_context, "_getrandbits", lambda bits: next(draws))
     trace = TraceStarter(1.0).begin(CIMultiDict())
