@@ -103,4 +103,4 @@ async def test_a_drain_with_a_hung_upstream_exits_within_drain_timeout(gateway_p
     cut = [line for line in gw.access_lines() if line["operation"] in ("list_promotion_tiers", "redeem")]
     assert sorted(line["operation"] for line in cut) == ["list_promotion_tiers", "redeem"], gw.output
     assert {line["status"] for line in cut} == {499}, cut
-    assert not gw.lines('"level": "ERROR"'), gw.output
+    assert not gw.lines('"level": "error"'), gw.output
