@@ -59,8 +59,8 @@ async def test_sigterm_drains_in_flight_requests(gateway_process, upstream):
 
 # -------------------------------------------------------------------------- the drain's bound (issue 18.3)
 
-DRAIN = 3.0  # seconds: aiohttp's own shutdown took 2 x this (6 s) before the fix
-MARGIN = 2.0  # the stated margin: cancelling leftovers (~3 x serving.CANCEL_GRACE), cleanup, interpreter exit
+DRAIN = 4.0  # seconds: aiohttp's own shutdown took 2 x this before the fix (6.1 s for 3 s)
+MARGIN = 2.5  # the stated margin: cancelling leftovers (~3 x serving.CANCEL_GRACE), cleanup, interpreter exit
 
 
 async def test_a_drain_with_a_hung_upstream_exits_within_drain_timeout(gateway_process):
@@ -98,6 +98,7 @@ async def test_a_drain_with_a_hung_upstream_exits_within_drain_timeout(gateway_p
                 except aiohttp.ClientError:
                     continue
                 raise AssertionError(f"an answer after the drain's timeout: {response.status}")
+    print(f"exit {took:.2f}s after SIGTERM with drain_timeout {DRAIN}s")  # the figure, for the record
     assert DRAIN - 0.1 <= took <= DRAIN + MARGIN, f"exit {took:.2f}s after SIGTERM, drain_timeout {DRAIN}s"
     await gw.wait_for("drained, exiting")
     cut = [line for line in gw.access_lines() if line["operation"] in ("list_promotion_tiers", "redeem")]
