@@ -84,6 +84,10 @@ class GatewayState:
 STATE = web.AppKey("state", GatewayState)
 
 
+class ClientGone(Exception):
+    """The client went away before its whole body arrived: accounted `client_closed`, nothing sent."""
+
+
 def new_request_id() -> str:
     return f"gw-{random.getrandbits(64):016x}"
 
@@ -129,28 +133,36 @@ async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes:
     content, limit = request.content, policy.max_body_bytes
     if not request.body_exists:
         return b""
-    if content.is_eof():  # the whole body came with the headers (the usual case): no wait, no timer
-        body: bytes | None = content.read_nowait()
-    else:
-        try:
+    try:
+        if content.is_eof():  # the whole body came with the headers (the usual case): no wait, no timer
+            body: bytes | None = content.read_nowait()
+        else:
             async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
                 body = await _read_body(request, limit)
-        except TimeoutError:
-            raise Refused(errors.request_timeout(policy.body_timeout)) from None
+    except TimeoutError:
+        raise Refused(errors.request_timeout(policy.body_timeout)) from None
+    except ConnectionError:  # aiohttp hands the reader the connection's loss
+        raise ClientGone from None
     if body is None or len(body) > limit:
         raise Refused(errors.payload_too_large(limit))
     return body
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it passes `limit` (the rest is not read)."""
+    """The whole body, or None as soon as it passes `limit` (the rest is not read). A client that went
+    away after its last byte arrived still sent its whole body: it is returned, and forwarded."""
+    content = request.content
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async for chunk in content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except ConnectionError:
+        if not (content.is_eof() and size == content.total_bytes):
+            raise
     return b"".join(chunks)
 
 
@@ -230,6 +242,9 @@ async def _pipeline(
     except Refused as refused:
         extra = codes.fields((*limit_headers, *refused.headers))
         return _refused(admit.refuse(refused.error), outcome, extra)
+    except ClientGone:  # answered to no one: aiohttp drops it quietly (an exception is an ERROR line)
+        outcome.decision, outcome.status = "client_closed", 499
+        return web.Response(status=499)
     finally:
         codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
         if hold is not None:  # refused or cancelled before Voucherify's call: the key is free again
