@@ -190,15 +190,29 @@ cache:
 """
 
 
-def policy_yaml(port: int, upstream_port: int, storage: str, *, guards: bool = False) -> str:
+def policy_yaml(
+    port: int,
+    upstream_port: int,
+    storage: str,
+    tracing: tuple[str, float] | None = None,
+    *,
+    guards: bool = False,
+) -> str:
     """The gateway's full policy in client mode: origin list, danger zone, a per-IP limit that never triggers.
 
     The load comes as from a load balancer at 127.0.0.1 that names CLIENT_IPS different shoppers in
     X-Forwarded-For, as in production: per-IP lists stay short. (From one IP, `limits`' moving window would
     keep one entry per request in a single list, and its Redis script reads that list with LINDEX: the
     measure would be of a list no real client can build.)
+
+    `tracing`: (OTLP endpoint, sample ratio) turns tracing on.
     """
-    return f"""listen:
+    traced = ""
+    if tracing is not None:
+        traced = f"tracing:\n  otlp_endpoint: {tracing[0]}\n  sample_ratio: {tracing[1]}\n"
+    return (
+        traced
+        + f"""listen:
   host: 127.0.0.1
   port: {port}
   drain_timeout: 2
@@ -233,6 +247,7 @@ projects:
       create_customers: false
       create_loyalty_referral_events: false
 """
+    )
 
 
 def wrk_script(pace_ms: float = 0.0) -> str:
