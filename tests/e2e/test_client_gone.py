@@ -42,8 +42,8 @@ async def _send_and_go(gw: GatewayProcess, data: bytes, *, reset: bool) -> None:
 
 
 async def test_a_client_gone_mid_body_is_client_closed_with_nothing_sent_and_no_error(
-    gateway_process, upstream
-):
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
+) -> None:
     gw = await _gateway(gateway_process, upstream)
     head = request_bytes("POST", REDEEM, _head(len(BODY)))
     for count, reset in enumerate((False, True), start=1):
@@ -58,7 +58,9 @@ async def test_a_client_gone_mid_body_is_client_closed_with_nothing_sent_and_no_
     assert upstream.received == []  # nothing reached Voucherify
 
 
-async def test_a_client_gone_after_its_whole_body_is_still_forwarded_and_accounted(gateway_process, upstream):
+async def test_a_client_gone_after_its_whole_body_is_still_forwarded_and_accounted(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
+) -> None:
     upstream.default = Reply(delay=0.5, body={"result": "SUCCESS", "id": "r-1"})  # the page is gone first
     gw = await _gateway(gateway_process, upstream)
     for count, reset in enumerate((False, True), start=1):
@@ -79,7 +81,7 @@ class _Request:
         self.content = content
 
 
-async def test_the_body_reader_keeps_a_whole_body_whose_client_went_away_right_after_it():
+async def test_the_body_reader_keeps_a_whole_body_whose_client_went_away_right_after_it() -> None:
     """The race an outside test cannot aim at: the last chunk, the end of the body and the connection's
     loss arrive in one turn of the loop while the handler waits for data. aiohttp then feeds the data,
     ends the stream and sets ConnectionResetError on it (`BaseRequest._cancel`), in that order: the body

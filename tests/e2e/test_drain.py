@@ -65,7 +65,9 @@ DRAIN = 4.0  # seconds: aiohttp's own shutdown took 2 x this before the fix (6.1
 MARGIN = 2.5  # the stated margin: cancelling leftovers (~3 x serving.CANCEL_GRACE), cleanup, interpreter exit
 
 
-async def test_a_drain_with_a_hung_upstream_exits_within_drain_timeout(gateway_process):
+async def test_a_drain_with_a_hung_upstream_exits_within_drain_timeout(
+    gateway_process: GatewayProcessFactory,
+) -> None:
     """An upstream that never answers holds two requests (a GET and a redemption) past the drain: the
     gateway exits 0 within drain_timeout plus a small margin, not after twice drain_timeout, and not
     before drain_timeout (the requests in flight got their whole time). Both are accounted for."""
