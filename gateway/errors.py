@@ -119,6 +119,15 @@ def origin_not_allowed(origin: str | None) -> GatewayError:
     return GatewayError(ErrorKey.ORIGIN_NOT_ALLOWED, "Origin not allowed", details)
 
 
+def origin_not_allowed_cross_site() -> GatewayError:
+    return GatewayError(
+        ErrorKey.ORIGIN_NOT_ALLOWED,
+        "Origin not allowed",
+        "A browser sent this request from another site without an Origin header (Sec-Fetch-Site says so); "
+        "allow_missing_origin admits only apps that send neither.",
+    )
+
+
 def danger_zone_disabled(operation: str, option: str) -> GatewayError:
     return GatewayError(
         ErrorKey.DANGER_ZONE_DISABLED,
