@@ -20,7 +20,7 @@ _ORIGIN = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.\-]*)://"
     r"(?P<host>[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?|\[[0-9a-f:.]+\])"
     r"(?::(?P<port>[0-9]{1,5}))?",
-    re.IGNORECASE | re.ASCII,  # ASCII only: unicode case folding takes the Kelvin sign for k, ſ for s
+    re.IGNORECASE | re.ASCII,  # ASCII: unicode case folding takes the Kelvin sign for k, long s for s
 )
 _WILDCARD = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.\-]*)://\*\.(?P<domain>[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?)"
