@@ -21,6 +21,8 @@ class ErrorKey(StrEnum):
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
+    INTERNAL_ERROR = "internal_error"  # an addition: the last resort, instead of aiohttp's text/plain 500
+    HTTP_VERSION_NOT_SUPPORTED = "http_version_not_supported"  # an addition: HTTP/1.0 and 1.1 only
 
 
 _STATUS = {
@@ -37,6 +39,8 @@ _STATUS = {
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
     ErrorKey.REQUEST_TIMEOUT: 408,
+    ErrorKey.INTERNAL_ERROR: 500,
+    ErrorKey.HTTP_VERSION_NOT_SUPPORTED: 505,
 }
 
 # Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
@@ -202,6 +206,35 @@ def upstream_timeout() -> GatewayError:
         "Voucherify did not answer in time. A redemption may or may not have happened: "
         "check before retrying.",
     )
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(
+        ErrorKey.INTERNAL_ERROR,
+        "Internal error",
+        "The gateway failed to answer this request. It is logged for the gateway operator with this "
+        "request_id; retry shortly.",
+        close_connection=True,
+    )
+
+
+def http_version_not_supported() -> GatewayError:
+    return GatewayError(
+        ErrorKey.HTTP_VERSION_NOT_SUPPORTED,
+        "HTTP version not supported",
+        "The gateway speaks HTTP/1.1 (and HTTP/1.0) on this port.",
+        close_connection=True,
+    )
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception for an operator's log line: its type and where it was raised, never its message (a
+    message can quote a header value, and so a credential)."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = f" at {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame is not None else ""
+    return f"{type(exc).__name__}{where}"
 
 
 def _printable(text: str, limit: int = 200) -> str:
