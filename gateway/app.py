@@ -11,6 +11,7 @@ request that passed every check is counted against its rate limit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -109,18 +110,23 @@ def _error(
 
 
 async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes:
-    """The whole body; Refused: 413 past `max_body_bytes`, 408 when it takes longer than `body_timeout`."""
+    """The whole body; Refused: 413 past `max_body_bytes`, 408 when it takes longer than `body_timeout`,
+    400 when it does not match its Content-Encoding."""
     content, limit = request.content, policy.max_body_bytes
     if not request.body_exists:
         return b""
-    if content.is_eof():  # the whole body came with the headers (the usual case): no wait, no timer
-        body: bytes | None = content.read_nowait()
-    else:
-        try:
-            async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
-                body = await _read_body(request, limit)
-        except TimeoutError:
-            raise Refused(errors.request_timeout(policy.body_timeout)) from None
+    try:
+        if content.is_eof():  # the whole body came with the headers (the usual case): no wait, no timer
+            body: bytes | None = content.read_nowait()
+        else:
+            try:
+                async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
+                    body = await _read_body(request, limit)
+            except TimeoutError:
+                raise Refused(errors.request_timeout(policy.body_timeout)) from None
+    except web.RequestPayloadError:  # gzip over plain JSON, deflate followed by junk, broken chunks
+        error = errors.invalid_payload("The request body does not match its Content-Encoding or framing.")
+        raise Refused(dataclasses.replace(error, close_connection=True)) from None  # the rest is unframed
     if body is None or len(body) > limit:
         raise Refused(errors.payload_too_large(limit))
     return body
