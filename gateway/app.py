@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
-from gateway.errors import GatewayError, Refused
+from gateway.errors import GatewayError, Refused, describe_exception
 from gateway.headers import request_headers
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
@@ -155,6 +155,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except asyncio.CancelledError:
         outcome.decision, outcome.status = "client_closed", 499
         raise
+    except Exception as exc:  # the last resort: this request's id, accounted, never aiohttp's text/plain 500
+        log.error("request %s failed: %s", outcome.request_id, describe_exception(exc))
+        outcome.decision, outcome.status = errors.ErrorKey.INTERNAL_ERROR.value, 500
+        response = _error(errors.internal_error(), outcome.request_id)
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
