@@ -24,6 +24,7 @@ from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused, describe_exception
+from gateway.expect import continue_if_admitted
 from gateway.headers import request_headers
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
@@ -270,5 +271,6 @@ def create_app(
     add_widget(app)  # /widget.js, the one public addition to the contract's routes
     if demo_page:
         add_demo_page(app)
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, newlines included
+    expect = continue_if_admitted(lambda: app[STATE].policy)  # 100 Continue only for what passes decide
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle, expect_handler=expect)  # every path, newlines too
     return app
