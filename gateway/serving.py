@@ -108,7 +108,7 @@ class Serving:
 
     async def listen(
         self,
-        app: web.Application,
+        app: web.Application | web.AppRunner,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -118,8 +118,16 @@ class Serving:
         shutdown_timeout: float = 60.0,
     ) -> web.AppRunner:
         """`app` listening on host:port (or on `sock`, already bound); cleaned up at exit unless `close`d.
-        `shutdown_timeout`: how long its cleanup waits for requests in flight."""
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+
+        `app` is an application, served by aiohttp's own `AppRunner` whose cleanup gives requests in flight
+        `shutdown_timeout`; or a runner the caller built and has not set up (the public port's
+        `listen.GatewayRunner`, which has its own)."""
+        if isinstance(app, web.AppRunner):
+            runner = app
+        else:
+            runner = web.AppRunner(
+                app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+            )
         await runner.setup()
         self._runners.append(runner)
         site: web.BaseSite
