@@ -149,6 +149,7 @@ class GatewayServer(web.Server):
                     )
                 return False
             victim, _ = self._waiting.popitem(last=False)
+            self.open -= 1
             self.evicted += 1
             victim.evict()
         return True
