@@ -11,7 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.policy import PolicyFile, parse_policy
+from gateway.listen import GatewayRunner
+from gateway.policy import Listen, PolicyFile, parse_policy
 from gateway.serve import free_port
 from tests.support.constants import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN
 from tests.support.log_scan import capture_every_log_line, pytest_sessionfinish, remember_credentials
@@ -65,6 +66,19 @@ async def upstream() -> AsyncIterator[UpstreamDouble]:
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer on the public port's own runner (`listen.GatewayRunner`), as `serve` runs it:
+    every test through the `gateway` fixture exercises the hardened connection layer."""
+
+    def __init__(self, app: web.Application, listen: Listen) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self.listen = listen
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        # TestServer's own kwargs (handler_cancellation=True) are dropped: serve does not set them either
+        return GatewayRunner(self.app, self.listen)
+
+
 @pytest.fixture
 async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
     """`await gateway(tree=None, **project_overrides)`: a gateway on a real port in front of the double."""
@@ -74,7 +88,7 @@ async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
         tree: dict[str, Any] | None = None, **project: Any
     ) -> TestClient[web.Request, web.Application]:
         policy = make_policy(tree if tree is not None else base_policy(upstream.url, **project))
-        client = TestClient(TestServer(create_app(policy), host="127.0.0.1"))
+        client = TestClient(GatewayTestServer(create_app(policy), policy.listen))
         await client.start_server()
         clients.append(client)
         return client
