@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import json
 import logging
+import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -608,3 +609,45 @@ async def test_serve_holds_the_trailer_attack_and_answers_in_its_own_shape(
         writer.close()
     line = await process.wait_for(answer.headers["X-Request-Id"])  # its access line
     assert json.loads(line)["decision"] == "not_found"
+
+
+async def test_demo_serves_its_gateway_through_the_hardened_runner():
+    """`voucherify-gateway demo`: the public port's answers are GatewayRunner's (Server, OPTIONS *, trailers)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "demo",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), WAIT)).decode()
+        assert "listening on http://127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n")
+            answer = await read_response(reader, WAIT)
+        finally:
+            writer.close()
+        assert_gateway_error(answer.status, answer.json(), answer.headers, 404, "not_found")
+        assert answer.headers["Server"] == "voucherify-gateway"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:  # the demo page's own origin: a chunked request is answered, then the connection closed
+            writer.write(
+                (TRAILER_ATTACK % b"X-A: 1").replace(
+                    b"Origin: https://shop.example.com", f"Origin: http://127.0.0.1:{port}".encode()
+                )
+            )
+            first = await read_response(reader, WAIT)
+            assert first.headers["Connection"] == "close" and await closed(reader, WAIT)
+        finally:
+            writer.close()
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), WAIT)
