@@ -2,7 +2,8 @@
 
   decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
   -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
-  -> rate limit (429, 503) -> Voucherify (502, 504) -> the mode's view of the answer.
+  -> rate limit (429, 503) -> failed-code budget (429) -> Voucherify (502, 504) -> the mode's view of the
+  answer (the budget keeps its unknown codes and gives the rest back).
 
 After `decide`, each step returns its value or raises `errors.Refused`, caught once in `_pipeline`. Only a
 request that passed every check is counted against its rate limit.
@@ -25,13 +26,14 @@ from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused, describe_exception
 from gateway.expect import continue_if_admitted
+from gateway.guards.failed_code_hold import CodeHold
 from gateway.headers import request_headers
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.policy import PolicyFile
-from gateway.ratelimit import LimiterPool
+from gateway.ratelimit import LimiterPool, Store
 from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
@@ -187,11 +189,14 @@ async def _pipeline(
     outcome.project, outcome.operation = target.project.name, target.operation
 
     limit_headers: tuple[tuple[str, str], ...] = ()
+    codes = CodeHold()  # the failed-code budget's hold: its RateLimit members, given back in `finally`
     try:
         body = await _request_body(request, policy)
         document = check_body(admit, body)
         call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
         limit_headers = await _rate_limit(state, target, client.bucket_key, outcome)
+        if target.project.failed_codes is not None:  # the failed-code budget (429)
+            await codes.reserve(_store(state, target), target, client.bucket_key, document, outcome)
         headers = request_headers(
             request.headers,
             target.project.credential_headers,
@@ -201,10 +206,14 @@ async def _pipeline(
         )
         answer = await _send(state, policy, target, call, headers, outcome)
         answer = mode.response(target, answer)
+        codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
     except Refused as refused:
-        return _refused(admit.refuse(refused.error), outcome, (*limit_headers, *refused.headers))
+        extra = codes.fields((*limit_headers, *refused.headers))
+        return _refused(admit.refuse(refused.error), outcome, extra)
+    finally:
+        codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
     outcome.status = answer.status
-    headers_out = [*answer.headers, *limit_headers]
+    headers_out = [*answer.headers, *codes.fields(limit_headers)]
     return _respond(
         answer.status, answer.body, outcome.request_id, admit.cors, headers_out, content_type=None
     )
@@ -221,6 +230,11 @@ async def _rate_limit(
     if verdict.error is not None:
         raise Refused(verdict.error, verdict.headers)
     return verdict.headers
+
+
+def _store(state: GatewayState, target: Target) -> Store:
+    limits = target.project.rate_limit
+    return state.limiters.store(limits.storage, limits.storage_timeout)
 
 
 async def _send(

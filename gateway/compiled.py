@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
+from gateway.guards.failed_codes import FailedCodeBudget
 from gateway.models import Bucket, Timeouts
 from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
@@ -23,6 +24,7 @@ class ProjectRuntime:
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
     mode: Mode  # client or server keys: both halves of the upstream translation
+    failed_codes: FailedCodeBudget | None = None  # rate_limit.failed_codes; None: off for this project
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
             mode=mode_for(project.upstream_auth),
+            failed_codes=FailedCodeBudget.parse(name, limits.failed_codes) if limits.failed_codes else None,
         )
     return CompiledPolicy(
         source=policy,

@@ -18,6 +18,8 @@ from gateway.policy import Credentials, DangerZone, PolicyFile, Project
 from gateway.sandbox import SandboxCredentials, create_sandbox_app
 from gateway.serving import Serving, http_url, port_of
 
+DEMO_FAILED_CODES = "5 per 10 minutes"
+
 
 def demo_policy(sandbox_url: str, port: int, sandbox: SandboxCredentials) -> PolicyFile:
     origins = (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
@@ -35,7 +37,13 @@ def demo_policy(sandbox_url: str, port: int, sandbox: SandboxCredentials) -> Pol
         }
     )
     return PolicyFile.model_validate(
-        {"default_project": "demo", "projects": {"demo": project}, "logging": {"format": "text"}}
+        {
+            "default_project": "demo",
+            "projects": {"demo": project},
+            "logging": {"format": "text"},
+            # the failed-code budget, small enough to see: the sixth unknown code in 10 minutes is refused
+            "rate_limit": {"failed_codes": DEMO_FAILED_CODES},
+        }
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,6 +22,7 @@ class ErrorKey(StrEnum):
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
+    TOO_MANY_FAILED_CODES = "too_many_failed_codes"
     INTERNAL_ERROR = "internal_error"  # an addition: the last resort, instead of aiohttp's text/plain 500
     HTTP_VERSION_NOT_SUPPORTED = "http_version_not_supported"  # an addition: HTTP/1.0 and 1.1 only
 
@@ -39,12 +41,14 @@ _STATUS = {
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
     ErrorKey.REQUEST_TIMEOUT: 408,
+    ErrorKey.TOO_MANY_FAILED_CODES: 429,
     ErrorKey.INTERNAL_ERROR: 500,
     ErrorKey.HTTP_VERSION_NOT_SUPPORTED: 505,
 }
 
 # Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
 TOO_MANY_REQUESTS_MESSAGE = "Too many requests hit the API too quickly."
+TOO_MANY_FAILED_CODES_MESSAGE = "Too many unknown codes were tried from this address."
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +66,20 @@ class GatewayError:
         return _STATUS[self.key]
 
     def body(self, request_id: str) -> bytes:
-        return json.dumps(
-            {
-                "code": self.status,
-                "key": self.key.value,
-                "message": self.message,
-                "details": self.details,
-                "request_id": request_id,
-            }
-        ).encode()
+        """The JSON body. Everything but the request id is the same for every request refused alike (a 429
+        flood), so it is encoded once (`_frame`) and the id is set between the two halves."""
+        before, after = _frame(self.status, self.key.value, self.message, self.details)
+        return before + json.dumps(request_id).encode() + after
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: details may carry caller text (an origin)
+def _frame(status: int, key: str, message: str, details: str) -> tuple[bytes, bytes]:
+    marker = "\x00request-id\x00"
+    encoded = json.dumps(
+        {"code": status, "key": key, "message": message, "details": details, "request_id": marker}
+    ).encode()
+    before, after = encoded.split(json.dumps(marker).encode())
+    return before, after
 
 
 class Refused(Exception):
@@ -176,6 +185,15 @@ def too_many_requests(retry_after: int) -> GatewayError:
         ErrorKey.TOO_MANY_REQUESTS,
         TOO_MANY_REQUESTS_MESSAGE,
         f"The per-IP limit is used up; retry after {retry_after} seconds.",
+    )
+
+
+def too_many_failed_codes(retry_after: int) -> GatewayError:
+    return GatewayError(
+        ErrorKey.TOO_MANY_FAILED_CODES,
+        TOO_MANY_FAILED_CODES_MESSAGE,
+        f"The failed-code budget of this address does not cover the codes in this request; "
+        f"retry after {retry_after} seconds.",
     )
 
 

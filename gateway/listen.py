@@ -84,10 +84,13 @@ class GatewayRunner(web.AppRunner):
 
     __slots__ = ("limits",)
 
-    def __init__(self, app: web.Application, listen: Listen) -> None:
+    def __init__(self, app: web.Application, listen: Listen, **options: Any) -> None:
+        """`options`: more of aiohttp's runner options (the test server's `handler_cancellation`); `serve`
+        passes none."""
         self.limits = ConnectionLimits.of(listen)
         super().__init__(
             app,
+            **options,
             access_log=None,  # the gateway writes its own access lines
             handle_signals=False,
             shutdown_timeout=listen.drain_timeout,

@@ -188,4 +188,5 @@ class Outcome:
     truncate_ip: bool = False  # the request's own policy's `logging.client_ip: truncated`
     origin: str | None = None
     limit_store_error: bool = False  # the rate-limit store failed for this request
+    unknown_codes: int = 0  # codes Voucherify's answer said do not exist, charged to the failed-code budget
     finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written

@@ -16,6 +16,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -58,6 +59,33 @@ def _rate_limit_string(value: str) -> str:
 
 
 RateLimitString = Annotated[str, AfterValidator(_rate_limit_string)]
+
+
+def _single_limit(value: str) -> str:
+    """`failed_codes` and `upstream_quota`: one limit (`10 per hour`), never a list, at least 1."""
+    try:
+        items = RateItem.parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a rate limit such as '10 per hour'") from exc
+    if len(items) != 1:
+        raise ValueError(
+            f"{value!r} is a list of limits; this key takes a single limit such as '10 per hour'"
+        )
+    if items[0].amount < 1:
+        raise ValueError(f"{value!r} allows nothing; write null to turn this key off")
+    return value
+
+
+SingleLimitString = Annotated[str, AfterValidator(_single_limit)]
+
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):  # pydantic would read `true` as 1.0: all of the quota
+        raise ValueError("must be a number from 0 to 1, not true or false")
+    return value
+
+
+ReserveShare = Annotated[float, Field(ge=0, le=1), BeforeValidator(_not_a_bool)]
 # The enum, with the JSON Schema the Literal it replaced had (an inline enum of strings, no $defs entry)
 StrategyName = Annotated[Strategy, WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"})]
 OnStorageError = Literal["allow", "deny"]
@@ -128,6 +156,13 @@ class RateLimit(_Model):
     operations: OperationLimits = Field(default_factory=dict)
     on_storage_error: OnStorageError = "allow"
     storage_timeout: float = Field(0.5, gt=0)
+    failed_codes: SingleLimitString | None = None  # unknown codes one client may try per window; None: off
+    upstream_quota: SingleLimitString | None = None  # calls one project may make to Voucherify; None: off
+    redeem_reserve: ReserveShare = 0  # share of upstream_quota only redemptions may use
+
+
+# Keys a project can switch off with an explicit null (a key left out is inherited).
+NULLABLE_RATE_LIMIT_KEYS = ("failed_codes", "upstream_quota")
 
 
 class ProjectRateLimit(_Model):
@@ -139,9 +174,16 @@ class ProjectRateLimit(_Model):
     operations: OperationLimits | None = None
     on_storage_error: OnStorageError | None = None
     storage_timeout: float | None = Field(None, gt=0)
+    failed_codes: SingleLimitString | None = None  # an explicit null turns it off for this project
+    upstream_quota: SingleLimitString | None = None  # an explicit null turns it off for this project
+    redeem_reserve: ReserveShare | None = None
 
     def over(self, base: RateLimit) -> RateLimit:
-        return base.model_copy(update=self.model_dump(exclude_none=True))
+        update = self.model_dump(exclude_none=True)
+        for key in NULLABLE_RATE_LIMIT_KEYS:  # written as null: off here, whatever the top level says
+            if key in self.model_fields_set:
+                update[key] = getattr(self, key)
+        return base.model_copy(update=update)
 
 
 class Credentials(_Model):

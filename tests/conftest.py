@@ -75,8 +75,9 @@ class GatewayTestServer(TestServer):
         self.listen = listen
 
     async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
-        # TestServer's own kwargs (handler_cancellation=True) are dropped: serve does not set them either
-        return GatewayRunner(self.app, self.listen)
+        # TestServer's own options pass through: handler_cancellation=True (a handler whose client left is
+        # cancelled), which tests of cancelled handlers rely on; serve leaves it at aiohttp's default (off)
+        return GatewayRunner(self.app, self.listen, **kwargs)
 
 
 @pytest.fixture

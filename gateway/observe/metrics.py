@@ -97,6 +97,18 @@ class Metrics:
             ["project"],
             registry=r,
         )
+        self.failed_codes = Counter(
+            "gateway_failed_codes",
+            "Unknown codes charged to clients' failed-code budgets (rate_limit.failed_codes)",
+            ["project"],
+            registry=r,
+        )
+        self.failed_code_refusals = Counter(
+            "gateway_failed_code_refusals",
+            "Requests refused with too_many_failed_codes: the client's failed-code budget was spent",
+            ["project"],
+            registry=r,
+        )
         self.reloads = Counter(
             "gateway_policy_reloads",
             "Policy reloads, by result (applied, rejected)",
@@ -151,5 +163,9 @@ class Metrics:
                 self.limit_store_errors.labels(project).inc()
                 if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:
                     self.fail_open.labels(project).inc()
+            if outcome.unknown_codes:
+                self.failed_codes.labels(project).inc(outcome.unknown_codes)
+            if outcome.decision == ErrorKey.TOO_MANY_FAILED_CODES.value:
+                self.failed_code_refusals.labels(project).inc()
         for requests, count in counted.items():
             requests.inc(count)

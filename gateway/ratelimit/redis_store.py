@@ -24,7 +24,6 @@ share a hash tag), a bucket's items are not.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import time
@@ -45,8 +44,6 @@ from gateway.policy import STORAGE_SCHEMES
 from gateway.ratelimit import bridge
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.store import Reservation, StoreUnavailable, sliding_window_stats
-
-log = logging.getLogger("gateway.ratelimit")
 
 REDIS_SCHEMES = tuple(scheme for scheme in STORAGE_SCHEMES if scheme.startswith("redis"))
 MAX_CONNECTIONS = 100  # per process; a burst beyond it waits for a free connection

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from gateway.headers import PREFLIGHT_ALLOWED_HEADERS
 from gateway.sandbox.errors import Json, SandboxError
 from gateway.sandbox.loading import DEFAULT_FIXTURES, read_fixtures
 from gateway.sandbox.ratelimit import MovingWindowLimiter, PlanLimit
@@ -19,10 +20,9 @@ from gateway.sandbox.store import Store
 
 __all__ = ["DEFAULT_FIXTURES", "SandboxCredentials", "create_sandbox_app", "load_store"]
 TOO_MANY_REQUESTS: Json = {"code": 429, "message": "Too many requests hit the API too quickly."}
-CORS_ALLOW_HEADERS = (
-    "Content-Type, X-Client-Application-Id, X-Client-Token, X-Voucherify-Channel, "
-    "X-Voucherify-Double-Opt-In, Authorization"
-)
+# What a page may send Voucherify's client-side API: what it may send the gateway (gateway/headers.py),
+# and a bearer token, which Voucherify also takes and the gateway never forwards.
+CORS_ALLOW_HEADERS = f"{PREFLIGHT_ALLOWED_HEADERS}, Authorization"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

@@ -6,7 +6,9 @@
  * Attributes: amount (order total in cents), currency (display only), project (gateway project, default: the
  * gateway's default one), gateway (base URL; default: where this script was loaded from), customer (source_id).
  * Events (bubbling, composed): "voucherify:validated" with detail {code, valid, discount, total, reason, response}
- * and "voucherify:error" with detail {status, key, message}. It holds no credential: the gateway injects them.
+ * and "voucherify:error" with detail {status, key, message, retryAfter} (seconds from Retry-After, or null).
+ * On too_many_failed_codes (the gateway's failed-code budget) it says so, with the wait from Retry-After.
+ * It holds no credential: the gateway injects them.
  */
 (() => {
   "use strict";
@@ -32,6 +34,18 @@
     } catch (_) {
       return value.toFixed(2);
     }
+  }
+
+  // Retry-After in delta seconds (the gateway never sends an HTTP-date); null when absent or unreadable.
+  function seconds(value) {
+    return /^\s*\d+\s*$/.test(value || "") ? Number(value) : null;
+  }
+
+  function waitText(wait) {
+    if (wait === null) return "later";
+    if (wait < 90) return wait <= 1 ? "in 1 second" : `in ${wait} seconds`;
+    if (wait < 90 * 60) return `in ${Math.ceil(wait / 60)} minutes`;
+    return `in ${Math.ceil(wait / 3600)} hours`;
   }
 
   // Voucherify's stackable validation answers with redeemables[] (APPLICABLE) and, when a code does not
@@ -100,9 +114,17 @@
         });
         const payload = await response.json().catch(() => ({}));
         if (!response.ok) {
-          const message = response.status === 429 ? "Too many attempts, try again in a moment." : payload.message || "Could not check the code.";
+          const retryAfter = seconds(response.headers.get("Retry-After"));
+          let message;
+          if (payload.key === "too_many_failed_codes") {
+            message = `Too many codes that do not exist were tried from this connection. Try again ${waitText(retryAfter)}.`;
+          } else if (response.status === 429) {
+            message = "Too many attempts, try again in a moment.";
+          } else {
+            message = payload.message || "Could not check the code.";
+          }
           this.show("error", message);
-          this.emit("voucherify:error", { status: response.status, key: payload.key || null, message });
+          this.emit("voucherify:error", { status: response.status, key: payload.key || null, message, retryAfter });
           return;
         }
         const result = readValidation(payload);

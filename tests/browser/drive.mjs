@@ -29,7 +29,7 @@ try {
       }
     });
     result.attempts = [];
-    const codes = scenario === "widget" ? ["SAVE10", "EXPIRED", "NOPE"] : ["SAVE10"];
+    const codes = process.env.CODES ? process.env.CODES.split(",") : scenario === "widget" ? ["SAVE10", "EXPIRED", "NOPE"] : ["SAVE10"];
     for (const code of codes) {
       const before = await page.evaluate(() => window.__events.length);
       await page.locator("voucherify-promo input").fill(code);

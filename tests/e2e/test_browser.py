@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -108,7 +110,7 @@ async def stack() -> AsyncIterator[Stack]:
         runners += [allowed_runner, other_runner]
         tree = {
             "default_project": "shop",
-            "rate_limit": {"per_ip": "100 per minute"},
+            "rate_limit": {"per_ip": "100 per minute", "failed_codes": "2 per hour"},
             "projects": {
                 "shop": {
                     "region": sandbox_url,
@@ -140,10 +142,14 @@ async def stack() -> AsyncIterator[Stack]:
             await runner.cleanup()
 
 
-async def drive(scenario: str, url: str, screenshot: Path | None = None) -> dict[str, Any]:
+async def drive(
+    scenario: str, url: str, screenshot: Path | None = None, codes: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`codes`: what the widget scenario types, one after the other (default: SAVE10, EXPIRED, NOPE)."""
     args = ["node", str(HERE / "drive.mjs"), scenario, url] + ([str(screenshot)] if screenshot else [])
+    env = {**os.environ, "CODES": ",".join(codes)} if codes else None
     process = await asyncio.create_subprocess_exec(
-        *args, cwd=HERE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *args, cwd=HERE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), 90)
@@ -176,6 +182,32 @@ async def test_widget_validates_through_the_gateway(stack: Stack) -> None:
         assert record.headers["x-client-application-id"] == SandboxCredentials().client_application_id
     # The browser never saw a key: the widget sent none, the gateway injected them.
     assert json.loads(validations[0].body)["redeemables"] == [{"object": "voucher", "id": "SAVE10"}]
+
+
+async def test_widget_says_when_the_failed_code_budget_is_spent(stack: Stack) -> None:
+    """Unknown codes show Voucherify's reason; once the budget (2 per hour) is spent, the widget says why
+    and when to try again (from Retry-After), and the sandbox is not asked."""
+    result = await drive(
+        "widget", f"{stack.allowed_page}/widget.html", codes=("NOPE1", "NOPE2", "NOPE3", "SAVE10")
+    )
+    first, second, refused, known = result["attempts"]
+    for attempt in (first, second):
+        assert attempt["event"]["type"] == "voucherify:validated"
+        assert attempt["event"]["detail"]["valid"] is False
+        code = attempt["code"]
+        assert attempt["output"] == f"{code}: Cannot find voucher with id {code}"  # the sandbox's reason
+    for attempt in (refused, known):  # a known code too: the budget covers no code at all now
+        assert attempt["event"]["type"] == "voucherify:error"
+        detail = attempt["event"]["detail"]
+        assert (detail["status"], detail["key"]) == (429, "too_many_failed_codes")
+        wait = detail["retryAfter"]  # Retry-After, which the page could read (it is exposed)
+        assert 90 * 60 > wait > 60
+        assert attempt["output"] == (
+            "Too many codes that do not exist were tried from this connection. "
+            f"Try again in {math.ceil(wait / 60)} minutes."
+        )
+    validations = [r for r in stack.records if r.path == "/client/v1/validations"]
+    assert [json.loads(r.body)["redeemables"][0]["id"] for r in validations] == ["NOPE1", "NOPE2"]
 
 
 async def test_widget_from_a_disallowed_origin_gets_nothing(stack: Stack) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway import errors
 
 
@@ -31,3 +33,24 @@ def test_a_hostile_method_in_a_405_is_neutralised():
     details = errors.method_not_allowed("GET\x00\x07", ("POST",)).details
     assert "\x00" not in details and "\x07" not in details
     assert details.startswith("GET?? is not supported")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.too_many_requests(7),
+        errors.origin_not_allowed('https://a"b\\c.example\u2028'),
+        errors.invalid_payload('The request body has a "__proto__" key.'),
+        errors.not_found(),
+    ],
+)
+@pytest.mark.parametrize("request_id", ["gw-0123456789abcdef", 'odd"id\\\x00'])
+def test_the_body_is_voucherifys_shape_whatever_its_text(error: errors.GatewayError, request_id: str) -> None:
+    """The pre-encoded halves plus the id are exactly the JSON of the whole error."""
+    assert json.loads(error.body(request_id)) == {
+        "code": error.status,
+        "key": error.key.value,
+        "message": error.message,
+        "details": error.details,
+        "request_id": request_id,
+    }
