@@ -34,6 +34,7 @@ from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, Store
+from gateway.sparing import API_VERSION_HEADER, Sparing, not_sent
 from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
@@ -54,6 +55,7 @@ class GatewayState:
         )
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
+        self.sparing = Sparing()  # cached reads and hold-offs, per process, kept across reloads
         self.policy: CompiledPolicy
         self.set_policy(policy)
 
@@ -62,6 +64,8 @@ class GatewayState:
         for project in compiled.projects.values():  # open storages now, not on the first request
             limits = project.rate_limit
             self.limiters.store(limits.storage, limits.storage_timeout)
+        if hasattr(self, "policy"):  # a reload: a project whose upstream changed loses its kept answers
+            self.sparing.forget_changed(self.policy.projects, compiled.projects)
         self.policy = compiled
         if isinstance(self.transport, Http1Transport):
             self.transport.max_in_flight = policy.upstream.max_in_flight_per_host
@@ -204,8 +208,11 @@ async def _pipeline(
             outcome.request_id,
             forward_origin=mode.forwards_origin,
         )
-        answer = await _send(state, policy, target, call, headers, outcome)
-        answer = mode.response(target, answer)
+        if target.project.api_version is not None:
+            headers[API_VERSION_HEADER] = target.project.api_version
+        answer = await state.sparing.answer(  # cache -> upstream quota -> Voucherify (429: hold-off)
+            target, outcome, lambda: _spared_send(state, policy, target, call, headers, outcome)
+        )
         codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
     except Refused as refused:
         extra = codes.fields((*limit_headers, *refused.headers))
@@ -249,6 +256,27 @@ async def _send(
     answer = await state.transport.send(target.project.base_url, call, headers, policy.upstream_timeouts)
     outcome.upstream_ms = answer.elapsed * 1000
     return answer
+
+
+async def _spared_send(
+    state: GatewayState,
+    policy: CompiledPolicy,
+    target: Target,
+    call: UpstreamCall,
+    headers: CIMultiDict[str],
+    outcome: Outcome,
+) -> UpstreamResponse:
+    """The upstream quota (and hold-off) first, then Voucherify and the mode's view of its answer; a
+    reserved call that surely reached nothing is given back, a 429 starts the hold-off (Refused, 503)."""
+    held = await state.sparing.reserve(state.limiters, target, outcome)
+    try:
+        answer = await _send(state, policy, target, call, headers, outcome)
+    except Refused as refused:
+        if not_sent(refused):
+            await state.sparing.give_back(target, held)
+        raise
+    state.sparing.throttled(target, answer, outcome)
+    return target.project.mode.response(target, answer)
 
 
 def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]] = ()) -> web.Response:

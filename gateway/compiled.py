@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
 from gateway.guards.failed_codes import FailedCodeBudget
+from gateway.guards.quota import QuotaPlan
 from gateway.models import Bucket, Timeouts
 from gateway.modes import Mode, mode_for
 from gateway.origins import OriginPolicy
@@ -24,6 +25,9 @@ class ProjectRuntime:
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
     mode: Mode  # client or server keys: both halves of the upstream translation
+    cache_ttl: float = 0.0  # seconds list answers are reused (`cache.ttl`); 0: off
+    api_version: str | None = None  # sent upstream as X-Voucherify-API-Version on every call
+    quota: QuotaPlan | None = None  # rate_limit.upstream_quota and redeem_reserve; None: off
     failed_codes: FailedCodeBudget | None = None  # rate_limit.failed_codes; None: off for this project
 
 
@@ -72,6 +76,9 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
             mode=mode_for(project.upstream_auth),
+            cache_ttl=policy.cache_for(name).ttl,
+            api_version=project.api_version,
+            quota=QuotaPlan.build(name, limits.upstream_quota, limits.redeem_reserve),
             failed_codes=FailedCodeBudget.parse(name, limits.failed_codes) if limits.failed_codes else None,
         )
     return CompiledPolicy(

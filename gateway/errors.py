@@ -21,6 +21,7 @@ class ErrorKey(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_QUOTA_EXHAUSTED = "upstream_quota_exhausted"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
     TOO_MANY_FAILED_CODES = "too_many_failed_codes"
     INTERNAL_ERROR = "internal_error"  # an addition: the last resort, instead of aiohttp's text/plain 500
@@ -40,6 +41,7 @@ _STATUS = {
     ErrorKey.UPSTREAM_UNAVAILABLE: 502,
     ErrorKey.RATE_LIMIT_UNAVAILABLE: 503,
     ErrorKey.UPSTREAM_TIMEOUT: 504,
+    ErrorKey.UPSTREAM_QUOTA_EXHAUSTED: 503,
     ErrorKey.REQUEST_TIMEOUT: 408,
     ErrorKey.TOO_MANY_FAILED_CODES: 429,
     ErrorKey.INTERNAL_ERROR: 500,
@@ -253,6 +255,22 @@ def describe_exception(exc: BaseException) -> str:
         frame = frame.tb_next
     where = f" at {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame is not None else ""
     return f"{type(exc).__name__}{where}"
+
+
+def upstream_quota_exhausted(retry_after: int, *, voucherify_busy: bool = False) -> GatewayError:
+    """503: the project's `upstream_quota` is spent, or Voucherify answered 429 and the gateway holds off.
+
+    The pipeline sends `Retry-After: <retry_after>` with it."""
+    reason = (
+        "Voucherify asked the gateway to slow down for this project"
+        if voucherify_busy
+        else "This project's calls to Voucherify are used up for now"
+    )
+    return GatewayError(
+        ErrorKey.UPSTREAM_QUOTA_EXHAUSTED,
+        "Upstream quota exhausted",
+        f"{reason}; nothing was sent. Retry after {retry_after} seconds.",
+    )
 
 
 def _printable(text: str, limit: int = 200) -> str:

@@ -53,6 +53,9 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     body: bytes
     elapsed: float  # seconds, request written to answer read
+    # a 429's Retry-After and X-Rate-Limit-Retry as Voucherify sent them, before the allow-list (which drops
+    # X-Rate-Limit-*): read for the hold-off only, never sent on
+    throttle: tuple[tuple[str, str], ...] = ()
 
 
 # ------------------------------------------------------------------------------------------ rate limits
@@ -188,5 +191,8 @@ class Outcome:
     truncate_ip: bool = False  # the request's own policy's `logging.client_ip: truncated`
     origin: str | None = None
     limit_store_error: bool = False  # the rate-limit store failed for this request
+    cache: str | None = None  # cached reads: "hit", "miss" or "shared" (`gateway.guards.cache.Lookup`)
+    quota_refusal: str | None = None  # upstream_quota_exhausted: "quota" (spent) or "hold_off" (after a 429)
+    upstream_429: bool = False  # Voucherify answered this request's call with 429
     unknown_codes: int = 0  # codes Voucherify's answer said do not exist, charged to the failed-code budget
     finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written

@@ -6,6 +6,7 @@ of its key. Secrets are held as `SecretStr`, so no repr, log line or error messa
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Mapping
@@ -186,6 +187,31 @@ class ProjectRateLimit(_Model):
         return base.model_copy(update=update)
 
 
+class Cache(_Model):
+    """Cached reads (`gateway/guards/cache.py`): seconds 200 answers of the list operations are reused."""
+
+    ttl: float = Field(0, ge=0)
+
+
+class ProjectCache(_Model):
+    ttl: float | None = Field(None, ge=0)  # left out (None): inherited
+
+    def over(self, base: Cache) -> Cache:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+def _api_version(value: str) -> str:
+    """`vYYYY-MM-DD`, a real calendar date in ASCII digits: it becomes an upstream header value."""
+    problem = f"{value!r} is not an API version such as v2018-08-01 (vYYYY-MM-DD)"
+    if not re.fullmatch(r"v[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError(problem)
+    try:
+        datetime.date.fromisoformat(value[1:])
+    except ValueError:
+        raise ValueError(problem) from None
+    return value
+
+
 class Credentials(_Model):
     client_application_id: SecretStr | None = None
     client_secret_key: SecretStr | None = None
@@ -227,6 +253,8 @@ class Project(_Model):
     allow_missing_origin: bool = False
     danger_zone: DangerZone = DangerZone()
     rate_limit: ProjectRateLimit | None = None
+    cache: ProjectCache | None = None
+    api_version: Annotated[str, AfterValidator(_api_version)] | None = None  # X-Voucherify-API-Version
 
     @field_validator("credentials")
     @classmethod
@@ -262,6 +290,7 @@ class PolicyFile(_Model):
     watch: bool = False
     client_ip: ClientIp = ClientIp()
     rate_limit: RateLimit = RateLimit()
+    cache: Cache = Cache()
     default_project: str | None = None
     projects: dict[ProjectName, Project]
 
@@ -281,6 +310,10 @@ class PolicyFile(_Model):
     def rate_limit_for(self, project: str) -> RateLimit:
         overrides = self.projects[project].rate_limit
         return overrides.over(self.rate_limit) if overrides else self.rate_limit
+
+    def cache_for(self, project: str) -> Cache:
+        overrides = self.projects[project].cache
+        return overrides.over(self.cache) if overrides else self.cache
 
 
 # ---------------------------------------------------------------------------------------------- loading

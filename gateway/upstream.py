@@ -22,6 +22,7 @@ from gateway.headers import response_headers
 from gateway.http1 import Http1Client, PoolFull, UpstreamError, UpstreamTimeout
 from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
 
+THROTTLE_HEADERS = frozenset({"retry-after", "x-rate-limit-retry"})  # read from a 429, for the hold-off
 log = logging.getLogger("gateway.upstream")
 
 
@@ -108,6 +109,15 @@ class Http1Transport:
             raise Refused(errors.upstream_unavailable()) from None
         if self._full:
             self._full.discard(base_url)
+        throttle = (
+            ()
+            if answer.status != 429
+            else tuple((name, value) for name, value in answer.headers if name.lower() in THROTTLE_HEADERS)
+        )
         return UpstreamResponse(
-            answer.status, response_headers(answer.headers), answer.body, client.loop.time() - started
+            answer.status,
+            response_headers(answer.headers),
+            answer.body,
+            client.loop.time() - started,
+            throttle,
         )

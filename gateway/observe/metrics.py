@@ -115,6 +115,26 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "gateway_cache_lookups",
+            "Reads of cached operations, by result: hit (answered from the cache), miss (called "
+            "Voucherify) or shared (waited for an identical call in flight)",
+            ["project", "operation", "result"],
+            registry=r,
+        )
+        self.quota_refusals = Counter(
+            "gateway_upstream_quota_refusals",
+            "Requests answered 503 upstream_quota_exhausted without calling Voucherify, by reason: quota "
+            "(the project's upstream_quota is spent) or hold_off (Voucherify answered 429 shortly before)",
+            ["project", "reason"],
+            registry=r,
+        )
+        self.upstream_429s = Counter(
+            "gateway_upstream_429",
+            "Answers 429 from Voucherify (each starts or extends the project's hold-off)",
+            ["project"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
             "Requests being handled now",
@@ -159,6 +179,12 @@ class Metrics:
             kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
             if kind is not None:
                 self.upstream_errors.labels(project, operation, kind).inc()
+            if outcome.cache is not None:
+                self.cache_lookups.labels(project, operation, outcome.cache).inc()
+            if outcome.quota_refusal is not None:
+                self.quota_refusals.labels(project, outcome.quota_refusal).inc()
+            if outcome.upstream_429:
+                self.upstream_429s.labels(project).inc()
             if outcome.limit_store_error:
                 self.limit_store_errors.labels(project).inc()
                 if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:

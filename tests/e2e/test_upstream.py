@@ -211,7 +211,8 @@ async def test_upstream_plan_headers_and_cookies_never_reach_the_browser(gateway
     assert "X-Powered-By" not in resp.headers
     assert resp.headers.getall("Access-Control-Allow-Origin") == [ORIGIN]
     resp = await client.get("/client/v1/validate", headers=H)
-    assert resp.status == 429  # Voucherify's own 429 passes through, with its Retry-After
+    assert resp.status == 503  # Voucherify's own 429 is the gateway's 503, with its Retry-After
+    assert (await resp.json())["key"] == "upstream_quota_exhausted"
     assert resp.headers["Retry-After"] == "3"
     assert "X-Rate-Limit-Retry" not in resp.headers
 

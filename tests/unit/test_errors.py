@@ -35,6 +35,15 @@ def test_a_hostile_method_in_a_405_is_neutralised():
     assert details.startswith("GET?? is not supported")
 
 
+def test_upstream_quota_exhausted_is_a_503_for_both_reasons():
+    for busy in (False, True):
+        error = errors.upstream_quota_exhausted(7, voucherify_busy=busy)
+        body = json.loads(error.body("gw-2"))
+        assert (error.status, body["code"], body["key"]) == (503, 503, "upstream_quota_exhausted")
+        assert "7 seconds" in body["details"] and "nothing was sent" in body["details"]
+    assert "Voucherify" in errors.upstream_quota_exhausted(1, voucherify_busy=True).details
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -241,3 +241,92 @@ def test_load_policy_from_a_file(tmp_path: Path):
 def test_shipped_policies_are_valid(name):
     root = Path(__file__).resolve().parents[2]
     load_policy(root / name, env={})
+
+
+def test_cache_ttl_defaults_to_off_and_a_project_may_replace_it():
+    policy = parse_policy(MINIMAL, env={})
+    assert policy.cache.ttl == 0 and policy.cache_for("shop").ttl == 0
+    assert compile_policy(policy).projects["shop"].cache_ttl == 0
+    text = MINIMAL + "    cache: {ttl: 30}\n  blog:\n" + MINIMAL.split("  shop:\n")[1] + "cache: {ttl: 5}\n"
+    compiled = compile_policy(parse_policy(text, env={}))
+    assert compiled.projects["shop"].cache_ttl == 30
+    assert compiled.projects["blog"].cache_ttl == 5  # inherited
+    inherit = MINIMAL + "    cache: {}\ncache: {ttl: 2.5}\n"
+    assert compile_policy(parse_policy(inherit, env={})).projects["shop"].cache_ttl == 2.5
+
+
+def test_bad_cache_keys_are_reported_with_their_paths():
+    found = problems(MINIMAL + "    cache: {ttl: -1, size: 3}\ncache: {ttl: soon}\n")
+    assert any(p.startswith("projects.shop.cache.ttl:") for p in found), found
+    assert "projects.shop.cache.size: unknown key" in found
+    assert any(p.startswith("cache.ttl:") for p in found), found
+
+
+def test_api_version_is_compiled_for_the_upstream_call():
+    shop = compile_policy(parse_policy(MINIMAL + "    api_version: v2018-08-01\n", env={})).projects["shop"]
+    assert shop.api_version == "v2018-08-01"
+    assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].api_version is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2018-08-01",
+        "v2018-8-1",
+        "V2018-08-01",
+        "v2018-13-01",
+        "v2018-02-30",
+        "v2018-08-01 ",
+        "v2018-08-01\\r\\nX-Evil: 1",
+        "v\u0662\u0660\u0661\u0668-08-01",  # Arabic-Indic digits
+        "v20180801",
+        "latest",
+        "1",
+    ],
+)
+def test_check_refuses_an_api_version_that_is_not_vyyyy_mm_dd(value: str):
+    found = problems(MINIMAL + f'    api_version: "{value}"\n')
+    assert len(found) == 1 and found[0].startswith("projects.shop.api_version:"), found
+    assert "vYYYY-MM-DD" in found[0]
+
+
+def test_api_version_is_a_string_not_a_yaml_date():
+    found = problems(MINIMAL + "    api_version: 2018-08-01\n")
+    assert found and found[0].startswith("projects.shop.api_version:")
+
+
+def test_upstream_quota_and_its_reserve_are_compiled_per_project():
+    text = MINIMAL + "rate_limit: {upstream_quota: 2000 per minute, redeem_reserve: 0.2}\n"
+    shop = compile_policy(parse_policy(text, env={})).projects["shop"]
+    assert shop.quota is not None
+    assert (shop.quota.limit, shop.quota.window, shop.quota.reserve) == (2000, 60, 400)
+    assert shop.quota.limit_for("redeem") == 2000 and shop.quota.limit_for("list_consents") == 1600
+    assert compile_policy(parse_policy(MINIMAL, env={})).projects["shop"].quota is None  # default: off
+
+
+def test_an_explicit_null_turns_the_upstream_quota_off_for_a_project_and_a_left_out_key_inherits():
+    base = "rate_limit: {upstream_quota: 10 per minute, redeem_reserve: 0.5}\n"
+    off = compile_policy(parse_policy(MINIMAL + "    rate_limit: {upstream_quota: null}\n" + base, env={}))
+    assert off.projects["shop"].quota is None
+    kept = compile_policy(parse_policy(MINIMAL + "    rate_limit: {per_ip: 9/minute}\n" + base, env={}))
+    assert kept.projects["shop"].quota is not None and kept.projects["shop"].quota.reserve == 5
+    own = compile_policy(parse_policy(MINIMAL + "    rate_limit: {redeem_reserve: 0}\n" + base, env={}))
+    assert own.projects["shop"].quota is not None and own.projects["shop"].quota.reserve == 0
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "path"),
+    [
+        ("{upstream_quota: 10/hour;3/minute}", "rate_limit.upstream_quota"),
+        ("{upstream_quota: 0 per hour}", "rate_limit.upstream_quota"),
+        ("{upstream_quota: lots}", "rate_limit.upstream_quota"),
+        ("{redeem_reserve: 1.5}", "rate_limit.redeem_reserve"),
+        ("{redeem_reserve: -0.1}", "rate_limit.redeem_reserve"),
+        ("{redeem_reserve: true}", "rate_limit.redeem_reserve"),
+    ],
+)
+def test_check_refuses_bad_quota_keys(rate_limit: str, path: str):
+    found = problems(MINIMAL + f"rate_limit: {rate_limit}\n")
+    assert len(found) == 1 and found[0].startswith(f"{path}:"), found
+    in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
+    assert len(in_project) == 1 and in_project[0].startswith(f"projects.shop.{path}:"), in_project
