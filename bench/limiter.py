@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from gateway.models import Bucket, Strategy
 from gateway.ratelimit import LimiterPool
@@ -77,7 +78,7 @@ def main() -> None:
     try:
         import uvloop
 
-        loop_factory = uvloop.new_event_loop
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     except ImportError:  # pragma: no cover
         loop_factory = asyncio.new_event_loop
     print(f"{N} sequential `Limiter.hit` calls per row\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import platform
 import shutil
@@ -216,7 +217,6 @@ def _version(cmd: list[str]) -> str:
 def machine() -> dict[str, str]:
     import aiohttp
     import limits
-    import uvloop
 
     model = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -229,7 +229,7 @@ def machine() -> dict[str, str]:
         "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
-        "uvloop": uvloop.__version__,
+        "uvloop": importlib.metadata.version("uvloop"),
         "limits": limits.__version__,
         "nginx": _version(["nginx", "-v"]),
         "wrk": _version(["wrk", "-v"]).split(" [")[0],

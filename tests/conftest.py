@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from gateway.app import create_app
 from gateway.listen import GatewayRunner
@@ -63,7 +65,17 @@ async def upstream() -> AsyncIterator[UpstreamDouble]:
     await double.close()
 
 
-GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+class GatewayClient(TestClient[web.Request, web.Application]):
+    """The test client of a started gateway: its port is known."""
+
+    @property
+    def port(self) -> int:
+        port = super().port
+        assert port is not None, "the test server is not started"
+        return port
+
+
+GatewayFactory = Callable[..., Awaitable[GatewayClient]]
 
 
 class GatewayTestServer(TestServer):
@@ -83,13 +95,11 @@ class GatewayTestServer(TestServer):
 @pytest.fixture
 async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
     """`await gateway(tree=None, **project_overrides)`: a gateway on a real port in front of the double."""
-    clients: list[TestClient[web.Request, web.Application]] = []
+    clients: list[GatewayClient] = []
 
-    async def start(
-        tree: dict[str, Any] | None = None, **project: Any
-    ) -> TestClient[web.Request, web.Application]:
+    async def start(tree: dict[str, Any] | None = None, **project: Any) -> GatewayClient:
         policy = make_policy(tree if tree is not None else base_policy(upstream.url, **project))
-        client = TestClient(GatewayTestServer(create_app(policy), policy.listen))
+        client = GatewayClient(GatewayTestServer(create_app(policy), policy.listen))
         await client.start_server()
         clients.append(client)
         return client
@@ -104,7 +114,9 @@ def in_ci() -> bool:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     """Under CI=true a skip is a failure: CI installs every tool and service, so nothing may be left out."""
     outcome = yield
     report = outcome.get_result()
@@ -113,17 +125,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped under CI=true (install what it needs instead): {report.longrepr}"
 
 
-def raw_url(client: TestClient[web.Request, web.Application], path_and_query: str) -> Any:
+def raw_url(client: TestClient[web.Request, web.Application], path_and_query: str) -> URL:
     """A URL sent exactly as written (the test client would otherwise re-encode brackets and dots)."""
-    from yarl import URL
-
     return URL(f"http://127.0.0.1:{client.port}{path_and_query}", encoded=True)
 
 
 GATEWAY_ERROR_FIELDS = {"code", "key", "message", "details", "request_id"}
 
 
-def assert_gateway_error(status: int, body: Any, headers: Any, code: int, key: str) -> None:
+def assert_gateway_error(status: int, body: Any, headers: Mapping[str, str], code: int, key: str) -> None:
     """One of the gateway's own errors, in Voucherify's shape, its request_id the X-Request-Id header."""
     assert status == code, body
     assert isinstance(body, dict) and set(body) == GATEWAY_ERROR_FIELDS, body

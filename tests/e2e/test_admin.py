@@ -6,10 +6,12 @@ import aiohttp
 
 from tests.conftest import ROOT, base_policy, free_port
 from tests.support.constants import H
-from tests.support.upstream_double import Reply
+from tests.support.ops import OpsGatewayFactory
+from tests.support.processes import GatewayProcessFactory
+from tests.support.upstream_double import Reply, UpstreamDouble
 
 
-async def test_health_and_readiness(ops_gateway, upstream):
+async def test_health_and_readiness(ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble) -> None:
     gw = await ops_gateway(base_policy(upstream.url))
     resp = await gw.admin.get("/healthz")
     assert resp.status == 200
@@ -31,7 +33,9 @@ async def test_health_and_readiness(ops_gateway, upstream):
     assert (await gw.admin.get("/healthz")).status == 200  # alive while draining
 
 
-async def test_unreachable_limit_store_fails_readiness_only_when_deny(ops_gateway, upstream):
+async def test_unreachable_limit_store_fails_readiness_only_when_deny(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble
+) -> None:
     dead_redis = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
     for on_error, expected in (("allow", 200), ("deny", 503)):
         tree = base_policy(upstream.url)
@@ -44,7 +48,9 @@ async def test_unreachable_limit_store_fails_readiness_only_when_deny(ops_gatewa
         assert "hunter2" not in text and "127.0.0.1" not in text  # a storage URL may carry a password
 
 
-async def test_admin_routes_are_not_on_the_public_port(ops_gateway, upstream):
+async def test_admin_routes_are_not_on_the_public_port(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble
+) -> None:
     gw = await ops_gateway(base_policy(upstream.url))
     for path in ("/metrics", "/healthz", "/readyz"):
         resp = await gw.public.get(path)
@@ -53,7 +59,9 @@ async def test_admin_routes_are_not_on_the_public_port(ops_gateway, upstream):
     assert upstream.received == []
 
 
-async def test_upstream_read_timeout_is_honoured(ops_gateway, upstream):
+async def test_upstream_read_timeout_is_honoured(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = base_policy(upstream.url)
     tree["upstream"] = {"connect_timeout": 1, "read_timeout": 0.2}
     gw = await ops_gateway(tree)
@@ -66,7 +74,9 @@ async def test_upstream_read_timeout_is_honoured(ops_gateway, upstream):
     assert dict(next(iter(errors)))["kind"] == "timeout"
 
 
-async def test_serve_runs_the_admin_listener_on_its_own_port(gateway_process, upstream):
+async def test_serve_runs_the_admin_listener_on_its_own_port(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
+) -> None:
     admin_port, public_port = free_port(), free_port()
     tree = base_policy(upstream.url)
     tree["admin"] = {"host": "127.0.0.1", "port": admin_port}
@@ -81,7 +91,9 @@ async def test_serve_runs_the_admin_listener_on_its_own_port(gateway_process, up
     assert upstream.received == []
 
 
-async def test_dockerfile_healthcheck_command_probes_healthz(gateway_process, upstream):
+async def test_dockerfile_healthcheck_command_probes_healthz(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
+) -> None:
     """The HEALTHCHECK line of the Dockerfile, run as written against a real admin listener."""
     import asyncio
     import os

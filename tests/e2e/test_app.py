@@ -4,28 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, assert_gateway_error, base_policy, raw_url
+from tests.conftest import (
+    CLIENT_APP_ID,
+    CLIENT_TOKEN,
+    ORIGIN,
+    GatewayFactory,
+    assert_gateway_error,
+    base_policy,
+    raw_url,
+)
 from tests.support.constants import JSON_H, H
 from tests.support.rawhttp import raw_request, read_response, request_bytes, send
-from tests.support.upstream_double import Reply
+from tests.support.upstream_double import Reply, UpstreamDouble
 
 ALL_DANGER = dict.fromkeys(
     ["redeem", "publish", "list_vouchers", "create_customers", "create_loyalty_referral_events"], True
 )
 
 
-async def error_of(resp) -> dict[str, Any]:
-    return json.loads(await resp.read())
+async def error_of(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    error: dict[str, Any] = json.loads(await resp.read())
+    return error
 
 
 # --- what the upstream receives
 
 
-async def test_validate_forwarded_with_injected_credentials(gateway, upstream):
+async def test_validate_forwarded_with_injected_credentials(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     query = "code=SAVE%2010&customer%5Bsource_id%5D=c%201&item[0][price]=100&metadata[k]=a/b?c&x=&y&z=%7e~"
     resp = await client.session.get(
@@ -74,8 +87,8 @@ BROWSER_CREDENTIALS = [
 
 
 async def test_only_allowed_headers_cross_and_the_gateways_credentials_replace_the_browsers(
-    gateway, upstream
-):
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     headers = [
         ("Origin", ORIGIN),
@@ -131,7 +144,9 @@ async def test_only_allowed_headers_cross_and_the_gateways_credentials_replace_t
             assert value not in raw, value
 
 
-async def test_hop_by_hop_headers_are_dropped_both_ways(gateway, upstream):
+async def test_hop_by_hop_headers_are_dropped_both_ways(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     upstream.reply(
         Reply(
@@ -229,8 +244,15 @@ OPERATIONS = [
 )
 @pytest.mark.parametrize("prefix", ["/client/v1", "/shop/client/v1", "//client/v1"])
 async def test_every_operation_is_forwarded_as_sent(
-    gateway, upstream, name, method, path, body, option, prefix
-):
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    name: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    option: str | None,
+    prefix: str,
+) -> None:
     client = await gateway(danger_zone=ALL_DANGER)
     data = json.dumps(body).encode() if body is not None else None
     resp = await client.session.request(
@@ -246,8 +268,14 @@ async def test_every_operation_is_forwarded_as_sent(
 
 @pytest.mark.parametrize(("name", "method", "path", "body", "option"), [o for o in OPERATIONS if o[4]])
 async def test_danger_zone_operations_are_refused_when_their_option_is_off(
-    gateway, upstream, name, method, path, body, option
-):
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    name: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    option: str,
+) -> None:
     others = {key: key != option for key in ALL_DANGER}  # every other option on: only its own counts
     client = await gateway(danger_zone=others)
     data = json.dumps(body).encode() if body is not None else None
@@ -272,7 +300,13 @@ async def test_danger_zone_operations_are_refused_when_their_option_is_off(
     ],
 )
 @pytest.mark.parametrize("option_on", [False, True])
-async def test_track_event(gateway, upstream, body, needs_option, option_on):
+async def test_track_event(
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    body: dict[str, Any],
+    needs_option: bool,
+    option_on: bool,
+) -> None:
     client = await gateway(danger_zone={"create_loyalty_referral_events": option_on})
     data = json.dumps(body).encode()
     resp = await client.post("/client/v1/events", data=data, headers=JSON_H)
@@ -289,7 +323,7 @@ async def test_track_event(gateway, upstream, body, needs_option, option_on):
 # --- every error the gateway makes, in Voucherify's shape
 
 
-async def test_each_request_error_key(gateway, upstream):
+async def test_each_request_error_key(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = base_policy(upstream.url)
     tree["listen"] = {"max_body_bytes": 100}
     client = await gateway(tree)
@@ -318,7 +352,7 @@ async def test_each_request_error_key(gateway, upstream):
     assert upstream.received == []
 
 
-async def test_405_has_an_allow_header(gateway, upstream):
+async def test_405_has_an_allow_header(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway()
     for method, path, allow in [
         ("POST", "/client/v1/validate", "GET"),
@@ -338,7 +372,9 @@ async def test_405_has_an_allow_header(gateway, upstream):
     assert upstream.received == []
 
 
-async def test_request_ids_are_unique_and_the_browsers_is_ignored(gateway, upstream):
+async def test_request_ids_are_unique_and_the_browsers_is_ignored(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     ids = []
     for _ in range(5):
@@ -421,7 +457,16 @@ async def test_request_ids_are_unique_and_the_browsers_is_ignored(gateway, upstr
         ),
     ],
 )
-async def test_the_first_failing_check_answers(gateway, upstream, method, path, headers, data, status, key):
+async def test_the_first_failing_check_answers(
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    data: bytes | None,
+    status: int,
+    key: str,
+) -> None:
     tree = base_policy(upstream.url)
     tree["listen"] = {"max_body_bytes": 100}
     client = await gateway(tree)
@@ -430,7 +475,9 @@ async def test_the_first_failing_check_answers(gateway, upstream, method, path, 
     assert upstream.received == []
 
 
-async def test_refusals_for_an_allowed_origin_carry_cors_and_others_do_not(gateway, upstream):
+async def test_refusals_for_an_allowed_origin_carry_cors_and_others_do_not(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     for path in ["/client/v1/nope", "/client/v1/vouchers"]:
         resp = await client.get(path, headers=H)
@@ -450,7 +497,9 @@ def limited_body(upstream_url: str, limit: int = 1000) -> dict[str, Any]:
     return tree
 
 
-async def test_413_from_content_length_before_reading_and_the_connection_closes(gateway, upstream):
+async def test_413_from_content_length_before_reading_and_the_connection_closes(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(limited_body(upstream.url))
     # Only the head is sent: the answer cannot wait for a body that never comes.
     head = request_bytes("POST", "/client/v1/validations", [*JSON_H.items(), ("Content-Length", "10000000")])
@@ -460,7 +509,7 @@ async def test_413_from_content_length_before_reading_and_the_connection_closes(
     assert upstream.received == []
 
 
-async def test_413_while_reading_a_chunked_body(gateway, upstream):
+async def test_413_while_reading_a_chunked_body(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(limited_body(upstream.url))
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     try:
@@ -481,7 +530,9 @@ async def test_413_while_reading_a_chunked_body(gateway, upstream):
     assert upstream.received == []
 
 
-async def test_a_whole_chunked_body_over_the_limit_in_one_packet_is_413(gateway, upstream):
+async def test_a_whole_chunked_body_over_the_limit_in_one_packet_is_413(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     # No Content-Length to refuse up front, and the body is complete before the handler runs.
     client = await gateway(limited_body(upstream.url))
     head = request_bytes(
@@ -495,13 +546,15 @@ async def test_a_whole_chunked_body_over_the_limit_in_one_packet_is_413(gateway,
     assert len(upstream.received) == 1
 
 
-async def test_bodies_at_the_limit_pass_chunked_or_not(gateway, upstream):
+async def test_bodies_at_the_limit_pass_chunked_or_not(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(limited_body(upstream.url))
     body = b'{"a": "' + b"x" * 991 + b'"}'
     assert len(body) == 1000
     assert (await client.post("/client/v1/validations", data=body, headers=JSON_H)).status == 200
 
-    async def chunks():
+    async def chunks() -> AsyncIterator[bytes]:
         yield body[:500]
         yield body[500:]
 
@@ -536,7 +589,9 @@ async def test_bodies_at_the_limit_pass_chunked_or_not(gateway, upstream):
         "duplicate",
     ],
 )
-async def test_bodies_that_are_not_a_json_object_are_400(gateway, upstream, body):
+async def test_bodies_that_are_not_a_json_object_are_400(
+    gateway: GatewayFactory, upstream: UpstreamDouble, body: bytes
+) -> None:
     client = await gateway(limited_body(upstream.url, 100_000))
     resp = await client.post("/client/v1/validations", data=body, headers=JSON_H)
     assert_gateway_error(resp.status, await error_of(resp), resp.headers, 400, "invalid_payload")
@@ -553,7 +608,9 @@ async def test_bodies_that_are_not_a_json_object_are_400(gateway, upstream, body
         None,
     ],
 )
-async def test_a_body_of_another_type_is_415(gateway, upstream, content_type):
+async def test_a_body_of_another_type_is_415(
+    gateway: GatewayFactory, upstream: UpstreamDouble, content_type: str | None
+) -> None:
     client = await gateway()
     headers = [("Origin", ORIGIN)] + ([("Content-Type", content_type)] if content_type else [])
     resp = await send(client.port, "POST", "/client/v1/validations", headers, b"{}")
@@ -564,7 +621,9 @@ async def test_a_body_of_another_type_is_415(gateway, upstream, content_type):
 @pytest.mark.parametrize(
     "content_type", ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON;charset=UTF-8"]
 )
-async def test_json_media_types_with_parameters_are_accepted(gateway, upstream, content_type):
+async def test_json_media_types_with_parameters_are_accepted(
+    gateway: GatewayFactory, upstream: UpstreamDouble, content_type: str
+) -> None:
     client = await gateway()
     resp = await client.post(
         "/client/v1/validations", data=b"{}", headers={**H, "Content-Type": content_type}
@@ -573,7 +632,9 @@ async def test_json_media_types_with_parameters_are_accepted(gateway, upstream, 
     assert upstream.received[0].headers["Content-Type"] == content_type
 
 
-async def test_an_empty_body_needs_no_content_type_and_is_forwarded_empty(gateway, upstream):
+async def test_an_empty_body_needs_no_content_type_and_is_forwarded_empty(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     resp = await send(
         client.port, "POST", "/client/v1/qualifications", [("Origin", ORIGIN), ("Content-Length", "0")]
@@ -592,7 +653,9 @@ async def test_an_empty_body_needs_no_content_type_and_is_forwarded_empty(gatewa
     [[("Content-Length", "2")], [("Transfer-Encoding", "chunked")]],
     ids=["content-length", "chunked"],
 )
-async def test_a_get_with_a_body_is_refused(gateway, upstream, framing):
+async def test_a_get_with_a_body_is_refused(
+    gateway: GatewayFactory, upstream: UpstreamDouble, framing: list[tuple[str, str]]
+) -> None:
     client = await gateway()
     body = b"2\r\n{}\r\n0\r\n\r\n" if framing[0][0] == "Transfer-Encoding" else b"{}"
     resp = await send(client.port, "GET", "/client/v1/validate", [*JSON_H.items(), *framing], body)
@@ -605,7 +668,9 @@ async def test_a_get_with_a_body_is_refused(gateway, upstream, framing):
 SDK_HEADERS = "content-type,x-client-application-id,x-client-token,x-voucherify-channel"
 
 
-async def test_preflight_is_answered_by_the_gateway(gateway, upstream):
+async def test_preflight_is_answered_by_the_gateway(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(tree={**base_policy(upstream.url), "rate_limit": {"per_ip": "1 per minute"}})
     for path, methods in [
         ("/client/v1/validations", "POST"),
@@ -643,7 +708,9 @@ async def test_preflight_is_answered_by_the_gateway(gateway, upstream):
     assert (await client.post("/client/v1/validations", data=b"{}", headers=JSON_H)).status == 200
 
 
-async def test_preflights_for_refused_origins_unknown_paths(gateway, upstream):
+async def test_preflights_for_refused_origins_unknown_paths(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     resp = await client.options("/client/v1/validations", headers={"Origin": "https://evil.test"})
     assert_gateway_error(resp.status, await error_of(resp), resp.headers, 403, "origin_not_allowed")
@@ -664,7 +731,9 @@ async def test_preflights_for_refused_origins_unknown_paths(gateway, upstream):
         ("http://shop.example.com", "*", False),
     ],
 )
-async def test_allowed_origins_and_the_star(gateway, upstream, origin, acao, credentials):
+async def test_allowed_origins_and_the_star(
+    gateway: GatewayFactory, upstream: UpstreamDouble, origin: str, acao: str, credentials: bool
+) -> None:
     client = await gateway(allowed_origins=[ORIGIN, "https://*.example.org", "*"])
     for method in ["GET", "OPTIONS"]:
         resp = await client.request(method, "/client/v1/validate", headers={"Origin": origin})
@@ -681,7 +750,9 @@ async def test_allowed_origins_and_the_star(gateway, upstream, origin, acao, cre
     "origin",
     ["https://evil.test", "https://example.org", "http://a.example.org", "null", "https://shop.example.com/"],
 )
-async def test_refused_origins_get_no_cors_headers(gateway, upstream, origin):
+async def test_refused_origins_get_no_cors_headers(
+    gateway: GatewayFactory, upstream: UpstreamDouble, origin: str
+) -> None:
     client = await gateway()
     resp = await client.get("/client/v1/validate", headers={"Origin": origin})
     assert_gateway_error(resp.status, await error_of(resp), resp.headers, 403, "origin_not_allowed")
@@ -689,7 +760,7 @@ async def test_refused_origins_get_no_cors_headers(gateway, upstream, origin):
     assert upstream.received == []
 
 
-async def test_missing_origin_for_native_apps(gateway, upstream):
+async def test_missing_origin_for_native_apps(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(allow_missing_origin=True)
     resp = await client.get("/client/v1/validate")
     assert resp.status == 200
@@ -700,14 +771,14 @@ async def test_missing_origin_for_native_apps(gateway, upstream):
     assert resp.status == 403  # an Origin that is present is still checked
 
 
-async def test_null_origin_only_by_an_entry_null(gateway, upstream):
+async def test_null_origin_only_by_an_entry_null(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(allowed_origins=["null"])
     resp = await client.get("/client/v1/validate", headers={"Origin": "null"})
     assert resp.status == 200
     assert resp.headers["Access-Control-Allow-Origin"] == "null"
 
 
-async def test_a_trickled_body_is_cut_off_with_408(gateway, upstream):
+async def test_a_trickled_body_is_cut_off_with_408(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     """A client that sends its body too slowly does not hold a handler for ever (listen.body_timeout)."""
     tree = base_policy(upstream.url)
     tree["listen"] = {"body_timeout": 0.5}
@@ -726,7 +797,9 @@ async def test_a_trickled_body_is_cut_off_with_408(gateway, upstream):
     assert upstream.received == []
 
 
-async def test_a_body_within_the_timeout_is_forwarded(gateway, upstream):
+async def test_a_body_within_the_timeout_is_forwarded(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = base_policy(upstream.url)
     tree["listen"] = {"body_timeout": 5}
     client = await gateway(tree)
@@ -735,7 +808,9 @@ async def test_a_body_within_the_timeout_is_forwarded(gateway, upstream):
     assert upstream.received[0].body == b'{"redeemables": []}'
 
 
-async def test_an_absolute_form_target_is_served_by_its_path(gateway, upstream):
+async def test_an_absolute_form_target_is_served_by_its_path(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     """RFC 9112 3.2.2: a server must accept `GET http://host/path`; the authority in it changes nothing."""
     client = await gateway()
     for target in (

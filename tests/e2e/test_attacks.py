@@ -11,14 +11,15 @@ import logging
 
 import pytest
 
-from tests.conftest import ORIGIN, assert_gateway_error, base_policy
-from tests.support.rawhttp import raw_request, request_bytes, send
+from tests.conftest import ORIGIN, GatewayFactory, assert_gateway_error, base_policy
+from tests.support.rawhttp import RawResponse, raw_request, request_bytes, send
+from tests.support.upstream_double import UpstreamDouble
 
 ORIGIN_H = ("Origin", ORIGIN)
 JSON = ("Content-Type", "application/json")
 
 
-def is_gateway_404(resp) -> bool:
+def is_gateway_404(resp: RawResponse) -> bool:
     return resp.status == 404 and resp.json()["key"] == "not_found"
 
 
@@ -61,7 +62,9 @@ ORIGIN_ATTACKS = [
 
 @pytest.mark.parametrize("origin", ORIGIN_ATTACKS)
 @pytest.mark.parametrize("method", ["POST", "OPTIONS"])
-async def test_origin_tricks(gateway, upstream, origin, method):
+async def test_origin_tricks(
+    gateway: GatewayFactory, upstream: UpstreamDouble, origin: str, method: str
+) -> None:
     client = await gateway()
     body = b"{}" if method == "POST" else b""
     resp = await send(client.port, method, "/client/v1/validations", [("Origin", origin), JSON], body)
@@ -73,7 +76,9 @@ async def test_origin_tricks(gateway, upstream, origin, method):
 @pytest.mark.parametrize(
     "origins", [[ORIGIN, ORIGIN], [ORIGIN, "https://evil.com"], ["https://evil.com", ORIGIN]]
 )
-async def test_two_origin_headers(gateway, upstream, origins):
+async def test_two_origin_headers(
+    gateway: GatewayFactory, upstream: UpstreamDouble, origins: list[str]
+) -> None:
     client = await gateway()
     resp = await send(
         client.port, "POST", "/client/v1/validations", [("Origin", o) for o in origins] + [JSON], b"{}"
@@ -83,7 +88,9 @@ async def test_two_origin_headers(gateway, upstream, origins):
     assert upstream.received == []
 
 
-async def test_a_star_entry_still_refuses_what_is_not_an_origin(gateway, upstream):
+async def test_a_star_entry_still_refuses_what_is_not_an_origin(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(allowed_origins=["*"])
     for origin in ["null", "https://shop.example.com/x", "https://a@b.com", "https://a.com, https://b.com"]:
         resp = await send(client.port, "POST", "/client/v1/validations", [("Origin", origin), JSON], b"{}")
@@ -94,7 +101,9 @@ async def test_a_star_entry_still_refuses_what_is_not_an_origin(gateway, upstrea
 # --- client IP
 
 
-async def test_spoofed_xff_from_an_untrusted_peer_buys_no_budget(gateway, upstream):
+async def test_spoofed_xff_from_an_untrusted_peer_buys_no_budget(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = base_policy(upstream.url)
     tree["rate_limit"] = {"per_ip": "2 per minute"}
     client = await gateway(tree)
@@ -174,7 +183,9 @@ PATH_ATTACKS = [
 
 
 @pytest.mark.parametrize(("method", "target"), PATH_ATTACKS)
-async def test_path_tricks_answer_404_and_reach_nothing(gateway, upstream, method, target):
+async def test_path_tricks_answer_404_and_reach_nothing(
+    gateway: GatewayFactory, upstream: UpstreamDouble, method: str, target: str
+) -> None:
     client = await gateway()
     resp = await send(client.port, method, target, [ORIGIN_H])
     assert_gateway_error(resp.status, resp.json(), resp.headers, 404, "not_found")
@@ -185,7 +196,9 @@ async def test_path_tricks_answer_404_and_reach_nothing(gateway, upstream, metho
     "target",
     ["//client/v1/validate", "/client//v1/validate", "/client/v1//validate", "///shop//client/v1/validate"],
 )
-async def test_repeated_slashes_reach_only_the_operation(gateway, upstream, target):
+async def test_repeated_slashes_reach_only_the_operation(
+    gateway: GatewayFactory, upstream: UpstreamDouble, target: str
+) -> None:
     client = await gateway()
     resp = await send(client.port, "GET", target + "?code=A", [ORIGIN_H])
     assert resp.status == 200
@@ -197,7 +210,9 @@ async def test_repeated_slashes_reach_only_the_operation(gateway, upstream, targ
 @pytest.mark.parametrize(
     "header", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "x-http-method-override"]
 )
-async def test_method_override_is_neither_obeyed_nor_forwarded(gateway, upstream, header):
+async def test_method_override_is_neither_obeyed_nor_forwarded(
+    gateway: GatewayFactory, upstream: UpstreamDouble, header: str
+) -> None:
     client = await gateway()
     # a GET path asked to be a POST, a POST-only path asked to be a GET: the real method decides
     for method, target, override in [
@@ -260,7 +275,14 @@ PARAM_ATTACKS = [
         ("POST", "/client/v1/promotions/tiers/{}/redemption", {"redeem": True}),
     ],
 )
-async def test_parameter_tricks(gateway, upstream, param, method, template, danger):
+async def test_parameter_tricks(
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    param: str,
+    method: str,
+    template: str,
+    danger: dict[str, bool],
+) -> None:
     client = await gateway(danger_zone=danger)
     resp = await send(client.port, method, template.format(param), [ORIGIN_H, JSON], b"{}")
     assert_gateway_error(resp.status, resp.json(), resp.headers, 404, "not_found")
@@ -268,7 +290,9 @@ async def test_parameter_tricks(gateway, upstream, param, method, template, dang
 
 
 @pytest.mark.parametrize("param", ["a%09b", "a\tb", "a\x00b", "a b"])
-async def test_raw_control_characters_never_reach_the_upstream(gateway, upstream, param):
+async def test_raw_control_characters_never_reach_the_upstream(
+    gateway: GatewayFactory, upstream: UpstreamDouble, param: str
+) -> None:
     client = await gateway()
     resp = await send(client.port, "PUT", f"/client/v1/customers/{param}/consents", [ORIGIN_H, JSON], b"{}")
     assert resp.status in (400, 404)  # the HTTP parser's 400, or the gateway's 404
@@ -276,7 +300,9 @@ async def test_raw_control_characters_never_reach_the_upstream(gateway, upstream
 
 
 @pytest.mark.parametrize("param", ["c%201%2Fx", "%252e%252e", "a.b", "...", "%C5%BC%C3%B3%C5%82w", "x@y.z"])
-async def test_odd_but_safe_parameters_are_forwarded_byte_for_byte(gateway, upstream, param):
+async def test_odd_but_safe_parameters_are_forwarded_byte_for_byte(
+    gateway: GatewayFactory, upstream: UpstreamDouble, param: str
+) -> None:
     client = await gateway()
     resp = await send(client.port, "PUT", f"/client/v1/customers/{param}/consents", [ORIGIN_H, JSON], b"{}")
     assert resp.status == 200
@@ -315,7 +341,14 @@ DANGER_BYPASSES = [
 
 
 @pytest.mark.parametrize(("method", "target", "headers", "status"), DANGER_BYPASSES)
-async def test_danger_zone_path_and_method_bypasses(gateway, upstream, method, target, headers, status):
+async def test_danger_zone_path_and_method_bypasses(
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    status: int,
+) -> None:
     client = await gateway()
     resp = await send(
         client.port, method, target, [ORIGIN_H, JSON, *headers], b"{}" if method == "POST" else b""
@@ -355,14 +388,18 @@ BODY_BYPASSES = [  # (body, the refusal it must get): escaped names are the name
 
 @pytest.mark.parametrize(("body", "refusal"), BODY_BYPASSES)
 @pytest.mark.parametrize("target", ["/client/v1/events", "//client/v1/events", "/shop/client/v1/events"])
-async def test_danger_zone_body_bypasses(gateway, upstream, body, refusal, target):
+async def test_danger_zone_body_bypasses(
+    gateway: GatewayFactory, upstream: UpstreamDouble, body: bytes, refusal: tuple[int, str], target: str
+) -> None:
     client = await gateway()
     resp = await send(client.port, "POST", target, [ORIGIN_H, JSON], body)
     assert (resp.status, resp.json()["key"]) == refusal
     assert upstream.received == []
 
 
-async def test_danger_zone_body_bypass_through_content_types(gateway, upstream):
+async def test_danger_zone_body_bypass_through_content_types(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     body = b'{"event": "x", "loyalty": {"code": "L"}}'
     for content_type in [
@@ -401,7 +438,13 @@ SECRET = "sk_live_7d1f9a0c3b2e4d5f6a7b8c9d"
     ],
 )
 @pytest.mark.parametrize("target", ["/client/v1/validate", "/client/v1/qualifications", "/client/v1/redeem"])
-async def test_secret_headers_are_refused_and_never_echoed_or_logged(gateway, upstream, caplog, name, target):
+async def test_secret_headers_are_refused_and_never_echoed_or_logged(
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    target: str,
+) -> None:
     caplog.set_level(logging.DEBUG)
     client = await gateway(danger_zone={"redeem": True})
     method = "GET" if target.endswith("validate") else "POST"
@@ -427,7 +470,9 @@ async def test_secret_headers_are_refused_and_never_echoed_or_logged(gateway, up
     assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN  # the page can read why, and rotate the key
 
 
-async def test_secrets_refused_even_when_empty_or_doubled(gateway, upstream):
+async def test_secrets_refused_even_when_empty_or_doubled(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     for headers in [
         [("X-App-Token", "")],
@@ -451,7 +496,9 @@ async def test_secrets_refused_even_when_empty_or_doubled(gateway, upstream):
         [("Transfer-Encoding", "gzip")],
     ],
 )
-async def test_ambiguous_framing_is_refused(gateway, upstream, headers):
+async def test_ambiguous_framing_is_refused(
+    gateway: GatewayFactory, upstream: UpstreamDouble, headers: list[tuple[str, str]]
+) -> None:
     client = await gateway()
     resp = await raw_request(
         client.port, request_bytes("POST", "/client/v1/validations", [ORIGIN_H, JSON, *headers], b"{}")
@@ -460,7 +507,9 @@ async def test_ambiguous_framing_is_refused(gateway, upstream, headers):
     assert upstream.received == []
 
 
-async def test_a_pipelined_second_request_is_judged_on_its_own(gateway, upstream):
+async def test_a_pipelined_second_request_is_judged_on_its_own(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     first = request_bytes("POST", "/client/v1/validations", [ORIGIN_H, JSON, ("Content-Length", "2")], b"{}")
     second = request_bytes("GET", "/v1/vouchers", [ORIGIN_H, ("Connection", "close")])
@@ -469,7 +518,9 @@ async def test_a_pipelined_second_request_is_judged_on_its_own(gateway, upstream
     assert [seen.raw_path for seen in upstream.received] == ["/client/v1/validations"]
 
 
-async def test_compressed_request_bodies_are_judged_decompressed(gateway, upstream):
+async def test_compressed_request_bodies_are_judged_decompressed(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     import gzip
 
     tree = base_policy(upstream.url)
@@ -492,7 +543,9 @@ async def test_compressed_request_bodies_are_judged_decompressed(gateway, upstre
     assert "Content-Encoding" not in seen.headers
 
 
-async def test_danger_zone_body_bypass_through_a_proto_key(gateway, upstream):
+async def test_danger_zone_body_bypass_through_a_proto_key(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     body = b'{"event": "x", "__proto__": {"loyalty": {"code": "L"}, "referral": {"code": "R"}}}'
     resp = await send(client.port, "POST", "/client/v1/events", [ORIGIN_H, JSON], body)
@@ -510,7 +563,9 @@ async def test_danger_zone_body_bypass_through_a_proto_key(gateway, upstream):
         "application/json; CHARSET = utf-7",
     ],
 )
-async def test_danger_zone_body_bypass_through_a_charset(gateway, upstream, content_type):
+async def test_danger_zone_body_bypass_through_a_charset(
+    gateway: GatewayFactory, upstream: UpstreamDouble, content_type: str
+) -> None:
     # Read as UTF-8 the key is "+AGw-oyalty"; a body parser honouring charset=utf-7 (body-parser takes any
     # "utf-*") reads "loyalty". Only UTF-8 is JSON (RFC 8259), so another charset is refused.
     client = await gateway()
@@ -526,7 +581,9 @@ async def test_danger_zone_body_bypass_through_a_charset(gateway, upstream, cont
     "content_type",
     ["application/json; charset=UTF-8", 'application/json; charset="utf-8"', "application/json;charset=utf8"],
 )
-async def test_utf8_charsets_are_accepted(gateway, upstream, content_type):
+async def test_utf8_charsets_are_accepted(
+    gateway: GatewayFactory, upstream: UpstreamDouble, content_type: str
+) -> None:
     client = await gateway()
     resp = await send(
         client.port,

@@ -19,6 +19,7 @@ import pytest
 from gateway.cli import main
 from tests.conftest import ROOT, free_port
 from tests.support.processes import run_cli
+from tests.support.upstream_double import UpstreamDouble
 
 VALID = """
 default_project: shop
@@ -56,12 +57,14 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def check(path: Path, capsys) -> tuple[int, list[str]]:
+def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
     code = main(["check", "--config", str(path)])
     return code, capsys.readouterr().out.splitlines()
 
 
-def test_check_valid(tmp_path, capsys, monkeypatch):
+def test_check_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SHOP_SECRET", "s3cr3t")
     monkeypatch.delenv("SHOP_APP_ID", raising=False)
     code, lines = check(write(tmp_path, VALID), capsys)
@@ -70,7 +73,9 @@ def test_check_valid(tmp_path, capsys, monkeypatch):
     assert not any("s3cr3t" in line for line in lines)
 
 
-def test_check_lists_every_problem_with_its_key_path(tmp_path, capsys, monkeypatch):
+def test_check_lists_every_problem_with_its_key_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SHOP_SECRET_KEY", raising=False)
     code, lines = check(write(tmp_path, BROKEN), capsys)
     assert code == 1
@@ -94,34 +99,38 @@ def test_check_lists_every_problem_with_its_key_path(tmp_path, capsys, monkeypat
     assert lines[-1].endswith(f"{len(errors)} problem(s)")
 
 
-def test_check_a_missing_file(tmp_path, capsys):
+def test_check_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, lines = check(tmp_path / "nope.yaml", capsys)
     assert code == 1
     assert "nope.yaml" in lines[0]
 
 
-def test_check_warns_about_star_origins(tmp_path, capsys, monkeypatch):
+def test_check_warns_about_star_origins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SHOP_SECRET", "x")
     code, lines = check(write(tmp_path, VALID.replace("[https://shop.example.com]", '["*"]')), capsys)
     assert code == 0
     assert any(line.startswith("warning: projects.shop.allowed_origins") for line in lines)
 
 
-def test_the_config_defaults_to_the_environment_variable(tmp_path, capsys, monkeypatch):
+def test_the_config_defaults_to_the_environment_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SHOP_SECRET", "x")
     monkeypatch.setenv("VOUCHERIFY_GATEWAY_CONFIG", str(write(tmp_path, VALID)))
     assert main(["check"]) == 0
     assert str(tmp_path) in capsys.readouterr().out
 
 
-def test_schema_is_json_schema_of_the_policy(capsys):
+def test_schema_is_json_schema_of_the_policy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "projects" in schema["properties"]
     assert schema["required"] == ["projects"]
 
 
-def test_check_as_a_subprocess(tmp_path):
+def test_check_as_a_subprocess(tmp_path: Path) -> None:
     path = write(tmp_path, VALID)
     ok = run_cli("check", "--config", str(path), env={"SHOP_SECRET": "x"})
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -160,7 +169,7 @@ def start_serve(config: Path, *args: str, env: dict[str, str]) -> subprocess.Pop
 
 
 async def first_line(process: subprocess.Popen[str], timeout: float = 20) -> str:
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
     line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout)
     if not line:
         process.wait(timeout=10)
@@ -168,7 +177,9 @@ async def first_line(process: subprocess.Popen[str], timeout: float = 20) -> str
     return line
 
 
-async def test_serve_announces_answers_and_exits_0_on_sigterm(tmp_path, upstream, processes):
+async def test_serve_announces_answers_and_exits_0_on_sigterm(
+    tmp_path: Path, upstream: UpstreamDouble, processes: list[subprocess.Popen[str]]
+) -> None:
     port = free_port()
     config = write(tmp_path, VALID + "listen: {port: 1}\n")
     process = start_serve(
@@ -195,6 +206,7 @@ async def test_serve_announces_answers_and_exits_0_on_sigterm(tmp_path, upstream
     assert [seen.raw_path for seen in upstream.received] == ["/client/v1/validate?code=A"]
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 20) == 0
+    assert process.stdout is not None and process.stderr is not None
     rest = process.stdout.read()
     assert rest.strip() == "", "serve prints one line only"
     # the access log went to stderr, one JSON line per request, without the gateway's credentials
@@ -205,7 +217,9 @@ async def test_serve_announces_answers_and_exits_0_on_sigterm(tmp_path, upstream
     assert "app-id" not in log
 
 
-async def test_serve_uses_listen_from_the_file_and_sigint(tmp_path, processes):
+async def test_serve_uses_listen_from_the_file_and_sigint(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
     port = free_port()
     config = write(tmp_path, VALID + f"listen: {{host: 127.0.0.1, port: {port}}}\n")
     process = start_serve(config, env={"SHOP_SECRET": "x"})
@@ -216,7 +230,7 @@ async def test_serve_uses_listen_from_the_file_and_sigint(tmp_path, processes):
     assert await asyncio.to_thread(process.wait, 20) == 0
 
 
-def test_serve_refuses_a_bad_policy(tmp_path):
+def test_serve_refuses_a_bad_policy(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(write(tmp_path, BROKEN)))
     assert result.returncode == 1
     assert "projects.shop.extra: unknown key" in result.stdout

@@ -8,13 +8,15 @@ import signal
 import aiohttp
 
 from tests.conftest import ORIGIN, base_policy, free_port
-from tests.support.processes import GatewayProcess
-from tests.support.upstream_double import Reply
+from tests.support.processes import GatewayProcess, GatewayProcessFactory
+from tests.support.upstream_double import Reply, UpstreamDouble
 
 SLOW = 5
 
 
-async def test_sigterm_drains_in_flight_requests(gateway_process, upstream):
+async def test_sigterm_drains_in_flight_requests(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
+) -> None:
     upstream.default = Reply(delay=2)
     admin_port, port = free_port(), free_port()
     tree = base_policy(upstream.url)

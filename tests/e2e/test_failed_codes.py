@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -16,11 +17,11 @@ import pytest
 
 from gateway.app import STATE
 from gateway.errors import TOO_MANY_FAILED_CODES_MESSAGE
-from tests.conftest import assert_gateway_error, base_policy, make_policy
+from tests.conftest import GatewayFactory, assert_gateway_error, base_policy, make_policy
 from tests.support.constants import JSON_H, H
-from tests.support.ops import labels
+from tests.support.ops import OpsGatewayFactory, labels
 from tests.support.processes import GatewayProcessFactory, RedisServer
-from tests.support.upstream_double import Reply
+from tests.support.upstream_double import Reply, UpstreamDouble
 
 VALIDATE = "/client/v1/validate?code=NOPE"
 STATE_MEMBER = re.compile(r'"failed_codes";r=(\d+);t=(\d+)')
@@ -56,14 +57,14 @@ def stackable_answer(*unknown: bool) -> dict[str, Any]:
     }
 
 
-def remaining(headers: Any) -> int:
+def remaining(headers: Mapping[str, str]) -> int:
     found = STATE_MEMBER.search(headers["RateLimit"])
     assert found is not None, headers.get("RateLimit")
     return int(found[1])
 
 
-async def assert_refused(resp: Any) -> dict[str, Any]:
-    body = await resp.json()
+async def assert_refused(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    body: dict[str, Any] = await resp.json()
     assert_gateway_error(resp.status, body, resp.headers, 429, "too_many_failed_codes")
     assert body["message"] == TOO_MANY_FAILED_CODES_MESSAGE
     assert int(resp.headers["Retry-After"]) >= 1
@@ -74,7 +75,9 @@ async def assert_refused(resp: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ in memory
 
 
-async def test_unknown_codes_spend_the_budget_then_nothing_reaches_the_upstream(gateway, upstream):
+async def test_unknown_codes_spend_the_budget_then_nothing_reaches_the_upstream(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(budget_policy(upstream.url))
     upstream.default = Reply(200, UNKNOWN_VALIDATE)
     seen = []
@@ -85,12 +88,13 @@ async def test_unknown_codes_spend_the_budget_then_nothing_reaches_the_upstream(
         assert resp.headers["RateLimit"].startswith('"per_ip";r=')
         seen.append(remaining(resp.headers))
     assert seen == [2, 1, 0]
-    for path, kwargs in [
+    refused: list[tuple[str, dict[str, Any]]] = [
         (VALIDATE, {}),
         ("/client/v1/validations", {"json": stackable("X")}),
         ("/client/v1/redeem?code=X", {"json": {}}),
         ("/client/v1/redemptions", {"json": stackable("X")}),
-    ]:
+    ]
+    for path, kwargs in refused:
         method = client.get if path.startswith("/client/v1/validate?") else client.post
         resp = await method(path, headers=JSON_H if kwargs else H, **kwargs)
         await assert_refused(resp)
@@ -98,18 +102,19 @@ async def test_unknown_codes_spend_the_budget_then_nothing_reaches_the_upstream(
     assert len(upstream.received) == 3
     # other operations of that client are untouched, and so are requests naming no code
     upstream.default = Reply(200, {"valid": True, "promotions": []})
-    for path, kwargs in [
+    untouched: list[tuple[str, dict[str, Any]]] = [
         ("/client/v1/promotions/validation?amount=100", {}),
         ("/client/v1/qualifications", {"json": {"order": {"amount": 100}}}),
         ("/client/v1/validations", {"json": {"order": {"amount": 100}}}),  # no redeemables: names 0
-    ]:
+    ]
+    for path, kwargs in untouched:
         method = client.get if not kwargs else client.post
         resp = await method(path, headers=JSON_H if kwargs else H, **kwargs)
         assert resp.status == 200, await resp.text()
     assert len(upstream.received) == 6
 
 
-async def test_known_codes_cost_nothing(gateway, upstream):
+async def test_known_codes_cost_nothing(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(budget_policy(upstream.url, "1 per hour"))
     upstream.default = Reply(200, KNOWN_VALIDATE)
     expired = {"valid": False, "reason": "voucher expired", "error": {"code": 400, "key": "voucher_expired"}}
@@ -122,8 +127,8 @@ async def test_known_codes_cost_nothing(gateway, upstream):
 
 
 async def test_a_stackable_request_is_charged_its_unknown_codes_and_refused_what_it_cannot_cover(
-    gateway, upstream
-):
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(budget_policy(upstream.url, "5 per hour"))
     upstream.reply(Reply(200, stackable_answer(False, True, False)))
     resp = await client.post(
@@ -144,7 +149,9 @@ async def test_a_stackable_request_is_charged_its_unknown_codes_and_refused_what
     assert len(upstream.received) == 2
 
 
-async def test_an_upstream_404_counts_one_and_never_more_than_named(gateway, upstream):
+async def test_an_upstream_404_counts_one_and_never_more_than_named(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(budget_policy(upstream.url, "5 per hour"))
     upstream.reply(Reply(404, NOT_FOUND), Reply(200, stackable_answer(*[True] * 9)))
     resp = await client.post("/client/v1/redemptions", headers=JSON_H, json=stackable("A", "B"))
@@ -154,7 +161,9 @@ async def test_an_upstream_404_counts_one_and_never_more_than_named(gateway, ups
     assert remaining(resp.headers) == 2  # nine 404s in the answer, two named
 
 
-async def test_a_body_naming_redeemables_twice_is_refused_and_costs_nothing(gateway, upstream):
+async def test_a_body_naming_redeemables_twice_is_refused_and_costs_nothing(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(budget_policy(upstream.url, "1 per hour"))
     long = json.dumps(stackable(*"ABCDEFGH")["redeemables"])
     for body in (
@@ -166,7 +175,9 @@ async def test_a_body_naming_redeemables_twice_is_refused_and_costs_nothing(gate
     assert upstream.received == []
 
 
-async def test_forty_at_once_with_one_unit_left_at_most_one_reaches_the_upstream(gateway, upstream):
+async def test_forty_at_once_with_one_unit_left_at_most_one_reaches_the_upstream(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(budget_policy(upstream.url, "3 per hour"))
     upstream.default = Reply(200, UNKNOWN_VALIDATE)
     for _ in range(2):
@@ -185,7 +196,9 @@ async def test_forty_at_once_with_one_unit_left_at_most_one_reaches_the_upstream
 
 
 @pytest.mark.parametrize("failure", ["reset", "timeout"])
-async def test_no_answer_from_voucherify_costs_nothing(gateway, upstream, failure):
+async def test_no_answer_from_voucherify_costs_nothing(
+    gateway: GatewayFactory, upstream: UpstreamDouble, failure: str
+) -> None:
     tree = budget_policy(upstream.url, "1 per hour")
     tree["upstream"] = {"read_timeout": 0.3}
     client = await gateway(tree)
@@ -200,7 +213,9 @@ async def test_no_answer_from_voucherify_costs_nothing(gateway, upstream, failur
     assert resp.status == 200 and remaining(resp.headers) == 0
 
 
-async def test_a_client_that_goes_away_still_gets_its_hold_given_back(gateway, upstream):
+async def test_a_client_that_goes_away_still_gets_its_hold_given_back(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     """The test server cancels the handler of a request whose client left (as a drain does): the upstream
     call is abandoned unread, so the request got no answer and its held code comes back."""
     client = await gateway(budget_policy(upstream.url, "1 per hour"))
@@ -222,7 +237,9 @@ async def test_a_client_that_goes_away_still_gets_its_hold_given_back(gateway, u
     assert remaining((await client.get(VALIDATE, headers=H)).headers) == 1
 
 
-async def test_the_window_running_out_gives_the_budget_back(gateway, upstream):
+async def test_the_window_running_out_gives_the_budget_back(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(budget_policy(upstream.url, "1 per 2 seconds"))
     upstream.default = Reply(200, UNKNOWN_VALIDATE)
     assert (await client.get(VALIDATE, headers=H)).status == 200
@@ -236,10 +253,12 @@ async def test_the_window_running_out_gives_the_budget_back(gateway, upstream):
     assert len(upstream.received) == 2
 
 
-async def test_a_reload_that_changes_the_budget_keeps_counts_exact(gateway, upstream):
+async def test_a_reload_that_changes_the_budget_keeps_counts_exact(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = budget_policy(upstream.url, "5 per hour")
     client = await gateway(tree)
-    state = client.server.app[STATE]
+    state = client.app[STATE]
     upstream.reply(*[Reply(200, UNKNOWN_VALIDATE, delay=0.4)] * 2)
     in_flight = [asyncio.ensure_future(client.get(VALIDATE, headers=H)) for _ in range(2)]
     await asyncio.sleep(0.2)
@@ -256,7 +275,7 @@ async def test_a_reload_that_changes_the_budget_keeps_counts_exact(gateway, upst
     await assert_refused(await client.get(VALIDATE, headers=H))
 
 
-async def test_a_project_with_null_has_no_budget(gateway, upstream):
+async def test_a_project_with_null_has_no_budget(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = budget_policy(upstream.url, "1 per hour")
     tree["projects"]["shop"]["rate_limit"] = {"failed_codes": None}
     client = await gateway(tree)
@@ -267,7 +286,9 @@ async def test_a_project_with_null_has_no_budget(gateway, upstream):
         assert "failed_codes" not in resp.headers["RateLimit-Policy"]
 
 
-async def test_server_mode_counts_the_answers_the_browser_gets(gateway, upstream):
+async def test_server_mode_counts_the_answers_the_browser_gets(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = budget_policy(upstream.url, "2 per hour")
     tree["projects"]["shop"].update(
         upstream_auth="server", credentials={"application_id": "app-id-1", "secret_key": "server-secret-1"}
@@ -284,7 +305,9 @@ async def test_server_mode_counts_the_answers_the_browser_gets(gateway, upstream
 
 
 @pytest.mark.parametrize("mode", ["allow", "deny"])
-async def test_a_store_that_is_down_follows_on_storage_error(gateway, upstream, mode):
+async def test_a_store_that_is_down_follows_on_storage_error(
+    gateway: GatewayFactory, upstream: UpstreamDouble, mode: str
+) -> None:
     from gateway.serve import free_port
 
     tree = budget_policy(
@@ -301,7 +324,9 @@ async def test_a_store_that_is_down_follows_on_storage_error(gateway, upstream, 
     assert len(upstream.received) == (3 if mode == "allow" else 0)
 
 
-async def test_operators_see_unknown_codes_and_refusals(ops_gateway, upstream, caplog):
+async def test_operators_see_unknown_codes_and_refusals(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble, caplog: pytest.LogCaptureFixture
+) -> None:
     gw = await ops_gateway(budget_policy(upstream.url, "2 per hour"))
     upstream.reply(Reply(200, stackable_answer(True, True)))
     assert (

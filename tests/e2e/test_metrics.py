@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.conftest import base_policy, free_port
 from tests.support.constants import H
-from tests.support.ops import labels, samples
-from tests.support.upstream_double import Reply
+from tests.support.ops import OpsGatewayFactory, labels, samples
+from tests.support.processes import GatewayProcessFactory
+from tests.support.upstream_double import Reply, UpstreamDouble
 
 
 def req(project: str, operation: str, decision: str, status: int) -> tuple[tuple[str, str], ...]:
     return labels(project=project, operation=operation, decision=decision, status=str(status))
 
 
-async def test_scripted_mix_is_counted(ops_gateway, upstream):
+async def test_scripted_mix_is_counted(ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble) -> None:
     tree = base_policy(upstream.url)
     tree["rate_limit"] = {"per_ip": "4 per minute"}
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: upstream_unavailable
@@ -56,7 +59,9 @@ async def test_scripted_mix_is_counted(ops_gateway, upstream):
     }
 
 
-async def test_no_label_carries_a_path_ip_or_origin(ops_gateway, upstream):
+async def test_no_label_carries_a_path_ip_or_origin(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble
+) -> None:
     gw = await ops_gateway(base_policy(upstream.url))
     c = gw.public
     await c.get("/client/v1/validate", headers=H)
@@ -80,7 +85,9 @@ def _label_values(text: str) -> list[str]:
     return [v for f in text_string_to_metric_families(text) for s in f.samples for v in s.labels.values()]
 
 
-async def test_limit_store_errors_and_fail_open_are_counted(ops_gateway, upstream):
+async def test_limit_store_errors_and_fail_open_are_counted(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble
+) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     tree = base_policy(upstream.url)
     tree["rate_limit"] = {"storage": dead_redis, "on_storage_error": "allow", "storage_timeout": 2}
@@ -98,7 +105,9 @@ async def test_limit_store_errors_and_fail_open_are_counted(ops_gateway, upstrea
     assert got[req("strict", "validate", "rate_limit_unavailable", 503)] == 1
 
 
-async def test_one_scrape_covers_every_process_in_multiprocess_mode(gateway_process, upstream, tmp_path):
+async def test_one_scrape_covers_every_process_in_multiprocess_mode(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, tmp_path: Path
+) -> None:
     """With PROMETHEUS_MULTIPROC_DIR set (as `serve --workers` does), values go through the shared files."""
     from tests.conftest import ORIGIN as origin
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -12,32 +13,41 @@ import pytest
 from gateway.errors import TOO_MANY_REQUESTS_MESSAGE
 from gateway.models import Bucket, Strategy
 from gateway.ratelimit import LimiterPool, StoreUnavailable, open_storage
-from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
+from tests.conftest import ORIGIN, GatewayFactory, assert_gateway_error, base_policy, free_port
 from tests.support.constants import H
+from tests.support.upstream_double import UpstreamDouble
 
 STRATEGY_NAMES = sorted(s.value for s in Strategy)  # plain strings: they go into policy files
 RATE_LIMIT = re.compile(r'^"per_ip";r=(\d+);t=(\d+)$')
 
 
+def remaining_and_reset(header: str) -> tuple[int, int]:
+    """A one-item RateLimit header's r and t."""
+    match = RATE_LIMIT.match(header)
+    assert match is not None, header
+    remaining, reset = map(int, match.groups())
+    return remaining, reset
+
+
 # --- the limiter, without sockets
 
 
-def test_bucket_policy_header():
+def test_bucket_policy_header() -> None:
     assert Bucket.parse("per_ip", "5 per 5 seconds", "shop/per_ip").policy_header == '"per_ip";q=5;w=5'
     assert Bucket.parse("redeem", "3/minute", "shop/redeem").policy_header == '"redeem";q=3;w=60'
     several = Bucket.parse("per_ip", "100/minute;10/second", "shop/per_ip")
     assert several.policy_header == '"per_ip";q=100;w=60, "per_ip-2";q=10;w=1'
 
 
-def test_open_storage_refuses_a_scheme_the_policy_would_not_accept():
+def test_open_storage_refuses_a_scheme_the_policy_would_not_accept() -> None:
     with pytest.raises(ValueError, match="memcached://"):
         open_storage("memcached://127.0.0.1:11211", 0.5)
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-async def test_exactly_k_of_a_concurrent_burst_pass(strategy):
+async def test_exactly_k_of_a_concurrent_burst_pass(strategy: str) -> None:
     pool = LimiterPool()
-    limiter = pool.limiter("memory://", strategy, 5)
+    limiter = pool.limiter("memory://", Strategy(strategy), 5)
     # a day: fixed windows start on the clock, and a burst across a window's edge would pass twice
     bucket = Bucket.parse("per_ip", "7 per day", "shop/per_ip")
     results = await asyncio.gather(*(limiter.hit(bucket, "203.0.113.7") for _ in range(300)))
@@ -45,7 +55,7 @@ async def test_exactly_k_of_a_concurrent_burst_pass(strategy):
     refused = [r for r in results if not r.allowed]
     assert all(r.headers["RateLimit-Policy"] == '"per_ip";q=7;w=86400' for r in results)
     for result in refused:
-        remaining, reset = map(int, RATE_LIMIT.match(result.headers["RateLimit"]).groups())
+        remaining, reset = remaining_and_reset(result.headers["RateLimit"])
         assert remaining == 0
         assert (
             1 <= result.retry_after == int(result.headers["Retry-After"])
@@ -58,7 +68,7 @@ async def test_exactly_k_of_a_concurrent_burst_pass(strategy):
     await pool.close()
 
 
-async def test_remaining_counts_down():
+async def test_remaining_counts_down() -> None:
     pool = LimiterPool()
     limiter = pool.limiter("memory://", Strategy.MOVING_WINDOW, 5)
     bucket = Bucket.parse("per_ip", "3 per 10 seconds", "shop/per_ip")
@@ -75,7 +85,7 @@ async def test_remaining_counts_down():
     await pool.close()
 
 
-def test_the_pool_shares_storages_across_reloads():
+def test_the_pool_shares_storages_across_reloads() -> None:
     pool = LimiterPool()
     moving = pool.limiter("memory://", Strategy.MOVING_WINDOW, 0.5)
     assert moving is pool.limiter("memory://", Strategy.MOVING_WINDOW, 0.5)
@@ -83,7 +93,7 @@ def test_the_pool_shares_storages_across_reloads():
     assert pool.store("memory://", 1.0) is moving.store
 
 
-async def test_an_unreachable_store_is_reported():
+async def test_an_unreachable_store_is_reported() -> None:
     pool = LimiterPool()
     limiter = pool.limiter(f"redis://127.0.0.1:{free_port()}/0", Strategy.MOVING_WINDOW, 2)
     with pytest.raises(StoreUnavailable):
@@ -101,14 +111,16 @@ def limited(upstream_url: str, per_ip: str = "5 per 5 seconds", **rate_limit: An
     return tree
 
 
-def assert_429(status: int, body: dict[str, Any], headers: Any) -> None:
+def assert_429(status: int, body: dict[str, Any], headers: Mapping[str, str]) -> None:
     assert_gateway_error(status, body, headers, 429, "too_many_requests")
     assert body["message"] == TOO_MANY_REQUESTS_MESSAGE == "Too many requests hit the API too quickly."
     assert int(headers["Retry-After"]) >= 1
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-async def test_a_burst_of_hundreds_from_one_ip_lets_exactly_k_through(gateway, upstream, strategy):
+async def test_a_burst_of_hundreds_from_one_ip_lets_exactly_k_through(
+    gateway: GatewayFactory, upstream: UpstreamDouble, strategy: str
+) -> None:
     client = await gateway(limited(upstream.url, "10 per day", strategy=strategy))  # no window edge
 
     async def one() -> int:
@@ -122,13 +134,13 @@ async def test_a_burst_of_hundreds_from_one_ip_lets_exactly_k_through(gateway, u
     assert len(upstream.received) == 10
 
 
-async def test_headers_on_allowed_and_refused(gateway, upstream):
+async def test_headers_on_allowed_and_refused(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     client = await gateway(limited(upstream.url))
     for expected_remaining in [4, 3, 2, 1, 0]:
         resp = await client.get("/client/v1/validate", headers=H)
         assert resp.status == 200
         assert resp.headers["RateLimit-Policy"] == '"per_ip";q=5;w=5'
-        remaining, reset = map(int, RATE_LIMIT.match(resp.headers["RateLimit"]).groups())
+        remaining, reset = remaining_and_reset(resp.headers["RateLimit"])
         assert remaining == expected_remaining
         assert 0 <= reset <= 5
         assert "Retry-After" not in resp.headers
@@ -138,14 +150,16 @@ async def test_headers_on_allowed_and_refused(gateway, upstream):
     body = await resp.json()
     assert_429(resp.status, body, resp.headers)
     assert resp.headers["RateLimit-Policy"] == '"per_ip";q=5;w=5'
-    remaining, reset = map(int, RATE_LIMIT.match(resp.headers["RateLimit"]).groups())
+    remaining, reset = remaining_and_reset(resp.headers["RateLimit"])
     assert remaining == 0
     assert 1 <= reset <= int(resp.headers["Retry-After"]) <= 5
     assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN  # the browser can read the 429
     assert len(upstream.received) == 5
 
 
-async def test_refusals_and_preflights_do_not_count(gateway, upstream):
+async def test_refusals_and_preflights_do_not_count(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(limited(upstream.url, "2 per minute"))
     for _ in range(5):
         assert (await client.options("/client/v1/validations", headers=H)).status == 204
@@ -174,7 +188,9 @@ async def test_refusals_and_preflights_do_not_count(gateway, upstream):
     assert "RateLimit" not in preflight.headers
 
 
-async def test_distinct_peers_have_separate_budgets(gateway, upstream):
+async def test_distinct_peers_have_separate_budgets(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(limited(upstream.url, "2 per minute"))
     url = client.make_url("/client/v1/validate")
 
@@ -192,7 +208,9 @@ async def test_distinct_peers_have_separate_budgets(gateway, upstream):
     assert await statuses("127.0.0.1") == [429, 429, 429]
 
 
-async def test_spoofed_xff_from_an_untrusted_peer_shares_the_peers_budget(gateway, upstream):
+async def test_spoofed_xff_from_an_untrusted_peer_shares_the_peers_budget(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(limited(upstream.url, "2 per minute"))
     statuses = [
         (await client.get("/client/v1/validate", headers={**H, "X-Forwarded-For": f"198.51.100.{i}"})).status
@@ -202,7 +220,9 @@ async def test_spoofed_xff_from_an_untrusted_peer_shares_the_peers_budget(gatewa
     assert all("X-Forwarded-For" not in seen.headers for seen in upstream.received)
 
 
-async def test_xff_from_a_trusted_proxy_separates_clients(gateway, upstream):
+async def test_xff_from_a_trusted_proxy_separates_clients(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = limited(upstream.url, "2 per minute")
     tree["client_ip"] = {"trusted_proxies": ["127.0.0.0/8"]}
     client = await gateway(tree)
@@ -221,7 +241,7 @@ async def test_xff_from_a_trusted_proxy_separates_clients(gateway, upstream):
     assert await status("::ffff:198.51.100.2") == 429
 
 
-async def test_per_operation_buckets(gateway, upstream):
+async def test_per_operation_buckets(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = limited(upstream.url, "3 per minute", operations={"redeem": "1 per minute"})
     tree["projects"]["shop"]["danger_zone"] = {"redeem": True}
     client = await gateway(tree)
@@ -239,7 +259,9 @@ async def test_per_operation_buckets(gateway, upstream):
     assert (await client.post("/client/v1/redeem?code=A", data=b"{}", headers=headers)).status == 429
 
 
-async def test_project_overrides_and_separate_counts(gateway, upstream):
+async def test_project_overrides_and_separate_counts(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = limited(upstream.url, "2 per minute")
     shop = tree["projects"]["shop"]
     tree["projects"]["kiosk"] = {**shop, "rate_limit": {"per_ip": "4 per minute"}}
@@ -257,7 +279,9 @@ async def test_project_overrides_and_separate_counts(gateway, upstream):
     assert resp.headers["RateLimit-Policy"] == '"per_ip";q=4;w=60'
 
 
-async def test_store_down_allow_passes_and_deny_refuses(gateway, upstream):
+async def test_store_down_allow_passes_and_deny_refuses(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     client = await gateway(limited(upstream.url, storage=dead, storage_timeout=1))
     resp = await client.get("/client/v1/validate", headers=H)
@@ -271,7 +295,7 @@ async def test_store_down_allow_passes_and_deny_refuses(gateway, upstream):
     assert len(upstream.received) == 1
 
 
-def test_bucket_keys_are_the_keys_limits_names():
+def test_bucket_keys_are_the_keys_limits_names() -> None:
     """Old and new gateways share counts in Redis only if the keys are limits' own."""
     bucket = Bucket.parse("per_ip", "10 per second;100/minute;1000 per 2 hours", "shop/per_ip")
     for client in ("203.0.113.9", "2001:db8:1:2::/64", "unknown"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
 
 import aiohttp
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from tests.conftest import base_policy
 from tests.support.constants import H
 from tests.support.processes import GatewayProcessFactory, RedisCluster
+from tests.support.upstream_double import UpstreamDouble
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 VALIDATE = "/client/v1/validate?code=SAVE10"
@@ -22,7 +22,10 @@ PER_CLIENT = 40
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_exact_per_ip_limits_over_two_gateways_on_a_cluster(
-    strategy: str, redis_cluster: RedisCluster, upstream: Any, gateway_process: GatewayProcessFactory
+    strategy: str,
+    redis_cluster: RedisCluster,
+    upstream: UpstreamDouble,
+    gateway_process: GatewayProcessFactory,
 ) -> None:
     tree = base_policy(upstream.url)
     # deny and a generous store timeout: a slow answer on a loaded machine shows as a 503, never as a

@@ -11,14 +11,17 @@ from typing import Any
 import aiohttp
 import pytest
 from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import LimiterPool, StoreUnavailable, open_storage
-from tests.conftest import base_policy
+from gateway.ratelimit import LimiterPool, StoreUnavailable, bridge, open_storage
+from gateway.ratelimit.redis_store import RedisStore
+from tests.conftest import GatewayClient, GatewayFactory, base_policy
 from tests.support.constants import H
 from tests.support.processes import GatewayProcessFactory, RedisServer
+from tests.support.upstream_double import UpstreamDouble
 
 STRATEGIES = [s.value for s in Strategy]  # plain strings: they go into policy files
 VALIDATE = "/client/v1/validate?code=SAVE10"
@@ -34,7 +37,7 @@ def test_storage_clients_are_configured() -> None:
     """redis-py with a blocking pool, socket timeouts and at most one retry; no network needed."""
     plain = open_storage("redis://127.0.0.1:1/0", 0.25)
     assert isinstance(plain, RedisStorage)
-    client = plain.bridge.storage
+    client = bridge.client(plain)
     pool = client.connection_pool
     assert isinstance(pool, BlockingConnectionPool)
     assert pool.timeout == 0.25
@@ -47,8 +50,8 @@ def test_storage_clients_are_configured() -> None:
     assert not any(issubclass(error, timeouts) for error in retry._supported_errors), retry._supported_errors
     assert plain.wrap_exceptions is True
     secure = open_storage("rediss://127.0.0.1:1/0", 0.25)
-    assert isinstance(secure.bridge.storage.connection_pool, BlockingConnectionPool)
-    assert "SSL" in secure.bridge.storage.connection_pool.connection_class.__name__
+    assert isinstance(bridge.client(secure).connection_pool, BlockingConnectionPool)
+    assert "SSL" in bridge.client(secure).connection_pool.connection_class.__name__
     sentinel = open_storage("redis+sentinel://127.0.0.1:1/mymaster", 0.25)
     assert isinstance(sentinel, RedisSentinelStorage)
     assert type(sentinel.bridge).__name__ == "RedispyBridge"
@@ -61,18 +64,21 @@ async def test_start_loads_scripts_and_close_releases_pool(redis: RedisServer) -
     pool = LimiterPool()
     limiter = pool.limiter(redis.url, Strategy.MOVING_WINDOW, 0.5)
     await pool.start()
-    client = limiter.store.storage.bridge.storage
-    assert await client.script_exists(limiter.store.storage.bridge.lua_acquire_moving_window.sha) == [True]
+    assert isinstance(limiter.store, RedisStore)
+    storage = limiter.store.storage
+    assert isinstance(storage, RedisStorage) and isinstance(storage.bridge, RedispyBridge)
+    client = bridge.client(storage)
+    assert await client.script_exists(storage.bridge.lua_acquire_moving_window.sha) == [True]
     bucket = Bucket.parse("per_ip", "2 per hour", "p/per_ip")
     results = [await limiter.hit(bucket, "203.0.113.9") for _ in range(3)]
     assert [r.allowed for r in results] == [True, True, False]
     await pool.close()
-    assert limiter.store.storage.bridge.storage.connection_pool._in_use_connections == set()
+    assert client.connection_pool._in_use_connections == set()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_burst_over_two_instances_lets_exactly_k_through(
-    strategy: str, redis: RedisServer, upstream: Any, gateway_process: GatewayProcessFactory
+    strategy: str, redis: RedisServer, upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
 ) -> None:
     limit = 7
     # deny and a generous store timeout: on a loaded machine a slow Redis answer must show up as a 503
@@ -102,7 +108,7 @@ async def test_burst_over_two_instances_lets_exactly_k_through(
     assert len(upstream.received) == limit
 
 
-async def _send(client: Any, n: int) -> list[tuple[int, dict[str, Any], float]]:
+async def _send(client: GatewayClient, n: int) -> list[tuple[int, dict[str, Any], float]]:
     async def one() -> tuple[int, dict[str, Any], float]:
         started = time.monotonic()
         resp = await client.get(VALIDATE, headers=H, timeout=aiohttp.ClientTimeout(total=10))
@@ -112,7 +118,7 @@ async def _send(client: Any, n: int) -> list[tuple[int, dict[str, Any], float]]:
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def _until_limited(client: Any, deadline_s: float = 15) -> list[int]:
+async def _until_limited(client: GatewayClient, deadline_s: float = 15) -> list[int]:
     """One request at a time until a 429: the limit is enforced again (fails if it never is)."""
     seen: list[int] = []
     deadline = time.monotonic() + deadline_s
@@ -131,7 +137,11 @@ BOUND = 0.5 + 2.0
 
 @pytest.mark.parametrize("mode", ["allow", "deny"])
 async def test_redis_killed_restarted_and_frozen(
-    mode: str, redis: RedisServer, upstream: Any, gateway: Any, caplog: pytest.LogCaptureFixture
+    mode: str,
+    redis: RedisServer,
+    upstream: UpstreamDouble,
+    gateway: GatewayFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     policy = limited_policy(

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import base_policy
+from tests.conftest import GatewayClient, GatewayFactory, base_policy
 from tests.support.constants import H
 from tests.support.processes import SentinelGroup, redis_call
+from tests.support.upstream_double import UpstreamDouble
 
 VALIDATE = "/client/v1/validate?code=SAVE10"
 STORAGE_TIMEOUT = 0.5
@@ -25,7 +25,7 @@ STORAGE_TIMEOUT = 0.5
 BOUND = 2 * STORAGE_TIMEOUT + 2.0
 
 
-async def _round(client: Any, n: int) -> list[tuple[int, float]]:
+async def _round(client: GatewayClient, n: int) -> list[tuple[int, float]]:
     async def one() -> tuple[int, float]:
         started = time.monotonic()
         resp = await client.get(VALIDATE, headers=H, timeout=aiohttp.ClientTimeout(total=10))
@@ -37,7 +37,7 @@ async def _round(client: Any, n: int) -> list[tuple[int, float]]:
 
 @pytest.mark.parametrize("mode", ["deny", "allow"])
 async def test_sentinel_failover_keeps_requests_bounded_and_limits_back(
-    mode: str, redis_sentinel: SentinelGroup, upstream: Any, gateway: Any
+    mode: str, redis_sentinel: SentinelGroup, upstream: UpstreamDouble, gateway: GatewayFactory
 ) -> None:
     tree = base_policy(upstream.url)
     tree["rate_limit"] = {

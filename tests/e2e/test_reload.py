@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from tests.conftest import base_policy, free_port
-from tests.support.ops import labels, samples
-from tests.support.processes import GatewayProcess, run_cli, write_policy
+from tests.support.ops import OpsGatewayFactory, labels, samples
+from tests.support.processes import GatewayProcess, GatewayProcessFactory, run_cli, write_policy
+from tests.support.upstream_double import UpstreamDouble
 
 KEPT = "https://shop.example.com"
 DROPPED = "https://old.example.net"
@@ -38,7 +41,7 @@ async def client_loop(url: str, stop: asyncio.Event, seen: list[tuple[str, int, 
                     seen.append((origin, resp.status, body.get("key", "ok")))
 
 
-async def more_requests(seen: list[Any], count: int = 20) -> None:
+async def more_requests(seen: list[tuple[str, int, str]], count: int = 20) -> None:
     target = len(seen) + count
     for _ in range(3000):  # a bound for a stuck gateway, not a timing
         if len(seen) >= target:
@@ -47,14 +50,16 @@ async def more_requests(seen: list[Any], count: int = 20) -> None:
     raise AssertionError(f"the client loops stalled at {len(seen)} requests")
 
 
-def check_messages(path: Any) -> list[str]:
+def check_messages(path: Path) -> list[str]:
     result = run_cli("check", "--config", str(path))
     assert result.returncode == 1
     return [line.removeprefix("error: ") for line in result.stdout.splitlines() if line.startswith("error: ")]
 
 
 @pytest.mark.parametrize("trigger", ["sighup", "watch"])
-async def test_reload_under_load(gateway_process, upstream, tmp_path, trigger):
+async def test_reload_under_load(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, tmp_path: Path, trigger: str
+) -> None:
     admin_port = free_port()
     watch = trigger == "watch"
     gw: GatewayProcess = await gateway_process(policy_tree(upstream.url, admin_port, [KEPT, DROPPED], watch))
@@ -111,7 +116,9 @@ async def test_reload_under_load(gateway_process, upstream, tmp_path, trigger):
     }
 
 
-async def test_rate_limit_state_and_in_flight_requests_survive_a_reload(ops_gateway, upstream, tmp_path):
+async def test_rate_limit_state_and_in_flight_requests_survive_a_reload(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble, tmp_path: Path
+) -> None:
     from gateway.reload import PolicyReloader
     from tests.support.upstream_double import Reply
 
@@ -119,6 +126,7 @@ async def test_rate_limit_state_and_in_flight_requests_survive_a_reload(ops_gate
     tree["rate_limit"] = {"per_ip": "3 per minute"}
     gw = await ops_gateway(tree)
     path = write_policy(tmp_path / "policy.yaml", tree)
+    assert isinstance(gw.public.server, TestServer)
     reloader = PolicyReloader(gw.public.server.app, path, configure_logs=False)
     url = "/client/v1/validate"
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ORIGIN, base_policy, raw_url
+from tests.conftest import ORIGIN, GatewayFactory, base_policy, raw_url
 from tests.support.rawhttp import send
-from tests.support.upstream_double import Reply
+from tests.support.upstream_double import Reply, UpstreamDouble
 from tests.unit import test_server_mode as unit
 
 APP_ID = "server-app-id-51d0"
@@ -88,8 +88,16 @@ def assert_server_headers(headers: Any) -> None:
     ids=[f"{case[0]}:{case[2].partition('?')[0]}" for case in CASES],
 )
 async def test_operation_reaches_its_server_side_twin(
-    gateway, upstream, operation, method, path, body, up_method, up_path, up_body
-):
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    operation: str,
+    method: str,
+    path: str,
+    body: Any,
+    up_method: str,
+    up_path: str,
+    up_body: Any,
+) -> None:
     client = await gateway(**SERVER)
     answer: dict[str, Any] = {"object": "test", "operation": operation}
     if operation == "list_vouchers":
@@ -119,7 +127,9 @@ async def test_operation_reaches_its_server_side_twin(
         assert seen.headers["Content-Type"].startswith("application/json")
 
 
-async def test_update_consents_204_passes_through_empty(gateway, upstream):
+async def test_update_consents_204_passes_through_empty(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(**SERVER)
     upstream.reply(Reply(204))
     resp = await client.session.put(
@@ -132,7 +142,9 @@ async def test_update_consents_204_passes_through_empty(gateway, upstream):
     assert upstream.received[0].raw_path == "/v1/customers/c1/consents"
 
 
-async def test_named_project_route_works_in_server_mode(gateway, upstream):
+async def test_named_project_route_works_in_server_mode(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(**SERVER)
     resp = await client.session.get(raw_url(client, "/shop/client/v1/consents"), headers=BROWSER)
     assert resp.status == 200
@@ -162,7 +174,9 @@ async def test_named_project_route_works_in_server_mode(gateway, upstream):
     ],
 )
 @pytest.mark.parametrize("route", ["/redeem", "/validate"])
-async def test_code_injection_reaches_only_the_intended_path(gateway, upstream, route, query, expected):
+async def test_code_injection_reaches_only_the_intended_path(
+    gateway: GatewayFactory, upstream: UpstreamDouble, route: str, query: str, expected: str
+) -> None:
     client = await gateway(**SERVER)
     headers = {**BROWSER, "Content-Type": "application/json"}
     method = "POST" if route == "/redeem" else "GET"
@@ -182,7 +196,9 @@ async def test_code_injection_reaches_only_the_intended_path(gateway, upstream, 
 
 
 @pytest.mark.parametrize("target", ["/client/v1/redeem?code=a#b", "/client/v1/redeem?code=a\\b"])
-async def test_raw_fragment_or_backslash_in_code_is_refused(gateway, upstream, target):
+async def test_raw_fragment_or_backslash_in_code_is_refused(
+    gateway: GatewayFactory, upstream: UpstreamDouble, target: str
+) -> None:
     client = await gateway(**SERVER)
     resp = await send(client.port, "POST", target, [("Origin", ORIGIN), ("Content-Length", "0")])
     assert resp.status == 400, resp.status
@@ -211,8 +227,12 @@ BAD_ORIGINS: list[dict[str, str] | list[tuple[str, str]]] = [
 @pytest.mark.parametrize("origin_headers", BAD_ORIGINS, ids=[str(o) for o in BAD_ORIGINS])
 @pytest.mark.parametrize(("method", "path"), [("POST", "/redeem?code=SAVE10"), ("GET", "/validate?code=S")])
 async def test_server_mode_refuses_bad_origins_before_any_upstream_call(
-    gateway, upstream, origin_headers, method, path
-):
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    origin_headers: dict[str, str] | list[tuple[str, str]],
+    method: str,
+    path: str,
+) -> None:
     client = await gateway(**SERVER)
     headers: list[tuple[str, str]] = (
         list(origin_headers.items()) if isinstance(origin_headers, dict) else list(origin_headers)
@@ -230,7 +250,9 @@ async def test_server_mode_refuses_bad_origins_before_any_upstream_call(
     assert upstream.received == []
 
 
-async def test_server_mode_allows_wildcard_subdomain_and_missing_origin_when_configured(gateway, upstream):
+async def test_server_mode_allows_wildcard_subdomain_and_missing_origin_when_configured(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(**SERVER, allow_missing_origin=True)
     ok = await client.session.get(
         raw_url(client, "/client/v1/consents"), headers={"Origin": "https://a.b.example.org"}
@@ -243,7 +265,9 @@ async def test_server_mode_allows_wildcard_subdomain_and_missing_origin_when_con
     assert all("Origin" not in seen.headers for seen in upstream.received)
 
 
-async def test_server_mode_keeps_danger_zone_secret_and_rate_checks(gateway, upstream):
+async def test_server_mode_keeps_danger_zone_secret_and_rate_checks(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     tree = base_policy(upstream.url, **{**SERVER, "danger_zone": {"publish": True}})
     tree["rate_limit"] = {"per_ip": "2 per minute"}
     client = await gateway(tree)
@@ -268,7 +292,9 @@ async def test_server_mode_keeps_danger_zone_secret_and_rate_checks(gateway, ups
     assert len(upstream.received) == 2
 
 
-async def test_a_refused_code_is_not_counted_against_the_limit(gateway, upstream):
+async def test_a_refused_code_is_not_counted_against_the_limit(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     """The contract's order: 400 comes before 429, and only requests that pass every check count."""
     tree = base_policy(upstream.url, **SERVER)
     tree["rate_limit"] = {"per_ip": "2 per minute"}
@@ -308,7 +334,9 @@ SERVER_SIDE_HEADERS = {
 
 
 @pytest.mark.parametrize("status", [200, 400, 429])
-async def test_server_rate_limit_and_key_headers_never_reach_the_browser(gateway, upstream, status):
+async def test_server_rate_limit_and_key_headers_never_reach_the_browser(
+    gateway: GatewayFactory, upstream: UpstreamDouble, status: int
+) -> None:
     client = await gateway(**SERVER)
     body = {"code": status, "key": "k", "message": "m"} if status != 200 else {"valid": True}
     upstream.reply(Reply(status, body, headers=SERVER_SIDE_HEADERS))
@@ -342,7 +370,13 @@ async def test_server_rate_limit_and_key_headers_never_reach_the_browser(gateway
         ),
     ],
 )
-async def test_key_errors_become_502_with_an_operator_log(gateway, upstream, caplog, status, body):
+async def test_key_errors_become_502_with_an_operator_log(
+    gateway: GatewayFactory,
+    upstream: UpstreamDouble,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    body: dict[str, Any],
+) -> None:
     client = await gateway(**SERVER)
     upstream.reply(Reply(status, body, headers=SERVER_SIDE_HEADERS))
     with caplog.at_level(logging.INFO):
@@ -369,7 +403,9 @@ async def test_key_errors_become_502_with_an_operator_log(gateway, upstream, cap
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_client_mode_passes_401_and_403_through(gateway, upstream, status):
+async def test_client_mode_passes_401_and_403_through(
+    gateway: GatewayFactory, upstream: UpstreamDouble, status: int
+) -> None:
     client = await gateway()
     body = {"code": status, "key": "unauthorized", "message": "Unauthorized"}
     upstream.reply(Reply(status, body))
@@ -379,7 +415,9 @@ async def test_client_mode_passes_401_and_403_through(gateway, upstream, status)
     assert upstream.received[0].raw_path == "/client/v1/validate?code=S"
 
 
-async def test_list_vouchers_shows_the_browser_only_the_client_side_listing(gateway, upstream):
+async def test_list_vouchers_shows_the_browser_only_the_client_side_listing(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(**SERVER)
     voucher = {
         "object": "voucher",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from multidict import CIMultiDict
 
 from gateway.headers import request_headers, response_headers
-from tests.conftest import ORIGIN, assert_gateway_error, base_policy, free_port
+from tests.conftest import ORIGIN, GatewayFactory, assert_gateway_error, base_policy, free_port
 from tests.support.constants import JSON_H, H
-from tests.support.upstream_double import GarbageServer, Reply
+from tests.support.upstream_double import GarbageServer, Reply, UpstreamDouble
 
 CREDENTIALS = (("X-Client-Application-Id", "app"), ("X-Client-Token", "tok"))
 
@@ -57,7 +59,7 @@ BROWSER = CIMultiDict(
 )
 
 
-def test_request_headers_are_an_allow_list():
+def test_request_headers_are_an_allow_list() -> None:
     out = request_headers(BROWSER, CREDENTIALS, ORIGIN, "gw-1", forward_origin=True)
     assert dict(out) == {
         "Content-Type": "application/json",
@@ -74,7 +76,7 @@ def test_request_headers_are_an_allow_list():
     assert len(out) == 10  # one value each
 
 
-def test_request_headers_without_origin_and_in_server_mode():
+def test_request_headers_without_origin_and_in_server_mode() -> None:
     out = request_headers(
         BROWSER, (("X-App-Id", "id"), ("X-App-Token", "tok")), ORIGIN, "gw-1", forward_origin=False
     )
@@ -84,7 +86,7 @@ def test_request_headers_without_origin_and_in_server_mode():
     assert dict(out) == {"X-Client-Application-Id": "app", "X-Client-Token": "tok", "X-Request-Id": "gw-1"}
 
 
-def test_headers_named_in_connection_are_dropped():
+def test_headers_named_in_connection_are_dropped() -> None:
     incoming = CIMultiDict(
         [
             ("Accept-Language", "pl"),
@@ -99,7 +101,7 @@ def test_headers_named_in_connection_are_dropped():
     }
 
 
-def test_response_headers_are_an_allow_list():
+def test_response_headers_are_an_allow_list() -> None:
     upstream = (  # as the client hands them over: (name, value) pairs in the order received
         [
             ("Content-Type", "application/json; charset=utf-8"),
@@ -134,7 +136,9 @@ def test_response_headers_are_an_allow_list():
 # --- end to end
 
 
-async def test_upstream_status_body_and_errors_pass_through(gateway, upstream):
+async def test_upstream_status_body_and_errors_pass_through(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     error_400 = {
         "code": 400,
@@ -182,7 +186,9 @@ async def test_upstream_status_body_and_errors_pass_through(gateway, upstream):
     assert resp.headers["Vary"] == "Origin"
 
 
-async def test_upstream_plan_headers_and_cookies_never_reach_the_browser(gateway, upstream):
+async def test_upstream_plan_headers_and_cookies_never_reach_the_browser(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     upstream.reply(
         Reply(
@@ -217,7 +223,7 @@ async def test_upstream_plan_headers_and_cookies_never_reach_the_browser(gateway
     assert "X-Rate-Limit-Retry" not in resp.headers
 
 
-async def test_compressed_answers_are_decoded(gateway, upstream):
+async def test_compressed_answers_are_decoded(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     import gzip
 
     client = await gateway()
@@ -228,18 +234,20 @@ async def test_compressed_answers_are_decoded(gateway, upstream):
     assert await resp.json() == {"valid": True}
 
 
-def assert_error(status: int, body: dict, headers, code: int, key: str) -> None:
+def assert_error(status: int, body: dict[str, Any], headers: Mapping[str, str], code: int, key: str) -> None:
     assert_gateway_error(status, body, headers, code, key)
     assert headers["Access-Control-Allow-Origin"] == ORIGIN
 
 
-async def test_refused_port_is_502(gateway):
+async def test_refused_port_is_502(gateway: GatewayFactory) -> None:
     client = await gateway(base_policy(f"http://127.0.0.1:{free_port()}"))
     resp = await client.get("/client/v1/validate", headers=H)
     assert_error(resp.status, await resp.json(), resp.headers, 502, "upstream_unavailable")
 
 
-async def test_connection_reset_is_502_and_a_post_is_never_retried(gateway, upstream):
+async def test_connection_reset_is_502_and_a_post_is_never_retried(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway(danger_zone={"redeem": True})
     # warm a pooled keep-alive connection first: a reset on a reused connection is when clients retry
     assert (await client.get("/client/v1/validate", headers=H)).status == 200
@@ -251,7 +259,9 @@ async def test_connection_reset_is_502_and_a_post_is_never_retried(gateway, upst
     assert len(redemptions) == 1
 
 
-async def test_a_reset_on_a_fresh_connection_is_not_retried_either(gateway, upstream):
+async def test_a_reset_on_a_fresh_connection_is_not_retried_either(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     upstream.reply(Reply(reset=True))
     resp = await client.post("/client/v1/validations", data=b"{}", headers=JSON_H)
@@ -260,7 +270,7 @@ async def test_a_reset_on_a_fresh_connection_is_not_retried_either(gateway, upst
     assert len(upstream.received) == 1
 
 
-async def test_an_answer_that_is_not_http_is_502(gateway):
+async def test_an_answer_that_is_not_http_is_502(gateway: GatewayFactory) -> None:
     garbage = GarbageServer()
     await garbage.start()
     try:
@@ -272,7 +282,7 @@ async def test_an_answer_that_is_not_http_is_502(gateway):
         await garbage.close()
 
 
-async def test_a_slow_answer_is_504(gateway, upstream):
+async def test_a_slow_answer_is_504(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = base_policy(upstream.url)
     tree["upstream"] = {"read_timeout": 0.3}
     client = await gateway(tree)
@@ -286,7 +296,9 @@ async def test_a_slow_answer_is_504(gateway, upstream):
     assert (await client.post("/client/v1/validations", data=b"{}", headers=JSON_H)).status == 200
 
 
-async def test_a_get_is_not_retried_after_a_reset_either(gateway, upstream):
+async def test_a_get_is_not_retried_after_a_reset_either(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     assert (await client.get("/client/v1/validate", headers=H)).status == 200
     upstream.reply(Reply(reset=True))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from gateway.widget import WIDGET_ETAG, WIDGET_JS
-from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN
+from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, GatewayFactory
+from tests.support.upstream_double import UpstreamDouble
 
 
-async def test_widget_served_with_etag_and_revalidated(gateway, upstream):
+async def test_widget_served_with_etag_and_revalidated(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
     client = await gateway()
     first = await client.get("/widget.js")
     assert first.status == 200
@@ -22,14 +25,14 @@ async def test_widget_served_with_etag_and_revalidated(gateway, upstream):
     assert upstream.received == []
 
 
-async def test_widget_holds_no_credential(gateway):
+async def test_widget_holds_no_credential(gateway: GatewayFactory) -> None:
     client = await gateway()
     body = await (await client.get("/widget.js")).text()
     assert CLIENT_APP_ID not in body and CLIENT_TOKEN not in body
     assert "X-Client-Token" not in body
 
 
-async def test_demo_page_is_not_on_a_normal_gateway(gateway):
+async def test_demo_page_is_not_on_a_normal_gateway(gateway: GatewayFactory) -> None:
     client = await gateway()
     resp = await client.get("/", headers={"Origin": "https://shop.example.com"})
     assert resp.status == 404

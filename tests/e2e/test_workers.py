@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-from typing import Any
 
 import aiohttp
 import pytest
@@ -17,6 +16,7 @@ from gateway.policy import parse_policy
 from tests.conftest import base_policy, free_port
 from tests.support.constants import H
 from tests.support.processes import GatewayProcess, GatewayProcessFactory
+from tests.support.upstream_double import UpstreamDouble
 
 
 def _alive(pid: int) -> bool:
@@ -47,7 +47,7 @@ async def validate(session: aiohttp.ClientSession, gw: GatewayProcess) -> int:
 
 
 async def test_two_workers_serve_replace_reload_and_stop(
-    upstream: Any, gateway_process: GatewayProcessFactory
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
 ) -> None:
     gw = await gateway_process(base_policy(upstream.url), workers=2)
     assert f"127.0.0.1:{gw.port}" in gw.announced
@@ -81,7 +81,7 @@ async def test_two_workers_serve_replace_reload_and_stop(
 
 
 async def test_workers_drain_and_exit_when_the_supervisor_dies(
-    upstream: Any, gateway_process: GatewayProcessFactory
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
 ) -> None:
     """A SIGKILLed parent forwards nothing: each worker notices it has been orphaned and drains itself."""
     gw = await gateway_process(base_policy(upstream.url), workers=2)
@@ -113,7 +113,7 @@ def test_workers_argument_must_be_positive(capsys: pytest.CaptureFixture[str]) -
 
 
 async def test_one_metrics_scrape_covers_every_worker(
-    upstream: Any, gateway_process: GatewayProcessFactory
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
 ) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -145,7 +145,7 @@ async def test_one_metrics_scrape_covers_every_worker(
 
 
 async def test_parent_readiness_follows_a_deny_projects_limit_store(
-    upstream: Any, gateway_process: GatewayProcessFactory
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
 ) -> None:
     from tests.support.processes import RedisServer
 

@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from gateway.sandbox import SandboxCredentials, create_sandbox_app
 
@@ -22,16 +24,15 @@ CLIENT_HEADERS = {
 }
 SERVER_HEADERS = {"X-App-Id": "sandbox-app-id", "X-App-Token": "sandbox-secret-key"}
 
-Client = TestClient[Any, Any]
+Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def make_client(aiohttp_client: Any) -> MakeClient:
+async def make_client(aiohttp_client: AiohttpClient) -> MakeClient:
     async def make(**kwargs: Any) -> Client:
         credentials = kwargs.pop("credentials", SandboxCredentials(allowed_origins=(ORIGIN, ".example.org")))
-        client: Client = await aiohttp_client(create_sandbox_app(credentials, **kwargs))
-        return client
+        return await aiohttp_client(create_sandbox_app(credentials, **kwargs))
 
     return make
 

@@ -6,7 +6,7 @@ reusable credential scan over captured log lines. Real `serve` subprocesses are 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import pytest
@@ -48,7 +48,9 @@ class OpsGateway:
 
     @property
     def state(self) -> GatewayState:
-        return self.public.server.app[STATE]  # type: ignore[union-attr]
+        server = self.public.server
+        assert isinstance(server, TestServer)
+        return server.app[STATE]
 
     async def samples(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         """Every sample called `name` on /metrics, keyed by its sorted labels."""
@@ -68,8 +70,11 @@ def labels(**values: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(values.items()))
 
 
+OpsGatewayFactory = Callable[[dict[str, Any]], Awaitable[OpsGateway]]
+
+
 @pytest.fixture
-async def ops_gateway() -> AsyncIterator[Any]:
+async def ops_gateway() -> AsyncIterator[OpsGatewayFactory]:
     """`await ops_gateway(tree)`: an `OpsGateway` on real ports, closed at teardown."""
     clients: list[TestClient[web.Request, web.Application]] = []
 

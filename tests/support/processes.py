@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import pytest
 import yaml
+from limits.aio.storage import Storage
 
 from gateway.ratelimit import open_storage
 from gateway.ratelimit.redis_store import close as close_storage
@@ -320,10 +321,10 @@ def running_cluster_node(directory: Path) -> Iterator[RedisServer]:
     node = RedisServer("--cluster-enabled", "yes", "--cluster-port", bus, "--cluster-config-file", conf)
     try:
         node.start()
-        admin: Any = SyncRedis(port=node.port)  # execute_command is untyped
-        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + WAIT
-        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # takes a second or two
+        admin = SyncRedis(port=node.port)
+        admin.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + WAIT  # the cluster takes a second or two to come up
+        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # type: ignore[no-untyped-call]
             assert time.monotonic() < deadline, "the cluster did not come up"
             time.sleep(0.1)
         admin.close()
@@ -339,7 +340,7 @@ def cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def redis_storage(redis: RedisServer) -> AsyncIterator[Any]:
+async def redis_storage(redis: RedisServer) -> AsyncIterator[Storage]:
     """The gateway's limit storage on `redis`, emptied and closed afterwards."""
     store = open_storage(redis.url, 2.0)
     yield store
@@ -357,7 +358,7 @@ def redis_call(port: int, *command: str) -> Any:
 
     client = redis_py.Redis(port=port, socket_timeout=5, decode_responses=True)
     try:
-        return client.execute_command(*command)
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     finally:
         client.close()
 
@@ -513,7 +514,7 @@ class SentinelGroup:
         self.replica.start()
 
         def synced() -> bool:
-            return redis_info(self.replica.port)["master_link_status"] == "up"
+            return bool(redis_info(self.replica.port)["master_link_status"] == "up")
 
         _until(synced, "the replica did not sync")
         for sentinel in self.sentinels:

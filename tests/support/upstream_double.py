@@ -11,6 +11,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.serving import port_of
+
 
 @dataclass
 class Received:
@@ -80,8 +82,7 @@ class UpstreamDouble:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{port_of(self._runner)}"
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
 
@@ -33,23 +33,23 @@ PROXIES = ClientIpPolicy((ip_network("10.0.0.0/8"), ip_network("fd00::/8")))
         ("_hidden", None),
     ],
 )
-def test_parse_address(text, expected):
+def test_parse_address(text: str, expected: str | None) -> None:
     parsed = parse_address(text)
     assert (str(parsed) if parsed is not None else None) == expected
 
 
-def ip(text: str):
+def ip(text: str) -> IPv4Address | IPv6Address:
     return ip_address(text)
 
 
-def test_the_peer_is_the_client_without_trusted_proxies():
+def test_the_peer_is_the_client_without_trusted_proxies() -> None:
     assert client_address("203.0.113.7", [], NO_PROXIES) == ip("203.0.113.7")
     # A spoofed X-Forwarded-For from an untrusted peer is ignored entirely.
     assert client_address("203.0.113.7", ["198.51.100.1"], NO_PROXIES) == ip("203.0.113.7")
     assert client_address("203.0.113.7", ["198.51.100.1"], PROXIES) == ip("203.0.113.7")
 
 
-def test_xff_from_a_trusted_proxy_is_walked_from_the_right():
+def test_xff_from_a_trusted_proxy_is_walked_from_the_right() -> None:
     assert client_address("10.0.0.1", ["198.51.100.1"], PROXIES) == ip("198.51.100.1")
     # The left-most entries are whatever the client wrote; the first untrusted from the right is the client.
     assert client_address("10.0.0.1", ["1.1.1.1, 198.51.100.1, 10.0.0.2"], PROXIES) == ip("198.51.100.1")
@@ -58,33 +58,33 @@ def test_xff_from_a_trusted_proxy_is_walked_from_the_right():
     assert client_address("10.0.0.1", ["[2001:db8::5]:1234"], PROXIES) == ip("2001:db8::5")
 
 
-def test_all_trusted_hops_give_the_left_most():
+def test_all_trusted_hops_give_the_left_most() -> None:
     assert client_address("10.0.0.1", ["10.0.0.3, 10.0.0.2"], PROXIES) == ip("10.0.0.3")
 
 
 @pytest.mark.parametrize(
     "xff", [["198.51.100.1", "198.51.100.2"], ["garbage"], ["198.51.100.1, garbage"], [""]]
 )
-def test_anything_odd_falls_back_to_the_peer(xff):
+def test_anything_odd_falls_back_to_the_peer(xff: list[str]) -> None:
     assert client_address("10.0.0.1", xff, PROXIES) == ip("10.0.0.1")
 
 
-def test_ipv4_mapped_peer_is_the_ipv4_client():
+def test_ipv4_mapped_peer_is_the_ipv4_client() -> None:
     assert client_address("::ffff:10.0.0.1", ["198.51.100.1"], PROXIES) == ip("198.51.100.1")
     assert client_address("::ffff:203.0.113.7", [], NO_PROXIES) == ip("203.0.113.7")
 
 
-def test_unknown_peer():
+def test_unknown_peer() -> None:
     assert client_address(None, ["198.51.100.1"], PROXIES) is None
     assert bucket_key(None, 64) == "unknown"
 
 
-def test_ipv4_buckets_are_per_address():
+def test_ipv4_buckets_are_per_address() -> None:
     assert bucket_key(ip("203.0.113.7"), 64) == "203.0.113.7"
     assert bucket_key(ip("203.0.113.7"), 64) != bucket_key(ip("203.0.113.8"), 64)
 
 
-def test_an_ipv6_64_shares_one_bucket():
+def test_an_ipv6_64_shares_one_bucket() -> None:
     one = bucket_key(ip("2001:db8:1:2::1"), 64)
     assert one == "2001:db8:1:2::/64"
     assert bucket_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), 64) == one
@@ -93,7 +93,7 @@ def test_an_ipv6_64_shares_one_bucket():
     assert bucket_key(ip("2001:db8:1:2::1"), 48) == bucket_key(ip("2001:db8:1:ff::1"), 48)
 
 
-def test_ipv4_mapped_ipv6_counts_with_its_ipv4_address():
+def test_ipv4_mapped_ipv6_counts_with_its_ipv4_address() -> None:
     mapped = client_address("::ffff:203.0.113.7", [], NO_PROXIES)
     assert bucket_key(mapped, 64) == bucket_key(ip("203.0.113.7"), 64) == "203.0.113.7"
     # and two mapped IPv4 clients are not lumped into one IPv6 /64
@@ -101,25 +101,25 @@ def test_ipv4_mapped_ipv6_counts_with_its_ipv4_address():
     assert bucket_key(mapped, 64) != bucket_key(other, 64)
 
 
-def test_truncated_for_logs():
+def test_truncated_for_logs() -> None:
     assert truncated(ip("203.0.113.7")) == "203.0.113.0/24"
     assert truncated(ip("2001:db8:1:2::1")) == "2001:db8:1::/48"
     assert truncated(None) == "unknown"
 
 
 @pytest.mark.parametrize("text", ["2001:db8::1%a", "2001:db8::1%25b", "[2001:db8::1%eth0]:443", "fe80::1%1"])
-def test_a_zone_id_is_not_part_of_the_client(text):
+def test_a_zone_id_is_not_part_of_the_client(text: str) -> None:
     # A zone id only names the receiver's interface; kept, every made-up zone would be its own bucket
     # (with ipv6_prefix: 128) and show in the logs as the client's address.
     address = parse_address(text)
-    assert address is not None and address.scope_id is None
+    assert isinstance(address, IPv6Address) and address.scope_id is None
     policy = ClientIpPolicy((ip_network("10.0.0.0/8"),), ipv6_prefix=128)
     assert bucket_key(client_address("10.0.0.1", [text], policy), 128) == bucket_key(
         parse_address(text.split("%")[0].lstrip("[")), 128
     )
 
 
-def test_client_is_what_the_functions_say_remembered_and_bounded(monkeypatch):
+def test_client_is_what_the_functions_say_remembered_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client_ip, "CLIENT_CACHE_SIZE", 8)
     policy = ClientIpPolicy((ip_network("10.0.0.0/8"),), 48)
     cases = [

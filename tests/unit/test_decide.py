@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.compiled import CompiledPolicy, compile_policy
-from gateway.decide import Admit, Preflight, Refuse, check_body, decide, split_target
+from gateway.decide import Admit, Decision, Preflight, Refuse, check_body, decide, split_target
 from gateway.errors import Refused
 from tests.conftest import ORIGIN, base_policy, make_policy
 
@@ -32,19 +32,29 @@ OPEN = compiled(
 
 def run(
     method: str, target: str, *headers: tuple[str, str], policy: CompiledPolicy = POLICY, origin: bool = True
-):
+) -> Decision:
     all_headers = CIMultiDict(headers)
     if origin and "Origin" not in all_headers:
         all_headers["Origin"] = ORIGIN
     return decide(policy, method, target, all_headers)
 
 
-def refused(decision) -> str:
+def as_refusal(decision: Decision) -> Refuse:
     assert isinstance(decision, Refuse), decision
-    return decision.error.key.value
+    return decision
 
 
-def test_admitted_request_carries_its_target():
+def refused(decision: Decision) -> str:
+    return as_refusal(decision).error.key.value
+
+
+def cors(decision: Decision) -> tuple[tuple[str, str], ...]:
+    """The CORS headers a refusal or an admission answers with (a preflight has its own)."""
+    assert not isinstance(decision, Preflight), decision
+    return decision.cors
+
+
+def test_admitted_request_carries_its_target() -> None:
     decision = run(
         "PUT", "/shop/client/v1/customers/c%201%2Fx/consents?a=1", JSON_TYPE, ("Content-Length", "2")
     )
@@ -66,7 +76,7 @@ def test_admitted_request_carries_its_target():
         "/shop//client///v1//validate",
     ],
 )
-def test_default_project_prefix_and_merged_slashes(target):
+def test_default_project_prefix_and_merged_slashes(target: str) -> None:
     decision = run("GET", target)
     assert isinstance(decision, Admit)
     assert decision.target.operation_path == "/validate"
@@ -91,11 +101,11 @@ def test_default_project_prefix_and_merged_slashes(target):
         "",
     ],
 )
-def test_not_found(target):
+def test_not_found(target: str) -> None:
     assert refused(run("GET", target)) == "not_found"
 
 
-def test_no_default_project_means_no_bare_prefix():
+def test_no_default_project_means_no_bare_prefix() -> None:
     tree = base_policy("http://upstream.test")
     del tree["default_project"]
     policy = compile_policy(make_policy(tree))
@@ -115,8 +125,8 @@ def test_no_default_project_means_no_bare_prefix():
         ("DELETE", "/client/v1/vouchers", ("GET",)),
     ],
 )
-def test_method_not_allowed_lists_the_paths_methods(method, target, allow):
-    decision = run(method, target)
+def test_method_not_allowed_lists_the_paths_methods(method: str, target: str, allow: tuple[str, ...]) -> None:
+    decision = as_refusal(run(method, target))
     assert refused(decision) == "method_not_allowed"
     assert decision.error.allow == allow
 
@@ -145,21 +155,23 @@ TEXT = ("Content-Type", "text/plain")
         ("GET", "/client/v1/validate?a=%zz", [], "invalid_payload"),
     ],
 )
-def test_checks_run_in_the_contracts_order(method, target, headers, expected):
+def test_checks_run_in_the_contracts_order(
+    method: str, target: str, headers: list[tuple[str, str]], expected: str
+) -> None:
     assert refused(run(method, target, *headers)) == expected
 
 
 @pytest.mark.parametrize(
     "name", ["X-App-Token", "x-app-token", "X-APP-TOKEN", "X-Management-Token", "x-MANAGEMENT-token"]
 )
-def test_secret_headers_in_any_case(name):
-    decision = run("GET", "/client/v1/validate", (name, "sk_live_123"))
+def test_secret_headers_in_any_case(name: str) -> None:
+    decision = as_refusal(run("GET", "/client/v1/validate", (name, "sk_live_123")))
     assert refused(decision) == "secret_key_exposed"
     assert "sk_live_123" not in decision.error.details + decision.error.message
     assert "Rotate" in decision.error.details
 
 
-def test_origin_checks():
+def test_origin_checks() -> None:
     assert refused(run("GET", "/client/v1/validate", origin=False)) == "origin_not_allowed"
     assert (
         refused(run("GET", "/client/v1/validate", ("Origin", ORIGIN), ("Origin", ORIGIN)))
@@ -174,19 +186,19 @@ def test_origin_checks():
     )
 
 
-def test_cors_headers_by_kind_of_match():
+def test_cors_headers_by_kind_of_match() -> None:
     exact = run("GET", "/client/v1/validate")
-    assert dict(exact.cors)["Access-Control-Allow-Origin"] == ORIGIN
-    assert dict(exact.cors)["Access-Control-Allow-Credentials"] == "true"
+    assert dict(cors(exact))["Access-Control-Allow-Origin"] == ORIGIN
+    assert dict(cors(exact))["Access-Control-Allow-Credentials"] == "true"
     wildcard = run("GET", "/client/v1/validate", ("Origin", "https://a.b.example.org"))
-    assert dict(wildcard.cors)["Access-Control-Allow-Origin"] == "https://a.b.example.org"
-    assert dict(wildcard.cors)["Access-Control-Allow-Credentials"] == "true"
+    assert dict(cors(wildcard))["Access-Control-Allow-Origin"] == "https://a.b.example.org"
+    assert dict(cors(wildcard))["Access-Control-Allow-Credentials"] == "true"
     star_policy = compiled(allowed_origins=[ORIGIN, "*"])
     star = run("GET", "/client/v1/validate", ("Origin", "https://anyone.test"), policy=star_policy)
-    assert dict(star.cors)["Access-Control-Allow-Origin"] == "*"
-    assert "Access-Control-Allow-Credentials" not in dict(star.cors)
+    assert dict(cors(star))["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in dict(cors(star))
     refusal = run("GET", "/client/v1/validate", BAD_ORIGIN)
-    assert refusal.cors == ()
+    assert cors(refusal) == ()
 
 
 @pytest.mark.parametrize(
@@ -200,16 +212,16 @@ def test_cors_headers_by_kind_of_match():
         ("/client/v1/customers", "create_customers"),
     ],
 )
-def test_danger_zone_names_the_option(target, option):
+def test_danger_zone_names_the_option(target: str, option: str) -> None:
     method = "GET" if target.endswith("vouchers") else "POST"
-    decision = run(method, target)
+    decision = as_refusal(run(method, target))
     assert refused(decision) == "danger_zone_disabled"
     assert option in decision.error.details
     assert isinstance(run(method, target, policy=OPEN), Admit)
     assert decision.cors, "a refusal for an allowed origin still carries CORS so the browser can read it"
 
 
-def test_preflight():
+def test_preflight() -> None:
     decision = run("OPTIONS", "/client/v1/customers/c/consents", ("Access-Control-Request-Method", "PUT"))
     assert isinstance(decision, Preflight)
     headers = dict(decision.headers)
@@ -257,7 +269,7 @@ def test_preflight():
         ([], None),
     ],
 )
-def test_body_headers(headers, expected):
+def test_body_headers(headers: list[tuple[str, str]], expected: str | None) -> None:
     decision = run("POST", "/client/v1/validations", *headers)
     if expected is None:
         assert isinstance(decision, Admit), decision
@@ -276,14 +288,14 @@ def test_body_headers(headers, expected):
         "a=;:@,$!*'()",
     ],
 )
-def test_valid_query_strings(query):
+def test_valid_query_strings(query: str) -> None:
     assert isinstance(run("GET", f"/client/v1/validate?{query}"), Admit)
 
 
 @pytest.mark.parametrize(
     "query", ["a=%", "a=%4", "a=%zz", "a=b c", 'a="', "a=<b>", "a=\\", "a=#", "a=é", "a=\x00"]
 )
-def test_invalid_query_strings(query):
+def test_invalid_query_strings(query: str) -> None:
     assert refused(run("GET", f"/client/v1/validate?{query}")) == "invalid_payload"
 
 
@@ -315,7 +327,7 @@ def admitted(target: str, policy: CompiledPolicy = POLICY) -> Admit:
         b'{"a": 1,}',
     ],
 )
-def test_bodies_that_are_not_a_json_object(body):
+def test_bodies_that_are_not_a_json_object(body: bytes) -> None:
     refusal = body_refusal(admitted("/client/v1/validations"), body)
     assert refusal is not None
     assert refusal.error.key.value == "invalid_payload"
@@ -331,11 +343,11 @@ def body_refusal(admit: Admit, body: bytes) -> Refuse | None:
 
 
 @pytest.mark.parametrize("body", [b"{}", b'{"redeemables": [{"object": "voucher", "id": "SAVE10"}]}', b""])
-def test_bodies_accepted(body):
+def test_bodies_accepted(body: bytes) -> None:
     assert body_refusal(admitted("/client/v1/validations"), body) is None
 
 
-def test_the_body_is_parsed_once_and_handed_on():
+def test_the_body_is_parsed_once_and_handed_on() -> None:
     admit = admitted("/client/v1/validations")
     assert check_body(admit, b'{"redeemables": [{"id": "A"}], "n": 1.5}') == {
         "redeemables": [{"id": "A"}],
@@ -357,7 +369,7 @@ def test_the_body_is_parsed_once_and_handed_on():
         ({"event": "x", "metadata": {"loyalty": {"code": "L"}}}, False),
     ],
 )
-def test_track_event_body_danger(body, needs_option):
+def test_track_event_body_danger(body: dict[str, Any], needs_option: bool) -> None:
     raw = json.dumps(body).encode()
     refusal = body_refusal(admitted("/client/v1/events"), raw)
     if needs_option:
@@ -378,21 +390,21 @@ def test_track_event_body_danger(body, needs_option):
         b'{"event": "x", "event": "y"}',
     ],
 )
-def test_track_event_bypass_attempts(raw):
+def test_track_event_bypass_attempts(raw: bytes) -> None:
     refusal = body_refusal(admitted("/client/v1/events"), raw)
     assert refusal is not None, raw
 
 
-def test_early_refusals_carry_cors_only_for_an_allowed_origin():
+def test_early_refusals_carry_cors_only_for_an_allowed_origin() -> None:
     for target, method, headers in [
         ("/client/v1/nope", "GET", ()),
         ("/client/v1/validate", "POST", ()),
         ("/client/v1/validate", "GET", (SECRET,)),
     ]:
         allowed = run(method, target, *headers)
-        assert dict(allowed.cors)["Access-Control-Allow-Origin"] == ORIGIN, allowed
-        assert run(method, target, *headers, BAD_ORIGIN).cors == ()
-        assert run(method, target, *headers, origin=False).cors == ()
+        assert dict(cors(allowed))["Access-Control-Allow-Origin"] == ORIGIN, allowed
+        assert cors(run(method, target, *headers, BAD_ORIGIN)) == ()
+        assert cors(run(method, target, *headers, origin=False)) == ()
 
 
 @pytest.mark.parametrize(
@@ -404,7 +416,7 @@ def test_early_refusals_carry_cors_only_for_an_allowed_origin():
         ("/client/v1/validations", b'{"redeemables": [{"__proto__": null}]}'),
     ],
 )
-def test_bodies_with_a_proto_key_are_refused(target, body):
+def test_bodies_with_a_proto_key_are_refused(target: str, body: bytes) -> None:
     # JSON.parse keeps "__proto__" as an own key, but any Object.assign or `obj[key] = value` copy on
     # Voucherify's side turns it into the prototype: `body.loyalty` would then be there, unseen by our check.
     refusal = body_refusal(admitted(target), body)
@@ -415,14 +427,14 @@ def test_bodies_with_a_proto_key_are_refused(target, body):
     "body",
     [b'{"metadata": {"n": 1e400}}', b'{"metadata": {"n": -1E+999}}', b'{"n": 1' + b"0" * 400 + b"}"],
 )
-def test_numbers_beyond_a_double_are_refused(body):
+def test_numbers_beyond_a_double_are_refused(body: bytes) -> None:
     # Voucherify's JSON.parse reads them as Infinity, which no JSON text can carry on.
     refusal = body_refusal(admitted("/client/v1/validations"), body)
     assert refusal is not None and refusal.error.key.value == "invalid_payload"
 
 
 @pytest.mark.parametrize("body", [b'{"n": 1e308}', b'{"n": -1' + b"0" * 300 + b"}", b'{"n": 1e-400}'])
-def test_large_numbers_within_a_double_are_accepted(body):
+def test_large_numbers_within_a_double_are_accepted(body: bytes) -> None:
     assert body_refusal(admitted("/client/v1/validations"), body) is None
 
 
@@ -442,11 +454,13 @@ def test_large_numbers_within_a_double_are_accepted(body):
         ("client/v1/validate", ("client/v1/validate", "")),  # not a URL, not a path: no route
     ],
 )
-def test_a_target_counts_by_its_path_and_query_whatever_its_form(target: str, expected: tuple[str, str]):
+def test_a_target_counts_by_its_path_and_query_whatever_its_form(
+    target: str, expected: tuple[str, str]
+) -> None:
     assert split_target(target) == expected
 
 
-def test_the_absolute_form_is_decided_like_the_origin_form():
+def test_the_absolute_form_is_decided_like_the_origin_form() -> None:
     policy = POLICY
     headers = CIMultiDict({"Origin": ORIGIN})
     for target in ("/client/v1/validate?code=A", "http://anything.example/client/v1/validate?code=A"):

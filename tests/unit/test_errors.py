@@ -9,7 +9,7 @@ import pytest
 from gateway import errors
 
 
-def test_error_body_has_voucherify_shape_and_the_request_id():
+def test_error_body_has_voucherify_shape_and_the_request_id() -> None:
     body = json.loads(errors.danger_zone_disabled("redeem", "redeem").body("gw-1"))
     assert body == {
         "code": 403,
@@ -21,7 +21,7 @@ def test_error_body_has_voucherify_shape_and_the_request_id():
     assert "danger_zone.redeem" in body["details"]
 
 
-def test_a_hostile_origin_is_shortened_and_stripped_of_control_characters_before_it_is_echoed():
+def test_a_hostile_origin_is_shortened_and_stripped_of_control_characters_before_it_is_echoed() -> None:
     hostile = "https://evil.example/\x1b[31m\r\nX-Injected: 1" + "a" * 500
     details = errors.origin_not_allowed(hostile).details
     assert "\x1b" not in details and "\r" not in details and "\n" not in details
@@ -29,7 +29,7 @@ def test_a_hostile_origin_is_shortened_and_stripped_of_control_characters_before
     assert details.count("…") == 1
 
 
-def test_a_hostile_method_in_a_405_is_neutralised():
+def test_a_hostile_method_in_a_405_is_neutralised() -> None:
     details = errors.method_not_allowed("GET\x00\x07", ("POST",)).details
     assert "\x00" not in details and "\x07" not in details
     assert details.startswith("GET?? is not supported")

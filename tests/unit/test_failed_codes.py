@@ -62,7 +62,7 @@ def result(code: object, error_code: object = None) -> dict[str, object]:
 # --------------------------------------------------------------------------------------- counted routes
 
 
-def test_exactly_the_four_routes_of_the_contract_are_counted():
+def test_exactly_the_four_routes_of_the_contract_are_counted() -> None:
     assert {(r.operation.name, r.template) for r in ROUTES if counts(r)} == {
         ("validate", "/validate"),
         ("validate_stackable", "/validations"),
@@ -72,7 +72,7 @@ def test_exactly_the_four_routes_of_the_contract_are_counted():
     assert not counts(PROMOTIONS_VALIDATION)  # validate, but not on /validate
 
 
-def test_uncounted_routes_name_nothing_whatever_their_body_says():
+def test_uncounted_routes_name_nothing_whatever_their_body_says() -> None:
     for r in ROUTES:
         if not counts(r):
             assert named_codes(r, {"redeemables": [voucher("A"), voucher("B")]}) == 0, r.template
@@ -83,7 +83,7 @@ def test_uncounted_routes_name_nothing_whatever_their_body_says():
 
 @pytest.mark.parametrize("r", [VALIDATE, REDEEM])
 @pytest.mark.parametrize("document", [None, {}, {"redeemables": [voucher("A"), voucher("B")]}])
-def test_legacy_validate_and_redeem_name_one_code(r, document):
+def test_legacy_validate_and_redeem_name_one_code(r: Route, document: object) -> None:
     assert named_codes(r, document) == 1
 
 
@@ -108,11 +108,11 @@ def test_legacy_validate_and_redeem_name_one_code(r, document):
         ({"order": {"redeemables": [voucher("A"), voucher("B")]}}, 0),  # only the top-level list
     ],
 )
-def test_stackable_operations_name_the_length_of_redeemables(r, document, named):
+def test_stackable_operations_name_the_length_of_redeemables(r: Route, document: object, named: int) -> None:
     assert named_codes(r, document) == named
 
 
-def test_a_body_naming_redeemables_twice_is_refused_before_anything_is_counted():
+def test_a_body_naming_redeemables_twice_is_refused_before_anything_is_counted() -> None:
     """The strict parser refuses a key written twice, so a body cannot be counted by one `redeemables` and
     reach Voucherify with another (which one wins differs between parsers)."""
     policy = compile_policy(
@@ -153,18 +153,18 @@ default_project: shop
 # ---------------------------------------------------------------------------------------- unknown codes
 
 
-def test_an_upstream_404_counts_one():
+def test_an_upstream_404_counts_one() -> None:
     assert unknown_codes(404, answer({"code": 404, "key": "not_found"}), 1) == 1
     assert unknown_codes(404, b"", 1) == 1
     assert unknown_codes(404, b"<html>not found</html>", 3) == 1  # one, whatever the body
 
 
-def test_a_404_for_a_request_that_named_nothing_costs_nothing():
+def test_a_404_for_a_request_that_named_nothing_costs_nothing() -> None:
     assert unknown_codes(404, answer({"code": 404}), 0) == 0
     assert unknown_codes(200, answer({"redeemables": [result("A", 404)]}), 0) == 0
 
 
-def test_legacy_validate_answer_with_an_error_404_counts_one():
+def test_legacy_validate_answer_with_an_error_404_counts_one() -> None:
     body = {"valid": False, "code": "NOPE", "reason": "voucher not found", "error": {"code": 404}}
     assert unknown_codes(200, answer(body), 1) == 1
 
@@ -184,17 +184,17 @@ def test_legacy_validate_answer_with_an_error_404_counts_one():
         {"valid": False, "error": {"code": True}},
     ],
 )
-def test_codes_that_exist_cost_nothing(body):
+def test_codes_that_exist_cost_nothing(body: dict[str, object]) -> None:
     """Expired, inactive and inapplicable codes exist; only Voucherify's 404 says a code does not."""
     assert unknown_codes(200, answer(body), 1) == 0
 
 
 @pytest.mark.parametrize("code", [404, 404.0, "404", " 404 "])
-def test_a_404_error_code_is_read_as_a_number_or_a_string(code):
+def test_a_404_error_code_is_read_as_a_number_or_a_string(code: object) -> None:
     assert unknown_codes(200, answer({"valid": False, "error": {"code": code}}), 1) == 1
 
 
-def test_a_stackable_answer_counts_each_redeemable_whose_result_error_is_404():
+def test_a_stackable_answer_counts_each_redeemable_whose_result_error_is_404() -> None:
     body = {
         "valid": False,
         "redeemables": [
@@ -208,13 +208,13 @@ def test_a_stackable_answer_counts_each_redeemable_whose_result_error_is_404():
     assert unknown_codes(200, answer(body), 5) == 2
 
 
-def test_never_more_than_the_request_named():
+def test_never_more_than_the_request_named() -> None:
     body = {"valid": False, "redeemables": [result(f"N{i}", 404) for i in range(7)], "error": {"code": 404}}
     assert unknown_codes(200, answer(body), 3) == 3
     assert unknown_codes(200, answer(body), 1) == 1
 
 
-def test_failures_listed_in_inapplicable_redeemables_count_once():
+def test_failures_listed_in_inapplicable_redeemables_count_once() -> None:
     """Newer API versions list failures in `inapplicable_redeemables`, alone or as well as in
     `redeemables`: a code listed in both counts once, a code listed only there is not free."""
     both = {
@@ -230,12 +230,12 @@ def test_failures_listed_in_inapplicable_redeemables_count_once():
 
 
 @pytest.mark.parametrize("status", [201, 204, 299])
-def test_any_2xx_is_read(status):
+def test_any_2xx_is_read(status: int) -> None:
     assert unknown_codes(status, answer({"redeemables": [result("N", 404)]}), 1) == 1
 
 
 @pytest.mark.parametrize("status", [100, 301, 304, 400, 401, 403, 409, 422, 429, 500, 502, 503, 504])
-def test_other_statuses_count_nothing_even_with_404s_inside(status):
+def test_other_statuses_count_nothing_even_with_404s_inside(status: int) -> None:
     body = {"code": status, "error": {"code": 404}, "redeemables": [result("N", 404)]}
     assert unknown_codes(status, answer(body), 1) == 0
 
@@ -260,17 +260,17 @@ def test_other_statuses_count_nothing_even_with_404s_inside(status):
         b'{"error": {"code": NaN}}',
     ],
 )
-def test_odd_or_hostile_answers_count_only_what_the_rules_say(body):
+def test_odd_or_hostile_answers_count_only_what_the_rules_say(body: bytes) -> None:
     assert unknown_codes(200, body, 5) == 0
     assert unknown_codes(404, body, 5) == 1
 
 
-def test_an_answer_in_another_unicode_encoding_is_still_read():
+def test_an_answer_in_another_unicode_encoding_is_still_read() -> None:
     body = json.dumps({"error": {"code": 404}}).encode("utf-16")
     assert unknown_codes(200, body, 1) == 1
 
 
-def test_a_key_written_twice_in_an_answer_is_read_as_a_browser_reads_it():
+def test_a_key_written_twice_in_an_answer_is_read_as_a_browser_reads_it() -> None:
     """JSON.parse keeps the last of two equal keys, as Python's parser does."""
     assert unknown_codes(200, b'{"error": {"code": 404}, "error": {"code": 400}}', 1) == 0
     assert unknown_codes(200, b'{"error": {"code": 400}, "error": {"code": 404}}', 1) == 1
@@ -279,7 +279,7 @@ def test_a_key_written_twice_in_an_answer_is_read_as_a_browser_reads_it():
 # ---------------------------------------------------------------------------------------- the budget
 
 
-def test_the_budget_is_compiled_from_a_single_limit():
+def test_the_budget_is_compiled_from_a_single_limit() -> None:
     assert (BUDGET.project, BUDGET.limit, BUDGET.window) == ("shop", 10, 3600)
     assert BUDGET.policy_member == '"failed_codes";q=10;w=3600'
     assert FailedCodeBudget.parse("p", "3/minute").policy_member == '"failed_codes";q=3;w=60'
@@ -288,7 +288,7 @@ def test_the_budget_is_compiled_from_a_single_limit():
         FailedCodeBudget.parse("p", "10/hour;3/minute")
 
 
-def test_the_ledger_key_is_the_clients_bucket_key_per_project_and_not_the_limit():
+def test_the_ledger_key_is_the_clients_bucket_key_per_project_and_not_the_limit() -> None:
     assert BUDGET.key("203.0.113.7") == "failed_codes/shop/203.0.113.7"
     assert BUDGET.key("2001:db8::/64") == "failed_codes/shop/2001:db8::/64"
     assert FailedCodeBudget.parse("other", "10 per hour").key("203.0.113.7") != BUDGET.key("203.0.113.7")
@@ -296,13 +296,13 @@ def test_the_ledger_key_is_the_clients_bucket_key_per_project_and_not_the_limit(
     assert FailedCodeBudget.parse("shop", "3 per minute").key("203.0.113.7") == BUDGET.key("203.0.113.7")
 
 
-def test_state_member():
+def test_state_member() -> None:
     assert state_member(3, 1199.2) == '"failed_codes";r=3;t=1200'
     assert state_member(0, 0) == '"failed_codes";r=0;t=0'
     assert state_member(-1, -5) == '"failed_codes";r=0;t=0'
 
 
-def test_remaining_after_settling_gives_back_what_existed():
+def test_remaining_after_settling_gives_back_what_existed() -> None:
     # held 3, 1 unknown: 2 come back
     assert remaining_after(BUDGET, remaining=4, held=3, kept=1) == 6
     assert remaining_after(BUDGET, remaining=4, held=3, kept=3) == 4
@@ -310,7 +310,7 @@ def test_remaining_after_settling_gives_back_what_existed():
     assert remaining_after(BUDGET, remaining=0, held=0, kept=0) == 0
 
 
-def test_retry_after_is_at_least_one_second_and_never_before_t():
+def test_retry_after_is_at_least_one_second_and_never_before_t() -> None:
     assert refusal_retry_after(0, 0) == 1
     assert refusal_retry_after(12.1, 3) == 13
     assert refusal_retry_after(2, 40.5) == 41
@@ -322,7 +322,7 @@ PER_IP = [
 ]
 
 
-def test_the_budget_is_the_second_member_after_the_per_ip_one():
+def test_the_budget_is_the_second_member_after_the_per_ip_one() -> None:
     fields = with_budget_fields(PER_IP, BUDGET, state_member(7, 3000))
     assert fields == [
         ("RateLimit-Policy", '"per_ip";q=5;w=5, "failed_codes";q=10;w=3600'),
@@ -330,12 +330,12 @@ def test_the_budget_is_the_second_member_after_the_per_ip_one():
     ]
 
 
-def test_a_refusal_adds_retry_after():
+def test_a_refusal_adds_retry_after() -> None:
     fields = with_budget_fields(PER_IP, BUDGET, state_member(0, 50), retry_after=50)
     assert ("Retry-After", "50") in fields
 
 
-def test_retry_after_is_the_later_of_both():
+def test_retry_after_is_the_later_of_both() -> None:
     earlier = [*PER_IP, ("Retry-After", "3")]
     assert ("Retry-After", "50") in with_budget_fields(earlier, BUDGET, state_member(0, 50), retry_after=50)
     later = [*PER_IP, ("Retry-After", "90")]
@@ -344,7 +344,7 @@ def test_retry_after_is_the_later_of_both():
     assert [v for n, v in untouched if n == "Retry-After"] == ["90"]
 
 
-def test_without_per_ip_fields_the_budget_stands_alone():
+def test_without_per_ip_fields_the_budget_stands_alone() -> None:
     """The per-IP step failed open (store down, on_storage_error: allow) and left no fields."""
     assert with_budget_fields([], BUDGET, state_member(10, 0)) == [
         ("RateLimit-Policy", '"failed_codes";q=10;w=3600'),
@@ -352,7 +352,7 @@ def test_without_per_ip_fields_the_budget_stands_alone():
     ]
 
 
-def test_an_operations_own_bucket_keeps_its_name():
+def test_an_operations_own_bucket_keeps_its_name() -> None:
     own = [("RateLimit-Policy", '"redeem";q=3;w=60'), ("RateLimit", '"redeem";r=2;t=60')]
     fields = dict(with_budget_fields(own, BUDGET, state_member(1, 9)))
     assert fields["RateLimit-Policy"] == '"redeem";q=3;w=60, "failed_codes";q=10;w=3600'

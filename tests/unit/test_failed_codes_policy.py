@@ -36,14 +36,14 @@ def problems(text: str) -> list[str]:
     return caught.value.problems
 
 
-def test_defaults_are_off():
+def test_defaults_are_off() -> None:
     policy = parse_policy(policy_text(), env={})
     limits = policy.rate_limit
     assert (limits.failed_codes, limits.upstream_quota, limits.redeem_reserve) == (None, None, 0)
     assert all(p.failed_codes is None for p in compile_policy(policy).projects.values())
 
 
-def test_a_top_level_budget_is_inherited_and_compiled_once_per_project():
+def test_a_top_level_budget_is_inherited_and_compiled_once_per_project() -> None:
     compiled = compile_policy(parse_policy(policy_text(top="failed_codes: 10 per hour"), env={}))
     shop, other = compiled.projects["shop"].failed_codes, compiled.projects["other"].failed_codes
     assert shop is not None and other is not None
@@ -52,7 +52,7 @@ def test_a_top_level_budget_is_inherited_and_compiled_once_per_project():
     assert shop.key("198.51.100.1") != other.key("198.51.100.1")
 
 
-def test_a_project_replaces_the_budget_or_turns_it_off_with_null():
+def test_a_project_replaces_the_budget_or_turns_it_off_with_null() -> None:
     text = policy_text(
         top="failed_codes: 10 per hour, upstream_quota: 2000 per minute, redeem_reserve: 0.2",
         shop="failed_codes: null, upstream_quota: null",
@@ -73,13 +73,13 @@ def test_a_project_replaces_the_budget_or_turns_it_off_with_null():
     assert third_budget is not None and (third_budget.limit, third_budget.window) == (3, 60)
 
 
-def test_a_project_that_leaves_other_keys_out_still_inherits_the_budget():
+def test_a_project_that_leaves_other_keys_out_still_inherits_the_budget() -> None:
     policy = parse_policy(policy_text(top="failed_codes: 10 per hour", shop="per_ip: 20 per minute"), env={})
     assert policy.rate_limit_for("shop").failed_codes == "10 per hour"
     assert policy.rate_limit_for("shop").per_ip == "20 per minute"
 
 
-def test_an_explicit_null_for_an_older_key_still_means_inherit():
+def test_an_explicit_null_for_an_older_key_still_means_inherit() -> None:
     """Only failed_codes and upstream_quota take null as off; `per_ip: null` keeps inheriting as before."""
     policy = parse_policy(policy_text(top="per_ip: 7 per minute", shop="per_ip: null"), env={})
     assert policy.rate_limit_for("shop").per_ip == "7 per minute"
@@ -98,7 +98,7 @@ def test_an_explicit_null_for_an_older_key_still_means_inherit():
         ("3", "Input should be a valid string"),
     ],
 )
-def test_check_refuses_anything_but_a_single_limit(key, value, message):
+def test_check_refuses_anything_but_a_single_limit(key: str, value: str, message: str) -> None:
     top = problems(policy_text(top=f"{key}: {value!r}" if not value.isdigit() else f"{key}: {value}"))
     assert len(top) == 1 and top[0].startswith(f"rate_limit.{key}: ") and message in top[0], top
     shop = problems(policy_text(shop=f"{key}: {value!r}" if not value.isdigit() else f"{key}: {value}"))
@@ -106,13 +106,13 @@ def test_check_refuses_anything_but_a_single_limit(key, value, message):
 
 
 @pytest.mark.parametrize("value", ["10 per hour", "10/hour", "1 per 5 seconds", "2000 per minute", "7/day"])
-def test_single_limits_are_accepted(value):
+def test_single_limits_are_accepted(value: str) -> None:
     policy = parse_policy(policy_text(top=f"failed_codes: {value}, upstream_quota: {value}"), env={})
     assert policy.rate_limit.failed_codes == value
 
 
 @pytest.mark.parametrize("value", ["0", "0.2", "1", "1.0", "'0.5'"])
-def test_redeem_reserve_from_0_to_1(value):
+def test_redeem_reserve_from_0_to_1(value: str) -> None:
     parse_policy(policy_text(top=f"redeem_reserve: {value}", shop=f"redeem_reserve: {value}"), env={})
 
 
@@ -126,12 +126,12 @@ def test_redeem_reserve_from_0_to_1(value):
         ("null", "valid number"),  # at the top level it is no on/off key
     ],
 )
-def test_redeem_reserve_outside_0_to_1_is_refused(value, message):
+def test_redeem_reserve_outside_0_to_1_is_refused(value: str, message: str) -> None:
     found = problems(policy_text(top=f"redeem_reserve: {value}"))
     assert len(found) == 1 and found[0].startswith("rate_limit.redeem_reserve: ") and message in found[0]
 
 
-def test_every_problem_is_listed_at_once():
+def test_every_problem_is_listed_at_once() -> None:
     found = problems(
         policy_text(
             top="failed_codes: 1/hour;1/minute, upstream_quota: 0/minute, redeem_reserve: 2",
@@ -147,7 +147,7 @@ def test_every_problem_is_listed_at_once():
     ]
 
 
-def test_environment_references_work_in_the_budget():
+def test_environment_references_work_in_the_budget() -> None:
     text = policy_text(top="failed_codes: '${FC:-10 per hour}', redeem_reserve: '${RESERVE}'")
     policy = parse_policy(text, env={"RESERVE": "0.25"})
     assert (policy.rate_limit.failed_codes, policy.rate_limit.redeem_reserve) == ("10 per hour", 0.25)
@@ -155,7 +155,7 @@ def test_environment_references_work_in_the_budget():
     assert policy.rate_limit.failed_codes == "3/minute"
 
 
-def test_the_refusal_is_a_429_with_the_contracts_message():
+def test_the_refusal_is_a_429_with_the_contracts_message() -> None:
     error = errors.too_many_failed_codes(42)
     assert error.status == 429
     body = json.loads(error.body("gw-1"))
@@ -169,7 +169,7 @@ def test_the_refusal_is_a_429_with_the_contracts_message():
     assert "42 seconds" in body["details"]
 
 
-def test_metrics_count_unknown_codes_and_refusals_per_project():
+def test_metrics_count_unknown_codes_and_refusals_per_project() -> None:
     metrics = Metrics()
     batch = [
         Outcome("gw-1", "POST", project="shop", operation="validate_stackable", status=200, unknown_codes=2),
@@ -197,7 +197,7 @@ def test_metrics_count_unknown_codes_and_refusals_per_project():
     assert registry.get_sample_value("gateway_requests_total", decision) == 1
 
 
-def test_the_demo_policy_turns_the_budget_on():
+def test_the_demo_policy_turns_the_budget_on() -> None:
     from gateway.demo import demo_policy
     from gateway.sandbox import SandboxCredentials
 

@@ -11,12 +11,14 @@ import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from multidict import CIMultiDict
 
 from gateway import http1
-from gateway.errors import Refused
+from gateway.errors import GatewayError, Refused
 from gateway.http1 import (
     ConnectFailed,
     ConnectionLost,
@@ -164,14 +166,14 @@ async def client() -> AsyncIterator[Http1Client]:
     await http.close()
 
 
-async def get(http: Http1Client, server: Upstream, target: str = "/v1/x", **kw):
+async def get(http: Http1Client, server: Upstream, target: str = "/v1/x", **kw: Any) -> http1.Response:
     return await http.request(server.url, kw.pop("method", "GET"), target, kw.pop("headers", ()), b"", T)
 
 
 # --- what is sent
 
 
-async def test_the_request_is_exactly_what_was_asked(servers, client):
+async def test_the_request_is_exactly_what_was_asked(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply()))
     headers = CIMultiDict([("X-Client-Token", "tok"), ("Accept", "application/json")])
     await client.request(server.url, "POST", "/client/v1/validate?code=A", headers.items(), b"{}", T)
@@ -190,7 +192,9 @@ async def test_the_request_is_exactly_what_was_asked(servers, client):
     ]
 
 
-async def test_the_client_owns_framing_headers_and_a_base_path_prefix(servers, client):
+async def test_the_client_owns_framing_headers_and_a_base_path_prefix(
+    servers: Servers, client: Http1Client
+) -> None:
     server = await servers(answering(reply()))
     headers = [
         ("Host", "evil.test"),
@@ -211,7 +215,7 @@ async def test_the_client_owns_framing_headers_and_a_base_path_prefix(servers, c
 # --- how answers are read
 
 
-async def test_content_length_body(servers, client):
+async def test_content_length_body(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply(b"hello", headers=(("X-Cafe", "d\xe9j\xe0"),))))
     response = await get(client, server)
     assert response.status == 200
@@ -219,7 +223,7 @@ async def test_content_length_body(servers, client):
     assert response.headers == [("X-Cafe", "d\xe9j\xe0"), ("Content-Length", "5")]  # latin-1, as received
 
 
-async def test_chunked_body(servers, client):
+async def test_chunked_body(servers: Servers, client: Http1Client) -> None:
     chunked = b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\n\r\n"
     server = await servers(
         answering(reply(chunked, headers=(("Transfer-Encoding", "chunked"),), length=False))
@@ -230,7 +234,7 @@ async def test_chunked_body(servers, client):
     assert server.connections == 1
 
 
-async def test_close_delimited_body(servers, client):
+async def test_close_delimited_body(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply(b"until the end", length=False), keep=False))
     response = await get(client, server)
     assert (response.status, response.body) == (200, b"until the end")
@@ -238,7 +242,7 @@ async def test_close_delimited_body(servers, client):
     assert server.connections == 2  # a body read to EOF leaves nothing to reuse
 
 
-async def test_a_close_delimited_body_is_capped_too(servers):
+async def test_a_close_delimited_body_is_capped_too(servers: Servers) -> None:
     http = Http1Client(10, max_body=1000)
     try:
         server = await servers(answering(reply(b"x" * 5000, length=False), keep=False))
@@ -248,7 +252,9 @@ async def test_a_close_delimited_body_is_capped_too(servers):
         await http.close()
 
 
-async def test_gzip_and_deflate_bodies_are_decoded_and_their_header_dropped(servers, client):
+async def test_gzip_and_deflate_bodies_are_decoded_and_their_header_dropped(
+    servers: Servers, client: Http1Client
+) -> None:
     data = b'{"valid": true, "padding": "' + b"x" * 500 + b'"}'
     raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     answers = [
@@ -264,7 +270,7 @@ async def test_gzip_and_deflate_bodies_are_decoded_and_their_header_dropped(serv
     assert server.connections == 1
 
 
-async def test_an_encoding_not_asked_for_or_broken_is_refused(servers, client):
+async def test_an_encoding_not_asked_for_or_broken_is_refused(servers: Servers, client: Http1Client) -> None:
     server = await servers(
         answering(
             reply(b"\x0b\x01\x80hello", headers=(("Content-Encoding", "br"),)),
@@ -277,7 +283,7 @@ async def test_an_encoding_not_asked_for_or_broken_is_refused(servers, client):
             await get(client, server)
 
 
-async def test_interim_100_continue_is_skipped(servers, client):
+async def test_interim_100_continue_is_skipped(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(b"real", status="201 Created")))
     response = await get(client, server)
     assert (response.status, response.body) == (201, b"real")
@@ -285,7 +291,7 @@ async def test_interim_100_continue_is_skipped(servers, client):
     assert server.connections == 1
 
 
-async def test_head_has_no_body_and_204_and_304_neither(servers, client):
+async def test_head_has_no_body_and_204_and_304_neither(servers: Servers, client: Http1Client) -> None:
     server = await servers(
         answering(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",  # a HEAD answer: the length of a body not sent
@@ -304,7 +310,7 @@ async def test_head_has_no_body_and_204_and_304_neither(servers, client):
 # --- connection reuse
 
 
-async def test_keep_alive_reuses_one_connection(servers, client):
+async def test_keep_alive_reuses_one_connection(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply()))
     for _ in range(3):
         assert (await get(client, server)).status == 200
@@ -312,29 +318,35 @@ async def test_keep_alive_reuses_one_connection(servers, client):
     assert len(server.requests) == 3
 
 
-async def test_connection_close_is_not_reused(servers, client):
+async def test_connection_close_is_not_reused(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply(headers=(("Connection", "close"),)), keep=True))
     for _ in range(2):
         assert (await get(client, server)).status == 200
     assert server.connections == 2
 
 
-async def test_http_1_0_answer_is_not_reused(servers, client):
+async def test_http_1_0_answer_is_not_reused(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
     for _ in range(2):
         assert (await get(client, server)).body == b"ok"
     assert server.connections == 2
 
 
-async def test_bytes_after_the_answer_make_the_connection_unusable(servers, client):
+async def test_bytes_after_the_answer_make_the_connection_unusable(
+    servers: Servers, client: Http1Client
+) -> None:
     server = await servers(answering(reply(b"one") + reply(b"smuggled"), reply(b"two")))
     assert (await get(client, server)).body == b"one"
     assert (await get(client, server)).body == b"two"  # not the unasked-for second answer
     assert server.connections == 2
 
 
-async def test_bytes_arriving_while_idle_make_the_connection_unusable(servers, client):
-    async def answer_then_more(reader, writer, index):
+async def test_bytes_arriving_while_idle_make_the_connection_unusable(
+    servers: Servers, client: Http1Client
+) -> None:
+    async def answer_then_more(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> bool:
         writer.write(reply(b"%d" % index))
         await writer.drain()
         if index == 0:
@@ -349,8 +361,12 @@ async def test_bytes_arriving_while_idle_make_the_connection_unusable(servers, c
     assert server.connections == 2
 
 
-async def test_an_idle_connection_closed_by_the_server_is_never_used(servers, client):
-    async def answer_then_close(reader, writer, index):
+async def test_an_idle_connection_closed_by_the_server_is_never_used(
+    servers: Servers, client: Http1Client
+) -> None:
+    async def answer_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> bool:
         writer.write(reply(b"%d" % index))
         await writer.drain()
         return False  # the server closes the keep-alive connection right after answering
@@ -363,7 +379,7 @@ async def test_an_idle_connection_closed_by_the_server_is_never_used(servers, cl
     assert len(server.requests) == 2
 
 
-async def test_idle_connections_are_closed_after_the_idle_timeout(servers):
+async def test_idle_connections_are_closed_after_the_idle_timeout(servers: Servers) -> None:
     http = Http1Client(10, idle_timeout=0.2)
     try:
         server = await servers(answering(reply()))
@@ -380,8 +396,8 @@ async def test_idle_connections_are_closed_after_the_idle_timeout(servers):
 # --- faults: never retried
 
 
-async def test_a_reset_mid_answer_fails_and_is_not_retried(servers, client):
-    async def half_then_reset(reader, writer, index):
+async def test_a_reset_mid_answer_fails_and_is_not_retried(servers: Servers, client: Http1Client) -> None:
+    async def half_then_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         if index == 0:
             writer.write(reply())
         else:
@@ -401,8 +417,8 @@ async def test_a_reset_mid_answer_fails_and_is_not_retried(servers, client):
     assert server.connections == 1
 
 
-async def test_eof_before_any_answer_fails(servers, client):
-    async def close(reader, writer, index):
+async def test_eof_before_any_answer_fails(servers: Servers, client: Http1Client) -> None:
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         return False
 
     server = await servers(close)
@@ -411,14 +427,14 @@ async def test_eof_before_any_answer_fails(servers, client):
     assert len(server.requests) == 1
 
 
-async def test_a_garbage_answer_fails(servers, client):
+async def test_a_garbage_answer_fails(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"\x00\x01garbage that is not http\r\n\r\n"))
     with pytest.raises(ProtocolError):
         await get(client, server)
     assert client.open_connections == 0
 
 
-async def test_a_smuggling_shaped_answer_fails(servers, client):
+async def test_a_smuggling_shaped_answer_fails(servers: Servers, client: Http1Client) -> None:
     server = await servers(
         answering(reply(b"0\r\n\r\n", headers=(("Transfer-Encoding", "chunked"),)))  # and Content-Length
     )
@@ -426,13 +442,13 @@ async def test_a_smuggling_shaped_answer_fails(servers, client):
         await get(client, server)
 
 
-async def test_an_upgrade_answer_fails(servers, client):
+async def test_an_upgrade_answer_fails(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"))
     with pytest.raises(ProtocolError):
         await get(client, server)
 
 
-async def test_oversized_answers_fail(servers):
+async def test_oversized_answers_fail(servers: Servers) -> None:
     http = Http1Client(10, max_body=1000)
     try:
         big = b"x" * 5000
@@ -459,8 +475,8 @@ async def test_oversized_answers_fail(servers):
         await http.close()
 
 
-async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers):
-    async def declared(reader, writer, index):
+async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers: Servers) -> None:
+    async def declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")  # and no body, ever
         await writer.drain()
         await asyncio.sleep(10)
@@ -477,7 +493,7 @@ async def test_a_declared_length_over_the_bound_is_refused_before_its_body(serve
         await http.close()
 
 
-async def test_a_declared_length_on_head_and_304_is_not_a_body(servers, client):
+async def test_a_declared_length_on_head_and_304_is_not_a_body(servers: Servers, client: Http1Client) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n"
     server = await servers(
         answering(head, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1073741824\r\n\r\n")
@@ -486,10 +502,10 @@ async def test_a_declared_length_on_head_and_304_is_not_a_body(servers, client):
     assert (await get(client, server)).status == 304
 
 
-async def test_a_failed_answer_is_freed_without_the_cyclic_collector(servers):
+async def test_a_failed_answer_is_freed_without_the_cyclic_collector(servers: Servers) -> None:
     """The server makes full collections rare, so nothing of a failed answer may wait for one."""
 
-    async def too_big(reader, writer, index):
+    async def too_big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 5000)
         await writer.drain()
         return False
@@ -517,12 +533,12 @@ async def test_a_failed_answer_is_freed_without_the_cyclic_collector(servers):
         await http.close()
 
 
-async def test_the_bodies_of_all_answers_in_flight_are_bounded_together(servers):
+async def test_the_bodies_of_all_answers_in_flight_are_bounded_together(servers: Servers) -> None:
     first_half = asyncio.Event()
     finish = asyncio.Event()
 
     def halves(hold: bool) -> Answer:
-        async def answer(reader, writer, index):
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1800\r\n\r\n" + b"x" * 900)
             await writer.drain()
             if hold:
@@ -556,8 +572,10 @@ async def test_the_bodies_of_all_answers_in_flight_are_bounded_together(servers)
         await http.close()
 
 
-async def test_a_trickling_upstream_times_out_within_the_read_timeout(servers, client):
-    async def trickle(reader, writer, index):
+async def test_a_trickling_upstream_times_out_within_the_read_timeout(
+    servers: Servers, client: Http1Client
+) -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
         for _ in range(100):
             await asyncio.sleep(0.05)
@@ -577,8 +595,10 @@ async def test_a_trickling_upstream_times_out_within_the_read_timeout(servers, c
     assert server.open == 0
 
 
-async def test_a_slow_answer_times_out_and_a_prompt_one_does_not(servers, client):
-    async def slow(reader, writer, index):
+async def test_a_slow_answer_times_out_and_a_prompt_one_does_not(
+    servers: Servers, client: Http1Client
+) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         await asyncio.sleep(0.5 if index == 0 else 0.05)
         writer.write(reply())
         return True
@@ -589,13 +609,15 @@ async def test_a_slow_answer_times_out_and_a_prompt_one_does_not(servers, client
     assert (await client.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 0.2))).status == 200
 
 
-async def test_connect_refused_fails(client):
+async def test_connect_refused_fails(client: Http1Client) -> None:
     with pytest.raises(ConnectFailed):
         await client.request(f"http://127.0.0.1:{free_port()}", "GET", "/v1/x", (), b"", T)
 
 
-async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(servers, client):
-    async def never(reader, writer, index):
+async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(
+    servers: Servers, client: Http1Client
+) -> None:
+    async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         return True
 
     server = await servers(never)  # plain TCP: the ClientHello is never answered
@@ -610,11 +632,11 @@ async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(servers, cli
 # --- limits and cancellation
 
 
-async def test_cancelling_a_request_drops_its_connection_and_frees_its_slot(servers):
+async def test_cancelling_a_request_drops_its_connection_and_frees_its_slot(servers: Servers) -> None:
     hold = asyncio.Event()
     seen = asyncio.Event()
 
-    async def held(reader, writer, index):
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         if index == 0:
             seen.set()
             await hold.wait()
@@ -645,7 +667,7 @@ def holding() -> tuple[Answer, asyncio.Event]:
     """An upstream that reads each request and answers only once the event is set."""
     hold = asyncio.Event()
 
-    async def held(reader, writer, index):
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         await hold.wait()
         writer.write(reply())
         await writer.drain()
@@ -662,7 +684,7 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
-async def test_a_full_host_fails_at_once_and_sends_nothing(servers):
+async def test_a_full_host_fails_at_once_and_sends_nothing(servers: Servers) -> None:
     held, hold = holding()
     http = Http1Client(2)
     try:
@@ -684,7 +706,7 @@ async def test_a_full_host_fails_at_once_and_sends_nothing(servers):
         await http.close()
 
 
-async def test_each_host_has_its_own_cap(servers):
+async def test_each_host_has_its_own_cap(servers: Servers) -> None:
     held, hold = holding()
     http = Http1Client(1)
     try:
@@ -703,7 +725,7 @@ async def test_each_host_has_its_own_cap(servers):
         await http.close()
 
 
-async def test_a_failed_or_cancelled_request_gives_its_slot_back(servers):
+async def test_a_failed_or_cancelled_request_gives_its_slot_back(servers: Servers) -> None:
     held, hold = holding()
     http = Http1Client(1)
     try:
@@ -722,7 +744,7 @@ async def test_a_failed_or_cancelled_request_gives_its_slot_back(servers):
         await http.close()
 
 
-async def test_the_cap_can_change_while_requests_are_in_flight(servers):
+async def test_the_cap_can_change_while_requests_are_in_flight(servers: Servers) -> None:
     held, hold = holding()
     http = Http1Client(1)
     try:
@@ -741,10 +763,12 @@ async def test_the_cap_can_change_while_requests_are_in_flight(servers):
         await http.close()
 
 
-async def test_the_transport_answers_a_full_host_502_and_logs_it_once(servers, caplog):
+async def test_the_transport_answers_a_full_host_502_and_logs_it_once(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
     holds = [asyncio.Event(), asyncio.Event()]
 
-    async def held(reader, writer, index):
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         await holds[index].wait()
         writer.write(reply())
         await writer.drain()
@@ -759,7 +783,11 @@ async def test_the_transport_answers_a_full_host_502_and_logs_it_once(servers, c
         with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
             for episode in range(2):
                 stuck = asyncio.create_task(pool.send(server.url, call, CIMultiDict(), timeouts))
-                await wait_until(lambda n=episode: len(server.requests) == n + 1)
+
+                def reached(n: int = episode) -> bool:
+                    return len(server.requests) == n + 1
+
+                await wait_until(reached)
                 for _ in range(5):
                     error = await refusal(pool, server.url, call, CIMultiDict(), timeouts)
                     assert error.status == 502
@@ -804,7 +832,9 @@ SPLITTING_HEADERS = [
 
 
 @pytest.mark.parametrize("target", SPLITTING_TARGETS)
-async def test_hostile_targets_are_refused_before_sending(servers, client, target):
+async def test_hostile_targets_are_refused_before_sending(
+    servers: Servers, client: Http1Client, target: str
+) -> None:
     server = await servers(answering(reply()))
     await get(client, server)  # a warm connection the attempt could have used
     sent = bytes(server.raw)
@@ -817,7 +847,9 @@ async def test_hostile_targets_are_refused_before_sending(servers, client, targe
 
 
 @pytest.mark.parametrize("headers", SPLITTING_HEADERS)
-async def test_hostile_headers_are_refused_before_sending(servers, client, headers):
+async def test_hostile_headers_are_refused_before_sending(
+    servers: Servers, client: Http1Client, headers: list[tuple[str, str]]
+) -> None:
     server = await servers(answering(reply()))
     with pytest.raises(UnsafeRequest):
         await client.request(server.url, "GET", "/v1/x", headers, b"", T)
@@ -826,7 +858,7 @@ async def test_hostile_headers_are_refused_before_sending(servers, client, heade
     assert server.connections == 0
 
 
-async def test_hostile_methods_and_base_urls_are_refused(servers, client):
+async def test_hostile_methods_and_base_urls_are_refused(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply()))
     for method in ("GET /v1/admin HTTP/1.1\r\n", "G T", ""):
         with pytest.raises(UnsafeRequest):
@@ -848,14 +880,16 @@ async def test_hostile_methods_and_base_urls_are_refused(servers, client):
 
 async def refusal(
     transport: Http1Transport, url: str, call: UpstreamCall, headers: CIMultiDict[str], timeouts: Timeouts
-):
+) -> GatewayError:
     """The gateway error the transport refuses a call with (it must refuse)."""
     with pytest.raises(Refused) as refused:
         await transport.send(url, call, headers, timeouts)
     return refused.value.error
 
 
-async def test_the_transport_answers_a_refused_request_502_and_logs_no_path_or_header(servers, caplog):
+async def test_the_transport_answers_a_refused_request_502_and_logs_no_path_or_header(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
     server = await servers(answering(reply()))
     transport = Http1Transport()
     await transport.start()
@@ -884,7 +918,7 @@ async def test_the_transport_answers_a_refused_request_502_and_logs_no_path_or_h
 # --- the transport (gateway.upstream.Http1Transport)
 
 
-async def test_the_transport_maps_faults_to_gateway_errors(servers):
+async def test_the_transport_maps_faults_to_gateway_errors(servers: Servers) -> None:
     server = await servers(answering(b"garbage\r\n\r\n"))
     transport = Http1Transport()
     await transport.start()
@@ -897,7 +931,7 @@ async def test_the_transport_maps_faults_to_gateway_errors(servers):
         error = await refusal(transport, f"http://127.0.0.1:{free_port()}", call, CIMultiDict(), timeouts)
         assert error.key.value == "upstream_unavailable"
 
-        async def silent(reader, writer, index):
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
             return True
 
         quiet = await servers(silent)
@@ -910,7 +944,7 @@ async def test_the_transport_maps_faults_to_gateway_errors(servers):
     assert not transport.ready
 
 
-async def test_close_closes_every_connection(servers):
+async def test_close_closes_every_connection(servers: Servers) -> None:
     server = await servers(answering(reply()))
     http = Http1Client(10)
     await asyncio.gather(*(get(http, server) for _ in range(3)))
@@ -924,7 +958,7 @@ async def test_close_closes_every_connection(servers):
 # --- addresses and TLS
 
 
-async def test_an_ipv6_literal_base_url(servers, client):
+async def test_an_ipv6_literal_base_url(servers: Servers, client: Http1Client) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     try:
@@ -936,7 +970,7 @@ async def test_an_ipv6_literal_base_url(servers, client):
     assert f"Host: [::1]:{port}\r\n".encode() in server.requests[0]
 
 
-def _self_signed(tmp_path) -> tuple[ssl.SSLContext, str]:
+def _self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
     """A server context for `localhost` and the CA file that trusts it."""
     import datetime
     import ipaddress
@@ -978,10 +1012,10 @@ def _self_signed(tmp_path) -> tuple[ssl.SSLContext, str]:
     return server_context, str(cert_file)
 
 
-async def test_https_verifies_the_certificate_and_sends_sni(servers, tmp_path):
+async def test_https_verifies_the_certificate_and_sends_sni(servers: Servers, tmp_path: Path) -> None:
     server_context, ca_file = _self_signed(tmp_path)
     names: list[str | None] = []
-    server_context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment]
+    server_context.sni_callback = lambda sock, name, ctx: names.append(name)
     server = await servers(answering(reply(b"secure")), ssl_context=server_context)
     url = server.url.replace("127.0.0.1", "localhost")
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from limits.aio.storage import Storage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -21,10 +22,11 @@ from limits.aio.strategies import (
 )
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable, limits_item
+from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable, bridge, limits_item
 from gateway.ratelimit.limiter import _result
 from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
 from gateway.ratelimit.redis_store import HIT_SCRIPTS, RedisStore
+from gateway.ratelimit.store import Store
 from tests.support.processes import RedisServer, running_redis
 
 STRATEGIES = list(Strategy)
@@ -50,7 +52,7 @@ class LimitsReference:
     """`limits`' own way, the reference: count in order up to the first refusal with the strategy's `hit`,
     then read every item's window with `get_window_stats` (two storage calls per item)."""
 
-    def __init__(self, storage: Any, strategy: Strategy) -> None:
+    def __init__(self, storage: Storage, strategy: Strategy) -> None:
         self.storage = storage
         self.strategy = LIMITS_STRATEGIES[strategy](storage)
 
@@ -65,13 +67,13 @@ class LimitsReference:
         return _result(bucket, allowed, windows)
 
 
-def store_of(storage: Any) -> Any:
+def store_of(storage: Storage) -> Store:
     if isinstance(storage, BoundedMemoryStorage):
         return MemoryStore(storage=storage)
     return RedisStore(storage, 2.0)
 
 
-def pair(storage: Any, strategy: Strategy) -> tuple[Limiter, LimitsReference]:
+def pair(storage: Storage, strategy: Strategy) -> tuple[Limiter, LimitsReference]:
     """The gateway's limiter and `limits`' own strategy calls, on `storage`."""
     return Limiter(store_of(storage), strategy), LimitsReference(storage, strategy)
 
@@ -100,6 +102,7 @@ async def test_memory_fused_matches_limits(
         assert got == want, (step, client)
         outcomes.add(got.allowed)
     assert outcomes == {True, False}
+    assert isinstance(fused.store, MemoryStore)
     mine, theirs = fused.store.storage, reference.storage
     assert isinstance(mine, BoundedMemoryStorage) and isinstance(theirs, BoundedMemoryStorage)
     assert mine.counters == theirs.counters
@@ -118,7 +121,9 @@ async def test_items_sharing_a_key_keep_the_two_call_order() -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_redis_items_sharing_a_key_keep_the_two_call_order(strategy: Strategy, storage: Any) -> None:
+async def test_redis_items_sharing_a_key_keep_the_two_call_order(
+    strategy: Strategy, storage: Storage
+) -> None:
     fused, reference = pair(storage, strategy)
     limit = "3/hour;3 per hour"
     mine = Bucket.parse("per_ip", limit, f"shared-mine-{strategy}/per_ip")
@@ -140,7 +145,7 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def storage(redis_storage: Any) -> Any:
+def storage(redis_storage: Storage) -> Storage:
     return redis_storage  # on the module's one redis-server (above)
 
 
@@ -155,13 +160,13 @@ async def snapshot(client: Any, namespace: str) -> dict[str, Any]:
     return found
 
 
-async def test_redis_moving_window_matches_limits(storage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_redis_moving_window_matches_limits(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
     """The moving window's clock is the client's: driven by the test, every figure must be equal."""
     clock = Clock(time.time())
     monkeypatch.setattr(time, "time", clock)
-    fused, reference = pair(storage, "moving-window")
+    fused, reference = pair(storage, Strategy.MOVING_WINDOW)
     rng = random.Random("moving")
-    client = storage.bridge.storage
+    client = bridge.client(storage)
     for i, limit in enumerate(BUCKETS):
         mine = Bucket.parse("per_ip", limit, f"fused{i}/per_ip")
         theirs = Bucket.parse("per_ip", limit, f"limits{i}/per_ip")
@@ -186,8 +191,8 @@ def away_from(now: float, boundaries: list[float], margin: float = 0.06) -> floa
     return 0.0
 
 
-@pytest.mark.parametrize("strategy", ["fixed-window", "sliding-window-counter"])
-async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: Any) -> None:
+@pytest.mark.parametrize("strategy", [Strategy.FIXED_WINDOW, Strategy.SLIDING_WINDOW_COUNTER])
+async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: Storage) -> None:
     """These windows run on Redis's clock (TTLs), so the hits are timed away from their edges.
 
     One-second items: the fixed window turns at its first hit plus 1 s (and its TTL rounds to 0 after
@@ -235,16 +240,16 @@ async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: A
                 assert r1 == r2 and abs(t1 - t2) <= 1, (step, got.headers, want.headers)
         seen.append((got.allowed, got.headers["RateLimit"]))
     assert {allowed for allowed, _ in seen} == {True, False}, seen
-    client = storage.bridge.storage
+    client = bridge.client(storage)
     mine_keys = await snapshot(client, f"fused-{strategy}")
     assert set(mine_keys) == set(await snapshot(client, f"limits-{strategy}"))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_redis_one_command_per_item(
-    strategy: Strategy, storage: Any, monkeypatch: pytest.MonkeyPatch
+    strategy: Strategy, storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = storage.bridge.storage
+    client = bridge.client(storage)
     limiter = Limiter(store_of(storage), strategy)
     bucket = Bucket.parse("per_ip", "100 per hour;50 per minute", f"calls-{strategy}/per_ip")
     await limiter.hit(bucket, "k")  # loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA)
@@ -271,9 +276,9 @@ async def test_redis_one_command_per_item(
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_redis_script_cache_flush(strategy: Strategy, storage: Any) -> None:
+async def test_redis_script_cache_flush(strategy: Strategy, storage: Storage) -> None:
     """After SCRIPT FLUSH (a restarted Redis) the script loads itself again and the hit counts once."""
-    client = storage.bridge.storage
+    client = bridge.client(storage)
     limiter = Limiter(store_of(storage), strategy)
     bucket = Bucket.parse("per_ip", "5 per hour", f"flush-{strategy}/per_ip")
     first = await limiter.hit(bucket, "k")
@@ -288,7 +293,8 @@ async def test_redis_script_cache_flush(strategy: Strategy, storage: Any) -> Non
 async def test_start_loads_the_fused_scripts(redis: RedisServer) -> None:
     pool = LimiterPool()
     limiter = pool.limiter(redis.url, Strategy.FIXED_WINDOW, 0.5)
-    client = limiter.store.storage.bridge.storage
+    assert isinstance(limiter.store, RedisStore)
+    client = bridge.client(limiter.store.storage)
     await client.script_flush()
     await pool.start()
     shas = [hashlib.sha1(text.encode()).hexdigest() for text in HIT_SCRIPTS]
@@ -297,9 +303,9 @@ async def test_start_loads_the_fused_scripts(redis: RedisServer) -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_redis_script_errors_are_store_errors(strategy: Strategy, storage: Any) -> None:
+async def test_redis_script_errors_are_store_errors(strategy: Strategy, storage: Storage) -> None:
     """A Redis error in a script (here WRONGTYPE) surfaces as StoreUnavailable, like limits' own calls."""
-    client = storage.bridge.storage
+    client = bridge.client(storage)
     limiter = Limiter(store_of(storage), strategy)
     bucket = Bucket.parse("per_ip", "5 per hour", f"wrong-{strategy}/per_ip")
     key = bucket.items[0].key_for(bucket.namespace, "k")
@@ -328,7 +334,7 @@ async def test_redis_cluster(cluster_node: RedisServer) -> None:
                 assert got.allowed == want.allowed == (step < 2)
                 # the sliding window's t depends on the millisecond (see above): compare what is remaining
                 assert [r for r, _ in parse(got)] == [r for r, _ in parse(want)], (strategy, step)
-            await store.storage.bridge.storage.script_flush()
+            await bridge.client(store.storage).script_flush()
             assert [r for r, _ in parse(await fused.hit(mine, "other"))] == [2, 1]
     finally:
         await pool.close()

@@ -5,10 +5,9 @@ another look). Keys are checked against what `limits`' own strategies write on a
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import pytest
-from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage
+from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage, Storage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis, RedisCluster
@@ -44,7 +43,8 @@ def test_redispy_bridge_is_the_bridge_of_every_redis_storage() -> None:
 
 
 def test_get_connection_is_the_redis_py_client() -> None:
-    plain: Any = open_storage("redis://127.0.0.1:1/0", 0.25)
+    plain = open_storage("redis://127.0.0.1:1/0", 0.25)
+    assert isinstance(plain, RedisStorage) and isinstance(plain.bridge, RedispyBridge)
     assert isinstance(bridge.client(plain), Redis)
     assert bridge.client(plain) is plain.bridge.storage
     assert bridge.clients(plain) == [plain.bridge.storage]
@@ -55,7 +55,8 @@ def test_get_connection_is_the_redis_py_client() -> None:
 
 
 def test_lua_scripts_are_the_ones_the_gateway_copies() -> None:
-    storage: Any = open_storage("redis://127.0.0.1:1/0", 0.25)
+    storage = open_storage("redis://127.0.0.1:1/0", 0.25)
+    assert isinstance(storage, RedisStorage)
     scripts = bridge.limits_scripts(storage)
     named = {name: value for name, value in vars(storage.bridge).items() if any(value is s for s in scripts)}
     found = {}
@@ -66,7 +67,7 @@ def test_lua_scripts_are_the_ones_the_gateway_copies() -> None:
     assert found == LIMITS_SCRIPTS
 
 
-async def test_prefixed_key_is_where_limits_counts(redis_storage: Any) -> None:
+async def test_prefixed_key_is_where_limits_counts(redis_storage: Storage) -> None:
     bucket = Bucket.parse("per_ip", "5 per minute", "bridge/per_ip")
     item = bucket.items[0]
     await MovingWindowRateLimiter(redis_storage).hit(limits_item(item), bucket.namespace, "203.0.113.1")
@@ -76,7 +77,7 @@ async def test_prefixed_key_is_where_limits_counts(redis_storage: Any) -> None:
     assert [k.decode() for k in await client.keys("*bridge*")] == [bridge.prefixed_key(redis_storage, key)]
 
 
-async def test_sliding_window_keys_are_where_limits_counts(redis_storage: Any) -> None:
+async def test_sliding_window_keys_are_where_limits_counts(redis_storage: Storage) -> None:
     bucket = Bucket.parse("per_ip", "5 per minute", "sliding/per_ip")
     item = bucket.items[0]
     strategy = SlidingWindowCounterRateLimiter(redis_storage)
@@ -90,7 +91,7 @@ async def test_sliding_window_keys_are_where_limits_counts(redis_storage: Any) -
     assert {k.decode() for k in await client.keys("*sliding*")} <= {previous, current}
 
 
-async def test_prepare_loads_limits_own_scripts(redis_storage: Any) -> None:
+async def test_prepare_loads_limits_own_scripts(redis_storage: Storage) -> None:
     client = bridge.client(redis_storage)
     await client.script_flush()
     await prepare(redis_storage)

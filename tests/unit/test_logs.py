@@ -6,17 +6,21 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Sequence
 
 import aiohttp
+import pytest
 
 from gateway.app import GatewayState
 from gateway.client_ip import ClientIpPolicy
 from gateway.models import Outcome
 from gateway.observe.access import AccessLog, access_log
-from gateway.observe.accounting import Accounting
+from gateway.observe.accounting import Accounting, Sink
 from gateway.observe.logs import BufferedStreamHandler, JsonFormatter, TextFormatter
 from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, base_policy, make_policy
 from tests.support.ops import assert_no_secrets
+from tests.support.processes import GatewayProcessFactory
+from tests.support.upstream_double import UpstreamDouble
 
 BROWSER_SECRETS = {
     "X-App-Token": "srv-secret-app-token-5d2c",
@@ -28,7 +32,9 @@ BROWSER_SECRETS = {
 BODY_SECRET = "body-secret-value-c0de"
 
 
-async def test_one_json_line_per_request_and_no_credential(gateway_process, upstream):
+async def test_one_json_line_per_request_and_no_credential(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
+) -> None:
     tree = base_policy(upstream.url)
     tree["projects"]["shop"]["credentials"] = {
         "client_application_id": "${SHOP_APP_ID}",
@@ -100,7 +106,7 @@ def _record_now(outcome: Outcome, handler: BufferedStreamHandler | None = None) 
     accounting.flush()
 
 
-def test_text_format_and_level():
+def test_text_format_and_level() -> None:
     outcome = Outcome("gw-1", "GET", "shop", "validate", "forwarded", 200, 1.5, 1.0, None, origin=ORIGIN)
     previous = access_log.level
     access_log.setLevel(logging.DEBUG)
@@ -128,7 +134,7 @@ def test_text_format_and_level():
         access_log.setLevel(previous)
 
 
-def test_direct_access_lines_match_the_logging_path(monkeypatch):
+def test_direct_access_lines_match_the_logging_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """configure_logging's handler takes access lines without a LogRecord; they must read the same."""
     outcome = Outcome("gw-2", "POST", "shop", "redeem", "forwarded", 200, 2.25, 1.5, None, origin='"<evil>\n')
     monkeypatch.setattr(access_log, "level", logging.INFO)
@@ -156,7 +162,7 @@ def test_direct_access_lines_match_the_logging_path(monkeypatch):
         assert "gw-2" in direct_stream.getvalue()
 
 
-def test_a_handler_someone_else_set_up_gets_lines_through_logging(monkeypatch):
+def test_a_handler_someone_else_set_up_gets_lines_through_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     """A filter on the handler (an embedding program's) is honoured: the line takes the long way."""
     monkeypatch.setattr(access_log, "level", logging.INFO)
     stream = io.StringIO()
@@ -173,7 +179,7 @@ def test_a_handler_someone_else_set_up_gets_lines_through_logging(monkeypatch):
     assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["gw-shown"]
 
 
-def test_outcomes_are_accounted_in_batches_and_none_is_lost(monkeypatch):
+def test_outcomes_are_accounted_in_batches_and_none_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access_log, "level", logging.INFO)
     stream, handler = _capture(JsonFormatter(), logging.INFO)
     access_log.addHandler(handler)
@@ -192,7 +198,9 @@ def test_outcomes_are_accounted_in_batches_and_none_is_lost(monkeypatch):
     assert lines == [*(f"gw-{i}" for i in range(Accounting.BATCH - 1)), "gw-last", "gw-straggler"]
 
 
-def test_a_line_written_late_carries_the_time_its_request_was_answered(monkeypatch):
+def test_a_line_written_late_carries_the_time_its_request_was_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(access_log, "level", logging.INFO)
     answered = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
     direct_stream, via_logging = io.StringIO(), io.StringIO()
@@ -220,14 +228,16 @@ class Recording:
         self.batches: list[list[str]] = []
         self.in_flight: list[int] = []
 
-    def account(self, batch, in_flight):
+    def account(self, batch: Sequence[Outcome], in_flight: int) -> None:
         self.batches.append([outcome.request_id for outcome in batch])
         self.in_flight.append(in_flight)
 
 
-def test_a_failing_sink_is_logged_and_neither_fails_the_request_nor_starves_the_others(caplog):
+def test_a_failing_sink_is_logged_and_neither_fails_the_request_nor_starves_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Broken:
-        def account(self, batch, in_flight):
+        def account(self, batch: Sequence[Outcome], in_flight: int) -> None:
             raise RuntimeError("metrics backend gone")
 
     after = Recording()
@@ -243,7 +253,7 @@ def test_a_failing_sink_is_logged_and_neither_fails_the_request_nor_starves_the_
     assert after.batches[-1] == []  # the next batch starts empty
 
 
-def test_sinks_hear_of_requests_in_flight_at_every_flush():
+def test_sinks_hear_of_requests_in_flight_at_every_flush() -> None:
     sink = Recording()
     accounting = Accounting([sink])
     for _ in range(3):
@@ -255,7 +265,9 @@ def test_sinks_hear_of_requests_in_flight_at_every_flush():
     assert sink.in_flight == [3, 2]
 
 
-def test_metrics_are_a_sink_beside_the_access_log_not_an_extension_of_it(monkeypatch):
+def test_metrics_are_a_sink_beside_the_access_log_not_an_extension_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Accounting only to metrics writes no access line; the same batch reaches both when both are given."""
     from gateway.observe.metrics import Metrics
     from tests.support.ops import samples
@@ -265,7 +277,8 @@ def test_metrics_are_a_sink_beside_the_access_log_not_an_extension_of_it(monkeyp
     access_log.addHandler(handler)
     try:
         alone, beside = Metrics(), Metrics()
-        for sinks in ([alone], [AccessLog(), beside]):
+        groups: list[list[Sink]] = [[alone], [AccessLog(), beside]]
+        for sinks in groups:
             accounting = Accounting(sinks)
             accounting.started()
             accounting.record(Outcome("gw-m", "GET", "shop", "validate", status=200))
@@ -282,7 +295,9 @@ def test_metrics_are_a_sink_beside_the_access_log_not_an_extension_of_it(monkeyp
         assert list(got.values()) == [1.0]
 
 
-def test_a_huge_origin_is_cut_in_the_log_and_truncation_follows_the_policy(monkeypatch):
+def test_a_huge_origin_is_cut_in_the_log_and_truncation_follows_the_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(access_log, "level", logging.INFO)
     tree = base_policy("http://upstream.test")
     state = GatewayState(make_policy(tree))
@@ -389,7 +404,7 @@ def text_line(outcome: Outcome) -> str:
     return stream.getvalue()
 
 
-def test_a_forged_origin_stays_one_value_of_a_text_line():
+def test_a_forged_origin_stays_one_value_of_a_text_line() -> None:
     """logging.format: text writes values by logfmt's rules: whatever an Origin holds, a parser reads the
     line's real decision, status and client, and the Origin back exactly as it came."""
     client = ClientIpPolicy().client("127.0.0.1", [])
@@ -412,7 +427,7 @@ def test_a_forged_origin_stays_one_value_of_a_text_line():
         assert fields.get("origin") == (origin or None), line  # "" is not logged, like None
 
 
-def test_text_values_are_bare_only_when_nothing_needs_quoting():
+def test_text_values_are_bare_only_when_nothing_needs_quoting() -> None:
     outcome = Outcome("gw-b", "GET", "shop", "validate", status=200, duration_ms=1.5, origin=ORIGIN)
     line = text_line(outcome)
     assert "request_id=gw-b method=GET project=shop operation=validate decision=forwarded status=200 " in line
@@ -422,7 +437,7 @@ def test_text_values_are_bare_only_when_nothing_needs_quoting():
     )
 
 
-def test_a_message_line_cannot_be_split_in_text_format():
+def test_a_message_line_cannot_be_split_in_text_format() -> None:
     record = logging.LogRecord(
         "gateway", logging.ERROR, __file__, 0, "upstream said %s", ("a\nb\x85c",), None
     )
@@ -430,7 +445,9 @@ def test_a_message_line_cannot_be_split_in_text_format():
     assert len(line.splitlines()) == 1 and line.endswith("upstream said a\\nb\\u0085c")
 
 
-async def test_a_forged_origin_in_a_served_text_log(gateway_process, upstream):
+async def test_a_forged_origin_in_a_served_text_log(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
+) -> None:
     """The issue's attack against a real serve with `logging.format: text`: refused, and logged as refused."""
     tree = base_policy(upstream.url)
     tree["logging"] = {"format": "text"}

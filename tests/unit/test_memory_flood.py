@@ -6,12 +6,14 @@ clock is driven by the test, so expiry needs no sleeping.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
+    RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
 
@@ -41,7 +43,7 @@ class Flooded:
         return await self.limiter.hit(bucket, key)
 
 
-LIMITS_STRATEGIES = {
+LIMITS_STRATEGIES: dict[Strategy, Callable[[BoundedMemoryStorage], RateLimiter]] = {
     Strategy.MOVING_WINDOW: MovingWindowRateLimiter,
     Strategy.FIXED_WINDOW: FixedWindowRateLimiter,
     Strategy.SLIDING_WINDOW_COUNTER: SlidingWindowCounterRateLimiter,

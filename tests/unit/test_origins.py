@@ -22,7 +22,7 @@ EXACT, ANY, NONE = OriginMatch.EXACT, OriginMatch.ANY, OriginMatch.NONE
         ("capacitor://localhost", Origin("capacitor", "localhost", None)),
     ],
 )
-def test_parse_origin_normalises_case_and_default_ports(value, parsed):
+def test_parse_origin_normalises_case_and_default_ports(value: str, parsed: Origin) -> None:
     assert parse_origin(value) == parsed
 
 
@@ -52,7 +52,7 @@ def test_parse_origin_normalises_case_and_default_ports(value, parsed):
         "",
     ],
 )
-def test_parse_origin_refuses_anything_but_a_bare_origin(value):
+def test_parse_origin_refuses_anything_but_a_bare_origin(value: str) -> None:
     assert parse_origin(value) is None
 
 
@@ -89,11 +89,11 @@ POLICY = OriginPolicy(["https://shop.example.com", "https://*.example.org", "htt
         ("", NONE),
     ],
 )
-def test_matching_is_anchored_on_scheme_host_and_port(origin, verdict):
+def test_matching_is_anchored_on_scheme_host_and_port(origin: str, verdict: OriginMatch) -> None:
     assert POLICY.match(origin) is verdict
 
 
-def test_star_allows_everything_else_without_credentials():
+def test_star_allows_everything_else_without_credentials() -> None:
     policy = OriginPolicy(["https://shop.example.com", "*"])
     assert policy.allow_any
     assert policy.match("https://shop.example.com") is EXACT
@@ -102,19 +102,19 @@ def test_star_allows_everything_else_without_credentials():
     assert policy.match("null") is NONE  # null only by an entry `null`
 
 
-def test_null_matches_only_an_entry_null():
+def test_null_matches_only_an_entry_null() -> None:
     assert OriginPolicy(["null"]).match("null") is EXACT
     assert OriginPolicy(["https://shop.example.com"]).match("null") is NONE
     assert OriginPolicy(["null"]).match("NULL") is NONE
 
 
-def test_wildcard_with_port():
+def test_wildcard_with_port() -> None:
     policy = OriginPolicy(["https://*.example.com:8443"])
     assert policy.match("https://a.example.com:8443") is EXACT
     assert policy.match("https://a.example.com") is NONE
 
 
-def test_repeated_lookups_give_the_same_answer():
+def test_repeated_lookups_give_the_same_answer() -> None:
     policy = OriginPolicy(["https://*.example.com"])
     for _ in range(3):
         assert policy.match("https://a.example.com") is EXACT
@@ -135,6 +135,6 @@ def test_repeated_lookups_give_the_same_answer():
         ("https://*.example.com:70000", "out of range"),
     ],
 )
-def test_bad_entries_are_load_errors(entry, hint):
+def test_bad_entries_are_load_errors(entry: str, hint: str) -> None:
     with pytest.raises(OriginEntryError, match=hint):
         OriginPolicy([entry])

@@ -26,7 +26,7 @@ def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
     return caught.value.problems
 
 
-def test_defaults():
+def test_defaults() -> None:
     policy = parse_policy(MINIMAL, env={})
     assert (policy.listen.host, policy.listen.port) == ("127.0.0.1", 8080)
     assert policy.listen.max_body_bytes == 262144
@@ -63,12 +63,12 @@ def test_defaults():
         ("http://127.0.0.1:8081", "http://127.0.0.1:8081"),
     ],
 )
-def test_regions(region, url):
+def test_regions(region: str, url: str) -> None:
     policy = parse_policy(MINIMAL + f"    region: {region}\n", env={})
     assert policy.projects["shop"].base_url == url
 
 
-def test_interpolation_with_defaults():
+def test_interpolation_with_defaults() -> None:
     text = """
     listen:
       port: ${PORT:-9000}
@@ -85,12 +85,14 @@ def test_interpolation_with_defaults():
     assert (policy.listen.host, policy.listen.port) == ("10.0.0.1", 9000)
     shop = policy.projects["shop"]
     assert shop.region == "us1"
+    assert shop.credentials.client_application_id is not None
+    assert shop.credentials.client_secret_key is not None
     assert shop.credentials.client_application_id.get_secret_value() == "id-42-x"
     assert shop.credentials.client_secret_key.get_secret_value() == "fallback"
     assert shop.allowed_origins == ("https://default.example.com",)
 
 
-def test_a_missing_variable_is_an_error_naming_it_and_its_key():
+def test_a_missing_variable_is_an_error_naming_it_and_its_key() -> None:
     found = problems(
         """
         projects:
@@ -106,14 +108,14 @@ def test_a_missing_variable_is_an_error_naming_it_and_its_key():
     )
 
 
-def test_secrets_never_show_in_reprs():
+def test_secrets_never_show_in_reprs() -> None:
     policy = parse_policy(MINIMAL, env={})
     assert "s3cr3t-value" not in repr(policy)
     assert "app-id" not in repr(policy)
     assert "s3cr3t-value" not in policy.model_dump_json()
 
 
-def test_every_problem_is_listed_with_its_key_path():
+def test_every_problem_is_listed_with_its_key_path() -> None:
     found = problems(
         """
         listen:
@@ -157,7 +159,7 @@ def test_every_problem_is_listed_with_its_key_path():
     assert "rate_limit.operations.redeem: '3 per fortnight'" in text, text
 
 
-def test_missing_credentials_for_the_mode():
+def test_missing_credentials_for_the_mode() -> None:
     client = problems("projects:\n  shop:\n    credentials: {client_application_id: a}\n")
     assert any("projects.shop" in p and "credentials.client_secret_key" in p for p in client), client
     server = problems(
@@ -168,7 +170,7 @@ def test_missing_credentials_for_the_mode():
     assert "credentials.application_id" in text and "credentials.secret_key" in text, text
 
 
-def test_missing_credentials_are_reported_beside_other_problems():
+def test_missing_credentials_are_reported_beside_other_problems() -> None:
     found = problems("projects:\n  shop:\n    region: mars\n")
     text = "\n".join(found)
     assert "projects.shop.region" in text, text
@@ -177,7 +179,7 @@ def test_missing_credentials_are_reported_beside_other_problems():
     ), text
 
 
-def test_every_bad_origin_entry_is_reported():
+def test_every_bad_origin_entry_is_reported() -> None:
     found = problems(
         MINIMAL.replace(
             "[https://shop.example.com]", "[https://ok.example.com, shop.example.com, https://x.com/path]"
@@ -189,19 +191,19 @@ def test_every_bad_origin_entry_is_reported():
     assert len(found) == 2, found
 
 
-def test_default_project_must_exist_and_projects_are_needed():
+def test_default_project_must_exist_and_projects_are_needed() -> None:
     assert any("default_project" in p for p in problems(MINIMAL + "default_project: nope\n"))
     assert any("projects" in p for p in problems("projects: {}\n"))
     assert any("projects" in p for p in problems("listen: {port: 1}\n"))
 
 
-def test_duplicate_keys_and_non_mappings_are_refused():
+def test_duplicate_keys_and_non_mappings_are_refused() -> None:
     assert any("duplicate key" in p for p in problems(MINIMAL + "watch: true\nwatch: false\n"))
     assert problems("- a list\n")
     assert problems("projects: [\n")
 
 
-def test_project_rate_limit_overrides_inherit_the_rest():
+def test_project_rate_limit_overrides_inherit_the_rest() -> None:
     text = MINIMAL + textwrap.dedent(
         """\
             rate_limit: {per_ip: 20 per minute}
@@ -218,7 +220,7 @@ def test_project_rate_limit_overrides_inherit_the_rest():
     assert limits.operations == {"redeem": "3 per minute"}
 
 
-def test_compiled_buckets_per_operation():
+def test_compiled_buckets_per_operation() -> None:
     text = MINIMAL + "rate_limit:\n  operations: {redeem: 3 per minute}\n"
     shop = compile_policy(parse_policy(text, env={})).projects["shop"]
     assert shop.buckets["redeem"].name == "redeem"
@@ -228,7 +230,7 @@ def test_compiled_buckets_per_operation():
     assert shop.buckets["validate"].namespace != shop.buckets["redeem"].namespace
 
 
-def test_load_policy_from_a_file(tmp_path: Path):
+def test_load_policy_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(MINIMAL)
     assert "shop" in load_policy(path, env={}).projects
@@ -238,7 +240,7 @@ def test_load_policy_from_a_file(tmp_path: Path):
 
 
 @pytest.mark.parametrize("name", ["config/policy.yaml", "config/policy.example.yaml"])
-def test_shipped_policies_are_valid(name):
+def test_shipped_policies_are_valid(name: str) -> None:
     root = Path(__file__).resolve().parents[2]
     load_policy(root / name, env={})
 

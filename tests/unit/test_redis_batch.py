@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
+from limits.aio.storage import Storage
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import Limiter, StoreUnavailable
-from gateway.ratelimit.redis_batch import batcher_for
+from gateway.ratelimit import Limiter, StoreUnavailable, bridge
+from gateway.ratelimit.redis_batch import ScriptBatcher, batcher_for
 from gateway.ratelimit.redis_store import RedisStore
 from tests.support.processes import RedisServer
 
 STRATEGIES = list(Strategy)
 
 
-def batcher_of(storage: Any) -> Any:
-    batcher = batcher_for(storage.bridge.get_connection())
+def batcher_of(storage: Storage) -> ScriptBatcher:
+    batcher = batcher_for(bridge.client(storage))
     assert batcher is not None
     return batcher
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_one_turn_of_hits_is_one_pipeline_and_every_answer_is_right(
-    strategy: Strategy, redis_storage: Any
+    strategy: Strategy, redis_storage: Storage
 ) -> None:
     limiter = Limiter(RedisStore(redis_storage, 2.0), strategy)
     bucket = Bucket.parse("per_ip", "30 per hour", f"batch-{strategy}/per_ip")
@@ -40,18 +40,18 @@ async def test_one_turn_of_hits_is_one_pipeline_and_every_answer_is_right(
     assert all(r.allowed for r in others)  # one shopper's budget is not another's
 
 
-async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(redis_storage: Any) -> None:
+async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(redis_storage: Storage) -> None:
     limiter = Limiter(RedisStore(redis_storage, 2.0), Strategy.MOVING_WINDOW)
     bucket = Bucket.parse("per_ip", "100 per hour", "flush/per_ip")
     await limiter.hit(bucket, "shopper")
-    await redis_storage.bridge.get_connection().script_flush()  # as a restarted Redis
+    await bridge.client(redis_storage).script_flush()  # as a restarted Redis
     results = await asyncio.gather(*(limiter.hit(bucket, "shopper") for _ in range(20)))
     assert all(r.allowed for r in results)
     final = await limiter.hit(bucket, "shopper")
     assert final.headers["RateLimit"].startswith('"per_ip";r=78;')  # 1 + 20 + 1 hits: none counted twice
 
 
-async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, redis_storage: Any) -> None:
+async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, redis_storage: Storage) -> None:
     limiter = Limiter(RedisStore(redis_storage, 1.0), Strategy.FIXED_WINDOW)
     bucket = Bucket.parse("per_ip", "100 per hour", "lost/per_ip")
     await limiter.hit(bucket, "shopper")

@@ -27,7 +27,9 @@ def rejects_gateway_keys(status: int) -> bool:
     return status in KEY_REJECTED_STATUSES
 
 
-def client_view(operation, status, headers, body):
+def client_view(
+    operation: str, status: int, headers: list[tuple[str, str]], body: bytes
+) -> tuple[list[tuple[str, str]], bytes] | GatewayError:
     """The answer's narrowing as ServerMode.response applies it: only narrowed operations' 2xx answers."""
     if not OPERATIONS[operation].narrowed or not 200 <= status < 300:
         return headers, body

@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 import weakref
+from collections.abc import Sequence
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from gateway.models import Outcome
@@ -43,7 +45,7 @@ class Sink:
         self.seen: list[str] = []
         self.accounted = asyncio.Event()
 
-    def account(self, batch, in_flight):
+    def account(self, batch: Sequence[Outcome], in_flight: int) -> None:
         self.seen += [outcome.request_id for outcome in batch]
         if batch:
             self.accounted.set()
@@ -62,7 +64,9 @@ def _hello_app(cleaned: list[str], name: str) -> web.Application:
     return app
 
 
-async def test_a_signal_stops_it_and_every_runner_is_cleaned_up_last_started_first(capsys) -> None:
+async def test_a_signal_stops_it_and_every_runner_is_cleaned_up_last_started_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     cleaned: list[str] = []
     stopping: list[signal.Signals] = []
     async with Serving(stopping=stopping.append) as serving:
@@ -113,7 +117,7 @@ class Node:
         self.me = self  # a cycle: only the cyclic collector can free it
 
 
-def test_settle_heap_freezes_start_up_objects_and_still_collects_cycles():
+def test_settle_heap_freezes_start_up_objects_and_still_collects_cycles() -> None:
     threshold = gc.get_threshold()
     try:
         settle_heap()
