@@ -24,6 +24,7 @@ from gateway.models import Outcome
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from tests.conftest import CLIENT_TOKEN, ORIGIN, assert_gateway_error, base_policy, make_policy
+from tests.support.processes import GatewayProcessFactory
 from tests.support.rawhttp import RawResponse, read_response, request_bytes
 from tests.support.upstream_double import Received, UpstreamDouble
 
@@ -134,7 +135,9 @@ TRAILER_ATTACK = (
 @pytest.mark.parametrize(
     "trailer", [b"Origin: https://shop.example.com", b"X-App-Token: sk_trailer_secret", b"X-A: 1\r\nX-B: 2"]
 )
-async def test_a_chunked_requests_trailers_never_reach_the_next_request(hardened, upstream, trailer):
+async def test_a_chunked_requests_trailers_never_reach_the_next_request(
+    hardened: Start, upstream: UpstreamDouble, trailer: bytes
+) -> None:
     served = await hardened(allow_missing_origin=True)
     answers, was_closed = await served.exchange(TRAILER_ATTACK % trailer, responses=2, watch=True)
     assert [a.status for a in answers] == [200]  # the chunked request is answered, then nothing else is read
@@ -146,7 +149,9 @@ async def test_a_chunked_requests_trailers_never_reach_the_next_request(hardened
     assert "Origin" not in upstream.received[-1].headers
 
 
-async def test_http_1_0_with_transfer_encoding_is_answered_then_closed(hardened, upstream):
+async def test_http_1_0_with_transfer_encoding_is_answered_then_closed(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened()
     data = (
         b"POST /client/v1/validations HTTP/1.0\r\nHost: gw\r\nOrigin: https://shop.example.com\r\n"
@@ -163,7 +168,9 @@ async def test_http_1_0_with_transfer_encoding_is_answered_then_closed(hardened,
 # --- 4. close at once after 413 and 408
 
 
-async def test_a_declared_oversized_upload_is_refused_and_closed_without_being_read(hardened, upstream):
+async def test_a_declared_oversized_upload_is_refused_and_closed_without_being_read(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened()
     reader, writer = await served.connect()
     total = 50 * 1024 * 1024
@@ -195,7 +202,7 @@ async def test_a_declared_oversized_upload_is_refused_and_closed_without_being_r
     assert upstream.received == []
 
 
-async def test_a_trickled_body_gets_408_then_eof_at_once(hardened, upstream):
+async def test_a_trickled_body_gets_408_then_eof_at_once(hardened: Start, upstream: UpstreamDouble) -> None:
     served = await hardened(tree=None, listen={"body_timeout": 0.5})
     reader, writer = await served.connect()
     writer.write(
@@ -225,8 +232,8 @@ async def test_a_trickled_body_gets_408_then_eof_at_once(hardened, upstream):
     ids=["gzip-over-plain", "deflate-over-plain", "gzip-then-junk", "deflate-truncated"],
 )
 async def test_a_body_that_does_not_match_its_content_encoding_is_400_and_accounted(
-    hardened, upstream, caplog, encoding, body
-):
+    hardened: Start, upstream: UpstreamDouble, caplog: pytest.LogCaptureFixture, encoding: str, body: bytes
+) -> None:
     served = await hardened()
     with caplog.at_level(logging.DEBUG):
         answers, _ = await served.exchange(
@@ -240,8 +247,11 @@ async def test_a_body_that_does_not_match_its_content_encoding_is_400_and_accoun
 
 
 async def test_an_exception_in_the_pipeline_is_a_json_500_with_the_request_id_and_accounted(
-    hardened, upstream, caplog, monkeypatch
-):
+    hardened: Start,
+    upstream: UpstreamDouble,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     served = await hardened()
 
     def broken(*args: object) -> None:
@@ -259,7 +269,9 @@ async def test_an_exception_in_the_pipeline_is_a_json_500_with_the_request_id_an
 # --- 6. header bytes that cannot go upstream
 
 
-async def test_a_latin_1_byte_in_a_forwarded_header_is_400_before_counting(hardened, upstream):
+async def test_a_latin_1_byte_in_a_forwarded_header_is_400_before_counting(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     tree = base_policy(upstream.url)
     tree["rate_limit"] = {"per_ip": "1 per minute"}
     served = await hardened(tree)
@@ -303,7 +315,9 @@ async def echo(request: pytest.FixtureRequest) -> AsyncIterator[EchoDouble]:
 
 
 @pytest.mark.parametrize("mode", ["client", "server"])
-async def test_an_upstream_answer_echoing_the_gateways_secret_is_never_relayed(hardened, echo, caplog, mode):
+async def test_an_upstream_answer_echoing_the_gateways_secret_is_never_relayed(
+    hardened: Start, echo: EchoDouble, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
     project: dict[str, Any] = {}
     secret, name = CLIENT_TOKEN, "X-Client-Token"
     if mode == "server":
@@ -331,7 +345,9 @@ async def test_an_upstream_answer_echoing_the_gateways_secret_is_never_relayed(h
     "hosts",
     [["user:pw@evil.example"], ["evil example"], ["user@gw"], ["gw", "evil.example"], ["gw/path"], ["gw?x"]],
 )
-async def test_a_host_that_is_not_host_port_is_400(hardened, upstream, hosts):
+async def test_a_host_that_is_not_host_port_is_400(
+    hardened: Start, upstream: UpstreamDouble, hosts: list[str]
+) -> None:
     served = await hardened()
     head = [("Host", host) for host in hosts]
     answers, was_closed = await served.exchange(
@@ -345,7 +361,9 @@ async def test_a_host_that_is_not_host_port_is_400(hardened, upstream, hosts):
 
 
 @pytest.mark.parametrize("host", ["gw", "gw:8080", "127.0.0.1:1", "[::1]:8080", "xn--bcher-kva.example", ""])
-async def test_hosts_that_are_host_port_are_served(hardened, upstream, host):
+async def test_hosts_that_are_host_port_are_served(
+    hardened: Start, upstream: UpstreamDouble, host: str
+) -> None:
     served = await hardened()
     answers, _ = await served.exchange(
         request_bytes("GET", "/client/v1/promotions/tiers", [("Host", host), ORIGIN_H])
@@ -382,8 +400,13 @@ async def test_hosts_that_are_host_port_are_served(hardened, upstream, host):
     ids=["bad-header", "no-host", "tls", "h2-preface", "http-2.0", "options-star", "connect"],
 )
 async def test_what_aiohttp_answered_itself_is_in_the_gateways_shape_and_accounted(
-    hardened, upstream, caplog, data, status, key
-):
+    hardened: Start,
+    upstream: UpstreamDouble,
+    caplog: pytest.LogCaptureFixture,
+    data: bytes,
+    status: int,
+    key: str,
+) -> None:
     served = await hardened()
     with caplog.at_level(logging.DEBUG):
         answers, _ = await served.exchange(data)
@@ -397,7 +420,7 @@ async def test_what_aiohttp_answered_itself_is_in_the_gateways_shape_and_account
     assert upstream.received == []
 
 
-async def test_every_answer_says_nosniff_and_no_versions(hardened, upstream):
+async def test_every_answer_says_nosniff_and_no_versions(hardened: Start, upstream: UpstreamDouble) -> None:
     served = await hardened()
     close = ("Connection", "close")  # a 204 has no length: its end is the connection's
     for data in (
@@ -413,7 +436,9 @@ async def test_every_answer_says_nosniff_and_no_versions(hardened, upstream):
         assert answers[0].headers["Server"] == "voucherify-gateway"
 
 
-async def test_100_continue_only_after_the_header_checks_pass(hardened, upstream):
+async def test_100_continue_only_after_the_header_checks_pass(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened()
     expect = ("Expect", "100-continue")
     for headers, status in (
@@ -441,7 +466,9 @@ async def test_100_continue_only_after_the_header_checks_pass(hardened, upstream
     assert len(upstream.received) == 1
 
 
-async def test_a_look_alike_origin_is_refused_and_never_echoed(hardened, upstream):
+async def test_a_look_alike_origin_is_refused_and_never_echoed(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened()
     data = "GET /client/v1/promotions/tiers HTTP/1.1\r\nHost: gw\r\nOrigin: https://\u212aiosk.example.org\r\n\r\n"
     answers, _ = await served.exchange(data.encode())
@@ -450,7 +477,9 @@ async def test_a_look_alike_origin_is_refused_and_never_echoed(hardened, upstrea
     assert upstream.received == []
 
 
-async def test_connection_cannot_strip_the_judged_content_type(hardened, upstream):
+async def test_connection_cannot_strip_the_judged_content_type(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened()
     answers, _ = await served.exchange(
         post("/client/v1/validations", b"{}", ORIGIN_H, JSON_CT, ("Connection", "Content-Type"))
@@ -460,8 +489,8 @@ async def test_connection_cannot_strip_the_judged_content_type(hardened, upstrea
 
 
 async def test_a_cross_site_browser_request_without_origin_is_refused_for_native_app_projects(
-    hardened, upstream
-):
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened(allow_missing_origin=True)
     answers, _ = await served.exchange(
         request_bytes("GET", "/client/v1/promotions/tiers", [("Sec-Fetch-Site", "cross-site")])
@@ -494,7 +523,9 @@ def close_all(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter
         writer.close()
 
 
-async def test_slow_heads_get_408_after_header_timeout_while_a_normal_client_is_answered(hardened, upstream):
+async def test_slow_heads_get_408_after_header_timeout_while_a_normal_client_is_answered(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened(listen={"header_timeout": 1})
     connections = await open_many(served, SLOW)
     stop = asyncio.Event()
@@ -523,7 +554,9 @@ async def test_slow_heads_get_408_after_header_timeout_while_a_normal_client_is_
     assert decisions.count(("forwarded", 200)) == 20
 
 
-async def test_idle_keep_alive_connections_are_closed_while_a_normal_client_is_answered(hardened, upstream):
+async def test_idle_keep_alive_connections_are_closed_while_a_normal_client_is_answered(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened(listen={"keepalive_timeout": 1})
     connections = await open_many(served, SLOW)
     try:
@@ -541,7 +574,9 @@ async def test_idle_keep_alive_connections_are_closed_while_a_normal_client_is_a
     assert served.recorder.decisions().count(("forwarded", 200)) == SLOW + 20  # and no request invented
 
 
-async def test_past_max_connections_the_longest_waiting_give_way_to_a_normal_client(hardened, upstream):
+async def test_past_max_connections_the_longest_waiting_give_way_to_a_normal_client(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     served = await hardened(listen={"max_connections": 50, "header_timeout": 600, "keepalive_timeout": 600})
     connections = await open_many(served, SLOW)
     try:
@@ -560,7 +595,9 @@ async def test_past_max_connections_the_longest_waiting_give_way_to_a_normal_cli
         close_all(connections)
 
 
-async def test_past_max_connections_with_every_connection_busy_a_new_one_is_closed(hardened, upstream):
+async def test_past_max_connections_with_every_connection_busy_a_new_one_is_closed(
+    hardened: Start, upstream: UpstreamDouble
+) -> None:
     from tests.support.upstream_double import Reply
 
     served = await hardened(listen={"max_connections": 3})
@@ -585,8 +622,8 @@ async def test_past_max_connections_with_every_connection_busy_a_new_one_is_clos
 
 @pytest.mark.parametrize("extensions", ["c-parser", "python-parser"])
 async def test_serve_holds_the_trailer_attack_and_answers_in_its_own_shape(
-    gateway_process, upstream, extensions
-):
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, extensions: str
+) -> None:
     env = {"AIOHTTP_NO_EXTENSIONS": "1"} if extensions == "python-parser" else {}
     tree = base_policy(upstream.url, allow_missing_origin=True)
     process = await gateway_process(tree, env=env)
@@ -611,7 +648,7 @@ async def test_serve_holds_the_trailer_attack_and_answers_in_its_own_shape(
     assert json.loads(line)["decision"] == "not_found"
 
 
-async def test_demo_serves_its_gateway_through_the_hardened_runner():
+async def test_demo_serves_its_gateway_through_the_hardened_runner() -> None:
     """`voucherify-gateway demo`: the public port's answers are GatewayRunner's (Server, OPTIONS *, trailers)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -3,11 +3,13 @@ Content-Type, and credential values echoed by the upstream."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from multidict import CIMultiDict
 
-from gateway.compiled import compile_policy
-from gateway.decide import Admit, Refuse, decide
+from gateway.compiled import CompiledPolicy, compile_policy
+from gateway.decide import Admit, Decision, Refuse, decide
 from gateway.errors import Refused
 from gateway.headers import COPIED_REQUEST_HEADERS, request_headers
 from gateway.models import UpstreamResponse
@@ -31,13 +33,13 @@ LONG_S = "\u017f"  # LATIN SMALL LETTER LONG S: casefolds to "s"
         "https://shop.exampl\u0435.com",  # Cyrillic e
     ],
 )
-def test_non_ascii_look_alike_origins_never_match(origin):
+def test_non_ascii_look_alike_origins_never_match(origin: str) -> None:
     policy = OriginPolicy(["https://kiosk.example.net", "https://shop.example.com", "https://*.example.com"])
     assert parse_origin(origin) is None
     assert policy.match(origin) is OriginMatch.NONE
 
 
-def test_ascii_origins_still_match_case_insensitively():
+def test_ascii_origins_still_match_case_insensitively() -> None:
     policy = OriginPolicy(["https://kiosk.example.net", "https://*.example.com"])
     assert policy.match("https://Kiosk.Example.NET") is OriginMatch.EXACT
     assert policy.match("https://xn--bcher-kva.example.com") is OriginMatch.EXACT
@@ -51,7 +53,7 @@ def test_ascii_origins_still_match_case_insensitively():
         ("https://*.bücher.example:8443", "https://*.xn--bcher-kva.example:8443"),
     ],
 )
-def test_non_ascii_entries_are_load_errors_that_give_the_punycode(entry, hint):
+def test_non_ascii_entries_are_load_errors_that_give_the_punycode(entry: str, hint: str) -> None:
     with pytest.raises(OriginEntryError, match="punycode") as caught:
         OriginPolicy([entry])
     assert hint in str(caught.value)
@@ -65,7 +67,12 @@ NATIVE = compile_policy(make_policy(base_policy("http://upstream.test", allow_mi
 POST = ("POST", "/client/v1/validations")
 
 
-def _decide(*headers: tuple[str, str], policy=POLICY, method="POST", target="/client/v1/validations"):
+def _decide(
+    *headers: tuple[str, str],
+    policy: CompiledPolicy = POLICY,
+    method: str = "POST",
+    target: str = "/client/v1/validations",
+) -> Decision:
     return decide(policy, method, target, CIMultiDict(headers))
 
 
@@ -78,7 +85,7 @@ def _decide(*headers: tuple[str, str], policy=POLICY, method="POST", target="/cl
         "a\x7fb",
     ],
 )
-def test_header_bytes_that_cannot_go_upstream_are_the_browsers_400(name, value):
+def test_header_bytes_that_cannot_go_upstream_are_the_browsers_400(name: str, value: str) -> None:
     decision = _decide(("Origin", ORIGIN), ("Content-Type", "application/json"), (name, value))
     assert isinstance(decision, Refuse)
     assert (decision.error.status, decision.error.key.value) == (400, "invalid_payload")
@@ -87,13 +94,15 @@ def test_header_bytes_that_cannot_go_upstream_are_the_browsers_400(name, value):
 
 
 @pytest.mark.parametrize("value", ["Café-SDK", "a\tb", "plain"])
-def test_utf8_and_htab_in_forwarded_headers_pass(value):
+def test_utf8_and_htab_in_forwarded_headers_pass(value: str) -> None:
     decision = _decide(("Origin", ORIGIN), ("X-Voucherify-Channel", value), ("User-Agent", value))
     assert isinstance(decision, Admit)
 
 
 @pytest.mark.parametrize("site", ["cross-site", "same-site", "Cross-Site", "anything-else"])
-def test_a_browsers_cross_site_request_without_origin_is_refused_even_with_allow_missing_origin(site):
+def test_a_browsers_cross_site_request_without_origin_is_refused_even_with_allow_missing_origin(
+    site: str,
+) -> None:
     decision = _decide(
         ("Sec-Fetch-Site", site), policy=NATIVE, method="GET", target="/client/v1/promotions/tiers"
     )
@@ -103,12 +112,14 @@ def test_a_browsers_cross_site_request_without_origin_is_refused_even_with_allow
 
 
 @pytest.mark.parametrize("headers", [(), (("Sec-Fetch-Site", "same-origin"),), (("Sec-Fetch-Site", "none"),)])
-def test_native_apps_and_same_origin_requests_without_origin_still_pass(headers):
+def test_native_apps_and_same_origin_requests_without_origin_still_pass(
+    headers: tuple[tuple[str, str], ...],
+) -> None:
     decision = _decide(*headers, policy=NATIVE, method="GET", target="/client/v1/promotions/tiers")
     assert isinstance(decision, Admit)
 
 
-def test_connection_cannot_strip_the_content_type_the_body_was_judged_by():
+def test_connection_cannot_strip_the_content_type_the_body_was_judged_by() -> None:
     incoming = CIMultiDict(
         [("Content-Type", "application/json"), ("Accept", "x/y"), ("Connection", "Content-Type, Accept")]
     )
@@ -120,13 +131,13 @@ def test_connection_cannot_strip_the_content_type_the_body_was_judged_by():
 # --- credential values echoed by the upstream
 
 
-def server_tree() -> dict:
+def server_tree() -> dict[str, Any]:
     tree = base_policy("http://upstream.test", upstream_auth="server")
     tree["projects"]["shop"]["credentials"] = {"application_id": "app-id-1", "secret_key": "app-secret-1"}
     return tree
 
 
-def test_every_secret_the_gateway_sends_is_searched_for():
+def test_every_secret_the_gateway_sends_is_searched_for() -> None:
     for tree in (base_policy("http://upstream.test"), server_tree()):
         project = compile_policy(make_policy(tree)).projects["shop"]
         names = {name.lower() for name, _ in project.credential_headers}
@@ -144,16 +155,18 @@ SENT = (("X-Client-Application-Id", "app-id-7"), ("X-Client-Token", 'tok/en"9c1e
         ((("ETag", 'W/"tok/en"9c1e-secret"'),), b"{}", "ETag header"),
     ],
 )
-def test_an_answer_carrying_a_secret_is_found(relayed, body, where):
+def test_an_answer_carrying_a_secret_is_found(
+    relayed: tuple[tuple[str, str], ...], body: bytes, where: str
+) -> None:
     assert echoed_secret(SENT, relayed, body) == ("X-Client-Token", where)
 
 
-def test_an_answer_without_a_secret_passes():
+def test_an_answer_without_a_secret_passes() -> None:
     assert echoed_secret(SENT, (("ETag", "x"),), b'{"application": "app-id-7"}') is None
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_every_modes_response_refuses_an_answer_holding_the_projects_secret(mode):
+def test_every_modes_response_refuses_an_answer_holding_the_projects_secret(mode: str) -> None:
     """The check is where Voucherify's answer becomes the browser's: each mode's `response`, a new one too."""
     tree = server_tree() if mode == "server" else base_policy("http://upstream.test")
     policy = compile_policy(make_policy(tree))

@@ -21,7 +21,7 @@ ATTACK = (
 )
 
 PARSERS = {
-    "c": _http_parser.HttpRequestParser,
+    "c": _http_parser.HttpRequestParser,  # type: ignore[attr-defined]  # a C extension, no stubs
     "py": http_parser.HttpRequestParserPy,
 }  # whatever the env says
 
@@ -38,7 +38,7 @@ def parse(kind: str, data: bytes) -> list[Any]:
         loop.close()
 
 
-def test_aiohttps_c_parser_still_adds_the_last_trailer_to_the_next_request():
+def test_aiohttps_c_parser_still_adds_the_last_trailer_to_the_next_request() -> None:
     """aiohttp 3.14.5's C parser: the reason every request with Transfer-Encoding closes its connection.
     If this fails, aiohttp changed: check that no trailer can reach a request, then update this pin."""
     first, second = parse("c", ATTACK)
@@ -46,20 +46,20 @@ def test_aiohttps_c_parser_still_adds_the_last_trailer_to_the_next_request():
     assert second.headers.getall("Origin") == ["https://shop.example.com"]
 
 
-def test_aiohttps_python_parser_drops_trailers():
+def test_aiohttps_python_parser_drops_trailers() -> None:
     """AIOHTTP_NO_EXTENSIONS=1: the pure-Python parser reads trailers and drops them."""
     first, second = parse("py", ATTACK)
     assert "Origin" not in first.headers and "Origin" not in second.headers
 
 
 @pytest.mark.parametrize("kind", ["c", "py"])
-def test_both_parsers_decode_non_utf8_header_bytes_as_surrogates(kind):
+def test_both_parsers_decode_non_utf8_header_bytes_as_surrogates(kind: str) -> None:
     """decide.py finds a Latin-1 byte in a forwarded header as a lone surrogate."""
     (message,) = parse(kind, b"GET / HTTP/1.1\r\nHost: gw\r\nX-Voucherify-Channel: Caf\xe9\r\n\r\n")
     assert message.headers["X-Voucherify-Channel"] == "Caf\udce9"
 
 
-def test_the_protocol_hooks_it_overrides_are_still_aiohttps():
+def test_the_protocol_hooks_it_overrides_are_still_aiohttps() -> None:
     """GatewayProtocol overrides these RequestHandler methods and reads these attributes."""
     for name in ("connection_made", "connection_lost", "data_received", "finish_response", "handle_error"):
         assert name in RequestHandler.__dict__, name
@@ -83,7 +83,7 @@ def test_the_protocol_hooks_it_overrides_are_still_aiohttps():
         "",
     ],
 )
-def test_hosts_that_are_host_port(host):
+def test_hosts_that_are_host_port(host: str) -> None:
     assert _HOST.fullmatch(host)
 
 
@@ -102,5 +102,5 @@ def test_hosts_that_are_host_port(host):
         "[::1",
     ],
 )
-def test_hosts_that_are_not(host):
+def test_hosts_that_are_not(host: str) -> None:
     assert not _HOST.fullmatch(host)
