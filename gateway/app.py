@@ -2,8 +2,9 @@
 
   decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
   -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
-  -> rate limit (429, 503) -> failed-code budget (429) -> Voucherify (502, 504) -> the mode's view of the
-  answer (the budget keeps its unknown codes and gives the rest back).
+  -> rate limit (429, 503) -> Idempotency-Key (400, 409, 422, 503, or a replay: `idempotent.py`)
+  -> failed-code budget (429) -> Voucherify (502, 504) -> the mode's view of the answer (the budget
+  keeps its unknown codes and gives the rest back; a held Idempotency-Key keeps the answer).
 
 After `decide`, each step returns its value or raises `errors.Refused`, caught once in `_pipeline`. Only a
 request that passed every check is counted against its rate limit.
@@ -21,13 +22,15 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import errors
+from gateway import errors, idempotent
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused, describe_exception
 from gateway.expect import continue_if_admitted
 from gateway.guards.failed_code_hold import CodeHold
-from gateway.headers import request_headers
+from gateway.guards.idempotency import REPLAYED, REPLAYED_DECISION, Replay
+from gateway.headers import IDEMPOTENCY_KEY, request_headers
+from gateway.idempotent import Hold, Holder
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
@@ -55,6 +58,7 @@ class GatewayState:
         )
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
+        self.holder = Holder()  # Idempotency-Key answers still to be kept, their handlers maybe gone
         self.sparing = Sparing()  # cached reads and hold-offs, per process, kept across reloads
         self.policy: CompiledPolicy
         self.set_policy(policy)
@@ -193,12 +197,17 @@ async def _pipeline(
     outcome.project, outcome.operation = target.project.name, target.operation
 
     limit_headers: tuple[tuple[str, str], ...] = ()
+    hold: Hold | None = None
     codes = CodeHold()  # the failed-code budget's hold: its RateLimit members, given back in `finally`
     try:
         body = await _request_body(request, policy)
         document = check_body(admit, body)
         call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
         limit_headers = await _rate_limit(state, target, client.bucket_key, outcome)
+        held = await _idempotency(state, target, request.headers.getall(IDEMPOTENCY_KEY, []), body, outcome)
+        if isinstance(held, Replay):
+            return _replayed(held, admit.cors, limit_headers, outcome)
+        hold = held
         if target.project.failed_codes is not None:  # the failed-code budget (429)
             await codes.reserve(_store(state, target), target, client.bucket_key, document, outcome)
         headers = request_headers(
@@ -210,15 +219,21 @@ async def _pipeline(
         )
         if target.project.api_version is not None:
             headers[API_VERSION_HEADER] = target.project.api_version
-        answer = await state.sparing.answer(  # cache -> upstream quota -> Voucherify (429: hold-off)
-            target, outcome, lambda: _spared_send(state, policy, target, call, headers, outcome)
-        )
+
+        async def voucherify() -> UpstreamResponse:  # cache -> upstream quota -> Voucherify (429: hold-off)
+            return await state.sparing.answer(
+                target, outcome, lambda: _spared_send(state, policy, target, call, headers, outcome)
+            )
+
+        answer = await (voucherify() if hold is None else hold.run(voucherify))
         codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
     except Refused as refused:
         extra = codes.fields((*limit_headers, *refused.headers))
         return _refused(admit.refuse(refused.error), outcome, extra)
     finally:
         codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
+        if hold is not None:  # refused or cancelled before Voucherify's call: the key is free again
+            await hold.release()
     outcome.status = answer.status
     headers_out = [*answer.headers, *codes.fields(limit_headers)]
     return _respond(
@@ -237,6 +252,30 @@ async def _rate_limit(
     if verdict.error is not None:
         raise Refused(verdict.error, verdict.headers)
     return verdict.headers
+
+
+async def _idempotency(
+    state: GatewayState, target: Target, values: list[str], body: bytes, outcome: Outcome
+) -> Hold | Replay | None:
+    """Claim the request's Idempotency-Key: a hold on it, the kept answer to replay, None without a key;
+    Refused: 400 (bad or missing key), 409 (in flight), 422 (another request's), 503 (store down)."""
+    store = _store(state, target)
+    return await idempotent.claim(
+        target.project.idempotency, store, target, values, body, outcome, state.holder
+    )
+
+
+def _replayed(
+    replay: Replay,
+    cors: Iterable[tuple[str, str]],
+    limit_headers: Iterable[tuple[str, str]],
+    outcome: Outcome,
+) -> web.Response:
+    """The kept answer again, with this request's own CORS, id and RateLimit fields."""
+    status, content_type, body = replay.answer(outcome.request_id)
+    outcome.decision, outcome.status = REPLAYED_DECISION, status
+    headers = [REPLAYED, *limit_headers]
+    return _respond(status, body, outcome.request_id, cors, headers, content_type=content_type)
 
 
 def _store(state: GatewayState, target: Target) -> Store:
@@ -294,6 +333,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await state.transport.start()
     await state.limiters.start()
     yield
+    await state.holder.wait(state.policy.upstream_timeouts.connect + state.policy.upstream_timeouts.read)
     state.accounting.flush()  # the last requests' lines and counts
     await state.transport.close()
     await state.limiters.close()

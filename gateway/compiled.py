@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import OPERATIONS, DangerOption
 from gateway.client_ip import ClientIpPolicy
+from gateway.guards import idempotency
 from gateway.guards.failed_codes import FailedCodeBudget
 from gateway.guards.quota import QuotaPlan
 from gateway.models import Bucket, Timeouts
@@ -25,6 +26,7 @@ class ProjectRuntime:
     buckets: dict[str, Bucket]  # operation name -> the bucket it is counted in
     credential_headers: tuple[tuple[str, str], ...]  # injected upstream; never logged
     mode: Mode  # client or server keys: both halves of the upstream translation
+    idempotency: idempotency.Settings
     cache_ttl: float = 0.0  # seconds list answers are reused (`cache.ttl`); 0: off
     api_version: str | None = None  # sent upstream as X-Voucherify-API-Version on every call
     quota: QuotaPlan | None = None  # rate_limit.upstream_quota and redeem_reserve; None: off
@@ -61,6 +63,20 @@ def _buckets(name: str, limits: RateLimit) -> dict[str, Bucket]:
     return {op: own.get(op, shared) for op in OPERATIONS}
 
 
+def _idempotency(name: str, policy: PolicyFile, limits: RateLimit) -> idempotency.Settings:
+    settings = policy.idempotency_for(name)
+    return idempotency.compile_settings(
+        name,
+        ttl=settings.ttl,
+        required=settings.required,
+        connect_timeout=policy.upstream.connect_timeout,
+        read_timeout=policy.upstream.read_timeout,
+        body_timeout=policy.listen.body_timeout,
+        storage_timeout=limits.storage_timeout,
+        max_kept_body=policy.listen.max_body_bytes,
+    )
+
+
 def compile_policy(policy: PolicyFile) -> CompiledPolicy:
     projects: dict[str, ProjectRuntime] = {}
     for name, project in policy.projects.items():
@@ -76,6 +92,7 @@ def compile_policy(policy: PolicyFile) -> CompiledPolicy:
             buckets=_buckets(name, limits),
             credential_headers=_credential_headers(project),
             mode=mode_for(project.upstream_auth),
+            idempotency=_idempotency(name, policy, limits),
             cache_ttl=policy.cache_for(name).ttl,
             api_version=project.api_version,
             quota=QuotaPlan.build(name, limits.upstream_quota, limits.redeem_reserve),

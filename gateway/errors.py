@@ -23,6 +23,11 @@ class ErrorKey(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_QUOTA_EXHAUSTED = "upstream_quota_exhausted"
     REQUEST_TIMEOUT = "request_timeout"  # an addition to the contract's keys: a body sent too slowly
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
+    IDEMPOTENCY_KEY_IN_FLIGHT = "idempotency_key_in_flight"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_UNAVAILABLE = "idempotency_unavailable"
     TOO_MANY_FAILED_CODES = "too_many_failed_codes"
     INTERNAL_ERROR = "internal_error"  # an addition: the last resort, instead of aiohttp's text/plain 500
     HTTP_VERSION_NOT_SUPPORTED = "http_version_not_supported"  # an addition: HTTP/1.0 and 1.1 only
@@ -43,6 +48,11 @@ _STATUS = {
     ErrorKey.UPSTREAM_TIMEOUT: 504,
     ErrorKey.UPSTREAM_QUOTA_EXHAUSTED: 503,
     ErrorKey.REQUEST_TIMEOUT: 408,
+    ErrorKey.INVALID_IDEMPOTENCY_KEY: 400,
+    ErrorKey.IDEMPOTENCY_KEY_REQUIRED: 400,
+    ErrorKey.IDEMPOTENCY_KEY_IN_FLIGHT: 409,
+    ErrorKey.IDEMPOTENCY_KEY_REUSED: 422,
+    ErrorKey.IDEMPOTENCY_UNAVAILABLE: 503,
     ErrorKey.TOO_MANY_FAILED_CODES: 429,
     ErrorKey.INTERNAL_ERROR: 500,
     ErrorKey.HTTP_VERSION_NOT_SUPPORTED: 505,
@@ -62,6 +72,7 @@ class GatewayError:
     details: str
     allow: tuple[str, ...] = ()  # for 405: the methods the path takes
     close_connection: bool = False  # for 413: the rest of the body is not read
+    sent: bool = False  # for 502: the request was written to Voucherify, which may have acted on it
 
     @property
     def status(self) -> int:
@@ -208,14 +219,16 @@ def rate_limit_unavailable() -> GatewayError:
     )
 
 
-def upstream_unavailable(details: str = "Voucherify could not be reached. Retry shortly.") -> GatewayError:
-    return GatewayError(ErrorKey.UPSTREAM_UNAVAILABLE, "Upstream unavailable", details)
+def upstream_unavailable(
+    details: str = "Voucherify could not be reached. Retry shortly.", *, sent: bool = False
+) -> GatewayError:
+    return GatewayError(ErrorKey.UPSTREAM_UNAVAILABLE, "Upstream unavailable", details, sent=sent)
 
 
 def upstream_rejected() -> GatewayError:
     """Voucherify refused the gateway's own call (server mode): the browser learns nothing about keys."""
     return upstream_unavailable(
-        "Voucherify did not accept the gateway's call. This is logged for the gateway operator."
+        "Voucherify did not accept the gateway's call. This is logged for the gateway operator.", sent=True
     )
 
 
@@ -255,6 +268,55 @@ def describe_exception(exc: BaseException) -> str:
         frame = frame.tb_next
     where = f" at {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame is not None else ""
     return f"{type(exc).__name__}{where}"
+
+
+# Idempotency-Key (gateway/guards/idempotency.py). No message echoes the key: it is the caller's secret
+# handle on a kept answer.
+
+
+def invalid_idempotency_key() -> GatewayError:
+    return GatewayError(
+        ErrorKey.INVALID_IDEMPOTENCY_KEY,
+        "Invalid Idempotency-Key",
+        "Send one Idempotency-Key header whose value is 1 to 255 printable ASCII characters other than "
+        '" and \\, bare or as a quoted string ("..."). A new UUID for each new request is a good key.',
+    )
+
+
+def idempotency_key_required(operation: str) -> GatewayError:
+    return GatewayError(
+        ErrorKey.IDEMPOTENCY_KEY_REQUIRED,
+        "Idempotency-Key required",
+        f"This project requires an Idempotency-Key header on {operation} requests, so that a retried "
+        "request is answered once. Send a new UUID for each new request and the same one when retrying it.",
+    )
+
+
+def idempotency_key_in_flight() -> GatewayError:
+    return GatewayError(
+        ErrorKey.IDEMPOTENCY_KEY_IN_FLIGHT,
+        "Request with this Idempotency-Key in progress",
+        "A request with the same Idempotency-Key is still being answered. Retry with the same key once it "
+        "has finished to get its answer; nothing was sent to Voucherify for this one.",
+    )
+
+
+def idempotency_key_reused() -> GatewayError:
+    return GatewayError(
+        ErrorKey.IDEMPOTENCY_KEY_REUSED,
+        "Idempotency-Key reused for a different request",
+        "This Idempotency-Key was used before for a request with another operation, path, query or body. "
+        "Use a new key for a new request; nothing was sent to Voucherify.",
+    )
+
+
+def idempotency_unavailable() -> GatewayError:
+    return GatewayError(
+        ErrorKey.IDEMPOTENCY_UNAVAILABLE,
+        "Idempotency store unavailable",
+        "The gateway cannot reach the store that keeps Idempotency-Key records, so it cannot promise to "
+        "answer this request once. Nothing was sent to Voucherify. Retry shortly with the same key.",
+    )
 
 
 def upstream_quota_exhausted(retry_after: int, *, voucherify_busy: bool = False) -> GatewayError:

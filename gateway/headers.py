@@ -20,6 +20,9 @@ class Crossing(Flag):
     PREFLIGHT = auto()  # a page may send it: listed in Access-Control-Allow-Headers
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"  # read by the gateway (guards/idempotency.py), never copied
+IDEMPOTENT_REPLAYED = "Idempotent-Replayed"  # on a replayed answer
+
 # The request headers the gateway knows. X-Client-* are the SDK's placeholders for keys the gateway holds
 # itself: a page must be allowed to send them (the SDK always does), but they are never copied.
 REQUEST_HEADERS: tuple[tuple[str, Crossing], ...] = (
@@ -31,13 +34,14 @@ REQUEST_HEADERS: tuple[tuple[str, Crossing], ...] = (
     ("X-Client-Token", Crossing.PREFLIGHT),
     ("X-Voucherify-Channel", Crossing.COPIED | Crossing.PREFLIGHT),
     ("X-Voucherify-Double-Opt-In", Crossing.COPIED | Crossing.PREFLIGHT),
+    (IDEMPOTENCY_KEY, Crossing.PREFLIGHT),
 )
 COPIED_REQUEST_HEADERS = tuple(name for name, crossing in REQUEST_HEADERS if Crossing.COPIED in crossing)
 PREFLIGHT_ALLOWED_HEADERS = ", ".join(
     name for name, crossing in REQUEST_HEADERS if Crossing.PREFLIGHT in crossing
 )
 # Response headers a page's script may read (beyond the CORS-safelisted ones).
-EXPOSED_HEADERS = "X-Request-Id, RateLimit, RateLimit-Policy, Retry-After"
+EXPOSED_HEADERS = f"X-Request-Id, RateLimit, RateLimit-Policy, Retry-After, {IDEMPOTENT_REPLAYED}"
 COPIED_RESPONSE_HEADERS = frozenset(
     {"content-type", "content-language", "cache-control", "etag", "last-modified", "expires", "retry-after"}
 )

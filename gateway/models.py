@@ -196,3 +196,4 @@ class Outcome:
     upstream_429: bool = False  # Voucherify answered this request's call with 429
     unknown_codes: int = 0  # codes Voucherify's answer said do not exist, charged to the failed-code budget
     finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written
+    idempotency: str | None = None  # what its Idempotency-Key did (guards.idempotency.Result), if it had one

@@ -187,6 +187,27 @@ class ProjectRateLimit(_Model):
         return base.model_copy(update=update)
 
 
+# Ten years: a bound so that a typo cannot overflow a store's expiry arithmetic.
+MAX_IDEMPOTENCY_TTL = 10 * 365 * 86400
+
+
+class Idempotency(_Model):
+    """Idempotency-Key for redemptions, publications and customer creation (gateway/guards/idempotency.py)."""
+
+    ttl: float = Field(86400, ge=0, le=MAX_IDEMPOTENCY_TTL)  # seconds a key and its answer are kept; 0 = off
+    required: bool = False  # those operations without the header answer 400 idempotency_key_required
+
+
+class ProjectIdempotency(_Model):
+    """A project's overrides: keys left out (None) are inherited from the top-level `idempotency`."""
+
+    ttl: float | None = Field(None, ge=0, le=MAX_IDEMPOTENCY_TTL)
+    required: bool | None = None
+
+    def over(self, base: Idempotency) -> Idempotency:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
 class Cache(_Model):
     """Cached reads (`gateway/guards/cache.py`): seconds 200 answers of the list operations are reused."""
 
@@ -253,6 +274,7 @@ class Project(_Model):
     allow_missing_origin: bool = False
     danger_zone: DangerZone = DangerZone()
     rate_limit: ProjectRateLimit | None = None
+    idempotency: ProjectIdempotency | None = None
     cache: ProjectCache | None = None
     api_version: Annotated[str, AfterValidator(_api_version)] | None = None  # X-Voucherify-API-Version
 
@@ -290,6 +312,7 @@ class PolicyFile(_Model):
     watch: bool = False
     client_ip: ClientIp = ClientIp()
     rate_limit: RateLimit = RateLimit()
+    idempotency: Idempotency = Idempotency()
     cache: Cache = Cache()
     default_project: str | None = None
     projects: dict[ProjectName, Project]
@@ -310,6 +333,10 @@ class PolicyFile(_Model):
     def rate_limit_for(self, project: str) -> RateLimit:
         overrides = self.projects[project].rate_limit
         return overrides.over(self.rate_limit) if overrides else self.rate_limit
+
+    def idempotency_for(self, project: str) -> Idempotency:
+        overrides = self.projects[project].idempotency
+        return overrides.over(self.idempotency) if overrides else self.idempotency
 
     def cache_for(self, project: str) -> Cache:
         overrides = self.projects[project].cache

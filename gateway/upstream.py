@@ -19,7 +19,14 @@ from multidict import CIMultiDict
 from gateway import errors
 from gateway.errors import Refused
 from gateway.headers import response_headers
-from gateway.http1 import Http1Client, PoolFull, UpstreamError, UpstreamTimeout
+from gateway.http1 import (
+    ConnectFailed,
+    Http1Client,
+    PoolFull,
+    UnsafeRequest,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
 
 THROTTLE_HEADERS = frozenset({"retry-after", "x-rate-limit-retry"})  # read from a 429, for the hold-off
@@ -106,7 +113,9 @@ class Http1Transport:
         except UpstreamError as exc:  # the type and host only: headers carry credentials, paths are hostile
             self._full.discard(base_url)
             log.warning("upstream %s failed: %s", exc.host, type(exc).__name__)
-            raise Refused(errors.upstream_unavailable()) from None
+            # a refused connection or request wrote nothing; after that, Voucherify may have acted on it
+            sent = not isinstance(exc, (ConnectFailed, UnsafeRequest))
+            raise Refused(errors.upstream_unavailable(sent=sent)) from None
         if self._full:
             self._full.discard(base_url)
         throttle = (

@@ -45,6 +45,8 @@ class AccessLog:
                 "client_ip": client and (client.truncated if outcome.truncate_ip else client.text),
                 "origin": outcome.origin[:ORIGIN_CHARS] if outcome.origin else None,
             }
+            if outcome.idempotency is not None:  # kept, released, replayed, in_flight, reused...
+                fields["idempotency"] = outcome.idempotency
             finished = outcome.finished or time.time()
             if handler is None or not handler.write_access(access_log.name, fields, finished):
                 _log_access(fields, finished)

@@ -21,6 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.catalog import OPERATIONS
 from gateway.errors import ErrorKey
+from gateway.guards.idempotency import REPLAYED_DECISION, Result
 from gateway.models import Outcome
 
 UNKNOWN = "-"
@@ -29,7 +30,10 @@ UPSTREAM_ERROR_KINDS = {
     ErrorKey.UPSTREAM_TIMEOUT.value: "timeout",
     ErrorKey.UPSTREAM_UNAVAILABLE.value: "unavailable",
 }
-_DECISIONS = frozenset({"forwarded", "preflight", "client_closed"} | {key.value for key in ErrorKey})
+_DECISIONS = frozenset(
+    {"forwarded", "preflight", "client_closed", REPLAYED_DECISION} | {key.value for key in ErrorKey}
+)
+_IDEMPOTENCY_RESULTS = frozenset(result.value for result in Result)
 # Checkout calls: most answer in tens of milliseconds; the read timeout defaults to 10 s.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -95,6 +99,13 @@ class Metrics:
             "gateway_rate_limit_fail_open",
             "Requests let through unlimited because the limit store failed and on_storage_error is allow",
             ["project"],
+            registry=r,
+        )
+        self.idempotency = Counter(
+            "gateway_idempotency",
+            "Requests with an Idempotency-Key, by what it did (kept, released, lost, replayed, in_flight, "
+            "reused, invalid, required, unavailable)",
+            ["project", "operation", "result"],
             registry=r,
         )
         self.failed_codes = Counter(
@@ -179,6 +190,8 @@ class Metrics:
             kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
             if kind is not None:
                 self.upstream_errors.labels(project, operation, kind).inc()
+            if outcome.idempotency in _IDEMPOTENCY_RESULTS:
+                self.idempotency.labels(project, operation, outcome.idempotency).inc()
             if outcome.cache is not None:
                 self.cache_lookups.labels(project, operation, outcome.cache).inc()
             if outcome.quota_refusal is not None:

@@ -76,6 +76,37 @@ try {
       }
       return out;
     });
+  } else if (scenario === "idempotency") {
+    // A keyed redemption sent twice with fetch (the second reads Idempotent-Replayed), then once more
+    // with a new key; and the SDK with the key in customHeaders, twice.
+    await page.waitForFunction(() => window.VoucherifySDK !== undefined, null, { timeout: 10000 });
+    result.calls = await page.evaluate(async () => {
+      const redeem = async (key) => {
+        const response = await fetch(`${window.GATEWAY}/client/v1/redeem?code=ONEUSE`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json", "Idempotency-Key": key },
+          body: JSON.stringify({ order: { amount: 12000 } }),
+        });
+        return { status: response.status, replayed: response.headers.get("Idempotent-Replayed"), body: await response.json() };
+      };
+      const key = crypto.randomUUID();
+      const out = { fetch: [await redeem(key), await redeem(key), await redeem(crypto.randomUUID())] };
+      const client = window.VoucherifySDK.VoucherifyClientSide({
+        clientApplicationId: "placeholder-not-a-key",
+        clientSecretKey: "placeholder-not-a-key",
+        apiUrl: window.GATEWAY,
+        customHeaders: { "Idempotency-Key": crypto.randomUUID() },
+      });
+      out.sdk = [];
+      for (let i = 0; i < 2; i++) {
+        try {
+          out.sdk.push({ ok: true, value: await client.redeem("SAVE10", { order: { amount: 12000 } }) });
+        } catch (error) {
+          out.sdk.push({ ok: false, error: { code: error.code ?? null, key: error.key ?? null } });
+        }
+      }
+      return out;
+    });
   } else {
     throw new Error(`unknown scenario ${scenario}`);
   }

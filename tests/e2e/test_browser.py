@@ -259,6 +259,21 @@ async def test_official_sdk_from_a_disallowed_origin_gets_nothing(stack: Stack) 
     assert stack.records == []
 
 
+async def test_a_keyed_redemption_sent_twice_is_replayed_not_spent_twice(stack: Stack) -> None:
+    """fetch with Idempotency-Key from an allowed origin: the preflight allows the header, the second
+    answer is the first again and says so in a header the page can read; ONEUSE is spent once."""
+    result = await drive("idempotency", f"{stack.allowed_page}/sdk.html")
+    first, again, new_key = result["calls"]["fetch"]
+    assert first["status"] == 200 and first["replayed"] is None, first
+    assert first["body"]["result"] == "SUCCESS"
+    assert again == {**first, "replayed": "true"}
+    assert new_key["status"] == 400 and new_key["replayed"] is None, new_key  # its one use is gone
+    one, two = result["calls"]["sdk"]
+    assert one["ok"] and two == one, result["calls"]["sdk"]  # customHeaders: the SDK's retry is a replay
+    redemptions = [(r.path, r.query_string) for r in stack.records if r.path == "/client/v1/redeem"]
+    assert redemptions == [("/client/v1/redeem", "code=ONEUSE")] * 2 + [("/client/v1/redeem", "code=SAVE10")]
+
+
 async def test_demo_page_screenshot(tmp_path: Path) -> None:
     """The demo command's page in a real browser; the screenshot is kept under tests/output/ for CI."""
     process = await asyncio.create_subprocess_exec(
