@@ -177,15 +177,42 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
     )
 
 
-def policy_yaml(port: int, upstream_port: int, storage: str) -> str:
+# The second release's guards, set so that the validation scenario exercises each without tripping it: the
+# failed-code budget reserves and gives back the stub's (existing) code, the upstream quota counts every call,
+# idempotency covers redemptions (not this scenario's validations), and cached reads are on for listings.
+GUARDS = """  failed_codes: 1000000 per hour
+  upstream_quota: 10000000 per minute
+  redeem_reserve: 0.2
+idempotency:
+  ttl: 86400
+cache:
+  ttl: 30
+"""
+
+
+def policy_yaml(
+    port: int,
+    upstream_port: int,
+    storage: str,
+    tracing: tuple[str, float] | None = None,
+    *,
+    guards: bool = False,
+) -> str:
     """The gateway's full policy in client mode: origin list, danger zone, a per-IP limit that never triggers.
 
     The load comes as from a load balancer at 127.0.0.1 that names CLIENT_IPS different shoppers in
     X-Forwarded-For, as in production: per-IP lists stay short. (From one IP, `limits`' moving window would
     keep one entry per request in a single list, and its Redis script reads that list with LINDEX: the
     measure would be of a list no real client can build.)
+
+    `tracing`: (OTLP endpoint, sample ratio) turns tracing on.
     """
-    return f"""listen:
+    traced = ""
+    if tracing is not None:
+        traced = f"tracing:\n  otlp_endpoint: {tracing[0]}\n  sample_ratio: {tracing[1]}\n"
+    return (
+        traced
+        + f"""listen:
   host: 127.0.0.1
   port: {port}
   drain_timeout: 2
@@ -202,7 +229,7 @@ rate_limit:
   strategy: moving-window
   per_ip: 1000 per minute
   on_storage_error: allow
-default_project: shop
+{GUARDS if guards else ""}default_project: shop
 projects:
   shop:
     region: http://127.0.0.1:{upstream_port}
@@ -220,6 +247,7 @@ projects:
       create_customers: false
       create_loyalty_referral_events: false
 """
+    )
 
 
 def wrk_script(pace_ms: float = 0.0) -> str:

@@ -32,7 +32,19 @@ from bench.procs import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("direct", "bare-aiohttp", "bare-http1", "nginx", "gateway", "gateway-redis")
+CONTENDERS = (
+    "direct",
+    "bare-aiohttp",
+    "bare-http1",
+    "nginx",
+    "gateway",
+    "gateway-redis",
+    "gateway-guards",  # the gateway with the second release's guards on (configs.GUARDS), memory
+    "gateway-guards-redis",  # the same, every counter and record on Redis
+    "gateway-tracing-1",  # tracing on, every request sampled, spans exported to the bench's own collector
+    "gateway-tracing-001",  # tracing on at sample_ratio 0.01
+)
+SAMPLE_RATIOS = {"gateway-tracing-1": 1.0, "gateway-tracing-001": 0.01}
 DELAY_MS = 100
 LOAD_CPU, CONTENDER_CPU = 0, 1  # wrk, stubs and redis share CPU 0; the contender has CPU 1 to itself
 
@@ -116,6 +128,7 @@ class Bench:
         self.contenders = contenders
         self.stub_port = {0: 0, DELAY_MS: 0}
         self.redis_port = 0
+        self.collector_port = 0
 
     def start_shared(self) -> None:
         for delay in self.stub_port:
@@ -123,11 +136,15 @@ class Bench:
             conf = self.workdir / f"stub-{delay}.conf"
             conf.write_text(configs.stub_conf(self.workdir, port, delay))
             self.procs.start(f"stub-{delay}ms", pinned(self._nginx(conf), LOAD_CPU), port=port)
-        if "gateway-redis" in self.contenders:
+        if any(name.endswith("-redis") for name in self.contenders):
             self.redis_port = free_port()
             cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
                    "--appendonly", "no", "--dir", str(self.workdir), "--maxclients", "10000"]  # fmt: skip
             self.procs.start("redis", pinned(cmd, LOAD_CPU), port=self.redis_port)
+        if any(name in SAMPLE_RATIOS for name in self.contenders):
+            self.collector_port = free_port()
+            cmd = [sys.executable, "-m", "bench.otlp_sink", str(self.collector_port)]
+            self.procs.start("otlp-sink", pinned(cmd, LOAD_CPU), port=self.collector_port, cwd=ROOT)
 
     def _nginx(self, conf: Path) -> list[str]:
         return [
@@ -152,9 +169,12 @@ class Bench:
             conf.write_text(configs.nginx_proxy_conf(self.workdir, port, upstream))
             cmd = self._nginx(conf)
         else:
-            storage = f"redis://127.0.0.1:{self.redis_port}/0" if name == "gateway-redis" else "memory://"
+            storage = f"redis://127.0.0.1:{self.redis_port}/0" if name.endswith("-redis") else "memory://"
             conf = self.workdir / f"policy-{port}.yaml"
-            conf.write_text(configs.policy_yaml(port, upstream, storage))
+            tracing = None
+            if name in SAMPLE_RATIOS:
+                tracing = (f"http://127.0.0.1:{self.collector_port}/v1/traces", SAMPLE_RATIOS[name])
+            conf.write_text(configs.policy_yaml(port, upstream, storage, tracing, guards="guards" in name))
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
         cwd = self.gateway_src if name.startswith("gateway") else ROOT
         proc = self.procs.start(f"{name}-{port}", pinned(cmd, CONTENDER_CPU), port=port, cwd=cwd)
@@ -306,12 +326,22 @@ def targets(rows: dict[str, Row]) -> list[str]:
             rows["bare-aiohttp"].paced, "p50_ms"
         )
         check("gateway p50 over bare aiohttp at fixed rate ≤ 0.5 ms", added, lambda v: v <= 0.5, "{:+.3f} ms")
-    for name in ("gateway", "gateway-redis"):
+    for name in ("gateway", "gateway-redis", *SAMPLE_RATIOS):
         row = rows.get(name)
         if row is None or row.slow is None:
             continue
         check(f"{name} (b): no errors", float(row.slow.errors), lambda v: v == 0, "{:.0f} errors")
         check(f"{name} (b): peak RSS < 200 MB", row.slow_rss_mb, lambda v: v < 200, "{:.1f} MB")
+    cpu_of = {n: statistics.median(r.cpu_us) for n, r in rows.items() if r.cpu_us}
+    for name, ratio in SAMPLE_RATIOS.items():
+        if name not in rows:
+            continue
+        share = cpu_of[name] / cpu_of["gateway"] if name in cpu_of and "gateway" in cpu_of else None
+        if ratio == 1.0:
+            label = "gateway-tracing-1 CPU per request ≤ 1.15 x gateway (tracing off)"
+            check(label, share, lambda v: v <= 1.15, "{:.2f}x")
+        elif share is not None:
+            out.append(f"  info  {name} CPU per request = {share:.2f} x gateway (tracing off)")
     info = []
     if gw and ngx:
         info.append(f"gateway = {gw / ngx:.2f} x nginx")
@@ -322,6 +352,11 @@ def targets(rows: dict[str, Row]) -> list[str]:
     lean = rps("bare-http1")
     if gw and lean:
         info.append(f"gateway = {gw / lean:.2f} x bare-http1 (same transport, no policy)")
+    guarded, guarded_redis = rps("gateway-guards"), rps("gateway-guards-redis")
+    if guarded and gw:
+        info.append(f"gateway-guards = {guarded / gw:.2f} x gateway")
+    if guarded_redis and gwr:
+        info.append(f"gateway-guards-redis = {guarded_redis / gwr:.2f} x gateway-redis")
     if info:
         out.append("  info  " + "; ".join(info) + " (req/s at saturation)")
     cpu = {n: statistics.median(r.cpu_us) for n, r in rows.items() if r.cpu_us}
@@ -331,7 +366,7 @@ def targets(rows: dict[str, Row]) -> list[str]:
             "  info  CPU per request relative to bare aiohttp (less sensitive to a busy machine): "
             + ", ".join(shares)
         )
-    for name in ("gateway", "gateway-redis"):
+    for name in ("gateway", "gateway-redis", "gateway-guards", "gateway-guards-redis", *SAMPLE_RATIOS):
         for scenario, lines in sorted(rows[name].fail_open.items() if name in rows else ()):
             if lines:
                 out.append(

@@ -35,6 +35,7 @@ from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
+from gateway.observe.trace_context import CURRENT, TraceStarter
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, Store
 from gateway.sparing import API_VERSION_HEADER, Sparing, not_sent
@@ -50,7 +51,11 @@ class GatewayState:
     """Everything the handler needs, swapped atomically on reload (`policy` is one reference)."""
 
     def __init__(
-        self, policy: PolicyFile, accounting: Accounting | None = None, transport: Transport | None = None
+        self,
+        policy: PolicyFile,
+        accounting: Accounting | None = None,
+        transport: Transport | None = None,
+        tracer: TraceStarter | None = None,
     ) -> None:
         self.limiters = LimiterPool()
         self.transport: Transport = (
@@ -59,6 +64,7 @@ class GatewayState:
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
         self.holder = Holder()  # Idempotency-Key answers still to be kept, their handlers maybe gone
+        self.tracer = tracer  # None: tracing is off (read once at start: `tracing` changes need a restart)
         self.sparing = Sparing()  # cached reads and hold-offs, per process, kept across reloads
         self.policy: CompiledPolicy
         self.set_policy(policy)
@@ -78,6 +84,10 @@ class GatewayState:
 
 
 STATE = web.AppKey("state", GatewayState)
+
+
+class ClientGone(Exception):
+    """The client went away before its whole body arrived: accounted `client_closed`, nothing sent."""
 
 
 def new_request_id() -> str:
@@ -130,28 +140,35 @@ async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes:
         if content.is_eof():  # the whole body came with the headers (the usual case): no wait, no timer
             body: bytes | None = content.read_nowait()
         else:
-            try:
-                async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
-                    body = await _read_body(request, limit)
-            except TimeoutError:
-                raise Refused(errors.request_timeout(policy.body_timeout)) from None
+            async with asyncio.timeout(policy.body_timeout):  # a trickled body must not hold a handler
+                body = await _read_body(request, limit)
+    except TimeoutError:
+        raise Refused(errors.request_timeout(policy.body_timeout)) from None
     except web.RequestPayloadError:  # gzip over plain JSON, deflate followed by junk, broken chunks
         error = errors.invalid_payload("The request body does not match its Content-Encoding or framing.")
         raise Refused(dataclasses.replace(error, close_connection=True)) from None  # the rest is unframed
+    except ConnectionError:  # aiohttp hands the reader the connection's loss
+        raise ClientGone from None
     if body is None or len(body) > limit:
         raise Refused(errors.payload_too_large(limit))
     return body
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it passes `limit` (the rest is not read)."""
+    """The whole body, or None as soon as it passes `limit` (the rest is not read). A client that went
+    away after its last byte arrived still sent its whole body: it is returned, and forwarded."""
+    content = request.content
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async for chunk in content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except ConnectionError:
+        if not (content.is_eof() and size == content.total_bytes):
+            raise
     return b"".join(chunks)
 
 
@@ -161,6 +178,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     outcome = Outcome(new_request_id(), request.method, truncate_ip=policy.truncate_ips)
     state.accounting.started()
+    trace = outcome.trace = None if state.tracer is None else state.tracer.begin(request.headers)
+    traced = None if trace is None else CURRENT.set(trace)  # for the upstream call's CLIENT span
     try:
         response = await _pipeline(request, state, policy, outcome)
     except asyncio.CancelledError:
@@ -173,6 +192,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
+        if trace is not None and traced is not None:
+            CURRENT.reset(traced)
+            trace.end_ns = time.time_ns()
         state.accounting.record(outcome)
     return response
 
@@ -230,6 +252,9 @@ async def _pipeline(
     except Refused as refused:
         extra = codes.fields((*limit_headers, *refused.headers))
         return _refused(admit.refuse(refused.error), outcome, extra)
+    except ClientGone:  # answered to no one: aiohttp drops it quietly (an exception is an ERROR line)
+        outcome.decision, outcome.status = "client_closed", 499
+        return web.Response(status=499)
     finally:
         codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
         if hold is not None:  # refused or cancelled before Voucherify's call: the key is free again
@@ -247,7 +272,14 @@ async def _rate_limit(
     """Count the request in its bucket: the RateLimit headers, or Refused (429, or 503 while the store is
     down and `on_storage_error: deny`)."""
     project = target.project
-    verdict = await state.limiters.check(project.rate_limit, project.buckets[target.operation], client_key)
+    bucket, trace = project.buckets[target.operation], outcome.trace
+    started = time.perf_counter() if trace is not None else 0.0
+    verdict = await state.limiters.check(project.rate_limit, bucket, client_key)
+    if trace is not None:  # a span event: the decision and the storage round trip
+        elapsed = time.perf_counter() - started
+        trace.limit_checked(
+            bucket.name, project.rate_limit.storage, verdict.error is not None, verdict.store_error, elapsed
+        )
     outcome.limit_store_error = verdict.store_error
     if verdict.error is not None:
         raise Refused(verdict.error, verdict.headers)
@@ -345,10 +377,12 @@ def create_app(
     *,
     demo_page: bool = False,
     transport: Transport | None = None,
+    tracer: TraceStarter | None = None,
 ) -> web.Application:
-    """The gateway's app. `transport` replaces the HTTP client to Voucherify (tests, embedding)."""
+    """The gateway's app. `transport` replaces the HTTP client to Voucherify (tests, embedding); `tracer`
+    (with tracing on: `observe.tracing.Tracing.starter`, whose sink is in `accounting`) traces requests."""
     app = web.Application()  # bodies are read and limited by the handler (`_request_body`), not by aiohttp
-    app[STATE] = GatewayState(policy, accounting, transport)
+    app[STATE] = GatewayState(policy, accounting, transport, tracer)
     app.cleanup_ctx.append(_lifecycle)
     add_widget(app)  # /widget.js, the one public addition to the contract's routes
     if demo_page:

@@ -27,6 +27,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"error: {problem}")
         print(f"{args.config}: {len(exc.problems)} problem(s)")
         return 1
+    if policy.tracing.otlp_endpoint is not None:
+        from gateway.observe.trace_context import tracing_unavailable
+
+        missing = tracing_unavailable()
+        if missing is not None:
+            print(f"error: {missing}")
+            print(f"{args.config}: 1 problem(s)")
+            return 1
     for note in policy_warnings(policy):
         print(f"warning: {note}")
     print(f"{args.config}: valid, {len(policy.projects)} project(s)")

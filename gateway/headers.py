@@ -35,6 +35,10 @@ REQUEST_HEADERS: tuple[tuple[str, Crossing], ...] = (
     ("X-Voucherify-Channel", Crossing.COPIED | Crossing.PREFLIGHT),
     ("X-Voucherify-Double-Opt-In", Crossing.COPIED | Crossing.PREFLIGHT),
     (IDEMPOTENCY_KEY, Crossing.PREFLIGHT),
+    # W3C trace context: a page may send them, tracing on or off; never copied as sent. With tracing on,
+    # the upstream call carries the gateway's own traceparent and the caller's tracestate (upstream.py).
+    ("traceparent", Crossing.PREFLIGHT),
+    ("tracestate", Crossing.PREFLIGHT),
 )
 COPIED_REQUEST_HEADERS = tuple(name for name, crossing in REQUEST_HEADERS if Crossing.COPIED in crossing)
 PREFLIGHT_ALLOWED_HEADERS = ", ".join(

@@ -50,6 +50,7 @@ from gateway.app import STATE, GatewayState, new_request_id
 from gateway.errors import GatewayError, describe_exception
 from gateway.models import Outcome
 from gateway.policy import Listen
+from gateway.serving import CANCEL_GRACE
 
 log = logging.getLogger("gateway")
 
@@ -86,14 +87,16 @@ class GatewayRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, listen: Listen, **options: Any) -> None:
         """`options`: more of aiohttp's runner options (the test server's `handler_cancellation`); `serve`
-        passes none."""
+        passes none. The drain (`listen.drain_timeout`) is `serving.Serving.close`'s, which waits for the
+        requests in flight and then cancels them; aiohttp's own shutdown only gets CANCEL_GRACE, for
+        leftovers, as on every runner `Serving` builds."""
         self.limits = ConnectionLimits.of(listen)
+        options.setdefault("shutdown_timeout", CANCEL_GRACE)
         super().__init__(
             app,
             **options,
             access_log=None,  # the gateway writes its own access lines
             handle_signals=False,
-            shutdown_timeout=listen.drain_timeout,
             keepalive_timeout=listen.keepalive_timeout + listen.header_timeout,  # aiohttp's: a backstop
             lingering_time=0,  # GatewayProtocol closes half-way and discards, bounded, instead
         )

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # types only: these modules are above this one
     from gateway.catalog import Route
     from gateway.client_ip import Client
     from gateway.compiled import ProjectRuntime
+    from gateway.observe.trace_context import RequestTrace
 
 
 # ------------------------------------------------------------------------------------------ upstream
@@ -197,3 +198,4 @@ class Outcome:
     unknown_codes: int = 0  # codes Voucherify's answer said do not exist, charged to the failed-code budget
     finished: float = 0.0  # time.time() when answered: the access line's time, however late it is written
     idempotency: str | None = None  # what its Idempotency-Key did (guards.idempotency.Result), if it had one
+    trace: RequestTrace | None = None  # with tracing on: its trace id, spans and events

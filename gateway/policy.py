@@ -126,6 +126,20 @@ class Logging(_Model):
     client_ip: Literal["full", "truncated"] = "full"
 
 
+def _otlp_endpoint(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s#]*)?", value):
+        raise ValueError("must be an http(s) URL such as http://otel-collector:4318/v1/traces")
+    return value
+
+
+class Tracing(_Model):
+    """OpenTelemetry traces, exported over OTLP/HTTP by each process; read once at start-up."""
+
+    otlp_endpoint: Annotated[str, AfterValidator(_otlp_endpoint)] | None = None  # None: tracing is off
+    service_name: str = Field("voucherify-gateway", min_length=1, max_length=200)
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # new traces only: an incoming traceparent decides
+
+
 class ClientIp(_Model):
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
     ipv6_prefix: int = Field(64, ge=1, le=128)
@@ -314,6 +328,7 @@ class PolicyFile(_Model):
     rate_limit: RateLimit = RateLimit()
     idempotency: Idempotency = Idempotency()
     cache: Cache = Cache()
+    tracing: Tracing = Tracing()
     default_project: str | None = None
     projects: dict[ProjectName, Project]
 

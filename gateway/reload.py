@@ -3,8 +3,8 @@
 The new file is read and validated off the event loop; a file `check` would reject is logged with check's
 messages, counted, and ignored. A valid one is compiled and swapped in as one reference, so requests in
 flight finish under the policy they started with, and the `LimiterPool` (rate-limit state) is kept.
-`logging`, `upstream`, `client_ip`, `rate_limit`, `projects` and `watch` take effect; `listen` and `admin`
-need a restart (a change to them is logged).
+`logging`, `upstream`, `client_ip`, `rate_limit`, `projects` and `watch` take effect; `listen`, `admin` and
+`tracing` need a restart (a change to them is logged).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class PolicyReloader:
     def _apply_side_settings(self, old: PolicyFile, new: PolicyFile) -> None:
         if self.configure_logs and new.logging != old.logging:
             configure_logging(new.logging.level, new.logging.format)
-        for section in ("listen", "admin"):
+        for section in ("listen", "admin", "tracing"):
             if getattr(old, section) != getattr(new, section):
                 log.warning("%s changed in %s: it takes effect at the next restart", section, self.path)
 

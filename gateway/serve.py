@@ -8,18 +8,21 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from gateway.admin import gateway_readiness, start_admin
 from gateway.app import STATE, create_app
 from gateway.listen import GatewayRunner
 from gateway.observe.access import AccessLog
-from gateway.observe.accounting import Accounting
+from gateway.observe.accounting import Accounting, Sink
 from gateway.observe.logs import BufferedStreamHandler, configure_logging, flush_logs
 from gateway.observe.metrics import Metrics
 from gateway.policy import PolicyError, PolicyFile, load_policy
 from gateway.reload import PolicyReloader
 from gateway.serving import Serving, http_url, port_of, run_loop, settle_heap
+
+if TYPE_CHECKING:  # imported at run time only when tracing is on
+    from gateway.observe.tracing import Tracing
 
 log = logging.getLogger("gateway")
 
@@ -38,8 +41,12 @@ async def run(
     """Serve until SIGTERM or SIGINT, then drain. Under `--workers`, the parent runs the admin listener
     (`with_admin=False`) and each worker stops by itself when `parent` is no longer its parent."""
     metrics = Metrics()
-    accounting = Accounting([AccessLog(log_handler), metrics])
-    app = create_app(policy, accounting)
+    tracing = start_tracing(policy)  # None when off: then nothing of OpenTelemetry is imported
+    sinks: list[Sink] = [AccessLog(log_handler), metrics]
+    if tracing is not None:
+        sinks.append(tracing)  # each process (each worker) exports its own spans
+    accounting = Accounting(sinks)
+    app = create_app(policy, accounting, tracer=tracing.starter if tracing is not None else None)
     state = app[STATE]
     reloader = PolicyReloader(app, path, counted=metrics.reloaded) if path is not None else None
     drain = policy.listen.drain_timeout
@@ -47,7 +54,9 @@ async def run(
         flush=(accounting.flush, flush_logs), hangup=_on_hup(reloader), parent=parent
     ) as serving:
         public = GatewayRunner(app, policy.listen)  # deadlines, the connection cap, the gateway's own answers
-        runner = await serving.listen(public, host=host, port=port, reuse_port=reuse_port, backlog=1024)
+        runner = await serving.listen(
+            public, host=host, port=port, reuse_port=reuse_port, backlog=1024, shutdown_timeout=drain
+        )
         admin = None
         if with_admin:
             admin = await start_admin(policy.admin, metrics.registry, gateway_readiness(state), accounting)
@@ -65,7 +74,25 @@ async def run(
         if admin is not None:
             await admin.stop()
         log.info("drained, exiting")
+    if tracing is not None:  # after the last outcomes were accounted for; bounded, and off the loop
+        await asyncio.to_thread(tracing.shutdown)
     return 0
+
+
+def start_tracing(policy: PolicyFile) -> Tracing | None:
+    """The process's tracing when `tracing.otlp_endpoint` is set (`load_for_serving` checked the extra)."""
+    if policy.tracing.otlp_endpoint is None:
+        return None
+    from gateway.observe.tracing import Tracing
+
+    tracing = Tracing(policy.tracing)
+    log.info(
+        "tracing: spans to %s, service %s, sample ratio %g",
+        tracing.collector,
+        policy.tracing.service_name,
+        policy.tracing.sample_ratio,
+    )
+    return tracing
 
 
 def _on_hup(reloader: PolicyReloader | None) -> Callable[[], None] | None:
@@ -93,6 +120,13 @@ def load_for_serving(
         for problem in exc.problems:
             print(f"error: {problem}", file=report)
         return None
+    if policy.tracing.otlp_endpoint is not None:  # as `check` says: no silent start without traces
+        from gateway.observe.trace_context import tracing_unavailable
+
+        missing = tracing_unavailable()
+        if missing is not None:
+            print(f"error: {missing}", file=report)
+            return None
     return policy, configure_logging(policy.logging.level, policy.logging.format)
 
 

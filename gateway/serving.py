@@ -33,6 +33,8 @@ __all__ = ["Serving", "http_url", "port_of", "run_loop", "settle_heap"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 ORPHAN_POLL = 1.0  # seconds between checks that the supervising parent is still there
+DRAIN_POLL = 0.02  # seconds between checks that a draining listener's connections are gone
+CANCEL_GRACE = 0.25  # seconds a handler cancelled at the end of a drain gets to record its outcome
 
 
 def http_url(host: str, port: int) -> str:
@@ -68,6 +70,7 @@ class Serving:
         self._parent = parent
         self._stop = asyncio.Event()
         self._runners: list[web.AppRunner] = []
+        self._drain: dict[web.AppRunner, float] = {}  # each runner's shutdown_timeout
         self._tasks: list[asyncio.Task[None]] = []
         self._trapped: list[signal.Signals] = []
 
@@ -119,17 +122,18 @@ class Serving:
     ) -> web.AppRunner:
         """`app` listening on host:port (or on `sock`, already bound); cleaned up at exit unless `close`d.
 
-        `app` is an application, served by aiohttp's own `AppRunner` whose cleanup gives requests in flight
-        `shutdown_timeout`; or a runner the caller built and has not set up (the public port's
-        `listen.GatewayRunner`, which has its own)."""
+        `app` is an application, served by aiohttp's own `AppRunner`; or a runner the caller built and has
+        not set up (the public port's `listen.GatewayRunner`), whose own shutdown_timeout should be
+        CANCEL_GRACE as this one's. `shutdown_timeout`: how long `close` waits for requests in flight."""
+        # aiohttp's own shutdown waits twice its timeout (once for the handlers, once more after a cancel
+        # that only reaches a handler reading its body): `close` waits itself, aiohttp only for leftovers
         if isinstance(app, web.AppRunner):
             runner = app
         else:
-            runner = web.AppRunner(
-                app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
-            )
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CANCEL_GRACE)
         await runner.setup()
         self._runners.append(runner)
+        self._drain[runner] = shutdown_timeout
         site: web.BaseSite
         if sock is not None:
             site = web.SockSite(runner, sock, backlog=backlog)
@@ -144,11 +148,26 @@ class Serving:
             await site.stop()
 
     async def close(self, runner: web.AppRunner) -> None:
-        """Clean `runner` up now: idle keep-alive connections closed, requests in flight given its
-        shutdown_timeout, the app's cleanup run."""
-        if runner in self._runners:
-            self._runners.remove(runner)
-            await runner.cleanup()
+        """Clean `runner` up now: no new connections, idle keep-alive connections closed, requests in
+        flight given its shutdown_timeout, then the handlers still running cancelled (each gets
+        CANCEL_GRACE to record its outcome) and the app's cleanup run. Returns within shutdown_timeout
+        plus about 3 x CANCEL_GRACE, plus what the app's cleanup takes."""
+        if runner not in self._runners:
+            return
+        self._runners.remove(runner)
+        timeout = self._drain.pop(runner)
+        await self.stop_listening(runner)
+        server = runner.server
+        if server is not None:
+            await asyncio.sleep(0)  # as aiohttp: requests accepted before the stop start to be handled
+            server.pre_shutdown()  # idle connections close now, busy ones once they answered
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            # aiohttp signals no connection's end: polled, during a drain only
+            while server.connections and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(min(DRAIN_POLL, max(0.0, deadline - loop.time())))
+            await _cancel_handlers(server)
+        await runner.cleanup()
 
     # ----------------------------------------------------------------------------------------- life
 
@@ -189,6 +208,26 @@ class Serving:
         while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
             await asyncio.sleep(ORPHAN_POLL)
         self.stop()
+
+
+async def _cancel_handlers(server: web.Server) -> None:
+    """Cancel the handlers of the connections still open after a drain's timeout, and give them
+    CANCEL_GRACE to finish (their `finally` blocks: the outcome recorded, an idempotency key released).
+
+    aiohttp's own shutdown cancels only a handler's body reads (`BaseRequest._cancel`), which does not
+    reach a handler waiting on the upstream, and then cancels the connection's task without waiting for
+    it. The connection's task (`RequestHandler._task_handler`, pinned by tests/unit/test_serving.py) runs
+    the handler's task and awaits it, so cancelling it cancels the handler too."""
+    tasks: list[asyncio.Task[None]] = []
+    for connection in server.connections:
+        task = getattr(connection, "_task_handler", None)
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
+            tasks.append(task)
+        else:
+            connection.force_close()
+    if tasks:
+        await asyncio.wait(tasks, timeout=CANCEL_GRACE)
 
 
 def settle_heap() -> None:

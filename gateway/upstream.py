@@ -4,6 +4,10 @@
 the gateway's own HTTP/1.1 client (`http1.py`). Tests and embedders pass another to `create_app(transport=…)`,
 as httpx takes `transport=`, so upstream faults can be tested without a socket.
 
+With tracing on, `send` is where each call becomes a CLIENT span of the request's trace
+(`observe.trace_context.CURRENT`) and carries the gateway's own `traceparent` (that span's id) and the
+caller's `tracestate` as received: the one place both are added, in either mode.
+
 `send` answers Voucherify's answer (headers already through the response allow-list, `headers.py`) or raises
 `errors.Refused` with 502 `upstream_unavailable` or 504 `upstream_timeout`. Requests are never retried: a
 retried POST to /redeem is a double redemption.
@@ -12,7 +16,9 @@ retried POST to /redeem is a double redemption.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
@@ -28,6 +34,7 @@ from gateway.http1 import (
     UpstreamTimeout,
 )
 from gateway.models import Timeouts, UpstreamCall, UpstreamResponse
+from gateway.observe.trace_context import CURRENT, new_span_id
 
 THROTTLE_HEADERS = frozenset({"retry-after", "x-rate-limit-retry"})  # read from a 429, for the hold-off
 log = logging.getLogger("gateway.upstream")
@@ -63,6 +70,7 @@ class Http1Transport:
         self._max_in_flight = max_in_flight
         self._client: Http1Client | None = None
         self._full: set[str] = set()  # hosts whose cap refused a request since their last other outcome
+        self._addresses: dict[str, tuple[str, int]] = {}  # base URL -> (host, port), for CLIENT spans
 
     @property
     def max_in_flight(self) -> int:
@@ -87,6 +95,42 @@ class Http1Transport:
             self._client = None
 
     async def send(
+        self, base_url: str, call: UpstreamCall, headers: CIMultiDict[str], timeouts: Timeouts
+    ) -> UpstreamResponse:
+        trace = CURRENT.get()
+        if trace is None:  # tracing off, or a call outside a request
+            return await self._send(base_url, call, headers, timeouts)
+        if trace.tracestate is not None:
+            headers["tracestate"] = trace.tracestate
+        if not trace.sampled:  # no span is recorded: the call only carries the trace on
+            headers["traceparent"] = trace.traceparent(new_span_id())
+            return await self._send(base_url, call, headers, timeouts)
+        host, port = self._address(base_url)
+        span = trace.start_call(host, port, call.method)
+        headers["traceparent"] = trace.traceparent(span.span_id)
+        try:
+            answer = await self._send(base_url, call, headers, timeouts)
+        except Refused as refused:
+            span.error = refused.error.key.value
+            raise
+        except BaseException:
+            span.error = "cancelled"
+            raise
+        finally:
+            span.end_ns = time.time_ns()
+        span.status = answer.status
+        return answer
+
+    def _address(self, base_url: str) -> tuple[str, int]:
+        """server.address and server.port of a base URL: its host (never its user info), its port."""
+        found = self._addresses.get(base_url)
+        if found is None:
+            parts = urlsplit(base_url)
+            default = 443 if parts.scheme == "https" else 80
+            found = self._addresses[base_url] = (parts.hostname or "", parts.port or default)
+        return found
+
+    async def _send(
         self, base_url: str, call: UpstreamCall, headers: CIMultiDict[str], timeouts: Timeouts
     ) -> UpstreamResponse:
         client = self._client

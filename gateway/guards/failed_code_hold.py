@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from functools import partial
 
@@ -69,15 +70,16 @@ class CodeHold:
             return
         limits = target.project.rate_limit
         key = budget.key(client_key)
-        reserving = asyncio.ensure_future(
-            store.reserve(key, budget.limit, budget.window, named_codes(target.route, document))
-        )
+        named, trace, started = named_codes(target.route, document), outcome.trace, time.perf_counter()
+        reserving = asyncio.ensure_future(store.reserve(key, budget.limit, budget.window, named))
         try:
             reservation = await asyncio.shield(reserving)  # cancelled here, the grant is still given back
         except asyncio.CancelledError:
             reserving.add_done_callback(partial(_give_back_late, store, key))
             raise
         except StoreUnavailable as exc:
+            if trace is not None:  # a span event: the decision and the storage round trip
+                trace.codes_checked(named, False, True, time.perf_counter() - started)
             outcome.limit_store_error = True
             if limits.storage not in _DOWN:
                 _DOWN.add(limits.storage)
@@ -92,6 +94,8 @@ class CodeHold:
         if limits.storage in _DOWN:
             _DOWN.discard(limits.storage)
             log.warning("failed-code budget: store reachable again")
+        if trace is not None:
+            trace.codes_checked(named, not reservation.granted, False, time.perf_counter() - started)
         self._budget, self._store, self._key, self._reservation = budget, store, key, reservation
         if not reservation.granted:
             retry = refusal_retry_after(reservation.retry_after, reservation.reset)

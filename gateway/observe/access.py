@@ -3,6 +3,7 @@
 Lines carry ids, names, statuses and timings, never a credential, a header value other than Origin (cut
 to 200 characters), or a body. Each line is dated when its request was answered, and its client address
 takes the form that request's own policy asked for (`Outcome.truncate_ip`), however late it is written.
+With tracing on, each line also carries `trace_id` (32 lowercase hex digits), sampled or not.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class AccessLog:
             }
             if outcome.idempotency is not None:  # kept, released, replayed, in_flight, reused...
                 fields["idempotency"] = outcome.idempotency
+            if outcome.trace is not None:  # tracing on: the request's trace id, sampled or not
+                fields["trace_id"] = outcome.trace.trace_id_hex
             finished = outcome.finished or time.time()
             if handler is None or not handler.write_access(access_log.name, fields, finished):
                 _log_access(fields, finished)

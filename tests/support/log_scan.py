@@ -1,7 +1,8 @@
 """A credential scan over every log line the whole test suite produces.
 
 In-process gateways log through the root logger, captured here with the gateway's own JSON formatter; the
-serve subprocesses of the suite register their captured output lines. Every credential a test hands a
+serve subprocesses of the suite register their captured output lines, and the tests' OTLP receiver
+(otlp_receiver.py) registers every span exported to it, as text. Every credential a test hands a
 gateway (through a policy tree) is remembered, and at the end of the session no log line may hold one,
 nor any value that looks like the suite's test secrets. A leak fails the run.
 """

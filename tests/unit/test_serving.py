@@ -134,3 +134,53 @@ def test_settle_heap_freezes_start_up_objects_and_still_collects_cycles() -> Non
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+async def test_close_waits_for_a_busy_handler_and_cancels_one_past_the_timeout() -> None:
+    """`close` lets a request in flight finish within shutdown_timeout; one still running after it (a
+    handler waiting on something that never comes, as on a hung upstream) is cancelled, and its `finally`
+    runs before `close` returns. Pins aiohttp's `RequestHandler._task_handler`, which the cancel goes
+    through (aiohttp's own shutdown cancels only body reads)."""
+    from gateway import serving as serving_module
+
+    events: list[str] = []
+    hung, started = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(0.2)
+        events.append("slow answered")
+        return web.Response(text="slow")
+
+    async def forever(request: web.Request) -> web.Response:
+        hung.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            events.append("forever cancelled")
+        raise AssertionError("not reached")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/forever", forever)
+    async with Serving() as serving:
+        runner = await serving.listen(app, shutdown_timeout=1.0)
+        url = http_url("127.0.0.1", port_of(runner))
+        async with aiohttp.ClientSession() as session:
+            stuck = asyncio.create_task(session.get(url + "/forever").__aenter__())
+            await asyncio.wait_for(hung.wait(), 30)
+            server = runner.server
+            assert server is not None
+            assert all(isinstance(c._task_handler, asyncio.Task) for c in server.connections)  # the pin
+            quick = asyncio.create_task(session.get(url + "/slow").__aenter__())
+            await asyncio.wait_for(started.wait(), 30)  # both requests are being handled
+            await serving.close(runner)
+            assert events == ["slow answered", "forever cancelled"]
+            assert (await quick).status == 200
+            try:
+                await stuck
+            except aiohttp.ClientError:
+                pass
+            else:
+                raise AssertionError("the cancelled request got an answer")
+    assert serving_module.CANCEL_GRACE < 1.0  # the margin the README states

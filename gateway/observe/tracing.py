@@ -1,0 +1,255 @@
+"""The tracing sink: each sampled request's spans, encoded and exported over OTLP/HTTP off the event loop.
+
+The one module of the gateway that imports OpenTelemetry (the `tracing` extra); `serve` imports it only
+when `tracing.otlp_endpoint` is set. The request path records plain values (`observe.trace_context`);
+this sink, fed by `Accounting` like the access log and the metrics, queues each sampled request's outcome
+(a bounded queue: past OTEL_BSP_MAX_QUEUE_SIZE requests, the oldest are dropped), and one thread of its
+own encodes them in batches (`observe.otlp`: one SERVER span, one CLIENT span per upstream call) and posts
+each batch to the collector. Nothing a request waits for.
+
+From OpenTelemetry: the resource (`Resource.create`: `service.name` and the SDK's own attributes, with
+OTEL_RESOURCE_ATTRIBUTES merged), its protobuf form, and the standard variables: OTEL_BSP_SCHEDULE_DELAY,
+OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, and OTEL_EXPORTER_OTLP_[TRACES_]HEADERS,
+_TIMEOUT, _COMPRESSION (gzip) and _CERTIFICATE. The endpoint is the policy's. The SDK's span encoder is
+not used: it costs about 100 µs of CPU per span (see `observe.otlp`).
+
+A collector that is down, slow or refusing costs requests nothing: a failed batch is dropped, not retried
+(memory stays bounded), and `ExportWatch` says so once at warning, naming the collector (scheme, host,
+port and path: never user info or a query), when exports start failing, and once when they succeed again.
+
+What a span holds: names and values of the policy and the catalog (project, operation, decision), the
+method, status codes, the request id, the upstream's host and port, the rate-limit event. Never a
+credential, a header value, a body, a query string, a path or a client address; the caller's
+`tracestate` is not kept in spans either.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from urllib.parse import urlsplit
+
+import requests
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceMessage
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.util.re import parse_env_headers
+
+from gateway.models import Outcome
+from gateway.observe.otlp import SpanWriter, export_request
+from gateway.observe.trace_context import TraceStarter
+from gateway.policy import Tracing as TracingConfig
+
+__all__ = ["ExportWatch", "Tracing", "collector_name"]
+
+log = logging.getLogger("gateway.tracing")
+
+SCOPE = "voucherify-gateway"
+SHUTDOWN_WAIT = 2.0  # seconds the last spans get to leave at exit, while exports succeed
+STUCK_AFTER = 0.5  # seconds an export may take before the exit stops waiting for the collector
+
+
+def collector_name(endpoint: str) -> str:
+    """The collector as a log line may name it: scheme, host, port and path, never user info or a query."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class ExportWatch:
+    """Logs the start of a run of failed exports, and its end, once each."""
+
+    def __init__(self, collector: str) -> None:
+        self.collector = collector
+        self.failing = False
+
+    def exported(self, ok: bool) -> None:
+        if ok:
+            if self.failing:
+                self.failing = False
+                log.warning("tracing: exports to the collector %s succeed again", self.collector)
+        elif not self.failing:
+            self.failing = True
+            log.warning(
+                "tracing: exports to the collector %s are failing (down, slow or refusing); spans are "
+                "dropped until it takes them again, and requests are not affected",
+                self.collector,
+            )
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _number(default: float, *names: str) -> float:
+    value = _env(*names)
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        log.warning("tracing: %s is not a number; using %g", names[0], default)
+        return default
+
+
+class OtlpHttpSender:
+    """POSTs encoded export requests to the collector: one attempt each, bounded by the timeout."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.session = requests.Session()
+        headers = parse_env_headers(
+            _env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or "", liberal=True
+        )
+        self.headers = {**headers, "Content-Type": "application/x-protobuf"}
+        self.timeout = _number(10.0, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+        compression = _env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+        self.gzip = (compression or "").lower() == "gzip"
+        if self.gzip:
+            self.headers["Content-Encoding"] = "gzip"
+        certificate = _env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+        self.verify: str | bool = certificate or True
+
+    def send(self, body: bytes) -> bool:
+        data = gzip.compress(body, compresslevel=5) if self.gzip else body
+        try:
+            answer = self.session.post(
+                self.endpoint, data=data, headers=self.headers, timeout=self.timeout, verify=self.verify
+            )
+            answer.close()
+        except (requests.RequestException, OSError, ValueError):
+            return False
+        return 200 <= answer.status_code < 300
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Tracing:
+    """Tracing for one process: the `TraceStarter` for the request path, and the sink of its spans."""
+
+    def __init__(self, config: TracingConfig) -> None:
+        assert config.otlp_endpoint is not None, "tracing is off"
+        version = _version()
+        self.starter = TraceStarter(config.sample_ratio)
+        resource = Resource.create(
+            {"service.name": config.service_name, "service.version": version, "process.pid": os.getpid()}
+        )
+        self.resource = _resource_bytes(resource)
+        self.scope = InstrumentationScope(name=SCOPE, version=version).SerializeToString()
+        self.collector = collector_name(config.otlp_endpoint)
+        self.watch = ExportWatch(self.collector)
+        self.sender = OtlpHttpSender(config.otlp_endpoint)
+        self.writer = SpanWriter()
+        self.delay = _number(5000, "OTEL_BSP_SCHEDULE_DELAY") / 1000
+        self.max_queue = max(1, int(_number(2048, "OTEL_BSP_MAX_QUEUE_SIZE")))
+        self.batch = min(self.max_queue, max(1, int(_number(512, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"))))
+        self.exported = 0  # requests whose spans the collector took
+        self.dropped = 0  # requests whose spans were dropped: the queue was full, or their export failed
+        self.busy_since = 0.0  # time.monotonic() when the export under way began; 0 when none is
+        self._queue: collections.deque[Outcome] = collections.deque(maxlen=self.max_queue)
+        self._wake = threading.Event()
+        self._stopping = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tracing-export", daemon=True)
+        self._thread.start()
+
+    # -------------------------------------------------------------------------------- the event loop's
+
+    def account(self, batch: Sequence[Outcome], in_flight: int) -> None:
+        queue = self._queue
+        for outcome in batch:
+            trace = outcome.trace
+            if trace is not None and trace.sampled:
+                if len(queue) == self.max_queue:
+                    self.dropped += 1  # deque(maxlen) lets the oldest go
+                queue.append(outcome)
+        if len(queue) >= self.batch:
+            self._wake.set()
+
+    def shutdown(self) -> None:
+        """Send what is queued, waiting at most SHUTDOWN_WAIT seconds, and not at all while exports fail
+        or one is stuck (a collector that is down or slow never holds the exit). Blocking: run it off the
+        event loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
+        self._wake.set()
+        deadline = time.monotonic() + SHUTDOWN_WAIT
+        while self._thread.is_alive() and not self.stuck and time.monotonic() < deadline:
+            self._thread.join(0.05)
+
+    @property
+    def stuck(self) -> bool:
+        """Failing, or an export has waited on the collector for longer than a healthy one takes."""
+        busy = self.busy_since
+        return self.watch.failing or (busy > 0 and time.monotonic() - busy > STUCK_AFTER)
+
+    # -------------------------------------------------------------------------------- the export thread
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.delay)
+            self._wake.clear()
+            self._export_queued()
+        self._export_queued()
+        self.sender.close()
+
+    def _export_queued(self) -> None:
+        queue, writer = self._queue, self.writer
+        while queue:
+            outcomes = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
+            spans = [writer.request(outcome, outcome.trace) for outcome in outcomes if outcome.trace]
+            body = export_request(self.resource, self.scope, spans)
+            self.busy_since = time.monotonic()
+            try:
+                ok = self.sender.send(body)
+            finally:
+                self.busy_since = 0.0
+            if ok:
+                self.exported += len(outcomes)
+            else:
+                self.dropped += len(outcomes)
+            self.watch.exported(ok)
+            if self._stopping and self.stuck:
+                return
+
+
+def _resource_bytes(resource: Resource) -> bytes:
+    """The resource as OTLP's Resource message, encoded once."""
+    message = ResourceMessage()
+    for key, value in resource.attributes.items():
+        pair = KeyValue(key=key)
+        if isinstance(value, bool):
+            pair.value.CopyFrom(AnyValue(bool_value=value))
+        elif isinstance(value, int):
+            pair.value.CopyFrom(AnyValue(int_value=value))
+        elif isinstance(value, float):
+            pair.value.CopyFrom(AnyValue(double_value=value))
+        else:
+            pair.value.CopyFrom(AnyValue(string_value=str(value)))
+        message.attributes.append(pair)
+    encoded: bytes = message.SerializeToString()
+    return encoded
+
+
+def _version() -> str:
+    try:
+        return metadata.version("voucherify-gateway")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout without installing
+        return "0"

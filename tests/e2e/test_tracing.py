@@ -1,0 +1,694 @@
+"""Tracing end to end: a gateway on a real port exporting over OTLP/HTTP to a real receiver (the tests'
+own, decoding the protobuf as a collector does), in front of the recording upstream double.
+
+In-process gateways here are built as `serve` builds them (the tracing sink in the accounting, its
+starter in the app); their accounting is flushed by the test, as `serve`'s flusher would every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import STATE, create_app
+from gateway.observe.access import AccessLog
+from gateway.observe.accounting import Accounting
+from gateway.observe.tracing import Tracing
+from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, GatewayFactory, base_policy, make_policy
+from tests.support.constants import JSON_H, H
+from tests.support.otlp_receiver import CLIENT, SERVER, STATUS_ERROR, WAIT, OtlpReceiver
+from tests.support.processes import GatewayProcessFactory
+from tests.support.upstream_double import Reply, UpstreamDouble
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+HEX32 = re.compile(r"[0-9a-f]{32}")
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])")
+SERVER_KEYS = {
+    "voucherify.project",
+    "voucherify.operation",
+    "gateway.decision",
+    "gateway.request_id",
+    "http.request.method",
+    "http.response.status_code",
+}
+BODY = b'{"redeemables":[{"object":"voucher","id":"body-secret-CODE"}]}'
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    found = await OtlpReceiver().start()
+    yield found
+    await found.close()
+
+
+@pytest.fixture(autouse=True)
+def quick_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's standard variables: export every 20 ms (default 5 s), give up an export after 1 s."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
+
+
+@dataclass
+class Traced:
+    client: TestClient[web.Request, web.Application]
+    app: web.Application
+    tracing: Tracing
+    accounting: Accounting
+
+    def flush(self) -> None:
+        self.accounting.flush()
+
+
+TracedFactory = Callable[..., Awaitable[Traced]]
+
+
+@pytest.fixture
+async def traced(upstream: UpstreamDouble, receiver: OtlpReceiver) -> AsyncIterator[TracedFactory]:
+    """`await traced(tree=None, endpoint=None, **tracing_keys)`: an in-process gateway, tracing on."""
+    made: list[Traced] = []
+
+    async def start(tree: dict[str, Any] | None = None, endpoint: str | None = None, **keys: Any) -> Traced:
+        tree = tree if tree is not None else base_policy(upstream.url)
+        tree["tracing"] = {"otlp_endpoint": endpoint or receiver.url, **keys}
+        policy = make_policy(tree)
+        tracing = Tracing(policy.tracing)
+        accounting = Accounting([AccessLog(), tracing])
+        app = create_app(policy, accounting, tracer=tracing.starter)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        made.append(Traced(client, app, tracing, accounting))
+        return made[-1]
+
+    yield start
+    for one in made:
+        await one.client.close()
+        await asyncio.to_thread(one.tracing.shutdown)
+
+
+def upstream_traceparent(upstream: UpstreamDouble, index: int = -1) -> tuple[str, str, str]:
+    found = TRACEPARENT.fullmatch(upstream.received[index].headers["traceparent"])
+    assert found is not None, upstream.received[index].headers["traceparent"]
+    return found.group(1), found.group(2), found.group(3)
+
+
+def access_line(caplog: pytest.LogCaptureFixture, request_id: str) -> dict[str, Any]:
+    for record in caplog.records:
+        fields = getattr(record, "fields", None)
+        if record.name == "gateway.access" and fields and fields.get("request_id") == request_id:
+            return dict(fields)
+    raise AssertionError(f"no access line for {request_id}")
+
+
+# --------------------------------------------------------------------------------- span tree and names
+
+
+async def test_spans_of_a_forwarded_request_and_the_traceparent_upstream_got(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    gw = await traced()
+    resp = await gw.client.post("/client/v1/validations", data=BODY, headers=JSON_H)
+    assert resp.status == 200
+    trace_id, client_span_id, flags = upstream_traceparent(upstream)
+    assert flags == "01"
+    assert "tracestate" not in upstream.received[0].headers  # none was sent
+    gw.flush()
+    server, client = await receiver.wait_for_trace(trace_id)
+
+    assert server.name == "validate_stackable" and server.kind == SERVER
+    assert server.parent_span_id == ""  # a new trace: the caller sent no traceparent
+    assert server.attributes == {
+        "voucherify.project": "shop",
+        "voucherify.operation": "validate_stackable",
+        "gateway.decision": "forwarded",
+        "gateway.request_id": resp.headers["X-Request-Id"],
+        "http.request.method": "POST",
+        "http.response.status_code": 200,
+    }
+    assert isinstance(server.attributes["http.response.status_code"], int)
+    assert server.status != STATUS_ERROR
+    [(event, limit)] = server.events
+    assert event == "rate_limit"
+    assert limit["gateway.rate_limit.bucket"] == "per_ip"
+    assert limit["gateway.rate_limit.decision"] == "allowed"
+    assert limit["gateway.rate_limit.store"] == "memory"
+    assert limit["gateway.rate_limit.store_ms"] >= 0
+
+    assert client.name == "upstream" and client.kind == CLIENT
+    assert client.span_id == client_span_id  # the upstream call's parent is the CLIENT span
+    assert client.parent_span_id == server.span_id
+    port = int(upstream.url.rsplit(":", 1)[1])
+    assert client.attributes == {
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "http.request.method": "POST",
+        "http.response.status_code": 200,
+    }
+    assert server.start_ns <= client.start_ns <= client.end_ns <= server.end_ns
+    assert server.resource["service.name"] == "voucherify-gateway"
+    assert server.scope == "voucherify-gateway"
+
+
+async def test_an_incoming_traceparent_is_continued_and_its_tracestate_sent_upstream(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    gw = await traced(service_name="checkout-gateway")
+    state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+    resp = await gw.client.post(
+        "/client/v1/validations",
+        data=BODY,
+        headers={**JSON_H, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": state},
+    )
+    assert resp.status == 200
+    trace_id, client_span_id, flags = upstream_traceparent(upstream)
+    assert (trace_id, flags) == (TRACE_ID, "01")
+    assert client_span_id != PARENT_ID
+    assert upstream.received[0].headers.getall("tracestate") == [state]  # as received
+    gw.flush()
+    server, client = await receiver.wait_for_trace(TRACE_ID)
+    assert server.parent_span_id == PARENT_ID
+    assert client.parent_span_id == server.span_id and client.span_id == client_span_id
+    assert server.trace_state == "" and client.trace_state == ""  # the caller's text stays out of spans
+    assert server.resource["service.name"] == "checkout-gateway"
+
+
+async def test_an_unsampled_caller_is_not_exported_but_keeps_its_trace(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await traced(sample_ratio=1.0)
+    unsampled = "0af7651916cd43dd8448eb211c80319c"
+    resp = await gw.client.get(
+        "/client/v1/validate?code=A", headers={**H, "traceparent": f"00-{unsampled}-{PARENT_ID}-00"}
+    )
+    assert resp.status == 200
+    assert upstream_traceparent(upstream)[0] == unsampled
+    assert upstream_traceparent(upstream)[2] == "00"  # the caller's decision travels on
+    marker = await gw.client.get(
+        "/client/v1/validate?code=B", headers={**H, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+    )
+    assert marker.status == 200
+    gw.flush()
+    await receiver.wait_for_trace(TRACE_ID)  # exported in the same batch as the unsampled one would be
+    assert receiver.trace(unsampled) == []
+    assert access_line(caplog, resp.headers["X-Request-Id"])["trace_id"] == unsampled
+    assert access_line(caplog, marker.headers["X-Request-Id"])["trace_id"] == TRACE_ID
+
+
+MALFORMED = [
+    f"00-{TRACE_ID.upper()}-{PARENT_ID}-01",  # uppercase hex
+    f"00-{'0' * 32}-{PARENT_ID}-01",  # all-zero trace id
+    f"00-{TRACE_ID}-{'0' * 16}-01",  # all-zero parent id
+    f"ff-{TRACE_ID}-{PARENT_ID}-01",  # the forbidden version
+    f"00-{TRACE_ID}-{PARENT_ID}-01-extra",  # version 00 has exactly four fields
+    f"00-{TRACE_ID[:-1]}-{PARENT_ID}-01",  # short
+    f"00-{TRACE_ID}-{PARENT_ID}-1",
+    f"00_{TRACE_ID}_{PARENT_ID}_01",
+    "",
+    "x" * 4000,
+]
+
+
+@pytest.mark.parametrize("value", MALFORMED)
+async def test_a_malformed_traceparent_starts_a_new_trace(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, value: str
+) -> None:
+    gw = await traced()
+    resp = await gw.client.get(
+        "/client/v1/validate?code=A", headers={**H, "traceparent": value, "tracestate": "rojo=1"}
+    )
+    assert resp.status == 200  # never an error
+    trace_id, _, flags = upstream_traceparent(upstream)
+    assert trace_id != TRACE_ID and flags == "01"
+    assert "tracestate" not in upstream.received[0].headers  # it belonged to the traceparent ignored
+    gw.flush()
+    [server, _] = await receiver.wait_for_trace(trace_id)
+    assert server.parent_span_id == ""
+
+
+async def test_two_traceparent_headers_are_malformed(traced: TracedFactory, upstream: UpstreamDouble) -> None:
+    gw = await traced()
+    headers = [*H.items(), *[("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")] * 2]
+    resp = await gw.client.get("/client/v1/validate?code=A", headers=headers)
+    assert resp.status == 200
+    assert upstream_traceparent(upstream)[0] != TRACE_ID
+
+
+async def test_a_tracestate_too_long_or_unprintable_is_not_sent_upstream(
+    traced: TracedFactory, upstream: UpstreamDouble
+) -> None:
+    gw = await traced()
+    parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    for state in ("a=" + "x" * 600, "a=\u00e9t\u00e9"):
+        resp = await gw.client.get(
+            "/client/v1/validate?code=A", headers={**H, "traceparent": parent, "tracestate": state}
+        )
+        assert resp.status == 200
+        assert "tracestate" not in upstream.received[-1].headers
+        assert upstream_traceparent(upstream)[0] == TRACE_ID
+
+
+async def test_sample_ratio_zero_exports_no_new_trace_yet_logs_each_trace_id(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await traced(sample_ratio=0.0)
+    ids = []
+    for _ in range(5):
+        resp = await gw.client.get("/client/v1/validate?code=A", headers=H)
+        assert resp.status == 200
+        ids.append(resp.headers["X-Request-Id"])
+        assert upstream_traceparent(upstream)[2] == "00"
+    marker = await gw.client.get(
+        "/client/v1/validate?code=B", headers={**H, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+    )
+    gw.flush()
+    await receiver.wait_for_trace(TRACE_ID)  # a caller's sampled trace is recorded whatever the ratio
+    assert {span.trace_id for span in receiver.spans} == {TRACE_ID}
+    logged = [access_line(caplog, request_id)["trace_id"] for request_id in ids]
+    assert all(HEX32.fullmatch(trace_id) for trace_id in logged)
+    assert len(set(logged)) == 5
+    assert access_line(caplog, marker.headers["X-Request-Id"])["trace_id"] == TRACE_ID
+
+
+async def test_sample_ratio_samples_about_that_share_of_new_traces(
+    traced: TracedFactory, upstream: UpstreamDouble
+) -> None:
+    gw = await traced(sample_ratio=0.25)
+    flags = []
+    for _ in range(200):
+        resp = await gw.client.get("/client/v1/validate?code=A", headers=H)
+        assert resp.status == 200
+        flags.append(upstream_traceparent(upstream)[2])
+    sampled = flags.count("01")
+    assert 20 <= sampled <= 80, sampled  # binomial(200, 0.25): mean 50, sd 6; 0 or 200 would be a bug
+
+
+# --------------------------------------------------------------------------- refusals, preflights, errors
+
+
+async def test_a_preflight_and_a_refusal_have_their_server_span(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await traced()
+    parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    preflight = await gw.client.options(
+        "/client/v1/validations",
+        headers={
+            **H,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, traceparent, tracestate",
+            "traceparent": parent,
+        },
+    )
+    assert preflight.status == 204
+    allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"traceparent", "tracestate"} <= allowed
+    missing = await gw.client.get("/client/v1/nope?code=x", headers={**H, "traceparent": parent})
+    assert missing.status == 404
+    refused = await gw.client.get(
+        "/client/v1/validate", headers={"Origin": "https://evil.test", "traceparent": parent}
+    )
+    assert refused.status == 403
+    assert upstream.received == []
+    gw.flush()
+    spans = await receiver.wait_for_trace(TRACE_ID, count=3)
+    by_name = {span.name: span for span in spans}
+    assert set(by_name) == {"validate_stackable", "not_found", "validate"}
+    assert all(span.kind == SERVER and span.parent_span_id == PARENT_ID for span in spans)
+    assert by_name["validate_stackable"].attributes["gateway.decision"] == "preflight"
+    assert by_name["validate_stackable"].attributes["http.request.method"] == "OPTIONS"
+    assert by_name["validate_stackable"].attributes["http.response.status_code"] == 204
+    assert by_name["not_found"].attributes == {  # a known project, no operation
+        "voucherify.project": "shop",
+        "gateway.decision": "not_found",
+        "gateway.request_id": missing.headers["X-Request-Id"],
+        "http.request.method": "GET",
+        "http.response.status_code": 404,
+    }
+    assert by_name["validate"].attributes["gateway.decision"] == "origin_not_allowed"
+    assert by_name["validate"].attributes["http.response.status_code"] == 403
+    assert by_name["validate"].events == []  # refused before the rate limit
+    assert access_line(caplog, preflight.headers["X-Request-Id"])["trace_id"] == TRACE_ID
+
+
+async def test_an_unknown_method_is_named_other_in_spans(
+    traced: TracedFactory, receiver: OtlpReceiver
+) -> None:
+    gw = await traced()
+    resp = await gw.client.request(
+        "PROPFIND",
+        "/client/v1/validate",
+        headers={**H, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+    )
+    assert resp.status == 405
+    gw.flush()
+    [server] = await receiver.wait_for_trace(TRACE_ID, count=1)
+    assert server.attributes["http.request.method"] == "_OTHER"
+
+
+async def test_a_failed_upstream_call_is_an_error_client_span(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    gw = await traced()
+    upstream.reply(Reply(reset=True), Reply(503, {"code": 503}))
+    for expected in (502, 503):
+        resp = await gw.client.post("/client/v1/validations", data=BODY, headers=JSON_H)
+        assert resp.status == expected
+    gw.flush()
+    reset = await receiver.wait_for_trace(upstream_traceparent(upstream, 0)[0])
+    answered = await receiver.wait_for_trace(upstream_traceparent(upstream, 1)[0])
+    server, client = reset
+    assert server.attributes["http.response.status_code"] == 502
+    assert server.attributes["gateway.decision"] == "upstream_unavailable"
+    assert server.status == STATUS_ERROR
+    assert client.status == STATUS_ERROR
+    assert "http.response.status_code" not in client.attributes
+    assert client.attributes["error.type"] == "upstream_unavailable"
+    server, client = answered
+    assert client.status == STATUS_ERROR and client.attributes["http.response.status_code"] == 503
+
+
+async def test_a_limited_request_has_the_decision_as_an_event(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    tree = {**base_policy(upstream.url), "rate_limit": {"per_ip": "1 per minute"}}
+    gw = await traced(tree=tree)
+    parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    for expected in (200, 429):
+        resp = await gw.client.get("/client/v1/validate?code=A", headers={**H, "traceparent": parent})
+        assert resp.status == expected
+    gw.flush()
+    spans = await receiver.wait_for_trace(TRACE_ID, count=3)
+    limited = next(s for s in spans if s.attributes.get("gateway.decision") == "too_many_requests")
+    [(name, attributes)] = limited.events
+    assert name == "rate_limit" and attributes["gateway.rate_limit.decision"] == "limited"
+    assert [s.name for s in spans if s.kind == CLIENT] == ["upstream"]  # the 429 called nobody
+
+
+# ----------------------------------------------------------------------- what spans never hold
+
+
+async def test_spans_hold_no_credential_body_query_or_client_address(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    tree = base_policy(upstream.url)
+    tree["client_ip"] = {"trusted_proxies": ["127.0.0.1/32"]}
+    gw = await traced(tree=tree)
+    client_ip = "203.0.113.77"
+    hostile = {
+        **JSON_H,
+        "X-Forwarded-For": client_ip,
+        "X-Client-Token": "browser-secret-token-1",
+        "Authorization": "Bearer secret-token-2",
+        "Cookie": "session=secret-token-3",
+        "tracestate": "v=secret-token-4",
+        "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+        "User-Agent": "ua-MARKER-5",
+    }
+    resp = await gw.client.post("/client/v1/validations?code=QUERYSECRET", data=BODY, headers=hostile)
+    assert resp.status == 200
+    resp = await gw.client.get("/client/v1/validate?code=QUERYSECRET2&x=1", headers=hostile)
+    assert resp.status == 200
+    gw.flush()
+    await receiver.wait_for_trace(TRACE_ID, count=4)
+    exported = b"".join(receiver.payloads)
+    for needle in (
+        CLIENT_APP_ID,
+        CLIENT_TOKEN,
+        "secret-token",
+        "body-secret",
+        "QUERYSECRET",
+        "code=",
+        "ua-MARKER",
+        client_ip,
+        "/client/v1",
+        ORIGIN,
+    ):
+        assert needle.encode() not in exported, needle
+    keys = {key for span in receiver.spans for key in span.attributes}
+    assert not keys & {"client.address", "network.peer.address", "url.query", "url.full", "url.path"}
+
+
+# ------------------------------------------------------------------- tracing off: nothing changes
+
+
+async def test_tracing_off_sends_no_trace_headers_upstream_and_logs_no_trace_id(
+    gateway: GatewayFactory, upstream: UpstreamDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await gateway()
+    resp = await client.get(
+        "/client/v1/validate?code=A",
+        headers={**H, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "rojo=1"},
+    )
+    assert resp.status == 200
+    [seen] = upstream.received
+    assert "traceparent" not in seen.headers and "tracestate" not in seen.headers
+    preflight = await client.options(
+        "/client/v1/validate",
+        headers={
+            **H,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "traceparent",
+        },
+    )
+    allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"traceparent", "tracestate"} <= allowed  # whether tracing is on or not
+    assert client.app is not None
+    client.app[STATE].accounting.flush()
+    assert "trace_id" not in access_line(caplog, resp.headers["X-Request-Id"])
+
+
+# ------------------------------------------------------------- a collector down, hanging, refusing
+
+
+async def _timed(gw: Traced, count: int) -> list[float]:
+    took = []
+    for _ in range(count):
+        started = time.perf_counter()
+        resp = await gw.client.post("/client/v1/validations", data=BODY, headers=JSON_H)
+        took.append((time.perf_counter() - started) * 1000)
+        assert resp.status == 200
+        gw.flush()  # as serve's flusher: spans are handed to the exporter while requests go on
+    return took
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+def _tracing_warnings(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "gateway.tracing" and r.levelno == logging.WARNING and what in r.getMessage()
+    ]
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("mode", ["hang", "refuse", "unavailable", "down"])
+async def test_a_failing_collector_costs_requests_nothing_and_is_logged_once(
+    traced: TracedFactory,
+    upstream: UpstreamDouble,
+    receiver: OtlpReceiver,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+) -> None:
+    healthy = await traced()
+    baseline = await _timed(healthy, 150)
+    collector = await OtlpReceiver(mode=mode).start()  # this gateway's own, failing
+    try:
+        if mode == "down":
+            from gateway.serve import free_port
+
+            endpoint = f"http://user:secret-token-6@127.0.0.1:{free_port()}/v1/traces?key=secret-token-7"
+        else:
+            endpoint = collector.url
+        failing = await traced(endpoint=endpoint)
+        took = await _timed(failing, 150)
+        print(
+            f"\n  collector {mode}: p50 {statistics.median(took):.2f} ms, p99 {_p99(took):.2f} ms; "
+            f"healthy: p50 {statistics.median(baseline):.2f} ms, p99 {_p99(baseline):.2f} ms"
+        )
+        await _until(lambda: bool(_tracing_warnings(caplog, "are failing")), "no warning")
+        attempts = collector.attempts
+        await _timed(failing, 20)
+        if mode in ("refuse", "unavailable"):
+            await collector.wait_for_attempts(attempts + 1)  # more exports failed after the first one
+        [warning] = _tracing_warnings(caplog, "are failing")  # once, not per attempt or span
+        assert "secret-token" not in warning and "key=" not in warning
+        assert "http://127.0.0.1:" in warning and "/v1/traces" in warning
+        assert not [r for r in caplog.records if r.name.startswith("opentelemetry") and r.levelno >= 30]
+        if mode == "down":
+            return
+        collector.mode = "ok"  # the collector is back
+        collector._release.set()
+        await _timed(failing, 20)  # spans to export: the next export says it succeeds again
+        await _until(lambda: bool(_tracing_warnings(caplog, "succeed again")), "no recovery line")
+        await collector.wait_for_trace(upstream_traceparent(upstream)[0])
+        assert len(_tracing_warnings(caplog, "succeed again")) == 1
+        assert len(_tracing_warnings(caplog, "are failing")) == 1
+    finally:
+        await collector.close()
+
+
+# ---------------------------------------------------------------------- the serve process, workers
+
+
+def _traced_tree(upstream: UpstreamDouble, receiver_url: str) -> dict[str, Any]:
+    tree = base_policy(upstream.url)
+    tree["tracing"] = {"otlp_endpoint": receiver_url, "service_name": "gw-e2e"}
+    tree["listen"] = {"drain_timeout": 5}
+    return tree
+
+
+QUICK_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "20", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1"}
+
+
+async def test_serve_exports_spans_and_logs_trace_ids(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    import aiohttp
+
+    gw = await gateway_process(_traced_tree(upstream, receiver.url), env=QUICK_ENV)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{gw.url}/client/v1/validations", data=BODY, headers=JSON_H)
+        assert resp.status == 200
+        request_id = resp.headers["X-Request-Id"]
+    trace_id = upstream_traceparent(upstream)[0]
+    server, client = await receiver.wait_for_trace(trace_id)
+    assert server.resource["service.name"] == "gw-e2e"
+    assert client.parent_span_id == server.span_id
+    await gw.wait_for(request_id)
+    [line] = [line for line in gw.access_lines() if line["request_id"] == request_id]
+    assert line["trace_id"] == trace_id
+
+
+async def test_a_hung_collector_holds_no_drain(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    import signal
+
+    import aiohttp
+
+    receiver.mode = "hang"
+    gw = await gateway_process(_traced_tree(upstream, receiver.url), env=QUICK_ENV)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            resp = await session.post(f"{gw.url}/client/v1/validations", data=BODY, headers=JSON_H)
+            assert resp.status == 200
+    await receiver.wait_for_attempts(1)  # an export is stuck in the collector
+    started = time.monotonic()
+    gw.send(signal.SIGTERM)
+    assert await gw.exit_code() == 0
+    print(f"\n  drain and exit with a hung collector: {time.monotonic() - started:.2f} s")
+
+
+async def test_each_worker_exports_its_own_spans(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    import aiohttp
+
+    gw = await gateway_process(_traced_tree(upstream, receiver.url), workers=2, env=QUICK_ENV)
+    await gw.wait_for(re.compile(r"worker \d+ listening"), count=2)  # stderr may lag the stdout line
+    workers = gw.worker_pids()
+    assert len(workers) == 2
+    exporters: set[int] = set()
+    for _ in range(200):  # a new connection each time: the kernel spreads them over the workers
+        async with aiohttp.ClientSession() as session:
+            resp = await session.get(f"{gw.url}/client/v1/validate?code=A", headers=H)
+            assert resp.status == 200
+        trace_id = upstream_traceparent(upstream)[0]
+        [server, _] = await receiver.wait_for_trace(trace_id)
+        exporters.add(server.resource["process.pid"])
+        if len(exporters) == 2:
+            break
+    assert exporters == workers
+
+
+# ------------------------------------------------------------------------- server mode, a reload
+
+
+async def test_server_mode_carries_the_same_trace_headers(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    from tests.e2e.test_server_mode_e2e import SERVER
+
+    gw = await traced(tree=base_policy(upstream.url, **SERVER))
+    resp = await gw.client.post(
+        "/client/v1/validations",
+        data=BODY,
+        headers={**JSON_H, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "rojo=1"},
+    )
+    assert resp.status == 200
+    [seen] = upstream.received
+    assert seen.path == "/v1/validations"
+    trace_id, client_span_id, _ = upstream_traceparent(upstream)
+    assert trace_id == TRACE_ID and seen.headers.getall("tracestate") == ["rojo=1"]
+    gw.flush()
+    server, client = await receiver.wait_for_trace(TRACE_ID)
+    assert (
+        client.span_id == client_span_id and server.attributes["voucherify.operation"] == "validate_stackable"
+    )
+
+
+async def test_a_reload_that_changes_tracing_says_it_needs_a_restart(
+    traced: TracedFactory, upstream: UpstreamDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.reload import PolicyReloader
+    from tests.support.processes import write_policy
+
+    gw = await traced()
+    tree = base_policy(upstream.url)
+    tree["tracing"] = {"otlp_endpoint": "http://127.0.0.1:9/v1/traces", "sample_ratio": 0.5}
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    reloader = PolicyReloader(gw.app, path, configure_logs=False)
+    assert await reloader.reload()
+    assert any(
+        "tracing changed" in r.getMessage() and "next restart" in r.getMessage() for r in caplog.records
+    )
+    assert gw.app[STATE].tracer is gw.tracing.starter  # the running tracer stays
+    assert gw.tracing.starter.bound == 1 << 64
+
+
+async def test_the_failed_code_budget_decision_is_an_event(
+    traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    tree = base_policy(upstream.url)
+    tree["rate_limit"] = {"per_ip": "1000 per minute", "failed_codes": "1 per hour"}
+    gw = await traced(tree=tree)
+    upstream.reply(Reply(404, {"code": 404, "key": "not_found", "message": "Resource not found"}))
+    parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    for expected in (404, 429):
+        resp = await gw.client.get("/client/v1/validate?code=NOPE", headers={**H, "traceparent": parent})
+        assert resp.status == expected
+    gw.flush()
+    spans = await receiver.wait_for_trace(TRACE_ID, count=3)
+    servers = sorted((s for s in spans if s.kind == SERVER), key=lambda s: s.start_ns)
+    decisions = [
+        [
+            attributes["gateway.failed_codes.decision"]
+            for name, attributes in s.events
+            if name == "failed_codes"
+        ]
+        for s in servers
+    ]
+    assert decisions == [["allowed"], ["limited"]]
+    [(_, attributes)] = [e for e in servers[1].events if e[0] == "failed_codes"]
+    assert attributes["gateway.failed_codes.named"] == 1 and attributes["gateway.failed_codes.store_ms"] >= 0
+    assert servers[1].attributes["gateway.decision"] == "too_many_failed_codes"
