@@ -13,6 +13,7 @@ request that passed every check is counted against its rate limit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -24,7 +25,8 @@ from multidict import CIMultiDict
 from gateway import errors, idempotent
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
-from gateway.errors import GatewayError, Refused
+from gateway.errors import GatewayError, Refused, describe_exception
+from gateway.expect import continue_if_admitted
 from gateway.guards.failed_code_hold import CodeHold
 from gateway.guards.idempotency import REPLAYED, REPLAYED_DECISION, Replay
 from gateway.headers import IDEMPOTENCY_KEY, request_headers
@@ -129,7 +131,8 @@ def _error(
 
 
 async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes:
-    """The whole body; Refused: 413 past `max_body_bytes`, 408 when it takes longer than `body_timeout`."""
+    """The whole body; Refused: 413 past `max_body_bytes`, 408 when it takes longer than `body_timeout`,
+    400 when it does not match its Content-Encoding."""
     content, limit = request.content, policy.max_body_bytes
     if not request.body_exists:
         return b""
@@ -141,6 +144,9 @@ async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes:
                 body = await _read_body(request, limit)
     except TimeoutError:
         raise Refused(errors.request_timeout(policy.body_timeout)) from None
+    except web.RequestPayloadError:  # gzip over plain JSON, deflate followed by junk, broken chunks
+        error = errors.invalid_payload("The request body does not match its Content-Encoding or framing.")
+        raise Refused(dataclasses.replace(error, close_connection=True)) from None  # the rest is unframed
     except ConnectionError:  # aiohttp hands the reader the connection's loss
         raise ClientGone from None
     if body is None or len(body) > limit:
@@ -179,6 +185,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except asyncio.CancelledError:
         outcome.decision, outcome.status = "client_closed", 499
         raise
+    except Exception as exc:  # the last resort: this request's id, accounted, never aiohttp's text/plain 500
+        log.error("request %s failed: %s", outcome.request_id, describe_exception(exc))
+        outcome.decision, outcome.status = errors.ErrorKey.INTERNAL_ERROR.value, 500
+        response = _error(errors.internal_error(), outcome.request_id)
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
@@ -377,5 +387,6 @@ def create_app(
     add_widget(app)  # /widget.js, the one public addition to the contract's routes
     if demo_page:
         add_demo_page(app)
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, newlines included
+    expect = continue_if_admitted(lambda: app[STATE].policy)  # 100 Continue only for what passes decide
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle, expect_handler=expect)  # every path, newlines too
     return app

@@ -19,7 +19,7 @@ from gateway import errors, strictjson
 from gateway.catalog import CATALOG, Route
 from gateway.compiled import CompiledPolicy, ProjectRuntime
 from gateway.errors import GatewayError, Refused
-from gateway.headers import EXPOSED_HEADERS, PREFLIGHT_ALLOWED_HEADERS
+from gateway.headers import COPIED_REQUEST_HEADERS, EXPOSED_HEADERS, PREFLIGHT_ALLOWED_HEADERS
 from gateway.models import Target
 from gateway.origins import OriginMatch
 
@@ -63,6 +63,9 @@ class Admit:
 Decision = Refuse | Preflight | Admit
 
 
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # aiohttp decodes bytes that are not UTF-8 as these
+
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
@@ -99,6 +102,11 @@ def _origin_check(
     values = headers.getall("Origin", [])
     if not values:
         if project.config.allow_missing_origin:
+            # Native apps send neither Origin nor Sec-Fetch-*; a browser's no-cors request from another
+            # site (an <img>, a form, fetch with mode: "no-cors") sends no Origin but says where it came from.
+            site = headers.get("Sec-Fetch-Site")
+            if site is not None and site.lower() not in ("same-origin", "none"):
+                return errors.origin_not_allowed_cross_site(), (), None
             return None, (), None
         return errors.origin_not_allowed(None), (), None
     origin = values[0]
@@ -170,6 +178,8 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
     body_refusal = _body_headers(route, headers, policy.max_body_bytes)
     if body_refusal is None and not _QUERY.fullmatch(query):
         body_refusal = errors.invalid_payload("The query string is not validly encoded.")
+    if body_refusal is None:
+        body_refusal = _forwarded_header_values(headers)
     if body_refusal is not None:
         return Refuse(body_refusal, project, operation, cors)
 
@@ -194,6 +204,18 @@ def _body_headers(route: Route, headers: MultiMapping[str], limit: int) -> Gatew
         return errors.invalid_payload(f"{route.method} {route.template} takes no request body.")
     if not _is_json_media_type(headers.get("Content-Type", "")):
         return errors.unsupported_media_type()
+    return None
+
+
+def _forwarded_header_values(headers: MultiMapping[str]) -> GatewayError | None:
+    """A header that would be copied upstream with bytes that are not UTF-8 (a Latin-1 `\xe9` arrives as a
+    lone surrogate) or with a control character other than HTAB: the browser's error, not Voucherify's."""
+    for name in COPIED_REQUEST_HEADERS:  # headers.py's table: what is copied is what is judged
+        for value in headers.getall(name, ()):
+            if value.isprintable():  # the usual case, in C
+                continue
+            if _BAD_VALUE.search(value) or _SURROGATE.search(value):
+                return errors.invalid_payload(f"The {name} header holds bytes that are not UTF-8 text.")
     return None
 
 

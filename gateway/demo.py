@@ -10,6 +10,7 @@ import asyncio
 import socket
 
 from gateway.app import create_app
+from gateway.listen import GatewayRunner
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.observe.logs import BufferedStreamHandler, configure_logging, flush_logs
@@ -57,7 +58,8 @@ async def run_demo(host: str, port: int, log_handler: BufferedStreamHandler | No
         sock.bind((host, port))  # bound first: the policy allows the page's own origin, port included
         bound = sock.getsockname()[1]
         policy = demo_policy(sandbox_url, bound, credentials)
-        await serving.listen(create_app(policy, accounting, demo_page=True), sock=sock)
+        app = create_app(policy, accounting, demo_page=True)
+        await serving.listen(GatewayRunner(app, policy.listen), sock=sock)  # the public port's own runner
         serving.announce(
             f"voucherify-gateway demo listening on {http_url(host, bound)}",
             f"open http://localhost:{bound}/ for the demo checkout (sandbox upstream at {sandbox_url})",

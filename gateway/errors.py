@@ -29,6 +29,8 @@ class ErrorKey(StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     IDEMPOTENCY_UNAVAILABLE = "idempotency_unavailable"
     TOO_MANY_FAILED_CODES = "too_many_failed_codes"
+    INTERNAL_ERROR = "internal_error"  # an addition: the last resort, instead of aiohttp's text/plain 500
+    HTTP_VERSION_NOT_SUPPORTED = "http_version_not_supported"  # an addition: HTTP/1.0 and 1.1 only
 
 
 _STATUS = {
@@ -52,6 +54,8 @@ _STATUS = {
     ErrorKey.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorKey.IDEMPOTENCY_UNAVAILABLE: 503,
     ErrorKey.TOO_MANY_FAILED_CODES: 429,
+    ErrorKey.INTERNAL_ERROR: 500,
+    ErrorKey.HTTP_VERSION_NOT_SUPPORTED: 505,
 }
 
 # Voucherify documents this sentence verbatim for its client-side 429; SDKs and integrators match on it.
@@ -141,6 +145,15 @@ def origin_not_allowed(origin: str | None) -> GatewayError:
     return GatewayError(ErrorKey.ORIGIN_NOT_ALLOWED, "Origin not allowed", details)
 
 
+def origin_not_allowed_cross_site() -> GatewayError:
+    return GatewayError(
+        ErrorKey.ORIGIN_NOT_ALLOWED,
+        "Origin not allowed",
+        "A browser sent this request from another site without an Origin header (Sec-Fetch-Site says so); "
+        "allow_missing_origin admits only apps that send neither.",
+    )
+
+
 def danger_zone_disabled(operation: str, option: str) -> GatewayError:
     return GatewayError(
         ErrorKey.DANGER_ZONE_DISABLED,
@@ -226,6 +239,35 @@ def upstream_timeout() -> GatewayError:
         "Voucherify did not answer in time. A redemption may or may not have happened: "
         "check before retrying.",
     )
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(
+        ErrorKey.INTERNAL_ERROR,
+        "Internal error",
+        "The gateway failed to answer this request. It is logged for the gateway operator with this "
+        "request_id; retry shortly.",
+        close_connection=True,
+    )
+
+
+def http_version_not_supported() -> GatewayError:
+    return GatewayError(
+        ErrorKey.HTTP_VERSION_NOT_SUPPORTED,
+        "HTTP version not supported",
+        "The gateway speaks HTTP/1.1 (and HTTP/1.0) on this port.",
+        close_connection=True,
+    )
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception for an operator's log line: its type and where it was raised, never its message (a
+    message can quote a header value, and so a credential)."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = f" at {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame is not None else ""
+    return f"{type(exc).__name__}{where}"
 
 
 # Idempotency-Key (gateway/guards/idempotency.py). No message echoes the key: it is the caller's secret

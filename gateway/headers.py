@@ -65,7 +65,9 @@ def request_headers(
     forward_origin: bool,
 ) -> CIMultiDict[str]:
     """What Voucherify is sent: the copied headers, the Origin (client mode), the credentials, the id."""
-    hop_by_hop = _connection_listed(incoming.getall("Connection", []))
+    # Content-Type is never a connection option (RFC 9110 7.6.1: it is meant for every recipient): the
+    # gateway judged the body by it, so Voucherify gets the body with the type it was judged as.
+    hop_by_hop = _connection_listed(incoming.getall("Connection", [])) - {"content-type"}
     out: CIMultiDict[str] = CIMultiDict()
     for name in COPIED_REQUEST_HEADERS:
         value = incoming.get(name)

@@ -20,12 +20,12 @@ _ORIGIN = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.\-]*)://"
     r"(?P<host>[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?|\[[0-9a-f:.]+\])"
     r"(?::(?P<port>[0-9]{1,5}))?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,  # ASCII: unicode case folding takes the Kelvin sign for k, long s for s
 )
 _WILDCARD = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.\-]*)://\*\.(?P<domain>[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?)"
     r"(?::(?P<port>[0-9]{1,5}))?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
@@ -50,7 +50,12 @@ def _normalise(scheme: str, host: str, port: str | None) -> Origin | None:
 
 
 def parse_origin(value: str) -> Origin | None:
-    """Parse a bare `scheme://host[:port]`; anything else (a path, user info, a list) is None."""
+    """Parse a bare `scheme://host[:port]`; anything else (a path, user info, a list) is None.
+
+    ASCII only: browsers send internationalised hosts in punycode (`xn--…`), so a non-ASCII character is
+    never a browser's, and `str.lower` would fold look-alikes (`\u212a`, the Kelvin sign, into `k`)."""
+    if not value.isascii():
+        return None
     found = _ORIGIN.fullmatch(value)
     if found is None:
         return None
@@ -81,6 +86,19 @@ class _Wildcard:
         )
 
 
+def _punycode(entry: str) -> str:
+    """The entry with its host in punycode, for the load error's hint."""
+    scheme, sep, rest = entry.partition("://")
+    host, colon, port = rest.partition(":")
+    try:
+        ascii_host = ".".join(
+            "*" if label == "*" else label.encode("idna").decode("ascii") for label in host.split(".")
+        )
+    except UnicodeError:
+        return "an ASCII origin"
+    return f"{scheme}{sep}{ascii_host}{colon}{port}"
+
+
 class OriginPolicy:
     """Compiled `allowed_origins` of one project. Matching is cached per origin string (bounded)."""
 
@@ -94,6 +112,11 @@ class OriginPolicy:
                 self.allow_any = True
             elif entry == "null":
                 self.allow_null = True
+            elif not entry.isascii():
+                raise OriginEntryError(
+                    f"{entry!r} is not ASCII: browsers send internationalised hosts in punycode, "
+                    f"write it as {_punycode(entry)!r}"
+                )
             elif (wild := _WILDCARD.fullmatch(entry)) is not None:
                 origin = _normalise(wild["scheme"], wild["domain"], wild["port"])
                 if origin is None:

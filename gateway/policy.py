@@ -102,6 +102,10 @@ class Listen(_Model):
     max_body_bytes: int = Field(262144, ge=1)
     drain_timeout: float = Field(30, ge=0)
     body_timeout: float = Field(10, gt=0)  # an addition: seconds a client gets to send its whole body
+    # additions (gateway/listen.py), defaults as nginx's: client_header_timeout, keepalive_timeout
+    header_timeout: float = Field(60, gt=0)  # seconds from a request's first byte to the end of its head
+    keepalive_timeout: float = Field(75, gt=0)  # seconds an idle keep-alive connection is kept
+    max_connections: int = Field(1024, ge=1)  # open connections per process; the idlest give way first
 
 
 class Upstream(_Model):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from gateway.admin import gateway_readiness, start_admin
 from gateway.app import STATE, create_app
+from gateway.listen import GatewayRunner
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting, Sink
 from gateway.observe.logs import BufferedStreamHandler, configure_logging, flush_logs
@@ -52,8 +53,9 @@ async def run(
     async with Serving(
         flush=(accounting.flush, flush_logs), hangup=_on_hup(reloader), parent=parent
     ) as serving:
+        public = GatewayRunner(app, policy.listen)  # deadlines, the connection cap, the gateway's own answers
         runner = await serving.listen(
-            app, host=host, port=port, reuse_port=reuse_port, backlog=1024, shutdown_timeout=drain
+            public, host=host, port=port, reuse_port=reuse_port, backlog=1024, shutdown_timeout=drain
         )
         admin = None
         if with_admin:

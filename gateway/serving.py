@@ -111,7 +111,7 @@ class Serving:
 
     async def listen(
         self,
-        app: web.Application,
+        app: web.Application | web.AppRunner,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -121,10 +121,16 @@ class Serving:
         shutdown_timeout: float = 60.0,
     ) -> web.AppRunner:
         """`app` listening on host:port (or on `sock`, already bound); cleaned up at exit unless `close`d.
-        `shutdown_timeout`: how long its cleanup waits for requests in flight (`close`)."""
+
+        `app` is an application, served by aiohttp's own `AppRunner`; or a runner the caller built and has
+        not set up (the public port's `listen.GatewayRunner`), whose own shutdown_timeout should be
+        CANCEL_GRACE as this one's. `shutdown_timeout`: how long `close` waits for requests in flight."""
         # aiohttp's own shutdown waits twice its timeout (once for the handlers, once more after a cancel
         # that only reaches a handler reading its body): `close` waits itself, aiohttp only for leftovers
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CANCEL_GRACE)
+        if isinstance(app, web.AppRunner):
+            runner = app
+        else:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CANCEL_GRACE)
         await runner.setup()
         self._runners.append(runner)
         self._drain[runner] = shutdown_timeout

@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.policy import PolicyFile, parse_policy
+from gateway.listen import GatewayRunner
+from gateway.policy import Listen, PolicyFile, parse_policy
 from gateway.serve import free_port
 from tests.support.constants import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN
 from tests.support.log_scan import capture_every_log_line, pytest_sessionfinish, remember_credentials
@@ -77,6 +78,20 @@ class GatewayClient(TestClient[web.Request, web.Application]):
 GatewayFactory = Callable[..., Awaitable[GatewayClient]]
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer on the public port's own runner (`listen.GatewayRunner`), as `serve` runs it:
+    every test through the `gateway` fixture exercises the hardened connection layer."""
+
+    def __init__(self, app: web.Application, listen: Listen) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self.listen = listen
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        # TestServer's own options pass through: handler_cancellation=True (a handler whose client left is
+        # cancelled), which tests of cancelled handlers rely on; serve leaves it at aiohttp's default (off)
+        return GatewayRunner(self.app, self.listen, **kwargs)
+
+
 @pytest.fixture
 async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
     """`await gateway(tree=None, **project_overrides)`: a gateway on a real port in front of the double."""
@@ -84,7 +99,7 @@ async def gateway(upstream: UpstreamDouble) -> AsyncIterator[GatewayFactory]:
 
     async def start(tree: dict[str, Any] | None = None, **project: Any) -> GatewayClient:
         policy = make_policy(tree if tree is not None else base_policy(upstream.url, **project))
-        client = GatewayClient(TestServer(create_app(policy), host="127.0.0.1"))
+        client = GatewayClient(GatewayTestServer(create_app(policy), policy.listen))
         await client.start_server()
         clients.append(client)
         return client

@@ -3,7 +3,8 @@
 `upstream_auth: client` is `ClientMode` (the client-side API with client keys, the Origin forwarded);
 `upstream_auth: server` is `ServerMode` (each operation's twin on the server-side API with server keys).
 The handler calls `mode.request(...)` before the upstream call and `mode.response(...)` after it; either may
-raise `errors.Refused`. Pure: no I/O.
+raise `errors.Refused`. Both `response`s first pass Voucherify's answer through `echo.refuse_echoed_secrets`
+(502 for an answer holding the project's secret key). Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.models import Target, UpstreamCall, UpstreamResponse
+from gateway.modes.echo import refuse_echoed_secrets
 from gateway.modes.server import with_query
 
 
@@ -19,4 +20,5 @@ class ClientMode:
         )
 
     def response(self, target: Target, answer: UpstreamResponse) -> UpstreamResponse:
+        refuse_echoed_secrets(target, answer)  # 502 for an answer holding the project's secret
         return answer

@@ -29,6 +29,7 @@ from gateway import errors, strictjson
 from gateway.catalog import Operation, Twin
 from gateway.errors import Refused
 from gateway.models import Target, UpstreamCall, UpstreamResponse
+from gateway.modes.echo import refuse_echoed_secrets
 from gateway.modes.qs import BadQuery, code_segment, legacy_validation_document, parse_query, take
 
 log = logging.getLogger("gateway")
@@ -50,6 +51,7 @@ class ServerMode:
         )
 
     def response(self, target: Target, answer: UpstreamResponse) -> UpstreamResponse:
+        refuse_echoed_secrets(target, answer)  # first: 502 for an answer holding the project's secret
         operation = target.route.operation
         if answer.status in KEY_REJECTED_STATUSES:
             log.error(

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.listen import GatewayRunner
 from gateway.sandbox import SANDBOX_RECORDS, RecordedRequest, SandboxCredentials, create_sandbox_app
 from tests.conftest import in_ci, make_policy
 
@@ -47,8 +48,8 @@ if missing and in_ci():
 pytestmark = pytest.mark.skipif(missing is not None, reason=missing or "")
 
 
-async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
+async def _start(app: web.Application | web.AppRunner) -> tuple[web.AppRunner, str]:
+    runner = app if isinstance(app, web.AppRunner) else web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
@@ -122,7 +123,8 @@ async def stack() -> AsyncIterator[Stack]:
                 }
             },
         }
-        gateway_runner, gateway_url = await _start(create_app(make_policy(tree)))
+        policy = make_policy(tree)  # the gateway on the public port's own runner, as serve runs it
+        gateway_runner, gateway_url = await _start(GatewayRunner(create_app(policy), policy.listen))
         runners.append(gateway_runner)
         # The page servers' routes can only be added before they start: restart both with content.
         await allowed_runner.cleanup()

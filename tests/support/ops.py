@@ -19,7 +19,7 @@ from gateway.app import STATE, GatewayState, create_app
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from gateway.observe.metrics import Metrics
-from tests.conftest import make_policy
+from tests.conftest import GatewayTestServer, make_policy
 
 
 def assert_no_secrets(lines: Iterable[str], secrets: Iterable[str]) -> None:
@@ -84,7 +84,7 @@ async def ops_gateway() -> AsyncIterator[OpsGatewayFactory]:
         accounting = Accounting([AccessLog(), metrics])
         app = create_app(policy, accounting)
         admin_app = create_admin_app(metrics.registry, gateway_readiness(app[STATE]), accounting)
-        public = TestClient(TestServer(app, host="127.0.0.1"))
+        public = TestClient(GatewayTestServer(app, policy.listen))  # the public port's own runner
         admin = TestClient(TestServer(admin_app, host="127.0.0.1"))
         for client in (public, admin):
             await client.start_server()
