@@ -598,8 +598,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(table(rows, sizes))
+    if {"a", "b"} & set(bench.scenarios):
+        print()
+        print(table(rows, sizes))
     if bench.probes:
         print()
         print(guard_tables(bench.probes, sizes))
