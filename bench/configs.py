@@ -10,6 +10,9 @@ ORIGIN = "https://shop.example.com"
 PATH = "/client/v1/validations"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 CLIENT_IPS = 10_000  # distinct shoppers named in X-Forwarded-For, in turn
+# Scenario (c): a legacy client-side redemption, sent with an Idempotency-Key; (d): a promotion-tier listing.
+REDEEM_PATH = "/client/v1/redeem?code=BLCKFRDY-2024"
+TIERS_PATH = "/client/v1/promotions/tiers?is_available=true&limit=10"
 
 # A stackable validation as a checkout sends it: two redeemables, an order with items, a customer.
 REQUEST_BODY = json.dumps(
@@ -95,6 +98,46 @@ RESPONSE_BODY = json.dumps(
 )
 
 
+REDEEM_BODY = json.dumps(
+    {
+        "customer": {"source_id": "cust_8f3a2c"},
+        "order": {"amount": 24900, "items": [{"product_id": "prod_0b7d7dfb05cbe5c616", "quantity": 2}]},
+    },
+    separators=(",", ":"),
+)
+
+# The stub's answers to those two: small JSON bodies of Voucherify's shape.
+REDEEM_RESPONSE = json.dumps(
+    {
+        "id": "r_0c5d710a87c8a31f86",
+        "object": "redemption",
+        "result": "SUCCESS",
+        "voucher": {"code": "BLCKFRDY-2024", "discount": {"type": "PERCENT", "percent_off": 10}},
+        "order": {"amount": 24900, "discount_amount": 2490, "total_amount": 22410},
+    },
+    separators=(",", ":"),
+)
+TIERS_RESPONSE = json.dumps(
+    {
+        "object": "list",
+        "data_ref": "tiers",
+        "tiers": [
+            {
+                "id": f"promo_2kCgE8sPtP7TyPZuNxNY0Kh{i}",
+                "name": f"Spend {50 * (i + 1)}, get {5 * (i + 1)} off",
+                "banner": "Black Friday",
+                "action": {"discount": {"type": "AMOUNT", "amount_off": 500 * (i + 1)}},
+                "metadata": {"campaign": "black-friday"},
+            }
+            for i in range(3)
+        ],
+        "total": 3,
+        "has_more": False,
+    },
+    separators=(",", ":"),
+)
+
+
 def _nginx_main(workdir: Path, name: str, *, modules: str = "") -> str:
     user = "user root;\n" if os.geteuid() == 0 else ""
     tmp = workdir / f"{name}-tmp"
@@ -131,6 +174,8 @@ def stub_conf(workdir: Path, port: int, delay_ms: int) -> str:
         + f"""    server {{
         listen 127.0.0.1:{port} backlog=4096 reuseport;
         location = {PATH} {{ {answer} }}
+        location = {REDEEM_PATH.split("?")[0]} {{ return 200 '{REDEEM_RESPONSE}'; }}
+        location = {TIERS_PATH.split("?")[0]} {{ return 200 '{TIERS_RESPONSE}'; }}
         location / {{ return 404 '{{"code":404,"key":"not_found"}}'; }}
     }}
 }}
@@ -179,7 +224,8 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
 
 # The second release's guards, set so that the validation scenario exercises each without tripping it: the
 # failed-code budget reserves and gives back the stub's (existing) code, the upstream quota counts every call,
-# idempotency covers redemptions (not this scenario's validations), and cached reads are on for listings.
+# idempotency covers redemptions (not this scenario's validations; scenario (c) redeems with keys, so the
+# guards policy allows `redeem`), and cached reads are on for listings (scenario (d)).
 GUARDS = """  failed_codes: 1000000 per hour
   upstream_quota: 10000000 per minute
   redeem_reserve: 0.2
@@ -241,7 +287,7 @@ projects:
       - {ORIGIN}
       - https://*.example.com
     danger_zone:
-      redeem: false
+      redeem: {"true" if guards else "false"}
       publish: false
       list_vouchers: false
       create_customers: false
@@ -250,13 +296,27 @@ projects:
     )
 
 
-def wrk_script(pace_ms: float = 0.0) -> str:
-    """POST the validation with the headers the SDK sends; `pace_ms` > 0 spaces each connection's requests."""
+def wrk_script(pace_ms: float = 0.0, kind: str = "validation", key: str = "") -> str:
+    """The SDK's request with its headers; `pace_ms` > 0 spaces each connection's requests.
+
+    `kind`: "validation" (scenarios a, b), "redeem-fresh" (a new Idempotency-Key per request, `key` and a
+    counter), "redeem-replay" (`key` on every request), "tiers" (GET the promotion-tier listing).
+    """
     delay = f"function delay()\n  return {pace_ms:.3f}\nend\n" if pace_ms > 0 else ""
-    return f"""wrk.method = "POST"
-wrk.path = "{PATH}"
-wrk.body = [[{REQUEST_BODY}]]
-wrk.headers["Content-Type"] = "application/json"
+    if kind == "tiers":
+        first = f'wrk.method = "GET"\nwrk.path = "{TIERS_PATH}"\n'
+    elif kind.startswith("redeem"):
+        first = f'wrk.method = "POST"\nwrk.path = "{REDEEM_PATH}"\nwrk.body = [[{REDEEM_BODY}]]\n'
+    else:
+        first = f'wrk.method = "POST"\nwrk.path = "{PATH}"\nwrk.body = [[{REQUEST_BODY}]]\n'
+    keyed = ""
+    if kind == "redeem-fresh":
+        keyed = f'  wrk.headers["Idempotency-Key"] = "{key}-" .. n\n'
+    elif kind == "redeem-replay":
+        first += f'wrk.headers["Idempotency-Key"] = "{key}"\n'
+    return (
+        first
+        + f"""wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
 wrk.headers["Origin"] = "{ORIGIN}"
 wrk.headers["User-Agent"] = "voucherify-js-sdk/2 bench"
@@ -269,7 +329,7 @@ function request()
   local i = n % {CLIENT_IPS}
   local a, b = math.floor(i / 65536), math.floor(i / 256) % 256
   wrk.headers["X-Forwarded-For"] = "10." .. a .. "." .. b .. "." .. i % 256
-  return wrk.format()
+{keyed}  return wrk.format()
 end
 
 function done(summary, latency, requests)
@@ -281,3 +341,4 @@ function done(summary, latency, requests)
     latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
+    )

@@ -53,15 +53,18 @@ def run_wrk(
     rate: float = 0.0,
     cpu: int | None = None,
     timeout_s: int = 10,
+    kind: str = "validation",
+    key: str = "",
 ) -> LoadResult:
     """Closed loop at saturation, or with `rate` > 0 each connection paced to rate/connections per second.
 
     wrk has no open-loop mode (wrk2 is not in Debian): pacing is a fixed Lua `delay()` between a
     connection's requests, so the achieved rate is a little under `rate` and is reported as measured.
+    `kind` and `key`: the request sent (configs.wrk_script).
     """
     pace_ms = connections * 1000.0 / rate if rate > 0 else 0.0
-    script = workdir / f"wrk-{'paced' if rate else 'sat'}.lua"
-    script.write_text(wrk_script(pace_ms))
+    script = workdir / f"wrk-{kind}-{'paced' if rate else 'sat'}.lua"
+    script.write_text(wrk_script(pace_ms, kind, key))
     cmd = [
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s",
         "-s", str(script), f"http://127.0.0.1:{port}",

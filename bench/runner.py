@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ CONTENDERS = (
 )
 SAMPLE_RATIOS = {"gateway-tracing-1": 1.0, "gateway-tracing-001": 0.01}
 DELAY_MS = 100
+SCENARIOS = ("a", "b", "c", "d")
+GUARDED = ("gateway-guards", "gateway-guards-redis")  # (c): the contenders whose policy has idempotency
+READERS = ("bare-http1", "gateway", "gateway-redis", *GUARDED)  # (d): a forward, or (guards) a cache hit
 LOAD_CPU, CONTENDER_CPU = 0, 1  # wrk, stubs and redis share CPU 0; the contender has CPU 1 to itself
 
 
@@ -93,6 +97,30 @@ class Row:
         return statistics.median(values) if values else 0.0
 
 
+@dataclass
+class Probe:
+    """Scenarios (c) and (d): one contender sending one kind of request (configs.wrk_script), each round."""
+
+    contender: str
+    kind: str  # redeem-fresh, redeem-replay, tiers
+    runs: list[LoadResult] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # the contender's CPU per request
+    redis_cpu_us: list[float] = field(default_factory=list)  # redis-server's CPU per request (-redis only)
+    redis_bytes: list[float] = field(default_factory=list)  # growth of Redis `used_memory` per request
+    redis_keys: int | None = None  # DBSIZE after the last run
+    rss_mb: float | None = None  # the contender's peak RSS after its last run
+
+    def median(self, attr: str) -> float | None:
+        """The median of a LoadResult attribute over the rounds; for `errors`, their sum."""
+        if attr == "errors":
+            return float(sum(r.errors for r in self.runs))
+        return _median([float(getattr(r, attr)) for r in self.runs])
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 @dataclass(frozen=True)
 class Contender:
     port: int
@@ -120,7 +148,7 @@ class Bench:
         contenders: tuple[str, ...],
         only: str | None = None,
     ) -> None:
-        self.scenarios = ("a", "b") if only is None else (only,)
+        self.scenarios = SCENARIOS if only is None else (only,)
         self.gateway_src = ROOT
         self.sizes = sizes
         self.workdir = workdir
@@ -128,7 +156,9 @@ class Bench:
         self.contenders = contenders
         self.stub_port = {0: 0, DELAY_MS: 0}
         self.redis_port = 0
+        self.redis_pid = 0
         self.collector_port = 0
+        self.probes: dict[tuple[str, str], Probe] = {}
 
     def start_shared(self) -> None:
         for delay in self.stub_port:
@@ -140,7 +170,7 @@ class Bench:
             self.redis_port = free_port()
             cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
                    "--appendonly", "no", "--dir", str(self.workdir), "--maxclients", "10000"]  # fmt: skip
-            self.procs.start("redis", pinned(cmd, LOAD_CPU), port=self.redis_port)
+            self.redis_pid = self.procs.start("redis", pinned(cmd, LOAD_CPU), port=self.redis_port).pid
         if any(name in SAMPLE_RATIOS for name in self.contenders):
             self.collector_port = free_port()
             cmd = [sys.executable, "-m", "bench.otlp_sink", str(self.collector_port)]
@@ -184,7 +214,7 @@ class Bench:
 
         return Contender(port, pids, lambda: self.procs.stop(proc), self.procs.logdir / f"{name}-{port}.log")
 
-    def load(self, port: int, **kwargs: float) -> LoadResult:
+    def load(self, port: int, **kwargs: object) -> LoadResult:
         return run_wrk(self.workdir, port, cpu=LOAD_CPU, **kwargs)  # type: ignore[arg-type]
 
     def run(self) -> dict[str, Row]:
@@ -218,7 +248,86 @@ class Bench:
             finally:
                 c.stop()
             rows[name].fail_open["b"] = c.fail_open_lines()
+        for round_no in range(s.rounds if "c" in self.scenarios else 0):
+            for name in (n for n in self.contenders if n in GUARDED):
+                progress(f"(c) round {round_no + 1}/{s.rounds}: {name}, redemptions with Idempotency-Key")
+                c = self.start_contender(name, self.stub_port[0])
+                try:
+                    key = f"bench-{round_no}-{time.time_ns()}"
+                    if s.warmup_s:
+                        self.load(c.port, connections=s.sat_conns, seconds=s.warmup_s, kind="redeem-fresh",
+                                  key=f"{key}-warm")  # fmt: skip
+                    self.measure(name, c, "redeem-fresh", f"{key}-first")
+                    self.prime(c.port, "redeem-replay", f"{key}-replay")
+                    if s.warmup_s:
+                        self.load(c.port, connections=s.sat_conns, seconds=s.warmup_s, kind="redeem-replay",
+                                  key=f"{key}-replay")  # fmt: skip
+                    self.measure(name, c, "redeem-replay", f"{key}-replay")
+                finally:
+                    c.stop()
+        for round_no in range(s.rounds if "d" in self.scenarios else 0):
+            for name in (n for n in self.contenders if n in READERS):
+                progress(f"(d) round {round_no + 1}/{s.rounds}: {name}, GET promotion tiers")
+                c = self.start_contender(name, self.stub_port[0])
+                try:
+                    self.prime(c.port, "tiers", "", cached=name in GUARDED)
+                    if s.warmup_s:
+                        self.load(c.port, connections=s.sat_conns, seconds=s.warmup_s, kind="tiers")
+                    self.measure(name, c, "tiers", "")
+                finally:
+                    c.stop()
         return rows
+
+    def measure(self, name: str, c: Contender, kind: str, key: str) -> None:
+        """One saturation run of `kind`: the contender's CPU, Redis's CPU and memory growth, peak RSS."""
+        probe = self.probes.setdefault((name, kind), Probe(name, kind))
+        on_redis = name.endswith("-redis") and self.redis_port
+        redis_before = self.redis_stats() if on_redis else (0.0, 0)
+        redis_cpu = cpu_seconds([self.redis_pid]) if on_redis else 0.0
+        cpu_before = cpu_seconds(c.pids())
+        run = self.load(
+            c.port, connections=self.sizes.sat_conns, seconds=self.sizes.sat_s, kind=kind, key=key
+        )
+        if run.requests:
+            probe.cpu_us.append((cpu_seconds(c.pids()) - cpu_before) / run.requests * 1e6)
+            if on_redis:
+                probe.redis_cpu_us.append((cpu_seconds([self.redis_pid]) - redis_cpu) / run.requests * 1e6)
+                used, keys = self.redis_stats()
+                probe.redis_bytes.append((used - redis_before[0]) / run.requests)
+                probe.redis_keys = keys
+        probe.runs.append(run)
+        probe.rss_mb = c.peak_rss_mb()
+
+    def redis_stats(self) -> tuple[float, int]:
+        """Redis's `used_memory` (bytes) and DBSIZE, read with redis-cli."""
+        cli = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.redis_port)]
+        info = subprocess.run(
+            [*cli, "INFO", "memory"], capture_output=True, text=True, timeout=10, check=True
+        )
+        used = next(int(x.split(":")[1]) for x in info.stdout.splitlines() if x.startswith("used_memory:"))
+        size = subprocess.run([*cli, "DBSIZE"], capture_output=True, text=True, timeout=10, check=True)
+        return float(used), int(size.stdout.strip() or 0)
+
+    def prime(self, port: int, kind: str, key: str, *, cached: bool = False) -> None:
+        """Send the request twice before the load: the first redeems (or fills the cache), the second must
+        already be the replay (`Idempotent-Replayed: true`) or the hit (`Age`), or the scenario measures
+        something else and the bench stops."""
+        for attempt in range(2):
+            if kind == "tiers":
+                req = urllib.request.Request(f"http://127.0.0.1:{port}{configs.TIERS_PATH}", method="GET")
+            else:
+                url = f"http://127.0.0.1:{port}{configs.REDEEM_PATH}"
+                req = urllib.request.Request(url, data=configs.REDEEM_BODY.encode(), method="POST")
+                req.add_header("Content-Type", "application/json")
+                req.add_header("Idempotency-Key", key)
+            req.add_header("Origin", configs.ORIGIN)
+            with urllib.request.urlopen(req, timeout=10) as answer:
+                answer.read()
+                headers = answer.headers
+            if attempt == 1 and kind == "redeem-replay" and headers.get("Idempotent-Replayed") != "true":
+                raise RuntimeError(f"the second keyed redemption on :{port} was not a replay")
+            if attempt == 1 and cached and headers.get("Age") is None:
+                raise RuntimeError(f"the second listing on :{port} was not a cache hit (no Age)")
 
 
 def progress(text: str) -> None:
@@ -293,6 +402,62 @@ def table(rows: dict[str, Row], s: Sizes) -> str:
             f" | {slow.errors} | {_f(row.slow_rss_mb, 1)} |"
         )
     return "\n".join(lines)
+
+
+def guard_tables(probes: dict[tuple[str, str], Probe], s: Sizes) -> str:
+    """Scenarios (c) and (d), each with its ratios (informational)."""
+    size = f"wrk -c{s.sat_conns}, {s.sat_s:g}s x {s.rounds} rounds (medians)"
+    lines: list[str] = []
+    keyed = [p for p in probes.values() if p.kind.startswith("redeem")]
+    if keyed:
+        lines += [
+            f"(c) POST {configs.REDEEM_PATH} with Idempotency-Key, guards policy; {size}; first use: a fresh "
+            "key per request (redeemed, answer kept), replay: one key (kept answer sent again)",
+            "",
+            "| contender | key | req/s | p50 ms | p99 ms | errors | CPU µs/req | Redis CPU µs/req"
+            " | Redis bytes/req | Redis keys | peak RSS MB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in keyed:
+            lines.append(
+                f"| {p.contender} | {'first use' if p.kind == 'redeem-fresh' else 'replay'}"
+                f" | {_f(p.median('rps'), 0)} | {_f(p.median('p50_ms'))} | {_f(p.median('p99_ms'))}"
+                f" | {_f(p.median('errors'), 0)} | {_f(_median(p.cpu_us), 0)}"
+                f" | {_f(_median(p.redis_cpu_us), 0)}"
+                f" | {_f(_median(p.redis_bytes), 0)} | {p.redis_keys if p.redis_keys is not None else '-'}"
+                f" | {_f(p.rss_mb, 1)} |"
+            )
+        for name in GUARDED:
+            first, replay = probes.get((name, "redeem-fresh")), probes.get((name, "redeem-replay"))
+            a, b = (_median(first.cpu_us) if first else None), (_median(replay.cpu_us) if replay else None)
+            if a and b:
+                lines.append(f"  info  {name}: a replay costs {b / a:.2f} x a first use in CPU per request")
+        lines.append("")
+    reads = [p for p in probes.values() if p.kind == "tiers"]
+    if reads:
+        lines += [
+            f"(d) GET {configs.TIERS_PATH}; {size}; guards contenders: `cache.ttl: 30`, a hit after the "
+            "first request; the others forward every request",
+            "",
+            "| contender | read | req/s | p50 ms | p99 ms | errors | CPU µs/req |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for p in reads:
+            lines.append(
+                f"| {p.contender} | {'cache hit' if p.contender in GUARDED else 'forwarded'}"
+                f" | {_f(p.median('rps'), 0)} | {_f(p.median('p50_ms'))} | {_f(p.median('p99_ms'))}"
+                f" | {_f(p.median('errors'), 0)} | {_f(_median(p.cpu_us), 0)} |"
+            )
+        cpu = {p.contender: _median(p.cpu_us) for p in reads}
+        hit = cpu.get("gateway-guards")
+        for ref in ("bare-http1", "gateway"):
+            other = cpu.get(ref)
+            if hit and other:
+                lines.append(
+                    f"  info  gateway-guards cache hit: {hit / other:.2f} x {ref}'s forward"
+                    f" in CPU per request ({hit - other:+.0f} µs per request)"
+                )
+    return "\n".join(lines).rstrip()
 
 
 def targets(rows: dict[str, Row]) -> list[str]:
@@ -390,7 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=CONTENDERS, help="run only these contenders")
     parser.add_argument("--rounds", type=int, help="rounds of scenario (a)")
     parser.add_argument("--seconds", type=float, help="length of each measured run of scenario (a)")
-    parser.add_argument("--scenario", choices=("a", "b"), help="run only this scenario")
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        help="run only this scenario: a validations, b slow upstream, c keyed redemptions, d cached reads",
+    )
     parser.add_argument("--gateway-src", type=Path, help="run the gateway package found in this checkout")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -429,14 +598,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(table(rows, sizes))
+    if {"a", "b"} & set(bench.scenarios):
+        print()
+        print(table(rows, sizes))
+    if bench.probes:
+        print()
+        print(guard_tables(bench.probes, sizes))
     print()
     print("targets" + (" (smoke run: sizes too small to mean anything)" if args.smoke else "") + ":")
     print("\n".join(targets(rows)))
     print(f"\ndone in {time.monotonic() - started:.0f}s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": info, "sizes": asdict(sizes), "rows": {k: asdict(v) for k, v in rows.items()}}
+        payload = {
+            "machine": info,
+            "sizes": asdict(sizes),
+            "rows": {k: asdict(v) for k, v in rows.items()},
+            "guards": [asdict(p) for p in bench.probes.values()],
+        }
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
