@@ -315,20 +315,6 @@ def _store(state: GatewayState, target: Target) -> Store:
     return state.limiters.store(limits.storage, limits.storage_timeout)
 
 
-async def _send(
-    state: GatewayState,
-    policy: CompiledPolicy,
-    target: Target,
-    call: UpstreamCall,
-    headers: CIMultiDict[str],
-    outcome: Outcome,
-) -> UpstreamResponse:
-    """Voucherify's answer to the call, timed for the access log; Refused (502, 504) without one."""
-    answer = await state.transport.send(target.project.base_url, call, headers, policy.upstream_timeouts)
-    outcome.upstream_ms = answer.elapsed * 1000
-    return answer
-
-
 async def _spared_send(
     state: GatewayState,
     policy: CompiledPolicy,
@@ -341,11 +327,12 @@ async def _spared_send(
     reserved call that surely reached nothing is given back, a 429 starts the hold-off (Refused, 503)."""
     held = await state.sparing.reserve(state.limiters, target, outcome)
     try:
-        answer = await _send(state, policy, target, call, headers, outcome)
+        answer = await state.transport.send(target.project.base_url, call, headers, policy.upstream_timeouts)
     except Refused as refused:
         if not_sent(refused):
             await state.sparing.give_back(target, held)
         raise
+    outcome.upstream_ms = answer.elapsed * 1000
     state.sparing.throttled(target, answer, outcome)
     return target.project.mode.response(target, answer)
 
