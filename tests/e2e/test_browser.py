@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from gateway.app import create_app
 from gateway.listen import GatewayRunner
 from gateway.sandbox import SANDBOX_RECORDS, RecordedRequest, SandboxCredentials, create_sandbox_app
 from tests.conftest import in_ci, make_policy
+from tests.support.processes import running_demo
 
 HERE = Path(__file__).parent.parent / "browser"
 NODE_MODULES = HERE / "node_modules"
@@ -276,21 +276,7 @@ async def test_a_keyed_redemption_sent_twice_is_replayed_not_spent_twice(stack: 
 
 async def test_demo_page_screenshot(tmp_path: Path) -> None:
     """The demo command's page in a real browser; the screenshot is kept under tests/output/ for CI."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "demo",
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        assert "listening on http://127.0.0.1:" in line, line
-        port = line.rsplit(":", 1)[1].strip()
+    async with running_demo() as port:
         OUTPUT.mkdir(exist_ok=True)
         shot = OUTPUT / "demo-checkout.png"
         result = await drive("screenshot", f"http://localhost:{port}/", shot)
@@ -298,6 +284,3 @@ async def test_demo_page_screenshot(tmp_path: Path) -> None:
         assert attempt["event"]["detail"]["valid"] is True
         assert result["total"] == "€ 110.00"
         assert shot.stat().st_size > 10_000
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 10)

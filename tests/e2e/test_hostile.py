@@ -8,7 +8,6 @@ import contextlib
 import gzip
 import json
 import logging
-import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from gateway.models import Outcome
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
 from tests.conftest import CLIENT_TOKEN, ORIGIN, assert_gateway_error, base_policy, make_policy
-from tests.support.processes import GatewayProcessFactory
+from tests.support.processes import GatewayProcessFactory, running_demo
 from tests.support.rawhttp import RawResponse, read_response, request_bytes
 from tests.support.upstream_double import Received, UpstreamDouble
 
@@ -650,21 +649,7 @@ async def test_serve_holds_the_trailer_attack_and_answers_in_its_own_shape(
 
 async def test_demo_serves_its_gateway_through_the_hardened_runner() -> None:
     """`voucherify-gateway demo`: the public port's answers are GatewayRunner's (Server, OPTIONS *, trailers)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "demo",
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), WAIT)).decode()
-        assert "listening on http://127.0.0.1:" in line, line
-        port = int(line.rsplit(":", 1)[1])
+    async with running_demo(WAIT) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n")
@@ -685,6 +670,3 @@ async def test_demo_serves_its_gateway_through_the_hardened_runner() -> None:
             assert first.headers["Connection"] == "close" and await closed(reader, WAIT)
         finally:
             writer.close()
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), WAIT)

@@ -47,6 +47,30 @@ def write_policy(path: Path, tree: dict[str, Any]) -> Path:
     return path
 
 
+@contextlib.asynccontextmanager
+async def running_demo(wait: float = 30) -> AsyncIterator[int]:
+    """`voucherify-gateway demo --port 0` as a subprocess; yields its port once it says it listens."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "demo",
+        "--port",
+        "0",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), wait)).decode()
+        assert "listening on http://127.0.0.1:" in line, line
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), wait)
+
+
 def run_cli(
     *args: str, env: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
