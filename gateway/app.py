@@ -2,7 +2,7 @@
 
   decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
   -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
-  -> rate limit (429, 503) -> Idempotency-Key (400, 409, 422, 503, or a replay: `idempotent.py`)
+  -> rate limit (429, 503) -> Idempotency-Key (400, 409, 422, 503, or a replay: `guards/idempotency_hold.py`)
   -> failed-code budget (429) -> Voucherify (502, 504) -> the mode's view of the answer (the budget
   keeps its unknown codes and gives the rest back; a held Idempotency-Key keeps the answer).
 
@@ -22,15 +22,17 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import errors, idempotent
+from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused, describe_exception
 from gateway.expect import continue_if_admitted
+from gateway.guards import idempotency_hold
 from gateway.guards.failed_code_hold import CodeHold
 from gateway.guards.idempotency import REPLAYED, REPLAYED_DECISION, Replay
+from gateway.guards.idempotency_hold import Hold, Holder
+from gateway.guards.sparing import API_VERSION_HEADER, Sparing, not_sent
 from gateway.headers import IDEMPOTENCY_KEY, request_headers
-from gateway.idempotent import Hold, Holder
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog
@@ -38,7 +40,6 @@ from gateway.observe.accounting import Accounting
 from gateway.observe.trace_context import CURRENT, TraceStarter
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, Store
-from gateway.sparing import API_VERSION_HEADER, Sparing, not_sent
 from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
@@ -292,7 +293,7 @@ async def _idempotency(
     """Claim the request's Idempotency-Key: a hold on it, the kept answer to replay, None without a key;
     Refused: 400 (bad or missing key), 409 (in flight), 422 (another request's), 503 (store down)."""
     store = _store(state, target)
-    return await idempotent.claim(
+    return await idempotency_hold.claim(
         target.project.idempotency, store, target, values, body, outcome, state.holder
     )
 

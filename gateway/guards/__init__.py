@@ -1,1 +1,2 @@
-"""Guards on what a client may make the gateway ask of Voucherify: sans-IO rules, one module each."""
+"""The second release's guards: sans-IO rules (failed_codes, idempotency, cache, quota) and, beside them,
+the pipeline steps that apply them on the store (failed_code_hold, idempotency_hold, sparing)."""
