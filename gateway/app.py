@@ -3,8 +3,10 @@
   decide (route, method, secrets, origin, danger zone, body headers: `decide.py`, sans-IO)
   -> read the body (413, 408) -> check the body (400, 403) -> the mode's upstream call (400)
   -> rate limit (429, 503) -> Idempotency-Key (400, 409, 422, 503, or a replay: `guards/idempotency_hold.py`)
-  -> failed-code budget (429) -> Voucherify (502, 504) -> the mode's view of the answer (the budget
-  keeps its unknown codes and gives the rest back; a held Idempotency-Key keeps the answer).
+  -> failed-code budget (429) -> cache -> upstream quota (503) -> Voucherify (502, 504) -> the mode's view
+  of the answer (the budget keeps its unknown codes and gives the rest back; a held Idempotency-Key keeps
+  the answer). The rate limit, the budget and the quota are one store call (`ratelimit/gates.py`), two
+  around an Idempotency-Key's claim; a cached operation's quota is reserved only once its cache missed.
 
 After `decide`, each step returns its value or raises `errors.Refused`, caught once in `_pipeline`. Only a
 request that passed every check is counted against its rate limit.
@@ -27,11 +29,11 @@ from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused, describe_exception
 from gateway.expect import continue_if_admitted
-from gateway.guards import idempotency_hold
+from gateway.guards import idempotency, idempotency_hold
 from gateway.guards.failed_code_hold import CodeHold
 from gateway.guards.idempotency import REPLAYED, REPLAYED_DECISION, Replay
 from gateway.guards.idempotency_hold import Hold, Holder
-from gateway.guards.sparing import API_VERSION_HEADER, Sparing, not_sent
+from gateway.guards.sparing import API_VERSION_HEADER, QuotaHold, Sparing, not_sent
 from gateway.headers import IDEMPOTENCY_KEY, request_headers
 from gateway.lint import policy_warnings
 from gateway.models import Outcome, Target, UpstreamCall, UpstreamResponse
@@ -40,6 +42,7 @@ from gateway.observe.accounting import Accounting
 from gateway.observe.trace_context import CURRENT, TraceStarter
 from gateway.policy import PolicyFile
 from gateway.ratelimit import LimiterPool, Store
+from gateway.ratelimit.gates import pass_gates
 from gateway.upstream import Http1Transport, Transport
 from gateway.widget import add_demo_page, add_widget
 
@@ -216,75 +219,67 @@ async def _pipeline(
         return _respond(204, b"", outcome.request_id, decision.headers, content_type=None)
     admit = decision
     target = admit.target
-    mode = target.project.mode
-    outcome.project, outcome.operation = target.project.name, target.operation
+    project = target.project
+    mode = project.mode
+    outcome.project, outcome.operation = project.name, target.operation
 
-    limit_headers: tuple[tuple[str, str], ...] = ()
     hold: Hold | None = None
     codes = CodeHold()  # the failed-code budget's hold: its RateLimit members, given back in `finally`
+    quota = QuotaHold()  # the upstream call's place in the quota, given back in `finally` when unsent
+    per_ip = state.limiters.gate(
+        project.rate_limit, project.buckets[target.operation], client.bucket_key, outcome
+    )
     try:
         body = await _request_body(request, policy)
         document = check_body(admit, body)
         call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
-        limit_headers = await _rate_limit(state, target, client.bucket_key, outcome)
-        held = await _idempotency(state, target, request.headers.getall(IDEMPOTENCY_KEY, []), body, outcome)
-        if isinstance(held, Replay):
-            return _replayed(held, admit.cors, limit_headers, outcome)
-        hold = held
-        if target.project.failed_codes is not None:  # the failed-code budget (429)
-            await codes.reserve(_store(state, target), target, client.bucket_key, document, outcome)
+        store = _store(state, target)
+        codes.ask(store, target, client.bucket_key, document, outcome)
+        quota.ask(state.sparing, store, target, outcome)
+        keys = request.headers.getall(IDEMPOTENCY_KEY, [])
+        claiming = idempotency.claims(project.idempotency, target, keys)
+        # per-IP (429, 503) -> failed-code budget (429) -> upstream quota (503): one store call, or two
+        # around the Idempotency-Key's claim (400, 409, 422, 503, or a replay)
+        await pass_gates(store, (per_ip,) if claiming else (per_ip, codes, quota))
+        if claiming:
+            held = await _idempotency(state, target, keys, body, outcome)
+            if isinstance(held, Replay):
+                return _replayed(held, admit.cors, per_ip.headers, outcome)
+            hold = held
+            await pass_gates(store, (codes, quota))
         headers = request_headers(
             request.headers,
-            target.project.credential_headers,
+            project.credential_headers,
             admit.origin,
             outcome.request_id,
             forward_origin=mode.forwards_origin,
         )
-        if target.project.api_version is not None:
-            headers[API_VERSION_HEADER] = target.project.api_version
+        if project.api_version is not None:
+            headers[API_VERSION_HEADER] = project.api_version
 
-        async def voucherify() -> UpstreamResponse:  # cache -> upstream quota -> Voucherify (429: hold-off)
+        async def voucherify() -> UpstreamResponse:  # cache -> (its quota) -> Voucherify (429: hold-off)
             return await state.sparing.answer(
-                target, outcome, lambda: _spared_send(state, policy, target, call, headers, outcome)
+                target, outcome, lambda: _spared_send(state, policy, target, call, headers, outcome, quota)
             )
 
         answer = await (voucherify() if hold is None else hold.run(voucherify))
         codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
     except Refused as refused:
-        extra = codes.fields((*limit_headers, *refused.headers))
+        extra = codes.fields((*per_ip.headers, *refused.headers))
         return _refused(admit.refuse(refused.error), outcome, extra)
     except ClientGone:  # answered to no one: aiohttp drops it quietly (an exception is an ERROR line)
         outcome.decision, outcome.status = "client_closed", 499
         return web.Response(status=499)
     finally:
         codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
+        quota.release()  # a reserved call never sent (refused later, cancelled) stops counting
         if hold is not None:  # refused or cancelled before Voucherify's call: the key is free again
             await hold.release()
     outcome.status = answer.status
-    headers_out = [*answer.headers, *codes.fields(limit_headers)]
+    headers_out = [*answer.headers, *codes.fields(per_ip.headers)]
     return _respond(
         answer.status, answer.body, outcome.request_id, admit.cors, headers_out, content_type=None
     )
-
-
-async def _rate_limit(
-    state: GatewayState, target: Target, client_key: str, outcome: Outcome
-) -> tuple[tuple[str, str], ...]:
-    """Count the request in its bucket: the RateLimit headers, or Refused (429, or 503 while the store is
-    down and `on_storage_error: deny`)."""
-    project = target.project
-    bucket, trace = project.buckets[target.operation], outcome.trace
-    started = time.perf_counter() if trace is not None else 0.0
-    verdict = await state.limiters.check(project.rate_limit, bucket, client_key)
-    if trace is not None:  # a span event: the decision and the storage round trip
-        elapsed = time.perf_counter() - started
-        trace.limit_checked(
-            bucket.name, project.rate_limit.storage, verdict.error is not None, verdict.store_error, elapsed
-        )
-    outcome.limit_store_error = verdict.store_error
-    if verdict.error is not None:
-        raise Refused(verdict.error, verdict.headers)
-    return verdict.headers
 
 
 async def _idempotency(
@@ -323,15 +318,18 @@ async def _spared_send(
     call: UpstreamCall,
     headers: CIMultiDict[str],
     outcome: Outcome,
+    quota: QuotaHold,
 ) -> UpstreamResponse:
-    """The upstream quota (and hold-off) first, then Voucherify and the mode's view of its answer; a
-    reserved call that surely reached nothing is given back, a 429 starts the hold-off (Refused, 503)."""
-    held = await state.sparing.reserve(state.limiters, target, outcome)
+    """Voucherify (a cached operation's quota reserved first, after its cache missed) and the mode's view of
+    its answer; a reserved call that surely reached nothing is given back, a 429 starts the hold-off
+    (Refused, 503)."""
+    await state.sparing.reserve(quota)
+    quota.sending()
     try:
         answer = await state.transport.send(target.project.base_url, call, headers, policy.upstream_timeouts)
     except Refused as refused:
         if not_sent(refused):
-            await state.sparing.give_back(target, held)
+            await state.sparing.give_back(quota)
         raise
     outcome.upstream_ms = answer.elapsed * 1000
     state.sparing.throttled(target, answer, outcome)

@@ -183,6 +183,12 @@ def fingerprint(operation: str, operation_path: str, query: str, body: bytes) ->
     return digest.digest()
 
 
+def claims(settings: Settings, target: Target, values: Sequence[str]) -> bool:
+    """Whether `begin` has anything to say about the request (a claim, or a 400): one of the five
+    operations with idempotency on, and a header, or none while one is required."""
+    return target.operation in OPERATIONS and settings.enabled and (bool(values) or settings.required)
+
+
 def begin(
     settings: Settings,
     target: Target,
@@ -193,10 +199,10 @@ def begin(
     """The request's claim on its key; None when it has no key to claim (not one of the five operations,
     idempotency off, or no header while not required); a 400 when the header is bad or missing."""
     operation = target.operation
-    if operation not in OPERATIONS or not settings.enabled:
+    if not claims(settings, target, values):
         return None  # the header is ignored (and, like every header not on the allow-list, not forwarded)
     if not values:
-        return errors.idempotency_key_required(operation) if settings.required else None
+        return errors.idempotency_key_required(operation)
     key = parse_key(values[0]) if len(values) == 1 else None
     if key is None:
         return errors.invalid_idempotency_key()

@@ -3,7 +3,9 @@ answered), the upstream quota (503), the hold-off after Voucherify's 429 (503), 
 
 `Sparing` is per process and survives reloads: the kept answers and calls in flight (`guards/cache.py`)
 and the per-project hold-off (`guards/quota.py`). The counting of the quota itself is the limit store's
-ledger (`Store.reserve` / `settle`), shared by every gateway on Redis. Every refusal raises
+ledger, shared by every gateway on Redis: a request's `QuotaHold` reserves its call as the last gate of the
+request's chain (gateway/ratelimit/gates.py), in the same store call as its per-IP hit and failed-code
+reservation, and settles it only when nothing was sent. Every refusal raises
 `errors.Refused` with its `Retry-After`.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway import errors
 from gateway.compiled import ProjectRuntime
@@ -19,8 +21,8 @@ from gateway.errors import ErrorKey, Refused
 from gateway.guards.cache import CACHED_OPERATIONS, Answer, Lookup, ReadCache
 from gateway.guards.quota import HoldOff, retry_after_of_429, whole_seconds
 from gateway.models import Outcome, Target, UpstreamResponse
-from gateway.ratelimit.limiter import LimiterPool
-from gateway.ratelimit.store import Reservation, Store, StoreUnavailable
+from gateway.ratelimit.gates import pass_gates, settle_soon
+from gateway.ratelimit.store import Reservation, Reserve, StepAnswer, Store, StoreUnavailable
 
 log = logging.getLogger("gateway")
 
@@ -70,52 +72,23 @@ class Sparing:
         answer, _ = await self.cache.load(key, project.cache_ttl, call)
         return answer
 
-    async def reserve(
-        self, limiters: LimiterPool, target: Target, outcome: Outcome
-    ) -> tuple[Store, Reservation] | None:
-        """The upstream-quota step, hold-off first: a call is reserved in the project's ledger, or Refused
-        (503 upstream_quota_exhausted; 503 rate_limit_unavailable when the store is down and
-        `on_storage_error: deny`). None: nothing to settle (no quota, or the store down and `allow`)."""
-        project = target.project
-        left = self.hold_off.remaining(project.name)
-        if left is not None:
-            outcome.quota_refusal = "hold_off"
-            raise Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
-        plan = project.quota
-        if plan is None:
-            return None
-        limits = project.rate_limit
-        store = limiters.store(limits.storage, limits.storage_timeout)
-        try:
-            reservation = await store.reserve(plan.key, plan.limit_for(target.operation), plan.window, 1)
-        except StoreUnavailable as exc:
-            outcome.limit_store_error = True
-            if limits.storage not in self.store_down:
-                self.store_down.add(limits.storage)
-                log.error(
-                    "upstream-quota store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error
-                )
-            if limits.on_storage_error == "deny":
-                raise Refused(errors.rate_limit_unavailable()) from None
-            return None
-        if limits.storage in self.store_down:
-            self.store_down.discard(limits.storage)
-            log.warning("upstream-quota store reachable again")
-        if not reservation.granted:
-            seconds = whole_seconds(reservation.retry_after, at_most=plan.window)
-            outcome.quota_refusal = "quota"
-            raise Refused(errors.upstream_quota_exhausted(seconds), _retry_after(seconds))
-        return store, reservation
+    async def reserve(self, quota: QuotaHold) -> None:
+        """A cached operation's upstream-quota step, after its cache missed: a chain of its own."""
+        if quota.deferred:
+            quota.deferred = False
+            quota.arm()
+            assert quota.store is not None
+            await pass_gates(quota.store, (quota,))
 
-    async def give_back(self, target: Target, held: tuple[Store, Reservation] | None) -> None:
+    async def give_back(self, quota: QuotaHold) -> None:
         """Nothing was sent after all: the reserved call stops counting (best effort)."""
-        plan = target.project.quota
-        if held is None or plan is None:
+        held = quota.unsent()
+        if held is None:
             return
-        store, reservation = held
+        store, key, reservation = held
         # a store that fails here keeps the entry until its window ends: the quota errs on the strict side
         with contextlib.suppress(StoreUnavailable):
-            await store.settle(plan.key, reservation, 0)
+            await store.settle(key, reservation, 0)
 
     def throttled(self, target: Target, answer: UpstreamResponse, outcome: Outcome) -> None:
         """Voucherify's own 429: hold the project off, and Refused (503) with its seconds."""
@@ -136,3 +109,131 @@ def not_sent(refused: Refused) -> bool:
     """A refusal of the upstream call after which Voucherify surely saw nothing."""
     error = refused.error
     return error.key is ErrorKey.UPSTREAM_UNAVAILABLE and not getattr(error, "sent", True)
+
+
+class QuotaHold:
+    """A request's call in its project's upstream quota, from the reservation to the send.
+
+    `ask` prepares it; it then runs as the last gate of the request's chain (`pass_gates`), after the
+    failed-code budget: the hold-off after Voucherify's 429 first (a request held off reserves nothing),
+    then one call reserved in the project's ledger, or `Refused` 503 `upstream_quota_exhausted`; a store
+    that is down follows `on_storage_error`. A cached operation is `deferred`: a cache hit or a wait on an
+    identical call in flight must not count, so its reservation is a chain of its own once the cache
+    missed (`Sparing.reserve`). `sending` marks the call as handed to the transport (it may reach
+    Voucherify: it counts); `release` (the pipeline's `finally`) gives back a reservation that was never
+    sent, also when the handler is cancelled.
+    """
+
+    __slots__ = (
+        "_held_off",
+        "_outcome",
+        "_reservation",
+        "_sent",
+        "_sparing",
+        "_target",
+        "deferred",
+        "steps",
+        "store",
+    )
+
+    def __init__(self) -> None:
+        self._sparing: Sparing | None = None
+        self._target: Target | None = None
+        self._outcome: Outcome | None = None
+        self.store: Store | None = None
+        self._held_off: int | None = None
+        self._reservation: Reservation | None = None
+        self._sent = False
+        self.deferred = False
+        self.steps: tuple[Reserve, ...] = ()
+
+    def ask(self, sparing: Sparing, store: Store, target: Target, outcome: Outcome) -> None:
+        """The request's upstream call: a reservation in its chain, or deferred past the cache."""
+        self._sparing, self.store, self._target, self._outcome = sparing, store, target, outcome
+        project = target.project
+        if project.cache_ttl > 0 and target.operation in CACHED_OPERATIONS:
+            self.deferred = True
+            return
+        self.arm()
+
+    def arm(self) -> None:
+        sparing, target = self._sparing, self._target
+        assert sparing is not None and target is not None
+        self._held_off = sparing.hold_off.remaining(target.project.name)
+        plan = target.project.quota
+        if plan is not None and self._held_off is None:
+            self.steps = (Reserve(plan.key, plan.limit_for(target.operation), plan.window, 1),)
+
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> None:
+        if self.deferred:
+            return
+        self._refuse_held_off()
+        if not self.steps:
+            return
+        (reservation,) = answers
+        assert isinstance(reservation, Reservation)  # not refused before: the gate before it raised then
+        sparing, target, outcome = self._sparing, self._target, self._outcome
+        assert sparing is not None and target is not None and outcome is not None
+        storage = target.project.rate_limit.storage
+        if storage in sparing.store_down:
+            sparing.store_down.discard(storage)
+            log.warning("upstream-quota store reachable again")
+        if not reservation.granted:
+            plan = target.project.quota
+            assert plan is not None
+            retry = whole_seconds(reservation.retry_after, at_most=plan.window)
+            outcome.quota_refusal = "quota"
+            raise Refused(errors.upstream_quota_exhausted(retry), _retry_after(retry))
+        self._reservation = reservation
+
+    def failed(self, exc: StoreUnavailable, seconds: float) -> None:
+        if self.deferred:
+            return
+        self._refuse_held_off()
+        if not self.steps:
+            return
+        sparing, target, outcome = self._sparing, self._target, self._outcome
+        assert sparing is not None and target is not None and outcome is not None
+        limits = target.project.rate_limit
+        outcome.limit_store_error = True
+        if limits.storage not in sparing.store_down:
+            sparing.store_down.add(limits.storage)
+            log.error(
+                "upstream-quota store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error
+            )
+        if limits.on_storage_error == "deny":
+            raise Refused(errors.rate_limit_unavailable())
+
+    def abandoned(self, answers: Sequence[StepAnswer]) -> None:
+        target, store = self._target, self.store
+        plan = None if target is None else target.project.quota
+        for reservation in answers:
+            if isinstance(reservation, Reservation) and reservation.token and store and plan:
+                settle_soon(store, plan.key, reservation, 0, "upstream quota")
+
+    def _refuse_held_off(self) -> None:
+        left = self._held_off
+        if left is not None:
+            assert self._outcome is not None
+            self._outcome.quota_refusal = "hold_off"
+            raise Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
+
+    def sending(self) -> None:
+        """The call is handed to the transport: from here on it counts."""
+        self._sent = True
+
+    def unsent(self) -> tuple[Store, str, Reservation] | None:
+        """The reservation to give back when nothing was sent (at most once), else None."""
+        reservation, store, target = self._reservation, self.store, self._target
+        if reservation is None or store is None or target is None or target.project.quota is None:
+            return None
+        self._reservation = None
+        return store, target.project.quota.key, reservation
+
+    def release(self) -> None:
+        """Give back a reservation that was never sent. Never raises, never waits."""
+        if self._sent:
+            return
+        held = self.unsent()
+        if held is not None:
+            settle_soon(*held, 0, "upstream quota")

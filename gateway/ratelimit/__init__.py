@@ -1,11 +1,14 @@
 """Rate limiting: counters in a store (memory or Redis), and the verdicts the pipeline acts on.
 
-- `store.py`: the counter interface (`Store`: per-IP hits, reserve/settle, claim/replace/delete_if) and
-  what its calls answer; its docstring is the contract the features code against.
+- `store.py`: the counter interface (`Store`: chains of per-IP hits and reservations, reserve/settle,
+  claim/replace/delete_if) and what its calls answer; its docstring is the contract the features code
+  against.
 - `memory_store.py`, `redis_store.py`: its two implementations (plain Redis, Sentinel and Cluster share one);
   `redis_batch.py`: one pipeline per loop turn; `bridge.py`: the one module touching `limits`' internals.
-- `limiter.py`: `count_bucket` (the one loop), `Limiter`, `LimiterPool` (stores by URI, `check` -> `Verdict`
-  with `on_storage_error` applied, `readiness` for the admin listener and the worker supervisor).
+- `limiter.py`: `bucket_steps` / `bucket_result` (a bucket as chain steps), `Limiter`, `LimiterPool` (stores
+  by URI, `check` -> `Verdict` with `on_storage_error` applied, `gate` for a request's chain, `readiness`
+  for the admin listener and the worker supervisor).
+- `gates.py`: `pass_gates`, a request's guards (per-IP, failed-code budget, upstream quota) in one chain.
 """
 
 from gateway.ratelimit.limiter import (
@@ -14,7 +17,8 @@ from gateway.ratelimit.limiter import (
     LimitResult,
     StoreReadiness,
     Verdict,
-    count_bucket,
+    bucket_result,
+    bucket_steps,
     limits_item,
     open_storage,
     open_store,
@@ -30,7 +34,8 @@ __all__ = [
     "StoreReadiness",
     "StoreUnavailable",
     "Verdict",
-    "count_bucket",
+    "bucket_result",
+    "bucket_steps",
     "limits_item",
     "open_storage",
     "open_store",

@@ -1,10 +1,12 @@
 """Per-IP rate limits with Voucherify's 429 and IETF draft headers, and the verdict the handler acts on.
 
 A `Bucket` is one named budget of a project (`per_ip`, or an operation with its own limit); the client's
-bucket key (an IPv4 address or IPv6 prefix) is counted in it by `count_bucket`, on the project's store
-(gateway/ratelimit/store.py). `LimiterPool.check` turns that into a `Verdict` that has already applied
-`on_storage_error`. Stores outlive policy reloads: the pool hands the same store to every policy that
-names the same URI, so counts survive a reload.
+bucket key (an IPv4 address or IPv6 prefix) is counted in it by the chain steps of `bucket_steps`, on the
+project's store (gateway/ratelimit/store.py). `LimiterPool.check` turns that into a `Verdict` that has
+already applied `on_storage_error`; `LimiterPool.gate` does the same as the first gate of a request's
+chain (gateway/ratelimit/gates.py), with the failed-code budget and the upstream quota behind it. Stores
+outlive policy reloads: the pool hands the same store to every policy that names the same URI, so counts
+survive a reload.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from limits import RateLimitItem
@@ -22,13 +24,13 @@ from limits.limits import GRANULARITIES
 from limits.util import WindowStats
 
 from gateway import errors
-from gateway.errors import GatewayError
-from gateway.models import Bucket, RateItem, Strategy
+from gateway.errors import GatewayError, Refused
+from gateway.models import Bucket, Outcome, RateItem, Strategy
 from gateway.policy import RateLimit
 from gateway.ratelimit import redis_store
 from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
 from gateway.ratelimit.redis_store import RedisStore
-from gateway.ratelimit.store import Store, StoreUnavailable
+from gateway.ratelimit.store import Hit, StepAnswer, Store, StoreUnavailable
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -68,57 +70,51 @@ def open_store(uri: str, timeout: float = 0.5) -> MemoryStore | RedisStore:
     return RedisStore(storage, timeout)
 
 
-async def count_bucket(
-    store: Store, strategy: Strategy, bucket: Bucket, client_key: str
-) -> tuple[bool, list[WindowStats]]:
-    """Count a request in a bucket: items in order up to the first that refuses it (the ones after it are
-    not charged for a refused request), then every item's window, as `limits`' strategies compute it.
+def bucket_steps(store: Store, strategy: Strategy, bucket: Bucket, client_key: str) -> list[Hit]:
+    """A request's count in a bucket as chain steps: items in order up to the first that refuses it (the
+    chain counts nothing after a refusal), and every item's window, as `limits`' strategies compute it.
 
-    A store that `fuses_reads` reads each item's window in the call that counts it (one Redis script per
-    item), except when two items share a key: then, as in memory, every count comes before every read, so
-    an item's window shows the next item's count in the same key, exactly as with `limits`' own calls.
+    A store that `fuses_reads` reads each item's window in the step that counts it, except when two items
+    share a key: then, as in memory, every count comes before every read, so an item's window shows the
+    next item's count in the same key, exactly as with `limits`' own calls.
     """
     keys = bucket.keys(client_key)
-    fused = store.fuses_reads and not bucket.shares_a_key
+    pairs = zip(bucket.items, keys, strict=True)
+    if store.fuses_reads and not bucket.shares_a_key:
+        return [Hit(strategy, item, key, True, True) for item, key in pairs]
+    counts = [Hit(strategy, item, key, True, False) for item, key in pairs]
+    return [*counts, *(Hit(strategy, step.item, step.key, False, True) for step in counts)]
+
+
+def bucket_result(bucket: Bucket, steps: Sequence[Hit], answers: Sequence[StepAnswer]) -> LimitResult:
+    """The bucket's verdict and RateLimit fields from its steps' answers."""
     allowed = True
-    windows: list[WindowStats | None] = []
-    for item, key in zip(bucket.items, keys, strict=True):
-        if not (allowed or fused):
-            break
-        counted, window = await store.step(strategy, item, key, allowed, fused)
-        allowed = allowed and counted
-        windows.append(window)
-    if fused:
-        return allowed, [w for w in windows if w is not None]
-    read = []
-    for item, key in zip(bucket.items, keys, strict=True):
-        _, window = await store.step(strategy, item, key, False, True)
-        assert window is not None  # read=True
-        read.append(window)
-    return allowed, read
+    windows: list[WindowStats] = []
+    for step, answer in zip(steps, answers, strict=True):
+        assert isinstance(answer, tuple)  # a hit always answers
+        counted, window = answer
+        if step.count and not counted:
+            allowed = False
+        if step.read:
+            assert window is not None
+            windows.append(window)
+    return _result(bucket, allowed, windows)
 
 
 class Limiter:
-    """One store and strategy; `hit` counts a request in a bucket and says whether it may pass.
-
-    The whole bucket is bounded by the store's timeout (a store that never waits, memory, is not: a timer
-    there could never fire and would cost about half of a memory hit). Raises `StoreUnavailable`.
-    """
+    """One store and strategy; `hit` counts a request in a bucket and says whether it may pass (one chain:
+    bounded by the store's timeout, raises `StoreUnavailable`)."""
 
     def __init__(self, store: Store, strategy: Strategy) -> None:
         self.store = store
         self.strategy = Strategy(strategy)
 
+    def steps(self, bucket: Bucket, client_key: str) -> list[Hit]:
+        return bucket_steps(self.store, self.strategy, bucket, client_key)
+
     async def hit(self, bucket: Bucket, client_key: str) -> LimitResult:
-        store = self.store
-        if not store.suspends:
-            return _result(bucket, *await count_bucket(store, self.strategy, bucket, client_key))
-        try:
-            async with asyncio.timeout(store.timeout):  # unlike wait_for (3.11), no extra task per request
-                allowed, windows = await count_bucket(store, self.strategy, bucket, client_key)
-        except TimeoutError as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
-        return _result(bucket, allowed, windows)
+        steps = self.steps(bucket, client_key)
+        return bucket_result(bucket, steps, await self.store.chain(steps))
 
 
 def limits_item(item: RateItem) -> RateLimitItem:
@@ -185,23 +181,35 @@ class LimiterPool:
     async def check(self, limits: RateLimit, bucket: Bucket, client_key: str) -> Verdict:
         """Count the request in its bucket: the RateLimit headers, and a 429, or on a store failure the
         503 of `on_storage_error: deny` (with `allow`, no error: the request passes uncounted)."""
-        uri = limits.storage
-        limiter = self.limiter(uri, limits.strategy, limits.storage_timeout)
+        limiter = self.limiter(limits.storage, limits.strategy, limits.storage_timeout)
         try:
             result = await limiter.hit(bucket, client_key)
         except StoreUnavailable as exc:
-            if uri not in self._down:
-                self._down.add(uri)
-                log.error(
-                    "rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error
-                )
-            error = errors.rate_limit_unavailable() if limits.on_storage_error == "deny" else None
-            return Verdict((), error, True)
+            return self.unavailable(limits, exc)
+        return self.reached(limits, result)
+
+    def gate(self, limits: RateLimit, bucket: Bucket, client_key: str, outcome: Outcome) -> PerIpGate:
+        """The per-IP count as the first gate of a request's chain (gateway/ratelimit/gates.py)."""
+        limiter = self.limiter(limits.storage, limits.strategy, limits.storage_timeout)
+        return PerIpGate(self, limits, bucket, limiter.steps(bucket, client_key), outcome)
+
+    def reached(self, limits: RateLimit, result: LimitResult) -> Verdict:
+        """The verdict of a count the store answered (the end of an outage is logged once)."""
+        uri = limits.storage
         if uri in self._down:
             self._down.discard(uri)
             log.warning("rate-limit store reachable again")
         error = None if result.allowed else errors.too_many_requests(result.retry_after)
         return Verdict(tuple(result.headers.items()), error, False)
+
+    def unavailable(self, limits: RateLimit, exc: StoreUnavailable) -> Verdict:
+        """The verdict when the store failed: `on_storage_error` (one log line per outage)."""
+        uri = limits.storage
+        if uri not in self._down:
+            self._down.add(uri)
+            log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
+        error = errors.rate_limit_unavailable() if limits.on_storage_error == "deny" else None
+        return Verdict((), error, True)
 
     async def readiness(self, limits: Iterable[RateLimit]) -> StoreReadiness:
         """Whether the stores these rate limits use answer: not ready only when one that a project with
@@ -242,3 +250,41 @@ class LimiterPool:
         self._stores.clear()
         self._limiters.clear()
         self._started = False
+
+
+class PerIpGate:
+    """A request's per-IP count as a gate: its bucket's hits, then the verdict (Refused: 429, or 503 while
+    the store is down and `on_storage_error: deny`), the `rate_limit` trace event and, once passed, the
+    RateLimit fields in `headers`."""
+
+    __slots__ = ("_bucket", "_limits", "_outcome", "_pool", "headers", "steps")
+
+    def __init__(
+        self, pool: LimiterPool, limits: RateLimit, bucket: Bucket, steps: list[Hit], outcome: Outcome
+    ) -> None:
+        self._pool, self._limits, self._bucket, self._outcome = pool, limits, bucket, outcome
+        self.steps = steps
+        self.headers: tuple[tuple[str, str], ...] = ()
+
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> None:
+        result = bucket_result(self._bucket, self.steps, answers)
+        self._decided(self._pool.reached(self._limits, result), seconds)
+
+    def failed(self, exc: StoreUnavailable, seconds: float) -> None:
+        self._decided(self._pool.unavailable(self._limits, exc), seconds)
+
+    def abandoned(self, answers: Sequence[StepAnswer]) -> None:
+        return None  # a hit is never given back
+
+    def _decided(self, verdict: Verdict, seconds: float) -> None:
+        outcome = self._outcome
+        trace = outcome.trace
+        if trace is not None:  # a span event: the decision and the storage round trip
+            refused = verdict.error is not None
+            trace.limit_checked(
+                self._bucket.name, self._limits.storage, refused, verdict.store_error, seconds
+            )
+        outcome.limit_store_error = verdict.store_error
+        if verdict.error is not None:
+            raise Refused(verdict.error, verdict.headers)
+        self.headers = verdict.headers

@@ -11,7 +11,7 @@ due, so expired keys are reclaimed in amortised O(log n) without a background ta
 
 It implements what the three `limits` strategies need (counters for fixed windows and the sliding window
 counter, timestamp lists for the moving window), so `limits`' strategies run on it unchanged. Each of those
-methods has a synchronous twin (`..._sync`) that `MemoryStore.step` (below) calls directly.
+methods has a synchronous twin (`..._sync`) that `MemoryStore.chain` (below) calls directly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from math import floor, inf
 from typing import Generic, TypeVar
 
@@ -29,8 +29,16 @@ from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport,
 from limits.storage.base import TimestampedSlidingWindow
 from limits.util import WindowStats
 
-from gateway.models import RateItem, Strategy
-from gateway.ratelimit.store import Reservation, sliding_window_stats
+from gateway.models import Strategy
+from gateway.ratelimit.store import (
+    Hit,
+    HitAnswer,
+    Reservation,
+    Reserve,
+    Step,
+    StepAnswer,
+    sliding_window_stats,
+)
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -352,7 +360,7 @@ class MemoryStore:
     bytes of keys and values together. Past a bound the entries closest to expiry are dropped first.
     """
 
-    fuses_reads = False  # counting and reading are separate calls, in limits' order (count all, then read)
+    fuses_reads = False  # counting and reading are separate steps, in limits' order (count all, then read)
     suspends = False
 
     def __init__(
@@ -387,10 +395,30 @@ class MemoryStore:
 
     # ------------------------------------------------------------------------------------ per-IP hits
 
-    async def step(
-        self, strategy: Strategy, item: RateItem, key: str, count: bool, read: bool
-    ) -> tuple[bool, WindowStats | None]:
-        storage, expiry = self.storage, item.expiry
+    async def chain(self, steps: Sequence[Step]) -> list[StepAnswer]:
+        return self.chain_sync(steps)
+
+    def chain_sync(self, steps: Sequence[Step]) -> list[StepAnswer]:
+        """The whole chain in one synchronous run: atomic on the event loop."""
+        answers: list[StepAnswer] = []
+        refused = False
+        for step in steps:
+            if isinstance(step, Reserve):
+                if refused:
+                    answers.append(None)
+                    continue
+                reservation = self.reserve_sync(step.key, step.limit, step.window, step.amount)
+                refused = not reservation.granted
+                answers.append(reservation)
+                continue
+            counted, window = self._hit(step, step.count and not refused)
+            refused = refused or (step.count and not counted)
+            answers.append((counted, window))
+        return answers
+
+    def _hit(self, step: Hit, count: bool) -> HitAnswer:
+        storage, item, key, strategy = self.storage, step.item, step.key, step.strategy
+        expiry = item.expiry
         counted = False
         if count:
             if strategy == Strategy.MOVING_WINDOW:
@@ -399,7 +427,7 @@ class MemoryStore:
                 counted = storage.incr_sync(key, expiry) <= item.amount
             else:
                 counted = storage.acquire_sliding_window_entry_sync(key, item.amount, expiry)
-        if not read:
+        if not step.read:
             return counted, None
         if strategy == Strategy.MOVING_WINDOW:
             start, hits = storage.get_moving_window_sync(key, expiry)

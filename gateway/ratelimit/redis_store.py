@@ -14,11 +14,13 @@ the storage is built here with:
 
 `prepare` pings and loads the strategies' Lua scripts, so the first round trip is not a request's.
 
-The gateway's own scripts (`HIT_SCRIPTS`, used by `RedisStore.step`) count a hit and read the window back
-in one EVALSHA: each is `limits`' acquire script followed by its read script (or GET and TTL), on the same
-keys and data structures, so gateways running `limits`' two-call path share the counts during a rolling
-deploy. One script call per item: an item's keys are in one cluster slot (the sliding window's two keys
-share a hash tag), a bucket's items are not.
+The gateway's own chain script (`CHAIN`, used by `RedisStore.chain`) runs a request's per-IP hits and its
+ledger reservations (failed-code budget, upstream quota) in one EVALSHA, in order, up to the first refusal
+(gateway/ratelimit/store.py). Each hit is `limits`' acquire script followed by its read script (or GET and
+TTL), on the same keys and data structures, so gateways running `limits`' two-call path share the counts
+during a rolling deploy. On plain Redis and Sentinel a whole chain is one call; on a Cluster a chain is split
+into runs of consecutive steps in one slot (an item's keys are in one slot: the sliding window's two keys
+share a hash tag; a bucket's items and the ledgers are not), one call each.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import math
 import os
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage, Storage
@@ -36,14 +39,24 @@ from limits.util import WindowStats
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gateway.models import RateItem, Strategy
+from gateway.models import Strategy
 from gateway.policy import STORAGE_SCHEMES
 from gateway.ratelimit import bridge
 from gateway.ratelimit.redis_batch import batcher_for
-from gateway.ratelimit.store import Reservation, StoreUnavailable, sliding_window_stats
+from gateway.ratelimit.store import (
+    Hit,
+    HitAnswer,
+    Reservation,
+    Reserve,
+    Step,
+    StepAnswer,
+    StoreUnavailable,
+    sliding_window_stats,
+)
 
 REDIS_SCHEMES = tuple(scheme for scheme in STORAGE_SCHEMES if scheme.startswith("redis"))
 MAX_CONNECTIONS = 100  # per process; a burst beyond it waits for a free connection
@@ -73,117 +86,129 @@ def redis_storage(uri: str, timeout: float) -> Storage:
     return RedisStorage("async+" + uri, **common, **pooled)
 
 
-# ARGV: timestamp, limit, expiry (s), count (1: count one hit, 0: only read). KEYS: the item's list.
-# Returns {counted, hits in the window, oldest hit in the window (absent when there is none)}.
-MOVING_WINDOW_HIT = """
-local timestamp = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local expiry = tonumber(ARGV[3])
-local counted = 0
+# The per-IP hits, as Lua functions of the chain (below). Each takes its step's keys and arguments and
+# whether to count, and answers {counted (1 or 0), ...what its window read}.
 
--- limits' acquire_moving_window.lua, for an amount of 1
-if ARGV[4] == '1' and 1 <= limit then
-    local entry = redis.call('lindex', KEYS[1], limit - 1)
-    if not (entry and tonumber(entry) >= timestamp - expiry) then
-        redis.call('lpush', KEYS[1], timestamp)
-        redis.call('ltrim', KEYS[1], 0, limit - 1)
-        redis.call('expire', KEYS[1], expiry)
+# keys: the item's list. args: timestamp, limit, expiry (s). Answers {counted, hits in the window, oldest
+# hit in the window (absent when there is none)}.
+MOVING_WINDOW_HIT = """
+local function moving_window(KEYS, ARGV, count)
+    local timestamp = tonumber(ARGV[1])
+    local limit = tonumber(ARGV[2])
+    local expiry = tonumber(ARGV[3])
+    local counted = 0
+
+    -- limits' acquire_moving_window.lua, for an amount of 1
+    if count and 1 <= limit then
+        local entry = redis.call('lindex', KEYS[1], limit - 1)
+        if not (entry and tonumber(entry) >= timestamp - expiry) then
+            redis.call('lpush', KEYS[1], timestamp)
+            redis.call('ltrim', KEYS[1], 0, limit - 1)
+            redis.call('expire', KEYS[1], expiry)
+            counted = 1
+        end
+    end
+
+    -- limits' moving_window.lua, at the same timestamp
+    local target = timestamp - expiry
+    local low, high, index = 0, limit - 1, nil
+    while low <= high do
+        local mid = math.floor((low + high) / 2)
+        local val = tonumber(redis.call('lindex', KEYS[1], mid))
+        if val and val >= target then
+            index = mid
+            low = mid + 1
+        else
+            high = mid - 1
+        end
+    end
+    if index then
+        return {counted, index + 1, tostring(tonumber(redis.call('lindex', KEYS[1], index)))}
+    end
+    return {counted, 0}
+end
+"""
+
+# keys: the item's counter. args: expiry (s), limit. Answers {counted, counter, TTL in seconds}.
+FIXED_WINDOW_HIT = """
+local function fixed_window(KEYS, ARGV, count)
+    -- limits' incr_expire.lua, for an amount of 1
+    if count then
+        if redis.call('incrby', KEYS[1], 1) == 1 then
+            redis.call('expire', KEYS[1], ARGV[1])
+        end
+    end
+    -- what get and get_expiry read
+    local current = tonumber(redis.call('get', KEYS[1])) or 0
+    local counted = 0
+    if count and current <= tonumber(ARGV[2]) then
         counted = 1
     end
+    return {counted, current, redis.call('ttl', KEYS[1])}
 end
-
--- limits' moving_window.lua, at the same timestamp
-local target = timestamp - expiry
-local low, high, index = 0, limit - 1, nil
-while low <= high do
-    local mid = math.floor((low + high) / 2)
-    local val = tonumber(redis.call('lindex', KEYS[1], mid))
-    if val and val >= target then
-        index = mid
-        low = mid + 1
-    else
-        high = mid - 1
-    end
-end
-if index then
-    return {counted, index + 1, tostring(tonumber(redis.call('lindex', KEYS[1], index)))}
-end
-return {counted, 0}
 """
 
-# ARGV: expiry (s), count (1 or 0). KEYS: the item's counter. Returns {counter, TTL in seconds}.
-FIXED_WINDOW_HIT = """
--- limits' incr_expire.lua, for an amount of 1
-if ARGV[2] == '1' then
-    if redis.call('incrby', KEYS[1], 1) == 1 then
-        redis.call('expire', KEYS[1], ARGV[1])
-    end
-end
--- what get and get_expiry read
-return {tonumber(redis.call('get', KEYS[1])) or 0, redis.call('ttl', KEYS[1])}
-"""
-
-# ARGV: limit, expiry (s), count (1 or 0). KEYS: previous window's counter, current window's counter.
-# Returns {counted, previous count, previous PTTL, current count, current PTTL} (counts may be nil).
+# keys: previous window's counter, current window's counter. args: limit, expiry (s).
+# Answers {counted, previous count, previous PTTL, current count, current PTTL} (counts may be nil).
 SLIDING_WINDOW_HIT = """
-local limit = tonumber(ARGV[1])
-local expiry = tonumber(ARGV[2]) * 1000
+local function sliding_window(KEYS, ARGV, count)
+    local limit = tonumber(ARGV[1])
+    local expiry = tonumber(ARGV[2]) * 1000
 
--- limits' acquire_sliding_window.lua, for an amount of 1
-local function acquire()
-    local amount = 1
-    if amount > limit then
-        return 0
+    -- limits' acquire_sliding_window.lua, for an amount of 1
+    local function acquire()
+        local amount = 1
+        if amount > limit then
+            return 0
+        end
+        local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+        if current_ttl > 0 and current_ttl < expiry then
+            redis.call('rename', KEYS[2], KEYS[1])
+            redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+        end
+        local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+        local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+        local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+        current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
+        if previous_ttl <= 0 then
+            previous_ttl = 0
+        end
+        if current_ttl <= 0 then
+            current_ttl = 0
+        end
+        local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
+        if (weighted_count + amount) > limit then
+            return 0
+        end
+        if redis.call('exists', KEYS[2]) == 1 then
+            redis.call('incrby', KEYS[2], amount)
+        else
+            redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+        end
+        return 1
     end
-    local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+
+    local counted = 0
+    if count then
+        counted = acquire()
+    end
+
+    -- limits' sliding_window.lua
+    local previous_count = redis.call('get', KEYS[1])
+    local previous_ttl = redis.call('pttl', KEYS[1])
+    local current_count = redis.call('get', KEYS[2])
+    local current_ttl = redis.call('pttl', KEYS[2])
     if current_ttl > 0 and current_ttl < expiry then
         redis.call('rename', KEYS[2], KEYS[1])
         redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+        previous_count = redis.call('get', KEYS[1])
+        previous_ttl = redis.call('pttl', KEYS[1])
+        current_count = redis.call('get', KEYS[2])
+        current_ttl = redis.call('pttl', KEYS[2])
     end
-    local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
-    local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
-    local current_count = tonumber(redis.call('get', KEYS[2])) or 0
-    current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
-    if previous_ttl <= 0 then
-        previous_ttl = 0
-    end
-    if current_ttl <= 0 then
-        current_ttl = 0
-    end
-    local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
-    if (weighted_count + amount) > limit then
-        return 0
-    end
-    if redis.call('exists', KEYS[2]) == 1 then
-        redis.call('incrby', KEYS[2], amount)
-    else
-        redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
-    end
-    return 1
+    return {counted, previous_count, previous_ttl, current_count, current_ttl}
 end
-
-local counted = 0
-if ARGV[3] == '1' then
-    counted = acquire()
-end
-
--- limits' sliding_window.lua
-local previous_count = redis.call('get', KEYS[1])
-local previous_ttl = redis.call('pttl', KEYS[1])
-local current_count = redis.call('get', KEYS[2])
-local current_ttl = redis.call('pttl', KEYS[2])
-if current_ttl > 0 and current_ttl < expiry then
-    redis.call('rename', KEYS[2], KEYS[1])
-    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
-    previous_count = redis.call('get', KEYS[1])
-    previous_ttl = redis.call('pttl', KEYS[1])
-    current_count = redis.call('get', KEYS[2])
-    current_ttl = redis.call('pttl', KEYS[2])
-end
-return {counted, previous_count, previous_ttl, current_count, current_ttl}
 """
-
-HIT_SCRIPTS = (MOVING_WINDOW_HIT, FIXED_WINDOW_HIT, SLIDING_WINDOW_HIT)
 
 
 async def prepare(storage: Storage) -> None:
@@ -195,7 +220,7 @@ async def prepare(storage: Storage) -> None:
     await client.ping()
     for script in bridge.limits_scripts(storage):
         await client.script_load(script.script)
-    for text in (*HIT_SCRIPTS, *PRIMITIVE_SCRIPTS):
+    for text in SCRIPTS:
         await client.script_load(text)
 
 
@@ -219,50 +244,97 @@ async def close(storage: Storage) -> None:
 LEDGER_PREFIX = "gw:ledger:"
 RECORD_PREFIX = "gw:record:"
 
-# KEYS: the ledger (a sorted set, member token:i, score the grant's time in µs).
-# ARGV: limit, window (µs), amount, token. Returns {granted, live, reset (µs), retry_after (µs)}.
+# keys: the ledger (a sorted set, member token:i, score the grant's time in µs).
+# args: limit, window (µs), amount, token. Answers {granted, live, reset (µs), retry_after (µs)}.
 RESERVE = """
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit, window, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local live = redis.call('ZCARD', KEYS[1])
-local granted = 0
-if amount <= 0 then
-    granted = 1
-elseif live + amount <= limit then
-    local i = 1
-    while i <= amount do
-        local args = {}
-        local last = math.min(i + 499, amount)
-        for j = i, last do
-            args[#args + 1] = now
-            args[#args + 1] = ARGV[4] .. ':' .. j
+local function reserve(KEYS, ARGV)
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local limit, window, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+    local live = redis.call('ZCARD', KEYS[1])
+    local granted = 0
+    if amount <= 0 then
+        granted = 1
+    elseif live + amount <= limit then
+        local i = 1
+        while i <= amount do
+            local args = {}
+            local last = math.min(i + 499, amount)
+            for j = i, last do
+                args[#args + 1] = now
+                args[#args + 1] = ARGV[4] .. ':' .. j
+            end
+            redis.call('ZADD', KEYS[1], unpack(args))
+            i = last + 1
         end
-        redis.call('ZADD', KEYS[1], unpack(args))
-        i = last + 1
+        redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+        live = live + amount
+        granted = 1
     end
-    redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
-    live = live + amount
-    granted = 1
-end
-local reset, retry = 0, 0
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if oldest[2] then
-    reset = tonumber(oldest[2]) + window - now
-end
-if granted == 0 then
-    if amount > limit then
-        retry = window
-    else
-        local need = live + amount - limit
-        local entry = redis.call('ZRANGE', KEYS[1], need - 1, need - 1, 'WITHSCORES')
-        retry = tonumber(entry[2]) + window - now
+    local reset, retry = 0, 0
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    if oldest[2] then
+        reset = tonumber(oldest[2]) + window - now
     end
+    if granted == 0 then
+        if amount > limit then
+            retry = window
+        else
+            local need = live + amount - limit
+            local entry = redis.call('ZRANGE', KEYS[1], need - 1, need - 1, 'WITHSCORES')
+            retry = tonumber(entry[2]) + window - now
+        end
+    end
+    return {granted, live, tostring(math.max(reset, 0)), tostring(math.max(retry, 0))}
 end
-return {granted, live, tostring(math.max(reset, 0)), tostring(math.max(retry, 0))}
 """
+
+# The chain of gateway/ratelimit/store.py in one script. ARGV[1]: '1' when a step before this script (an
+# earlier part of a chain split by Cluster slot) refused. Then, per step: its kind (1 moving window,
+# 2 fixed window, 3 sliding window: a hit; 4: a reservation), '1' to count (hits), its number of keys,
+# its number of arguments, the arguments; KEYS: every step's keys, in order. Answers {refused (1 or 0),
+# each step's answer (nil: a reservation that did not run)}.
+CHAIN = (
+    "if redis.replicate_commands then redis.replicate_commands() end\n"  # TIME, then writes (Redis < 5)
+    + MOVING_WINDOW_HIT
+    + FIXED_WINDOW_HIT
+    + SLIDING_WINDOW_HIT
+    + RESERVE
+    + """
+local hits = {moving_window, fixed_window, sliding_window}
+local refused = ARGV[1] == '1'
+local out = {0}
+local k, a = 1, 2
+while a <= #ARGV do
+    local kind, count = tonumber(ARGV[a]), ARGV[a + 1] == '1'
+    local nkeys, nargs = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local keys, args = {}, {}
+    for i = 1, nkeys do
+        keys[i] = KEYS[k + i - 1]
+    end
+    for i = 1, nargs do
+        args[i] = ARGV[a + 3 + i]
+    end
+    k, a = k + nkeys, a + 4 + nargs
+    local reply = false
+    if kind == 4 then
+        if not refused then
+            reply = reserve(keys, args)
+            refused = reply[1] == 0
+        end
+    else
+        reply = hits[kind](keys, args, count and not refused)
+        refused = refused or (count and reply[1] == 0)
+    end
+    out[#out + 1] = reply
+end
+if refused then
+    out[1] = 1
+end
+return out
+"""
+)
 
 # KEYS: the ledger. ARGV: token, amount, keep. Removes members token:(keep+1) .. token:amount.
 SETTLE = """
@@ -308,9 +380,9 @@ end
 return 0
 """
 
-PRIMITIVE_SCRIPTS = (RESERVE, SETTLE, CLAIM, REPLACE, DELETE_IF)
-_STEP_FAILURES = (StorageError, ConnectionError, OSError, RedisError)
-_FAILURES = (TimeoutError, *_STEP_FAILURES)
+PRIMITIVE_SCRIPTS = (SETTLE, CLAIM, REPLACE, DELETE_IF)
+SCRIPTS = (CHAIN, *PRIMITIVE_SCRIPTS)
+_FAILURES = (TimeoutError, StorageError, ConnectionError, OSError, RedisError)
 
 
 def ledger_key(key: str) -> str:
@@ -334,8 +406,8 @@ class _Scripts:
     def __init__(self, storage: Storage) -> None:
         self.client = bridge.client(storage)
         self.batcher = batcher_for(self.client)
-        texts = (*HIT_SCRIPTS, *PRIMITIVE_SCRIPTS)
-        self.scripts = {text: self.client.register_script(text.encode()) for text in texts}
+        self.scripts = {text: self.client.register_script(text.encode()) for text in SCRIPTS}
+        self.cluster = self.batcher is None  # a chain is split by slot there
 
     async def call(self, text: str, keys: list[str], args: list[Any]) -> Any:
         script = self.scripts[text]
@@ -351,12 +423,15 @@ class RedisStore:
     """`Store` on a `limits` Redis storage (plain, Sentinel or Cluster, on redis-py), with a timeout.
 
     Every call is one script, sent in the loop turn's pipeline on plain Redis and Sentinel (one per client,
-    shared by the per-IP hits and the primitives), alone on a Cluster (routed by its key's slot). A
-    primitive that fails, or takes longer than `timeout`, raises `StoreUnavailable`; a `step` that fails
-    raises it too, and the limiter bounds the whole bucket by `timeout`.
+    shared by every request's chains and primitives), alone on a Cluster (routed by its keys' slot). A call
+    that fails, or takes longer than `timeout`, raises `StoreUnavailable`.
 
-    Per-IP hits: one script per item that counts and reads the window (`HIT_SCRIPTS`, above), on `limits`'
-    keys, so `fuses_reads`; the moving window is stamped with this host's clock, as `limits` does.
+    A chain is one `CHAIN` script on plain Redis and Sentinel; on a Cluster, one per run of consecutive
+    steps whose keys share a slot (a per-IP item's keys are `limits`' and carry no common hash tag, a
+    project's quota ledger is the project's), each told whether an earlier run refused, and a run of only
+    reservations after a refusal is not sent at all. Per-IP hits are on `limits`' keys and data structures
+    and read their window in the script that counts (`fuses_reads`); the moving window is stamped with this
+    host's clock, as `limits` does.
     """
 
     fuses_reads = True
@@ -394,63 +469,65 @@ class RedisStore:
         except _FAILURES as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
-    # ------------------------------------------------------------------------------------ per-IP hits
+    # ------------------------------------------------------------------------------------ chains
 
-    async def step(
-        self, strategy: Strategy, item: RateItem, key: str, count: bool, read: bool
-    ) -> tuple[bool, WindowStats | None]:
+    async def chain(self, steps: Sequence[Step]) -> list[StepAnswer]:
         try:
-            if strategy == Strategy.MOVING_WINDOW:
-                return await self._moving_window(item, key, count)
-            if strategy == Strategy.FIXED_WINDOW:
-                return await self._fixed_window(item, key, count)
-            return await self._sliding_window(item, key, count)
-        except _STEP_FAILURES as exc:  # the limiter's own timeout is raised around the whole bucket
+            async with asyncio.timeout(self.timeout):
+                if not self._scripts.cluster:
+                    return (await self._run(steps, False))[1]
+                answers: list[StepAnswer] = []
+                refused = False
+                for part in _by_slot(steps, self.storage):
+                    if refused and not any(isinstance(step, Hit) for step in part):
+                        answers.extend(None for _ in part)  # reservations after a refusal: not run
+                        continue
+                    refused, found = await self._run(part, refused)
+                    answers.extend(found)
+                return answers
+        except _FAILURES as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
-    async def _moving_window(self, item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
-        expiry, timestamp = item.expiry, time.time()
-        keys = [bridge.prefixed_key(self.storage, key)]
-        reply = await self._scripts.call(
-            MOVING_WINDOW_HIT, keys, [timestamp, item.amount, expiry, int(count)]
-        )
-        hits = int(reply[1])
-        start = float(reply[2]) if hits else timestamp  # RedispyBridge.get_moving_window
-        return reply[0] == 1, WindowStats(start + expiry, item.amount - hits)
-
-    async def _fixed_window(self, item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
-        keys = [bridge.prefixed_key(self.storage, key)]
-        current, ttl = await self._scripts.call(FIXED_WINDOW_HIT, keys, [item.expiry, int(count)])
-        reset = max(int(ttl), 0) + time.time()  # RedispyBridge.get_expiry
-        return count and int(current) <= item.amount, WindowStats(reset, max(0, item.amount - int(current)))
-
-    async def _sliding_window(self, item: RateItem, key: str, count: bool) -> tuple[bool, WindowStats]:
-        keys = bridge.sliding_window_keys(self.storage, key)  # "{key}/-1" and "{key}": one hash tag
-        reply = await self._scripts.call(SLIDING_WINDOW_HIT, keys, [item.amount, item.expiry, int(count)])
-        return reply[0] == 1, sliding_window_stats(  # RedispyBridge.get_sliding_window's conversions
-            item,
-            int(reply[1] or 0),
-            max(0, float(reply[2] or 0)) / 1000,
-            int(reply[3] or 0),
-            max(0, float(reply[4] or 0)) / 1000,
-        )
+    async def _run(self, steps: Sequence[Step], refused: bool) -> tuple[bool, list[StepAnswer]]:
+        """One CHAIN script: (whether a step refused, each step's answer)."""
+        keys: list[str] = []
+        args: list[Any] = ["1" if refused else "0"]
+        tokens: list[str] = []
+        for step in steps:
+            if isinstance(step, Reserve):
+                token = os.urandom(9).hex() if step.amount > 0 else ""
+                tokens.append(token)
+                span = max(1, math.ceil(step.window * 1_000_000))
+                keys.append(ledger_key(step.key))
+                args += (_RESERVE, "0", 1, 4, step.limit, span, step.amount, token)
+                continue
+            item, count = step.item, "1" if step.count else "0"
+            if step.strategy == Strategy.MOVING_WINDOW:
+                keys.append(bridge.prefixed_key(self.storage, step.key))
+                args += (_MOVING, count, 1, 3, time.time(), item.amount, item.expiry)
+            elif step.strategy == Strategy.FIXED_WINDOW:
+                keys.append(bridge.prefixed_key(self.storage, step.key))
+                args += (_FIXED, count, 1, 2, item.expiry, item.amount)
+            else:  # "{key}/-1" and "{key}": one hash tag
+                keys += bridge.sliding_window_keys(self.storage, step.key)
+                args += (_SLIDING, count, 2, 2, item.amount, item.expiry)
+        reply = await self._scripts.call(CHAIN, keys, args)
+        answers: list[StepAnswer] = []
+        reserved = iter(tokens)
+        for step, found in zip(steps, reply[1:], strict=True):
+            if isinstance(step, Reserve):
+                token = next(reserved)
+                answers.append(None if found is None else _reservation(step, token, found))
+            else:
+                answers.append(_window(step, found))
+        return int(reply[0]) == 1, answers
 
     # ------------------------------------------------------------------------------------ primitives
 
     async def reserve(self, key: str, limit: int, window: float, amount: int) -> Reservation:
-        token = os.urandom(9).hex() if amount > 0 else ""
-        span = max(1, math.ceil(window * 1_000_000))
-        reply = await self._call(RESERVE, ledger_key(key), [limit, span, amount, token])
-        granted, live = int(reply[0]) == 1, int(reply[1])
-        held = amount if granted and amount > 0 else 0
-        return Reservation(
-            granted,
-            token if held else "",
-            held,
-            max(limit - live, 0),
-            float(reply[2]) / 1_000_000,
-            float(reply[3]) / 1_000_000,
-        )
+        (answer,) = await self.chain((Reserve(key, limit, window, amount),))
+        assert isinstance(answer, Reservation)  # the first step of a chain always runs
+        return answer
 
     async def settle(self, key: str, reservation: Reservation, keep: int) -> None:
         if not reservation.token or keep >= reservation.amount:
@@ -466,3 +543,61 @@ class RedisStore:
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
         return int(await self._call(DELETE_IF, record_key(key), [expected])) == 1
+
+
+_MOVING, _FIXED, _SLIDING, _RESERVE = 1, 2, 3, 4  # CHAIN's step kinds
+
+
+def _step_keys(step: Step, storage: Storage) -> list[str]:
+    if isinstance(step, Reserve):
+        return [ledger_key(step.key)]
+    if step.strategy == Strategy.SLIDING_WINDOW_COUNTER:
+        return bridge.sliding_window_keys(storage, step.key)
+    return [bridge.prefixed_key(storage, step.key)]
+
+
+def _by_slot(steps: Sequence[Step], storage: Storage) -> list[list[Step]]:
+    """Runs of consecutive steps whose keys lie in one Cluster slot, in order."""
+    parts: list[list[Step]] = []
+    last = -1
+    for step in steps:
+        slot = key_slot(_step_keys(step, storage)[0].encode())
+        if parts and slot == last:
+            parts[-1].append(step)
+        else:
+            parts.append([step])
+        last = slot
+    return parts
+
+
+def _reservation(step: Reserve, token: str, reply: Any) -> Reservation:
+    granted, live = int(reply[0]) == 1, int(reply[1])
+    held = step.amount if granted and step.amount > 0 else 0
+    return Reservation(
+        granted,
+        token if held else "",
+        held,
+        max(step.limit - live, 0),
+        float(reply[2]) / 1_000_000,
+        float(reply[3]) / 1_000_000,
+    )
+
+
+def _window(step: Hit, reply: Any) -> HitAnswer:
+    """A hit's answer as `limits`' redis-py bridge converts its reads (get_moving_window, get_expiry,
+    get_sliding_window)."""
+    item, counted = step.item, int(reply[0]) == 1
+    if step.strategy == Strategy.MOVING_WINDOW:
+        hits = int(reply[1])
+        start = float(reply[2]) if hits else time.time()
+        return counted, WindowStats(start + item.expiry, item.amount - hits)
+    if step.strategy == Strategy.FIXED_WINDOW:
+        current, ttl = int(reply[1]), int(reply[2])
+        return counted, WindowStats(max(ttl, 0) + time.time(), max(0, item.amount - current))
+    return counted, sliding_window_stats(
+        item,
+        int(reply[1] or 0),
+        max(0, float(reply[2] or 0)) / 1000,
+        int(reply[3] or 0),
+        max(0, float(reply[4] or 0)) / 1000,
+    )

@@ -9,8 +9,9 @@ Failures: every call either answers or raises `StoreUnavailable` (the store fail
 not answer within the store's timeout, which is the policy's `storage_timeout`). A call that raised may or
 may not have taken effect in Redis (the reply can be lost after the script ran): callers treat it as
 unknown, e.g. a `reserve` that raised holds nothing the caller knows of, and whatever it held leaves with
-its window. On Redis every call is one Lua script on one key, declared in KEYS and hash-tagged, so it is
-atomic and lands in one Cluster slot; the scripts read the clock with `redis.call('TIME')`, so every
+its window. On Redis every call is one Lua script, its keys declared in KEYS (the ledger's and the
+records' hash-tagged), so it is atomic; a chain's keys may lie in several Cluster slots, and is split by
+slot there (below); the scripts read the clock with `redis.call('TIME')`, so every
 gateway on one Redis shares one window whatever its own clock says. Keys are prefixed `gw:` (never `limits`'
 `LIMITS:`/`LIMITER/`): `gw:ledger:{key}` and `gw:record:{key}`.
 
@@ -40,13 +41,24 @@ Records (single-flight claims, e.g. Idempotency-Key: an in-flight marker, then t
   it holds `value` for `ttl` seconds from now on, and True; otherwise nothing changes, False.
 - `delete_if(key, expected) -> bool`: when `key` holds exactly `expected`, it holds nothing, and True.
 
-Per-IP hits (`step`, driven by `gateway.ratelimit.limiter.count_bucket`, the one loop "count up to the
-first refusal, then read every window"): one item of a bucket, counted (`count`) and/or read (`read`) with
-the policy's strategy, on `limits`' keys and data structures, giving `limits`' `WindowStats`. A store whose
-`fuses_reads` is True reads the window in the same call that counts (Redis: one script per item); the others
-count first and read afterwards. Unlike the primitives, `step` is not bounded by the timeout on its own: the
-limiter bounds the whole bucket by it (a frozen Redis costs a request one `storage_timeout`, whatever the
-number of items), and a store whose `suspends` is False (memory) is never bounded.
+Chains (`chain(steps)`): the per-IP hits and the ledger reservations of one request, in the order given,
+in one store call where the store allows, each answered up to the first refusal. A step is one of a closed
+set of kinds:
+
+- `Hit`: one item of a per-IP bucket (driven by `gateway.ratelimit.limiter`, "count up to the first
+  refusal, then read every window"), counted (`count`) and/or read (`read`) with the policy's strategy, on
+  `limits`' keys and data structures, answered `(counted, WindowStats | None)` as `limits`' strategies
+  compute it. A store whose `fuses_reads` is True reads the window in every hit (Redis: in the same
+  script); the others only when `read`. A counting hit that is not counted refuses.
+- `Reserve`: `reserve` above, answered its `Reservation`; one that is not granted refuses.
+
+After a refusal the chain goes on reading: later hits count nothing (they still read their window), and
+later reservations do not run at all (answered None), so a request refused per IP never touches a ledger,
+not even for a moment. The whole chain is atomic in memory (one synchronous run) and on plain Redis and
+Sentinel (one Lua script, every key in KEYS); on a Cluster it is split into runs of consecutive steps whose
+keys share a slot, one script each, in order, each told whether a step before it refused. The whole chain
+is bounded by the timeout once (a frozen Redis costs a request one `storage_timeout`, whatever the number of
+steps); a store whose `suspends` is False (memory) is never bounded. `reserve(...)` is a chain of one step.
 
 Values are bytes (a few hundred KiB at most: a kept answer). `ttl` and `window` are seconds (floats allowed;
 Redis keeps milliseconds). In memory the ledger and the records are bounded (see memory_store.py): under a
@@ -57,6 +69,7 @@ early, never makes one stricter.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import floor, inf
 from typing import Protocol
@@ -82,18 +95,41 @@ class Reservation:
     retry_after: float  # refused: seconds until this amount would fit (the window when never); else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A chain step: one hit of a per-IP `item` in `key` (`limits`' key), with the policy's `strategy`."""
+
+    strategy: Strategy
+    item: RateItem
+    key: str
+    count: bool  # count one hit (unless a step before it refused)
+    read: bool  # read the window (always, on a store that `fuses_reads`)
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """A chain step: `Store.reserve(key, limit, window, amount)` (unless a step before it refused)."""
+
+    key: str
+    limit: int
+    window: float
+    amount: int
+
+
+Step = Hit | Reserve
+HitAnswer = tuple[bool, WindowStats | None]  # (counted, the window when read)
+StepAnswer = HitAnswer | Reservation | None  # None: a reservation that did not run (a step before refused)
+
+
 class Store(Protocol):
     """One store's counters (see the module docstring for the exact semantics)."""
 
     timeout: float  # seconds, the policy's storage_timeout
-    fuses_reads: bool  # `step` reads the window in the call that counts
+    fuses_reads: bool  # every `Hit` reads its window in the call that counts it
     suspends: bool  # a call may wait (on the network); False: no timeout ever applies
 
-    async def step(
-        self, strategy: Strategy, item: RateItem, key: str, count: bool, read: bool
-    ) -> tuple[bool, WindowStats | None]:
-        """Count one hit of `item` in `key` (when `count`; answers whether it was counted), and read the
-        item's window (when `read`, or always when `fuses_reads`; else None)."""
+    async def chain(self, steps: Sequence[Step]) -> list[StepAnswer]:
+        """Run `steps` in order up to the first refusal (see the module docstring): one answer per step."""
         ...
 
     async def ready(self) -> bool:

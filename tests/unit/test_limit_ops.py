@@ -1,5 +1,5 @@
-"""The limiter's own path (`count_bucket` on the stores: one script call per item on Redis, synchronous
-calls in memory) against `limits`' strategies (hit, then get_window_stats) on the same kind of storage: the
+"""The limiter's own path (a bucket's chain on the stores: one script call per bucket on Redis, one
+synchronous run in memory) against `limits`' strategies (hit, then get_window_stats) on the same kind of storage: the
 same decisions, headers, keys and data."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gateway.models import Bucket, Strategy
 from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable, bridge, limits_item
 from gateway.ratelimit.limiter import _result
 from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
-from gateway.ratelimit.redis_store import HIT_SCRIPTS, RedisStore
+from gateway.ratelimit.redis_store import CHAIN, RedisStore
 from gateway.ratelimit.store import Store
 from tests.support.processes import RedisServer, running_redis
 
@@ -246,7 +246,7 @@ async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: S
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_redis_one_command_per_item(
+async def test_redis_one_command_per_bucket(
     strategy: Strategy, storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = bridge.client(storage)
@@ -265,14 +265,14 @@ async def test_redis_one_command_per_item(
     changed = {
         name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)
     }
-    assert changed["evalsha"] == 20  # (commandstats also counts what the scripts run inside)
+    assert changed["evalsha"] == 10  # one per bucket (commandstats also counts what the scripts run inside)
     assert not [name for name in changed if name.startswith(("script", "eval")) and name != "evalsha"]
     bucket = Bucket.parse("per_ip", "1 per hour;50 per minute;60 per minute", f"refused-{strategy}/per_ip")
     before = await commands()
     assert (await limiter.hit(bucket, "k")).allowed
     assert not (await limiter.hit(bucket, "k")).allowed
     after = await commands()
-    assert after["evalsha"] - before["evalsha"] == 6  # the items after a refusal are read in one command each
+    assert after["evalsha"] - before["evalsha"] == 2  # the items after a refusal are read in the same command
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -297,8 +297,7 @@ async def test_start_loads_the_fused_scripts(redis: RedisServer) -> None:
     client = bridge.client(limiter.store.storage)
     await client.script_flush()
     await pool.start()
-    shas = [hashlib.sha1(text.encode()).hexdigest() for text in HIT_SCRIPTS]
-    assert await client.script_exists(*shas) == [True, True, True]
+    assert await client.script_exists(hashlib.sha1(CHAIN.encode()).hexdigest()) == [True]
     await pool.close()
 
 

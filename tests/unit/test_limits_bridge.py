@@ -17,7 +17,7 @@ from gateway.ratelimit import bridge, limits_item, open_storage
 from gateway.ratelimit.memory_store import BoundedMemoryStorage
 from gateway.ratelimit.redis_store import prepare
 
-# limits' Lua scripts as of the release the gateway's HIT_SCRIPTS copy (limits 5.x): a change here means
+# limits' Lua scripts as of the release the gateway's CHAIN script copies (limits 5.x): a change here means
 # the data structures the gateway shares with `limits` may have changed.
 LIMITS_SCRIPTS = {
     "lua_moving_window": "ad795214f59fe26d6fdec07973836dd16586f5ec",

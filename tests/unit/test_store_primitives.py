@@ -23,8 +23,7 @@ from gateway.ratelimit import LimiterPool, Reservation, Store, StoreUnavailable
 from gateway.ratelimit.memory_store import MemoryStore
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.redis_store import (
-    HIT_SCRIPTS,
-    PRIMITIVE_SCRIPTS,
+    SCRIPTS,
     RedisStore,
     close,
     ledger_key,
@@ -294,7 +293,7 @@ async def test_redis_keys_are_prefixed_hash_tagged_and_on_redis_time(
 
 def test_every_script_touches_only_its_declared_keys() -> None:
     """Cluster slots and servers that refuse undeclared keys (Dragonfly): every key is a KEYS[n]."""
-    for text in (*HIT_SCRIPTS, *PRIMITIVE_SCRIPTS):
+    for text in SCRIPTS:
         calls = re.findall(r"redis\.call\('(\w+)'(?:,\s*([^,)]+))?", text)
         assert calls
         for command, first in calls:
@@ -389,7 +388,7 @@ async def test_a_redis_error_is_store_unavailable(plain: tuple[RedisServer, Limi
         await store.claim("wrong", b"v", 60)
 
 
-async def test_prepare_loads_the_primitive_scripts(redis: RedisServer) -> None:
+async def test_prepare_loads_the_scripts(redis: RedisServer) -> None:
     import hashlib
 
     pool = LimiterPool()
@@ -397,7 +396,7 @@ async def test_prepare_loads_the_primitive_scripts(redis: RedisServer) -> None:
     assert isinstance(store, RedisStore)
     await pool.start()
     client = store._scripts.client
-    shas = [hashlib.sha1(text.encode()).hexdigest() for text in PRIMITIVE_SCRIPTS]
+    shas = [hashlib.sha1(text.encode()).hexdigest() for text in SCRIPTS]
     assert await client.script_exists(*shas) == [True] * len(shas)
     await client.script_flush()
     await prepare(store.storage)

@@ -1,0 +1,194 @@
+"""`Store.chain` on every store kind (memory, a real redis-server, a 3-master Redis Cluster): the per-IP hits,
+then the failed-code reservation, then the quota reservation, in order, stopping at the first refusal: a
+request refused per IP never touches a ledger, on any store, not even for a moment; and on plain Redis the
+whole chain is one script call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from gateway.models import Bucket, Strategy
+from gateway.ratelimit import Limiter, LimiterPool, Reservation, Store, bridge, bucket_result, bucket_steps
+from gateway.ratelimit.redis_batch import batcher_for
+from gateway.ratelimit.redis_store import RedisStore, ledger_key
+from gateway.ratelimit.store import Hit, Reserve, Step
+from tests.support.processes import RedisCluster, RedisServer, running_redis
+
+STRATEGIES = list(Strategy)
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+class Kind:
+    """A store kind: `store()` is one gateway's store (a new client each time on Redis)."""
+
+    def __init__(self, name: str, uri: str) -> None:
+        self.name, self.uri = name, uri
+        self.pools: list[LimiterPool] = []
+        self.memory: Store | None = None
+
+    async def store(self) -> Store:
+        if self.uri == "memory://":
+            if self.memory is None:
+                self.memory = LimiterPool().store(self.uri, 2.0)
+            return self.memory
+        pool = LimiterPool()
+        self.pools.append(pool)
+        store = pool.store(self.uri, 10.0)
+        await pool.start()
+        return store
+
+    async def close(self) -> None:
+        for pool in self.pools:
+            await pool.close()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def kind(request: pytest.FixtureRequest) -> AsyncIterator[Kind]:
+    if request.param == "memory":
+        found = Kind("memory", "memory://")
+    elif request.param == "redis":
+        found = Kind("redis", request.getfixturevalue("module_redis").url)
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        found = Kind("cluster", cluster.url)
+    yield found
+    await found.close()
+
+
+def fresh(name: str) -> str:
+    return f"{name}:{time.time_ns()}"
+
+
+def guards(store: Store, strategy: Strategy, per_ip: str, codes: Reserve, quota: Reserve) -> list[Step]:
+    """A validation's chain: the per-IP bucket, the failed-code reservation, the quota reservation."""
+    bucket = Bucket.parse("per_ip", per_ip, fresh("shop") + "/per_ip")
+    return [*bucket_steps(store, strategy, bucket, "203.0.113.9"), codes, quota]
+
+
+async def live(store: Store, key: str, limit: int) -> int:
+    """Entries held in a ledger (an amount of 0 holds nothing and reads the count)."""
+    return limit - (await store.reserve(key, limit, 3600, 0)).remaining
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_request_refused_per_ip_never_touches_a_ledger(kind: Kind, strategy: Strategy) -> None:
+    store = await kind.store()
+    codes, quota = fresh("failed_codes/shop/203.0.113.9"), fresh("shop/upstream_quota/3600")
+    if kind.name == "cluster":  # the chain really is split: its ledgers lie in other slots
+        assert key_slot(ledger_key(codes).encode()) != key_slot(ledger_key(quota).encode())
+    steps = guards(store, strategy, "2 per hour", Reserve(codes, 10, 3600, 3), Reserve(quota, 5, 3600, 1))
+    for _ in range(2):
+        answers = await store.chain(steps)
+        granted = answers[-2:]
+        assert all(isinstance(r, Reservation) and r.granted for r in granted), answers
+    for _ in range(3):  # refused per IP: the reservations do not run at all
+        answers = await store.chain(steps)
+        hit = answers[0]
+        assert isinstance(hit, tuple) and hit[0] is False
+        assert answers[-2:] == [None, None]
+    assert await live(store, codes, 10) == 6 and await live(store, quota, 5) == 2
+
+
+async def test_a_refused_reservation_stops_the_chain(kind: Kind) -> None:
+    store = await kind.store()
+    codes, quota = fresh("failed_codes/shop/198.51.100.1"), fresh("shop/upstream_quota/3600")
+    steps = guards(
+        store, Strategy.MOVING_WINDOW, "100 per hour", Reserve(codes, 2, 3600, 3), Reserve(quota, 5, 3600, 1)
+    )
+    answers = await store.chain(steps)
+    hit, (refused, skipped) = answers[0], answers[-2:]
+    assert isinstance(hit, tuple) and hit[0] is True  # counted per IP: it came first
+    assert isinstance(refused, Reservation) and not refused.granted and refused.retry_after == 3600
+    assert skipped is None
+    assert await live(store, codes, 2) == 0 and await live(store, quota, 5) == 0
+
+
+async def test_forty_chains_one_code_left_one_grant_and_one_quota_call(kind: Kind) -> None:
+    one, two = await kind.store(), await kind.store()
+    codes, quota = fresh("failed_codes/shop/192.0.2.7"), fresh("shop/upstream_quota/3600")
+    bucket = Bucket.parse("per_ip", "1000 per hour", fresh("shop") + "/per_ip")
+
+    async def validation(store: Store) -> list[Any]:
+        steps = [*bucket_steps(store, Strategy.MOVING_WINDOW, bucket, "192.0.2.7")]
+        return await store.chain([*steps, Reserve(codes, 1, 3600, 1), Reserve(quota, 100, 3600, 1)])
+
+    results = await asyncio.gather(*(validation((one, two)[i % 2]) for i in range(40)))
+    grants = [r for r in results if isinstance(r[-2], Reservation) and r[-2].granted]
+    assert len(grants) == 1
+    assert all(isinstance(r[-1], Reservation) and r[-1].granted for r in grants)
+    assert all(r[-1] is None for r in results if r not in grants)  # the budget refused: no quota taken
+    assert await live(one, quota, 100) == 1
+    hits = [r[0] for r in results]
+    assert all(isinstance(h, tuple) and h[0] is True for h in hits)  # every one counted per IP
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_the_chain_s_windows_are_the_limiter_s(kind: Kind, strategy: Strategy) -> None:
+    """The per-IP part of a chain answers what the limiter alone answers (same decisions and fields)."""
+    store = await kind.store()
+    limiter = Limiter(store, strategy)
+    namespace = fresh("windows")
+    mine = Bucket.parse("per_ip", "3 per hour;2 per hour", namespace + "-chain/per_ip")
+    theirs = Bucket.parse("per_ip", "3 per hour;2 per hour", namespace + "-limiter/per_ip")
+    steps = bucket_steps(store, strategy, mine, "k")
+    seen = []
+    for _ in range(4):
+        answers = await store.chain([*steps, Reserve(fresh("l"), 5, 60, 1)])
+        got = bucket_result(mine, steps, answers[: len(steps)])
+        want = await limiter.hit(theirs, "k")
+        assert got.allowed == want.allowed  # (the sliding window's t depends on the millisecond)
+        remaining = [part.split(";t=")[0] for part in got.headers["RateLimit"].split(", ")]
+        assert remaining == [part.split(";t=")[0] for part in want.headers["RateLimit"].split(", ")]
+        seen.append((got.allowed, remaining))
+    assert seen == [
+        (True, ['"per_ip";r=2', '"per_ip-2";r=1']),
+        (True, ['"per_ip";r=1', '"per_ip-2";r=0']),
+        (False, ['"per_ip";r=0', '"per_ip-2";r=0']),  # counted in the first item, refused by the second
+        (False, ['"per_ip";r=0', '"per_ip-2";r=0']),
+    ]
+
+
+async def test_on_redis_a_validation_s_guards_are_one_script_call(module_redis: RedisServer) -> None:
+    pool = LimiterPool()
+    store = pool.store(module_redis.url, 2.0)
+    assert isinstance(store, RedisStore)
+    await pool.start()
+    client: Any = bridge.client(store.storage)
+
+    async def evalsha() -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    codes, quota = fresh("failed_codes/shop/k"), fresh("shop/upstream_quota/3600")
+    steps = guards(
+        store, Strategy.SLIDING_WINDOW_COUNTER, "5 per hour;100 per day", Reserve(codes, 10, 3600, 2),
+        Reserve(quota, 100, 3600, 1),
+    )  # fmt: skip
+    await store.chain(steps)  # the first loads the script
+    before = await evalsha()
+    for _ in range(10):
+        await store.chain(steps)
+    assert await evalsha() - before == 10
+    batcher = batcher_for(client)
+    assert batcher is not None
+    pipelines = batcher.pipelines
+    await asyncio.gather(*(store.chain(steps) for _ in range(30)))  # one loop turn: one pipeline
+    assert batcher.pipelines - pipelines == 1
+    await pool.close()
+
+
+def test_every_hit_and_reservation_kind_is_a_chain_step() -> None:
+    """The closed set of step kinds: a new kind must be taught to every store."""
+    assert set(Step.__args__) == {Hit, Reserve}
