@@ -91,10 +91,10 @@ class CodeHold:
         self._key, self._named = budget.key(client_key), named_codes(target.route, document)
         self.steps = (Reserve(self._key, budget.limit, budget.window, self._named),)
 
-    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> None:
-        """The reservation's answer: Refused 429 when the codes do not fit."""
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
+        """The reservation's answer: a 429 refusal when the codes do not fit."""
         if not self.steps:
-            return
+            return None
         (reservation,) = answers
         assert isinstance(reservation, Reservation)  # not refused before: the per-IP gate raised then
         assert self._limits is not None and self._outcome is not None
@@ -108,12 +108,13 @@ class CodeHold:
         self._reservation = reservation
         if not reservation.granted:
             retry = refusal_retry_after(reservation.retry_after, reservation.reset)
-            raise Refused(errors.too_many_failed_codes(retry))
+            return Refused(errors.too_many_failed_codes(retry))
+        return None
 
-    def failed(self, exc: StoreUnavailable, seconds: float) -> None:
-        """Refused 503 when `on_storage_error: deny`; with `allow` it goes on unheld and uncounted."""
+    def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
+        """A 503 refusal when `on_storage_error: deny`; with `allow` it goes on unheld and uncounted."""
         if not self.steps:
-            return
+            return None
         limits, outcome = self._limits, self._outcome
         assert limits is not None and outcome is not None
         if outcome.trace is not None:
@@ -126,8 +127,7 @@ class CodeHold:
                 exc,
                 limits.on_storage_error,
             )
-        if limits.on_storage_error == "deny":
-            raise Refused(errors.rate_limit_unavailable())
+        return Refused(errors.rate_limit_unavailable()) if limits.on_storage_error == "deny" else None
 
     def abandoned(self, answers: Sequence[StepAnswer]) -> None:
         """The handler was cancelled while its reservation was on its way: give back whatever it got."""

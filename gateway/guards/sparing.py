@@ -164,12 +164,13 @@ class QuotaHold:
         if plan is not None and self._held_off is None:
             self.steps = (Reserve(plan.key, plan.limit_for(target.operation), plan.window, 1),)
 
-    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> None:
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
         if self.deferred:
-            return
-        self._refuse_held_off()
+            return None
+        if self._held_off is not None:
+            return self._refuse_held_off(self._held_off)
         if not self.steps:
-            return
+            return None
         (reservation,) = answers
         assert isinstance(reservation, Reservation)  # not refused before: the gate before it raised then
         sparing, target, outcome = self._sparing, self._target, self._outcome
@@ -183,15 +184,17 @@ class QuotaHold:
             assert plan is not None
             retry = whole_seconds(reservation.retry_after, at_most=plan.window)
             outcome.quota_refusal = "quota"
-            raise Refused(errors.upstream_quota_exhausted(retry), _retry_after(retry))
+            return Refused(errors.upstream_quota_exhausted(retry), _retry_after(retry))
         self._reservation = reservation
+        return None
 
-    def failed(self, exc: StoreUnavailable, seconds: float) -> None:
+    def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
         if self.deferred:
-            return
-        self._refuse_held_off()
+            return None
+        if self._held_off is not None:
+            return self._refuse_held_off(self._held_off)
         if not self.steps:
-            return
+            return None
         sparing, target, outcome = self._sparing, self._target, self._outcome
         assert sparing is not None and target is not None and outcome is not None
         limits = target.project.rate_limit
@@ -201,8 +204,7 @@ class QuotaHold:
             log.error(
                 "upstream-quota store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error
             )
-        if limits.on_storage_error == "deny":
-            raise Refused(errors.rate_limit_unavailable())
+        return Refused(errors.rate_limit_unavailable()) if limits.on_storage_error == "deny" else None
 
     def abandoned(self, answers: Sequence[StepAnswer]) -> None:
         target, store = self._target, self.store
@@ -211,12 +213,10 @@ class QuotaHold:
             if isinstance(reservation, Reservation) and reservation.token and store and plan:
                 settle_soon(store, plan.key, reservation, 0, "upstream quota")
 
-    def _refuse_held_off(self) -> None:
-        left = self._held_off
-        if left is not None:
-            assert self._outcome is not None
-            self._outcome.quota_refusal = "hold_off"
-            raise Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
+    def _refuse_held_off(self, left: int) -> Refused:
+        assert self._outcome is not None
+        self._outcome.quota_refusal = "hold_off"
+        return Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
 
     def sending(self) -> None:
         """The call is handed to the transport: from here on it counts."""

@@ -8,12 +8,12 @@ script on plain Redis and Sentinel, one synchronous run in memory (gateway/ratel
 stops at the first refusal, so a request refused per IP never touches the failed-code budget or the
 project's quota, not even for a moment.
 
-Then each gate in turn takes its answers (`passed`), and the first that refuses raises `errors.Refused`;
-the gates after it are told their answers were not used (`abandoned`: a reservation is given back). A store
-that fails fails every gate of the chain: each applies `on_storage_error` itself (`failed`: one log line
-per outage each, a 503 with `deny`). A handler cancelled while the chain is on its way (a client gone, a
-drain) does not wait for it, and when its answers come every gate is `abandoned`, so whatever was reserved
-is given back.
+Then each gate in turn takes its answers (`passed`), and the first that refuses (answers an
+`errors.Refused`) stops the request: `pass_gates` raises it, and the gates after it are told their answers
+were not used (`abandoned`: a reservation is given back). A store that fails fails every gate of the chain:
+each in turn applies `on_storage_error` itself (`failed`: one log line per outage each, a 503 with `deny`).
+A handler cancelled while the chain is on its way (a client gone, a drain) does not wait for it, and when
+its answers come every gate is `abandoned`, so whatever was reserved is given back.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ class Gate(Protocol):
     @property
     def steps(self) -> Sequence[Step]: ...
 
-    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> None:
-        """Its steps' answers (`seconds`: the chain's round trip); raises `Refused` to refuse."""
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
+        """Its steps' answers (`seconds`: the chain's round trip); a `Refused` to refuse the request."""
         ...
 
-    def failed(self, exc: StoreUnavailable, seconds: float) -> None:
-        """The store failed: `on_storage_error` (raises `Refused` with `deny`)."""
+    def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
+        """The store failed: `on_storage_error` (a `Refused` with `deny`)."""
         ...
 
     def abandoned(self, answers: Sequence[StepAnswer]) -> None:
@@ -68,17 +68,21 @@ async def pass_gates(store: Store, gates: Sequence[Gate]) -> None:
     except StoreUnavailable as exc:
         seconds = time.perf_counter() - started
         for gate in gates:
-            gate.failed(exc, seconds)
+            refused = gate.failed(exc, seconds)
+            if refused is not None:
+                raise refused from None
         return
     seconds = time.perf_counter() - started if steps else 0.0
-    parts = _split(gates, answers)
+    start = 0
     for i, gate in enumerate(gates):
-        try:
-            gate.passed(parts[i], seconds)
-        except Refused:
-            for later, part in zip(gates[i + 1 :], parts[i + 1 :], strict=True):
-                later.abandoned(part)
-            raise
+        end = start + len(gate.steps)
+        refused = gate.passed(answers[start:end], seconds)
+        if refused is not None:
+            for later in gates[i + 1 :]:
+                start, end = end, end + len(later.steps)
+                later.abandoned(answers[start:end])
+            raise refused
+        start = end
 
 
 async def _shielded(store: Store, steps: list[Step], gates: Sequence[Gate]) -> list[StepAnswer]:

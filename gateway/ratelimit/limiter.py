@@ -76,7 +76,8 @@ def bucket_steps(store: Store, strategy: Strategy, bucket: Bucket, client_key: s
 
     A store that `fuses_reads` reads each item's window in the step that counts it, except when two items
     share a key: then, as in memory, every count comes before every read, so an item's window shows the
-    next item's count in the same key, exactly as with `limits`' own calls.
+    next item's count in the same key, exactly as with `limits`' own calls (count all, then read all; in
+    memory a count may also evict another item's key at the store's cap, and the reads show it).
     """
     keys = bucket.keys(client_key)
     pairs = zip(bucket.items, keys, strict=True)
@@ -93,7 +94,7 @@ def bucket_result(bucket: Bucket, steps: Sequence[Hit], answers: Sequence[StepAn
     for step, answer in zip(steps, answers, strict=True):
         assert isinstance(answer, tuple)  # a hit always answers
         counted, window = answer
-        if step.count and not counted:
+        if step.counts and not counted:
             allowed = False
         if step.read:
             assert window is not None
@@ -253,7 +254,7 @@ class LimiterPool:
 
 
 class PerIpGate:
-    """A request's per-IP count as a gate: its bucket's hits, then the verdict (Refused: 429, or 503 while
+    """A request's per-IP count as a gate: its bucket's hits, then the verdict (a refusal: 429, or 503 while
     the store is down and `on_storage_error: deny`), the `rate_limit` trace event and, once passed, the
     RateLimit fields in `headers`."""
 
@@ -266,17 +267,17 @@ class PerIpGate:
         self.steps = steps
         self.headers: tuple[tuple[str, str], ...] = ()
 
-    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> None:
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
         result = bucket_result(self._bucket, self.steps, answers)
-        self._decided(self._pool.reached(self._limits, result), seconds)
+        return self._decided(self._pool.reached(self._limits, result), seconds)
 
-    def failed(self, exc: StoreUnavailable, seconds: float) -> None:
-        self._decided(self._pool.unavailable(self._limits, exc), seconds)
+    def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
+        return self._decided(self._pool.unavailable(self._limits, exc), seconds)
 
     def abandoned(self, answers: Sequence[StepAnswer]) -> None:
         return None  # a hit is never given back
 
-    def _decided(self, verdict: Verdict, seconds: float) -> None:
+    def _decided(self, verdict: Verdict, seconds: float) -> Refused | None:
         outcome = self._outcome
         trace = outcome.trace
         if trace is not None:  # a span event: the decision and the storage round trip
@@ -286,5 +287,6 @@ class PerIpGate:
             )
         outcome.limit_store_error = verdict.store_error
         if verdict.error is not None:
-            raise Refused(verdict.error, verdict.headers)
+            return Refused(verdict.error, verdict.headers)
         self.headers = verdict.headers
+        return None

@@ -411,8 +411,8 @@ class MemoryStore:
                 refused = not reservation.granted
                 answers.append(reservation)
                 continue
-            counted, window = self._hit(step, step.count and not refused)
-            refused = refused or (step.count and not counted)
+            counted, window = self._hit(step, step.counts and not refused)
+            refused = refused or (step.counts and not counted)
             answers.append((counted, window))
         return answers
 

@@ -430,8 +430,8 @@ class RedisStore:
     steps whose keys share a slot (a per-IP item's keys are `limits`' and carry no common hash tag, a
     project's quota ledger is the project's), each told whether an earlier run refused, and a run of only
     reservations after a refusal is not sent at all. Per-IP hits are on `limits`' keys and data structures
-    and read their window in the script that counts (`fuses_reads`); the moving window is stamped with this
-    host's clock, as `limits` does.
+    and read their window in the script that counts (`fuses_reads`); the moving window is stamped with
+    this host's clock, as `limits` does.
     """
 
     fuses_reads = True
@@ -501,7 +501,7 @@ class RedisStore:
                 keys.append(ledger_key(step.key))
                 args += (_RESERVE, "0", 1, 4, step.limit, span, step.amount, token)
                 continue
-            item, count = step.item, "1" if step.count else "0"
+            item, count = step.item, "1" if step.counts else "0"
             if step.strategy == Strategy.MOVING_WINDOW:
                 keys.append(bridge.prefixed_key(self.storage, step.key))
                 args += (_MOVING, count, 1, 3, time.time(), item.amount, item.expiry)

@@ -46,10 +46,10 @@ in one store call where the store allows, each answered up to the first refusal.
 set of kinds:
 
 - `Hit`: one item of a per-IP bucket (driven by `gateway.ratelimit.limiter`, "count up to the first
-  refusal, then read every window"), counted (`count`) and/or read (`read`) with the policy's strategy, on
+  refusal, then read every window"), counted (`counts`) and/or read (`read`) with the policy's strategy, on
   `limits`' keys and data structures, answered `(counted, WindowStats | None)` as `limits`' strategies
   compute it. A store whose `fuses_reads` is True reads the window in every hit (Redis: in the same
-  script); the others only when `read`. A counting hit that is not counted refuses.
+  script); the others only when `read` (else None). A counting hit that is not counted refuses.
 - `Reserve`: `reserve` above, answered its `Reservation`; one that is not granted refuses.
 
 After a refusal the chain goes on reading: later hits count nothing (they still read their window), and
@@ -72,7 +72,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import floor, inf
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from limits.util import WindowStats
 
@@ -95,19 +95,18 @@ class Reservation:
     retry_after: float  # refused: seconds until this amount would fit (the window when never); else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """A chain step: one hit of a per-IP `item` in `key` (`limits`' key), with the policy's `strategy`."""
+class Hit(NamedTuple):
+    """A chain step: one hit of a per-IP `item` in `key` (`limits`' key), with the policy's `strategy`.
+    (Steps are named tuples: one request builds several, and a tuple is the cheapest to build.)"""
 
     strategy: Strategy
     item: RateItem
     key: str
-    count: bool  # count one hit (unless a step before it refused)
-    read: bool  # read the window (always, on a store that `fuses_reads`)
+    counts: bool  # count one hit (unless a step before it refused)
+    read: bool  # read the window (a store may read it anyway: Redis does, in the same script)
 
 
-@dataclass(frozen=True, slots=True)
-class Reserve:
+class Reserve(NamedTuple):
     """A chain step: `Store.reserve(key, limit, window, amount)` (unless a step before it refused)."""
 
     key: str
