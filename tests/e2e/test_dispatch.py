@@ -3,13 +3,13 @@ for it: the widget, the demo page and `Expect: 100-continue` still take the rout
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.listen import direct_dispatch
+from gateway.listen import Handler, direct_dispatch
 from tests.conftest import GatewayFactory, base_policy, make_policy
 from tests.support.constants import ORIGIN
 from tests.support.upstream_double import UpstreamDouble
@@ -67,7 +67,7 @@ async def items(request: web.Request) -> web.Response:
 async def test_an_app_with_a_route_it_does_not_know_keeps_the_router(upstream: UpstreamDouble) -> None:
     app = create_app(make_policy(base_policy(upstream.url)))
     app.router.add_get("/items/{id}", items)  # not a plain path: the shortcut cannot tell what it takes
-    routed = app._handle
+    routed = cast(Handler, app._handle)
     assert direct_dispatch(app, routed) is routed
     plain = create_app(make_policy(base_policy(upstream.url)))
-    assert direct_dispatch(plain, plain._handle) is not plain._handle
+    assert direct_dispatch(plain, cast(Handler, plain._handle)) is not plain._handle
