@@ -4,7 +4,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install . && useradd --system --uid 10001 --no-create-home gateway
+# The tracing extra (OpenTelemetry) comes in by default, so a policy's `tracing` works in the image;
+# `--build-arg EXTRAS=` builds without it.
+ARG EXTRAS=tracing
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" && useradd --system --uid 10001 --no-create-home gateway
 
 # The policy is mounted from outside (-v ./config:/config:ro); secrets come from the environment
 # (the policy refers to them as ${NAME}), never from the image.

@@ -7,6 +7,7 @@ headers, an entry that is not an address) falls back to the peer: never guess.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,6 +37,15 @@ class ClientIpPolicy:
     _clients: dict[tuple[str | None, tuple[str, ...]], Client] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _trusted_v4: tuple[tuple[int, int], ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        v4 = tuple(
+            (int(net.network_address), int(net.netmask))
+            for net in self.trusted_proxies
+            if isinstance(net, IPv4Network)
+        )
+        object.__setattr__(self, "_trusted_v4", v4)
 
     def is_trusted(self, address: IPAddress) -> bool:
         return any(address in network for network in self.trusted_proxies)
@@ -46,14 +56,53 @@ class ClientIpPolicy:
         key = (peer, tuple(forwarded_for))
         found = self._clients.get(key)
         if found is None:
-            address = client_address(peer, forwarded_for, self)
-            text = None if address is None else str(address)
-            short = None if address is None else truncated(address)
-            found = Client(address, bucket_key(address, self.ipv6_prefix), text, short)
+            found = self._ipv4_client(peer, forwarded_for)
+            if found is None:
+                address = client_address(peer, forwarded_for, self)
+                text = None if address is None else str(address)
+                short = None if address is None else truncated(address)
+                found = Client(address, bucket_key(address, self.ipv6_prefix), text, short)
             if len(self._clients) >= CLIENT_CACHE_SIZE:
                 self._clients.clear()
             self._clients[key] = found
         return found
+
+    def _ipv4_client(self, peer: str | None, forwarded_for: Sequence[str]) -> Client | None:
+        """`client`'s answer when the peer and every address it needs are IPv4 in canonical dotted form
+        (how load balancers write them), computed on integers and strings: a million distinct shoppers
+        miss the cache, and `ipaddress` costs about 10 µs a client. None: anything else, for the general
+        path (`client_address`), which gives the same answer for these."""
+        value = _ipv4(peer)
+        if peer is None or value is None:
+            return None
+        client = peer
+        if forwarded_for and self._trusted_ipv4(value):
+            if len(forwarded_for) != 1:
+                return None  # the general path falls back to the peer: so does this one, there
+            for entry in reversed(forwarded_for[0].split(",")):
+                entry = entry.strip()
+                value = _ipv4(entry)
+                if value is None:
+                    return None
+                client = entry
+                if not self._trusted_ipv4(value):
+                    break
+        return Client(IPv4Address(value), client, client, client[: client.rindex(".")] + ".0/24")
+
+    def _trusted_ipv4(self, value: int) -> bool:
+        return any(value & mask == network for network, mask in self._trusted_v4)
+
+
+def _ipv4(text: str | None) -> int | None:
+    """The address of an IPv4 address in canonical dotted form, as an integer; else None."""
+    if text is None or _DOTTED.fullmatch(text) is None:
+        return None
+    a, b, c, d = text.split(".")
+    return (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}", re.ASCII)  # as str(IPv4Address) writes
 
 
 @lru_cache(maxsize=16384)  # peers and shoppers repeat; parsing an address is the costly part

@@ -33,13 +33,11 @@ class _ProtoKey(ValueError):
 
 
 def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    document: dict[str, object] = {}
-    for key, value in pairs:
-        if key == "__proto__":
-            raise _ProtoKey
-        if key in document:
-            raise _DuplicateKey
-        document[key] = value
+    document = dict(pairs)  # in C: the hook runs once per object of every body
+    if "__proto__" in document:
+        raise _ProtoKey
+    if len(document) != len(pairs):
+        raise _DuplicateKey
     return document
 
 

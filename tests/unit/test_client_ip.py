@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import client_ip
 from gateway.client_ip import ClientIpPolicy, bucket_key, client_address, parse_address, truncated
@@ -142,3 +144,31 @@ def test_client_is_what_the_functions_say_remembered_and_bounded(monkeypatch: py
         policy.client("10.0.0.1", [f"203.0.113.{i}"])
     assert len(policy._clients) <= 8
     assert ClientIpPolicy((ip_network("10.0.0.0/8"),), 48) == policy  # the cache is not part of equality
+
+
+_V4_TEXTS = st.one_of(
+    st.sampled_from(["10.0.0.1", "10.1.2.3", "127.0.0.1", "203.0.113.7", "0.0.0.0", "255.255.255.255"]),
+    st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
+    st.sampled_from(["010.0.0.1", "10.0.0.01", "256.1.1.1", "1.2.3", "1.2.3.4.5", "1.2.3.4:80", " 10.0.0.9"]),
+    st.sampled_from(["::1", "fd00::5", "2001:db8::1", "::ffff:10.0.0.1", "[fd00::1]:80", "unknown", ""]),
+)
+
+
+@given(
+    peer=st.one_of(st.none(), _V4_TEXTS),
+    hops=st.lists(st.lists(_V4_TEXTS, max_size=4).map(", ".join), max_size=2),
+    proxies=st.sampled_from([(), ("10.0.0.0/8",), ("127.0.0.1/32", "fd00::/8"), ("0.0.0.0/0",)]),
+)
+def test_the_ipv4_shortcut_answers_as_the_general_path(
+    peer: str | None, hops: list[str], proxies: tuple[str, ...]
+) -> None:
+    """`client` computes canonical IPv4 clients on integers and strings (a million shoppers miss its
+    cache): whatever the peer, the X-Forwarded-For headers and the trusted proxies, it answers what
+    `client_address` and the string functions answer."""
+    policy = ClientIpPolicy(tuple(ip_network(p) for p in proxies))
+    address = client_address(peer, hops, policy)
+    got = policy.client(peer, hops)
+    assert got.address == address
+    assert got.bucket_key == bucket_key(address, policy.ipv6_prefix)
+    assert got.text == (None if address is None else str(address))
+    assert got.truncated == (None if address is None else truncated(address))

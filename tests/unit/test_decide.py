@@ -425,7 +425,13 @@ def test_bodies_with_a_proto_key_are_refused(target: str, body: bytes) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"metadata": {"n": 1e400}}', b'{"metadata": {"n": -1E+999}}', b'{"n": 1' + b"0" * 400 + b"}"],
+    [
+        b'{"metadata": {"n": 1e400}}',
+        b'{"metadata": {"n": -1E+999}}',
+        b'{"n": 1' + b"0" * 400 + b"}",
+        b'{"n": 2' + b"0" * 308 + b"}",  # 309 digits, past a double's largest (1.8e308)
+        b'{"n": 1' + b"0" * 400 + b'.5, "s": "no exponent anywhere"}',
+    ],
 )
 def test_numbers_beyond_a_double_are_refused(body: bytes) -> None:
     # Voucherify's JSON.parse reads them as Infinity, which no JSON text can carry on.

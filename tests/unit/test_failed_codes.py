@@ -357,3 +357,17 @@ def test_an_operations_own_bucket_keeps_its_name() -> None:
     fields = dict(with_budget_fields(own, BUDGET, state_member(1, 9)))
     assert fields["RateLimit-Policy"] == '"redeem";q=3;w=60, "failed_codes";q=10;w=3600'
     assert fields["RateLimit"] == '"redeem";r=2;t=60, "failed_codes";r=1;t=9'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb'{"valid":false,"\u0065rror":{"code":404}}',  # the key spelled with an escape
+        rb'{"valid":false,"redeemables":[{"id":"N","result":{"err\u006fr":{"code":404}}}]}',
+        rb'{"valid":false,"error":{"code":4.04e2}}',  # 404 as JSON spells it otherwise
+    ],
+)
+def test_the_shortcut_for_answers_without_errors_misses_no_spelling_of_one(raw: bytes) -> None:
+    """Answers that name no `error` are not parsed (most validations): an answer that spells the key with
+    `\\u` escapes, or the code in another JSON form, still counts."""
+    assert unknown_codes(200, raw, 1) == 1
