@@ -219,13 +219,13 @@ async def _pipeline(
         return _respond(204, b"", outcome.request_id, decision.headers, content_type=None)
     admit = decision
     target = admit.target
-    project = target.project
-    mode = project.mode
-    outcome.project, outcome.operation = project.name, target.operation
+    mode = target.project.mode
+    outcome.project, outcome.operation = target.project.name, target.operation
 
     hold: Hold | None = None
     codes = CodeHold()  # the failed-code budget's hold: its RateLimit members, given back in `finally`
     quota = QuotaHold()  # the upstream call's place in the quota, given back in `finally` when unsent
+    project = target.project
     per_ip = state.limiters.gate(
         project.rate_limit, project.buckets[target.operation], client.bucket_key, outcome
     )
@@ -249,13 +249,13 @@ async def _pipeline(
             await pass_gates(store, (codes, quota))
         headers = request_headers(
             request.headers,
-            project.credential_headers,
+            target.project.credential_headers,
             admit.origin,
             outcome.request_id,
             forward_origin=mode.forwards_origin,
         )
-        if project.api_version is not None:
-            headers[API_VERSION_HEADER] = project.api_version
+        if target.project.api_version is not None:
+            headers[API_VERSION_HEADER] = target.project.api_version
 
         async def voucherify() -> UpstreamResponse:  # cache -> (its quota) -> Voucherify (429: hold-off)
             return await state.sparing.answer(
