@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
 from redis.crc import key_slot
 
+from gateway.errors import Refused
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import Limiter, LimiterPool, Reservation, Store, bridge, bucket_result, bucket_steps
+from gateway.ratelimit import (
+    Limiter,
+    LimiterPool,
+    Reservation,
+    Store,
+    StoreUnavailable,
+    bridge,
+    bucket_result,
+    bucket_steps,
+)
+from gateway.ratelimit.gates import pass_gates, settle_soon
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.redis_store import RedisStore, ledger_key
-from gateway.ratelimit.store import Hit, Reserve, Step
+from gateway.ratelimit.store import Hit, Reserve, Step, StepAnswer
 from tests.support.processes import RedisCluster, RedisServer, running_redis
 
 STRATEGIES = list(Strategy)
@@ -192,3 +203,49 @@ async def test_on_redis_a_validation_s_guards_are_one_script_call(module_redis: 
 def test_every_hit_and_reservation_kind_is_a_chain_step() -> None:
     """The closed set of step kinds: a new kind must be taught to every store."""
     assert set(Step.__args__) == {Hit, Reserve}
+
+
+class Holding:
+    """A gate holding one reservation, giving it back when its answer is abandoned (as CodeHold does)."""
+
+    def __init__(self, store: Store, key: str) -> None:
+        self.store, self.key = store, key
+        self.steps = (Reserve(key, 10, 3600, 2),)
+        self.passed_with: Sequence[StepAnswer] | None = None
+
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
+        self.passed_with = answers
+        return None
+
+    def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
+        return None
+
+    def abandoned(self, answers: Sequence[StepAnswer]) -> None:
+        for answer in answers:
+            if isinstance(answer, Reservation) and answer.token:
+                settle_soon(self.store, self.key, answer, 0, "test")
+
+
+async def test_a_handler_cancelled_while_its_chain_is_on_its_way_gives_back_what_it_got(
+    redis: RedisServer,
+) -> None:
+    pool = LimiterPool()
+    store = pool.store(redis.url, 30.0)
+    await pool.start()
+    codes, quota = Holding(store, fresh("codes")), Holding(store, fresh("quota"))
+    redis.freeze()  # the chain is sent and waits for its answer
+    try:
+        task = asyncio.ensure_future(pass_gates(store, (codes, quota)))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        redis.thaw()
+    for _ in range(200):  # the answer comes after all; both grants are given back in tasks
+        if await live(store, codes.key, 10) == 0 and await live(store, quota.key, 10) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await live(store, codes.key, 10) == 0 and await live(store, quota.key, 10) == 0
+    assert codes.passed_with is None  # the cancelled request never used its answers
+    await pool.close()
