@@ -26,7 +26,15 @@ from functools import partial
 from typing import Protocol
 
 from gateway.errors import Refused
-from gateway.ratelimit.store import Reservation, Reserve, Step, StepAnswer, Store, StoreUnavailable
+from gateway.ratelimit.store import (
+    Reservation,
+    Reserve,
+    Step,
+    StepAnswer,
+    Store,
+    StoreUnavailable,
+    run_now,
+)
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -113,7 +121,11 @@ def _split(gates: Sequence[Gate], answers: Sequence[StepAnswer]) -> list[Sequenc
 
 def settle_soon(store: Store, key: str, reservation: Reservation, keep: int, what: str) -> None:
     """`store.settle(...)` in a task of its own: never raises, never waits (a cancelled handler, or one
-    answering now, still gives back). `what` names the guard in the warning when the store fails."""
+    answering now, still gives back). `what` names the guard in the warning when the store fails. A store
+    that never waits (memory) settles at once, in this call: a task would cost more than the settlement."""
+    if not store.suspends:
+        run_now(_settle(store, key, reservation, keep, what))
+        return
     task = asyncio.ensure_future(_settle(store, key, reservation, keep, what))
     _SETTLING.add(task)
     task.add_done_callback(_SETTLING.discard)

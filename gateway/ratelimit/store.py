@@ -69,14 +69,16 @@ early, never makes one stricter.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from math import floor, inf
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from limits.util import WindowStats
 
 from gateway.models import RateItem, Strategy
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):
@@ -118,6 +120,17 @@ class Reserve(NamedTuple):
 Step = Hit | Reserve
 HitAnswer = tuple[bool, WindowStats | None]  # (counted, the window when read)
 StepAnswer = HitAnswer | Reservation | None  # None: a reservation that did not run (a step before refused)
+
+
+def run_now(call: Coroutine[Any, Any, T]) -> T:
+    """The answer of a call on a store whose `suspends` is False, without a task or an event-loop turn:
+    such a store's calls never wait, so the coroutine finishes on its first step."""
+    try:
+        call.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    call.close()
+    raise RuntimeError("a store that never suspends waited")
 
 
 class Store(Protocol):

@@ -27,9 +27,10 @@ from gateway.ratelimit import (
     bucket_steps,
 )
 from gateway.ratelimit.gates import pass_gates, settle_soon
+from gateway.ratelimit.limiter import open_store
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.redis_store import RedisStore, ledger_key
-from gateway.ratelimit.store import Hit, Reserve, Step, StepAnswer
+from gateway.ratelimit.store import Hit, Reserve, Step, StepAnswer, run_now
 from tests.support.processes import RedisCluster, RedisServer, running_redis
 
 STRATEGIES = list(Strategy)
@@ -249,3 +250,23 @@ async def test_a_handler_cancelled_while_its_chain_is_on_its_way_gives_back_what
     assert await live(store, codes.key, 10) == 0 and await live(store, quota.key, 10) == 0
     assert codes.passed_with is None  # the cancelled request never used its answers
     await pool.close()
+
+
+async def test_a_store_that_never_waits_settles_at_once_without_a_task() -> None:
+    """A memory store's give-back happens in `settle_soon` itself: the next request of the same loop turn
+    already finds the codes back, and no task is left behind."""
+    store = open_store("memory://")
+    held = await store.reserve("k", 1, 60, 1)
+    assert held.granted and not (await store.reserve("k", 1, 60, 1)).granted
+    tasks = len(asyncio.all_tasks())
+    settle_soon(store, "k", held, 0, "test")
+    assert len(asyncio.all_tasks()) == tasks
+    assert (await store.reserve("k", 1, 60, 1)).granted  # no loop turn in between
+
+
+def test_run_now_refuses_a_call_that_waits() -> None:
+    async def waits() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError):
+        run_now(waits())
