@@ -12,7 +12,6 @@ for `--rounds` rounds; the medians are printed, and the added µs per request ag
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import logging
 import os
@@ -102,7 +101,7 @@ async def per_request_us(
         await gw.handle(request)
     accounting.flush()
     if tracing is not None and ratio > 0:
-        await _exported(tracing, WARM)
+        _exported(tracing, WARM)  # blocking: the loop has nothing else to do
     assert (await gw.handle(request)).status == 200
     accounting.flush()
     settle_heap()  # as `serve` does once started
@@ -121,7 +120,7 @@ async def per_request_us(
     return elapsed / requests * 1e6
 
 
-async def _exported(tracing: Tracing, count: int) -> None:
+def _exported(tracing: Tracing, count: int) -> None:
     """Wait until `count` requests' spans were exported: asleep (the loop has nothing else to do), so the
     wait itself costs next to no CPU or instructions."""
     deadline = time.monotonic() + 600

@@ -14,7 +14,7 @@ Pure functions of plain values; imports nothing of OpenTelemetry.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from gateway.models import Outcome
@@ -87,16 +87,27 @@ def _attributes(pairs: Iterable[tuple[str, AttributeValue]], number: int = 9) ->
 def export_request(resource: bytes, scope: bytes, spans: Sequence[bytes]) -> bytes:
     """An ExportTraceServiceRequest: one ResourceSpans with one ScopeSpans holding `spans` (each a
     whole `Span` field of ScopeSpans, as `SpanWriter.request` returns them)."""
-    scope_spans = field_bytes(1, scope) + b"".join(spans)
-    return field_bytes(1, field_bytes(1, resource) + field_bytes(2, scope_spans))
+    scope_field = field_bytes(1, scope)
+    size = len(scope_field) + sum(map(len, spans))  # the spans are copied once, into the request
+    head = field_bytes(1, resource) + _TAGS[2] + _varint(size)
+    return b"".join((_TAGS[1], _varint(len(head) + size), head, scope_field, *spans))
 
 
 _REQUEST_ID_KEY = _text(1, "gateway.request_id")
-_times = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
+# (pack, its field's tag and length, the fixed fields): pack(lead, ids and times..., fixed)
+_ClientShape = tuple[Callable[..., bytes], bytes, bytes]
+# (pack, tag, length and the time's tag, the fixed fields up to the measure): pack(lead, time, middle, ms)
+_EventShape = tuple[Callable[[bytes, int, bytes, float], bytes], bytes, bytes]
 _SERVER_FLAGS = b"\x85\x01" + _pack_i(FLAG_SAMPLED | FLAG_HAS_IS_REMOTE)  # field 16, fixed32
 _REMOTE_FLAGS = b"\x85\x01" + _pack_i(FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
 _ERROR = b"\x7a\x02\x18\x02"  # status { code: ERROR }
-_CLIENT_IDS = 2 + 16 + 2 + 8 + 2 + 8 + 18  # a CLIENT span's trace id, ids and times, tags included
+# A span's trace id (1), span id (2), [parent span id (4),] start (7) and end (8) times, tags included;
+# each tag as a little-endian number (0x100a: b"\x0a\x10", field 1 of 16 bytes).
+_IDS = "H16sH8s"
+_TIMES = "BQBQ"
+_server_head = struct.Struct(f"<{_IDS}{_TIMES}").pack
+_remote_head = struct.Struct(f"<{_IDS}H8s{_TIMES}").pack
+_CLIENT_IDS = struct.calcsize(f"<{_IDS}H8s{_TIMES}")
 
 
 def _method(method: str) -> str:
@@ -108,12 +119,12 @@ class SpanWriter:
 
     A span's fields go in any order on the wire (protobuf), so each is written as its ids and times
     followed by every field its shape decides (name, kind, attributes, status, flags), written once per
-    shape and kept: a request costs a few joins, not an encoder pass."""
+    shape and kept with a `struct` format that writes the rest in one call."""
 
     def __init__(self) -> None:
         self._server: dict[tuple[str | None, str | None, str, str, int, bool], bytes] = {}
-        self._client: dict[tuple[str, int, str, int | None, str | None], tuple[bytes, bytes]] = {}
-        self._events: dict[tuple[EventKind, tuple[AttributeValue, ...]], tuple[bytes, bytes]] = {}
+        self._client: dict[tuple[str, int, str, int | None, str | None], _ClientShape] = {}
+        self._events: dict[tuple[EventKind, tuple[AttributeValue, ...]], _EventShape] = {}
 
     def request(self, outcome: Outcome, trace: RequestTrace) -> bytes:
         """The request's spans, each as a `spans` field of ScopeSpans, concatenated."""
@@ -131,32 +142,43 @@ class SpanWriter:
             parent != 0,
         )
         shape = self._server.get(key) or self._server_shape(key)
-        parts = [b"\x0a\x10", trace_id, b"\x12\x08", server_id]
         if parent:
-            parts += (b"\x22\x08", parent.to_bytes(8, "big"))
-        parts += (_times(0x39, start, 0x41, end), shape, _request_id(outcome.request_id))
+            head = _remote_head(
+                0x100A, trace_id, 0x0812, server_id, 0x0822, parent.to_bytes(8, "big"), 0x39, start, 0x41, end
+            )
+        else:
+            head = _server_head(0x100A, trace_id, 0x0812, server_id, 0x39, start, 0x41, end)
+        parts = [head, shape, _request_id(outcome.request_id)]
         for kind, at, values, seconds in trace.events:
             if kind.measure is None:  # an event of `RequestTrace.event`: written whole
                 pairs = _attributes(zip(kind.keys, values, strict=True), 3)
                 parts.append(field_bytes(11, b"\x09" + _pack_q(at) + _text(2, kind.name) + pairs))
                 continue
-            head, middle = self._events.get((kind, values)) or self._event_shape(kind, kind.measure, values)
-            parts += (head, _pack_q(at), middle, _pack_d(seconds * 1000))
+            pack, lead, middle = self._events.get((kind, values)) or self._event_shape(
+                kind, kind.measure, values
+            )
+            parts.append(pack(lead, at, middle, seconds * 1000))
         spans = [field_bytes(2, b"".join(parts))]
         for call in trace.calls:
             method = _method(call.method)
-            lead, fixed = self._client.get(
+            pack, lead, fixed = self._client.get(
                 (call.host, call.port, method, call.status, call.error)
             ) or self._client_shape(call.host, call.port, method, call.status, call.error)
-            spans += (
-                lead,
-                trace_id,
-                b"\x12\x08",
-                call.span_id.to_bytes(8, "big"),
-                b"\x22\x08",
-                server_id,
-                _times(0x39, call.start_ns, 0x41, call.end_ns or end),
-                fixed,
+            spans.append(
+                pack(
+                    lead,
+                    0x100A,
+                    trace_id,
+                    0x0812,
+                    call.span_id.to_bytes(8, "big"),
+                    0x0822,
+                    server_id,
+                    0x39,
+                    call.start_ns,
+                    0x41,
+                    call.end_ns or end,
+                    fixed,
+                )
             )
         return b"".join(spans)
 
@@ -184,7 +206,7 @@ class SpanWriter:
 
     def _client_shape(
         self, host: str, port: int, method: str, status: int | None, error: str | None
-    ) -> tuple[bytes, bytes]:
+    ) -> _ClientShape:
         pairs: list[tuple[str, AttributeValue]] = [
             ("server.address", host),
             ("server.port", port),
@@ -203,14 +225,12 @@ class SpanWriter:
                 _SERVER_FLAGS,
             )
         )
-        # the span's field tag and length (its ids and times have a fixed size), then its trace id's tag
-        shape = (_TAGS[2] + _varint(_CLIENT_IDS + len(fixed)) + b"\x0a\x10", fixed)
+        lead = _TAGS[2] + _varint(_CLIENT_IDS + len(fixed))  # the span's field tag and length
+        shape = (struct.Struct(f"<{len(lead)}s{_IDS}H8s{_TIMES}{len(fixed)}s").pack, lead, fixed)
         self._keep(self._client, (host, port, method, status, error), shape)
         return shape
 
-    def _event_shape(
-        self, kind: EventKind, key: str, values: tuple[AttributeValue, ...]
-    ) -> tuple[bytes, bytes]:
+    def _event_shape(self, kind: EventKind, key: str, values: tuple[AttributeValue, ...]) -> _EventShape:
         """An event's field tag, length and time's tag; then its name, attributes and the measure's key
         (`key`), up to the double that follows it."""
         measure = _text(1, key) + b"\x12\x09\x21"  # value { double_value: ... }
@@ -223,7 +243,8 @@ class SpanWriter:
                 measure,
             )
         )
-        shape = (_TAGS[11] + _varint(9 + len(middle) + 8) + b"\x09", middle)
+        lead = _TAGS[11] + _varint(9 + len(middle) + 8) + b"\x09"
+        shape = (struct.Struct(f"<{len(lead)}sQ{len(middle)}sd").pack, lead, middle)
         self._keep(self._events, (kind, values), shape)
         return shape
 

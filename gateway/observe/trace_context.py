@@ -90,10 +90,7 @@ def ratio_bound(ratio: float) -> int:
 
 
 def new_span_id() -> int:
-    while True:
-        span_id = _getrandbits(64)
-        if span_id:
-            return span_id
+    return _getrandbits(64) or 1  # never the invalid all-zero id
 
 
 class EventKind:
