@@ -196,9 +196,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
-        if trace is not None and traced is not None:
+        if traced is not None:  # the SERVER span's times are the outcome's: finished, duration_ms
             CURRENT.reset(traced)
-            trace.end_ns = time.time_ns()
         state.accounting.record(outcome)
     return response
 

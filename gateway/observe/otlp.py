@@ -14,15 +14,14 @@ Pure functions of plain values; imports nothing of OpenTelemetry.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from gateway.models import Outcome
-from gateway.observe.trace_context import ClientCall, RequestTrace
+from gateway.observe.trace_context import AttributeValue, EventKind, RequestTrace
 
 __all__ = ["SpanWriter", "attribute", "export_request", "field_bytes"]
 
-AttributeValue = str | bool | int | float
 
 # Span.SpanKind, Status.StatusCode, and SpanFlags (trace.proto)
 KIND_SERVER, KIND_CLIENT = 2, 3
@@ -88,134 +87,183 @@ def _attributes(pairs: Iterable[tuple[str, AttributeValue]], number: int = 9) ->
 def export_request(resource: bytes, scope: bytes, spans: Sequence[bytes]) -> bytes:
     """An ExportTraceServiceRequest: one ResourceSpans with one ScopeSpans holding `spans` (each a
     whole `Span` field of ScopeSpans, as `SpanWriter.request` returns them)."""
-    scope_spans = field_bytes(1, scope) + b"".join(spans)
-    return field_bytes(1, field_bytes(1, resource) + field_bytes(2, scope_spans))
+    scope_field = field_bytes(1, scope)
+    size = len(scope_field) + sum(map(len, spans))  # the spans are copied once, into the request
+    head = field_bytes(1, resource) + _TAGS[2] + _varint(size)
+    return b"".join((_TAGS[1], _varint(len(head) + size), head, scope_field, *spans))
 
 
 _REQUEST_ID_KEY = _text(1, "gateway.request_id")
-_STORE_MS_KEY = _text(1, "gateway.rate_limit.store_ms")
+# (pack, its field's tag and length, the fixed fields): pack(lead, ids and times..., fixed)
+_ClientShape = tuple[Callable[..., bytes], bytes, bytes]
+# (pack, tag, length and the time's tag, the fixed fields up to the measure): pack(lead, time, middle, ms)
+_EventShape = tuple[Callable[[bytes, int, bytes, float], bytes], bytes, bytes]
+_SERVER_FLAGS = b"\x85\x01" + _pack_i(FLAG_SAMPLED | FLAG_HAS_IS_REMOTE)  # field 16, fixed32
+_REMOTE_FLAGS = b"\x85\x01" + _pack_i(FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
+_ERROR = b"\x7a\x02\x18\x02"  # status { code: ERROR }
+# A span's trace id (1), span id (2), [parent span id (4),] start (7) and end (8) times, tags included;
+# each tag as a little-endian number (0x100a: b"\x0a\x10", field 1 of 16 bytes).
+_IDS = "H16sH8s"
+_TIMES = "BQBQ"
+_server_head = struct.Struct(f"<{_IDS}{_TIMES}").pack
+_remote_head = struct.Struct(f"<{_IDS}H8s{_TIMES}").pack
+_CLIENT_IDS = struct.calcsize(f"<{_IDS}H8s{_TIMES}")
+
+
+def _method(method: str) -> str:
+    return method if method in KNOWN_METHODS else "_OTHER"
 
 
 class SpanWriter:
-    """Writes a finished request's spans: its SERVER span, then one CLIENT span per upstream call."""
+    """Writes a finished request's spans: its SERVER span, then one CLIENT span per upstream call.
+
+    A span's fields go in any order on the wire (protobuf), so each is written as its ids and times
+    followed by every field its shape decides (name, kind, attributes, status, flags), written once per
+    shape and kept with a `struct` format that writes the rest in one call."""
 
     def __init__(self) -> None:
-        self._server: dict[tuple[str | None, str | None, str, str, int], bytes] = {}
-        self._client: dict[tuple[str, int, str, int | None, str | None], bytes] = {}
-        self._events: dict[tuple[str, str, str, str], bytes] = {}
+        self._server: dict[tuple[str | None, str | None, str, str, int, bool], bytes] = {}
+        self._client: dict[tuple[str, int, str, int | None, str | None], _ClientShape] = {}
+        self._events: dict[tuple[EventKind, tuple[AttributeValue, ...]], _EventShape] = {}
 
     def request(self, outcome: Outcome, trace: RequestTrace) -> bytes:
         """The request's spans, each as a `spans` field of ScopeSpans, concatenated."""
         trace_id = trace.trace_id.to_bytes(16, "big")
         server_id = trace.span_id.to_bytes(8, "big")
-        end = trace.end_ns or trace.start_ns + int(outcome.duration_ms * 1_000_000)
-        parts = [
-            b"\x0a\x10",
-            trace_id,
-            b"\x12\x08",
-            server_id,
-        ]
-        flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE
-        if trace.parent_span_id:
-            parts += (b"\x22\x08", trace.parent_span_id.to_bytes(8, "big"))
-            flags |= FLAG_IS_REMOTE
-        parts += (
-            _text(5, outcome.operation or "not_found"),
-            b"\x30\x02",  # kind: SERVER
-            b"\x39",
-            _pack_q(trace.start_ns),
-            b"\x41",
-            _pack_q(end),
-            self._server_attributes(outcome),
-            field_bytes(9, _REQUEST_ID_KEY + field_bytes(2, _text(1, outcome.request_id))),
+        end = int(outcome.finished * 1e9)
+        start = end - int(outcome.duration_ms * 1e6)
+        parent = trace.parent_span_id
+        key = (
+            outcome.project,
+            outcome.operation,
+            outcome.decision,
+            _method(outcome.method),
+            outcome.status,
+            parent != 0,
         )
-        for name, at, attributes in trace.events:
-            parts.append(self._event(name, at, attributes))
-        if outcome.status >= 500 or not outcome.status:
-            parts.append(b"\x7a\x02\x18\x02")  # status { code: ERROR }
-        parts += (b"\x85\x01", _pack_i(flags))  # field 16, fixed32
+        shape = self._server.get(key) or self._server_shape(key)
+        if parent:
+            head = _remote_head(
+                0x100A, trace_id, 0x0812, server_id, 0x0822, parent.to_bytes(8, "big"), 0x39, start, 0x41, end
+            )
+        else:
+            head = _server_head(0x100A, trace_id, 0x0812, server_id, 0x39, start, 0x41, end)
+        parts = [head, shape, _request_id(outcome.request_id)]
+        for kind, at, values, seconds in trace.events:
+            if kind.measure is None:  # an event of `RequestTrace.event`: written whole
+                pairs = _attributes(zip(kind.keys, values, strict=True), 3)
+                parts.append(field_bytes(11, b"\x09" + _pack_q(at) + _text(2, kind.name) + pairs))
+                continue
+            pack, lead, middle = self._events.get((kind, values)) or self._event_shape(
+                kind, kind.measure, values
+            )
+            parts.append(pack(lead, at, middle, seconds * 1000))
         spans = [field_bytes(2, b"".join(parts))]
         for call in trace.calls:
-            spans.append(field_bytes(2, self._client_span(trace_id, server_id, call, end)))
+            method = _method(call.method)
+            pack, lead, fixed = self._client.get(
+                (call.host, call.port, method, call.status, call.error)
+            ) or self._client_shape(call.host, call.port, method, call.status, call.error)
+            spans.append(
+                pack(
+                    lead,
+                    0x100A,
+                    trace_id,
+                    0x0812,
+                    call.span_id.to_bytes(8, "big"),
+                    0x0822,
+                    server_id,
+                    0x39,
+                    call.start_ns,
+                    0x41,
+                    call.end_ns or end,
+                    fixed,
+                )
+            )
         return b"".join(spans)
 
-    def _server_attributes(self, outcome: Outcome) -> bytes:
-        method = outcome.method if outcome.method in KNOWN_METHODS else "_OTHER"
-        key = (outcome.project, outcome.operation, outcome.decision, method, outcome.status)
-        found = self._server.get(key)
-        if found is None:
-            pairs: list[tuple[str, AttributeValue]] = []
-            if outcome.project is not None:
-                pairs.append(("voucherify.project", outcome.project))
-            if outcome.operation is not None:
-                pairs.append(("voucherify.operation", outcome.operation))
-            pairs += (("gateway.decision", outcome.decision), ("http.request.method", method))
-            if outcome.status:
-                pairs.append(("http.response.status_code", outcome.status))
-            found = _attributes(pairs)
-            self._keep(self._server, key, found)
-        return found
-
-    def _client_span(self, trace_id: bytes, parent: bytes, call: ClientCall, end: int) -> bytes:
-        method = call.method if call.method in KNOWN_METHODS else "_OTHER"
-        key = (call.host, call.port, method, call.status, call.error)
-        attributes = self._client.get(key)
-        if attributes is None:
-            pairs: list[tuple[str, AttributeValue]] = [
-                ("server.address", call.host),
-                ("server.port", call.port),
-                ("http.request.method", method),
-            ]
-            if call.status is not None:
-                pairs.append(("http.response.status_code", call.status))
-            if call.error is not None:
-                pairs.append(("error.type", call.error))
-            attributes = _attributes(pairs)
-            self._keep(self._client, key, attributes)
-        failed = call.status is None or call.status >= 500
-        return b"".join(
+    def _server_shape(self, key: tuple[str | None, str | None, str, str, int, bool]) -> bytes:
+        project, operation, decision, method, status, remote = key
+        pairs: list[tuple[str, AttributeValue]] = []
+        if project is not None:
+            pairs.append(("voucherify.project", project))
+        if operation is not None:
+            pairs.append(("voucherify.operation", operation))
+        pairs += (("gateway.decision", decision), ("http.request.method", method))
+        if status:
+            pairs.append(("http.response.status_code", status))
+        shape = b"".join(
             (
-                b"\x0a\x10",
-                trace_id,
-                b"\x12\x08",
-                call.span_id.to_bytes(8, "big"),
-                b"\x22\x08",
-                parent,
-                b"\x2a\x08upstream",  # name
-                b"\x30\x03",  # kind: CLIENT
-                b"\x39",
-                _pack_q(call.start_ns),
-                b"\x41",
-                _pack_q(call.end_ns or end),
-                attributes,
-                b"\x7a\x02\x18\x02" if failed else b"",
-                b"\x85\x01",
-                _pack_i(FLAG_SAMPLED | FLAG_HAS_IS_REMOTE),
+                _text(5, operation or "not_found"),
+                b"\x30\x02",  # kind: SERVER
+                _attributes(pairs),
+                _ERROR if status >= 500 or not status else b"",
+                _REMOTE_FLAGS if remote else _SERVER_FLAGS,
             )
         )
+        self._keep(self._server, key, shape)
+        return shape
 
-    def _event(self, name: str, at: int, attributes: dict[str, AttributeValue]) -> bytes:
-        if name == "rate_limit":  # the one event of every request: its fixed part is kept
-            key = (
-                str(attributes.get("gateway.rate_limit.bucket")),
-                str(attributes.get("gateway.rate_limit.decision")),
-                str(attributes.get("gateway.rate_limit.store")),
-                name,
+    def _client_shape(
+        self, host: str, port: int, method: str, status: int | None, error: str | None
+    ) -> _ClientShape:
+        pairs: list[tuple[str, AttributeValue]] = [
+            ("server.address", host),
+            ("server.port", port),
+            ("http.request.method", method),
+        ]
+        if status is not None:
+            pairs.append(("http.response.status_code", status))
+        if error is not None:
+            pairs.append(("error.type", error))
+        fixed = b"".join(
+            (
+                b"\x2a\x08upstream",  # name
+                b"\x30\x03",  # kind: CLIENT
+                _attributes(pairs),
+                _ERROR if status is None or status >= 500 else b"",
+                _SERVER_FLAGS,
             )
-            fixed = self._events.get(key)
-            if fixed is None:
-                pairs = [(k, v) for k, v in attributes.items() if k != "gateway.rate_limit.store_ms"]
-                fixed = _text(2, name) + _attributes(pairs, 3)
-                self._keep(self._events, key, fixed)
-            rest = b""
-            store_ms = attributes.get("gateway.rate_limit.store_ms")
-            if isinstance(store_ms, float):
-                rest = field_bytes(3, _STORE_MS_KEY + b"\x12\x09\x21" + _pack_d(store_ms))
-            return field_bytes(11, b"\x09" + _pack_q(at) + fixed + rest)
-        return field_bytes(11, b"\x09" + _pack_q(at) + _text(2, name) + _attributes(attributes.items(), 3))
+        )
+        lead = _TAGS[2] + _varint(_CLIENT_IDS + len(fixed))  # the span's field tag and length
+        shape = (struct.Struct(f"<{len(lead)}s{_IDS}H8s{_TIMES}{len(fixed)}s").pack, lead, fixed)
+        self._keep(self._client, (host, port, method, status, error), shape)
+        return shape
+
+    def _event_shape(self, kind: EventKind, key: str, values: tuple[AttributeValue, ...]) -> _EventShape:
+        """An event's field tag, length and time's tag; then its name, attributes and the measure's key
+        (`key`), up to the double that follows it."""
+        measure = _text(1, key) + b"\x12\x09\x21"  # value { double_value: ... }
+        middle = b"".join(
+            (
+                _text(2, kind.name),
+                _attributes(zip(kind.keys, values, strict=True), 3),
+                _TAGS[3],
+                _varint(len(measure) + 8),
+                measure,
+            )
+        )
+        lead = _TAGS[11] + _varint(9 + len(middle) + 8) + b"\x09"
+        shape = (struct.Struct(f"<{len(lead)}sQ{len(middle)}sd").pack, lead, middle)
+        self._keep(self._events, (kind, values), shape)
+        return shape
 
     @staticmethod
-    def _keep(cache: dict[Any, bytes], key: Any, value: bytes) -> None:
+    def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
         if len(cache) >= CACHED_SHAPES:
             cache.clear()
         cache[key] = value
+
+
+# gateway.request_id's KeyValue up to its value's text, by the text's length (the gateway's ids are short)
+_REQUEST_ID_HEADS = [
+    field_bytes(9, _REQUEST_ID_KEY + field_bytes(2, _text(1, "x" * size)))[: -size or None]
+    for size in range(64)
+]
+
+
+def _request_id(request_id: str) -> bytes:
+    """The SERVER span's gateway.request_id attribute."""
+    if len(request_id) < len(_REQUEST_ID_HEADS) and request_id.isascii():
+        return _REQUEST_ID_HEADS[len(request_id)] + request_id.encode()
+    return attribute("gateway.request_id", request_id)

@@ -21,14 +21,18 @@ import random
 import re
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from importlib import metadata
 
 from multidict import MultiMapping
 
 __all__ = [
     "CURRENT",
+    "FAILED_CODES",
+    "RATE_LIMIT",
+    "AttributeValue",
     "ClientCall",
+    "Event",
+    "EventKind",
     "RequestTrace",
     "TraceStarter",
     "new_span_id",
@@ -86,43 +90,88 @@ def ratio_bound(ratio: float) -> int:
 
 
 def new_span_id() -> int:
-    while True:
-        span_id = _getrandbits(64)
-        if span_id:
-            return span_id
+    return _getrandbits(64) or 1  # never the invalid all-zero id
 
 
-@dataclass(slots=True)
+class EventKind:
+    """A span event the gateway records: its name, the attributes that take a few values (a bucket, a
+    decision: written once per combination and kept by the writer), and the one that varies (a storage
+    round trip, in milliseconds). Compared by identity: there is one of each."""
+
+    __slots__ = ("keys", "measure", "name")
+
+    def __init__(self, name: str, keys: tuple[str, ...], measure: str | None) -> None:
+        self.name, self.keys, self.measure = name, keys, measure  # measure None: `RequestTrace.event`'s
+
+
+RATE_LIMIT = EventKind(
+    "rate_limit",
+    ("gateway.rate_limit.bucket", "gateway.rate_limit.decision", "gateway.rate_limit.store"),
+    "gateway.rate_limit.store_ms",
+)
+FAILED_CODES = EventKind(
+    "failed_codes",
+    ("gateway.failed_codes.named", "gateway.failed_codes.decision"),
+    "gateway.failed_codes.store_ms",
+)
+AttributeValue = str | bool | int | float
+# (kind, time.time_ns(), the values of kind.keys, seconds of kind.measure: written in milliseconds)
+Event = tuple[EventKind, int, tuple[AttributeValue, ...], float]
+
+
+def _decision(refused: bool, store_error: bool) -> str:
+    return "store_error" if store_error else "limited" if refused else "allowed"
+
+
 class ClientCall:
     """One upstream call of a request: its CLIENT span."""
 
-    span_id: int
-    host: str  # server.address: the upstream's host name, never its user info, path or query
-    port: int
-    method: str
-    start_ns: int
-    end_ns: int = 0
-    status: int | None = None  # Voucherify's HTTP status; None when no answer came
-    error: str | None = None  # why there was none: the gateway's error key (or "cancelled")
+    __slots__ = ("end_ns", "error", "host", "method", "port", "span_id", "start_ns", "status")
+
+    def __init__(self, span_id: int, host: str, port: int, method: str, start_ns: int) -> None:
+        self.span_id = span_id
+        self.host = host  # server.address: the upstream's host name, never its user info, path or query
+        self.port = port
+        self.method = method
+        self.start_ns = start_ns
+        self.end_ns = 0  # 0: never ended (the span ends with the request)
+        self.status: int | None = None  # Voucherify's HTTP status; None when no answer came
+        self.error: str | None = None  # why there was none: the gateway's error key (or "cancelled")
 
 
-@dataclass(slots=True)
 class RequestTrace:
-    """A request's trace: its SERVER span, the caller's span as parent, its upstream calls and events."""
+    """A request's trace: its SERVER span, the caller's span as parent, its upstream calls and events.
 
-    trace_id: int
-    span_id: int
-    parent_span_id: int  # 0: a new trace (no valid incoming traceparent)
-    sampled: bool
-    tracestate: str | None  # the caller's, sent upstream as received; never exported
-    start_ns: int
-    end_ns: int = 0  # once answered (0: the span ends after the request's duration)
-    calls: list[ClientCall] = field(default_factory=list)
-    events: list[tuple[str, int, dict[str, str | int | float | bool]]] = field(default_factory=list)
+    The SERVER span's times are the request's own (`Outcome.finished` and `duration_ms`): nothing here
+    reads a clock for it."""
 
-    @property
-    def trace_id_hex(self) -> str:
-        return f"{self.trace_id:032x}"
+    __slots__ = (
+        "calls",
+        "events",
+        "parent_span_id",
+        "sampled",
+        "span_id",
+        "trace_id",
+        "trace_id_hex",
+        "tracestate",
+    )
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        parent_span_id: int,
+        sampled: bool,
+        tracestate: str | None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.trace_id_hex = trace_id.to_bytes(16, "big").hex()  # as the access log and traceparent say it
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id  # 0: a new trace (no valid incoming traceparent)
+        self.sampled = sampled
+        self.tracestate = tracestate  # the caller's, sent upstream as received; never exported
+        self.calls: list[ClientCall] = []
+        self.events: list[Event] = []
 
     def start_call(self, host: str, port: int, method: str) -> ClientCall:
         call = ClientCall(new_span_id(), host, port, method, time.time_ns())
@@ -131,40 +180,30 @@ class RequestTrace:
 
     def traceparent(self, span_id: int) -> str:
         """The `traceparent` that makes `span_id` (a CLIENT span's) the parent of what comes next."""
-        return f"00-{self.trace_id:032x}-{span_id:016x}-{'01' if self.sampled else '00'}"
+        span = span_id.to_bytes(8, "big").hex()  # a third of f"{span_id:016x}"'s cost
+        return f"00-{self.trace_id_hex}-{span}-{'01' if self.sampled else '00'}"
 
-    def event(self, name: str, **attributes: str | int | float | bool) -> None:
-        """A span event on the SERVER span (the rate-limit decision, a storage round trip, ...)."""
-        self.events.append((name, time.time_ns(), attributes))
+    def event(self, name: str, **attributes: AttributeValue) -> None:
+        """A span event on the SERVER span, with attributes of any values. Kept only when sampled."""
+        if self.sampled:
+            kind = EventKind(name, tuple(attributes), None)
+            self.events.append((kind, time.time_ns(), tuple(attributes.values()), 0.0))
 
     def codes_checked(self, named: int, refused: bool, store_error: bool, seconds: float) -> None:
         """The `failed_codes` event: the codes the request names, the budget's decision and the storage
-        round trip in milliseconds. Kept only when sampled."""
-        if not self.sampled:
-            return
-        decision = "store_error" if store_error else "limited" if refused else "allowed"
-        attributes: dict[str, str | int | float | bool] = {
-            "gateway.failed_codes.named": named,
-            "gateway.failed_codes.decision": decision,
-            "gateway.failed_codes.store_ms": round(seconds * 1000, 3),
-        }
-        self.event("failed_codes", **attributes)
+        round trip. Kept only when sampled."""
+        if self.sampled:
+            values = (named, _decision(refused, store_error))
+            self.events.append((FAILED_CODES, time.time_ns(), values, seconds))
 
     def limit_checked(
         self, bucket: str, storage: str, refused: bool, store_error: bool, seconds: float
     ) -> None:
         """The `rate_limit` event: the bucket, the decision, the store's kind (its URI's scheme only: the
-        rest may hold a password) and the storage round trip in milliseconds. Kept only when sampled."""
-        if not self.sampled:
-            return
-        decision = "store_error" if store_error else "limited" if refused else "allowed"
-        attributes: dict[str, str | int | float | bool] = {
-            "gateway.rate_limit.bucket": bucket,
-            "gateway.rate_limit.decision": decision,
-            "gateway.rate_limit.store": storage.partition("://")[0],
-            "gateway.rate_limit.store_ms": round(seconds * 1000, 3),
-        }
-        self.event("rate_limit", **attributes)
+        rest may hold a password) and the storage round trip. Kept only when sampled."""
+        if self.sampled:
+            values = (bucket, _decision(refused, store_error), storage.partition("://")[0])
+            self.events.append((RATE_LIMIT, time.time_ns(), values, seconds))
 
 
 CURRENT: ContextVar[RequestTrace | None] = ContextVar("gateway_trace", default=None)
@@ -182,10 +221,9 @@ class TraceStarter:
         if parent is not None:
             trace_id, parent_id, sampled = parent
             tracestate = _tracestate(headers.getall("tracestate", ()))
-        else:
-            trace_id = _getrandbits(128) or 1
-            parent_id, sampled, tracestate = 0, (trace_id & _MASK_64) < self.bound, None
-        return RequestTrace(trace_id, new_span_id(), parent_id, sampled, tracestate, time.time_ns())
+            return RequestTrace(trace_id, new_span_id(), parent_id, sampled, tracestate)
+        trace_id = _getrandbits(128) or 1
+        return RequestTrace(trace_id, new_span_id(), 0, (trace_id & _MASK_64) < self.bound, None)
 
 
 def _tracestate(values: list[str] | tuple[str, ...]) -> str | None:

@@ -25,17 +25,20 @@ credential, a header value, a body, a query string, a path or a client address; 
 
 from __future__ import annotations
 
+import base64
 import collections
 import gzip
+import http.client
 import logging
 import os
+import select
+import ssl
 import threading
 import time
 from collections.abc import Sequence
 from importlib import metadata
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-import requests
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceMessage
 from opentelemetry.sdk.resources import Resource
@@ -53,6 +56,7 @@ log = logging.getLogger("gateway.tracing")
 SCOPE = "voucherify-gateway"
 SHUTDOWN_WAIT = 2.0  # seconds the last spans get to leave at exit, while exports succeed
 STUCK_AFTER = 0.5  # seconds an export may take before the exit stops waiting for the collector
+ANSWER_BYTES = 64 * 1024  # of a collector's answer (an empty ExportTraceServiceResponse, or an error text)
 
 
 def collector_name(endpoint: str) -> str:
@@ -107,36 +111,76 @@ def _number(default: float, *names: str) -> float:
 
 
 class OtlpHttpSender:
-    """POSTs encoded export requests to the collector: one attempt each, bounded by the timeout."""
+    """POSTs encoded export requests to the collector: one attempt each, bounded by the timeout, over one
+    kept-alive connection (`http.client`). A `requests` session cost about four times the CPU per export
+    (some 2 µs per request at 512 requests a batch: its settings merged, the environment read, on every
+    call). The collector is reached directly: proxy variables do not apply. User info in the endpoint is
+    sent as Basic auth (as `requests` sent it), never logged."""
 
     def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.session = requests.Session()
+        parts = urlsplit(endpoint)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        try:
+            self.port = parts.port or (443 if self.https else 80)
+        except ValueError:  # not a port number: every export fails, and says so once
+            self.port = 0
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = parse_env_headers(
             _env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or "", liberal=True
         )
         self.headers = {**headers, "Content-Type": "application/x-protobuf"}
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("latin-1", "replace")
+            self.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         self.timeout = _number(10.0, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
         compression = _env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
         self.gzip = (compression or "").lower() == "gzip"
         if self.gzip:
             self.headers["Content-Encoding"] = "gzip"
-        certificate = _env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
-        self.verify: str | bool = certificate or True
+        self.certificate = _env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+        self._connection: http.client.HTTPConnection | None = None
 
     def send(self, body: bytes) -> bool:
-        data = gzip.compress(body, compresslevel=5) if self.gzip else body
+        # level 1: a third less CPU than 5 for 7 % more bytes (1.1 vs 1.8 ms for 512 requests' spans)
+        data = gzip.compress(body, compresslevel=1) if self.gzip else body
         try:
-            answer = self.session.post(
-                self.endpoint, data=data, headers=self.headers, timeout=self.timeout, verify=self.verify
-            )
-            answer.close()
-        except (requests.RequestException, OSError, ValueError):
+            connection = self._connection
+            if connection is None or _dropped(connection):
+                self.close()
+                connection = self._connection = self._connect()
+            connection.request("POST", self.target, data, self.headers)
+            answer = connection.getresponse()
+            answer.read(ANSWER_BYTES)
+            if not answer.isclosed():  # an answer longer than a collector's: the connection is not reused
+                self.close()
+        except (OSError, http.client.HTTPException, ValueError):
+            self.close()
             return False
-        return 200 <= answer.status_code < 300
+        return 200 <= answer.status < 300
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if not self.https:
+            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        context = ssl.create_default_context(cafile=self.certificate)  # verified: the system's CAs, or it
+        return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
 
     def close(self) -> None:
-        self.session.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether a kept-alive connection was closed by the collector meanwhile (readable while idle: its end,
+    or bytes nobody asked for), so that an export is not sent into it. `poll`: a descriptor past 1024
+    (the gateway holds many) is out of `select`'s range."""
+    sock = connection.sock
+    if sock is None:
+        return False  # http.client opens it again
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class Tracing:
@@ -204,16 +248,18 @@ class Tracing:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(self.delay)
+            woken = self._wake.wait(self.delay)  # by `account`: a whole batch is queued
             self._wake.clear()
-            self._export_queued()
-        self._export_queued()
+            self._export_queued(partial=not woken)
+        self._export_queued(partial=True)
         self.sender.close()
 
-    def _export_queued(self) -> None:
-        queue, writer = self._queue, self.writer
-        while queue:
-            outcomes = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
+    def _export_queued(self, partial: bool) -> None:
+        """Export whole batches, and with `partial` (every OTEL_BSP_SCHEDULE_DELAY, and at exit) the
+        rest: under load each export carries a whole batch, so its cost per request stays small."""
+        queue, writer, batch = self._queue, self.writer, self.batch
+        while len(queue) >= batch or (partial and queue):
+            outcomes = [queue.popleft() for _ in range(min(batch, len(queue)))]
             spans = [writer.request(outcome, outcome.trace) for outcome in outcomes if outcome.trace]
             body = export_request(self.resource, self.scope, spans)
             self.busy_since = time.monotonic()

@@ -8,6 +8,7 @@ starter in the app); their accounting is flushed by the test, as `serve`'s flush
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import statistics
@@ -20,11 +21,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from gateway.app import STATE, create_app
+from gateway.models import Outcome
 from gateway.observe.access import AccessLog
 from gateway.observe.accounting import Accounting
-from gateway.observe.tracing import Tracing
+from gateway.observe.otlp import export_request
+from gateway.observe.tracing import OtlpHttpSender, Tracing
 from tests.conftest import CLIENT_APP_ID, CLIENT_TOKEN, ORIGIN, GatewayFactory, base_policy, make_policy
 from tests.support.constants import JSON_H, H
 from tests.support.otlp_receiver import CLIENT, SERVER, STATUS_ERROR, WAIT, OtlpReceiver
@@ -692,3 +696,100 @@ async def test_the_failed_code_budget_decision_is_an_event(
     [(_, attributes)] = [e for e in servers[1].events if e[0] == "failed_codes"]
     assert attributes["gateway.failed_codes.named"] == 1 and attributes["gateway.failed_codes.store_ms"] >= 0
     assert servers[1].attributes["gateway.decision"] == "too_many_failed_codes"
+
+
+# --------------------------------------------------------------------------- the exporter's requests
+
+EMPTY_EXPORT = export_request(b"", b"", [])
+
+
+def _sender(endpoint: str) -> OtlpHttpSender:
+    return OtlpHttpSender(endpoint)
+
+
+async def test_the_exporter_sends_the_sdk_headers_gzip_and_the_endpoints_user_as_basic_auth(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-collector-key=k%201,x-tenant=shop")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    sender = _sender(receiver.url.replace("http://", "http://gw:pa%40ss@") + "?tenant=1")
+    try:
+        assert await asyncio.to_thread(sender.send, EMPTY_EXPORT)
+    finally:
+        sender.close()
+    [headers] = receiver.headers
+    assert headers["Content-Encoding"] == "gzip" and receiver.payloads == [EMPTY_EXPORT]  # as decoded
+    assert headers["Content-Type"] == "application/x-protobuf"
+    assert headers["x-collector-key"] == "k 1" and headers["x-tenant"] == "shop"
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"gw:pa@ss").decode()
+
+
+async def test_exports_share_one_connection_and_one_the_collector_closed_is_not_used(
+    receiver: OtlpReceiver,
+) -> None:
+    collector = await OtlpReceiver(keepalive=0.2).start()  # closes a connection idle for 0.2 s
+    sender = _sender(collector.url)
+    try:
+        for _ in range(3):
+            assert await asyncio.to_thread(sender.send, EMPTY_EXPORT)
+        assert len(set(collector.peers)) == 1
+        await asyncio.sleep(0.6)  # the collector has closed it meanwhile
+        assert await asyncio.to_thread(sender.send, EMPTY_EXPORT)  # on a new one, not into the old
+        assert len(set(collector.peers)) == 2 and collector.attempts == 4
+    finally:
+        sender.close()
+        await collector.close()
+
+
+async def test_an_https_collector_is_verified_against_the_sdk_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.tls import self_signed
+
+    server_context, ca_file = self_signed(tmp_path)
+    collector = await OtlpReceiver(ssl_context=server_context).start()
+    url = collector.url.replace("127.0.0.1", "localhost")
+    try:
+        refused = _sender(url)  # the system's trust store: a self-signed certificate is refused
+        assert not await asyncio.to_thread(refused.send, EMPTY_EXPORT)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(tmp_path / "missing.pem"))
+        assert not await asyncio.to_thread(_sender(url).send, EMPTY_EXPORT)  # False, never raised
+        assert collector.attempts == 0
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca_file)
+        trusting = _sender(url)
+        for _ in range(2):
+            assert await asyncio.to_thread(trusting.send, EMPTY_EXPORT)
+        trusting.close()
+        assert collector.attempts == 2 and len(set(collector.peers)) == 1
+    finally:
+        await collector.close()
+
+
+async def test_a_full_queue_is_exported_in_whole_batches_and_the_rest_at_exit(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # no export on the schedule in this test
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    tracing = Tracing(make_policy(_traced_tree_for(receiver.url)).tracing)
+    try:
+        outcomes = [_sampled_outcome(tracing, i) for i in range(10)]
+        tracing.account(outcomes, 0)  # 10 queued: two whole batches go now, two requests wait
+        await _until(lambda: tracing.exported == 8, "the two whole batches")
+        await asyncio.sleep(0.2)
+        assert receiver.attempts == 2 and len(receiver.spans) == 8 and tracing.exported == 8
+    finally:
+        await asyncio.to_thread(tracing.shutdown)
+    assert receiver.attempts == 3 and len(receiver.spans) == 10 and tracing.exported == 10
+
+
+def _traced_tree_for(endpoint: str) -> dict[str, Any]:
+    tree = base_policy("http://127.0.0.1:9")
+    tree["tracing"] = {"otlp_endpoint": endpoint}
+    return tree
+
+
+def _sampled_outcome(tracing: Tracing, number: int) -> Outcome:
+    trace = tracing.starter.begin(CIMultiDict())
+    return Outcome(
+        f"gw-{number:016x}", "GET", "shop", "validate", status=200, finished=time.time(), trace=trace
+    )

@@ -4,15 +4,15 @@ is sent with opentelemetry-proto, as a collector does, and records every span.
 `mode` says how it answers: "ok" (200 with an ExportTraceServiceResponse), "refuse" (400, a permanent
 error for an exporter: no retry), "unavailable" (503, retried by exporters) or "hang" (reads the request,
 never answers until closed). Every export it received is also kept as text and registered with the
-suite's credential scan (log_scan.py), so no span may ever hold a credential.
+suite's credential scan (log_scan.py), so no span may ever hold a credential. With `ssl_context` it
+listens over TLS; `keepalive` is how long (seconds) an idle connection stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
+import ssl
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,10 @@ class OtlpReceiver:
     texts: list[str] = field(default_factory=list)  # each export as protobuf text, for the credential scan
     payloads: list[bytes] = field(default_factory=list)  # each export's decoded bytes
     attempts: int = 0  # export requests received, whatever was answered
+    headers: list[dict[str, str]] = field(default_factory=list)  # each export request's headers
+    peers: list[tuple[str, int]] = field(default_factory=list)  # each export request's connection
+    ssl_context: ssl.SSLContext | None = None
+    keepalive: float = 75.0  # aiohttp's default
     url: str = ""
     _runner: web.AppRunner | None = None
     _release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -81,12 +85,9 @@ class OtlpReceiver:
 
     async def _export(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
-        body = await request.read()
-        encoding = request.headers.get("Content-Encoding", "")
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
+        self.headers.append(dict(request.headers))
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else ("", 0))
+        body = await request.read()  # aiohttp decodes a gzip or deflate Content-Encoding, as collectors do
         if self.mode == "hang":
             await self._release.wait()
             return web.Response(status=503)
@@ -126,12 +127,15 @@ class OtlpReceiver:
     async def start(self) -> OtlpReceiver:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/traces", self._export)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0.5, keepalive_timeout=self.keepalive
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/v1/traces"
+        scheme = "http" if self.ssl_context is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{port}/v1/traces"
         return self
 
     async def close(self) -> None:

@@ -32,6 +32,7 @@ from gateway.http1 import (
 from gateway.models import Timeouts, UpstreamCall
 from gateway.upstream import Http1Transport
 from tests.conftest import free_port
+from tests.support.tls import self_signed as _self_signed
 
 T = Timeouts(1, 2)
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
@@ -968,48 +969,6 @@ async def test_an_ipv6_literal_base_url(servers: Servers, client: Http1Client) -
     assert (await get(client, server)).body == b"six"
     port = server.url.rsplit(":", 1)[1]
     assert f"Host: [::1]:{port}\r\n".encode() in server.requests[0]
-
-
-def _self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
-    """A server context for `localhost` and the CA file that trusts it."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert_file, key_file)
-    return server_context, str(cert_file)
 
 
 async def test_https_verifies_the_certificate_and_sends_sni(servers: Servers, tmp_path: Path) -> None:

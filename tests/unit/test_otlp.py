@@ -23,8 +23,13 @@ def _decode(body: bytes) -> ExportTraceServiceRequest:
     return request
 
 
+FINISHED = 1_767_225_600.25  # time.time() when answered: the SERVER span's end, its start duration_ms before
+
+
 def _outcome(**fields: object) -> Outcome:
-    outcome = Outcome("gw-0123", "POST", project="shop", operation="redeem", status=200, duration_ms=2.5)
+    outcome = Outcome(
+        "gw-0123", "POST", project="shop", operation="redeem", status=200, duration_ms=2.5, finished=FINISHED
+    )
     for name, value in fields.items():
         setattr(outcome, name, value)
     return outcome
@@ -53,8 +58,8 @@ def test_a_request_decodes_as_otlp_with_every_field() -> None:
     assert server.span_id == trace.span_id.to_bytes(8, "big")
     assert server.name == "redeem" and server.kind == 2 and server.status.code == 2
     assert server.flags == 0x301  # sampled, with a remote parent
-    assert server.start_time_unix_nano == trace.start_ns
-    assert server.end_time_unix_nano == trace.start_ns + 2_500_000
+    assert abs(server.end_time_unix_nano - 1_767_225_600_250_000_000) < 1000  # a float's precision
+    assert server.start_time_unix_nano == server.end_time_unix_nano - 2_500_000
     attributes = {a.key: a.value for a in server.attributes}
     assert attributes["http.response.status_code"].int_value == 504
     assert attributes["gateway.request_id"].string_value == "gw-0123"

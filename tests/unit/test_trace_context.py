@@ -187,9 +187,10 @@ def test_the_check_for_the_extra_imports_nothing_of_it() -> None:
 
 
 def test_random_ids_are_never_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    draws = iter([0, 0, 5, 0, 7])
+    draws = iter([0, 0, 0])
     monkeypatch.setattr(trace_context, "_getrandbits", lambda bits: next(draws))
     trace = TraceStarter(1.0).begin(CIMultiDict())
-    assert trace.trace_id == 1  # a zero trace id is replaced
-    assert trace.span_id == 5
+    assert trace.trace_id == 1 and trace.trace_id_hex == f"{1:032x}"  # a zero id is replaced
+    assert trace.span_id == 1
+    assert trace.start_call("h", 443, "GET").span_id == 1
     random.seed()
