@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -381,6 +382,7 @@ async def test_request_ids_are_unique_and_the_browsers_is_ignored(
         resp = await client.get("/client/v1/validate", headers={**H, "X-Request-Id": "chosen"})
         ids.append(resp.headers["X-Request-Id"])
     assert len(set(ids)) == 5 and "chosen" not in ids
+    assert all(re.fullmatch(r"gw-[0-9a-f]{16}", i) for i in ids)  # 64 random bits, zero-padded
     assert [seen.headers.getall("X-Request-Id") for seen in upstream.received] == [[i] for i in ids]
 
 
