@@ -181,6 +181,7 @@ class Bench:
         self.procs = procs
         self.contenders = contenders
         self.named = named  # the contenders were named (--only): (a) and (b) run them all
+        self.row: list[str] = []  # (g): only the rows whose name holds one of these (--row)
         self.stub_port = {0: 0, DELAY_MS: 0}
         self.redis_port = 0
         self.redis_pid = 0
@@ -357,7 +358,8 @@ class Bench:
                 finally:
                     c.stop()
         if "g" in self.scenarios and "gateway" in self.contenders:
-            self.growth = growth.run(self, growth.rows(s.small))
+            chosen = [r for r in growth.rows(s.small) if not self.row or any(w in r.name for w in self.row)]
+            self.growth = growth.run(self, tuple(chosen))
         if "w" in self.scenarios and "gateway" in self.contenders:
             self.scaling = growth.run_workers(self, s.small)
         return rows
@@ -737,6 +739,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run only this scenario: a validations, b slow upstream, c keyed redemptions, d cached reads, "
         "e each guard's price, g how the cost grows, w --workers 1 and 2",
     )
+    parser.add_argument(
+        "--row", nargs="+", default=[], help="(g): only the rows whose name holds one of these words"
+    )
     parser.add_argument("--gateway-src", type=Path, help="run the gateway package found in this checkout")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -766,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Processes(workdir) as procs:
             bench = Bench(sizes, workdir, procs, contenders, args.scenario, named=bool(args.only))
+            bench.row = args.row
             if args.gateway_src:
                 bench.gateway_src = args.gateway_src.resolve()
             bench.start_shared()
