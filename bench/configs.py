@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 ORIGIN = "https://shop.example.com"
@@ -225,15 +226,43 @@ def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int) -> str:
 # The second release's guards, set so that the validation scenario exercises each without tripping it: the
 # failed-code budget reserves and gives back the stub's (existing) code, the upstream quota counts every call,
 # idempotency covers redemptions (not this scenario's validations; scenario (c) redeems with keys, so the
-# guards policy allows `redeem`), and cached reads are on for listings (scenario (d)).
-GUARDS = """  failed_codes: 1000000 per hour
-  upstream_quota: 10000000 per minute
-  redeem_reserve: 0.2
-idempotency:
-  ttl: 86400
-cache:
-  ttl: 30
-"""
+# policy allows `redeem`), and cached reads are on for listings (scenario (d); a validation is never cached).
+# Every gateway contender runs them (issue 15's policy); scenario (e) leaves some out to price each one.
+GUARD_KEYS = ("failed_codes", "upstream_quota", "idempotency", "cache")
+
+
+def _guards(without: frozenset[str]) -> str:
+    limits = ""
+    if "failed_codes" not in without:
+        limits += "  failed_codes: 1000000 per hour\n"
+    if "upstream_quota" not in without:
+        limits += "  upstream_quota: 10000000 per minute\n  redeem_reserve: 0.2\n"
+    ttl = 0 if "idempotency" in without else 86400  # the default is on: 0 turns it off
+    cache = "" if "cache" in without else "cache:\n  ttl: 30\n"
+    return f"{limits}idempotency:\n  ttl: {ttl}\n{cache}"
+
+
+# Scenario (g), allowed origins: the small list and the large one (half exact origins, half wildcards), and
+# the origins the load sends, allowed by both lists (every one a subdomain of example.com).
+def origin_entries(count: int) -> list[str]:
+    """`count` allowed_origins entries, half exact, half wildcards; 2 is the bench's usual pair."""
+    if count <= 2:
+        return [ORIGIN, "https://*.example.com"]
+    half = count // 2
+    exact = [f"https://shop{i}.example.com" for i in range(half)]
+    return exact + [f"https://*.b{i}.example.com" for i in range(count - half)]
+
+
+def sent_origins(entries: int, count: int) -> tuple[str, ...]:
+    """`count` distinct origins spread over a list of `entries` (as origin_entries builds it): half match an
+    exact entry, half a wildcard, from the first entries to the last."""
+    half = max(entries // 2, 1)
+    picks = [round(j * (half - 1) / max(count // 2 - 1, 1)) for j in range(count // 2)]
+    return tuple(o for i in picks for o in (f"https://shop{i}.example.com", f"https://x.b{i}.example.com"))
+
+
+def project_names(count: int) -> list[str]:
+    return ["shop", *(f"p{i}" for i in range(1, count))]
 
 
 def policy_yaml(
@@ -242,20 +271,40 @@ def policy_yaml(
     storage: str,
     tracing: tuple[str, float] | None = None,
     *,
-    guards: bool = False,
+    without: frozenset[str] = frozenset(),
+    origins: list[str] | None = None,
+    projects: int = 1,
+    per_ip: str = "1000 per minute",
 ) -> str:
-    """The gateway's full policy in client mode: origin list, danger zone, a per-IP limit that never triggers.
+    """The gateway's full policy in client mode: origin list, danger zone, a per-IP limit that never triggers,
+    and the second release's guards (`without`: the GUARD_KEYS left out).
 
     The load comes as from a load balancer at 127.0.0.1 that names CLIENT_IPS different shoppers in
     X-Forwarded-For, as in production: per-IP lists stay short. (From one IP, `limits`' moving window would
     keep one entry per request in a single list, and its Redis script reads that list with LINDEX: the
     measure would be of a list no real client can build.)
 
-    `tracing`: (OTLP endpoint, sample ratio) turns tracing on.
+    `tracing`: (OTLP endpoint, sample ratio) turns tracing on. Scenario (g): `origins` (the allowed_origins
+    of every project), `projects` (that many projects, `shop` then p1, p2, ..., identical but for the name),
+    `per_ip` (an hour's window holds a million clients).
     """
     traced = ""
     if tracing is not None:
         traced = f"tracing:\n  otlp_endpoint: {tracing[0]}\n  sample_ratio: {tracing[1]}\n"
+    allowed = "".join(f"      - {entry}\n" for entry in (origins or origin_entries(2)))
+    project = f"""    region: http://127.0.0.1:{upstream_port}
+    upstream_auth: client
+    credentials:
+      client_application_id: bench-app-id
+      client_secret_key: bench-client-token
+    allowed_origins:
+{allowed}    danger_zone:
+      redeem: true
+      publish: false
+      list_vouchers: false
+      create_customers: false
+      create_loyalty_referral_events: false
+"""
     return (
         traced
         + f"""listen:
@@ -273,63 +322,106 @@ logging:
 rate_limit:
   storage: {storage}
   strategy: moving-window
-  per_ip: 1000 per minute
+  per_ip: {per_ip}
   on_storage_error: allow
-{GUARDS if guards else ""}default_project: shop
+{_guards(without)}default_project: shop
 projects:
-  shop:
-    region: http://127.0.0.1:{upstream_port}
-    upstream_auth: client
-    credentials:
-      client_application_id: bench-app-id
-      client_secret_key: bench-client-token
-    allowed_origins:
-      - {ORIGIN}
-      - https://*.example.com
-    danger_zone:
-      redeem: {"true" if guards else "false"}
-      publish: false
-      list_vouchers: false
-      create_customers: false
-      create_loyalty_referral_events: false
 """
+        + "".join(f"  {name}:\n{project}" for name in project_names(projects))
     )
 
 
-def wrk_script(pace_ms: float = 0.0, kind: str = "validation", key: str = "") -> str:
-    """The SDK's request with its headers; `pace_ms` > 0 spaces each connection's requests.
+@dataclass(frozen=True)
+class Load:
+    """What each request of a wrk run looks like (configs.wrk_script).
 
-    `kind`: "validation" (scenarios a, b), "redeem-fresh" (a new Idempotency-Key per request, `key` and a
-    counter), "redeem-replay" (`key` on every request), "tiers" (GET the promotion-tier listing).
+    `kind`: "validation" (scenarios a, b, e, g, w), "redeem-fresh" (a new Idempotency-Key per request, `key`
+    and a counter), "redeem-replay" (`key` on every request), "tiers" (GET the promotion-tier listing).
+    `clients`: distinct shoppers named in X-Forwarded-For, in turn, from the `start`-th on (a run that goes
+    on where the last one stopped names new ones). `projects`: the validation path of that many projects
+    (project_names), in turn. `origins`: sent in turn; `fresh_origins`: a new origin per request instead
+    (`https://u<n>.b<last>.example.com`, allowed by both lists of scenario g). `body`: the validation body.
     """
+
+    kind: str = "validation"
+    key: str = ""
+    clients: int = CLIENT_IPS
+    start: int = 0
+    projects: int = 0  # 0: the default project's path (no prefix)
+    origins: tuple[str, ...] = (ORIGIN,)
+    fresh_origins: int = 0  # > 0: the index of the wildcard the fresh origins match
+    body: str = REQUEST_BODY
+
+
+VALIDATION = Load()
+
+
+def validation_body(size: int) -> str:
+    """A stackable validation of about `size` bytes: the bench's body with more order items (a big cart)."""
+    document = json.loads(REQUEST_BODY)
+    items = document["order"]["items"]
+    base = len(REQUEST_BODY)
+    item = {"product_id": "prod_0b7d7dfb05cbe5c616", "quantity": 2, "price": 8900}
+    one = len(json.dumps(item, separators=(",", ":"))) + 1
+    if size < base:
+        document["order"]["items"] = items[:1]  # the smallest: one code, one item, no extras
+        document["redeemables"] = document["redeemables"][:1]
+        for extra in ("options", "session"):
+            document.pop(extra)
+        document["order"].pop("metadata")
+        document["customer"].pop("email")
+    else:
+        items.extend([item] * ((size - base) // one))
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _lua_list(values: tuple[str, ...]) -> str:
+    return "{" + ", ".join(json.dumps(v) for v in values) + "}"
+
+
+def wrk_script(pace_ms: float = 0.0, load: Load = VALIDATION) -> str:
+    """The SDK's request with its headers; `pace_ms` > 0 spaces each connection's requests."""
+    kind, key = load.kind, load.key
     delay = f"function delay()\n  return {pace_ms:.3f}\nend\n" if pace_ms > 0 else ""
+    paths = ""
     if kind == "tiers":
         first = f'wrk.method = "GET"\nwrk.path = "{TIERS_PATH}"\n'
     elif kind.startswith("redeem"):
-        first = f'wrk.method = "POST"\nwrk.path = "{REDEEM_PATH}"\nwrk.body = [[{REDEEM_BODY}]]\n'
+        first = f'wrk.method = "POST"\nwrk.path = "{REDEEM_PATH}"\nwrk.body = [==[{REDEEM_BODY}]==]\n'
     else:
-        first = f'wrk.method = "POST"\nwrk.path = "{PATH}"\nwrk.body = [[{REQUEST_BODY}]]\n'
+        first = f'wrk.method = "POST"\nwrk.path = "{PATH}"\nwrk.body = [==[{load.body}]==]\n'
+        if load.projects:
+            names = tuple(f"/{name}{PATH}" for name in project_names(load.projects))
+            paths = f"  wrk.path = paths[n % {len(names)} + 1]\n"
+            first += f"local paths = {_lua_list(names)}\n"
     keyed = ""
     if kind == "redeem-fresh":
         keyed = f'  wrk.headers["Idempotency-Key"] = "{key}-" .. n\n'
     elif kind == "redeem-replay":
         first += f'wrk.headers["Idempotency-Key"] = "{key}"\n'
+    if load.fresh_origins:
+        origin = f'  wrk.headers["Origin"] = "https://u" .. n .. ".b{load.fresh_origins - 1}.example.com"\n'
+    elif len(load.origins) > 1:
+        first += f"local origins = {_lua_list(load.origins)}\n"
+        origin = f'  wrk.headers["Origin"] = origins[n % {len(load.origins)} + 1]\n'
+    else:
+        first += f'wrk.headers["Origin"] = "{load.origins[0]}"\n'
+        origin = ""
     return (
         first
         + f"""wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
-wrk.headers["Origin"] = "{ORIGIN}"
 wrk.headers["User-Agent"] = "voucherify-js-sdk/2 bench"
 wrk.headers["X-Client-Application-Id"] = "-"
 wrk.headers["X-Client-Token"] = "-"
 {delay}
-local n = 0
+local n = {load.start}
 function request()
   n = n + 1
-  local i = n % {CLIENT_IPS}
+  local i = n % {load.clients}
   local a, b = math.floor(i / 65536), math.floor(i / 256) % 256
   wrk.headers["X-Forwarded-For"] = "10." .. a .. "." .. b .. "." .. i % 256
-{keyed}  return wrk.format()
+{keyed}{paths}{origin}  return wrk.format()
 end
 
 function done(summary, latency, requests)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.configs import wrk_script
+from bench.configs import VALIDATION, Load, wrk_script
 from bench.procs import pinned
 
 _RESULT = re.compile(r"BENCH_RESULT ((?:\w+=\d+ ?)+)")
@@ -22,6 +23,7 @@ class LoadResult:
     p99_ms: float
     max_ms: float
     errors: int  # socket errors (connect, read, write, timeout) plus non-2xx answers
+    load_cpu_s: float = 0.0  # wrk's own CPU time (user + system) over the run
 
     @property
     def rps(self) -> float:
@@ -53,25 +55,27 @@ def run_wrk(
     rate: float = 0.0,
     cpu: int | None = None,
     timeout_s: int = 10,
-    kind: str = "validation",
-    key: str = "",
+    load: Load = VALIDATION,
 ) -> LoadResult:
     """Closed loop at saturation, or with `rate` > 0 each connection paced to rate/connections per second.
 
     wrk has no open-loop mode (wrk2 is not in Debian): pacing is a fixed Lua `delay()` between a
     connection's requests, so the achieved rate is a little under `rate` and is reported as measured.
-    `kind` and `key`: the request sent (configs.wrk_script).
+    `load`: the requests sent (configs.wrk_script).
     """
     pace_ms = connections * 1000.0 / rate if rate > 0 else 0.0
-    script = workdir / f"wrk-{kind}-{'paced' if rate else 'sat'}.lua"
-    script.write_text(wrk_script(pace_ms, kind, key))
+    script = workdir / f"wrk-{load.kind}-{'paced' if rate else 'sat'}.lua"
+    script.write_text(wrk_script(pace_ms, load))
     cmd = [
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s",
         "-s", str(script), f"http://127.0.0.1:{port}",
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         pinned(cmd, cpu), capture_output=True, text=True, timeout=seconds + timeout_s + 30, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
-    return parse(done.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the one child reaped in between
+    used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return replace(parse(done.stdout), load_cpu_s=used)

@@ -9,11 +9,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 DEBIAN_PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "redis-server": "redis-server"}
+
+
+def progress(text: str) -> None:
+    print(f"  … {text}", file=sys.stderr, flush=True)
 
 
 def ensure_tools() -> None:

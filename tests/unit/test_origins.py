@@ -138,3 +138,23 @@ def test_repeated_lookups_give_the_same_answer() -> None:
 def test_bad_entries_are_load_errors(entry: str, hint: str) -> None:
     with pytest.raises(OriginEntryError, match=hint):
         OriginPolicy([entry])
+
+
+def test_many_wildcards_match_as_the_suffix_rule_says() -> None:
+    """Wildcards are looked up by the host's suffixes (not scanned): the verdicts are those of the rule
+    "same scheme and port, host ends with .domain", on a list of 1,000 exact entries and 1,000 wildcards."""
+    entries = [f"https://shop{i}.example.com" for i in range(1000)]
+    entries += [f"https://*.b{i}.example.com" for i in range(999)] + ["https://*.b999.example.com:8443"]
+    policy = OriginPolicy(entries)
+    wild = [(f".b{i}.example.com", 8443 if i == 999 else None) for i in range(1000)]
+    hosts = ["x.b0.example.com", "a.b.b998.example.com", "b998.example.com", "xb998.example.com",
+             "x.b999.example.com", "x.b1000.example.com", "x.b10.example.com.evil.com", "shop999.example.com",
+             "shop1000.example.com", "b5.example.com.b5.example.com", "x.b5.example.co"]  # fmt: skip
+    for host in hosts:
+        for port in (None, 8443):
+            origin = f"https://{host}" + (f":{port}" if port else "")
+            expected = (port is None and origin in entries) or any(
+                host.endswith(suffix) and port == wanted for suffix, wanted in wild
+            )
+            assert policy.match(origin) is (EXACT if expected else NONE), origin
+            assert policy.match(origin.replace("https", "http")) is NONE
