@@ -162,7 +162,7 @@ class QuotaHold:
         self._held_off = sparing.hold_off.remaining(target.project.name)
         plan = target.project.quota
         if plan is not None and self._held_off is None:
-            self.steps = (Reserve(plan.key, plan.limit_for(target.operation), plan.window, 1),)
+            self.steps = (Reserve(plan.key, plan.limit_for(target.operation), plan.window, 1, shared=True),)
 
     def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
         if self.deferred:

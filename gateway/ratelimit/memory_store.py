@@ -368,8 +368,10 @@ class MemoryStore:
     methods called in `limits`' strategies' order: no pass through `limits`' async layers.
 
     Bounds (a flood of distinct keys cannot grow it past them): ledgers, `max_ledger_keys` keys (each key
-    holds at most its largest limit's entries); records, `max_record_keys` keys and `max_record_bytes`
-    bytes of keys and values together. Past a bound the entries closest to expiry are dropped first.
+    holds at most its largest limit's entries; a ledger given back whole is dropped at once); records,
+    `max_record_keys` keys and `max_record_bytes` bytes of keys and values together. Past a bound the
+    entries closest to expiry are dropped first. Shared ledgers (`Reserve.shared`: a project's upstream
+    quota) are kept apart and never dropped for room: clients' keys cannot push them out.
     """
 
     fuses_reads = False  # counting and reading are separate steps, in limits' order (count all, then read)
@@ -389,6 +391,7 @@ class MemoryStore:
         self.storage = storage if storage is not None else BoundedMemoryStorage()
         self.clock = clock
         self.ledgers: _BoundedMap[_Ledger] = _BoundedMap("ledger", max_ledger_keys, 2**62)
+        self.shared_ledgers: _BoundedMap[_Ledger] = _BoundedMap("shared ledger", 2**62, 2**62)  # projects
         self.records: _BoundedMap[_Record] = _BoundedMap("record", max_record_keys, max_record_bytes)
         self._tokens = itertools.count(1)
 
@@ -419,7 +422,7 @@ class MemoryStore:
                 if refused:
                     answers.append(None)
                     continue
-                reservation = self.reserve_sync(step.key, step.limit, step.window, step.amount)
+                reservation = self.reserve_sync(step.key, step.limit, step.window, step.amount, step.shared)
                 refused = not reservation.granted
                 answers.append(reservation)
                 continue
@@ -454,9 +457,12 @@ class MemoryStore:
     async def reserve(self, key: str, limit: int, window: float, amount: int) -> Reservation:
         return self.reserve_sync(key, limit, window, amount)
 
-    def reserve_sync(self, key: str, limit: int, window: float, amount: int) -> Reservation:
+    def reserve_sync(
+        self, key: str, limit: int, window: float, amount: int, shared: bool = False
+    ) -> Reservation:
         now = self.clock()
-        ledger = self.ledgers.get(key, now)
+        ledgers = self.shared_ledgers if shared else self.ledgers
+        ledger = ledgers.get(key, now)
         if ledger is not None:
             ledger.window = window
             ledger.expire(now)
@@ -469,14 +475,14 @@ class MemoryStore:
             )
         if ledger is None:
             ledger = _Ledger(window)
-            self.ledgers.put(key, ledger)
+            ledgers.put(key, ledger)
         if ledger.groups:  # time-ordered, even if the clock stepped back
             now = max(now, next(reversed(ledger.groups.values()))[0])
         token = f"{next(self._tokens):x}"
         ledger.groups[token] = [now, amount]
         ledger.live += amount
         ledger.expires = now + window
-        self.ledgers.schedule(key, ledger)
+        ledgers.schedule(key, ledger)
         return _answer(ledger, True, token, amount, limit, ledger.live, now, 0.0)
 
     async def settle(self, key: str, reservation: Reservation, keep: int) -> None:
@@ -485,7 +491,12 @@ class MemoryStore:
     def settle_sync(self, key: str, reservation: Reservation, keep: int) -> None:
         if not reservation.token:
             return
-        ledger = self.ledgers.get(key, self.clock())
+        now = self.clock()
+        ledgers = self.shared_ledgers
+        ledger = ledgers.get(key, now)
+        if ledger is None:
+            ledgers = self.ledgers
+            ledger = ledgers.get(key, now)
         group = None if ledger is None else ledger.groups.get(reservation.token)
         if ledger is None or group is None:
             return  # given back already, or out of the window
@@ -495,6 +506,8 @@ class MemoryStore:
             group[1] = kept
         else:
             del ledger.groups[reservation.token]
+            if not ledger.groups:  # holds nothing: a known code leaves no ledger behind for its client
+                ledgers.remove(key)
 
     # ------------------------------------------------------------------------------------ records
 

@@ -115,6 +115,10 @@ class Reserve(NamedTuple):
     limit: int
     window: float
     amount: int
+    # True for a key of the whole project (the upstream quota), not of one client: a store that bounds its
+    # keys (memory) never drops it to make room for clients' keys, or a flood of new addresses would
+    # switch the quota off. Their number is the policy's projects'.
+    shared: bool = False
 
 
 Step = Hit | Reserve

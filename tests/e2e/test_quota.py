@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import STATE
+from gateway.ratelimit.memory_store import MemoryStore
 from tests.conftest import GatewayFactory, assert_gateway_error, base_policy, make_policy
 from tests.support.constants import JSON_H, ORIGIN, H
 from tests.support.ops import OpsGatewayFactory, labels
@@ -276,6 +277,26 @@ async def test_a_call_that_would_pass_the_quota_is_refused_with_retry_after(
     assert 3000 < int(resp.headers["Retry-After"]) <= 3600
     assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
     assert len(upstream.received) == 3
+
+
+async def test_new_addresses_keeping_unknown_codes_cannot_push_the_quota_out_of_memory(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """The memory store drops the ledgers closest to expiry for room; the quota's (a minute, against the
+    budgets' hour) would always go first, and an attacker rotating addresses would switch it off."""
+    upstream.default = Reply(404, {"code": 404, "key": "not_found"})
+    tree = quota_policy(upstream, "5 per minute", failed_codes="10 per hour")
+    tree["client_ip"] = {"trusted_proxies": ["127.0.0.1/32"]}
+    client = await gateway(tree)
+    store = client.app[STATE].limiters.store("memory://")
+    assert isinstance(store, MemoryStore)
+    store.ledgers.max_keys = 3  # a million addresses' worth, in a test
+    statuses = []
+    for i in range(20):
+        headers = {**H, "X-Forwarded-For": f"203.0.113.{i}"}
+        statuses.append((await client.get("/client/v1/validate?code=NOPE", headers=headers)).status)
+    assert statuses == [404] * 5 + [503] * 15
+    assert len(upstream.received) == 5
 
 
 async def test_cache_hits_do_not_count_against_the_quota(

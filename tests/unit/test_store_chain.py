@@ -28,6 +28,7 @@ from gateway.ratelimit import (
 )
 from gateway.ratelimit.gates import pass_gates, settle_soon
 from gateway.ratelimit.limiter import open_store
+from gateway.ratelimit.memory_store import MemoryStore
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.redis_store import RedisStore, ledger_key
 from gateway.ratelimit.store import Hit, Reserve, Step, StepAnswer, run_now
@@ -270,3 +271,35 @@ def test_run_now_refuses_a_call_that_waits() -> None:
 
     with pytest.raises(RuntimeError):
         run_now(waits())
+
+
+async def test_a_flood_of_new_clients_cannot_push_the_projects_quota_out_of_memory() -> None:
+    """Clients' ledgers are bounded and the oldest-expiring dropped for room; the quota's (one-minute
+    window, so always the closest to expiry) is kept apart: 1,000 new addresses each keeping an unknown
+    code still get exactly the quota's 100 calls."""
+    store = MemoryStore(max_ledger_keys=50)
+    granted = 0
+    for i in range(1000):
+        budget, quota = await store.chain(
+            (Reserve(f"fc:{i}", 10, 3600, 1), Reserve("quota:shop", 100, 60, 1, shared=True))
+        )
+        assert isinstance(budget, Reservation) and budget.granted  # its code is kept: never settled
+        granted += isinstance(quota, Reservation) and quota.granted
+    assert granted == 100
+    assert len(store.ledgers) <= 50
+
+
+async def test_a_ledger_given_back_whole_leaves_nothing_behind() -> None:
+    store = MemoryStore()
+    held = await store.reserve("fc:10.0.0.1", 10, 3600, 2)
+    assert len(store.ledgers) == 1
+    await store.settle("fc:10.0.0.1", held, 1)
+    assert len(store.ledgers) == 1  # one code kept
+    again = await store.reserve("fc:10.0.0.1", 10, 3600, 1)
+    await store.settle("fc:10.0.0.1", again, 0)
+    assert len(store.ledgers) == 1  # the kept one still counts
+    await store.settle("fc:10.0.0.1", held, 0)  # a second settle only gives back: the kept stays kept
+    assert (await store.reserve("fc:10.0.0.1", 10, 3600, 9)).granted
+    other = await store.reserve("fc:10.0.0.2", 10, 3600, 3)
+    await store.settle("fc:10.0.0.2", other, 0)
+    assert "fc:10.0.0.2" not in store.ledgers.entries
