@@ -59,7 +59,8 @@ DELAY_MS = 100
 SCENARIOS = ("a", "b", "c", "d", "e", "g", "w")
 GUARDED = ("gateway", "gateway-redis")  # (c): the contenders whose policy has idempotency
 CACHED = ("gateway", "gateway-redis")  # (d): a cache hit; the other readers forward every request
-READERS = ("bare-http1", *CACHED, "gateway-no-guards")  # (d): no cache on gateway-no-guards: its forward
+# (d): the bare proxies' forwards, the cache hits, and the gateway's own forward (gateway-no-guards: no cache)
+READERS = ("bare-aiohttp", "bare-http1", *CACHED, "gateway-no-guards")
 LOAD_CPU, CONTENDER_CPU = 0, 1  # wrk, stubs and redis share CPU 0; the contender has CPU 1 to itself
 
 
@@ -578,16 +579,19 @@ def _redis_cells(p: Probe) -> str:
 
 
 def guard_targets(probes: dict[tuple[str, str], Probe]) -> list[str]:
-    """Issue 14: a cache hit against bare-http1's forward; issues 12 and 14: each guard's own price."""
+    """Issue 14: a cache hit against the bare proxy's forward (and issue 15: bare-http1's); issues 12 and
+    14: each guard's own price."""
     out: list[str] = []
     cpu = {p.contender: _median(p.cpu_us) for p in probes.values() if p.kind == "tiers"}
-    hit, bare = cpu.get("gateway"), cpu.get("bare-http1")
-    if hit and bare:
-        verdict = "PASS" if hit < bare else "MISS"
-        out.append(
-            f"  {verdict}  (d) gateway cache hit cheaper than bare-http1's forward: {hit:.0f} against"
-            f" {bare:.0f} µs per request ({hit / bare:.2f}x, {hit - bare:+.0f} µs)"
-        )
+    hit = cpu.get("gateway")
+    for bare_name in ("bare-aiohttp", "bare-http1"):
+        bare = cpu.get(bare_name)
+        if hit and bare:
+            verdict = "PASS" if hit < bare else "MISS"
+            out.append(
+                f"  {verdict}  (d) gateway cache hit cheaper than {bare_name}'s forward: {hit:.0f} against"
+                f" {bare:.0f} µs per request ({hit / bare:.2f}x, {hit - bare:+.0f} µs)"
+            )
     forward = cpu.get("gateway-no-guards")
     if hit and forward:
         out.append(
