@@ -14,6 +14,8 @@ import pytest
 from aiohttp import web
 
 from gateway.app import STATE
+from gateway.ratelimit import Reservation
+from gateway.ratelimit.store import Reserve
 from tests.conftest import GatewayFactory, base_policy
 from tests.support.constants import JSON_H, H
 from tests.support.processes import RedisCluster, RedisServer, redis_info
@@ -121,9 +123,13 @@ async def test_a_keyed_redemption_is_two_script_calls_around_its_claim(
 
 
 async def _live(client: Any, key: str) -> int:
+    """Entries live in a ledger (a reservation of nothing reads it); the quota's is a shared one."""
     policy = client.app[STATE].policy.projects["shop"].rate_limit
     store = client.app[STATE].limiters.store(policy.storage, policy.storage_timeout)
-    return 1000 - int((await store.reserve(key, 1000, 3600, 0)).remaining)
+    shared = "/upstream_quota/" in key
+    (read,) = await store.chain((Reserve(key, 1000, 3600, 0, shared=shared),))
+    assert isinstance(read, Reservation)
+    return 1000 - int(read.remaining)
 
 
 @pytest.mark.parametrize("storage", ["memory", "redis", "cluster"])
