@@ -328,7 +328,7 @@ async def _spared_send(
         answer = await state.transport.send(target.project.base_url, call, headers, policy.upstream_timeouts)
     except Refused as refused:
         if not_sent(refused):
-            await state.sparing.give_back(quota)
+            quota.give_back()
         raise
     outcome.upstream_ms = answer.elapsed * 1000
     state.sparing.throttled(target, answer, outcome)

@@ -11,7 +11,6 @@ reservation, and settles it only when nothing was sent. Every refusal raises
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -79,16 +78,6 @@ class Sparing:
             quota.arm()
             assert quota.store is not None
             await pass_gates(quota.store, (quota,))
-
-    async def give_back(self, quota: QuotaHold) -> None:
-        """Nothing was sent after all: the reserved call stops counting (best effort)."""
-        held = quota.unsent()
-        if held is None:
-            return
-        store, key, reservation = held
-        # a store that fails here keeps the entry until its window ends: the quota errs on the strict side
-        with contextlib.suppress(StoreUnavailable):
-            await store.settle(key, reservation, 0)
 
     def throttled(self, target: Target, answer: UpstreamResponse, outcome: Outcome) -> None:
         """Voucherify's own 429: hold the project off, and Refused (503) with its seconds."""
@@ -164,13 +153,24 @@ class QuotaHold:
         if plan is not None and self._held_off is None:
             self.steps = (Reserve(plan.key, plan.limit_for(target.operation), plan.window, 1, shared=True),)
 
-    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
+    def _without_store(self) -> tuple[bool, Refused | None]:
+        """(True, its answer) when the store's answer is not this gate's to read: deferred past the
+        cache, held off (the refusal), or no quota."""
         if self.deferred:
-            return None
+            return True, None
         if self._held_off is not None:
-            return self._refuse_held_off(self._held_off)
-        if not self.steps:
-            return None
+            assert self._outcome is not None
+            self._outcome.quota_refusal = "hold_off"
+            left = self._held_off
+            return True, Refused(
+                errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left)
+            )
+        return not self.steps, None
+
+    def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
+        decided, refusal = self._without_store()
+        if decided:
+            return refusal
         (reservation,) = answers
         assert isinstance(reservation, Reservation)  # not refused before: the gate before it raised then
         sparing, target, outcome = self._sparing, self._target, self._outcome
@@ -189,12 +189,9 @@ class QuotaHold:
         return None
 
     def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
-        if self.deferred:
-            return None
-        if self._held_off is not None:
-            return self._refuse_held_off(self._held_off)
-        if not self.steps:
-            return None
+        decided, refusal = self._without_store()
+        if decided:
+            return refusal
         sparing, target, outcome = self._sparing, self._target, self._outcome
         assert sparing is not None and target is not None and outcome is not None
         limits = target.project.rate_limit
@@ -213,11 +210,6 @@ class QuotaHold:
             if isinstance(reservation, Reservation) and reservation.token and store and plan:
                 settle_soon(store, plan.key, reservation, 0, "upstream quota")
 
-    def _refuse_held_off(self, left: int) -> Refused:
-        assert self._outcome is not None
-        self._outcome.quota_refusal = "hold_off"
-        return Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
-
     def sending(self) -> None:
         """The call is handed to the transport: from here on it counts."""
         self._sent = True
@@ -230,10 +222,14 @@ class QuotaHold:
         self._reservation = None
         return store, target.project.quota.key, reservation
 
-    def release(self) -> None:
-        """Give back a reservation that was never sent. Never raises, never waits."""
-        if self._sent:
-            return
+    def give_back(self) -> None:
+        """Nothing was sent after all (or never will be): the reserved call stops counting, at most once.
+        Never raises, never waits (a store that fails keeps the entry until its window ends: strict)."""
         held = self.unsent()
         if held is not None:
             settle_soon(*held, 0, "upstream quota")
+
+    def release(self) -> None:
+        """The pipeline's `finally`: give back a reservation that was never handed to the transport."""
+        if not self._sent:
+            self.give_back()
