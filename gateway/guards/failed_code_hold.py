@@ -40,7 +40,7 @@ from gateway.guards.failed_codes import (
 )
 from gateway.models import Outcome, Target, UpstreamResponse
 from gateway.policy import RateLimit
-from gateway.ratelimit.gates import settle_soon
+from gateway.ratelimit.gates import give_back, settle_soon
 from gateway.ratelimit.store import Reservation, Reserve, StepAnswer, Store, StoreUnavailable
 
 log = logging.getLogger("gateway.failed_codes")
@@ -131,9 +131,7 @@ class CodeHold:
 
     def abandoned(self, answers: Sequence[StepAnswer]) -> None:
         """The handler was cancelled while its reservation was on its way: give back whatever it got."""
-        for reservation in answers:
-            if isinstance(reservation, Reservation) and reservation.token and self._store is not None:
-                settle_soon(self._store, self._key, reservation, 0, WHAT)
+        give_back(self._store, self._key, answers, WHAT)
 
     def answered(self, answer: UpstreamResponse, outcome: Outcome) -> None:
         """Voucherify answered (`answer` is what the browser gets): keep the codes it says do not exist."""

@@ -20,7 +20,7 @@ from gateway.errors import ErrorKey, Refused
 from gateway.guards.cache import CACHED_OPERATIONS, Answer, Lookup, ReadCache
 from gateway.guards.quota import HoldOff, retry_after_of_429, whole_seconds
 from gateway.models import Outcome, Target, UpstreamResponse
-from gateway.ratelimit.gates import pass_gates, settle_soon
+from gateway.ratelimit.gates import give_back, pass_gates, settle_soon
 from gateway.ratelimit.store import Reservation, Reserve, StepAnswer, Store, StoreUnavailable
 
 log = logging.getLogger("gateway")
@@ -204,11 +204,9 @@ class QuotaHold:
         return Refused(errors.rate_limit_unavailable()) if limits.on_storage_error == "deny" else None
 
     def abandoned(self, answers: Sequence[StepAnswer]) -> None:
-        target, store = self._target, self.store
-        plan = None if target is None else target.project.quota
-        for reservation in answers:
-            if isinstance(reservation, Reservation) and reservation.token and store and plan:
-                settle_soon(store, plan.key, reservation, 0, "upstream quota")
+        plan = None if self._target is None else self._target.project.quota
+        if plan is not None:
+            give_back(self.store, plan.key, answers, "upstream quota")
 
     def sending(self) -> None:
         """The call is handed to the transport: from here on it counts."""

@@ -119,6 +119,13 @@ def _split(gates: Sequence[Gate], answers: Sequence[StepAnswer]) -> list[Sequenc
     return parts
 
 
+def give_back(store: Store | None, key: str, answers: Sequence[StepAnswer], what: str) -> None:
+    """A gate's `abandoned`: every reservation among `answers` that holds something, given back whole."""
+    for reservation in answers:
+        if isinstance(reservation, Reservation) and reservation.token and store is not None:
+            settle_soon(store, key, reservation, 0, what)
+
+
 def settle_soon(store: Store, key: str, reservation: Reservation, keep: int, what: str) -> None:
     """`store.settle(...)` in a task of its own: never raises, never waits (a cancelled handler, or one
     answering now, still gives back). `what` names the guard in the warning when the store fails. A store
