@@ -22,7 +22,7 @@ TIMEOUTS = Timeouts(connect=2, read=10)
 
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[CLIENT] = Http1Client(1000)
+    app[CLIENT] = Http1Client(4 * 1024)  # scenario (b)'s 2,000 in flight fit, as in the bench's policy
     yield
     await app[CLIENT].close()
 
@@ -48,6 +48,7 @@ if __name__ == "__main__":
         host="127.0.0.1",
         port=int(sys.argv[1]),
         access_log=None,
+        backlog=1024,  # as `voucherify-gateway serve`: scenario (b) opens 2,000 connections at once
         print=None,
         loop=uvloop.new_event_loop(),
     )

@@ -42,6 +42,7 @@ if __name__ == "__main__":
         host="127.0.0.1",
         port=int(sys.argv[1]),
         access_log=None,
+        backlog=1024,  # as `voucherify-gateway serve`: scenario (b) opens 2,000 connections at once
         print=None,
         loop=uvloop.new_event_loop(),
     )

@@ -10,6 +10,10 @@ from pathlib import Path
 ORIGIN = "https://shop.example.com"
 PATH = "/client/v1/validations"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+# Scenario (b) holds this many checkouts in flight. A gateway sized for them says so in its policy: the
+# defaults (1,024 connections per process, 1,000 requests in flight per upstream host) are a single
+# process's safe bounds, and over them the gateway closes connections and answers 502 by design.
+SLOW_CONNECTIONS = 2000
 CLIENT_IPS = 10_000  # distinct shoppers named in X-Forwarded-For, in turn
 # Scenario (c): a legacy client-side redemption, sent with an Idempotency-Key; (d): a promotion-tier listing.
 REDEEM_PATH = "/client/v1/redeem?code=BLCKFRDY-2024"
@@ -311,9 +315,11 @@ def policy_yaml(
   host: 127.0.0.1
   port: {port}
   drain_timeout: 2
+  max_connections: {SLOW_CONNECTIONS * 2}
 upstream:
   connect_timeout: 2
   read_timeout: 10
+  max_in_flight_per_host: {SLOW_CONNECTIONS * 2}
 client_ip:
   trusted_proxies: [127.0.0.1/32]
 logging:

@@ -24,10 +24,14 @@ class LoadResult:
     max_ms: float
     errors: int  # socket errors (connect, read, write, timeout) plus non-2xx answers
     load_cpu_s: float = 0.0  # wrk's own CPU time (user + system) over the run
+    error_kinds: str = ""  # which errors, e.g. "connect 3, status 12" (wrk's counters that are not 0)
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+
+_ERROR_KINDS = ("connect", "read", "write", "status", "timeout")  # status: a non-2xx answer
 
 
 def parse(output: str) -> LoadResult:
@@ -42,7 +46,8 @@ def parse(output: str) -> LoadResult:
         p90_ms=f["p90_us"] / 1000,
         p99_ms=f["p99_us"] / 1000,
         max_ms=f["max_us"] / 1000,
-        errors=f["connect"] + f["read"] + f["write"] + f["status"] + f["timeout"],
+        errors=sum(f[kind] for kind in _ERROR_KINDS),
+        error_kinds=", ".join(f"{kind} {f[kind]}" for kind in _ERROR_KINDS if f[kind]),
     )
 
 

@@ -86,7 +86,7 @@ FULL = Sizes(
     rate=500,
     rate_conns=16,
     rate_s=10,
-    slow_conns=2000,
+    slow_conns=configs.SLOW_CONNECTIONS,
     slow_s=15,
 )
 SMOKE = Sizes(
@@ -683,7 +683,8 @@ def targets(rows: dict[str, Row]) -> list[str]:
         row = rows.get(name)
         if row is None or row.slow is None:
             continue
-        check(f"{name} (b): no errors", float(row.slow.errors), lambda v: v == 0, "{:.0f} errors")
+        kinds = f" ({row.slow.error_kinds})" if row.slow.errors else ""
+        check(f"{name} (b): no errors", float(row.slow.errors), lambda v: v == 0, "{:.0f} errors" + kinds)
         check(f"{name} (b): peak RSS < 200 MB", row.slow_rss_mb, lambda v: v < 200, "{:.1f} MB")
     for name, ratio in SAMPLE_RATIOS.items():
         if name not in rows or not rows[name].sat:
