@@ -22,7 +22,7 @@ TIMEOUTS = Timeouts(connect=2, read=10)
 
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[CLIENT] = Http1Client(4 * 1024)  # scenario (b)'s 2,000 in flight fit, as in the bench's policy
+    app[CLIENT] = Http1Client(4000)  # scenario (b)'s 2,000 in flight fit, as in the bench's policy
     yield
     await app[CLIENT].close()
 
