@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import uvloop
 from aiohttp import web
 
+from bench.configs import IN_FLIGHT
 from gateway.http1 import Http1Client
 from gateway.models import Timeouts
 
@@ -22,7 +23,7 @@ TIMEOUTS = Timeouts(connect=2, read=10)
 
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[CLIENT] = Http1Client(4000)  # scenario (b)'s 2,000 in flight fit, as in the bench's policy
+    app[CLIENT] = Http1Client(IN_FLIGHT)  # the bench policy's cap: scenario (b)'s 2,000 in flight fit
     yield
     await app[CLIENT].close()
 

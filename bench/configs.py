@@ -14,6 +14,7 @@ ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 # defaults (1,024 connections per process, 1,000 requests in flight per upstream host) are a single
 # process's safe bounds, and over them the gateway closes connections and answers 502 by design.
 SLOW_CONNECTIONS = 2000
+IN_FLIGHT = 2 * SLOW_CONNECTIONS  # the bench policy's max_connections and max_in_flight_per_host
 CLIENT_IPS = 10_000  # distinct shoppers named in X-Forwarded-For, in turn
 # Scenario (c): a legacy client-side redemption, sent with an Idempotency-Key; (d): a promotion-tier listing.
 REDEEM_PATH = "/client/v1/redeem?code=BLCKFRDY-2024"
@@ -315,11 +316,11 @@ def policy_yaml(
   host: 127.0.0.1
   port: {port}
   drain_timeout: 2
-  max_connections: {SLOW_CONNECTIONS * 2}
+  max_connections: {IN_FLIGHT}
 upstream:
   connect_timeout: 2
   read_timeout: 10
-  max_in_flight_per_host: {SLOW_CONNECTIONS * 2}
+  max_in_flight_per_host: {IN_FLIGHT}
 client_ip:
   trusted_proxies: [127.0.0.1/32]
 logging:

@@ -22,13 +22,22 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
-    errors: int  # socket errors (connect, read, write, timeout) plus non-2xx answers
+    error_counts: tuple[tuple[str, int], ...]  # wrk's counters of _ERROR_KINDS, in that order
     load_cpu_s: float = 0.0  # wrk's own CPU time (user + system) over the run
-    error_kinds: str = ""  # which errors, e.g. "connect 3, status 12" (wrk's counters that are not 0)
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def errors(self) -> int:
+        """Socket errors (connect, read, write, timeout) plus non-2xx answers."""
+        return sum(count for _, count in self.error_counts)
+
+    @property
+    def error_kinds(self) -> str:
+        """Which errors, e.g. "connect 3, status 12": the counters that are not 0."""
+        return ", ".join(f"{kind} {count}" for kind, count in self.error_counts if count)
 
 
 _ERROR_KINDS = ("connect", "read", "write", "status", "timeout")  # status: a non-2xx answer
@@ -46,8 +55,7 @@ def parse(output: str) -> LoadResult:
         p90_ms=f["p90_us"] / 1000,
         p99_ms=f["p99_us"] / 1000,
         max_ms=f["max_us"] / 1000,
-        errors=sum(f[kind] for kind in _ERROR_KINDS),
-        error_kinds=", ".join(f"{kind} {f[kind]}" for kind in _ERROR_KINDS if f[kind]),
+        error_counts=tuple((kind, f[kind]) for kind in _ERROR_KINDS),
     )
 
 
