@@ -134,7 +134,6 @@ def test_client_is_what_the_functions_say_remembered_and_bounded(monkeypatch: py
     for peer, xff in cases:
         client = policy.client(peer, xff)
         address = client_address(peer, xff, policy)
-        assert client.address == address
         assert client.bucket_key == bucket_key(address, 48)
         assert client.truncated == (None if address is None else truncated(address))
         assert client.text == (None if address is None else str(address))
@@ -168,7 +167,6 @@ def test_the_ipv4_shortcut_answers_as_the_general_path(
     policy = ClientIpPolicy(tuple(ip_network(p) for p in proxies))
     address = client_address(peer, hops, policy)
     got = policy.client(peer, hops)
-    assert got.address == address
     assert got.bucket_key == bucket_key(address, policy.ipv6_prefix)
     assert got.text == (None if address is None else str(address))
     assert got.truncated == (None if address is None else truncated(address))
