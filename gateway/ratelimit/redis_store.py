@@ -5,9 +5,12 @@ the storage is built here with:
 
 - redis-py (`implementation="redispy"`): coredis re-sends in-flight commands after NOSCRIPT and over-counts;
   redis-py answers NOSCRIPT by loading the script and re-sending only the command Redis refused (not run).
-- a `BlockingConnectionPool` for `redis://` and `rediss://`: a burst waits (up to the storage timeout) for
-  a free connection instead of failing;
-- socket connect/read timeouts equal to the policy's `storage_timeout`;
+- a `BlockingConnectionPool` for `redis://` and `rediss://`: a burst waits for a free connection instead of
+  failing;
+- a call's `storage_timeout` is `RedisStore`'s, on the store's time (gateway/ratelimit/deadline.py: the
+  gateway's own loop running late is not the store being slow); the pool's wait and the sockets' connect and
+  read timeouts are backstops at the longest such a deadline lasts (MAX_STRETCH times `storage_timeout`),
+  so a late loop cannot trip them first;
 - at most one retry, and only on a connection error (a stale pooled connection after Redis restarted);
   never on a timeout, since a command that timed out may still have counted the hit;
 - `wrap_exceptions=True`, so every client failure is a `limits.errors.StorageError`.
@@ -46,6 +49,7 @@ from redis.exceptions import RedisError
 from gateway.models import Strategy
 from gateway.policy import STORAGE_SCHEMES
 from gateway.ratelimit import bridge
+from gateway.ratelimit.deadline import MAX_STRETCH, Deadline, LagClock
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.store import (
     Hit,
@@ -72,7 +76,8 @@ def _retry() -> Retry:
 
 def redis_storage(uri: str, timeout: float) -> Storage:
     """The `limits` async storage for a policy's Redis URI, with the client settings above."""
-    timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    backstop = MAX_STRETCH * timeout
+    timeouts: dict[str, Any] = {"socket_timeout": backstop, "socket_connect_timeout": backstop}
     common: dict[str, Any] = {"wrap_exceptions": True, "implementation": "redispy"}
     if uri.startswith("redis+cluster://"):
         return RedisClusterStorage("async+" + uri, **common, **timeouts)
@@ -80,7 +85,7 @@ def redis_storage(uri: str, timeout: float) -> Storage:
         sentinel: dict[str, Any] = {"retry": _retry(), "sentinel_kwargs": dict(timeouts)}
         return RedisSentinelStorage("async+" + uri, **common, **timeouts, **sentinel)
     pool = BlockingConnectionPool.from_url(
-        uri, max_connections=MAX_CONNECTIONS, timeout=timeout, retry=_retry(), **timeouts
+        uri, max_connections=MAX_CONNECTIONS, timeout=backstop, retry=_retry(), **timeouts
     )
     pooled: dict[str, Any] = {"connection_pool": pool}
     return RedisStorage("async+" + uri, **common, **pooled)
@@ -408,6 +413,20 @@ class _Scripts:
         self.batcher = batcher_for(self.client)
         self.scripts = {text: self.client.register_script(text.encode()) for text in SCRIPTS}
         self.cluster = self.batcher is None  # a chain is split by slot there
+        self._clock: LagClock | None = None
+
+    def deadline(self, timeout: float) -> Deadline:
+        """`timeout` on the store's time, not the loop's lateness (gateway/ratelimit/deadline.py); the
+        clock starts on the first call, on the loop making it."""
+        clock, loop = self._clock, asyncio.get_running_loop()
+        if clock is None or clock.loop is not loop:
+            clock = self._clock = LagClock(loop)
+        return Deadline(clock, timeout)
+
+    def stop(self) -> None:
+        if self._clock is not None:
+            self._clock.stop()
+            self._clock = None
 
     async def call(self, text: str, keys: list[str], args: list[Any]) -> Any:
         script = self.scripts[text]
@@ -460,11 +479,12 @@ class RedisStore:
         await prepare(self.storage)
 
     async def close(self) -> None:
+        self._scripts.stop()
         await close(self.storage)
 
     async def _call(self, text: str, key: str, args: list[Any]) -> Any:
         try:
-            async with asyncio.timeout(self.timeout):
+            async with self._scripts.deadline(self.timeout):
                 return await self._scripts.call(text, [key], args)
         except _FAILURES as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
@@ -473,7 +493,7 @@ class RedisStore:
 
     async def chain(self, steps: Sequence[Step]) -> list[StepAnswer]:
         try:
-            async with asyncio.timeout(self.timeout):
+            async with self._scripts.deadline(self.timeout):
                 if not self._scripts.cluster:
                     return (await self._run(steps, False))[1]
                 answers: list[StepAnswer] = []

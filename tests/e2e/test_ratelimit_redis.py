@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.models import Bucket, Strategy
 from gateway.ratelimit import LimiterPool, StoreUnavailable, bridge, open_storage
+from gateway.ratelimit.deadline import MAX_STRETCH
 from gateway.ratelimit.redis_store import RedisStore
 from tests.conftest import GatewayClient, GatewayFactory, base_policy
 from tests.support.constants import H
@@ -34,15 +35,16 @@ def limited_policy(upstream_url: str, redis_url: str, **rate_limit: Any) -> dict
 
 
 def test_storage_clients_are_configured() -> None:
-    """redis-py with a blocking pool, socket timeouts and at most one retry; no network needed."""
+    """redis-py with a blocking pool, socket timeouts and at most one retry; no network needed. The pool's and
+    sockets' timeouts are backstops behind each call's deadline (tests/unit/test_store_deadline.py)."""
     plain = open_storage("redis://127.0.0.1:1/0", 0.25)
     assert isinstance(plain, RedisStorage)
     client = bridge.client(plain)
     pool = client.connection_pool
     assert isinstance(pool, BlockingConnectionPool)
-    assert pool.timeout == 0.25
-    assert pool.connection_kwargs["socket_timeout"] == 0.25
-    assert pool.connection_kwargs["socket_connect_timeout"] == 0.25
+    assert pool.timeout == MAX_STRETCH * 0.25
+    assert pool.connection_kwargs["socket_timeout"] == MAX_STRETCH * 0.25
+    assert pool.connection_kwargs["socket_connect_timeout"] == MAX_STRETCH * 0.25
     retry = pool.connection_kwargs["retry"]
     assert retry.get_retries() == 1
     # a command that timed out may have counted the hit already: only a refused connection is retried

@@ -1,0 +1,88 @@
+"""A store call's timeout on the store's time: the wall clock less the time the gateway's own loop ran late.
+
+`storage_timeout` says when a store counts as down for a request. Timed on the wall clock, a saturated
+gateway called an idle Redis down: its event loop runs each ready callback late, so a reply that Redis sent
+at once waits several turns before its request reads it (the batch is sent a turn after it is queued, the
+reply is read a turn after it arrives, the request resumes a turn after that). With `on_storage_error:
+allow` those requests then passed unlimited: a flood that saturated the gateway bought itself a bypass of
+the per-IP limit and of the failed-code budget (bench scenario b logged "limit store unavailable" on an idle
+Redis).
+
+`LagClock` keeps a beat on the loop every BEAT seconds; whatever a beat runs late by is the loop's lag, not
+time: while the loop is blocked, or each of its turns takes longer than a beat, the clock stands still but
+for one beat per turn. `Deadline` is `asyncio.timeout` on that clock: the call times out when `timeout` of
+the clock's time has passed, or MAX_STRETCH times `timeout` of wall time (a store that does not answer a
+gateway that is always late still counts as down, later).
+
+The clock's resolution is one beat per late turn: on a loop whose turns last 100 ms, a call counts about
+half of its wall time. A beat costs one timer callback; BEAT is small against any sensible timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+BEAT = 0.02  # seconds between the clock's beats: how much of one late turn it counts
+MAX_STRETCH = 4.0  # a deadline ends after at most this many times its timeout of wall time
+
+
+class LagClock:
+    """`loop.time()` less the time the loop ran late (seen by a beat every `beat` seconds)."""
+
+    __slots__ = ("_due", "_handle", "beat", "lag", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, beat: float = BEAT) -> None:
+        self.loop, self.beat = loop, beat
+        self.lag = 0.0  # the lateness of every beat so far
+        self._due = loop.time() + beat
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        self.lag += max(0.0, now - self._due)
+        self._due = now + self.beat
+        self._handle = self.loop.call_at(self._due, self._tick)
+
+    def now(self) -> float:
+        """The clock's time: a beat overdue now is lag already, so the clock stands still while the loop is
+        blocked, whether or not the beat has run yet."""
+        now = self.loop.time()
+        return now - self.lag - max(0.0, now - self._due)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+class Deadline:
+    """`async with Deadline(clock, timeout):` raises TimeoutError (as `asyncio.timeout` does) once the
+    block took `timeout` of `clock`'s time, or MAX_STRETCH times `timeout` of wall time."""
+
+    __slots__ = ("_clock", "_ends", "_handle", "_start", "_timeout", "timeout")
+
+    def __init__(self, clock: LagClock, timeout: float) -> None:
+        self._clock, self.timeout = clock, timeout
+        self._timeout = asyncio.timeout(None)
+
+    async def __aenter__(self) -> Deadline:
+        await self._timeout.__aenter__()
+        loop = self._clock.loop
+        self._start = self._clock.now()
+        self._ends = loop.time() + MAX_STRETCH * self.timeout
+        self._handle = loop.call_later(self.timeout, self._check)
+        return self
+
+    def _check(self) -> None:
+        loop = self._clock.loop
+        now = loop.time()
+        left = min(self.timeout - (self._clock.now() - self._start), self._ends - now)
+        if left <= 0:
+            self._timeout.reschedule(now)  # expires at once: the block is cancelled, TimeoutError
+        else:
+            self._handle = loop.call_later(left, self._check)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._handle.cancel()
+        await self._timeout.__aexit__(kind, exc, tb)  # raises TimeoutError if it expired

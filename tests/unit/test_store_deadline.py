@@ -1,0 +1,112 @@
+"""A store call's timeout counts the store's time, not the gateway's own: on a real redis-server, on asyncio's
+loop and on uvloop (the loop `serve` runs).
+
+At saturation the gateway's event loop runs late: a reply already in the socket waits several turns before its
+request reads it. A timeout on the wall clock then called that Redis "down", and `on_storage_error: allow`
+let those requests through unlimited: a flood that saturated the gateway bought itself unlimited guesses
+(bench scenario b logged "limit store unavailable" on an idle Redis). These tests block the loop as a
+saturated one is, around a call: the call must be answered and counted once. A store that does not answer
+must still time out, lag or no lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from gateway.ratelimit import StoreUnavailable
+from gateway.ratelimit.deadline import LagClock
+from gateway.ratelimit.limiter import open_store
+from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.store import Reservation
+from tests.support.processes import RedisServer
+
+TIMEOUT = 0.2
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    factory = None
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+def block(seconds: float) -> None:
+    """What a saturated loop does to every callback waiting behind the ones running now."""
+    time.sleep(seconds)
+
+
+async def reserve_while_lagging(store: RedisStore, key: str, lag: float) -> Reservation:
+    """A reservation whose batch is queued when the loop stalls for `lag` (the callbacks ahead of it)."""
+    call = asyncio.ensure_future(store.reserve(key, 10, 3600, 1))
+    asyncio.get_running_loop().call_soon(block, lag)
+    return await call
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_late_loop_is_not_a_store_outage(loop: str, redis: RedisServer) -> None:
+    async def main() -> None:
+        store = open_store(redis.url, TIMEOUT)
+        assert isinstance(store, RedisStore)
+        await store.prepare()
+        try:
+            key = f"deadline:{time.time_ns()}"
+            await store.reserve(key, 10, 3600, 0)  # connected, scripts loaded
+            for round_ in range(3):  # the loop three times as late as the timeout, each time
+                answer = await reserve_while_lagging(store, key, 3 * TIMEOUT)
+                assert answer.granted and answer.remaining == 10 - (round_ + 1)  # counted once each
+        finally:
+            await store.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_store_that_does_not_answer_still_times_out_on_a_late_loop(loop: str, redis: RedisServer) -> None:
+    async def main() -> None:
+        store = open_store(redis.url, TIMEOUT)
+        assert isinstance(store, RedisStore)
+        await store.prepare()
+        await store.reserve("warm", 10, 3600, 0)
+        redis.freeze()
+        try:
+            lagging = asyncio.get_running_loop()
+            beat = lagging.call_later(0.01, block, 0.05)  # and the loop runs late now and then
+            with pytest.raises(StoreUnavailable):
+                await reserve_while_lagging(store, "frozen", 3 * TIMEOUT)
+            with pytest.raises(StoreUnavailable):
+                await store.reserve("frozen", 10, 3600, 1)  # and without lag, as before
+            beat.cancel()
+        finally:
+            redis.thaw()
+            await store.close()
+
+    run_on(loop, main)
+
+
+def test_the_lag_clock_discounts_late_turns_only() -> None:
+    """The clock runs at the wall clock's pace while the loop keeps time, and stands still (to its
+    resolution, one beat) while the loop is blocked."""
+
+    async def main() -> None:
+        clock = LagClock(asyncio.get_running_loop(), beat=0.01)
+        try:
+            start, wall = clock.now(), time.monotonic()
+            await asyncio.sleep(0.2)
+            quiet = clock.now() - start
+            assert quiet == pytest.approx(time.monotonic() - wall, abs=0.05)
+            start = clock.now()
+            block(0.5)
+            await asyncio.sleep(0.05)
+            assert clock.now() - start < 0.5 / 2  # most of the blocked half second is not counted
+        finally:
+            clock.stop()
+
+    run_on("asyncio", main)
