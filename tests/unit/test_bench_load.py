@@ -1,6 +1,6 @@
 """The bench's reading of wrk's result line, and the policy it sizes for scenario (b)."""
 
-from bench import configs
+from bench import configs, runner
 from bench.load import parse
 from gateway.policy import parse_policy
 
@@ -31,3 +31,17 @@ def test_bench_policy_holds_scenario_b_in_flight() -> None:
     policy = parse_policy(configs.policy_yaml(8080, 8081, "memory://"), env={})
     assert policy.listen.max_connections == configs.IN_FLIGHT > configs.SLOW_CONNECTIONS
     assert policy.upstream.max_in_flight_per_host == configs.IN_FLIGHT
+
+
+def test_a_store_called_down_in_a_gateway_redis_run_is_a_miss() -> None:
+    """The gateway-redis (b) run's "store unavailable" lines are a target: each means requests passed
+    unlimited on a Redis that was up (the saturated gateway's own lateness, gateway/ratelimit/deadline.py)."""
+    called_down = runner.Row("gateway-redis", slow=parse(LINE), fail_open={"b": 13})
+    assert "  MISS  gateway-redis (b): the limit store never counted down (no fail-open): 13 " in "\n".join(
+        runner.targets({"gateway-redis": called_down})
+    )
+    held = runner.Row("gateway-redis", slow=parse(LINE), fail_open={"b": 0})
+    assert any(
+        line.startswith("  PASS  gateway-redis (b): the limit store never counted down")
+        for line in runner.targets({"gateway-redis": held})
+    )
