@@ -7,6 +7,13 @@ calls of one turn are queued and sent together as a non-transactional pipeline: 
 one read of all the replies. Each script still runs atomically in Redis, in the order the requests asked;
 each reply, or error, goes back to the request that asked.
 
+The pipeline is written here, on redis-py's own connection, pool and reply parser (hiredis), not through
+redis-py's `Pipeline`: packing its arguments one `Encoder.encode` and three joins at a time was a fifth of
+the gateway-redis process's CPU at saturation (py-spy, bench/RESULTS.md), and `Pipeline.execute` adds its
+own bookkeeping per batch. `pack` writes the bytes redis-py writes (tests/unit/test_redis_batch.py compares
+them). As redis-py's client is configured (redis_store.py), a connection error is retried once on a fresh
+connection; a connection that failed in any other way mid-batch is closed, never handed back out of step.
+
 - NOSCRIPT (a restarted or flushed Redis): the refused calls' scripts are loaded and only those calls are
   sent again. Redis refused them before running anything, so nothing is counted twice.
 - A failure of the whole pipeline (connection lost, timeout) fails every call of the batch; `RedisStore`
@@ -25,6 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript, Script
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 Call = tuple[AsyncScript | Script, list[str], list[Any], "asyncio.Future[Any]"]
@@ -76,18 +84,51 @@ class ScriptBatcher:
                 future.set_result(reply)
 
     async def _execute(self, batch: list[Call]) -> list[Any]:
-        if len(batch) == 1:  # a lone call (a quiet moment): a pipeline would only add its own cost
-            script, keys, args, _ = batch[0]
+        """Each call's reply, or its own error (NOSCRIPT among them), in order."""
+        if len(batch) > 1:
+            self.pipelines += 1
+        packed = pack([("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch])
+        pool = self.client.connection_pool
+        for attempt in range(2):
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
-                return [await self.client.evalsha(script.sha, len(keys), *keys, *args)]
-            except ResponseError as exc:  # the call's own error (NOSCRIPT among them), as a pipeline gives it
-                return [exc]
-        self.pipelines += 1
-        async with self.client.pipeline(transaction=False) as pipe:
-            for script, keys, args, _ in batch:
-                # EVALSHA itself, not script(...): a Script in a pipeline sends SCRIPT EXISTS every time
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+                await connection.send_packed_command(packed)
+                replies: list[Any] = []
+                for _ in batch:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:  # read whole: the connection is still in step
+                        replies.append(exc)
+                return replies
+            except RedisConnectionError:
+                await connection.disconnect()
+                if attempt:
+                    raise
+            except BaseException:  # a timeout, a cancellation: replies may still come on it
+                await connection.disconnect()
+                raise
+            finally:
+                await pool.release(connection)
+        raise AssertionError("unreachable")  # pragma: no cover - the second attempt returns or raises
+
+
+def pack(commands: list[tuple[Any, ...]]) -> bytes:
+    """`commands` in the Redis protocol, as redis-py's `Connection.pack_commands` and `Encoder` write them:
+    bytes as they are, str in UTF-8, int and float as `repr` writes them."""
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+                data = repr(arg).encode()
+            else:
+                raise TypeError(f"a Redis argument cannot be a {type(arg).__name__}")
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 _BATCHERS: weakref.WeakKeyDictionary[Any, ScriptBatcher] = weakref.WeakKeyDictionary()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from limits.aio.storage import Storage
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
 
 from gateway.models import Bucket, Strategy
 from gateway.ratelimit import Limiter, StoreUnavailable, bridge
-from gateway.ratelimit.redis_batch import ScriptBatcher, batcher_for
+from gateway.ratelimit.redis_batch import ScriptBatcher, batcher_for, pack
 from gateway.ratelimit.redis_store import RedisStore
 from tests.support.processes import RedisServer
 
@@ -60,3 +63,26 @@ async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, re
         *(limiter.hit(bucket, "shopper") for _ in range(10)), return_exceptions=True
     )
     assert all(isinstance(r, StoreUnavailable) for r in results), results
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "a" * 40, 2, "LIMITER/shop/203.0.113.9/5/1/minute", "ledger/é", "0", 1, 3, 1733.25),
+        ("EVALSHA", "b" * 40, 1, b"raw\r\nbytes", -7, 0.1, 1e-07, 2**70, ""),
+        ("PING",),
+    ],
+)
+def test_the_batch_is_packed_as_redis_py_packs_it(command: tuple[Any, ...]) -> None:
+    """The batcher writes its pipeline itself: byte for byte what redis-py's connection would send, so a
+    script sees the same arguments (numbers as `repr` writes them, text in UTF-8)."""
+    connection = Connection()  # never connected: packing needs no socket
+    assert pack([command, command]) == b"".join(connection.pack_commands([command, command]))
+
+
+@pytest.mark.parametrize("bad", [True, None, 1j, ["list"]])
+def test_an_argument_redis_py_refuses_is_refused(bad: Any) -> None:
+    with pytest.raises((TypeError, DataError)):
+        Connection().pack_commands([("EVALSHA", "a", 0, bad)])  # redis-py refuses it
+    with pytest.raises(TypeError):
+        pack([("EVALSHA", "a", 0, bad)])  # and so does the batcher
