@@ -33,13 +33,9 @@ from gateway.ratelimit.store import (
     StepAnswer,
     Store,
     StoreUnavailable,
-    run_now,
 )
 
 log = logging.getLogger("gateway.ratelimit")
-
-# Settlements in flight: a task nobody awaits must be referenced until it is done.
-_SETTLING: set[asyncio.Task[None]] = set()
 
 
 class Gate(Protocol):
@@ -127,19 +123,10 @@ def give_back(store: Store | None, key: str, answers: Sequence[StepAnswer], what
 
 
 def settle_soon(store: Store, key: str, reservation: Reservation, keep: int, what: str) -> None:
-    """`store.settle(...)` in a task of its own: never raises, never waits (a cancelled handler, or one
-    answering now, still gives back). `what` names the guard in the warning when the store fails. A store
-    that never waits (memory) settles at once, in this call: a task would cost more than the settlement."""
-    if not store.suspends:
-        run_now(_settle(store, key, reservation, keep, what))
-        return
-    task = asyncio.ensure_future(_settle(store, key, reservation, keep, what))
-    _SETTLING.add(task)
-    task.add_done_callback(_SETTLING.discard)
+    """`store.settle_soon(...)`: never raises, never waits (a cancelled handler, or one answering now,
+    still gives back). `what` names the guard in the warning when the store fails."""
+    store.settle_soon(key, reservation, keep, partial(_not_given_back, what))
 
 
-async def _settle(store: Store, key: str, reservation: Reservation, keep: int, what: str) -> None:
-    try:
-        await store.settle(key, reservation, keep)
-    except StoreUnavailable as exc:  # the held entries leave with their window: stricter, never looser
-        log.warning("%s: a hold could not be given back (%s)", what, exc)
+def _not_given_back(what: str, exc: StoreUnavailable) -> None:
+    log.warning("%s: a hold could not be given back (%s)", what, exc)  # they leave with their window

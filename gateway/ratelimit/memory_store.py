@@ -37,6 +37,7 @@ from gateway.ratelimit.store import (
     Reserve,
     Step,
     StepAnswer,
+    StoreUnavailable,
     sliding_window_stats,
 )
 
@@ -486,6 +487,13 @@ class MemoryStore:
         return _answer(ledger, True, token, amount, limit, ledger.live, now, 0.0)
 
     async def settle(self, key: str, reservation: Reservation, keep: int) -> None:
+        self.settle_sync(key, reservation, keep)
+
+    def settle_soon(
+        self, key: str, reservation: Reservation, keep: int, failed: Callable[[StoreUnavailable], None]
+    ) -> None:
+        """At once, in this call (a memory call never waits, never fails): a task would cost more than the
+        settlement, and the next request of the same loop turn finds the entries back."""
         self.settle_sync(key, reservation, keep)
 
     def settle_sync(self, key: str, reservation: Reservation, keep: int) -> None:

@@ -33,7 +33,8 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from limits.aio.storage import RedisClusterStorage, RedisSentinelStorage, RedisStorage, Storage
@@ -434,8 +435,18 @@ class _Scripts:
             return await self.batcher.call(script, keys, args)
         return await script(keys, args)
 
+    def call_soon(self, text: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any] | None:
+        """The call queued in this turn's pipeline, its reply to come in the future; None on a Cluster."""
+        return None if self.batcher is None else self.batcher.call(self.scripts[text], keys, args)
+
 
 _SCRIPTS: weakref.WeakKeyDictionary[Storage, _Scripts] = weakref.WeakKeyDictionary()
+_SETTLING: set[asyncio.Task[None]] = set()  # Cluster give-backs: a task nobody awaits is kept referenced
+
+
+def _settled(failed: Callable[[StoreUnavailable], None], reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled() and (exc := reply.exception()) is not None:
+        failed(StoreUnavailable(type(exc).__name__))
 
 
 class RedisStore:
@@ -553,6 +564,30 @@ class RedisStore:
         if not reservation.token or keep >= reservation.amount:
             return
         await self._call(SETTLE, ledger_key(key), [reservation.token, reservation.amount, max(keep, 0)])
+
+    def settle_soon(
+        self, key: str, reservation: Reservation, keep: int, failed: Callable[[StoreUnavailable], None]
+    ) -> None:
+        """Queued in this loop turn's pipeline with no task and no deadline of its own (nobody waits; a frozen
+        Redis fails it at the sockets' backstop); on a Cluster, in a task of its own."""
+        if not reservation.token or keep >= reservation.amount:
+            return
+        args = [reservation.token, reservation.amount, max(keep, 0)]
+        queued = self._scripts.call_soon(SETTLE, [ledger_key(key)], args)
+        if queued is None:
+            task = asyncio.ensure_future(self._settle(key, reservation, keep, failed))
+            _SETTLING.add(task)
+            task.add_done_callback(_SETTLING.discard)
+        else:
+            queued.add_done_callback(partial(_settled, failed))
+
+    async def _settle(
+        self, key: str, reservation: Reservation, keep: int, failed: Callable[[StoreUnavailable], None]
+    ) -> None:
+        try:
+            await self.settle(key, reservation, keep)
+        except StoreUnavailable as exc:
+            failed(exc)
 
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
         held = await self._call(CLAIM, record_key(key), [value, _ms(ttl)])

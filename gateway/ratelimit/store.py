@@ -69,10 +69,10 @@ early, never makes one stricter.
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import floor, inf
-from typing import Any, NamedTuple, Protocol, TypeVar, cast
+from typing import NamedTuple, Protocol, TypeVar
 
 from limits.util import WindowStats
 
@@ -126,17 +126,6 @@ HitAnswer = tuple[bool, WindowStats | None]  # (counted, the window when read)
 StepAnswer = HitAnswer | Reservation | None  # None: a reservation that did not run (a step before refused)
 
 
-def run_now(call: Coroutine[Any, Any, T]) -> T:
-    """The answer of a call on a store whose `suspends` is False, without a task or an event-loop turn:
-    such a store's calls never wait, so the coroutine finishes on its first step."""
-    try:
-        call.send(None)
-    except StopIteration as done:
-        return cast(T, done.value)
-    call.close()
-    raise RuntimeError("a store that never suspends waited")
-
-
 class Store(Protocol):
     """One store's counters (see the module docstring for the exact semantics)."""
 
@@ -161,6 +150,14 @@ class Store(Protocol):
     async def reserve(self, key: str, limit: int, window: float, amount: int) -> Reservation: ...
 
     async def settle(self, key: str, reservation: Reservation, keep: int) -> None: ...
+
+    def settle_soon(
+        self, key: str, reservation: Reservation, keep: int, failed: Callable[[StoreUnavailable], None]
+    ) -> None:
+        """`settle` without waiting and without raising (a cancelled handler, or one answering now, still
+        gives back); `failed` hears of a store failure, later. Bounded by the store's own backstops, not by
+        `timeout`: nobody waits for it."""
+        ...
 
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None: ...
 

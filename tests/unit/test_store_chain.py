@@ -31,7 +31,7 @@ from gateway.ratelimit.limiter import open_store
 from gateway.ratelimit.memory_store import MemoryStore
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.redis_store import RedisStore, ledger_key
-from gateway.ratelimit.store import Hit, Reserve, Step, StepAnswer, run_now
+from gateway.ratelimit.store import Hit, Reserve, Step, StepAnswer
 from tests.support.processes import RedisCluster, RedisServer, running_redis
 
 STRATEGIES = list(Strategy)
@@ -265,12 +265,48 @@ async def test_a_store_that_never_waits_settles_at_once_without_a_task() -> None
     assert (await store.reserve("k", 1, 60, 1)).granted  # no loop turn in between
 
 
-def test_run_now_refuses_a_call_that_waits() -> None:
-    async def waits() -> None:
-        await asyncio.sleep(0)
+async def test_a_redis_give_back_rides_the_turns_pipeline_without_a_task_of_its_own(
+    redis: RedisServer,
+) -> None:
+    """On plain Redis a give-back is queued in the loop turn's pipeline: no task, no deadline. Forty given
+    back in one turn are one pipeline (and its one sending task), and every entry is back."""
+    pool = LimiterPool()
+    store = pool.store(redis.url, 2.0)
+    await pool.start()
+    key = fresh("soon")
+    held = [await store.reserve(key, 40, 3600, 1) for _ in range(40)]
+    assert await live(store, key, 40) == 40
+    batcher = batcher_for(bridge.client(store.storage))  # type: ignore[attr-defined]
+    assert batcher is not None
+    tasks, pipelines = len(asyncio.all_tasks()), batcher.pipelines
+    for reservation in held:
+        settle_soon(store, key, reservation, 0, "test")
+    assert len(asyncio.all_tasks()) == tasks  # the batch's task starts next turn, one for all
+    for _ in range(100):
+        if await live(store, key, 40) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await live(store, key, 40) == 0
+    assert batcher.pipelines == pipelines + 1
+    await pool.close()
 
-    with pytest.raises(RuntimeError):
-        run_now(waits())
+
+async def test_a_give_back_redis_refuses_is_a_warning_and_nothing_raises(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = LimiterPool()
+    store = pool.store(redis.url, 0.3)
+    await pool.start()
+    key = fresh("lost")
+    held = await store.reserve(key, 5, 3600, 1)
+    redis.kill()
+    settle_soon(store, key, held, 0, "test guard")  # never raises
+    for _ in range(200):
+        if "test guard: a hold could not be given back" in caplog.text:
+            break
+        await asyncio.sleep(0.02)
+    assert "test guard: a hold could not be given back" in caplog.text
+    await pool.close()
 
 
 async def test_a_flood_of_new_clients_cannot_push_the_projects_quota_out_of_memory() -> None:
