@@ -11,10 +11,10 @@ The pipeline (gateway/app.py) makes one `CodeHold` per request and:
   `on_storage_error` (`failed`);
 - `hold.answered(answer)` once Voucherify's answer (as the browser gets it) is in: the unknown codes are
   kept, the others will be given back;
-- `hold.release()` in a `finally`, always: settles the reservation in a task of its own, so a handler that
-  is cancelled (a client gone, a drain) or a request that got no answer (502, 503, 504, a refusal by a later
-  step) gives every code back; a grant whose handler was cancelled while the chain was on its way is given
-  back when it comes (`abandoned`);
+- `hold.release()` in a `finally`, always: settles the reservation without waiting (`Store.settle_soon`),
+  so a handler that is cancelled (a client gone, a drain) or a request that got no answer (502, 503, 504, a
+  refusal by a later step) gives every code back; a grant whose handler was cancelled while the chain was
+  on its way is given back when it comes (`abandoned`);
 - `hold.fields(headers)` adds the budget's RateLimit members to the answer's, refusals included.
 
 The hold keeps the budget and ledger key it reserved under, so a reload while it is in flight settles what it
@@ -143,7 +143,7 @@ class CodeHold:
 
     def release(self) -> None:
         """Give back what the answer did not keep (everything when there was none). Never raises, never
-        waits: the settlement runs in a task, so a cancelled handler still gives its codes back."""
+        waits (`Store.settle_soon`), so a cancelled handler still gives its codes back."""
         reservation, store = self._reservation, self._store
         if self._released or reservation is None or store is None or not reservation.token:
             return
