@@ -90,6 +90,14 @@ def guards(store: Store, strategy: Strategy, per_ip: str, codes: Reserve, quota:
     return [*bucket_steps(store, strategy, bucket, "203.0.113.9"), codes, quota]
 
 
+async def started(redis: RedisServer, timeout: float) -> tuple[LimiterPool, Store]:
+    """A started pool and its store on `redis` (close the pool at the end)."""
+    pool = LimiterPool()
+    store = pool.store(redis.url, timeout)
+    await pool.start()
+    return pool, store
+
+
 async def live(store: Store, key: str, limit: int) -> int:
     """Entries held in a ledger (an amount of 0 holds nothing and reads the count)."""
     return limit - (await store.reserve(key, limit, 3600, 0)).remaining
@@ -231,9 +239,7 @@ class Holding:
 async def test_a_handler_cancelled_while_its_chain_is_on_its_way_gives_back_what_it_got(
     redis: RedisServer,
 ) -> None:
-    pool = LimiterPool()
-    store = pool.store(redis.url, 30.0)
-    await pool.start()
+    pool, store = await started(redis, 30.0)
     codes, quota = Holding(store, fresh("codes")), Holding(store, fresh("quota"))
     redis.freeze()  # the chain is sent and waits for its answer
     try:
@@ -270,9 +276,7 @@ async def test_a_redis_give_back_rides_the_turns_pipeline_without_a_task_of_its_
 ) -> None:
     """On plain Redis a give-back is queued in the loop turn's pipeline: no task, no deadline. Forty given
     back in one turn are one pipeline (and its one sending task), and every entry is back."""
-    pool = LimiterPool()
-    store = pool.store(redis.url, 2.0)
-    await pool.start()
+    pool, store = await started(redis, 2.0)
     key = fresh("soon")
     held = [await store.reserve(key, 40, 3600, 1) for _ in range(40)]
     assert await live(store, key, 40) == 40
@@ -294,9 +298,7 @@ async def test_a_redis_give_back_rides_the_turns_pipeline_without_a_task_of_its_
 async def test_a_give_back_redis_refuses_is_a_warning_and_nothing_raises(
     redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pool = LimiterPool()
-    store = pool.store(redis.url, 0.3)
-    await pool.start()
+    pool, store = await started(redis, 0.3)
     key = fresh("lost")
     held = await store.reserve(key, 5, 3600, 1)
     redis.kill()

@@ -43,6 +43,13 @@ def block(seconds: float) -> None:
     time.sleep(seconds)
 
 
+async def prepared(redis: RedisServer) -> RedisStore:
+    store = open_store(redis.url, TIMEOUT)
+    assert isinstance(store, RedisStore)
+    await store.prepare()
+    return store
+
+
 async def reserve_while_lagging(store: RedisStore, key: str, lag: float) -> Reservation:
     """A reservation whose batch is queued when the loop stalls for `lag` (the callbacks ahead of it)."""
     call = asyncio.ensure_future(store.reserve(key, 10, 3600, 1))
@@ -53,9 +60,7 @@ async def reserve_while_lagging(store: RedisStore, key: str, lag: float) -> Rese
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_late_loop_is_not_a_store_outage(loop: str, redis: RedisServer) -> None:
     async def main() -> None:
-        store = open_store(redis.url, TIMEOUT)
-        assert isinstance(store, RedisStore)
-        await store.prepare()
+        store = await prepared(redis)
         try:
             key = f"deadline:{time.time_ns()}"
             await store.reserve(key, 10, 3600, 0)  # connected, scripts loaded
@@ -71,9 +76,7 @@ def test_a_late_loop_is_not_a_store_outage(loop: str, redis: RedisServer) -> Non
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_store_that_does_not_answer_still_times_out_on_a_late_loop(loop: str, redis: RedisServer) -> None:
     async def main() -> None:
-        store = open_store(redis.url, TIMEOUT)
-        assert isinstance(store, RedisStore)
-        await store.prepare()
+        store = await prepared(redis)
         await store.reserve("warm", 10, 3600, 0)
         redis.freeze()
         try:
