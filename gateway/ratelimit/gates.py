@@ -77,16 +77,13 @@ async def pass_gates(store: Store, gates: Sequence[Gate]) -> None:
                 raise refused from None
         return
     seconds = time.perf_counter() - started if steps else 0.0
-    start = 0
-    for i, gate in enumerate(gates):
-        end = start + len(gate.steps)
-        refused = gate.passed(answers[start:end], seconds)
+    parts = _split(gates, answers)
+    for i, (gate, part) in enumerate(zip(gates, parts, strict=True)):
+        refused = gate.passed(part, seconds)
         if refused is not None:
-            for later in gates[i + 1 :]:
-                start, end = end, end + len(later.steps)
-                later.abandoned(answers[start:end])
+            for later, unused in zip(gates[i + 1 :], parts[i + 1 :], strict=True):
+                later.abandoned(unused)
             raise refused
-        start = end
 
 
 async def _shielded(store: Store, steps: list[Step], gates: Sequence[Gate]) -> list[StepAnswer]:
