@@ -444,6 +444,13 @@ _SCRIPTS: weakref.WeakKeyDictionary[Storage, _Scripts] = weakref.WeakKeyDictiona
 _SETTLING: set[asyncio.Task[None]] = set()  # Cluster give-backs: a task nobody awaits is kept referenced
 
 
+def _settle_args(reservation: Reservation, keep: int) -> list[Any] | None:
+    """The SETTLE script's arguments; None when there is nothing to give back."""
+    if not reservation.token or keep >= reservation.amount:
+        return None
+    return [reservation.token, reservation.amount, max(keep, 0)]
+
+
 def _settled(failed: Callable[[StoreUnavailable], None], reply: asyncio.Future[Any]) -> None:
     if not reply.cancelled() and (exc := reply.exception()) is not None:
         failed(StoreUnavailable(type(exc).__name__))
@@ -561,18 +568,18 @@ class RedisStore:
         return answer
 
     async def settle(self, key: str, reservation: Reservation, keep: int) -> None:
-        if not reservation.token or keep >= reservation.amount:
-            return
-        await self._call(SETTLE, ledger_key(key), [reservation.token, reservation.amount, max(keep, 0)])
+        args = _settle_args(reservation, keep)
+        if args is not None:
+            await self._call(SETTLE, ledger_key(key), args)
 
     def settle_soon(
         self, key: str, reservation: Reservation, keep: int, failed: Callable[[StoreUnavailable], None]
     ) -> None:
         """Queued in this loop turn's pipeline with no task and no deadline of its own (nobody waits; a frozen
         Redis fails it at the sockets' backstop); on a Cluster, in a task of its own."""
-        if not reservation.token or keep >= reservation.amount:
+        args = _settle_args(reservation, keep)
+        if args is None:
             return
-        args = [reservation.token, reservation.amount, max(keep, 0)]
         queued = self._scripts.call_soon(SETTLE, [ledger_key(key)], args)
         if queued is None:
             task = asyncio.ensure_future(self._settle(key, reservation, keep, failed))

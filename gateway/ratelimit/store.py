@@ -72,13 +72,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import floor, inf
-from typing import NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, Protocol
 
 from limits.util import WindowStats
 
 from gateway.models import RateItem, Strategy
-
-T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):

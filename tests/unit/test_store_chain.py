@@ -280,7 +280,8 @@ async def test_a_redis_give_back_rides_the_turns_pipeline_without_a_task_of_its_
     key = fresh("soon")
     held = [await store.reserve(key, 40, 3600, 1) for _ in range(40)]
     assert await live(store, key, 40) == 40
-    batcher = batcher_for(bridge.client(store.storage))  # type: ignore[attr-defined]
+    assert isinstance(store, RedisStore)
+    batcher = batcher_for(bridge.client(store.storage))
     assert batcher is not None
     tasks, pipelines = len(asyncio.all_tasks()), batcher.pipelines
     for reservation in held:

@@ -94,22 +94,51 @@ def test_a_store_that_does_not_answer_still_times_out_on_a_late_loop(loop: str, 
     run_on(loop, main)
 
 
-def test_the_lag_clock_discounts_late_turns_only() -> None:
-    """The clock runs at the wall clock's pace while the loop keeps time, and stands still (to its
-    resolution, one beat) while the loop is blocked."""
+class Timer:
+    def __init__(self, loop: SteppedLoop, timer: tuple[float, Callable[[], object]]) -> None:
+        self.loop, self.timer = loop, timer
 
-    async def main() -> None:
-        clock = LagClock(asyncio.get_running_loop(), beat=0.01)
-        try:
-            start, wall = clock.now(), time.monotonic()
-            await asyncio.sleep(0.2)
-            quiet = clock.now() - start
-            assert quiet == pytest.approx(time.monotonic() - wall, abs=0.05)
-            start = clock.now()
-            block(0.5)
-            await asyncio.sleep(0.05)
-            assert clock.now() - start < 0.5 / 2  # most of the blocked half second is not counted
-        finally:
-            clock.stop()
+    def cancel(self) -> None:
+        if self.timer in self.loop.timers:
+            self.loop.timers.remove(self.timer)
 
-    run_on("asyncio", main)
+
+class SteppedLoop:
+    """The two things `LagClock` asks of a loop, on a clock the test moves: `run_until(t)` runs each timer
+    due by `t` at `t` itself (as late as a loop that was blocked until then)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[tuple[float, Callable[[], object]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        timer = (when, callback)
+        self.timers.append(timer)
+        return Timer(self, timer)
+
+    def run_until(self, moment: float) -> None:
+        self.now = moment
+        while due := [timer for timer in self.timers if timer[0] <= moment]:
+            self.timers.remove(due[0])
+            due[0][1]()
+
+
+def test_the_lag_clock_keeps_time_while_the_loop_does_and_stands_still_while_it_is_late() -> None:
+    loop = SteppedLoop()
+    clock = LagClock(loop, beat=0.02)  # type: ignore[arg-type]
+    start = clock.now()
+    for step in range(1, 11):  # a loop on time: each beat runs when it is due
+        loop.run_until(100.0 + step * 0.02)
+    assert clock.now() - start == pytest.approx(0.2)
+    start = clock.now()
+    loop.now += 0.5  # blocked for half a second: the clock counts up to the overdue beat, then stands still
+    assert clock.now() - start == pytest.approx(0.02)
+    loop.run_until(loop.now)  # the late beat runs, and its lateness is lag, not time
+    assert clock.now() - start == pytest.approx(0.02)  # one beat's resolution
+    loop.run_until(loop.now + 0.02)
+    assert clock.now() - start == pytest.approx(0.04)  # and on time again
+    clock.stop()
+    assert loop.timers == []

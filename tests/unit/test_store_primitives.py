@@ -344,6 +344,19 @@ async def test_a_restarted_redis_serves_again(plain: tuple[RedisServer, LimiterP
     assert await store.claim("restart", b"v", 60) is None
 
 
+async def test_a_connection_left_stale_by_a_restart_is_replaced_not_failed(
+    plain: tuple[RedisServer, LimiterPool],
+) -> None:
+    """The batcher writes its own pipelines (redis_batch.py): a pooled connection that a Redis restart left
+    dead must cost the next request nothing (a fresh connection, once), not a 'store unavailable'."""
+    redis, pool = plain
+    store = pool.store(redis.url, 1.0)
+    assert (await store.reserve("stale", 5, 60, 1)).granted  # its connection goes back to the pool
+    redis.kill()
+    redis.start()  # no call in between: the pooled connection is dead and nobody has noticed
+    assert (await store.reserve("stale", 5, 60, 1)).remaining == 4  # served, and counted once
+
+
 async def test_a_frozen_redis_raises_store_unavailable_after_the_timeout(
     plain: tuple[RedisServer, LimiterPool],
 ) -> None:
