@@ -281,6 +281,7 @@ class _Record(_Entry):
         self.value = value
 
 
+_STALE_SLACK = 1024  # stale heap entries a map may hold beyond its live ones before it is compacted
 _RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (objects, dict and heap slots)
 _E = TypeVar("_E", bound=_Entry)
 
@@ -322,6 +323,19 @@ class _BoundedMap(Generic[_E]):
         if entry.expires < entry.heap_at:
             entry.heap_at = entry.expires
             heapq.heappush(self._due, (entry.expires, key))
+            if len(self._due) > 2 * len(self.entries) + _STALE_SLACK:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop the heap entries of keys gone or rescheduled: one per live entry is left.
+
+        A removed entry's heap entry stays until it is due, and a ledger given back whole (every existing
+        code) is removed at once: without this, each validation left ~150 bytes behind for a whole
+        `failed_codes` window (an hour: gigabytes at checkout rates). Rebuilt once the stale entries
+        outnumber the live ones, so the work is O(1) per push, amortised.
+        """
+        self._due = [(entry.heap_at, key) for key, entry in self.entries.items() if entry.heap_at < inf]
+        heapq.heapify(self._due)
 
     def remove(self, key: str) -> None:
         entry = self.entries.pop(key, None)

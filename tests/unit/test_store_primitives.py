@@ -445,6 +445,37 @@ async def test_memory_ledger_does_not_grow_with_settled_reservations() -> None:
     assert "shopper" not in store.ledgers.entries  # a ledger given back whole is dropped at once
 
 
+async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
+    """Shoppers whose codes exist (each ledger given back whole at once) and Idempotency-Key records
+    replaced, for an hour's window: what the store holds stays about what is live, not what was sent (each
+    left a heap entry behind until its window ended: ~150 bytes per validation, gigabytes an hour)."""
+    import tracemalloc
+
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    keys = [f"gw:codes:shop:10.{i >> 16}.{i >> 8 & 255}.{i & 255}" for i in range(60_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, key in enumerate(keys):
+            reservation = await store.reserve(key, 10, 3600, 2)
+            assert reservation.granted
+            await store.settle(key, reservation, 0)
+            assert await store.claim(f"idem-{i % 100}", b"claimed", 3600) in (None, b"claimed")
+            assert await store.replace(f"idem-{i % 100}", b"claimed", b"claimed", 3600)
+            clock.now += 0.001
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(store.ledgers) == 0 and len(store.records) == 100
+    for bounded in (store.ledgers, store.records):
+        assert len(bounded._due) <= 2 * len(bounded) + 1024
+    assert held < 1_000_000, f"{held:,} bytes held after 60,000 validations"
+    clock.now += 3601  # and what is live still expires on time
+    await store.claim("after", b"s", 1)
+    assert len(store.records) == 1
+
+
 async def test_memory_records_are_bounded_in_keys_and_bytes() -> None:
     clock = Clock()
     store = MemoryStore(clock=clock, max_record_keys=50, max_record_bytes=1_000_000)
