@@ -39,12 +39,18 @@ CONTENDERS = (  # scenarios (a) and (b)
     "direct",
     "bare-aiohttp",
     "bare-http1",
+    "bare-httptools",  # bare-http1 without aiohttp's server: an asyncio protocol on httptools (info)
     "nginx",
     "gateway",  # issue 15's policy: every check and guard on (configs.policy_yaml), memory storage
     "gateway-redis",  # the same, every counter and record on Redis
     "gateway-tracing-1",  # tracing on, every request sampled, spans exported to the bench's own collector
     "gateway-tracing-001",  # tracing on at sample_ratio 0.01
 )
+BARE = {  # the relays without a policy, and their modules
+    "bare-aiohttp": "bench.bare_proxy",
+    "bare-http1": "bench.bare_http1",
+    "bare-httptools": "bench.bare_httptools",
+}
 SAMPLE_RATIOS = {"gateway-tracing-1": 1.0, "gateway-tracing-001": 0.01}
 # Scenario (e): the gateway with a guard left out (configs.GUARD_KEYS): each guard's price is a difference.
 VARIANTS = {
@@ -225,8 +231,8 @@ class Bench:
         if name == "direct":
             return Contender(upstream, lambda: [], lambda: None)
         port = free_port()
-        if name in ("bare-aiohttp", "bare-http1"):
-            module = "bench.bare_proxy" if name == "bare-aiohttp" else "bench.bare_http1"
+        if name in BARE:
+            module = BARE[name]
             cmd = [sys.executable, "-m", module, str(port), f"http://127.0.0.1:{upstream}"]
         elif name == "nginx":
             conf = self.workdir / f"proxy-{port}.conf"
@@ -706,6 +712,12 @@ def targets(rows: dict[str, Row]) -> list[str]:
         info.append(f"gateway-redis = {gwr / lean:.2f} x bare-http1")
     if info:
         out.append("  info  " + "; ".join(info) + " (req/s at saturation)")
+    if "bare-http1" in cpu and "bare-httptools" in cpu:
+        server = cpu["bare-http1"] - cpu["bare-httptools"]
+        out.append(
+            f"  info  aiohttp's server layer (bare-http1 - bare-httptools): {server:.0f} µs of bare-http1's "
+            f"{cpu['bare-http1']:.0f} µs per request"
+        )
     if "bare-http1" in cpu:
         shares = [f"{n} {cpu[n] / cpu['bare-http1']:.2f}" for n in cpu if n != "bare-http1"]
         out.append(
