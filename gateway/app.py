@@ -25,6 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import errors
+from gateway.answer import Answer
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused, describe_exception
@@ -105,29 +106,25 @@ def _respond(
     cors: Iterable[tuple[str, str]],
     extra: Iterable[tuple[str, str]] = (),
     content_type: str | None = JSON,
-) -> web.Response:
-    response = web.Response(status=status, body=body)
-    headers = response.headers
-    for name, value in extra:
-        headers.add(name, value)
-    if content_type is not None and "Content-Type" not in headers:
-        headers["Content-Type"] = content_type
-    for name, value in cors:
-        headers[name] = value
-    headers["Vary"] = "Origin"
-    headers["X-Request-Id"] = request_id
-    return response
+) -> Answer:
+    fields = list(extra)
+    if content_type is not None and not any(name.lower() == "content-type" for name, _ in fields):
+        fields.append(("Content-Type", content_type))
+    fields.extend(cors)
+    fields.append(("Vary", "Origin"))
+    fields.append(("X-Request-Id", request_id))
+    return Answer(status, fields, body)
 
 
-def _error(
+def error_answer(
     error: GatewayError,
     request_id: str,
     cors: Iterable[tuple[str, str]] = (),
     extra: Iterable[tuple[str, str]] = (),
-) -> web.Response:
-    extra = list(extra)
+) -> Answer:
+    """A refusal's answer: its JSON body, Allow, and a closed connection when the error says so."""
     if error.allow:
-        extra.append(("Allow", ", ".join(error.allow)))
+        extra = (*extra, ("Allow", ", ".join(error.allow)))
     response = _respond(error.status, error.body(request_id), request_id, cors, extra)
     if error.close_connection:
         response.force_close()
@@ -192,7 +189,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # the last resort: this request's id, accounted, never aiohttp's text/plain 500
         log.error("request %s failed: %s", outcome.request_id, describe_exception(exc))
         outcome.decision, outcome.status = errors.ErrorKey.INTERNAL_ERROR.value, 500
-        response = _error(errors.internal_error(), outcome.request_id)
+        response = error_answer(errors.internal_error(), outcome.request_id)
     finally:
         outcome.duration_ms = (time.perf_counter() - started) * 1000
         outcome.finished = time.time()
@@ -297,7 +294,7 @@ def _replayed(
     cors: Iterable[tuple[str, str]],
     limit_headers: Iterable[tuple[str, str]],
     outcome: Outcome,
-) -> web.Response:
+) -> Answer:
     """The kept answer again, with this request's own CORS, id and RateLimit fields."""
     status, content_type, body = replay.answer(outcome.request_id)
     outcome.decision, outcome.status = REPLAYED_DECISION, status
@@ -335,14 +332,14 @@ async def _spared_send(
     return target.project.mode.response(target, answer)
 
 
-def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]] = ()) -> web.Response:
+def _refused(refusal: Refuse, outcome: Outcome, extra: Iterable[tuple[str, str]] = ()) -> Answer:
     error = refusal.error
     if refusal.project is not None:
         outcome.project = refusal.project.name
     outcome.operation = refusal.operation or outcome.operation
     outcome.decision = error.key.value
     outcome.status = error.status
-    return _error(error, outcome.request_id, refusal.cors, extra)
+    return error_answer(error, outcome.request_id, refusal.cors, extra)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

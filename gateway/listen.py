@@ -47,7 +47,8 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from gateway import errors
-from gateway.app import STATE, GatewayState, handle, new_request_id
+from gateway.answer import SERVER, Answer
+from gateway.app import STATE, GatewayState, error_answer, handle, new_request_id
 from gateway.errors import GatewayError, describe_exception
 from gateway.models import Outcome
 from gateway.policy import Listen
@@ -55,7 +56,6 @@ from gateway.serving import CANCEL_GRACE
 
 log = logging.getLogger("gateway")
 
-SERVER = "voucherify-gateway"
 LINGER_SECONDS = 2.0  # a closing connection's unread bytes are discarded for at most this long
 LINGER_BYTES = 1 << 20  # and at most this many; then it is closed (a client still sending gets a reset)
 UPSTREAM_FILES = 1000 + 256  # besides its clients, a process holds upstream connections and some files
@@ -293,8 +293,9 @@ class GatewayProtocol(RequestHandler):
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         if isinstance(resp, web.StreamResponse) and not resp.prepared:
-            resp.headers["Server"] = SERVER
-            resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+            if not isinstance(resp, Answer):  # the app's other routes (the widget); an Answer has them
+                resp.headers["Server"] = SERVER
+                resp.headers.setdefault("X-Content-Type-Options", "nosniff")
             if "Transfer-Encoding" in request.headers:  # trailers, HTTP/1.0 framing: nothing after it
                 resp.force_close()
         result = await super().finish_response(request, resp, start_time)
@@ -342,20 +343,7 @@ class GatewayProtocol(RequestHandler):
             error = errors.internal_error()
         request_id = new_request_id()
         account(self._gw.state, request_id, "-", request.remote, None, error)
-        return error_response(error, request_id)
-
-
-def error_response(error: GatewayError, request_id: str) -> web.Response:
-    response = web.Response(status=error.status, body=error.body(request_id))
-    headers = response.headers
-    headers["Content-Type"] = "application/json"
-    headers["Vary"] = "Origin"
-    headers["X-Request-Id"] = request_id
-    if error.allow:
-        headers["Allow"] = ", ".join(error.allow)
-    if error.close_connection:
-        response.force_close()
-    return response
+        return error_answer(error, request_id)
 
 
 def account(
@@ -452,10 +440,10 @@ def guard(handler: Handler, state: GatewayState) -> Handler:
     return guarded
 
 
-def _refuse(state: GatewayState, request: BaseRequest, error: GatewayError) -> web.Response:
+def _refuse(state: GatewayState, request: BaseRequest, error: GatewayError) -> Answer:
     request_id = new_request_id()
     account(state, request_id, request.method, request.remote, request, error)
-    return error_response(error, request_id)
+    return error_answer(error, request_id)
 
 
 def raise_open_files_limit(wanted: int) -> None:
