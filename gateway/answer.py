@@ -30,6 +30,7 @@ SERVER = "voucherify-gateway"
 _FIXED = f"Server: {SERVER}\r\nX-Content-Type-Options: nosniff\r\n"
 # What aiohttp's serializer refuses in a field (any control character but tab), CR and LF counted apart
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ANY_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Answer(web.StreamResponse):
@@ -37,10 +38,19 @@ class Answer(web.StreamResponse):
     copy). The framing fields (Content-Length, Date, Connection, Server) are the answer's own: `fields`
     must not hold them, and holds no X-Content-Type-Options."""
 
-    def __init__(self, status: int, fields: Sequence[tuple[str, str]], body: bytes = b"") -> None:
+    def __init__(
+        self,
+        status: int,
+        fields: Sequence[tuple[str, str]],
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> None:
+        """`content_type`: the Content-Type written when `fields` hold none (without it, a body that is
+        sent gets application/octet-stream, as aiohttp gives it)."""
         super().__init__(status=status)
         self.fields = fields
         self._payload = body
+        self._default_type = content_type
 
     @property
     def body(self) -> bytes:
@@ -48,8 +58,11 @@ class Answer(web.StreamResponse):
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:  # type: ignore[override]
-        """A copy, for reading: the answer is written from `fields`."""
-        return CIMultiDictProxy(CIMultiDict(self.fields))
+        """A copy, for reading: the answer is written from `fields` (and `content_type`)."""
+        headers = CIMultiDict(self.fields)
+        if self._default_type is not None and "Content-Type" not in headers:
+            headers["Content-Type"] = self._default_type
+        return CIMultiDictProxy(headers)
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         if self._eof_sent:
@@ -78,11 +91,11 @@ class Answer(web.StreamResponse):
         """The status line and every field, as aiohttp's `Response.prepare` would have written them."""
         status, body, fields = self._status, self._payload, self.fields
         block = "\r\n".join(map(": ".join, fields))  # the separators are the only CR and LF it may hold
-        if (
+        if fields and (
             block.count("\r") != len(fields) - 1
             or block.count("\n") != len(fields) - 1
             or _CONTROL.search(block) is not None
-        ) and fields:
+        ):
             raise ValueError("a field of the answer holds a control character")  # it would split the answer
         lines = [
             f"HTTP/{version[0]}.{version[1]} {status} {self._reason}\r\n",
@@ -92,11 +105,15 @@ class Answer(web.StreamResponse):
         sized = body or (status != 304 and method != "HEAD")  # aiohttp's Response._start
         if sized and not should_remove_content_length(method, status):
             lines.append(f"Content-Length: {len(body)}\r\n")
-        if body and not empty:
-            for name, _ in fields:
-                if name.lower() == "content-type":
-                    break
-            else:
+        for name, _ in fields:
+            if name.lower() == "content-type":
+                break
+        else:
+            if self._default_type is not None:
+                if _ANY_CONTROL.search(self._default_type) is not None:
+                    raise ValueError("the answer's content type holds a control character")
+                lines.append(f"Content-Type: {self._default_type}\r\n")
+            elif body and not empty:
                 lines.append("Content-Type: application/octet-stream\r\n")
         lines.append(f"Date: {rfc822_formatted_time()}\r\n{_FIXED}")
         if keep_alive:

@@ -107,13 +107,8 @@ def _respond(
     extra: Iterable[tuple[str, str]] = (),
     content_type: str | None = JSON,
 ) -> Answer:
-    fields = list(extra)
-    if content_type is not None and not any(name.lower() == "content-type" for name, _ in fields):
-        fields.append(("Content-Type", content_type))
-    fields.extend(cors)
-    fields.append(("Vary", "Origin"))
-    fields.append(("X-Request-Id", request_id))
-    return Answer(status, fields, body)
+    fields = [*extra, *cors, ("Vary", "Origin"), ("X-Request-Id", request_id)]
+    return Answer(status, fields, body, content_type)  # `content_type` unless `extra` gives one
 
 
 def error_answer(
