@@ -582,17 +582,15 @@ class RedisStore:
             return
         queued = self._scripts.call_soon(SETTLE, [ledger_key(key)], args)
         if queued is None:
-            task = asyncio.ensure_future(self._settle(key, reservation, keep, failed))
+            task = asyncio.ensure_future(self._settle(key, args, failed))
             _SETTLING.add(task)
             task.add_done_callback(_SETTLING.discard)
         else:
             queued.add_done_callback(partial(_settled, failed))
 
-    async def _settle(
-        self, key: str, reservation: Reservation, keep: int, failed: Callable[[StoreUnavailable], None]
-    ) -> None:
+    async def _settle(self, key: str, args: list[Any], failed: Callable[[StoreUnavailable], None]) -> None:
         try:
-            await self.settle(key, reservation, keep)
+            await self._call(SETTLE, ledger_key(key), args)
         except StoreUnavailable as exc:
             failed(exc)
 
