@@ -293,7 +293,7 @@ class GatewayProtocol(RequestHandler):
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         if isinstance(resp, web.StreamResponse) and not resp.prepared:
-            if not isinstance(resp, Answer):  # the app's other routes (the widget); an Answer has them
+            if not isinstance(resp, Answer):  # one aiohttp made itself; every answer of the gateway has them
                 resp.headers["Server"] = SERVER
                 resp.headers.setdefault("X-Content-Type-Options", "nosniff")
             if "Transfer-Encoding" in request.headers:  # trailers, HTTP/1.0 framing: nothing after it

@@ -7,31 +7,30 @@ from importlib import resources
 
 from aiohttp import web
 
+from gateway.answer import Answer
+
 _FILES = resources.files(__name__)
 WIDGET_JS = _FILES.joinpath("widget.js").read_bytes()
 DEMO_HTML = _FILES.joinpath("demo.html").read_bytes()
 WIDGET_ETAG = '"' + hashlib.sha256(WIDGET_JS).hexdigest()[:20] + '"'
 
 
-async def widget(request: web.Request) -> web.Response:
-    headers = {
-        "ETag": WIDGET_ETAG,
-        "Cache-Control": "public, max-age=300",
-        "Access-Control-Allow-Origin": "*",
-        "X-Content-Type-Options": "nosniff",
-    }
+_WIDGET_FIELDS = (
+    ("ETag", WIDGET_ETAG),
+    ("Cache-Control", "public, max-age=300"),
+    ("Access-Control-Allow-Origin", "*"),
+)
+
+
+async def widget(request: web.Request) -> Answer:
     tags = request.headers.get("If-None-Match", "")
     if WIDGET_ETAG in (tag.strip() for tag in tags.split(",")) or tags.strip() == "*":
-        return web.Response(status=304, headers=headers)
-    return web.Response(
-        body=WIDGET_JS, content_type="application/javascript", charset="utf-8", headers=headers
-    )
+        return Answer(304, _WIDGET_FIELDS)
+    return Answer(200, _WIDGET_FIELDS, WIDGET_JS, "application/javascript; charset=utf-8")
 
 
-async def demo_page(request: web.Request) -> web.Response:
-    return web.Response(
-        body=DEMO_HTML, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-cache"}
-    )
+async def demo_page(request: web.Request) -> Answer:
+    return Answer(200, (("Cache-Control", "no-cache"),), DEMO_HTML, "text/html; charset=utf-8")
 
 
 def add_widget(app: web.Application) -> None:
