@@ -20,9 +20,12 @@ IPNetwork = IPv4Network | IPv6Network
 CLIENT_CACHE_SIZE = 16384  # distinct (peer, X-Forwarded-For) pairs remembered per policy
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Client:
-    """Who sent a request, with the strings the request path needs of it, computed once per client."""
+    """Who sent a request, with the strings the request path needs of it, computed once per client.
+
+    Made for each request from what `ClientIpPolicy` remembers (not frozen: a frozen dataclass costs
+    three times as much to make); nothing changes it."""
 
     bucket_key: str  # what the rate limit counts
     text: str | None  # for logs
@@ -33,7 +36,9 @@ class Client:
 class ClientIpPolicy:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     ipv6_prefix: int = 64
-    _clients: dict[tuple[str | None, tuple[str, ...]], Client] = field(
+    # (peer, *X-Forwarded-For) -> Client's fields: exact tuples of strings, which the garbage collector
+    # stops tracking, so at a million shoppers the misses do not fill its oldest generation.
+    _clients: dict[tuple[str | None, ...], tuple[str, str | None, str | None]] = field(
         default_factory=dict, compare=False, repr=False
     )
     _trusted_v4: tuple[tuple[int, int], ...] = field(init=False, compare=False, repr=False)
@@ -51,8 +56,13 @@ class ClientIpPolicy:
 
     def client(self, peer: str | None, forwarded_for: Sequence[str]) -> Client:
         """`client_address` and its strings, remembered: shoppers repeat, and the strings cost more than
-        the lookup. Bounded: an address-rotation flood only empties it every CLIENT_CACHE_SIZE clients."""
-        key = (peer, tuple(forwarded_for))
+        the lookup. Bounded: an address-rotation flood only empties it every CLIENT_CACHE_SIZE clients.
+
+        What is remembered holds no object the garbage collector tracks (a Client is made on each call):
+        a million distinct shoppers miss it on nearly every request, and three tracked objects per miss
+        were promoted to its oldest generation, making full collections of the whole heap several times
+        more frequent (`python -m bench --scenario g`, the clients row)."""
+        key = (peer, *forwarded_for)
         found = self._clients.get(key)
         if found is None:
             found = self._ipv4_client(peer, forwarded_for)
@@ -60,17 +70,17 @@ class ClientIpPolicy:
                 address = client_address(peer, forwarded_for, self)
                 text = None if address is None else str(address)
                 short = None if address is None else truncated(address)
-                found = Client(bucket_key(address, self.ipv6_prefix), text, short)
+                found = (bucket_key(address, self.ipv6_prefix), text, short)
             if len(self._clients) >= CLIENT_CACHE_SIZE:
                 self._clients.clear()
             self._clients[key] = found
-        return found
+        return Client(*found)
 
-    def _ipv4_client(self, peer: str | None, forwarded_for: Sequence[str]) -> Client | None:
-        """`client`'s answer when the peer and every address it needs are IPv4 in canonical dotted form
-        (how load balancers write them), computed on integers and strings: a million distinct shoppers
-        miss the cache, and `ipaddress` costs about 10 µs a client. None: anything else, for the general
-        path (`client_address`), which gives the same answer for these."""
+    def _ipv4_client(self, peer: str | None, forwarded_for: Sequence[str]) -> tuple[str, str, str] | None:
+        """The fields of `client`'s answer when the peer and every address it needs are IPv4 in canonical
+        dotted form (how load balancers write them), computed on integers and strings: a million distinct
+        shoppers miss the cache, and `ipaddress` costs about 10 µs a client. None: anything else, for the
+        general path (`client_address`), which gives the same answer for these."""
         value = _ipv4(peer)
         if peer is None or value is None:
             return None
@@ -86,7 +96,7 @@ class ClientIpPolicy:
                 client = entry
                 if not self._trusted_ipv4(value):
                     break
-        return Client(client, client, client[: client.rindex(".")] + ".0/24")
+        return (client, client, client[: client.rindex(".")] + ".0/24")
 
     def _trusted_ipv4(self, value: int) -> bool:
         for network, mask in self._trusted_v4:  # noqa: SIM110 - `any` over a generator costs twice this

@@ -260,7 +260,10 @@ class _Ledger(_Entry):
     def __init__(self, window: float) -> None:
         super().__init__(0.0, 0)
         self.window = window
-        self.groups: OrderedDict[str, list[float]] = OrderedDict()  # token -> [time, entries], oldest first
+        # token -> (time, entries), oldest first. Tuples, not lists: a project's upstream quota keeps one
+        # group per call for its whole window, and the garbage collector stops tracking a tuple of numbers
+        # (a list it would promote to its oldest generation and walk in every full collection).
+        self.groups: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self.live = 0  # entries of the groups
 
     def expire(self, now: float) -> None:
@@ -270,7 +273,7 @@ class _Ledger(_Entry):
             if group[0] > horizon:
                 break
             del groups[token]
-            self.live -= int(group[1])
+            self.live -= group[1]
 
 
 class _Record(_Entry):
@@ -494,7 +497,7 @@ class MemoryStore:
         if ledger.groups:  # time-ordered, even if the clock stepped back
             now = max(now, next(reversed(ledger.groups.values()))[0])
         token = f"{next(self._tokens):x}"
-        ledger.groups[token] = [now, amount]
+        ledger.groups[token] = (now, amount)
         ledger.live += amount
         ledger.expires = now + window
         ledgers.schedule(key, ledger)
@@ -522,10 +525,10 @@ class MemoryStore:
         group = None if ledger is None else ledger.groups.get(reservation.token)
         if ledger is None or group is None:
             return  # given back already, or out of the window
-        kept = min(max(keep, 0), int(group[1]))
-        ledger.live -= int(group[1]) - kept
+        kept = min(max(keep, 0), group[1])
+        ledger.live -= group[1] - kept
         if kept:
-            group[1] = kept
+            ledger.groups[reservation.token] = (group[0], kept)  # in its place: the order is kept
         else:
             del ledger.groups[reservation.token]
             if not ledger.groups:  # holds nothing: a known code leaves no ledger behind for its client
@@ -573,7 +576,7 @@ def _retry_after(ledger: _Ledger | None, limit: int, window: float, amount: int,
         return window
     need, freed = ledger.live + amount - limit, 0
     for when, entries in ledger.groups.values():
-        freed += int(entries)
+        freed += entries
         if freed >= need:
             return max(when + window - now, 0.0)
     return window  # pragma: no cover - the live entries are the groups' entries

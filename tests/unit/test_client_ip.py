@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
@@ -137,12 +138,31 @@ def test_client_is_what_the_functions_say_remembered_and_bounded(monkeypatch: py
         assert client.bucket_key == bucket_key(address, 48)
         assert client.truncated == (None if address is None else truncated(address))
         assert client.text == (None if address is None else str(address))
-        assert policy.client(peer, xff) is client  # the second time from the cache
+        remembered = dict(policy._clients)
+        assert policy.client(peer, xff) == client
+        assert policy._clients == remembered  # the second time from the cache
     assert policy.client("10.0.0.1", ["2001:db8:1:2::5"]).bucket_key == "2001:db8:1::/48"
     for i in range(20):  # a rotation flood: the cache stays within its size
         policy.client("10.0.0.1", [f"203.0.113.{i}"])
     assert len(policy._clients) <= 8
     assert ClientIpPolicy((ip_network("10.0.0.0/8"),), 48) == policy  # the cache is not part of equality
+
+
+def test_what_the_client_cache_remembers_leaves_the_garbage_collector_nothing_to_track() -> None:
+    # At a million distinct shoppers nearly every request misses the cache; each miss used to leave
+    # tracked objects (a Client, tuples) that were promoted to the collector's oldest generation and
+    # made full collections of the whole heap more frequent. Exact tuples of strings stop being tracked
+    # at the first collection they survive, and are never promoted.
+    policy = ClientIpPolicy((ip_network("10.0.0.0/8"), ip_network("2001:db8:ff::/48")), 64)
+    for i in range(50):
+        policy.client("10.0.0.1", [f"203.0.113.{i}"])  # the IPv4 path
+        policy.client("10.0.0.1", [f"2001:db8:{i}::1, 10.0.0.2"])  # the general path
+        policy.client(f"2001:db8:ff::{i}", [f"198.51.100.{i}", "10.9.9.9"])  # two XFF headers
+        policy.client(None, [])
+    gc.collect()
+    assert len(policy._clients) == 151
+    assert not any(gc.is_tracked(key) or gc.is_tracked(value) for key, value in policy._clients.items())
+    assert policy.client("10.0.0.1", ["203.0.113.7"]).bucket_key == "203.0.113.7"
 
 
 _V4_TEXTS = st.one_of(

@@ -476,6 +476,31 @@ async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
     assert len(store.records) == 1
 
 
+async def test_a_quota_window_of_calls_leaves_the_garbage_collector_nothing_to_walk() -> None:
+    """A project's upstream quota keeps one group per call for its whole window (a minute at 3,000 calls a
+    second: 180,000). As lists they were promoted to the collector's oldest generation and walked by every
+    full collection; tuples of numbers stop being tracked at the first collection. A partial give-back
+    keeps its group's place in the order."""
+    import gc
+
+    clock = Clock()
+    store, start = MemoryStore(clock=clock), clock.now
+    tokens = []
+    for _ in range(1000):
+        reservation = store.reserve_sync("gw:quota:shop", 10_000, 60, 3, shared=True)
+        assert reservation.granted
+        tokens.append(reservation.token)
+        clock.now += 0.01
+    store.settle_sync("gw:quota:shop", Reservation(True, tokens[0], 3, 0, 0.0, 0.0), 1)  # keeps 1 of 3
+    gc.collect()
+    ledger = store.shared_ledgers.entries["gw:quota:shop"]
+    assert len(ledger.groups) == 1000 and ledger.live == 2998
+    assert not any(gc.is_tracked(group) for group in ledger.groups.values())
+    assert next(iter(ledger.groups)) == tokens[0] and next(iter(ledger.groups.values()))[1] == 1
+    clock.now = start + 60.005  # only the first call's group has left (its one kept entry): 2,997 live
+    assert store.reserve_sync("gw:quota:shop", 10_000, 60, 0, shared=True).remaining == 10_000 - 2997
+
+
 async def test_memory_records_are_bounded_in_keys_and_bytes() -> None:
     clock = Clock()
     store = MemoryStore(clock=clock, max_record_keys=50, max_record_bytes=1_000_000)
