@@ -7,11 +7,11 @@ headers, an entry that is not an address) falls back to the peer: never guess.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from socket import inet_aton, inet_ntoa
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -106,16 +106,17 @@ class ClientIpPolicy:
 
 
 def _ipv4(text: str | None) -> int | None:
-    """The address of an IPv4 address in canonical dotted form, as an integer; else None."""
-    match = None if text is None else _DOTTED.fullmatch(text)
-    if match is None:
+    """The address of an IPv4 address in canonical dotted form (as str(IPv4Address) writes it), as an
+    integer; else None. `inet_aton` also takes other forms ("1.2.3", "0x7f.1", "01.2.3.4", trailing text
+    after a space): only a text that `inet_ntoa` writes back unchanged is canonical. Half the cost of a
+    regex and four int() calls."""
+    if text is None:
         return None
-    a, b, c, d = match.groups()
-    return (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
-
-
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_DOTTED = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}", re.ASCII)  # as str(IPv4Address) writes
+    try:
+        packed = inet_aton(text)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+    return int.from_bytes(packed, "big") if inet_ntoa(packed) == text else None
 
 
 @lru_cache(maxsize=16384)  # peers and shoppers repeat; parsing an address is the costly part

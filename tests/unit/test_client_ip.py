@@ -169,6 +169,11 @@ _V4_TEXTS = st.one_of(
     st.sampled_from(["10.0.0.1", "10.1.2.3", "127.0.0.1", "203.0.113.7", "0.0.0.0", "255.255.255.255"]),
     st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
     st.sampled_from(["010.0.0.1", "10.0.0.01", "256.1.1.1", "1.2.3", "1.2.3.4.5", "1.2.3.4:80", " 10.0.0.9"]),
+    # what inet_aton takes besides the canonical form (the shortcut parses with it): hex, octal, fewer
+    # parts, text after a space, a NUL, non-ASCII digits
+    st.sampled_from(
+        ["0x0a.0.0.1", "10.0x1", "10.1", "167772161", "10.0.0.1 x", "10.0.0.1\x00", "\uff110.0.0.1"]
+    ),
     st.sampled_from(["::1", "fd00::5", "2001:db8::1", "::ffff:10.0.0.1", "[fd00::1]:80", "unknown", ""]),
 )
 
