@@ -218,6 +218,11 @@ def targets(measured: list[Measured]) -> list[str]:
                 f"  {verdict}  (g) {m.row.name} {first.label} -> {last.label}: CPU per request"
                 f" ≤ {FLAT} x: {top / base:.2f}x ({base:.0f} -> {top:.0f} µs)"
             )
+            rounds = zip(m.cpu_us[first.label], m.cpu_us[last.label], strict=False)  # interleaved pairs
+            out.append(
+                f"  info  (g) {m.row.name}: the ratio round by round (how far one run's verdict can move): "
+                + ", ".join(f"{large / small:.2f}" for small, large in rounds)
+            )
         else:
             steps = []
             for case in m.row.cases[1:]:

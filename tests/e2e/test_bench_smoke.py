@@ -67,5 +67,6 @@ def test_bench_smoke_prints_a_row_per_contender_with_throughput() -> None:
     targets = out.split("\ntargets", 1)[-1]
     for line in ("gateway ≥ 0.7 x bare-http1 req/s", "gateway-redis ≥ 0.85 x gateway", "(d) gateway cache hit",
                  "(e) failed_codes on Redis", "(e) upstream_quota on memory", "(g) request body: µs",
+                 "(g) projects, requests spread over all: the ratio round by round",
                  "aiohttp's server layer (bare-http1 - bare-httptools)"):  # fmt: skip
         assert line in targets, f"no target line {line!r}:\n{out}"
