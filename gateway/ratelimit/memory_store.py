@@ -20,7 +20,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections import OrderedDict
+from array import array
 from collections.abc import Callable, Sequence
 from math import floor, inf
 from typing import Generic, TypeVar
@@ -255,25 +255,79 @@ class _Entry:
 
 
 class _Ledger(_Entry):
-    __slots__ = ("groups", "live", "window")
+    """Entries held in groups, one per reservation, oldest first, in two arrays of numbers: group i (the
+    index in its token) is slot i - `base` of `times` and `counts` (0 once given back); the slots before
+    `head` are gone, and the slot at `head` holds entries. Arrays, not an object per group: a project's
+    upstream quota keeps one group per call for its whole window (180,000 for a minute at 3,000 calls a
+    second). An OrderedDict of tuples took ~200 bytes a group scattered over the heap, and each expiry
+    a few cache misses; here 16 bytes, contiguous, and nothing for the garbage collector to walk."""
 
-    def __init__(self, window: float) -> None:
+    __slots__ = ("base", "counts", "head", "live", "prefix", "times", "window")
+
+    def __init__(self, window: float, serial: int) -> None:
         super().__init__(0.0, 0)
         self.window = window
-        # token -> (time, entries), oldest first. Tuples, not lists: a project's upstream quota keeps one
-        # group per call for its whole window, and the garbage collector stops tracking a tuple of numbers
-        # (a list it would promote to its oldest generation and walk in every full collection).
-        self.groups: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self.prefix = f"{serial:x}."  # a token names its ledger: a late give-back never finds another's
+        self.times = array("d")
+        self.counts = array("q")
+        self.base = 0
+        self.head = 0
         self.live = 0  # entries of the groups
 
+    def add(self, now: float, amount: int) -> tuple[str, float]:
+        """A new group of `amount` entries: its token and its time (time-ordered, even if the clock
+        stepped back)."""
+        times = self.times
+        if len(times) > self.head:
+            now = max(now, times[-1])
+        times.append(now)
+        self.counts.append(amount)
+        self.live += amount
+        return f"{self.prefix}{self.base + len(times) - 1:x}", now
+
+    def slot(self, token: str) -> int:
+        """The slot of the group `token` names while it holds entries; else -1."""
+        if not token.startswith(self.prefix):
+            return -1
+        try:
+            slot = int(token[len(self.prefix) :], 16) - self.base
+        except ValueError:
+            return -1
+        return slot if self.head <= slot < len(self.times) and self.counts[slot] > 0 else -1
+
+    def keep(self, slot: int, keep: int) -> None:
+        """Keep at most `keep` of the group's entries (a give-back)."""
+        counts = self.counts
+        kept = min(max(keep, 0), counts[slot])
+        self.live -= counts[slot] - kept
+        counts[slot] = kept
+        self.expire(-inf)  # only the groups given back whole at the front leave
+
     def expire(self, now: float) -> None:
-        groups, horizon = self.groups, now - self.window
-        while groups:
-            token, group = next(iter(groups.items()))
-            if group[0] > horizon:
-                break
-            del groups[token]
-            self.live -= group[1]
+        """Drop the groups older than the window, and those given back, from the front."""
+        times, counts, head, horizon = self.times, self.counts, self.head, now - self.window
+        size = len(times)
+        while head < size and (counts[head] == 0 or times[head] <= horizon):
+            self.live -= counts[head]
+            head += 1
+        self.head = head
+        if head > 64 and 2 * head > size:  # the arrays drop what is gone once it is most of them
+            del times[:head], counts[:head]
+            self.base += head
+            self.head = 0
+
+    def first(self) -> float | None:
+        """The time of the oldest group that holds entries."""
+        return self.times[self.head] if self.head < len(self.times) else None
+
+    def retry_after(self, limit: int, amount: int, now: float) -> float:
+        """Seconds until enough entries have left for `amount` to fit under `limit`."""
+        need, freed, times, counts = self.live + amount - limit, 0, self.times, self.counts
+        for slot in range(self.head, len(times)):
+            freed += counts[slot]
+            if freed >= need:
+                return max(times[slot] + self.window - now, 0.0)
+        return self.window  # pragma: no cover - the live entries are the groups' entries
 
 
 class _Record(_Entry):
@@ -411,7 +465,7 @@ class MemoryStore:
         self.ledgers: _BoundedMap[_Ledger] = _BoundedMap("ledger", max_ledger_keys, 2**62)
         self.shared_ledgers: _BoundedMap[_Ledger] = _BoundedMap("shared ledger", 2**62, 2**62)  # projects
         self.records: _BoundedMap[_Record] = _BoundedMap("record", max_record_keys, max_record_bytes)
-        self._tokens = itertools.count(1)
+        self._serials = itertools.count(1)  # one per ledger made: its tokens' prefix
 
     def bound(self, timeout: float) -> MemoryStore:
         """This store (a memory call never waits, so every timeout is the same store)."""
@@ -492,13 +546,9 @@ class MemoryStore:
                 ledger, False, "", 0, limit, live, now, _retry_after(ledger, limit, window, amount, now)
             )
         if ledger is None:
-            ledger = _Ledger(window)
+            ledger = _Ledger(window, next(self._serials))
             ledgers.put(key, ledger)
-        if ledger.groups:  # time-ordered, even if the clock stepped back
-            now = max(now, next(reversed(ledger.groups.values()))[0])
-        token = f"{next(self._tokens):x}"
-        ledger.groups[token] = (now, amount)
-        ledger.live += amount
+        token, now = ledger.add(now, amount)
         ledger.expires = now + window
         ledgers.schedule(key, ledger)
         return _answer(ledger, True, token, amount, limit, ledger.live, now, 0.0)
@@ -522,17 +572,12 @@ class MemoryStore:
         if ledger is None:
             ledgers = self.ledgers
             ledger = ledgers.get(key, now)
-        group = None if ledger is None else ledger.groups.get(reservation.token)
-        if ledger is None or group is None:
+        slot = -1 if ledger is None else ledger.slot(reservation.token)
+        if ledger is None or slot < 0:
             return  # given back already, or out of the window
-        kept = min(max(keep, 0), group[1])
-        ledger.live -= group[1] - kept
-        if kept:
-            ledger.groups[reservation.token] = (group[0], kept)  # in its place: the order is kept
-        else:
-            del ledger.groups[reservation.token]
-            if not ledger.groups:  # holds nothing: a known code leaves no ledger behind for its client
-                ledgers.remove(key)
+        ledger.keep(slot, keep)
+        if not ledger.live:  # holds nothing: a known code leaves no ledger behind for its client
+            ledgers.remove(key)
 
     # ------------------------------------------------------------------------------------ records
 
@@ -574,12 +619,7 @@ def _retry_after(ledger: _Ledger | None, limit: int, window: float, amount: int,
     """Seconds until enough of the ledger's entries have left for `amount` to fit under `limit`."""
     if ledger is None or amount > limit:
         return window
-    need, freed = ledger.live + amount - limit, 0
-    for when, entries in ledger.groups.values():
-        freed += entries
-        if freed >= need:
-            return max(when + window - now, 0.0)
-    return window  # pragma: no cover - the live entries are the groups' entries
+    return ledger.retry_after(limit, amount, now)
 
 
 def _answer(
@@ -593,6 +633,7 @@ def _answer(
     retry_after: float,
 ) -> Reservation:
     reset = 0.0
-    if ledger is not None and ledger.groups:
-        reset = max(next(iter(ledger.groups.values()))[0] + ledger.window - now, 0.0)
+    first = None if ledger is None else ledger.first()
+    if ledger is not None and first is not None:
+        reset = max(first + ledger.window - now, 0.0)
     return Reservation(granted, token, amount, max(limit - live, 0), reset, retry_after)

@@ -476,29 +476,117 @@ async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
     assert len(store.records) == 1
 
 
-async def test_a_quota_window_of_calls_leaves_the_garbage_collector_nothing_to_walk() -> None:
+async def test_a_quota_window_of_calls_costs_a_few_bytes_each_and_nothing_to_collect() -> None:
     """A project's upstream quota keeps one group per call for its whole window (a minute at 3,000 calls a
-    second: 180,000). As lists they were promoted to the collector's oldest generation and walked by every
-    full collection; tuples of numbers stop being tracked at the first collection. A partial give-back
-    keeps its group's place in the order."""
+    second: 180,000). As an OrderedDict of lists each took ~200 bytes and an object that every full
+    collection of the garbage collector walked. A partial give-back keeps its group's place in the order,
+    and a late give-back of an expired ledger's token finds nothing in its successor."""
     import gc
+    import tracemalloc
 
     clock = Clock()
     store, start = MemoryStore(clock=clock), clock.now
-    tokens = []
-    for _ in range(1000):
-        reservation = store.reserve_sync("gw:quota:shop", 10_000, 60, 3, shared=True)
-        assert reservation.granted
-        tokens.append(reservation.token)
-        clock.now += 0.01
-    store.settle_sync("gw:quota:shop", Reservation(True, tokens[0], 3, 0, 0.0, 0.0), 1)  # keeps 1 of 3
+    store.reserve_sync("gw:quota:shop", 100_000, 60, 1, shared=True)  # the ledger exists before
+    clock.now += 0.001  # the calls' groups: start + 0.001 + 0.002 i
     gc.collect()
+    tracked = len(gc.get_objects())
+    tokens = []  # the first two and the last (the store's own bytes are measured)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5000):
+            reservation = store.reserve_sync("gw:quota:shop", 100_000, 60, 3, shared=True)
+            assert reservation.granted
+            if i < 2 or i == 4999:
+                tokens.append(reservation.token)
+            clock.now += 0.002
+        held = (tracemalloc.get_traced_memory()[0] - before) / 5000
+    finally:
+        tracemalloc.stop()
+    gc.collect()
+    assert len(gc.get_objects()) - tracked < 100, "objects the collector tracks, per call"
+    assert held < 32, f"{held:.0f} bytes per call"
+    live = 100_000 - store.reserve_sync("gw:quota:shop", 100_000, 60, 0, shared=True).remaining
+    assert live == 1 + 3 * 5000
+    store.settle_sync("gw:quota:shop", Reservation(True, tokens[0], 3, 0, 0.0, 0.0), 1)  # keeps 1 of 3
+    store.settle_sync("gw:quota:shop", Reservation(True, tokens[1], 3, 0, 0.0, 0.0), 0)  # gives all back
+    store.settle_sync("gw:quota:shop", Reservation(True, tokens[1], 3, 0, 0.0, 0.0), 0)  # twice: no-op
+    clock.now = start + 60.0005  # only the group made before the loop has left
+    assert store.reserve_sync("gw:quota:shop", 100_000, 60, 0, shared=True).remaining == 100_000 - (
+        1 + 3 * 4998
+    )
+    clock.now = start + 60.002  # then the first call's group, with the one entry it kept
+    assert store.reserve_sync("gw:quota:shop", 100_000, 60, 0, shared=True).remaining == 100_000 - 3 * 4998
+    clock.now = start + 60 + 5000 * 0.002 + 1  # every group has left; a new ledger comes with new tokens
+    fresh = store.reserve_sync("gw:quota:shop", 100_000, 60, 3, shared=True)
+    assert fresh.token not in tokens
+    store.settle_sync("gw:quota:shop", Reservation(True, tokens[-1], 3, 0, 0.0, 0.0), 0)  # too late
+    assert store.reserve_sync("gw:quota:shop", 100_000, 60, 0, shared=True).remaining == 100_000 - 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_memory_ledgers_answer_as_a_list_of_groups_would(seed: int) -> None:
+    """Reservations, give-backs (whole, partial, twice, late) and time passing, against the plainest model
+    of a moving-window ledger: a list of [token, time, entries]. Long enough that the arrays drop what is
+    gone (their slots move) while tokens from before are still given back."""
+    import random
+
+    rng, clock = random.Random(seed), Clock()
+    store, limit, window = MemoryStore(clock=clock), rng.choice([20, 40]), rng.choice([1.0, 7.5])
+    model: list[list[Any]] = []  # [token, time, entries], oldest first
+    tokens: list[str] = []
+    refused = 0
+    for _ in range(3000):
+        clock.now += window if rng.random() < 0.005 else rng.choice([0.0, 0.001, 0.01, 0.05, 0.1])
+        model[:] = [g for g in model if g[1] > clock.now - window and g[2] > 0]
+        if tokens and rng.random() < 0.4:
+            token, keep = rng.choice(tokens[-50:]), rng.choice([0, 0, 1, 2])
+            store.settle_sync("gw:codes:shop:c", Reservation(True, token, 3, 0, 0.0, 0.0), keep)
+            for group in model:
+                if group[0] == token:
+                    group[2] = min(group[2], keep)
+            model[:] = [g for g in model if g[2] > 0]
+            continue
+        amount = rng.choice([0, 1, 1, 2, 3])
+        got = store.reserve_sync("gw:codes:shop:c", limit, window, amount)
+        live = sum(g[2] for g in model)
+        granted = amount <= 0 or live + amount <= limit
+        if granted and amount > 0:
+            model.append([got.token, clock.now, amount])
+            tokens.append(got.token)
+            live += amount
+        retry = 0.0
+        if not granted:
+            freed, retry = 0, window
+            for _, when, entries in model:
+                freed += entries
+                if freed >= live + amount - limit:
+                    retry = max(when + window - clock.now, 0.0)
+                    break
+        reset = max(model[0][1] + window - clock.now, 0.0) if model else 0.0
+        assert (got.granted, got.remaining) == (granted, max(limit - live, 0))
+        assert got.reset == pytest.approx(reset) and got.retry_after == pytest.approx(retry)
+        assert bool(got.token) == (granted and amount > 0) and len(set(tokens)) == len(tokens)
+        refused += not granted
+    assert refused  # the limit was reached
+
+
+def test_a_memory_ledger_that_drops_its_front_still_finds_every_live_group() -> None:
+    """A busy ledger (one call every 10 ms in a one-second window) never empties: its arrays drop what has
+    left and their slots move, while tokens made before and after are still given back exactly."""
+    clock = Clock()
+    store, tokens = MemoryStore(clock=clock), []
+    for _ in range(1000):
+        tokens.append(store.reserve_sync("gw:quota:shop", 1000, 1.0, 2, shared=True).token)
+        clock.now += 0.01
+    clock.now += 0.005  # between two calls' times: the calls from the 901st on are in the window
+    live = 1000 - store.reserve_sync("gw:quota:shop", 1000, 1.0, 0, shared=True).remaining
     ledger = store.shared_ledgers.entries["gw:quota:shop"]
-    assert len(ledger.groups) == 1000 and ledger.live == 2998
-    assert not any(gc.is_tracked(group) for group in ledger.groups.values())
-    assert next(iter(ledger.groups)) == tokens[0] and next(iter(ledger.groups.values()))[1] == 1
-    clock.now = start + 60.005  # only the first call's group has left (its one kept entry): 2,997 live
-    assert store.reserve_sync("gw:quota:shop", 10_000, 60, 0, shared=True).remaining == 10_000 - 2997
+    assert ledger.base > 0 and len(ledger.times) < 300  # it dropped its front, more than once
+    assert live == 2 * 99
+    for token in (tokens[950], tokens[999], tokens[900], tokens[100]):  # the last two have left
+        store.settle_sync("gw:quota:shop", Reservation(True, token, 2, 0, 0.0, 0.0), 1)
+    assert 1000 - store.reserve_sync("gw:quota:shop", 1000, 1.0, 0, shared=True).remaining == 2 * 99 - 2
 
 
 async def test_memory_records_are_bounded_in_keys_and_bytes() -> None:
