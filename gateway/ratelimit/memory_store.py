@@ -254,6 +254,10 @@ class _Entry:
         self.size = size  # bytes counted against the map's bound
 
 
+_INDEX_BITS = 48  # a token is (the ledger's serial << 48) | the group's index: 2^48 calls is centuries
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+
+
 class _Ledger(_Entry):
     """Entries held in groups, one per reservation, oldest first, in two arrays of numbers: group i (the
     index in its token) is slot i - `base` of `times` and `counts` (0 once given back); the slots before
@@ -262,17 +266,15 @@ class _Ledger(_Entry):
     second). An OrderedDict of tuples took ~200 bytes a group scattered over the heap, and each expiry
     a few cache misses; here 16 bytes, contiguous, and nothing for the garbage collector to walk."""
 
-    __slots__ = ("base", "counts", "head", "live", "prefix", "times", "window")
+    __slots__ = ("base", "counts", "head", "live", "serial", "times", "window")
 
-    def __init__(self, window: float, serial: int) -> None:
-        super().__init__(0.0, 0)
+    def __init__(self, window: float, serial: int) -> None:  # one per validation whose codes exist: lean
+        self.expires, self.heap_at, self.size = 0.0, inf, 0
         self.window = window
-        self.prefix = f"{serial:x}."  # a token names its ledger: a late give-back never finds another's
+        self.serial = serial << _INDEX_BITS  # tokens name their ledger: a late give-back finds no other
         self.times = array("d")
         self.counts = array("q")
-        self.base = 0
-        self.head = 0
-        self.live = 0  # entries of the groups
+        self.base = self.head = self.live = 0  # live: entries of the groups
 
     def add(self, now: float, amount: int) -> tuple[str, float]:
         """A new group of `amount` entries: its token and its time (time-ordered, even if the clock
@@ -283,17 +285,18 @@ class _Ledger(_Entry):
         times.append(now)
         self.counts.append(amount)
         self.live += amount
-        return f"{self.prefix}{self.base + len(times) - 1:x}", now
+        return str(self.serial | (self.base + len(times) - 1)), now
 
     def slot(self, token: str) -> int:
         """The slot of the group `token` names while it holds entries; else -1."""
-        if not token.startswith(self.prefix):
-            return -1
         try:
-            slot = int(token[len(self.prefix) :], 16) - self.base
+            named = int(token)
         except ValueError:
             return -1
-        return slot if self.head <= slot < len(self.times) and self.counts[slot] > 0 else -1
+        slot = (named & _INDEX_MASK) - self.base
+        if named & ~_INDEX_MASK != self.serial or not self.head <= slot < len(self.times):
+            return -1
+        return slot if self.counts[slot] > 0 else -1
 
     def keep(self, slot: int, keep: int) -> None:
         """Keep at most `keep` of the group's entries (a give-back)."""
