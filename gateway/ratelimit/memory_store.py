@@ -268,8 +268,8 @@ class _Ledger(_Entry):
 
     __slots__ = ("base", "counts", "head", "live", "serial", "times", "window")
 
-    def __init__(self, window: float, serial: int) -> None:  # one per validation whose codes exist: lean
-        self.expires, self.heap_at, self.size = 0.0, inf, 0
+    def __init__(self, window: float, serial: int) -> None:
+        super().__init__(0.0, 0)
         self.window = window
         self.serial = serial << _INDEX_BITS  # tokens name their ledger: a late give-back finds no other
         self.times = array("d")
@@ -319,9 +319,9 @@ class _Ledger(_Entry):
             self.base += head
             self.head = 0
 
-    def first(self) -> float | None:
-        """The time of the oldest group that holds entries."""
-        return self.times[self.head] if self.head < len(self.times) else None
+    def reset(self, now: float) -> float:
+        """Seconds until the oldest group that holds entries leaves (0: none)."""
+        return max(self.times[self.head] + self.window - now, 0.0) if self.head < len(self.times) else 0.0
 
     def retry_after(self, limit: int, amount: int, now: float) -> float:
         """Seconds until enough entries have left for `amount` to fit under `limit`."""
@@ -635,8 +635,5 @@ def _answer(
     now: float,
     retry_after: float,
 ) -> Reservation:
-    reset = 0.0
-    first = None if ledger is None else ledger.first()
-    if ledger is not None and first is not None:
-        reset = max(first + ledger.window - now, 0.0)
+    reset = 0.0 if ledger is None else ledger.reset(now)
     return Reservation(granted, token, amount, max(limit - live, 0), reset, retry_after)
