@@ -24,10 +24,8 @@ import itertools
 import logging
 import struct
 import time
-from array import array
 from collections.abc import Callable, Sequence
 from math import floor, inf
-from typing import Generic, TypeVar
 
 from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport, Storage
 from limits.storage.base import TimestampedSlidingWindow
@@ -257,108 +255,129 @@ def _drop_expired(hits: bytearray, horizon: float) -> None:
     del hits[:expired]
 
 
-class _Entry:
-    __slots__ = ("expires", "heap_at", "size")
-
-    def __init__(self, expires: float, size: int) -> None:
-        self.expires = expires  # when the whole entry is gone
-        self.heap_at = inf  # the time of its one live heap entry (inf: none yet)
-        self.size = size  # bytes counted against the map's bound
-
-
+# Every entry of a `_BoundedMap` (a ledger, a record) is one bytearray, so what a million clients hold is
+# nothing the garbage collector tracks: a ledger as an object with two arrays was three tracked objects (a
+# full collection walked 3 million under a flood of a million distinct guessers, ~0.35 s without an answer
+# to anyone) and, with its key and slots, ~565 bytes; as bytes ~330. Each starts with `_ENTRY`; a record's
+# value follows it, a ledger's `_LEDGER` and its groups.
+_ENTRY = struct.Struct("=ddq")  # when the whole entry is gone; its one live heap entry's time (inf: none);
+#                                 the bytes counted against the map's bound
+_AT = _ENTRY.size
+_LEDGER = struct.Struct("=dqqqq")  # a ledger's window, serial (its tokens' prefix), base, head, live entries
+_GROUPS = _AT + _LEDGER.size  # then its groups, oldest first, one per reservation:
+_GROUP = struct.Struct("=dq")  # the group's time and entries (0 once given back)
+_HEAD = struct.Struct(_ENTRY.format + _LEDGER.format[1:])  # a ledger's first 64 bytes, at once
+_FIRST = struct.Struct(_ENTRY.format + _LEDGER.format[1:] + _GROUP.format[1:])  # a new ledger, whole
 _INDEX_BITS = 48  # a token is (the ledger's serial << 48) | the group's index: 2^48 calls is centuries
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
+_expiry = struct.Struct("=d")
+_times = struct.Struct("=dd")  # expires, heap_at
 
 
-class _Ledger(_Entry):
-    """Entries held in groups, one per reservation, oldest first, in two arrays of numbers: group i (the
-    index in its token) is slot i - `base` of `times` and `counts` (0 once given back); the slots before
-    `head` are gone, and the slot at `head` holds entries. Arrays, not an object per group: a project's
-    upstream quota keeps one group per call for its whole window (180,000 for a minute at 3,000 calls a
-    second). An OrderedDict of tuples took ~200 bytes a group scattered over the heap, and each expiry
-    a few cache misses; here 16 bytes, contiguous, and nothing for the garbage collector to walk."""
-
-    __slots__ = ("base", "counts", "head", "live", "serial", "times", "window")
-
-    def __init__(self, window: float, serial: int) -> None:
-        super().__init__(0.0, 0)
-        self.window = window
-        self.serial = serial << _INDEX_BITS  # tokens name their ledger: a late give-back finds no other
-        self.times = array("d")
-        self.counts = array("q")
-        self.base = self.head = self.live = 0  # live: entries of the groups
-
-    def add(self, now: float, amount: int) -> tuple[str, float]:
-        """A new group of `amount` entries: its token and its time (time-ordered, even if the clock
-        stepped back)."""
-        times = self.times
-        if len(times) > self.head:
-            now = max(now, times[-1])
-        times.append(now)
-        self.counts.append(amount)
-        self.live += amount
-        return str(self.serial | (self.base + len(times) - 1)), now
-
-    def slot(self, token: str) -> int:
-        """The slot of the group `token` names while it holds entries; else -1."""
-        try:
-            named = int(token)
-        except ValueError:
-            return -1
-        slot = (named & _INDEX_MASK) - self.base
-        if named & ~_INDEX_MASK != self.serial or not self.head <= slot < len(self.times):
-            return -1
-        return slot if self.counts[slot] > 0 else -1
-
-    def keep(self, slot: int, keep: int) -> None:
-        """Keep at most `keep` of the group's entries (a give-back)."""
-        counts = self.counts
-        kept = min(max(keep, 0), counts[slot])
-        self.live -= counts[slot] - kept
-        counts[slot] = kept
-        self.expire(-inf)  # only the groups given back whole at the front leave
-
-    def expire(self, now: float) -> None:
-        """Drop the groups older than the window, and those given back, from the front."""
-        times, counts, head, horizon = self.times, self.counts, self.head, now - self.window
-        size = len(times)
-        while head < size and (counts[head] == 0 or times[head] <= horizon):
-            self.live -= counts[head]
-            head += 1
-        self.head = head
-        if head > 64 and 2 * head > size:  # the arrays drop what is gone once it is most of them
-            del times[:head], counts[:head]
-            self.base += head
-            self.head = 0
-
-    def reset(self, now: float) -> float:
-        """Seconds until the oldest group that holds entries leaves (0: none)."""
-        return max(self.times[self.head] + self.window - now, 0.0) if self.head < len(self.times) else 0.0
-
-    def retry_after(self, limit: int, amount: int, now: float) -> float:
-        """Seconds until enough entries have left for `amount` to fit under `limit`."""
-        need, freed, times, counts = self.live + amount - limit, 0, self.times, self.counts
-        for slot in range(self.head, len(times)):
-            freed += counts[slot]
-            if freed >= need:
-                return max(times[slot] + self.window - now, 0.0)
-        return self.window  # pragma: no cover - the live entries are the groups' entries
+# ------------------------------------------------------------------------------------ ledgers
+# Group i (the index in its token) is slot i - base; the slots before head are gone, the slot at head holds
+# entries. Bytes, not an object per group: a project's upstream quota keeps one group per call for its
+# whole window (180,000 for a minute at 3,000 calls a second): 16 bytes each, contiguous.
 
 
-class _Record(_Entry):
-    __slots__ = ("value",)
+def _new_ledger(window: float, serial: int, now: float, amount: int) -> tuple[bytearray, str]:
+    """A ledger that holds one group, of `amount` entries from `now`, for its window; its token."""
+    ledger = bytearray(_FIRST.pack(now + window, inf, 0, window, serial, 0, 0, amount, now, amount))
+    return ledger, str(serial << _INDEX_BITS)
 
-    def __init__(self, value: bytes, expires: float, key: str) -> None:
-        super().__init__(expires, len(value) + len(key) + _RECORD_OVERHEAD)
-        self.value = value
 
+def _expire(ledger: bytearray, now: float, window: float | None = None) -> tuple[int, float]:
+    """Drop the groups older than the window (set to `window` first, if given), and those given back, from
+    the front: the live entries left, and when the oldest of them leaves (0.0: none left)."""
+    old, serial, base, first, live = _LEDGER.unpack_from(ledger, _AT)
+    window = old if window is None else window
+    horizon, size, head, leaves = now - window, (len(ledger) - _GROUPS) >> 4, first, 0.0
+    while head < size:
+        when, entries = _GROUP.unpack_from(ledger, _GROUPS + 16 * head)
+        if entries and when > horizon:
+            leaves = when + window
+            break
+        live -= entries
+        head += 1
+    if head == first and window == old:
+        return int(live), leaves  # nothing left (the usual case): nothing to write
+    if head > 64 and 2 * head > size:  # the bytes drop what is gone once it is most of them
+        del ledger[_GROUPS : _GROUPS + 16 * head]
+        base, head = base + head, 0
+    _LEDGER.pack_into(ledger, _AT, window, serial, base, head, live)
+    return int(live), leaves
+
+
+def _add(ledger: bytearray, now: float, amount: int) -> tuple[str, float]:
+    """A new group of `amount` entries, the ledger kept for its window from it: its token and its time
+    (time-ordered, even if the clock stepped back)."""
+    _, heap_at, counted, window, serial, base, head, live = _HEAD.unpack_from(ledger)
+    size = (len(ledger) - _GROUPS) >> 4
+    if size > head:
+        now = max(now, _GROUP.unpack_from(ledger, len(ledger) - 16)[0])
+    ledger += _GROUP.pack(now, amount)
+    _HEAD.pack_into(ledger, 0, now + window, heap_at, counted, window, serial, base, head, live + amount)
+    return str(serial << _INDEX_BITS | (base + size)), now
+
+
+def _give_back(ledger: bytearray, token: str, keep: int) -> int:
+    """Keep at most `keep` of the entries of the group `token` names: the live entries left, or -1 when it
+    names no group that holds entries (given back already, or gone). At 0 the bytes are left as they were:
+    the caller drops the ledger."""
+    try:
+        named = int(token)
+    except ValueError:
+        return -1
+    window, serial, base, head, live = _LEDGER.unpack_from(ledger, _AT)
+    slot = (named & _INDEX_MASK) - base
+    if named >> _INDEX_BITS != serial or not head <= slot < (len(ledger) - _GROUPS) >> 4:
+        return -1
+    when, entries = _GROUP.unpack_from(ledger, _GROUPS + 16 * slot)
+    if entries <= 0:
+        return -1
+    kept = min(max(keep, 0), entries)
+    live -= entries - kept
+    if live:
+        _GROUP.pack_into(ledger, _GROUPS + 16 * slot, when, kept)
+        _LEDGER.pack_into(ledger, _AT, window, serial, base, head, live)
+        if not kept and slot == head:
+            _expire(ledger, -inf)  # a group given back whole at the front: it leaves, and those after it
+    return int(live)
+
+
+def _retry_after(ledger: bytearray | None, limit: int, window: float, amount: int, now: float) -> float:
+    """Seconds until enough of the ledger's entries have left for `amount` to fit under `limit`."""
+    if ledger is None or amount > limit:
+        return window
+    _, _, _, head, live = _LEDGER.unpack_from(ledger, _AT)
+    need, freed = live + amount - limit, 0
+    for at in range(_GROUPS + 16 * head, len(ledger), 16):
+        when, entries = _GROUP.unpack_from(ledger, at)
+        freed += entries
+        if freed >= need:
+            return float(max(when + window - now, 0.0))
+    return window  # pragma: no cover - the live entries are the groups' entries
+
+
+# ------------------------------------------------------------------------------------ records
+
+_RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (objects, dict and heap slots)
+
+
+def _new_record(value: bytes, expires: float, key: str) -> bytearray:
+    return bytearray(_ENTRY.pack(expires, inf, len(value) + len(key) + _RECORD_OVERHEAD)) + value
+
+
+def _value(record: bytearray) -> bytes:
+    return bytes(record)[_AT:]  # a copy: a view of the bytes would stop them being resized while it lives
+
+
+# ------------------------------------------------------------------------------------ the map
 
 _STALE_SLACK = 1024  # stale heap entries a map may hold beyond its live ones before it is compacted
-_RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (objects, dict and heap slots)
-_E = TypeVar("_E", bound=_Entry)
 
 
-class _BoundedMap(Generic[_E]):
+class _BoundedMap:
     """Entries that expire, bounded in keys and in bytes; one heap entry per key, as BoundedMemoryStorage.
 
     Expired entries are reclaimed as time passes (each call first pops what is due); when a new entry
@@ -367,7 +386,7 @@ class _BoundedMap(Generic[_E]):
 
     def __init__(self, what: str, max_keys: int, max_bytes: int) -> None:
         self.what, self.max_keys, self.max_bytes = what, max_keys, max_bytes
-        self.entries: dict[str, _E] = {}
+        self.entries: dict[str, bytearray] = {}
         self.bytes = 0
         self.evicted = 0  # live entries dropped because of a bound
         self._due: list[tuple[float, str]] = []
@@ -375,26 +394,29 @@ class _BoundedMap(Generic[_E]):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def get(self, key: str, now: float) -> _E | None:
+    def get(self, key: str, now: float) -> bytearray | None:
         self._reap(now)
         entry = self.entries.get(key)
-        if entry is not None and entry.expires <= now:
+        if entry is not None and _expiry.unpack_from(entry)[0] <= now:
             self.remove(key)
             return None
         return entry
 
-    def put(self, key: str, entry: _E) -> None:
+    def put(self, key: str, entry: bytearray) -> None:
         """Add a new entry (the key holds none), making room for it first."""
-        self._make_room(entry.size)
+        size = _ENTRY.unpack_from(entry)[2]
+        self._make_room(size)
         self.entries[key] = entry
-        self.bytes += entry.size
+        self.bytes += size
         self.schedule(key, entry)
 
-    def schedule(self, key: str, entry: _E) -> None:
-        """After `entry.expires` changed: a heap entry no later than it (a later one is found on its pop)."""
-        if entry.expires < entry.heap_at:
-            entry.heap_at = entry.expires
-            heapq.heappush(self._due, (entry.expires, key))
+    def schedule(self, key: str, entry: bytearray) -> None:
+        """After the entry's expiry changed: a heap entry no later than it (a later one is found on its
+        pop)."""
+        expires, heap_at = _times.unpack_from(entry)
+        if expires < heap_at:
+            _times.pack_into(entry, 0, expires, expires)
+            heapq.heappush(self._due, (expires, key))
             if len(self._due) > 2 * len(self.entries) + _STALE_SLACK:
                 self._compact()
 
@@ -406,26 +428,30 @@ class _BoundedMap(Generic[_E]):
         `failed_codes` window (an hour: gigabytes at checkout rates). Rebuilt once the stale entries
         outnumber the live ones, so the work is O(1) per push, amortised.
         """
-        self._due = [(entry.heap_at, key) for key, entry in self.entries.items() if entry.heap_at < inf]
+        due = ((_times.unpack_from(entry)[1], key) for key, entry in self.entries.items())
+        self._due = [(when, key) for when, key in due if when < inf]
         heapq.heapify(self._due)
 
     def remove(self, key: str) -> None:
         entry = self.entries.pop(key, None)
         if entry is not None:
-            self.bytes -= entry.size
+            self.bytes -= _ENTRY.unpack_from(entry)[2]
 
     def _reap(self, now: float) -> None:
         due = self._due
         while due and due[0][0] <= now:
             when, key = heapq.heappop(due)
             entry = self.entries.get(key)
-            if entry is None or entry.heap_at != when:
-                continue  # stale: the key is gone, or has an earlier heap entry
-            if entry.expires <= now:
+            if entry is None:
+                continue
+            expires, heap_at = _times.unpack_from(entry)
+            if heap_at != when:
+                continue  # stale: the key has an earlier heap entry
+            if expires <= now:
                 self.remove(key)
             else:
-                entry.heap_at = entry.expires
-                heapq.heappush(due, (entry.expires, key))
+                _times.pack_into(entry, 0, expires, expires)
+                heapq.heappush(due, (expires, key))
 
     def _make_room(self, size: int) -> None:
         if size > self.max_bytes:
@@ -434,7 +460,7 @@ class _BoundedMap(Generic[_E]):
         while (len(self.entries) >= self.max_keys or self.bytes + size > self.max_bytes) and due:
             when, key = heapq.heappop(due)
             entry = self.entries.get(key)
-            if entry is None or entry.heap_at != when:
+            if entry is None or _times.unpack_from(entry)[1] != when:
                 continue
             self.remove(key)
             if self.evicted == 0:
@@ -477,9 +503,9 @@ class MemoryStore:
         self.timeout = timeout
         self.storage = storage if storage is not None else BoundedMemoryStorage()
         self.clock = clock
-        self.ledgers: _BoundedMap[_Ledger] = _BoundedMap("ledger", max_ledger_keys, 2**62)
-        self.shared_ledgers: _BoundedMap[_Ledger] = _BoundedMap("shared ledger", 2**62, 2**62)  # projects
-        self.records: _BoundedMap[_Record] = _BoundedMap("record", max_record_keys, max_record_bytes)
+        self.ledgers = _BoundedMap("ledger", max_ledger_keys, 2**62)
+        self.shared_ledgers = _BoundedMap("shared ledger", 2**62, 2**62)  # projects' quotas
+        self.records = _BoundedMap("record", max_record_keys, max_record_bytes)
         self._serials = itertools.count(1)  # one per ledger made: its tokens' prefix
 
     def bound(self, timeout: float) -> MemoryStore:
@@ -550,23 +576,18 @@ class MemoryStore:
         now = self.clock()
         ledgers = self.shared_ledgers if shared else self.ledgers
         ledger = ledgers.get(key, now)
-        if ledger is not None:
-            ledger.window = window
-            ledger.expire(now)
-        live = 0 if ledger is None else ledger.live
-        if amount <= 0:
-            return _answer(ledger, True, "", 0, limit, live, now, 0.0)
-        if live + amount > limit:
-            return _answer(
-                ledger, False, "", 0, limit, live, now, _retry_after(ledger, limit, window, amount, now)
-            )
+        live, leaves = (0, 0.0) if ledger is None else _expire(ledger, now, window)
+        if amount <= 0 or live + amount > limit:
+            retry = 0.0 if amount <= 0 else _retry_after(ledger, limit, window, amount, now)
+            return Reservation(amount <= 0, "", 0, max(limit - live, 0), max(leaves - now, 0.0), retry)
         if ledger is None:
-            ledger = _Ledger(window, next(self._serials))
+            ledger, token = _new_ledger(window, next(self._serials), now, amount)
             ledgers.put(key, ledger)
-        token, now = ledger.add(now, amount)
-        ledger.expires = now + window
-        ledgers.schedule(key, ledger)
-        return _answer(ledger, True, token, amount, limit, ledger.live, now, 0.0)
+        else:
+            token, now = _add(ledger, now, amount)  # `now` is the group's time (the clock may step back)
+            ledgers.schedule(key, ledger)
+        reset = max(leaves - now, 0.0) if live else window  # until the oldest group leaves: this one if alone
+        return Reservation(True, token, amount, max(limit - live - amount, 0), reset, 0.0)
 
     async def settle(self, key: str, reservation: Reservation, keep: int) -> None:
         self.settle_sync(key, reservation, keep)
@@ -587,12 +608,8 @@ class MemoryStore:
         if ledger is None:
             ledgers = self.ledgers
             ledger = ledgers.get(key, now)
-        slot = -1 if ledger is None else ledger.slot(reservation.token)
-        if ledger is None or slot < 0:
-            return  # given back already, or out of the window
-        ledger.keep(slot, keep)
-        if not ledger.live:  # holds nothing: a known code leaves no ledger behind for its client
-            ledgers.remove(key)
+        if ledger is not None and _give_back(ledger, reservation.token, keep) == 0:
+            ledgers.remove(key)  # holds nothing: a known code leaves no ledger behind for its client
 
     # ------------------------------------------------------------------------------------ records
 
@@ -603,8 +620,8 @@ class MemoryStore:
         now = self.clock()
         record = self.records.get(key, now)
         if record is not None:
-            return record.value
-        self.records.put(key, _Record(bytes(value), now + ttl, key))
+            return _value(record)
+        self.records.put(key, _new_record(value, now + ttl, key))
         return None
 
     async def replace(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
@@ -613,10 +630,10 @@ class MemoryStore:
     def replace_sync(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
         now = self.clock()
         record = self.records.get(key, now)
-        if record is None or record.value != expected:
+        if record is None or _value(record) != expected:
             return False
         self.records.remove(key)
-        self.records.put(key, _Record(bytes(value), now + ttl, key))
+        self.records.put(key, _new_record(value, now + ttl, key))
         return True
 
     async def delete_if(self, key: str, expected: bytes) -> bool:
@@ -624,28 +641,7 @@ class MemoryStore:
 
     def delete_if_sync(self, key: str, expected: bytes) -> bool:
         record = self.records.get(key, self.clock())
-        if record is None or record.value != expected:
+        if record is None or _value(record) != expected:
             return False
         self.records.remove(key)
         return True
-
-
-def _retry_after(ledger: _Ledger | None, limit: int, window: float, amount: int, now: float) -> float:
-    """Seconds until enough of the ledger's entries have left for `amount` to fit under `limit`."""
-    if ledger is None or amount > limit:
-        return window
-    return ledger.retry_after(limit, amount, now)
-
-
-def _answer(
-    ledger: _Ledger | None,
-    granted: bool,
-    token: str,
-    amount: int,
-    limit: int,
-    live: int,
-    now: float,
-    retry_after: float,
-) -> Reservation:
-    reset = 0.0 if ledger is None else ledger.reset(now)
-    return Reservation(granted, token, amount, max(limit - live, 0), reset, retry_after)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from gateway.ratelimit import LimiterPool, Reservation, Store, StoreUnavailable
-from gateway.ratelimit.memory_store import MemoryStore
+from gateway.ratelimit.memory_store import _AT, _GROUP, _GROUPS, _LEDGER, MemoryStore
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.redis_store import (
     SCRIPTS,
@@ -476,6 +476,45 @@ async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
     assert len(store.records) == 1
 
 
+def test_a_flood_of_guessers_leaves_the_garbage_collector_nothing_to_walk() -> None:
+    """Distinct clients that each guessed a code (their failed-code ledgers held for the window) and
+    Idempotency-Key records: every full collection walks what the collector tracks while the event loop
+    waits. A ledger as an object with two arrays was three tracked objects: a million guessers made each
+    full collection take ~0.35 s. A ledger that was filled, partly given back and expired is still
+    bytes."""
+    import gc
+    import tracemalloc
+
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    gc.collect()
+    tracked = len(gc.get_objects())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5000):
+            key = f"gw:codes:shop:10.0.{i >> 8}.{i & 255}"
+            for _ in range(1 + i % 3):  # one to three validations, each with one unknown code of two
+                reservation = store.reserve_sync(key, 5, 3600, 2)
+                store.settle_sync(key, reservation, 1)
+                clock.now += 0.001
+            assert store.claim_sync(f"idem-{i}", b"claimed", 3600) is None
+        held = (tracemalloc.get_traced_memory()[0] - before) / 5000
+    finally:
+        tracemalloc.stop()
+    assert len(store.ledgers) == 5000 and len(store.records) == 5000
+    gc.collect()
+    assert len(gc.get_objects()) - tracked < 100, "objects the collector tracks, per guesser"
+    assert held < 650, f"{held:.0f} bytes per guesser (a ledger, a record, their keys; ~800 as objects)"
+    key = "gw:codes:shop:10.0.0.1"  # two validations, one code kept of each: the bytes still count
+    assert store.reserve_sync(key, 5, 3600, 2).remaining == 1
+    refused = store.reserve_sync(key, 5, 3600, 2)
+    assert not refused.granted  # the first group, made at 1000.001, is the one to leave
+    assert refused.retry_after == pytest.approx(1000.001 + 3600 - clock.now)
+    clock.now += 3600
+    assert store.reserve_sync(key, 5, 3600, 0).remaining == 5
+
+
 async def test_a_quota_window_of_calls_costs_a_few_bytes_each_and_nothing_to_collect() -> None:
     """A project's upstream quota keeps one group per call for its whole window (a minute at 3,000 calls a
     second: 180,000). As an OrderedDict of lists each took ~200 bytes and an object that every full
@@ -582,7 +621,8 @@ def test_a_memory_ledger_that_drops_its_front_still_finds_every_live_group() -> 
     clock.now += 0.005  # between two calls' times: the calls from the 901st on are in the window
     live = 1000 - store.reserve_sync("gw:quota:shop", 1000, 1.0, 0, shared=True).remaining
     ledger = store.shared_ledgers.entries["gw:quota:shop"]
-    assert ledger.base > 0 and len(ledger.times) < 300  # it dropped its front, more than once
+    base, groups = _LEDGER.unpack_from(ledger, _AT)[2], (len(ledger) - _GROUPS) // _GROUP.size
+    assert base > 0 and groups < 300  # it dropped its front, more than once
     assert live == 2 * 99
     for token in (tokens[950], tokens[999], tokens[900], tokens[100]):  # the last two have left
         store.settle_sync("gw:quota:shop", Reservation(True, token, 2, 0, 0.0, 0.0), 1)
