@@ -239,7 +239,7 @@ class BoundedMemoryStorage(
 # The primitives of gateway/ratelimit/store.py for `memory://` (their semantics are written down there).
 
 
-_STAMP = struct.Struct("=d")  # one hit's time in a key's bytearray
+_STAMP = struct.Struct("=d")  # a time: one hit's in a key's bytearray, or when a map's entry is gone
 _stamp, _stamp_at = _STAMP.pack, _STAMP.unpack_from
 
 
@@ -270,8 +270,7 @@ _HEAD = struct.Struct(_ENTRY.format + _LEDGER.format[1:])  # a ledger's first 64
 _FIRST = struct.Struct(_ENTRY.format + _LEDGER.format[1:] + _GROUP.format[1:])  # a new ledger, whole
 _INDEX_BITS = 48  # a token is (the ledger's serial << 48) | the group's index: 2^48 calls is centuries
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
-_expiry = struct.Struct("=d")
-_times = struct.Struct("=dd")  # expires, heap_at
+_times = struct.Struct("=dd")  # an entry's first two: expires, heap_at (`_stamp_at` reads the first alone)
 
 
 # ------------------------------------------------------------------------------------ ledgers
@@ -397,7 +396,7 @@ class _BoundedMap:
     def get(self, key: str, now: float) -> bytearray | None:
         self._reap(now)
         entry = self.entries.get(key)
-        if entry is not None and _expiry.unpack_from(entry)[0] <= now:
+        if entry is not None and _stamp_at(entry)[0] <= now:
             self.remove(key)
             return None
         return entry
