@@ -480,8 +480,8 @@ def test_a_flood_of_guessers_leaves_the_garbage_collector_nothing_to_walk() -> N
     """Distinct clients that each guessed a code (their failed-code ledgers held for the window) and
     Idempotency-Key records: every full collection walks what the collector tracks while the event loop
     waits. A ledger as an object with two arrays was three tracked objects: a million guessers made each
-    full collection take ~0.35 s. A ledger that was filled, partly given back and expired is still
-    bytes."""
+    full collection take ~0.35 s. Then one client's counts, read back from its bytes: what it holds, a
+    refusal's retry_after, and nothing once the window has passed."""
     import gc
     import tracemalloc
 
