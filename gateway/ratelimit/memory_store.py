@@ -97,7 +97,7 @@ class BoundedMemoryStorage(
                 hits = self.events.get(key)
                 if hits is None:
                     continue
-                last = _stamp_at(hits, len(hits) - 8)[0] + window if hits else now
+                last = _stamp_at(hits, len(hits) - _HIT)[0] + window if hits else now
                 if last <= now:
                     del self.events[key]
                 else:
@@ -179,7 +179,7 @@ class BoundedMemoryStorage(
             hits = self.events[key] = bytearray()
             self._track(now + expiry, _EVENTS, key, expiry)
         _drop_expired(hits, now - expiry)
-        if (len(hits) >> 3) + amount > limit:
+        if (len(hits) // _HIT) + amount > limit:
             return False
         hits += _stamp(now) * amount
         return True
@@ -193,7 +193,7 @@ class BoundedMemoryStorage(
         if hits:
             _drop_expired(hits, now - expiry)
             if hits:
-                return _stamp_at(hits)[0], len(hits) >> 3
+                return _stamp_at(hits)[0], len(hits) // _HIT
         return now, 0
 
     # ------------------------------------------------------------------------------------ sliding window
@@ -235,12 +235,9 @@ class BoundedMemoryStorage(
         await self.clear(current_key)
 
 
-# ------------------------------------------------------------------------------------ ledger and records
-# The primitives of gateway/ratelimit/store.py for `memory://` (their semantics are written down there).
-
-
 _STAMP = struct.Struct("=d")  # a time: one hit's in a key's bytearray, or when a map's entry is gone
 _stamp, _stamp_at = _STAMP.pack, _STAMP.unpack_from
+_HIT = _STAMP.size
 
 
 def _drop_expired(hits: bytearray, horizon: float) -> None:
@@ -251,8 +248,12 @@ def _drop_expired(hits: bytearray, horizon: float) -> None:
     for (when,) in _STAMP.iter_unpack(hits):  # the iterator (and its hold on the buffer) ends with the loop
         if when >= horizon:
             break
-        expired += 8
+        expired += _HIT
     del hits[:expired]
+
+
+# ------------------------------------------------------------------------------------ ledger and records
+# The primitives of gateway/ratelimit/store.py for `memory://` (their semantics are written down there).
 
 
 # Every entry of a `_BoundedMap` (a ledger, a record) is one bytearray, so what a million clients hold is
@@ -266,17 +267,23 @@ _AT = _ENTRY.size
 _LEDGER = struct.Struct("=dqqqq")  # a ledger's window, serial (its tokens' prefix), base, head, live entries
 _GROUPS = _AT + _LEDGER.size  # then its groups, oldest first, one per reservation:
 _GROUP = struct.Struct("=dq")  # the group's time and entries (0 once given back)
+_G = _GROUP.size
 _HEAD = struct.Struct(_ENTRY.format + _LEDGER.format[1:])  # a ledger's first 64 bytes, at once
 _FIRST = struct.Struct(_ENTRY.format + _LEDGER.format[1:] + _GROUP.format[1:])  # a new ledger, whole
 _INDEX_BITS = 48  # a token is (the ledger's serial << 48) | the group's index: 2^48 calls is centuries
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
-_times = struct.Struct("=dd")  # an entry's first two: expires, heap_at (`_stamp_at` reads the first alone)
+_TIMES = struct.Struct("=dd")  # an entry's first two: expires, heap_at (`_stamp_at` reads the first alone)
 
 
 # ------------------------------------------------------------------------------------ ledgers
 # Group i (the index in its token) is slot i - base; the slots before head are gone, the slot at head holds
 # entries. Bytes, not an object per group: a project's upstream quota keeps one group per call for its
 # whole window (180,000 for a minute at 3,000 calls a second): 16 bytes each, contiguous.
+
+
+def _groups(ledger: bytearray) -> int:
+    """The groups a ledger's bytes hold, the gone ones before its head included."""
+    return (len(ledger) - _GROUPS) // _G
 
 
 def _new_ledger(window: float, serial: int, now: float, amount: int) -> tuple[bytearray, str]:
@@ -290,9 +297,9 @@ def _expire(ledger: bytearray, now: float, window: float | None = None) -> tuple
     the front: the live entries left, and when the oldest of them leaves (0.0: none left)."""
     old, serial, base, first, live = _LEDGER.unpack_from(ledger, _AT)
     window = old if window is None else window
-    horizon, size, head, leaves = now - window, (len(ledger) - _GROUPS) >> 4, first, 0.0
+    horizon, size, head, leaves = now - window, _groups(ledger), first, 0.0
     while head < size:
-        when, entries = _GROUP.unpack_from(ledger, _GROUPS + 16 * head)
+        when, entries = _GROUP.unpack_from(ledger, _GROUPS + _G * head)
         if entries and when > horizon:
             leaves = when + window
             break
@@ -301,7 +308,7 @@ def _expire(ledger: bytearray, now: float, window: float | None = None) -> tuple
     if head == first and window == old:
         return int(live), leaves  # nothing left (the usual case): nothing to write
     if head > 64 and 2 * head > size:  # the bytes drop what is gone once it is most of them
-        del ledger[_GROUPS : _GROUPS + 16 * head]
+        del ledger[_GROUPS : _GROUPS + _G * head]
         base, head = base + head, 0
     _LEDGER.pack_into(ledger, _AT, window, serial, base, head, live)
     return int(live), leaves
@@ -311,9 +318,9 @@ def _add(ledger: bytearray, now: float, amount: int) -> tuple[str, float]:
     """A new group of `amount` entries, the ledger kept for its window from it: its token and its time
     (time-ordered, even if the clock stepped back)."""
     _, heap_at, counted, window, serial, base, head, live = _HEAD.unpack_from(ledger)
-    size = (len(ledger) - _GROUPS) >> 4
+    size = _groups(ledger)
     if size > head:
-        now = max(now, _GROUP.unpack_from(ledger, len(ledger) - 16)[0])
+        now = max(now, _GROUP.unpack_from(ledger, len(ledger) - _G)[0])
     ledger += _GROUP.pack(now, amount)
     _HEAD.pack_into(ledger, 0, now + window, heap_at, counted, window, serial, base, head, live + amount)
     return str(serial << _INDEX_BITS | (base + size)), now
@@ -329,15 +336,15 @@ def _give_back(ledger: bytearray, token: str, keep: int) -> int:
         return -1
     window, serial, base, head, live = _LEDGER.unpack_from(ledger, _AT)
     slot = (named & _INDEX_MASK) - base
-    if named >> _INDEX_BITS != serial or not head <= slot < (len(ledger) - _GROUPS) >> 4:
+    if named >> _INDEX_BITS != serial or not head <= slot < _groups(ledger):
         return -1
-    when, entries = _GROUP.unpack_from(ledger, _GROUPS + 16 * slot)
+    when, entries = _GROUP.unpack_from(ledger, _GROUPS + _G * slot)
     if entries <= 0:
         return -1
     kept = min(max(keep, 0), entries)
     live -= entries - kept
     if live:
-        _GROUP.pack_into(ledger, _GROUPS + 16 * slot, when, kept)
+        _GROUP.pack_into(ledger, _GROUPS + _G * slot, when, kept)
         _LEDGER.pack_into(ledger, _AT, window, serial, base, head, live)
         if not kept and slot == head:
             _expire(ledger, -inf)  # a group given back whole at the front: it leaves, and those after it
@@ -350,7 +357,7 @@ def _retry_after(ledger: bytearray | None, limit: int, window: float, amount: in
         return window
     _, _, _, head, live = _LEDGER.unpack_from(ledger, _AT)
     need, freed = live + amount - limit, 0
-    for at in range(_GROUPS + 16 * head, len(ledger), 16):
+    for at in range(_GROUPS + _G * head, len(ledger), _G):
         when, entries = _GROUP.unpack_from(ledger, at)
         freed += entries
         if freed >= need:
@@ -368,7 +375,7 @@ def _new_record(value: bytes, expires: float, key: str) -> bytearray:
 
 
 def _value(record: bytearray) -> bytes:
-    return bytes(record)[_AT:]  # a copy: a view of the bytes would stop them being resized while it lives
+    return bytes(memoryview(record)[_AT:])  # a copy (the view ends with this line: the bytes stay resizable)
 
 
 # ------------------------------------------------------------------------------------ the map
@@ -412,9 +419,9 @@ class _BoundedMap:
     def schedule(self, key: str, entry: bytearray) -> None:
         """After the entry's expiry changed: a heap entry no later than it (a later one is found on its
         pop)."""
-        expires, heap_at = _times.unpack_from(entry)
+        expires, heap_at = _TIMES.unpack_from(entry)
         if expires < heap_at:
-            _times.pack_into(entry, 0, expires, expires)
+            _TIMES.pack_into(entry, 0, expires, expires)
             heapq.heappush(self._due, (expires, key))
             if len(self._due) > 2 * len(self.entries) + _STALE_SLACK:
                 self._compact()
@@ -427,7 +434,7 @@ class _BoundedMap:
         `failed_codes` window (an hour: gigabytes at checkout rates). Rebuilt once the stale entries
         outnumber the live ones, so the work is O(1) per push, amortised.
         """
-        due = ((_times.unpack_from(entry)[1], key) for key, entry in self.entries.items())
+        due = ((_TIMES.unpack_from(entry)[1], key) for key, entry in self.entries.items())
         self._due = [(when, key) for when, key in due if when < inf]
         heapq.heapify(self._due)
 
@@ -443,13 +450,13 @@ class _BoundedMap:
             entry = self.entries.get(key)
             if entry is None:
                 continue
-            expires, heap_at = _times.unpack_from(entry)
+            expires, heap_at = _TIMES.unpack_from(entry)
             if heap_at != when:
                 continue  # stale: the key has an earlier heap entry
             if expires <= now:
                 self.remove(key)
             else:
-                _times.pack_into(entry, 0, expires, expires)
+                _TIMES.pack_into(entry, 0, expires, expires)
                 heapq.heappush(due, (expires, key))
 
     def _make_room(self, size: int) -> None:
@@ -459,7 +466,7 @@ class _BoundedMap:
         while (len(self.entries) >= self.max_keys or self.bytes + size > self.max_bytes) and due:
             when, key = heapq.heappop(due)
             entry = self.entries.get(key)
-            if entry is None or _times.unpack_from(entry)[1] != when:
+            if entry is None or _TIMES.unpack_from(entry)[1] != when:
                 continue
             self.remove(key)
             if self.evicted == 0:
