@@ -5,9 +5,10 @@ one `asyncio.Lock` each, so under an address-rotation flood (a million distinct 
 minutes while new keys keep arriving, and memory grows with the flood (see the README's "Scaling out").
 
 Here every operation is synchronous inside its coroutine, so it is atomic on the event loop and needs no
-lock. Each key has exactly one entry in a heap ordered by when it expires; every call first pops what is
-due, so expired keys are reclaimed in amortised O(log n) without a background task. A hard cap
-(`max_keys`) bounds memory even when a flood outpaces expiry: the keys closest to expiry are dropped first.
+lock. Each key waits in one queue per window (`_Queue`: placed in order, so the front is due first); every
+call first pops what is due, so expired keys are reclaimed in O(1) each without a background task. A hard
+cap (`max_keys`) bounds memory even when a flood outpaces expiry: the keys closest to expiry are dropped
+first.
 What a key holds is never an object the cyclic garbage collector tracks (its hits are packed in a
 bytearray, a counter is a tuple of numbers): with a million clients in the window, a list per client made
 each full collection walk a million objects, the event loop stopped for ~0.75 s each time.
@@ -24,6 +25,8 @@ import itertools
 import logging
 import struct
 import time
+from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from math import floor, inf
 
@@ -47,6 +50,43 @@ log = logging.getLogger("gateway.ratelimit")
 
 DEFAULT_MAX_KEYS = 1_000_000
 _COUNTER, _EVENTS = 0, 1
+_SPENT = 4096  # popped times a queue may keep in front of its live ones before dropping them
+
+
+class _Queue:
+    """The keys of one kind and window, in the order they were placed, and when each is due (`now` plus the
+    window when placed: the times only grow, so the front is due first). 16 bytes a key, a reference and a
+    packed double: a heap entry per key (a tuple and its float, ~100 bytes) was a quarter of what a client
+    cost. A clock that steps back makes the keys placed after it due late (by the step), never early.
+    """
+
+    __slots__ = ("head", "keys", "times")
+
+    def __init__(self) -> None:
+        self.keys: deque[str] = deque()
+        self.times = array("d")  # times[head:] match keys
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def due(self) -> float:
+        return self.times[self.head] if self.keys else inf
+
+    def push(self, when: float, key: str) -> None:
+        self.keys.append(key)
+        self.times.append(when)
+
+    def pop(self) -> str:
+        self.head += 1
+        self.trim()
+        return self.keys.popleft()
+
+    def trim(self) -> None:
+        """Drop the popped times once they are most of the array."""
+        if self.head >= _SPENT and 2 * self.head > len(self.times):
+            del self.times[: self.head]
+            self.head = 0
 
 
 class BoundedMemoryStorage(
@@ -70,7 +110,8 @@ class BoundedMemoryStorage(
         # by the collector): 72 bytes for a client with one hit. Expired hits leave from the front, which a
         # bytearray drops without moving the rest.
         self.events: dict[str, bytearray] = {}
-        self._due: list[tuple[float, int, str, float]] = []  # (when, kind, key, window) one per key
+        self._queues: dict[tuple[int, float], _Queue] = {}  # (kind, window) -> its keys, one entry per key
+        self._next = inf  # no queue's front is due before it
         self.evicted = 0  # live keys dropped because of the cap
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 
@@ -83,32 +124,50 @@ class BoundedMemoryStorage(
 
     # ------------------------------------------------------------------------------------ bookkeeping
 
+    def queued(self) -> int:
+        """Entries in the queues: one per live key (more only after `clear`)."""
+        return sum(map(len, self._queues.values()))
+
     def _reap(self, now: float) -> None:
-        due = self._due
-        while due and due[0][0] <= now:
-            _, kind, key, window = heapq.heappop(due)
-            if kind == _COUNTER:
-                entry = self.counters.get(key)
-                if entry is not None and entry[1] <= now:
-                    del self.counters[key]
-                elif entry is not None:  # pragma: no cover - a counter is only renewed after its entry popped
-                    heapq.heappush(due, (entry[1], _COUNTER, key, window))
-            else:
+        if now < self._next:
+            return
+        nearest = inf
+        for (kind, window), queue in self._queues.items():
+            keys, times, head = queue.keys, queue.times, queue.head  # `_Queue.pop` inlined: once per key
+            while keys and times[head] <= now:
+                key = keys.popleft()
+                head += 1
+                if kind == _COUNTER:
+                    entry = self.counters.get(key)
+                    if entry is not None and entry[1] <= now:
+                        del self.counters[key]
+                    # else gone already, or a newer counter of the key (queued again when made)
+                    continue
                 hits = self.events.get(key)
                 if hits is None:
                     continue
-                last = _stamp_at(hits, len(hits) - _HIT)[0] + window if hits else now
-                if last <= now:
+                if not hits or _stamp_at(hits, len(hits) - _HIT)[0] + window <= now:
                     del self.events[key]
-                else:
-                    heapq.heappush(due, (last, _EVENTS, key, window))
+                else:  # hit since it was placed: to the back (gone up to one window after its last hit)
+                    keys.append(key)
+                    times.append(now + window)
+            queue.head = head
+            queue.trim()
+            nearest = min(nearest, queue.due())
+        self._next = nearest
 
     def _track(self, when: float, kind: int, key: str, window: float) -> None:
-        heapq.heappush(self._due, (when, kind, key, window))
-        while len(self) > self.max_keys and self._due:
-            _, kind, victim, _ = heapq.heappop(self._due)
-            removed = (self.counters if kind == _COUNTER else self.events).pop(victim, None)
-            if removed is not None:
+        queue = self._queues.get((kind, window))
+        if queue is None:
+            queue = self._queues[kind, window] = _Queue()
+        queue.push(when, key)
+        self._next = min(self._next, when)
+        while len(self) > self.max_keys:
+            (kind, _), queue = min(self._queues.items(), key=lambda item: item[1].due())
+            if not queue:
+                break  # pragma: no cover - every live key is queued
+            victim = queue.pop()
+            if (self.counters if kind == _COUNTER else self.events).pop(victim, None) is not None:
                 if self.evicted == 0:
                     log.warning("memory rate-limit store full (%d keys), dropping oldest", self.max_keys)
                 self.evicted += 1
@@ -161,7 +220,8 @@ class BoundedMemoryStorage(
         count = len(self)
         self.counters.clear()
         self.events.clear()
-        self._due.clear()
+        self._queues.clear()
+        self._next = inf
         return count
 
     # ------------------------------------------------------------------------------------ moving window

@@ -85,11 +85,11 @@ async def test_rotation_flood_is_reclaimed(strategy: str, flood: int) -> None:
     live_bound = rate * 5 * (2 if strategy == "sliding-window-counter" else 1) + 1_000
     assert peak <= live_bound
     assert len(storage) <= live_bound
-    assert len(storage._due) <= live_bound
+    assert storage.queued() <= live_bound
     clock.now += 11
     assert await limiter.strategy.hit(item, bucket.namespace, "192.0.2.1")
     assert len(storage) == 1  # everything else expired and was reclaimed
-    assert len(storage._due) == 1
+    assert storage.queued() == 1
     assert storage.evicted == 0
 
 
@@ -103,6 +103,39 @@ async def test_hard_cap_bounds_a_flood_faster_than_expiry() -> None:
         )
         assert len(storage) <= 5_000
     assert storage.evicted == 95_000
+
+
+def test_a_client_that_keeps_coming_back_does_not_hold_the_others_in_memory() -> None:
+    # Keys wait in a queue per window in the order they came. A regular at its front, hit again before each
+    # of its turns, must go to the back each time: were it left at the front, the rotating addresses behind
+    # it would never be reclaimed.
+    clock = Clock()
+    storage = BoundedMemoryStorage(clock=clock)
+    for second in range(600):
+        clock.now += 1
+        assert storage.acquire_entry_sync("regular", 1000, 10)
+        for i in range(100):
+            assert storage.acquire_entry_sync(f"rotating/{second}/{i}", 5, 10)
+        assert len(storage) <= 1 + 100 * 11  # the regular, and at most 11 seconds' addresses
+    assert storage.queued() == len(storage)
+    last = clock.now
+    clock.now = last + 10.5  # the regular's last hit has left its window; it is reclaimed by the next turn
+    storage.acquire_entry_sync("late", 5, 10)
+    clock.now = last + 20.5
+    storage.acquire_entry_sync("later", 5, 10)
+    assert "regular" not in storage.events and len(storage) <= 2
+
+
+def test_the_cap_drops_the_key_closest_to_expiry_whatever_its_window() -> None:
+    clock = Clock()
+    storage = BoundedMemoryStorage(clock=clock, max_keys=2)
+    assert storage.acquire_entry_sync("hourly", 5, 3600)  # the oldest key, due in an hour
+    clock.now += 1
+    assert storage.acquire_entry_sync("per-second", 5, 1)  # due in one second
+    clock.now += 0.5
+    assert storage.incr_sync("counter", 60) == 1  # a third key: past the cap
+    assert set(storage.events) == {"hourly"} and set(storage.counters) == {"counter"}
+    assert storage.evicted == 1
 
 
 @pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
@@ -134,8 +167,8 @@ async def test_limits_hold_and_return_after_the_window(strategy: str) -> None:
 
 def test_a_client_in_the_moving_window_costs_a_few_hundred_bytes() -> None:
     """What the store holds per client for one hit in a moving window (keys made beforehand): its packed
-    hit times, dict slot and heap entry. A deque per key had cost ~800 bytes more, ~0.75 GB at a million
-    clients."""
+    hit times, dict slot and queue entry. A deque per key had cost ~800 bytes more, ~0.75 GB at a million
+    clients; a heap entry per key ~90 bytes more."""
 
     storage = BoundedMemoryStorage(clock=Clock())
     keys = [f"shop/per_ip/10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(20_000)]
@@ -148,7 +181,7 @@ def test_a_client_in_the_moving_window_costs_a_few_hundred_bytes() -> None:
         held = (tracemalloc.get_traced_memory()[0] - before) / len(keys)
     finally:
         tracemalloc.stop()
-    assert held < 400, f"{held:.0f} bytes per client"
+    assert held < 160, f"{held:.0f} bytes per client"
 
 
 @pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
@@ -166,6 +199,9 @@ async def test_what_the_window_holds_per_client_leaves_the_garbage_collector_not
             clock.now += 0.5
             await limiter.hit(bucket, f"10.0.{i // 256}.{i % 256}")
     gc.collect()
-    held = [*storage.counters.values(), *storage.events.values(), *storage._due]
-    assert len(held) >= 2 * 240  # a value and a heap entry for each client hit at least once
+    held = [*storage.counters.values(), *storage.events.values()]
+    assert len(held) >= 240 and storage.queued() >= 240  # a value and a queue entry for each client hit
     assert not any(gc.is_tracked(value) for value in held)
+    queues = storage._queues.values()
+    assert len(queues) <= 2  # a queue per window (two for the sliding window): its deque and array, tracked
+    assert not any(gc.is_tracked(key) for queue in queues for key in queue.keys)
