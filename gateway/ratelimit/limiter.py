@@ -2,9 +2,9 @@
 
 A `Bucket` is one named budget of a project (`per_ip`, or an operation with its own limit); the client's
 bucket key (an IPv4 address or IPv6 prefix) is counted in it by the chain steps of `bucket_steps`, on the
-project's store (gateway/ratelimit/store.py). `LimiterPool.check` turns that into a `Verdict` that has
-already applied `on_storage_error`; `LimiterPool.gate` does the same as the first gate of a request's
-chain (gateway/ratelimit/gates.py), with the failed-code budget and the upstream quota behind it. Stores
+project's store (gateway/ratelimit/store.py). `LimiterPool.gate` makes it the first gate of a request's
+chain (gateway/ratelimit/gates.py), with the failed-code budget and the upstream quota behind it; its
+`Verdict` has already applied `on_storage_error`. Stores
 outlive policy reloads: the pool hands the same store to every policy that names the same URI, so counts
 survive a reload.
 """
@@ -178,16 +178,6 @@ class LimiterPool:
             limiter = Limiter(self.store(uri, timeout), strategy)
             self._limiters[(uri, strategy, timeout)] = limiter
         return limiter
-
-    async def check(self, limits: RateLimit, bucket: Bucket, client_key: str) -> Verdict:
-        """Count the request in its bucket: the RateLimit headers, and a 429, or on a store failure the
-        503 of `on_storage_error: deny` (with `allow`, no error: the request passes uncounted)."""
-        limiter = self.limiter(limits.storage, limits.strategy, limits.storage_timeout)
-        try:
-            result = await limiter.hit(bucket, client_key)
-        except StoreUnavailable as exc:
-            return self.unavailable(limits, exc)
-        return self.reached(limits, result)
 
     def gate(self, limits: RateLimit, bucket: Bucket, client_key: str, outcome: Outcome) -> PerIpGate:
         """The per-IP count as the first gate of a request's chain (gateway/ratelimit/gates.py)."""
