@@ -28,7 +28,8 @@ from gateway.headers import request_headers, response_headers
 from gateway.models import Outcome, Timeouts, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog, access_log
 from gateway.observe.accounting import Accounting
-from gateway.observe.logs import JsonFormatter
+from gateway.observe.logs import BufferedStreamHandler, JsonFormatter
+from gateway.observe.metrics import Metrics
 from gateway.policy import parse_policy
 
 
@@ -81,12 +82,7 @@ async def main() -> None:
     ]
     answer = configs.RESPONSE_BODY.encode()
     path, peer, ip_policy = configs.PATH, "127.0.0.1", compiled.client_ip
-    handler = logging.StreamHandler(io.StringIO())
-    handler.setFormatter(JsonFormatter())
-    access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False
-    accounting = Accounting([AccessLog()])
+    accounting = served_accounting()
 
     def record() -> None:
         outcome = Outcome(gw.new_request_id(), "POST", "shop", "validate_stackable", status=200)
@@ -116,7 +112,7 @@ async def main() -> None:
             per_call_us(lambda: request_headers(headers, credentials, origin, "gw-1", forward_origin=True)),
         ),
         ("response_headers", per_call_us(lambda: response_headers(upstream_headers))),
-        ("access log line (Accounting.record, accounted in batches)", per_call_us(record)),
+        ("access log line and metrics (Accounting.record, accounted in batches)", per_call_us(record)),
     ]
     await state.limiters.close()
     print("| step | µs per request |\n|---|---:|")
@@ -126,6 +122,15 @@ async def main() -> None:
     print("\n| whole request through `handle` | µs per request |\n|---|---:|")
     for name, us in await whole_requests(answer):
         print(f"| {name} | {us:.1f} |")
+
+
+def served_accounting() -> Accounting:
+    """What `gateway.serve` accounts with: access lines written straight to the log's buffered handler (JSON,
+    here into memory), and the metrics."""
+    handler = BufferedStreamHandler(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    access_log.setLevel(logging.INFO)
+    return Accounting([AccessLog(handler), Metrics()])
 
 
 class InProcessTransport:
@@ -154,7 +159,9 @@ async def whole_requests(answer: bytes) -> list[tuple[str, float]]:
     rows = []
     for name, per_ip in (("forwarded (GET /validate)", "1000000 per minute"), ("429 flood", "5 per minute")):
         text = configs.policy_yaml(8080, 8081, "memory://").replace("1000 per minute", per_ip)
-        app = gw.create_app(parse_policy(text, env={}), transport=InProcessTransport(answer))
+        app = gw.create_app(
+            parse_policy(text, env={}), served_accounting(), transport=InProcessTransport(answer)
+        )
         request = make_mocked_request("GET", "/client/v1/validate?code=SAVE10", headers=headers, app=app)
         for _ in range(10):  # past the flood's limit
             await gw.handle(request)
@@ -196,6 +203,7 @@ async def validations(answer: bytes, count: int = 5000) -> float:
     CPU µs per request, the requests built beforehand."""
     app = gw.create_app(
         parse_policy(configs.policy_yaml(8080, 8081, "memory://"), env={}),
+        served_accounting(),
         transport=InProcessTransport(answer),
     )
     body, loop = configs.REQUEST_BODY.encode(), asyncio.get_running_loop()
