@@ -4,10 +4,11 @@
   claim/replace/delete_if) and what its calls answer; its docstring is the contract the features code
   against.
 - `memory_store.py`, `redis_store.py`: its two implementations (plain Redis, Sentinel and Cluster share one);
-  `redis_batch.py`: one pipeline per loop turn; `bridge.py`: the one module touching `limits`' internals.
+  `turns.py`: when the memory store looks at a key again (expiry, its bounds); `redis_batch.py`: one
+  pipeline per loop turn; `bridge.py`: the one module touching `limits`' internals.
 - `limiter.py`: `bucket_steps` / `bucket_result` (a bucket as chain steps), `Limiter`, `LimiterPool` (stores
-  by URI, `check` -> `Verdict` with `on_storage_error` applied, `gate` for a request's chain, `readiness`
-  for the admin listener and the worker supervisor).
+  by URI, `gate` for a request's chain, its `Verdict` with `on_storage_error` applied, `readiness` for the
+  admin listener and the worker supervisor).
 - `gates.py`: `pass_gates`, a request's guards (per-IP, failed-code budget, upstream quota) in one chain.
 """
 

@@ -5,10 +5,9 @@ one `asyncio.Lock` each, so under an address-rotation flood (a million distinct 
 minutes while new keys keep arriving, and memory grows with the flood (see the README's "Scaling out").
 
 Here every operation is synchronous inside its coroutine, so it is atomic on the event loop and needs no
-lock. Each key waits in one queue per window (`_Queue`: placed in order, so the front is due first); every
-call first pops what is due, so expired keys are reclaimed in O(1) each without a background task. A hard
-cap (`max_keys`) bounds memory even when a flood outpaces expiry: the keys closest to expiry are dropped
-first.
+lock. Each key waits for its turn in the queue of its window (gateway/ratelimit/turns.py); every call
+first pops what is due, so expired keys are reclaimed without a background task. A hard cap (`max_keys`)
+bounds memory even when a flood outpaces expiry: the keys closest to expiry are dropped first.
 What a key holds is never an object the cyclic garbage collector tracks (its hits are packed in a
 bytearray, a counter is a tuple of numbers): with a million clients in the window, a list per client made
 each full collection walk a million objects, the event loop stopped for ~0.75 s each time.
@@ -20,13 +19,10 @@ methods has a synchronous twin (`..._sync`) that `MemoryStore.chain` (below) cal
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import struct
 import time
-from array import array
-from collections import deque
 from collections.abc import Callable, Sequence
 from math import floor, inf
 
@@ -45,48 +41,12 @@ from gateway.ratelimit.store import (
     StoreUnavailable,
     sliding_window_stats,
 )
+from gateway.ratelimit.turns import Turns
 
 log = logging.getLogger("gateway.ratelimit")
 
 DEFAULT_MAX_KEYS = 1_000_000
 _COUNTER, _EVENTS = 0, 1
-_SPENT = 4096  # popped times a queue may keep in front of its live ones before dropping them
-
-
-class _Queue:
-    """The keys of one kind and window, in the order they were placed, and when each is due (`now` plus the
-    window when placed: the times only grow, so the front is due first). 16 bytes a key, a reference and a
-    packed double: a heap entry per key (a tuple and its float, ~100 bytes) was a quarter of what a client
-    cost. A clock that steps back makes the keys placed after it due late (by the step), never early.
-    """
-
-    __slots__ = ("head", "keys", "times")
-
-    def __init__(self) -> None:
-        self.keys: deque[str] = deque()
-        self.times = array("d")  # times[head:] match keys
-        self.head = 0
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def due(self) -> float:
-        return self.times[self.head] if self.keys else inf
-
-    def push(self, when: float, key: str) -> None:
-        self.keys.append(key)
-        self.times.append(when)
-
-    def pop(self) -> str:
-        self.head += 1
-        self.trim()
-        return self.keys.popleft()
-
-    def trim(self) -> None:
-        """Drop the popped times once they are most of the array."""
-        if self.head >= _SPENT and 2 * self.head > len(self.times):
-            del self.times[: self.head]
-            self.head = 0
 
 
 class BoundedMemoryStorage(
@@ -110,8 +70,8 @@ class BoundedMemoryStorage(
         # by the collector): 72 bytes for a client with one hit. Expired hits leave from the front, which a
         # bytearray drops without moving the rest.
         self.events: dict[str, bytearray] = {}
-        self._queues: dict[tuple[int, float], _Queue] = {}  # (kind, window) -> its keys, one entry per key
-        self._next = inf  # no queue's front is due before it
+        self.turns: Turns[tuple[int, float]] = Turns()  # each key once (more only after `clear`), in the
+        #                                                 queue of its (kind, window)
         self.evicted = 0  # live keys dropped because of the cap
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 
@@ -124,49 +84,28 @@ class BoundedMemoryStorage(
 
     # ------------------------------------------------------------------------------------ bookkeeping
 
-    def queued(self) -> int:
-        """Entries in the queues: one per live key (more only after `clear`)."""
-        return sum(map(len, self._queues.values()))
-
     def _reap(self, now: float) -> None:
-        if now < self._next:
-            return
-        nearest = inf
-        for (kind, window), queue in self._queues.items():
-            keys, times, head = queue.keys, queue.times, queue.head  # `_Queue.pop` inlined: once per key
-            while keys and times[head] <= now:
-                key = keys.popleft()
-                head += 1
-                if kind == _COUNTER:
-                    entry = self.counters.get(key)
-                    if entry is not None and entry[1] <= now:
-                        del self.counters[key]
-                    # else gone already, or a newer counter of the key (queued again when made)
-                    continue
-                hits = self.events.get(key)
-                if hits is None:
-                    continue
-                if not hits or _stamp_at(hits, len(hits) - _HIT)[0] + window <= now:
-                    del self.events[key]
-                else:  # hit since it was placed: to the back (gone up to one window after its last hit)
-                    keys.append(key)
-                    times.append(now + window)
-            queue.head = head
-            queue.trim()
-            nearest = min(nearest, queue.due())
-        self._next = nearest
+        turns = self.turns
+        while (due := turns.pop(now)) is not None:
+            (kind, window), _, key = due
+            if kind == _COUNTER:
+                entry = self.counters.get(key)
+                if entry is not None and entry[1] <= now:
+                    del self.counters[key]
+                # else gone already, or a newer counter of the key (put again when made)
+                continue
+            hits = self.events.get(key)
+            if hits is None:
+                continue
+            if not hits or _stamp_at(hits, len(hits) - _HIT)[0] + window <= now:
+                del self.events[key]
+            else:  # hit since it was put: another turn (gone up to one window after its last hit)
+                turns.put((kind, window), now + window, key)
 
     def _track(self, when: float, kind: int, key: str, window: float) -> None:
-        queue = self._queues.get((kind, window))
-        if queue is None:
-            queue = self._queues[kind, window] = _Queue()
-        queue.push(when, key)
-        self._next = min(self._next, when)
-        while len(self) > self.max_keys:
-            (kind, _), queue = min(self._queues.items(), key=lambda item: item[1].due())
-            if not queue:
-                break  # pragma: no cover - every live key is queued
-            victim = queue.pop()
+        self.turns.put((kind, window), when, key)
+        while len(self) > self.max_keys and (due := self.turns.pop()) is not None:
+            (kind, _), _, victim = due
             if (self.counters if kind == _COUNTER else self.events).pop(victim, None) is not None:
                 if self.evicted == 0:
                     log.warning("memory rate-limit store full (%d keys), dropping oldest", self.max_keys)
@@ -220,8 +159,7 @@ class BoundedMemoryStorage(
         count = len(self)
         self.counters.clear()
         self.events.clear()
-        self._queues.clear()
-        self._next = inf
+        self.turns.clear()
         return count
 
     # ------------------------------------------------------------------------------------ moving window
@@ -321,7 +259,7 @@ def _drop_expired(hits: bytearray, horizon: float) -> None:
 # full collection walked 3 million under a flood of a million distinct guessers, ~0.35 s without an answer
 # to anyone) and, with its key and slots, ~565 bytes; as bytes ~330. Each starts with `_ENTRY`; a record's
 # value follows it, a ledger's `_LEDGER` and its groups.
-_ENTRY = struct.Struct("=ddq")  # when the whole entry is gone; its one live heap entry's time (inf: none);
+_ENTRY = struct.Struct("=ddq")  # when the whole entry is gone; when its live turn is due (inf: none yet);
 #                                 the bytes counted against the map's bound
 _AT = _ENTRY.size
 _LEDGER = struct.Struct("=dqqqq")  # a ledger's window, serial (its tokens' prefix), base, head, live entries
@@ -332,7 +270,7 @@ _HEAD = struct.Struct(_ENTRY.format + _LEDGER.format[1:])  # a ledger's first 64
 _FIRST = struct.Struct(_ENTRY.format + _LEDGER.format[1:] + _GROUP.format[1:])  # a new ledger, whole
 _INDEX_BITS = 48  # a token is (the ledger's serial << 48) | the group's index: 2^48 calls is centuries
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
-_TIMES = struct.Struct("=dd")  # an entry's first two: expires, heap_at (`_stamp_at` reads the first alone)
+_TIMES = struct.Struct("=dd")  # an entry's first two: expires, queued_at (`_stamp_at` reads the first alone)
 
 
 # ------------------------------------------------------------------------------------ ledgers
@@ -377,12 +315,12 @@ def _expire(ledger: bytearray, now: float, window: float | None = None) -> tuple
 def _add(ledger: bytearray, now: float, amount: int) -> tuple[str, float]:
     """A new group of `amount` entries, the ledger kept for its window from it: its token and its time
     (time-ordered, even if the clock stepped back)."""
-    _, heap_at, counted, window, serial, base, head, live = _HEAD.unpack_from(ledger)
+    _, queued_at, counted, window, serial, base, head, live = _HEAD.unpack_from(ledger)
     size = _groups(ledger)
     if size > head:
         now = max(now, _GROUP.unpack_from(ledger, len(ledger) - _G)[0])
     ledger += _GROUP.pack(now, amount)
-    _HEAD.pack_into(ledger, 0, now + window, heap_at, counted, window, serial, base, head, live + amount)
+    _HEAD.pack_into(ledger, 0, now + window, queued_at, counted, window, serial, base, head, live + amount)
     return str(serial << _INDEX_BITS | (base + size)), now
 
 
@@ -427,7 +365,7 @@ def _retry_after(ledger: bytearray | None, limit: int, window: float, amount: in
 
 # ------------------------------------------------------------------------------------ records
 
-_RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (objects, dict and heap slots)
+_RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (objects, dict slot and turn)
 
 
 def _new_record(value: bytes, expires: float, key: str) -> bytearray:
@@ -440,14 +378,17 @@ def _value(record: bytearray) -> bytes:
 
 # ------------------------------------------------------------------------------------ the map
 
-_STALE_SLACK = 1024  # stale heap entries a map may hold beyond its live ones before it is compacted
+_STALE_SLACK = 1024  # stale turns a map may hold beyond its live ones before it is compacted
 
 
 class _BoundedMap:
-    """Entries that expire, bounded in keys and in bytes; one heap entry per key, as BoundedMemoryStorage.
+    """Entries that expire, bounded in keys and in bytes; each waits for its turn in the queue of its
+    lifetime (its window or its ttl), as BoundedMemoryStorage's keys do.
 
     Expired entries are reclaimed as time passes (each call first pops what is due); when a new entry
-    would pass a bound, the entries closest to expiry are dropped first.
+    would pass a bound, the entries closest to expiry are dropped first. An entry's head says when its one
+    live turn is due (`_TIMES`' second): a turn with another time is stale (its key was removed, or put
+    again) and is skipped.
     """
 
     def __init__(self, what: str, max_keys: int, max_bytes: int) -> None:
@@ -455,7 +396,7 @@ class _BoundedMap:
         self.entries: dict[str, bytearray] = {}
         self.bytes = 0
         self.evicted = 0  # live entries dropped because of a bound
-        self._due: list[tuple[float, str]] = []
+        self.turns: Turns[float] = Turns()  # the stale ones included
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -468,35 +409,31 @@ class _BoundedMap:
             return None
         return entry
 
-    def put(self, key: str, entry: bytearray) -> None:
-        """Add a new entry (the key holds none), making room for it first."""
+    def put(self, key: str, entry: bytearray, lifetime: float, now: float) -> None:
+        """Add a new entry (the key holds none) that lives `lifetime` from `now` unless it is renewed (its
+        expiry moved later: looked at again when its turn comes), making room for it first."""
         size = _ENTRY.unpack_from(entry)[2]
         self._make_room(size)
         self.entries[key] = entry
         self.bytes += size
-        self.schedule(key, entry)
+        self._wait(key, entry, lifetime, now + lifetime)
 
-    def schedule(self, key: str, entry: bytearray) -> None:
-        """After the entry's expiry changed: a heap entry no later than it (a later one is found on its
-        pop)."""
-        expires, heap_at = _TIMES.unpack_from(entry)
-        if expires < heap_at:
-            _TIMES.pack_into(entry, 0, expires, expires)
-            heapq.heappush(self._due, (expires, key))
-            if len(self._due) > 2 * len(self.entries) + _STALE_SLACK:
-                self._compact()
+    def _wait(self, key: str, entry: bytearray, lifetime: float, when: float) -> None:
+        _TIMES.pack_into(entry, 0, _stamp_at(entry)[0], when)
+        self.turns.put(lifetime, when, key)
+        if len(self.turns) > 2 * len(self.entries) + _STALE_SLACK:
+            self._compact()
 
     def _compact(self) -> None:
-        """Drop the heap entries of keys gone or rescheduled: one per live entry is left.
+        """Drop the stale turns: one per live entry is left.
 
-        A removed entry's heap entry stays until it is due, and a ledger given back whole (every existing
-        code) is removed at once: without this, each validation left ~150 bytes behind for a whole
-        `failed_codes` window (an hour: gigabytes at checkout rates). Rebuilt once the stale entries
-        outnumber the live ones, so the work is O(1) per push, amortised.
+        A removed entry's turn stays until it comes, and a ledger given back whole (every existing code) is
+        removed at once: without this, each validation kept its key's string for a whole `failed_codes`
+        window (an hour: gigabytes at checkout rates). Rebuilt once the stale turns outnumber the live
+        ones, so the work is O(1) per put, amortised.
         """
-        due = ((_TIMES.unpack_from(entry)[1], key) for key, entry in self.entries.items())
-        self._due = [(when, key) for when, key in due if when < inf]
-        heapq.heapify(self._due)
+        entries = self.entries
+        self.turns.keep(lambda when, key: _is_its_turn(entries.get(key), when))
 
     def remove(self, key: str) -> None:
         entry = self.entries.pop(key, None)
@@ -504,34 +441,35 @@ class _BoundedMap:
             self.bytes -= _ENTRY.unpack_from(entry)[2]
 
     def _reap(self, now: float) -> None:
-        due = self._due
-        while due and due[0][0] <= now:
-            when, key = heapq.heappop(due)
+        while (due := self.turns.pop(now)) is not None:
+            lifetime, when, key = due
             entry = self.entries.get(key)
-            if entry is None:
+            if entry is None or not _is_its_turn(entry, when):
                 continue
-            expires, heap_at = _TIMES.unpack_from(entry)
-            if heap_at != when:
-                continue  # stale: the key has an earlier heap entry
-            if expires <= now:
+            if _stamp_at(entry)[0] <= now:
                 self.remove(key)
-            else:
-                _TIMES.pack_into(entry, 0, expires, expires)
-                heapq.heappush(due, (expires, key))
+            else:  # renewed since: another turn (gone up to one lifetime after it expires)
+                self._wait(key, entry, lifetime, now + lifetime)
 
     def _make_room(self, size: int) -> None:
         if size > self.max_bytes:
             raise ValueError(f"a {self.what} of {size} bytes is larger than the store ({self.max_bytes})")
-        due = self._due
-        while (len(self.entries) >= self.max_keys or self.bytes + size > self.max_bytes) and due:
-            when, key = heapq.heappop(due)
-            entry = self.entries.get(key)
-            if entry is None or _TIMES.unpack_from(entry)[1] != when:
+        while len(self.entries) >= self.max_keys or self.bytes + size > self.max_bytes:
+            due = self.turns.pop()
+            if due is None:
+                break  # pragma: no cover - every live entry has a turn
+            _, when, key = due
+            if not _is_its_turn(self.entries.get(key), when):
                 continue
             self.remove(key)
             if self.evicted == 0:
                 log.warning("memory %s store full, dropping the entries closest to expiry", self.what)
             self.evicted += 1
+
+
+def _is_its_turn(entry: bytearray | None, when: float) -> bool:
+    """Whether the turn due at `when` is the entry's live one."""
+    return entry is not None and _TIMES.unpack_from(entry)[1] == when
 
 
 DEFAULT_LEDGER_KEYS = 1_000_000
@@ -648,10 +586,9 @@ class MemoryStore:
             return Reservation(amount <= 0, "", 0, max(limit - live, 0), max(leaves - now, 0.0), retry)
         if ledger is None:
             ledger, token = _new_ledger(window, next(self._serials), now, amount)
-            ledgers.put(key, ledger)
+            ledgers.put(key, ledger, window, now)
         else:
             token, now = _add(ledger, now, amount)  # `now` is the group's time (the clock may step back)
-            ledgers.schedule(key, ledger)
         reset = max(leaves - now, 0.0) if live else window  # until the oldest group leaves: this one if alone
         return Reservation(True, token, amount, max(limit - live - amount, 0), reset, 0.0)
 
@@ -687,7 +624,7 @@ class MemoryStore:
         record = self.records.get(key, now)
         if record is not None:
             return _value(record)
-        self.records.put(key, _new_record(value, now + ttl, key))
+        self.records.put(key, _new_record(value, now + ttl, key), ttl, now)
         return None
 
     async def replace(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
@@ -699,7 +636,7 @@ class MemoryStore:
         if record is None or _value(record) != expected:
             return False
         self.records.remove(key)
-        self.records.put(key, _new_record(value, now + ttl, key))
+        self.records.put(key, _new_record(value, now + ttl, key), ttl, now)
         return True
 
     async def delete_if(self, key: str, expected: bytes) -> bool:

@@ -73,11 +73,6 @@ def store_of(storage: Storage) -> Store:
     return RedisStore(storage, 2.0)
 
 
-def queued(storage: BoundedMemoryStorage) -> list[tuple[tuple[int, float], list[str], list[float]]]:
-    """What waits in each of the storage's queues, in order: (kind, window), keys, when each is due."""
-    return [(at, list(q.keys), q.times[q.head :].tolist()) for at, q in storage._queues.items()]
-
-
 def pair(storage: Storage, strategy: Strategy) -> tuple[Limiter, LimitsReference]:
     """The gateway's limiter and `limits`' own strategy calls, on `storage`."""
     return Limiter(store_of(storage), strategy), LimitsReference(storage, strategy)
@@ -112,7 +107,7 @@ async def test_memory_fused_matches_limits(
     assert isinstance(mine, BoundedMemoryStorage) and isinstance(theirs, BoundedMemoryStorage)
     assert mine.counters == theirs.counters
     assert mine.events == theirs.events
-    assert queued(mine) == queued(theirs)
+    assert mine.turns.waiting() == theirs.turns.waiting()
     assert mine.evicted == theirs.evicted
 
 

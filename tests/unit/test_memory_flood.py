@@ -85,11 +85,11 @@ async def test_rotation_flood_is_reclaimed(strategy: str, flood: int) -> None:
     live_bound = rate * 5 * (2 if strategy == "sliding-window-counter" else 1) + 1_000
     assert peak <= live_bound
     assert len(storage) <= live_bound
-    assert storage.queued() <= live_bound
+    assert len(storage.turns) <= live_bound
     clock.now += 11
     assert await limiter.strategy.hit(item, bucket.namespace, "192.0.2.1")
     assert len(storage) == 1  # everything else expired and was reclaimed
-    assert storage.queued() == 1
+    assert len(storage.turns) == 1
     assert storage.evicted == 0
 
 
@@ -117,7 +117,7 @@ def test_a_client_that_keeps_coming_back_does_not_hold_the_others_in_memory() ->
         for i in range(100):
             assert storage.acquire_entry_sync(f"rotating/{second}/{i}", 5, 10)
         assert len(storage) <= 1 + 100 * 11  # the regular, and at most 11 seconds' addresses
-    assert storage.queued() == len(storage)
+    assert len(storage.turns) == len(storage)
     last = clock.now
     clock.now = last + 10.5  # the regular's last hit has left its window; it is reclaimed by the next turn
     storage.acquire_entry_sync("late", 5, 10)
@@ -200,8 +200,8 @@ async def test_what_the_window_holds_per_client_leaves_the_garbage_collector_not
             await limiter.hit(bucket, f"10.0.{i // 256}.{i % 256}")
     gc.collect()
     held = [*storage.counters.values(), *storage.events.values()]
-    assert len(held) >= 240 and storage.queued() >= 240  # a value and a queue entry for each client hit
+    assert len(held) >= 240 and len(storage.turns) >= 240  # a value and a turn for each client hit
     assert not any(gc.is_tracked(value) for value in held)
-    queues = storage._queues.values()
-    assert len(queues) <= 2  # a queue per window (two for the sliding window): its deque and array, tracked
-    assert not any(gc.is_tracked(key) for queue in queues for key in queue.keys)
+    queues = storage.turns.waiting()  # what waits is plain strings and floats, in a queue per window
+    assert 1 <= len(queues) <= 2  # (two for the sliding window; each queue is a deque and an array)
+    assert not any(gc.is_tracked(key) for _, keys, _ in queues for key in keys)

@@ -435,6 +435,37 @@ async def test_memory_ledger_is_bounded_and_reclaimed() -> None:
     assert len(store.ledgers) == 1  # the expired ones were reclaimed without a sweep
 
 
+def test_a_ledger_renewed_all_along_does_not_hold_the_others_in_memory() -> None:
+    # Each ledger waits for its turn in the queue of its window, in the order made; a guesser who keeps
+    # guessing renews its ledger before each turn, goes to the back each time, and does not keep the
+    # ledgers made after it (rotating addresses, an hour's window each) from being reclaimed.
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for minute in range(180):
+        clock.now += 60
+        assert store.reserve_sync("gw:codes:shop:regular", 10**6, 3600, 1).granted
+        for i in range(20):
+            assert store.reserve_sync(f"gw:codes:shop:rotating-{minute}-{i}", 5, 600, 1).granted
+        assert len(store.ledgers) <= 1 + 20 * 11  # the regular, and at most 11 minutes' addresses
+    assert len(store.ledgers.turns) == len(store.ledgers)
+    clock.now += 3601  # the regular's last group has left: reclaimed by its next turn at the latest
+    store.reserve_sync("late", 5, 60, 1)
+    clock.now += 3601
+    store.reserve_sync("later", 5, 60, 1)
+    assert "gw:codes:shop:regular" not in store.ledgers.entries and len(store.ledgers) <= 2
+
+
+def test_a_full_map_drops_the_entry_closest_to_expiry_whatever_its_lifetime() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock, max_record_keys=2)
+    assert store.claim_sync("daily", b"kept", 86_400) is None  # the oldest, due last
+    clock.now += 1
+    assert store.claim_sync("brief", b"cached", 30) is None
+    clock.now += 1
+    assert store.claim_sync("third", b"new", 3600) is None  # past the bound: one goes
+    assert set(store.records.entries) == {"daily", "third"} and store.records.evicted == 1
+
+
 async def test_memory_ledger_does_not_grow_with_settled_reservations() -> None:
     clock = Clock()
     store = MemoryStore(clock=clock)
@@ -448,7 +479,7 @@ async def test_memory_ledger_does_not_grow_with_settled_reservations() -> None:
 async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
     """Shoppers whose codes exist (each ledger given back whole at once) and Idempotency-Key records
     replaced, for an hour's window: what the store holds stays about what is live, not what was sent (each
-    left a heap entry behind until its window ended: ~150 bytes per validation, gigabytes an hour)."""
+    left a heap entry behind until its window ended, later its key in a queue: ~150 bytes per validation, gigabytes an hour)."""
     import tracemalloc
 
     clock = Clock()
@@ -469,7 +500,7 @@ async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
         tracemalloc.stop()
     assert len(store.ledgers) == 0 and len(store.records) == 100
     for bounded in (store.ledgers, store.records):
-        assert len(bounded._due) <= 2 * len(bounded) + 1024
+        assert len(bounded.turns) <= 2 * len(bounded) + 1024
     assert held < 1_000_000, f"{held:,} bytes held after 60,000 validations"
     clock.now += 3601  # and what is live still expires on time
     await store.claim("after", b"s", 1)
