@@ -439,7 +439,16 @@ def test_numbers_beyond_a_double_are_refused(body: bytes) -> None:
     assert refusal is not None and refusal.error.key.value == "invalid_payload"
 
 
-@pytest.mark.parametrize("body", [b'{"n": 1e308}', b'{"n": -1' + b"0" * 300 + b"}", b'{"n": 1e-400}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 1e308}',
+        b'{"n": -1' + b"0" * 300 + b"}",
+        b'{"n": 1e-400}',
+        b'{"n": 1' + b"0" * 307 + b"}",  # 308 digits
+        b'{"s": "' + b"7" * 400 + b'", "n": 12}',  # a long run of digits in a string: its integers checked
+    ],
+)
 def test_large_numbers_within_a_double_are_accepted(body: bytes) -> None:
     assert body_refusal(admitted("/client/v1/validations"), body) is None
 
