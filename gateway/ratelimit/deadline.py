@@ -10,9 +10,11 @@ Redis).
 
 `LagClock` keeps a beat on the loop every BEAT seconds; whatever a beat runs late by is the loop's lag, not
 time: while the loop is blocked, or each of its turns takes longer than a beat, the clock stands still but
-for one beat per turn. `Deadline` is `asyncio.timeout` on that clock: the call times out when `timeout` of
-the clock's time has passed, or MAX_STRETCH times `timeout` of wall time (a store that does not answer a
-gateway that is always late still counts as down, later).
+for one beat per turn. The lag is the loop's, so every store on a loop shares its clock (`loop_clock`), and
+the clock beats only while a deadline is open on it: an idle gateway, or one with many Redis URIs, does not
+wake up 50 times a second per store. `Deadline` is `asyncio.timeout` on that clock: the call times out
+when `timeout` of the clock's time has passed, or MAX_STRETCH times `timeout` of wall time (a store that
+does not answer a gateway that is always late still counts as down, later).
 
 The clock's resolution is one beat per late turn: on a loop whose turns last 100 ms, a call counts about
 half of its wall time. A beat costs one timer callback; BEAT is small against any sensible timeout.
@@ -21,6 +23,7 @@ half of its wall time. A beat costs one timer callback; BEAT is small against an
 from __future__ import annotations
 
 import asyncio
+import weakref
 from types import TracebackType
 
 BEAT = 0.02  # seconds between the clock's beats: how much of one late turn it counts
@@ -28,15 +31,31 @@ MAX_STRETCH = 4.0  # a deadline ends after at most this many times its timeout o
 
 
 class LagClock:
-    """`loop.time()` less the time the loop ran late (seen by a beat every `beat` seconds)."""
+    """`loop.time()` less the time the loop ran late, seen by a beat every `beat` seconds while it is held
+    (`hold`: a deadline is open on it)."""
 
-    __slots__ = ("_due", "_handle", "beat", "lag", "loop")
+    __slots__ = ("__weakref__", "_due", "_handle", "beat", "held", "lag", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, beat: float = BEAT) -> None:
         self.loop, self.beat = loop, beat
         self.lag = 0.0  # the lateness of every beat so far
-        self._due = loop.time() + beat
-        self._handle = loop.call_at(self._due, self._tick)
+        self.held = 0  # deadlines open on it
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def hold(self) -> None:
+        """A deadline starts: the clock beats until the last one open ends (`release`)."""
+        if not self.held:
+            self._due = self.loop.time() + self.beat
+            self._handle = self.loop.call_at(self._due, self._tick)
+        self.held += 1
+
+    def release(self) -> None:
+        self.held -= 1
+        if not self.held and self._handle is not None:
+            self.lag += max(0.0, self.loop.time() - self._due)  # an overdue beat is lag already (`now`)
+            self._handle.cancel()
+            self._handle = None
 
     def _tick(self) -> None:
         now = self.loop.time()
@@ -48,10 +67,21 @@ class LagClock:
         """The clock's time: a beat overdue now is lag already, so the clock stands still while the loop is
         blocked, whether or not the beat has run yet."""
         now = self.loop.time()
+        if self._handle is None:
+            return now - self.lag
         return now - self.lag - max(0.0, now - self._due)
 
-    def stop(self) -> None:
-        self._handle.cancel()
+
+_CLOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LagClock] = weakref.WeakKeyDictionary()
+
+
+def loop_clock() -> LagClock:
+    """The running loop's clock, one per loop: every store on it shares it."""
+    loop = asyncio.get_running_loop()
+    clock = _CLOCKS.get(loop)
+    if clock is None:
+        clock = _CLOCKS[loop] = LagClock(loop)
+    return clock
 
 
 class Deadline:
@@ -67,6 +97,7 @@ class Deadline:
     async def __aenter__(self) -> Deadline:
         await self._timeout.__aenter__()
         loop = self._clock.loop
+        self._clock.hold()
         self._start = self._clock.now()
         self._ends = loop.time() + MAX_STRETCH * self.timeout
         self._handle = loop.call_later(self.timeout, self._check)
@@ -85,4 +116,5 @@ class Deadline:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._handle.cancel()
+        self._clock.release()
         await self._timeout.__aexit__(kind, exc, tb)  # raises TimeoutError if it expired

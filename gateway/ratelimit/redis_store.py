@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 from gateway.models import Strategy
 from gateway.policy import STORAGE_SCHEMES
 from gateway.ratelimit import bridge
-from gateway.ratelimit.deadline import MAX_STRETCH, Deadline, LagClock
+from gateway.ratelimit.deadline import MAX_STRETCH, Deadline, loop_clock
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.store import (
     Hit,
@@ -414,20 +414,11 @@ class _Scripts:
         self.batcher = batcher_for(self.client)
         self.scripts = {text: self.client.register_script(text.encode()) for text in SCRIPTS}
         self.cluster = self.batcher is None  # a chain is split by slot there
-        self._clock: LagClock | None = None
 
     def deadline(self, timeout: float) -> Deadline:
-        """`timeout` on the store's time, not the loop's lateness (gateway/ratelimit/deadline.py); the
-        clock starts on the first call, on the loop making it."""
-        clock, loop = self._clock, asyncio.get_running_loop()
-        if clock is None or clock.loop is not loop:
-            clock = self._clock = LagClock(loop)
-        return Deadline(clock, timeout)
-
-    def stop(self) -> None:
-        if self._clock is not None:
-            self._clock.stop()
-            self._clock = None
+        """`timeout` on the store's time, not the loop's lateness (gateway/ratelimit/deadline.py), on the
+        clock of the loop making the call."""
+        return Deadline(loop_clock(), timeout)
 
     async def call(self, text: str, keys: list[str], args: list[Any]) -> Any:
         script = self.scripts[text]
@@ -497,7 +488,6 @@ class RedisStore:
         await prepare(self.storage)
 
     async def close(self) -> None:
-        self._scripts.stop()
         await close(self.storage)
 
     async def _call(self, text: str, key: str, args: list[Any]) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.ratelimit import StoreUnavailable
-from gateway.ratelimit.deadline import LagClock
+from gateway.ratelimit.deadline import Deadline, LagClock, loop_clock
 from gateway.ratelimit.limiter import open_store
 from gateway.ratelimit.redis_store import RedisStore
 from gateway.ratelimit.store import Reservation
@@ -129,6 +129,8 @@ class SteppedLoop:
 def test_the_lag_clock_keeps_time_while_the_loop_does_and_stands_still_while_it_is_late() -> None:
     loop = SteppedLoop()
     clock = LagClock(loop, beat=0.02)  # type: ignore[arg-type]
+    assert loop.timers == []  # no deadline open: no beat
+    clock.hold()
     start = clock.now()
     for step in range(1, 11):  # a loop on time: each beat runs when it is due
         loop.run_until(100.0 + step * 0.02)
@@ -140,5 +142,23 @@ def test_the_lag_clock_keeps_time_while_the_loop_does_and_stands_still_while_it_
     assert clock.now() - start == pytest.approx(0.02)  # one beat's resolution
     loop.run_until(loop.now + 0.02)
     assert clock.now() - start == pytest.approx(0.04)  # and on time again
-    clock.stop()
+    clock.hold()  # a second deadline, then the first ends: it still beats
+    clock.release()
+    loop.run_until(loop.now + 0.02)
+    assert len(loop.timers) == 1 and clock.now() - start == pytest.approx(0.06)
+    loop.now += 0.3  # late when the last deadline ends: the overdue beat is lag, and the clock rests
+    clock.release()
     assert loop.timers == []
+    assert clock.now() - start == pytest.approx(0.08)
+    loop.now += 1.0  # idle: no beat, and time passes as the loop's
+    assert clock.now() - start == pytest.approx(1.08)
+
+
+async def test_every_store_on_a_loop_shares_one_clock_that_rests_while_no_call_is_timed() -> None:
+    clock = loop_clock()
+    assert loop_clock() is clock and clock.loop is asyncio.get_running_loop()
+    assert clock.held == 0
+    async with Deadline(clock, 1.0), Deadline(loop_clock(), 1.0):
+        assert clock.held == 2
+        await asyncio.sleep(0.05)
+    assert clock.held == 0 and clock._handle is None
