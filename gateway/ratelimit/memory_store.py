@@ -432,8 +432,13 @@ class _BoundedMap:
         window (an hour: gigabytes at checkout rates). Rebuilt once the stale turns outnumber the live
         ones, so the work is O(1) per put, amortised.
         """
-        entries = self.entries
-        self.turns.keep(lambda when, key: _is_its_turn(entries.get(key), when))
+        entries, turn_of = self.entries, _TIMES.unpack_from
+
+        def waiting(when: float, key: str) -> bool:  # `_is_its_turn`, inlined: once per turn
+            entry = entries.get(key)
+            return entry is not None and turn_of(entry)[1] == when
+
+        self.turns.keep(waiting)
 
     def remove(self, key: str) -> None:
         entry = self.entries.pop(key, None)

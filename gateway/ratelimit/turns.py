@@ -16,7 +16,8 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
+from itertools import compress
 from math import inf
 from typing import Generic, TypeVar
 
@@ -31,9 +32,9 @@ class _Queue:
 
     __slots__ = ("head", "keys", "times")
 
-    def __init__(self, waiting: Sequence[tuple[float, str]] = ()) -> None:
-        self.keys = deque(key for _, key in waiting)
-        self.times = array("d", (when for when, _ in waiting))  # times[head:] match keys
+    def __init__(self) -> None:
+        self.keys: deque[str] = deque()
+        self.times = array("d")  # times[head:] match keys
         self.head = 0
 
     def due(self) -> float:
@@ -87,14 +88,15 @@ class Turns(Generic[Lifetime]):
         return lifetime, when, key
 
     def keep(self, waiting: Callable[[float, str], bool]) -> None:
-        """Keep only the keys for which `waiting(when, key)` holds, each queue in its order."""
+        """Keep only the keys for which `waiting(when, key)` holds, each queue in its order (one call of
+        `waiting` per key, and nothing else done per key in Python: the event loop waits meanwhile)."""
         self.size = 0
-        for lifetime, queue in self._queues.items():
-            kept = [
-                (w, k) for w, k in zip(queue.times[queue.head :], queue.keys, strict=True) if waiting(w, k)
-            ]
-            self._queues[lifetime] = _Queue(kept)
-            self.size += len(kept)
+        for queue in self._queues.values():
+            times = queue.times[queue.head :]
+            kept = list(map(waiting, times, queue.keys))
+            queue.keys = deque(compress(queue.keys, kept))
+            queue.times, queue.head = array("d", compress(times, kept)), 0
+            self.size += len(queue.keys)
         self._fronts = [(queue.due(), at) for at, queue in self._queues.items() if queue.keys]
         heapq.heapify(self._fronts)
 
