@@ -233,7 +233,7 @@ class BoundedMemoryStorage(
         await self.clear(current_key)
 
 
-_STAMP = struct.Struct("=d")  # a time: one hit's in a key's bytearray, or when a map's entry is gone
+_STAMP = struct.Struct("=d")  # a time: one hit's in a key's bytearray, a map entry's expiry or lifetime
 _stamp, _stamp_at = _STAMP.pack, _STAMP.unpack_from
 _HIT = _STAMP.size
 
@@ -259,14 +259,15 @@ def _drop_expired(hits: bytearray, horizon: float) -> None:
 # full collection walked 3 million under a flood of a million distinct guessers, ~0.35 s without an answer
 # to anyone) and, with its key and slots, ~565 bytes; as bytes ~330. Each starts with `_ENTRY`; a record's
 # value follows it, a ledger's `_LEDGER` and its groups.
-_ENTRY = struct.Struct("=ddq")  # when the whole entry is gone; when its live turn is due (inf: none yet);
-#                                 the bytes counted against the map's bound
+_ENTRY = struct.Struct("=ddqd")  # when the whole entry is gone; when its live turn is due (inf: none yet);
+#                                  the bytes counted against the map's bound; its turn's lifetime
 _AT = _ENTRY.size
+_LIFETIME_AT = _AT - _STAMP.size
 _LEDGER = struct.Struct("=dqqqq")  # a ledger's window, serial (its tokens' prefix), base, head, live entries
 _GROUPS = _AT + _LEDGER.size  # then its groups, oldest first, one per reservation:
 _GROUP = struct.Struct("=dq")  # the group's time and entries (0 once given back)
 _G = _GROUP.size
-_HEAD = struct.Struct(_ENTRY.format + _LEDGER.format[1:])  # a ledger's first 64 bytes, at once
+_HEAD = struct.Struct(_ENTRY.format + _LEDGER.format[1:])  # a ledger's first 72 bytes, at once
 _FIRST = struct.Struct(_ENTRY.format + _LEDGER.format[1:] + _GROUP.format[1:])  # a new ledger, whole
 _INDEX_BITS = 48  # a token is (the ledger's serial << 48) | the group's index: 2^48 calls is centuries
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
@@ -286,7 +287,7 @@ def _groups(ledger: bytearray) -> int:
 
 def _new_ledger(window: float, serial: int, now: float, amount: int) -> tuple[bytearray, str]:
     """A ledger that holds one group, of `amount` entries from `now`, for its window; its token."""
-    ledger = bytearray(_FIRST.pack(now + window, inf, 0, window, serial, 0, 0, amount, now, amount))
+    ledger = bytearray(_FIRST.pack(now + window, inf, 0, 0.0, window, serial, 0, 0, amount, now, amount))
     return ledger, str(serial << _INDEX_BITS)
 
 
@@ -315,12 +316,14 @@ def _expire(ledger: bytearray, now: float, window: float | None = None) -> tuple
 def _add(ledger: bytearray, now: float, amount: int) -> tuple[str, float]:
     """A new group of `amount` entries, the ledger kept for its window from it: its token and its time
     (time-ordered, even if the clock stepped back)."""
-    _, queued_at, counted, window, serial, base, head, live = _HEAD.unpack_from(ledger)
+    _, queued_at, counted, lifetime, window, serial, base, head, live = _HEAD.unpack_from(ledger)
     size = _groups(ledger)
     if size > head:
         now = max(now, _GROUP.unpack_from(ledger, len(ledger) - _G)[0])
     ledger += _GROUP.pack(now, amount)
-    _HEAD.pack_into(ledger, 0, now + window, queued_at, counted, window, serial, base, head, live + amount)
+    _HEAD.pack_into(
+        ledger, 0, now + window, queued_at, counted, lifetime, window, serial, base, head, live + amount
+    )
     return str(serial << _INDEX_BITS | (base + size)), now
 
 
@@ -369,7 +372,7 @@ _RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (object
 
 
 def _new_record(value: bytes, expires: float, key: str) -> bytearray:
-    return bytearray(_ENTRY.pack(expires, inf, len(value) + len(key) + _RECORD_OVERHEAD)) + value
+    return bytearray(_ENTRY.pack(expires, inf, len(value) + len(key) + _RECORD_OVERHEAD, 0.0)) + value
 
 
 def _value(record: bytearray) -> bytes:
@@ -379,6 +382,7 @@ def _value(record: bytearray) -> bytes:
 # ------------------------------------------------------------------------------------ the map
 
 _STALE_SLACK = 1024  # stale turns a map may hold beyond its live ones before it is compacted
+_FRESH = 15.0  # seconds a new turn can be taken back (`Turns.cancel`): longer than an upstream call
 
 
 class _BoundedMap:
@@ -387,8 +391,13 @@ class _BoundedMap:
 
     Expired entries are reclaimed as time passes (each call first pops what is due); when a new entry
     would pass a bound, the entries closest to expiry are dropped first. An entry's head says when its one
-    live turn is due (`_TIMES`' second): a turn with another time is stale (its key was removed, or put
-    again) and is skipped.
+    live turn is due (`_TIMES`' second) and its lifetime: a turn with another time is stale (its key was
+    removed, or put again) and is skipped.
+
+    Most entries go within the request that made them (a ledger given back whole: a validation whose
+    codes all exist; a claim replaced by the kept answer); removing one takes its turn back while it is
+    fresh (`_FRESH`), so they leave nothing behind. The turns of entries removed later stay until they
+    come, and are compacted away once they outnumber the live entries.
     """
 
     def __init__(self, what: str, max_keys: int, max_bytes: int) -> None:
@@ -396,7 +405,7 @@ class _BoundedMap:
         self.entries: dict[str, bytearray] = {}
         self.bytes = 0
         self.evicted = 0  # live entries dropped because of a bound
-        self.turns: Turns[float] = Turns()  # the stale ones included
+        self.turns: Turns[float] = Turns(grace=_FRESH)  # the stale ones included
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -420,6 +429,7 @@ class _BoundedMap:
 
     def _wait(self, key: str, entry: bytearray, lifetime: float, when: float) -> None:
         _TIMES.pack_into(entry, 0, _stamp_at(entry)[0], when)
+        _STAMP.pack_into(entry, _LIFETIME_AT, lifetime)
         self.turns.put(lifetime, when, key)
         if len(self.turns) > 2 * len(self.entries) + _STALE_SLACK:
             self._compact()
@@ -443,7 +453,9 @@ class _BoundedMap:
     def remove(self, key: str) -> None:
         entry = self.entries.pop(key, None)
         if entry is not None:
-            self.bytes -= _ENTRY.unpack_from(entry)[2]
+            _, when, size, lifetime = _ENTRY.unpack_from(entry)
+            self.bytes -= size
+            self.turns.cancel(lifetime, key, when)  # removed soon after it was made: its turn goes too
 
     def _reap(self, now: float) -> None:
         while (due := self.turns.pop(now)) is not None:

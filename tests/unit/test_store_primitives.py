@@ -507,6 +507,38 @@ async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
     assert len(store.records) == 1
 
 
+def test_ledgers_given_back_within_their_request_leave_nothing_to_compact() -> None:
+    """Guessers' ledgers held (a flood), and validations of existing codes 64 at a time, each ledger given
+    back whole when its request ends: each left a stale turn behind, and once they outnumbered the live
+    ledgers the turns were compacted in one go while the event loop waited (~0.3 s at 500,000 held)."""
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for i in range(20_000):
+        key = f"gw:codes:shop:guesser-{i}"
+        store.settle_sync(key, store.reserve_sync(key, 5, 3600, 2), 1)
+        clock.now += 0.001
+    compactions = 0
+    compact = store.ledgers._compact
+
+    def counted() -> None:
+        nonlocal compactions
+        compactions += 1
+        compact()
+
+    store.ledgers._compact = counted  # type: ignore[method-assign]
+    in_flight: dict[str, Reservation] = {}
+    for i in range(100_000):
+        key = f"gw:codes:shop:shopper-{i}"
+        in_flight[key] = store.reserve_sync(key, 5, 3600, 2)
+        if len(in_flight) == 64:  # the oldest request in flight ends: its codes all existed
+            done = next(iter(in_flight))
+            store.settle_sync(done, in_flight.pop(done), 0)
+        clock.now += 0.001
+    assert len(store.ledgers) == 20_000 + 63
+    assert len(store.ledgers.turns) == len(store.ledgers)  # not one stale turn
+    assert compactions == 0
+
+
 def test_a_flood_of_guessers_leaves_the_garbage_collector_nothing_to_walk() -> None:
     """Distinct clients that each guessed a code (their failed-code ledgers held for the window) and
     Idempotency-Key records: every full collection walks what the collector tracks while the event loop
