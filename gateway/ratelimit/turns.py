@@ -32,7 +32,7 @@ class _Queue:
     `times`, the fresh ones (put less than the grace ago) after them in `fresh`, where one can be taken
     back in O(1)."""
 
-    __slots__ = ("fresh", "head", "in_heap", "keys", "times")
+    __slots__ = ("fresh", "head", "in_heap", "keys", "settles", "times")
 
     def __init__(self) -> None:
         self.keys: deque[str] = deque()
@@ -40,6 +40,7 @@ class _Queue:
         self.head = 0
         self.fresh: OrderedDict[str, float] = OrderedDict()  # key -> when, after keys
         self.in_heap = False  # the heap of fronts has an entry for it (no later than its front)
+        self.settles = inf  # a put due by then may find fresh turns to settle (no later than it would)
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.fresh)
@@ -60,17 +61,19 @@ class _Queue:
             self.head = 0
         return when, self.keys.popleft()
 
-    def settle(self, horizon: float) -> None:
+    def settle(self, horizon: float, grace: float) -> None:
         """The fresh turns due by `horizon` join the older ones."""
         fresh = self.fresh
         while fresh:
             key = next(iter(fresh))
             when = fresh[key]
             if when > horizon:
+                self.settles = when + grace
                 return
             del fresh[key]
             self.keys.append(key)
             self.times.append(when)
+        self.settles = inf
 
 
 class Turns(Generic[Lifetime]):
@@ -108,10 +111,14 @@ class Turns(Generic[Lifetime]):
         fresh = queue.fresh
         if key in fresh:  # a key put again: its fresh turn goes
             fresh.move_to_end(key)
+        elif not fresh:
+            queue.settles = when + self.grace
+            self.size += 1
         else:
             self.size += 1
         fresh[key] = when
-        queue.settle(when - self.grace)
+        if when >= queue.settles:
+            queue.settle(when - self.grace, self.grace)
 
     def cancel(self, lifetime: Lifetime, key: str, when: float) -> None:
         """Take back the key's turn due at `when`, if it is still fresh (else it stays, to be skipped)."""
