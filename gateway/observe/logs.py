@@ -6,11 +6,11 @@ access-log sink in `gateway/observe/access.py`), so a request's line costs no `L
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
 import time
+from _json import encode_basestring_ascii, make_encoder
 from typing import TextIO
 
 __all__ = [
@@ -24,7 +24,13 @@ __all__ = [
 ]
 
 FLUSH_EVERY = 0.2  # seconds: buffered lines (and queued outcomes, `serving.Serving`) are never later
-_JSON = json.JSONEncoder(default=str)  # built once: json.dumps(default=...) builds one per call
+# json's C encoder, built once: `JSONEncoder.encode` builds one on every call (~0.6 µs a line). Its
+# settings are `json.dumps`' defaults (ASCII only, ", " and ": ", NaN allowed), anything else as str().
+_ENCODER = make_encoder({}, str, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+
+def _json(document: dict[str, object]) -> str:
+    return "".join(_ENCODER(document, 0))
 
 
 class FieldsFormatter(logging.Formatter):
@@ -54,7 +60,7 @@ class JsonFormatter(FieldsFormatter):
         millis = int((created - second) * 1000)
         line: dict[str, object] = {"time": f"{self._stamp}.{millis:03d}Z", "level": level, "logger": name}
         line.update(fields)
-        return _JSON.encode(line)
+        return _json(line)
 
 
 class TextFormatter(FieldsFormatter):

@@ -404,6 +404,27 @@ def text_line(outcome: Outcome) -> str:
     return stream.getvalue()
 
 
+def test_a_json_line_is_what_json_dumps_writes_for_its_fields() -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque"
+
+    fields: dict[str, object] = {
+        "origin": 'https://\u00e9vil.example/"\n\u2028',  # quotes, a newline, non-ASCII: escaped
+        "status": 200,
+        "duration_ms": 1.234,
+        "upstream_ms": None,
+        "nan": float("nan"),
+        "surrogate": "\ud800",
+        "nested": {"a": [1, 2.5, True]},
+        "other": Opaque(),  # anything else as str()
+    }
+    line = JsonFormatter().format_fields(1_700_000_000.25, "info", "gateway.access", fields)
+    expected = {"time": "2023-11-14T22:13:20.250Z", "level": "info", "logger": "gateway.access", **fields}
+    assert line == json.dumps(expected, default=str)
+    assert "\n" not in line and line.isascii()
+
+
 def test_a_forged_origin_stays_one_value_of_a_text_line() -> None:
     """logging.format: text writes values by logfmt's rules: whatever an Origin holds, a parser reads the
     line's real decision, status and client, and the Origin back exactly as it came."""
