@@ -438,7 +438,7 @@ async def test_memory_ledger_is_bounded_and_reclaimed() -> None:
 def test_a_ledger_renewed_all_along_does_not_hold_the_others_in_memory() -> None:
     # Each ledger waits for its turn in the queue of its window, in the order made; a guesser who keeps
     # guessing renews its ledger before each turn, goes to the back each time, and does not keep the
-    # ledgers made after it (rotating addresses, an hour's window each) from being reclaimed.
+    # ledgers made after it (rotating addresses, ten minutes' window each) from being reclaimed.
     clock = Clock()
     store = MemoryStore(clock=clock)
     for minute in range(180):
