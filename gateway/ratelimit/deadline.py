@@ -72,15 +72,17 @@ class LagClock:
         return now - self.lag - max(0.0, now - self._due)
 
 
-_CLOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LagClock] = weakref.WeakKeyDictionary()
+# By the loop's id, weakly: the stores that time calls on a clock hold it, so it goes with them (keyed by
+# the loop itself, weakly, the clock's own reference to its loop kept every closed loop alive).
+_CLOCKS: weakref.WeakValueDictionary[int, LagClock] = weakref.WeakValueDictionary()
 
 
 def loop_clock() -> LagClock:
-    """The running loop's clock, one per loop: every store on it shares it."""
+    """The running loop's clock, one per loop: every store calling on it shares it (and holds it)."""
     loop = asyncio.get_running_loop()
-    clock = _CLOCKS.get(loop)
-    if clock is None:
-        clock = _CLOCKS[loop] = LagClock(loop)
+    clock = _CLOCKS.get(id(loop))
+    if clock is None or clock.loop is not loop:  # none yet, or a closed loop's whose id was reused
+        clock = _CLOCKS[id(loop)] = LagClock(loop)
     return clock
 
 

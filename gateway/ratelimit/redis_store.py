@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 from gateway.models import Strategy
 from gateway.policy import STORAGE_SCHEMES
 from gateway.ratelimit import bridge
-from gateway.ratelimit.deadline import MAX_STRETCH, Deadline, loop_clock
+from gateway.ratelimit.deadline import MAX_STRETCH, Deadline, LagClock, loop_clock
 from gateway.ratelimit.redis_batch import batcher_for
 from gateway.ratelimit.store import (
     Hit,
@@ -414,11 +414,15 @@ class _Scripts:
         self.batcher = batcher_for(self.client)
         self.scripts = {text: self.client.register_script(text.encode()) for text in SCRIPTS}
         self.cluster = self.batcher is None  # a chain is split by slot there
+        self._clock: LagClock | None = None  # held: the loop's clock lives as long as a store uses it
 
     def deadline(self, timeout: float) -> Deadline:
         """`timeout` on the store's time, not the loop's lateness (gateway/ratelimit/deadline.py), on the
         clock of the loop making the call."""
-        return Deadline(loop_clock(), timeout)
+        clock = self._clock
+        if clock is None or clock.loop is not asyncio.get_running_loop():
+            clock = self._clock = loop_clock()
+        return Deadline(clock, timeout)
 
     async def call(self, text: str, keys: list[str], args: list[Any]) -> Any:
         script = self.scripts[text]

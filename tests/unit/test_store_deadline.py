@@ -12,7 +12,9 @@ must still time out, lag or no lag.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -162,3 +164,17 @@ async def test_every_store_on_a_loop_shares_one_clock_that_rests_while_no_call_i
         assert clock.held == 2
         await asyncio.sleep(0.05)
     assert clock.held == 0 and clock._handle is None
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_clock() -> None:
+    async def timed() -> None:
+        async with Deadline(loop_clock(), 1.0):
+            await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(timed())
+    loop.close()
+    seen = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert seen() is None
