@@ -259,10 +259,10 @@ def _drop_expired(hits: bytearray, horizon: float) -> None:
 # full collection walked 3 million under a flood of a million distinct guessers, ~0.35 s without an answer
 # to anyone) and, with its key and slots, ~565 bytes; as bytes ~330. Each starts with `_ENTRY`; a record's
 # value follows it, a ledger's `_LEDGER` and its groups.
-_ENTRY = struct.Struct("=ddqd")  # when the whole entry is gone; when its live turn is due (inf: none yet);
-#                                  the bytes counted against the map's bound; its turn's lifetime
+_ENTRY = struct.Struct("=dddq")  # when the whole entry is gone; when its live turn is due (inf: none yet)
+#                                  and that turn's lifetime; the bytes counted against the map's bound
 _AT = _ENTRY.size
-_LIFETIME_AT = _AT - _STAMP.size
+_TURN = struct.Struct("=dd")  # at _STAMP.size: the turn's time and lifetime, written at once
 _LEDGER = struct.Struct("=dqqqq")  # a ledger's window, serial (its tokens' prefix), base, head, live entries
 _GROUPS = _AT + _LEDGER.size  # then its groups, oldest first, one per reservation:
 _GROUP = struct.Struct("=dq")  # the group's time and entries (0 once given back)
@@ -287,7 +287,7 @@ def _groups(ledger: bytearray) -> int:
 
 def _new_ledger(window: float, serial: int, now: float, amount: int) -> tuple[bytearray, str]:
     """A ledger that holds one group, of `amount` entries from `now`, for its window; its token."""
-    ledger = bytearray(_FIRST.pack(now + window, inf, 0, 0.0, window, serial, 0, 0, amount, now, amount))
+    ledger = bytearray(_FIRST.pack(now + window, inf, 0.0, 0, window, serial, 0, 0, amount, now, amount))
     return ledger, str(serial << _INDEX_BITS)
 
 
@@ -316,13 +316,13 @@ def _expire(ledger: bytearray, now: float, window: float | None = None) -> tuple
 def _add(ledger: bytearray, now: float, amount: int) -> tuple[str, float]:
     """A new group of `amount` entries, the ledger kept for its window from it: its token and its time
     (time-ordered, even if the clock stepped back)."""
-    _, queued_at, counted, lifetime, window, serial, base, head, live = _HEAD.unpack_from(ledger)
+    _, queued_at, lifetime, counted, window, serial, base, head, live = _HEAD.unpack_from(ledger)
     size = _groups(ledger)
     if size > head:
         now = max(now, _GROUP.unpack_from(ledger, len(ledger) - _G)[0])
     ledger += _GROUP.pack(now, amount)
     _HEAD.pack_into(
-        ledger, 0, now + window, queued_at, counted, lifetime, window, serial, base, head, live + amount
+        ledger, 0, now + window, queued_at, lifetime, counted, window, serial, base, head, live + amount
     )
     return str(serial << _INDEX_BITS | (base + size)), now
 
@@ -372,7 +372,7 @@ _RECORD_OVERHEAD = 200  # bytes a record costs besides its key and value (object
 
 
 def _new_record(value: bytes, expires: float, key: str) -> bytearray:
-    return bytearray(_ENTRY.pack(expires, inf, len(value) + len(key) + _RECORD_OVERHEAD, 0.0)) + value
+    return bytearray(_ENTRY.pack(expires, inf, 0.0, len(value) + len(key) + _RECORD_OVERHEAD)) + value
 
 
 def _value(record: bytearray) -> bytes:
@@ -421,15 +421,14 @@ class _BoundedMap:
     def put(self, key: str, entry: bytearray, lifetime: float, now: float) -> None:
         """Add a new entry (the key holds none) that lives `lifetime` from `now` unless it is renewed (its
         expiry moved later: looked at again when its turn comes), making room for it first."""
-        size = _ENTRY.unpack_from(entry)[2]
+        size = _ENTRY.unpack_from(entry)[3]
         self._make_room(size)
         self.entries[key] = entry
         self.bytes += size
         self._wait(key, entry, lifetime, now + lifetime)
 
     def _wait(self, key: str, entry: bytearray, lifetime: float, when: float) -> None:
-        _TIMES.pack_into(entry, 0, _stamp_at(entry)[0], when)
-        _STAMP.pack_into(entry, _LIFETIME_AT, lifetime)
+        _TURN.pack_into(entry, _STAMP.size, when, lifetime)
         self.turns.put(lifetime, when, key)
         if len(self.turns) > 2 * len(self.entries) + _STALE_SLACK:
             self._compact()
@@ -437,10 +436,9 @@ class _BoundedMap:
     def _compact(self) -> None:
         """Drop the stale turns: one per live entry is left.
 
-        A removed entry's turn stays until it comes, and a ledger given back whole (every existing code) is
-        removed at once: without this, each validation kept its key's string for a whole `failed_codes`
-        window (an hour: gigabytes at checkout rates). Rebuilt once the stale turns outnumber the live
-        ones, so the work is O(1) per put, amortised.
+        An entry removed once its turn is no longer fresh (after a request of more than `_FRESH` seconds,
+        say) leaves that turn until it comes, holding its key's string; once such turns outnumber the live
+        entries they are dropped in one go, so the work is O(1) per put, amortised.
         """
         entries, turn_of = self.entries, _TIMES.unpack_from
 
@@ -453,7 +451,7 @@ class _BoundedMap:
     def remove(self, key: str) -> None:
         entry = self.entries.pop(key, None)
         if entry is not None:
-            _, when, size, lifetime = _ENTRY.unpack_from(entry)
+            _, when, lifetime, size = _ENTRY.unpack_from(entry)
             self.bytes -= size
             self.turns.cancel(lifetime, key, when)  # removed soon after it was made: its turn goes too
 
