@@ -115,14 +115,13 @@ class Turns(Generic[Lifetime]):
             self.size += 1
             return
         fresh = queue.fresh
-        if key in fresh:  # a key put again: its fresh turn goes
-            fresh.move_to_end(key)
-        elif not fresh:
+        if not fresh:
             queue.settles = when + self.grace
-            self.size += 1
-        else:
-            self.size += 1
+        elif key in fresh:  # a key put again: its fresh turn goes
+            fresh.move_to_end(key)
+            self.size -= 1
         fresh[key] = when
+        self.size += 1
         if when >= queue.settles:
             queue.settle(when - self.grace, self.grace)
 
