@@ -22,12 +22,12 @@ import time
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDictProxy
 
 from gateway import errors
 from gateway.answer import Answer
 from gateway.compiled import CompiledPolicy, compile_policy
-from gateway.decide import Preflight, Refuse, check_body, decide
+from gateway.decide import Admit, Preflight, Refuse, check_body, decide
 from gateway.errors import GatewayError, Refused, describe_exception
 from gateway.expect import continue_if_admitted
 from gateway.guards import idempotency, idempotency_hold
@@ -238,19 +238,11 @@ async def _pipeline(
                 return _replayed(held, admit.cors, per_ip.headers, outcome)
             hold = held
             await pass_gates(store, (codes, quota))
-        headers = request_headers(
-            request.headers,
-            target.project.credential_headers,
-            admit.origin,
-            outcome.request_id,
-            forward_origin=mode.forwards_origin,
-        )
-        if target.project.api_version is not None:
-            headers[API_VERSION_HEADER] = target.project.api_version
+        browser = request.headers
 
         async def voucherify() -> UpstreamResponse:  # cache -> (its quota) -> Voucherify (429: hold-off)
             return await state.sparing.answer(
-                target, outcome, lambda: _spared_send(state, policy, target, call, headers, outcome, quota)
+                target, outcome, lambda: _spared_send(state, policy, admit, call, browser, outcome, quota)
             )
 
         answer = await (voucherify() if hold is None else hold.run(voucherify))
@@ -305,15 +297,27 @@ def _store(state: GatewayState, target: Target) -> Store:
 async def _spared_send(
     state: GatewayState,
     policy: CompiledPolicy,
-    target: Target,
+    admit: Admit,
     call: UpstreamCall,
-    headers: CIMultiDict[str],
+    browser: CIMultiDictProxy[str],
     outcome: Outcome,
     quota: QuotaHold,
 ) -> UpstreamResponse:
     """Voucherify (a cached operation's quota reserved first, after its cache missed) and the mode's view of
     its answer; a reserved call that surely reached nothing is given back, a 429 starts the hold-off
-    (Refused, 503)."""
+    (Refused, 503). What Voucherify is sent is built here, on a miss only: a cache hit, a replay and a
+    refusal never need it."""
+    target = admit.target
+    project = target.project
+    headers = request_headers(
+        browser,
+        project.credential_headers,
+        admit.origin,
+        outcome.request_id,
+        forward_origin=project.mode.forwards_origin,
+    )
+    if project.api_version is not None:
+        headers[API_VERSION_HEADER] = project.api_version
     await state.sparing.reserve(quota)
     quota.sending()
     try:
