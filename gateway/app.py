@@ -217,14 +217,14 @@ async def _pipeline(
     codes = CodeHold()  # the failed-code budget's hold: its RateLimit members, given back in `finally`
     quota = QuotaHold()  # the upstream call's place in the quota, given back in `finally` when unsent
     project = target.project
+    store = _store(state, target)
     per_ip = state.limiters.gate(
-        project.rate_limit, project.buckets[target.operation], client.bucket_key, outcome
+        store, project.rate_limit, project.buckets[target.operation], client.bucket_key, outcome
     )
     try:
         body = await _request_body(request, policy)
         document = check_body(admit, body)
         call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
-        store = _store(state, target)
         codes.ask(store, target, client.bucket_key, document, outcome)
         quota.ask(state.sparing, store, target, outcome)
         keys = request.headers.getall(IDEMPOTENCY_KEY, [])

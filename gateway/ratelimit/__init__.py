@@ -7,7 +7,7 @@
   `turns.py`: when the memory store looks at a key again (expiry, its bounds); `redis_batch.py`: one
   pipeline per loop turn; `bridge.py`: the one module touching `limits`' internals.
 - `limiter.py`: `bucket_steps` / `bucket_result` (a bucket as chain steps), `Limiter`, `LimiterPool` (stores
-  by URI, `gate` for a request's chain, its `Verdict` with `on_storage_error` applied, `readiness` for the
+  by URI, `gate` for a request's chain, its verdict with `on_storage_error` applied, `readiness` for the
   admin listener and the worker supervisor).
 - `gates.py`: `pass_gates`, a request's guards (per-IP, failed-code budget, upstream quota) in one chain.
 """
@@ -17,7 +17,6 @@ from gateway.ratelimit.limiter import (
     LimiterPool,
     LimitResult,
     StoreReadiness,
-    Verdict,
     bucket_result,
     bucket_steps,
     limits_item,
@@ -34,7 +33,6 @@ __all__ = [
     "Store",
     "StoreReadiness",
     "StoreUnavailable",
-    "Verdict",
     "bucket_result",
     "bucket_steps",
     "limits_item",

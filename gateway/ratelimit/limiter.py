@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from limits import RateLimitItem
 from limits.aio.storage import Storage
 from limits.limits import GRANULARITIES
-from limits.util import WindowStats
 
 from gateway import errors
 from gateway.errors import GatewayError, Refused
@@ -40,17 +39,6 @@ class LimitResult:
     allowed: bool
     headers: dict[str, str]
     retry_after: int  # seconds until the exhausted budget returns (0 when allowed)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What the handler does with a request's per-IP count, `on_storage_error` already applied."""
-
-    headers: tuple[
-        tuple[str, str], ...
-    ]  # the RateLimit fields (and Retry-After on a 429); () on a store error
-    error: GatewayError | None  # 429 too_many_requests, 503 rate_limit_unavailable (deny), or None: pass
-    store_error: bool  # the store failed for this request (with `allow`, it passed uncounted)
 
 
 def open_storage(uri: str, timeout: float = 0.5) -> Storage:
@@ -87,19 +75,41 @@ def bucket_steps(store: Store, strategy: Strategy, bucket: Bucket, client_key: s
     return [*counts, *(Hit(strategy, step.item, step.key, False, True) for step in counts)]
 
 
+Fields = tuple[tuple[str, str], ...]
+
+
 def bucket_result(bucket: Bucket, steps: Sequence[Hit], answers: Sequence[StepAnswer]) -> LimitResult:
     """The bucket's verdict and RateLimit fields from its steps' answers."""
+    allowed, fields, retry = bucket_fields(bucket, steps, answers)
+    return LimitResult(allowed, dict(fields), retry)
+
+
+def bucket_fields(
+    bucket: Bucket, steps: Sequence[Hit], answers: Sequence[StepAnswer]
+) -> tuple[bool, Fields, int]:
+    """Whether the bucket let the request pass, its RateLimit fields (and Retry-After on a refusal), and the
+    seconds until the exhausted budget returns (0 when allowed), from its steps' answers."""
     allowed = True
-    windows: list[WindowStats] = []
+    now = time.time()
+    parts: list[str] = []
+    retry_after = 0
+    names = iter(bucket.item_names)
     for step, answer in zip(steps, answers, strict=True):
         assert isinstance(answer, tuple)  # a hit always answers
-        counted, window = answer
+        counted, stats = answer
         if step.counts and not counted:
             allowed = False
         if step.read:
-            assert window is not None
-            windows.append(window)
-    return _result(bucket, allowed, windows)
+            assert stats is not None
+            reset = max(0, math.ceil(stats.reset_time - now))
+            parts.append(f'"{next(names)}";r={stats.remaining};t={reset}')
+            if stats.remaining == 0:
+                retry_after = max(retry_after, reset, 1)
+    fields = (("RateLimit-Policy", bucket.policy_header), ("RateLimit", ", ".join(parts)))
+    if allowed:
+        return True, fields, 0
+    retry = max(retry_after, 1)
+    return False, (*fields, ("Retry-After", str(retry))), retry
 
 
 class Limiter:
@@ -121,22 +131,6 @@ class Limiter:
 def limits_item(item: RateItem) -> RateLimitItem:
     """`limits`' own item for one of ours (same amount, window and storage key)."""
     return GRANULARITIES[item.granularity](item.amount, item.multiples)
-
-
-def _result(bucket: Bucket, allowed: bool, windows: list[WindowStats]) -> LimitResult:
-    now = time.time()
-    parts: list[str] = []
-    retry_after = 0
-    for name, stats in zip(bucket.item_names, windows, strict=True):
-        reset = max(0, math.ceil(stats.reset_time - now))
-        parts.append(f'"{name}";r={stats.remaining};t={reset}')
-        if stats.remaining == 0:
-            retry_after = max(retry_after, reset, 1)
-    headers = {"RateLimit-Policy": bucket.policy_header, "RateLimit": ", ".join(parts)}
-    retry = 0 if allowed else max(retry_after, 1)
-    if retry:
-        headers["Retry-After"] = str(retry)
-    return LimitResult(allowed, headers, retry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,28 +173,29 @@ class LimiterPool:
             self._limiters[(uri, strategy, timeout)] = limiter
         return limiter
 
-    def gate(self, limits: RateLimit, bucket: Bucket, client_key: str, outcome: Outcome) -> PerIpGate:
-        """The per-IP count as the first gate of a request's chain (gateway/ratelimit/gates.py)."""
-        limiter = self.limiter(limits.storage, limits.strategy, limits.storage_timeout)
-        return PerIpGate(self, limits, bucket, limiter.steps(bucket, client_key), outcome)
+    def gate(
+        self, store: Store, limits: RateLimit, bucket: Bucket, client_key: str, outcome: Outcome
+    ) -> PerIpGate:
+        """The per-IP count as the first gate of a request's chain (gateway/ratelimit/gates.py), on
+        `store`: the one `store(limits.storage, limits.storage_timeout)` gives."""
+        steps = bucket_steps(store, limits.strategy, bucket, client_key)
+        return PerIpGate(self, limits, bucket, steps, outcome)
 
-    def reached(self, limits: RateLimit, result: LimitResult) -> Verdict:
-        """The verdict of a count the store answered (the end of an outage is logged once)."""
+    def reached(self, limits: RateLimit) -> None:
+        """The store answered a count: the end of an outage is logged once."""
         uri = limits.storage
         if uri in self._down:
             self._down.discard(uri)
             log.warning("rate-limit store reachable again")
-        error = None if result.allowed else errors.too_many_requests(result.retry_after)
-        return Verdict(tuple(result.headers.items()), error, False)
 
-    def unavailable(self, limits: RateLimit, exc: StoreUnavailable) -> Verdict:
-        """The verdict when the store failed: `on_storage_error` (one log line per outage)."""
+    def unavailable(self, limits: RateLimit, exc: StoreUnavailable) -> GatewayError | None:
+        """The store failed: `on_storage_error`'s refusal, None to let the request pass uncounted (one log
+        line per outage)."""
         uri = limits.storage
         if uri not in self._down:
             self._down.add(uri)
             log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
-        error = errors.rate_limit_unavailable() if limits.on_storage_error == "deny" else None
-        return Verdict((), error, True)
+        return errors.rate_limit_unavailable() if limits.on_storage_error == "deny" else None
 
     async def readiness(self, limits: Iterable[RateLimit]) -> StoreReadiness:
         """Whether the stores these rate limits use answer: not ready only when one that a project with
@@ -258,25 +253,31 @@ class PerIpGate:
         self.headers: tuple[tuple[str, str], ...] = ()
 
     def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
-        result = bucket_result(self._bucket, self.steps, answers)
-        return self._decided(self._pool.reached(self._limits, result), seconds)
+        allowed, fields, retry = bucket_fields(self._bucket, self.steps, answers)
+        self._pool.reached(self._limits)
+        error = None if allowed else errors.too_many_requests(retry)
+        return self._decided(error, fields, False, seconds)
 
     def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
-        return self._decided(self._pool.unavailable(self._limits, exc), seconds)
+        return self._decided(self._pool.unavailable(self._limits, exc), (), True, seconds)
 
     def abandoned(self, answers: Sequence[StepAnswer]) -> None:
         return None  # a hit is never given back
 
-    def _decided(self, verdict: Verdict, seconds: float) -> Refused | None:
+    def _decided(
+        self, error: GatewayError | None, fields: Fields, store_error: bool, seconds: float
+    ) -> Refused | None:
+        """`error`: 429 too_many_requests, 503 rate_limit_unavailable (deny), or None: pass; `fields`: the
+        RateLimit fields (and Retry-After on a 429), () when the store failed (with `allow`, the request
+        passes uncounted)."""
         outcome = self._outcome
         trace = outcome.trace
         if trace is not None:  # a span event: the decision and the storage round trip
-            refused = verdict.error is not None
             trace.limit_checked(
-                self._bucket.name, self._limits.storage, refused, verdict.store_error, seconds
+                self._bucket.name, self._limits.storage, error is not None, store_error, seconds
             )
-        outcome.limit_store_error = verdict.store_error
-        if verdict.error is not None:
-            return Refused(verdict.error, verdict.headers)
-        self.headers = verdict.headers
+        outcome.limit_store_error = store_error
+        if error is not None:
+            return Refused(error, fields)
+        self.headers = fields
         return None

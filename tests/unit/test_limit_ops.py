@@ -22,11 +22,18 @@ from limits.aio.strategies import (
 )
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import Limiter, LimiterPool, LimitResult, StoreUnavailable, bridge, limits_item
-from gateway.ratelimit.limiter import _result
+from gateway.ratelimit import (
+    Limiter,
+    LimiterPool,
+    LimitResult,
+    StoreUnavailable,
+    bridge,
+    bucket_result,
+    limits_item,
+)
 from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
 from gateway.ratelimit.redis_store import CHAIN, RedisStore
-from gateway.ratelimit.store import Store
+from gateway.ratelimit.store import Hit, Store
 from tests.support.processes import RedisServer, running_redis
 
 STRATEGIES = list(Strategy)
@@ -64,7 +71,8 @@ class LimitsReference:
                 allowed = False
                 break
         windows = [await self.strategy.get_window_stats(i, bucket.namespace, client_key) for i in items]
-        return _result(bucket, allowed, windows)
+        steps = [Hit(Strategy.MOVING_WINDOW, item, "", True, True) for item in bucket.items]
+        return bucket_result(bucket, steps, [(allowed, window) for window in windows])  # limits' windows
 
 
 def store_of(storage: Storage) -> Store:

@@ -35,9 +35,10 @@ class Verdict:
 async def check(pool: LimiterPool, limits: RateLimit, bucket: Bucket, client_key: str) -> Verdict:
     """One request's per-IP count, as the handler runs it."""
     outcome = Outcome("gw-verdict", "GET")
-    gate = pool.gate(limits, bucket, client_key, outcome)
+    store = pool.store(limits.storage, limits.storage_timeout)
+    gate = pool.gate(store, limits, bucket, client_key, outcome)
     try:
-        await pass_gates(pool.store(limits.storage, limits.storage_timeout), [gate])
+        await pass_gates(store, [gate])
     except Refused as refused:
         return Verdict(refused.error, refused.headers, outcome.limit_store_error)
     return Verdict(None, gate.headers, outcome.limit_store_error)
