@@ -157,7 +157,15 @@ class Metrics:
         # The labelled children per label set: `labels()` takes a lock and builds a tuple each call. Label
         # values are bounded (projects x operations x decisions x statuses), so is this cache.
         self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
-        self._upstream: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[object, ...], Any] = {}  # (metric, *label values): its child
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, made once per label set."""
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def reloaded(self, applied: bool) -> None:
         """A policy reload was applied, or rejected (the running policy stayed)."""
@@ -165,7 +173,12 @@ class Metrics:
 
     def account(self, batch: Sequence[Outcome], in_flight: int) -> None:
         self.in_flight.set(in_flight)
-        counted: dict[Any, int] = {}
+        counted: dict[Any, int] = {}  # each counter's child: what this batch adds to it
+
+        def add(child: Any, amount: int = 1) -> None:
+            counted[child] = counted.get(child, 0) + amount
+
+        children = self._children
         for outcome in batch:
             project = outcome.project or UNKNOWN  # only ever a project name of the policy
             operation = outcome.operation if outcome.operation in OPERATIONS else UNKNOWN
@@ -178,33 +191,31 @@ class Metrics:
                     self.request_duration.labels(project, decision),
                 )
             requests, request_duration = series
-            counted[requests] = counted.get(requests, 0) + 1
+            counted[requests] = counted.get(requests, 0) + 1  # add(requests), inline: every request
             request_duration.observe(outcome.duration_ms / 1000)
             if outcome.upstream_ms is not None:
-                upstream = self._upstream.get((project, operation))
+                upstream = children.get((self.upstream_duration, project, operation))
                 if upstream is None:
-                    upstream = self._upstream[(project, operation)] = self.upstream_duration.labels(
-                        project, operation
-                    )
+                    upstream = self._child(self.upstream_duration, project, operation)
                 upstream.observe(outcome.upstream_ms / 1000)
             kind = UPSTREAM_ERROR_KINDS.get(outcome.decision)
             if kind is not None:
-                self.upstream_errors.labels(project, operation, kind).inc()
+                add(self._child(self.upstream_errors, project, operation, kind))
             if outcome.idempotency in _IDEMPOTENCY_RESULTS:
-                self.idempotency.labels(project, operation, outcome.idempotency).inc()
+                add(self._child(self.idempotency, project, operation, outcome.idempotency))
             if outcome.cache is not None:
-                self.cache_lookups.labels(project, operation, outcome.cache).inc()
+                add(self._child(self.cache_lookups, project, operation, outcome.cache))
             if outcome.quota_refusal is not None:
-                self.quota_refusals.labels(project, outcome.quota_refusal).inc()
+                add(self._child(self.quota_refusals, project, outcome.quota_refusal))
             if outcome.upstream_429:
-                self.upstream_429s.labels(project).inc()
+                add(self._child(self.upstream_429s, project))
             if outcome.limit_store_error:
-                self.limit_store_errors.labels(project).inc()
+                add(self._child(self.limit_store_errors, project))
                 if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:
-                    self.fail_open.labels(project).inc()
+                    add(self._child(self.fail_open, project))
             if outcome.unknown_codes:
-                self.failed_codes.labels(project).inc(outcome.unknown_codes)
+                add(self._child(self.failed_codes, project), outcome.unknown_codes)
             if outcome.decision == ErrorKey.TOO_MANY_FAILED_CODES.value:
-                self.failed_code_refusals.labels(project).inc()
-        for requests, count in counted.items():
-            requests.inc(count)
+                add(self._child(self.failed_code_refusals, project))
+        for child, count in counted.items():  # one inc (a lock) per series and batch
+            child.inc(count)

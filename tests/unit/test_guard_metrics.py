@@ -45,3 +45,5 @@ def test_cache_quota_and_429_counters() -> None:
         )
         == 1
     )
+    metrics.account(batch[:2], in_flight=0)  # a later batch adds to the same series
+    assert value(metrics, lookups, project="shop", operation="list_consents", result="hit") == 4
