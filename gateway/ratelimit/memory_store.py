@@ -379,6 +379,11 @@ def _value(record: bytearray) -> bytes:
     return bytes(memoryview(record)[_AT:])  # a copy (the view ends with this line: the bytes stay resizable)
 
 
+def _holds(record: bytearray, expected: bytes) -> bool:
+    """Whether the record's value is `expected`, compared in place (no copy of the value)."""
+    return len(record) == _AT + len(expected) and record.endswith(expected)
+
+
 # ------------------------------------------------------------------------------------ the map
 
 _STALE_SLACK = 1024  # stale turns a map may hold beyond its live ones before it is compacted
@@ -648,7 +653,7 @@ class MemoryStore:
     def replace_sync(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
         now = self.clock()
         record = self.records.get(key, now)
-        if record is None or _value(record) != expected:
+        if record is None or not _holds(record, expected):
             return False
         self.records.remove(key)
         self.records.put(key, _new_record(value, now + ttl, key), ttl, now)
@@ -659,7 +664,7 @@ class MemoryStore:
 
     def delete_if_sync(self, key: str, expected: bytes) -> bool:
         record = self.records.get(key, self.clock())
-        if record is None or _value(record) != expected:
+        if record is None or not _holds(record, expected):
             return False
         self.records.remove(key)
         return True

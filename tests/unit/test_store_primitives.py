@@ -234,6 +234,9 @@ async def test_compare_and_set_and_delete_if(kind: Kind) -> None:
     assert await store.replace(key, b"marker-1", answer, 60)
     assert await store.claim(key, b"x", 60) == answer
     assert not await store.delete_if(key, b"marker-1")
+    for part in (answer[1:], answer[:-1], answer + b"\0", b""):  # only the whole value is it
+        assert not await store.delete_if(key, part)
+        assert not await store.replace(key, part, b"other", 60)
     assert await store.claim(key, b"x", 60) == answer
     assert await store.delete_if(key, answer)
     assert not await store.delete_if(key, answer)
