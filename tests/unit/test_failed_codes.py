@@ -3,6 +3,7 @@ named, unknown codes in an answer (hostile and odd answers included) and the Rat
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from gateway.decide import Admit, check_body, decide
 from gateway.errors import Refused
 from gateway.guards.failed_codes import (
     FailedCodeBudget,
+    _surely_utf8,
     counts,
     named_codes,
     refusal_retry_after,
@@ -265,9 +267,24 @@ def test_odd_or_hostile_answers_count_only_what_the_rules_say(body: bytes) -> No
     assert unknown_codes(404, body, 5) == 1
 
 
-def test_an_answer_in_another_unicode_encoding_is_still_read() -> None:
-    body = json.dumps({"error": {"code": 404}}).encode("utf-16")
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_an_answer_in_another_unicode_encoding_is_still_read(encoding: str) -> None:
+    body = json.dumps({"error": {"code": 404}}).encode(encoding)  # json.loads reads every one of these
     assert unknown_codes(200, body, 1) == 1
+
+
+def test_the_shortcut_past_an_answer_without_error_takes_only_what_json_reads_as_utf8() -> None:
+    """Every start of an answer (its first 0-5 bytes, from the bytes that mark encodings) that the budget
+    skips unparsed is one json.loads would read as UTF-8, where `"error"` cannot be spelt otherwise."""
+    marks = (0x00, 0xFF, 0xFE, 0xEF, 0xBB, 0xBF, 0x7B, 0x20)
+    starts = [b""] + [bytes(p) for p in itertools.product(marks, repeat=4)]
+    for start in starts:
+        for length in range(6):
+            body = (start + b"{}  ")[:length]
+            if _surely_utf8(body):
+                assert json.detect_encoding(body).startswith("utf-8"), body
+    assert not _surely_utf8('{"error": {"code": 404}}'.encode("utf-16-le"))
+    assert _surely_utf8(b'\xef\xbb\xbf{"valid": true}')  # UTF-8 with its mark: utf-8-sig
 
 
 def test_a_key_written_twice_in_an_answer_is_read_as_a_browser_reads_it() -> None:
