@@ -197,38 +197,44 @@ class _Peer:
         return False
 
 
-async def validations(answer: bytes, count: int = 5000) -> float:
-    """`handle` on the bench's stackable validation (its body parsed, its two codes held and given back),
-    one new request per call (a body is read once), from 10,000 shoppers behind the bench's proxy:
-    CPU µs per request, the requests built beforehand."""
-    app = gw.create_app(
+def validation_app(answer: bytes) -> web.Application:
+    """The bench's gateway in front of an in-process transport answering `answer`, accounting as served."""
+    return gw.create_app(
         parse_policy(configs.policy_yaml(8080, 8081, "memory://"), env={}),
         served_accounting(),
         transport=InProcessTransport(answer),
     )
-    body, loop = configs.REQUEST_BODY.encode(), asyncio.get_running_loop()
 
-    def request(i: int) -> web.Request:
-        headers = CIMultiDict(
-            {
-                "Host": "127.0.0.1:8080",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "Origin": configs.ORIGIN,
-                "Content-Length": str(len(body)),
-                "X-Forwarded-For": f"10.0.{i // 256 % 40}.{i % 256}",
-            }
-        )
-        payload = StreamReader(_Reading(), 2**16, loop=loop)  # type: ignore[arg-type]
-        payload.feed_data(body)
-        payload.feed_eof()
-        return make_mocked_request(
-            "POST", configs.PATH, headers=headers, app=app, payload=payload, transport=_Peer()
-        )
 
+def validation_request(app: web.Application, i: int) -> web.Request:
+    """The bench's stackable validation from shopper `i` of 10,000 behind the bench's proxy (a body is read
+    once, so each call makes a new request)."""
+    body = configs.REQUEST_BODY.encode()
+    headers = CIMultiDict(
+        {
+            "Host": "127.0.0.1:8080",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Origin": configs.ORIGIN,
+            "Content-Length": str(len(body)),
+            "X-Forwarded-For": f"10.0.{i // 256 % 40}.{i % 256}",
+        }
+    )
+    payload = StreamReader(_Reading(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    payload.feed_data(body)
+    payload.feed_eof()
+    return make_mocked_request(
+        "POST", configs.PATH, headers=headers, app=app, payload=payload, transport=_Peer()
+    )
+
+
+async def validations(answer: bytes, count: int = 5000) -> float:
+    """`handle` on the bench's stackable validation (its body parsed, its two codes held and given back),
+    one new request per call, from 10,000 shoppers: CPU µs per request, the requests built beforehand."""
+    app = validation_app(answer)
     for i in range(200):
-        assert (await gw.handle(request(i))).status == 200
-    requests = [request(i) for i in range(count)]
+        assert (await gw.handle(validation_request(app, i))).status == 200
+    requests = [validation_request(app, i) for i in range(count)]
     started = time.process_time()
     for one in requests:
         await gw.handle(one)
