@@ -128,8 +128,9 @@ def unknown_codes(status: int, body: bytes, named: int) -> int:
 
 def _surely_utf8(body: bytes) -> bool:
     """Whether `json.loads` surely reads `body` as UTF-8 (`json.detect_encoding` says utf-8 or utf-8-sig):
-    no UTF-16 or UTF-32 byte order mark, no NUL in the first four bytes. Stricter than detect_encoding
-    where it differs (a NUL third byte), so it never says yes where json would read another encoding."""
+    no UTF-16 or UTF-32 byte order mark, no NUL in the first four bytes. Where the two differ (a NUL that
+    detect_encoding still reads as UTF-8: the third byte, a body of three), this says no: the answer is
+    then parsed, never skipped where json would read it in another encoding."""
     return b"\0" not in body[:4] and not body.startswith((b"\xff\xfe", b"\xfe\xff"))
 
 
