@@ -62,13 +62,16 @@ def bucket_steps(store: Store, strategy: Strategy, bucket: Bucket, client_key: s
     """A request's count in a bucket as chain steps: items in order up to the first that refuses it (the
     chain counts nothing after a refusal), and every item's window, as `limits`' strategies compute it.
 
-    A store that `fuses_reads` reads each item's window in the step that counts it, except when two items
-    share a key: then, as in memory, every count comes before every read, so an item's window shows the
-    next item's count in the same key, exactly as with `limits`' own calls (count all, then read all; in
-    memory a count may also evict another item's key at the store's cap, and the reads show it).
+    A bucket of one item reads its window in the step that counts it, on every store (nothing is counted
+    in between). A store that `fuses_reads` does so for every item, except when two items share a key:
+    then, as in memory, every count comes before every read, so an item's window shows the next item's
+    count in the same key, exactly as with `limits`' own calls (count all, then read all; in memory a count
+    may also evict another item's key at the store's cap, and the reads show it).
     """
     keys = bucket.keys(client_key)
     pairs = zip(bucket.items, keys, strict=True)
+    if len(keys) == 1:  # one item (the usual `per_ip`): nothing is counted between its count and its read
+        return [Hit(strategy, bucket.items[0], keys[0], True, True)]
     if store.fuses_reads and not bucket.shares_a_key:
         return [Hit(strategy, item, key, True, True) for item, key in pairs]
     counts = [Hit(strategy, item, key, True, False) for item, key in pairs]
