@@ -511,7 +511,9 @@ class MemoryStore:
     quota) are kept apart and never dropped for room: clients' keys cannot push them out.
     """
 
-    fuses_reads = False  # counting and reading are separate steps, in limits' order (count all, then read)
+    # counting and reading are separate steps, in limits' order (count all, then read), but for a bucket of
+    # one item, whose one step does both (`limiter.bucket_steps`)
+    fuses_reads = False
     suspends = False
 
     def __init__(
