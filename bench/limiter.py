@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import LimiterPool
+from gateway.ratelimit import Limiter, LimiterPool
 
 N = 20_000
 STRATEGIES = tuple(Strategy)
@@ -58,7 +58,7 @@ async def run(uri: str) -> None:
     pool.store(uri, 5.0)
     await pool.start()
     for strategy in STRATEGIES:
-        limiter = pool.limiter(uri, strategy, 5.0)
+        limiter = Limiter(pool.store(uri, 5.0), strategy)
         for label, limit in BUCKETS.items():
             bucket = Bucket.parse("per_ip", limit, f"bench-{strategy}-{label}/per_ip")
             keys = itertools.cycle([f"10.0.{i // 256}.{i % 256}" for i in range(1000)])

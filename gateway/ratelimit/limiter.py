@@ -69,9 +69,9 @@ def bucket_steps(store: Store, strategy: Strategy, bucket: Bucket, client_key: s
     may also evict another item's key at the store's cap, and the reads show it).
     """
     keys = bucket.keys(client_key)
-    pairs = zip(bucket.items, keys, strict=True)
     if len(keys) == 1:  # one item (the usual `per_ip`): nothing is counted between its count and its read
         return [Hit(strategy, bucket.items[0], keys[0], True, True)]
+    pairs = zip(bucket.items, keys, strict=True)
     if store.fuses_reads and not bucket.shares_a_key:
         return [Hit(strategy, item, key, True, True) for item, key in pairs]
     counts = [Hit(strategy, item, key, True, False) for item, key in pairs]
@@ -117,7 +117,8 @@ def bucket_fields(
 
 class Limiter:
     """One store and strategy; `hit` counts a request in a bucket and says whether it may pass (one chain:
-    bounded by the store's timeout, raises `StoreUnavailable`)."""
+    bounded by the store's timeout, raises `StoreUnavailable`). Outside a request's chain: the tests and
+    comparisons with `limits` count with it; a request counts through `LimiterPool.gate`."""
 
     def __init__(self, store: Store, strategy: Strategy) -> None:
         self.store = store
@@ -143,7 +144,7 @@ class StoreReadiness:
 
 
 class LimiterPool:
-    """Stores by URI and limiters by (URI, strategy, timeout), shared across policy reloads.
+    """Stores by URI, shared across policy reloads, and each request's per-IP gate on them.
 
     One store (so one Redis connection pool) per URI and process. `start` opens the Redis connections and
     loads the Lua scripts before the first request; stores a reload adds are prepared in the background.
@@ -151,7 +152,6 @@ class LimiterPool:
 
     def __init__(self) -> None:
         self._stores: dict[str, MemoryStore | RedisStore] = {}
-        self._limiters: dict[tuple[str, Strategy, float], Limiter] = {}
         self._down: set[str] = set()  # URIs in an outage, for one log line per outage
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,13 +168,6 @@ class LimiterPool:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         return store.bound(timeout)
-
-    def limiter(self, uri: str, strategy: Strategy, timeout: float = 0.5) -> Limiter:
-        limiter = self._limiters.get((uri, strategy, timeout))
-        if limiter is None:
-            limiter = Limiter(self.store(uri, timeout), strategy)
-            self._limiters[(uri, strategy, timeout)] = limiter
-        return limiter
 
     def gate(
         self, store: Store, limits: RateLimit, bucket: Bucket, client_key: str, outcome: Outcome
@@ -237,7 +230,6 @@ class LimiterPool:
             except Exception:  # closing is best effort at shutdown
                 log.debug("closing a limit store failed", exc_info=True)
         self._stores.clear()
-        self._limiters.clear()
         self._started = False
 
 

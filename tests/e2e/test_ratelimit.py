@@ -12,7 +12,7 @@ import pytest
 
 from gateway.errors import TOO_MANY_REQUESTS_MESSAGE
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import LimiterPool, StoreUnavailable, open_storage
+from gateway.ratelimit import Limiter, LimiterPool, StoreUnavailable, open_storage
 from tests.conftest import ORIGIN, GatewayFactory, assert_gateway_error, base_policy, free_port
 from tests.support.constants import H
 from tests.support.upstream_double import UpstreamDouble
@@ -47,7 +47,7 @@ def test_open_storage_refuses_a_scheme_the_policy_would_not_accept() -> None:
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 async def test_exactly_k_of_a_concurrent_burst_pass(strategy: str) -> None:
     pool = LimiterPool()
-    limiter = pool.limiter("memory://", Strategy(strategy), 5)
+    limiter = Limiter(pool.store("memory://", 5), Strategy(strategy))
     # a day: fixed windows start on the clock, and a burst across a window's edge would pass twice
     bucket = Bucket.parse("per_ip", "7 per day", "shop/per_ip")
     results = await asyncio.gather(*(limiter.hit(bucket, "203.0.113.7") for _ in range(300)))
@@ -70,7 +70,7 @@ async def test_exactly_k_of_a_concurrent_burst_pass(strategy: str) -> None:
 
 async def test_remaining_counts_down() -> None:
     pool = LimiterPool()
-    limiter = pool.limiter("memory://", Strategy.MOVING_WINDOW, 5)
+    limiter = Limiter(pool.store("memory://", 5), Strategy.MOVING_WINDOW)
     bucket = Bucket.parse("per_ip", "3 per 10 seconds", "shop/per_ip")
     seen = []
     for _ in range(4):
@@ -87,15 +87,14 @@ async def test_remaining_counts_down() -> None:
 
 def test_the_pool_shares_storages_across_reloads() -> None:
     pool = LimiterPool()
-    moving = pool.limiter("memory://", Strategy.MOVING_WINDOW, 0.5)
-    assert moving is pool.limiter("memory://", Strategy.MOVING_WINDOW, 0.5)
-    assert pool.limiter("memory://", Strategy.FIXED_WINDOW, 2.0).store is moving.store
+    moving = Limiter(pool.store("memory://", 0.5), Strategy.MOVING_WINDOW)
+    assert Limiter(pool.store("memory://", 2.0), Strategy.FIXED_WINDOW).store is moving.store
     assert pool.store("memory://", 1.0) is moving.store
 
 
 async def test_an_unreachable_store_is_reported() -> None:
     pool = LimiterPool()
-    limiter = pool.limiter(f"redis://127.0.0.1:{free_port()}/0", Strategy.MOVING_WINDOW, 2)
+    limiter = Limiter(pool.store(f"redis://127.0.0.1:{free_port()}/0", 2), Strategy.MOVING_WINDOW)
     with pytest.raises(StoreUnavailable):
         await limiter.hit(Bucket.parse("per_ip", "5/second", "ns"), "k")
     assert not await limiter.store.ready()

@@ -16,7 +16,7 @@ from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import LimiterPool, StoreUnavailable, bridge, open_storage
+from gateway.ratelimit import Limiter, LimiterPool, StoreUnavailable, bridge, open_storage
 from gateway.ratelimit.deadline import MAX_STRETCH
 from gateway.ratelimit.redis_store import RedisStore
 from tests.conftest import GatewayClient, GatewayFactory, base_policy
@@ -64,7 +64,7 @@ def test_storage_clients_are_configured() -> None:
 
 async def test_start_loads_scripts_and_close_releases_pool(redis: RedisServer) -> None:
     pool = LimiterPool()
-    limiter = pool.limiter(redis.url, Strategy.MOVING_WINDOW, 0.5)
+    limiter = Limiter(pool.store(redis.url, 0.5), Strategy.MOVING_WINDOW)
     await pool.start()
     assert isinstance(limiter.store, RedisStore)
     storage = limiter.store.storage
@@ -185,7 +185,7 @@ async def test_redis_killed_restarted_and_frozen(
 async def test_burst_larger_than_the_pool_waits_instead_of_failing(redis: RedisServer) -> None:
     pool = LimiterPool()
     pool.store(redis.url, 2.0)  # the pool waits up to 2 s for a connection
-    limiter = pool.limiter(redis.url, Strategy.MOVING_WINDOW, 5.0)
+    limiter = Limiter(pool.store(redis.url, 5.0), Strategy.MOVING_WINDOW)
     await pool.start()
     bucket = Bucket.parse("per_ip", "50 per hour", "b/per_ip")
     try:

@@ -123,7 +123,7 @@ async def test_items_sharing_a_key_keep_the_two_call_order() -> None:
     bucket = Bucket.parse("per_ip", "3/minute;3 per minute", "shop/per_ip")
     assert bucket.shares_a_key
     assert not Bucket.parse("per_ip", "3/minute;3 per 60 seconds", "shop/per_ip").shares_a_key
-    limiter = LimiterPool().limiter("memory://", Strategy.MOVING_WINDOW)
+    limiter = Limiter(LimiterPool().store("memory://"), Strategy.MOVING_WINDOW)
     result = await limiter.hit(bucket, "k")
     assert result.headers["RateLimit"] == '"per_ip";r=1;t=60, "per_ip-2";r=1;t=60'  # both hits, then reads
 
@@ -300,7 +300,7 @@ async def test_redis_script_cache_flush(strategy: Strategy, storage: Storage) ->
 
 async def test_start_loads_the_fused_scripts(redis: RedisServer) -> None:
     pool = LimiterPool()
-    limiter = pool.limiter(redis.url, Strategy.FIXED_WINDOW, 0.5)
+    limiter = Limiter(pool.store(redis.url, 0.5), Strategy.FIXED_WINDOW)
     assert isinstance(limiter.store, RedisStore)
     client = bridge.client(limiter.store.storage)
     await client.script_flush()

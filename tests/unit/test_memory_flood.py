@@ -55,7 +55,7 @@ LIMITS_STRATEGIES: dict[Strategy, Callable[[BoundedMemoryStorage], RateLimiter]]
 def memory_limiter(
     strategy: str, clock: Clock, max_keys: int = 1_000_000
 ) -> tuple[Flooded, BoundedMemoryStorage]:
-    limiter = LimiterPool().limiter("memory://", Strategy(strategy))
+    limiter = Limiter(LimiterPool().store("memory://"), Strategy(strategy))
     store = limiter.store
     assert isinstance(store, MemoryStore)
     storage = store.storage
