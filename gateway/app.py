@@ -238,11 +238,12 @@ async def _pipeline(
                 return _replayed(held, admit.cors, per_ip.headers, outcome)
             hold = held
             await pass_gates(store, (codes, quota))
-        browser = request.headers
 
         async def voucherify() -> UpstreamResponse:  # cache -> (its quota) -> Voucherify (429: hold-off)
             return await state.sparing.answer(
-                target, outcome, lambda: _spared_send(state, policy, admit, call, browser, outcome, quota)
+                target,
+                outcome,
+                lambda: _spared_send(state, policy, admit, call, request.headers, outcome, quota),
             )
 
         answer = await (voucherify() if hold is None else hold.run(voucherify))
