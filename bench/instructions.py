@@ -6,18 +6,27 @@ in-process transport, the bench's policy, accounting as served) under `valgrind 
 with FEW and MANY requests, the same requests built beforehand in both: (I(MANY) - I(FEW)) / (MANY - FEW)
 is what one request costs, start-up and building left out. Needs valgrind (Debian's package); takes
 about a minute per case. `--gateway-src DIR` counts another checkout's gateway (an A/B of one change).
+
+`served` counts issue 15's headline ratio in instructions: the gateway (`python -m gateway serve` on the
+bench's policy, every guard on) and `bare-http1` (the same server and client, no policy), each under
+callgrind on a real socket in front of the bench's nginx stub, driven by one keep-alive connection here:
+WARM requests, counters zeroed (`callgrind_control -z`), SERVED requests, counters dumped. It prints each
+one's instructions per request and bare-http1's over the gateway's against the 0.7x target. User space
+only: the kernel's share (the same four socket calls per request for both) is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import importlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 FEW, MANY = 500, 2500
@@ -25,7 +34,10 @@ CASES = {
     "validation": "POST /validations, the bench's body: every guard, two codes held and given back",
     "hit": "GET the promotion tiers, answered from the cache",
     "flood": "GET /validate from a client past its per-IP limit: 429",
+    "served": "POST /validations on a socket: the gateway against bare-http1 (issue 15's 0.7x)",
 }
+WARM, SERVED = 300, 1000
+TARGET = 0.7  # bare-http1's cost over the gateway's, issue 15
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,6 +87,76 @@ def _count(case: str, count: int, src: Path) -> int:
     return int(found.group(1))
 
 
+def drive(port: int, count: int, start: int = 0) -> None:
+    """`count` of the bench's validations on one keep-alive connection, each from its own shopper (the
+    X-Forwarded-For of wrk's script); every answer must be a 200."""
+    from bench import configs
+
+    body = configs.REQUEST_BODY.encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": "voucherify-js-sdk/2 bench",
+        "Origin": configs.ORIGIN,
+    }
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for n in range(start, start + count):
+            i = n % 10_000
+            client = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+            connection.request("POST", configs.PATH, body, {**headers, "X-Forwarded-For": client})
+            answer = connection.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"request {n} answered {answer.status}")
+    finally:
+        connection.close()
+
+
+def dumped_total(text: str) -> int:
+    """The instruction total of one callgrind dump (its `summary:` line, `totals:` in older versions)."""
+    found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+    if found is None:
+        raise RuntimeError("a callgrind dump without a summary line")
+    return int(found.group(1))
+
+
+def served(src: Path, warm: int = WARM, count: int = SERVED) -> dict[str, float]:
+    """Instructions per served validation, bare-http1's then the gateway's (see the module's docstring):
+    `count` requests after `warm`."""
+    from bench.procs import Processes, free_port, wait_port
+    from bench.runner import BARE, FULL, Bench
+
+    per: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder, Processes(Path(folder)) as procs:
+        work = Path(folder)
+        bench = Bench(FULL, work, procs, ("gateway",), "a", named=True)
+        bench.start_shared()
+        upstream = bench.stub_port[0]
+        for name in ("bare-http1", "gateway"):
+            port = free_port()
+            if name == "gateway":
+                policy = work / "policy.yaml"
+                policy.write_text(bench.gateway_policy(name, port, upstream))
+                cmd, cwd = [sys.executable, "-m", "gateway", "serve", "--config", str(policy)], src
+            else:
+                cmd, cwd = [sys.executable, "-m", BARE[name], str(port), f"http://127.0.0.1:{upstream}"], ROOT
+            out = work / f"{name}.callgrind"
+            tool = ["env", "PYTHONHASHSEED=0", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+            proc = procs.start(name, [*tool, *cmd], cwd=cwd)  # env execs: proc.pid is valgrind's
+            wait_port(port, proc, timeout=300)  # python under valgrind starts in tens of seconds
+            drive(port, warm)
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+            drive(port, count, start=warm)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+            dumps = sorted(work.glob(f"{name}.callgrind.*"))
+            if not dumps:
+                raise RuntimeError(f"{name}: callgrind wrote no dump")
+            per[name] = dumped_total(dumps[-1].read_text()) / count
+            procs.stop(proc, timeout=60)
+    return per
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument(
@@ -95,11 +177,22 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("bench.instructions needs valgrind (apt-get install valgrind)")
     src = args.gateway_src.resolve()
-    print(f"instructions per request through handle, gateway of {src} ({MANY} - {FEW} requests)\n")
-    print("| case | instructions per request |\n|---|---:|")
-    for case in args.cases:
+    in_process = [case for case in args.cases if case != "served"]
+    if in_process:
+        print(f"instructions per request through handle, gateway of {src} ({MANY} - {FEW} requests)\n")
+        print("| case | instructions per request |\n|---|---:|")
+    for case in in_process:
         per = (_count(case, MANY, src) - _count(case, FEW, src)) / (MANY - FEW)
         print(f"| {case}: {CASES[case]} | {per:,.0f} |", flush=True)
+    if "served" in args.cases:
+        counted = served(src)
+        ratio = counted["bare-http1"] / counted["gateway"]
+        verdict = "PASS" if ratio >= TARGET else "MISS"
+        print(f"\nserved validations, user-space instructions per request ({SERVED} after {WARM}):\n")
+        print("| contender | instructions per request |\n|---|---:|")
+        for name, per in counted.items():
+            print(f"| {name} | {per:,.0f} |")
+        print(f"\ngateway vs bare-http1 (instructions): {ratio:.2f}x (target >= {TARGET}x) {verdict}")
 
 
 if __name__ == "__main__":
