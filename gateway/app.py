@@ -15,7 +15,6 @@ request that passed every check is counted against its rate limit.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
@@ -142,7 +141,7 @@ async def _request_body(request: web.Request, policy: CompiledPolicy) -> bytes:
         raise Refused(errors.request_timeout(policy.body_timeout)) from None
     except web.RequestPayloadError:  # gzip over plain JSON, deflate followed by junk, broken chunks
         error = errors.invalid_payload("The request body does not match its Content-Encoding or framing.")
-        raise Refused(dataclasses.replace(error, close_connection=True)) from None  # the rest is unframed
+        raise Refused(error._replace(close_connection=True)) from None  # the rest is unframed
     except ConnectionError:  # aiohttp hands the reader the connection's loss
         raise ClientGone from None
     if body is None or len(body) > limit:

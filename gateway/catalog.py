@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 
@@ -99,8 +100,7 @@ OPERATIONS: dict[str, Operation] = {route.operation.name: route.operation for ro
 _PCHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
 
 
-@dataclass(frozen=True, slots=True)
-class PathMatch:
+class PathMatch(NamedTuple):
     """The routes sharing one path (one per method) and the raw parameter values."""
 
     routes: dict[str, Route]  # method -> route

@@ -10,8 +10,7 @@ the I/O around them: reading the body, the rate limit and the upstream call.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from multidict import MultiMapping
 
@@ -32,23 +31,20 @@ _SLASHES = re.compile(r"/{2,}")
 _QUERY = re.compile(r"(?:[!$&-;=?-Z\[\]_a-z{|}~^`]|%[0-9A-Fa-f]{2})*")
 
 
-@dataclass(frozen=True, slots=True)
-class Refuse:
+class Refuse(NamedTuple):
     error: GatewayError
     project: ProjectRuntime | None = None
     operation: str | None = None
     cors: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Preflight:
+class Preflight(NamedTuple):
     project: ProjectRuntime
     operation: str
     headers: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Admit:
+class Admit(NamedTuple):
     """Passed every check on the request line and headers; the body and the rate limit come next."""
 
     target: Target

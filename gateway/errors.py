@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class ErrorKey(StrEnum):
@@ -63,8 +63,7 @@ TOO_MANY_REQUESTS_MESSAGE = "Too many requests hit the API too quickly."
 TOO_MANY_FAILED_CODES_MESSAGE = "Too many unknown codes were tried from this address."
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayError:
+class GatewayError(NamedTuple):
     """A refusal decided by the gateway. Messages never carry a credential or a request body."""
 
     key: ErrorKey

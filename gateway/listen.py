@@ -29,7 +29,6 @@ world its Python and aiohttp versions. `GatewayRunner` replaces `web.AppRunner` 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import re
@@ -335,8 +334,8 @@ class GatewayProtocol(RequestHandler):
         if request.writer.output_size > 0:  # as aiohttp: an answer is under way, the connection is broken
             raise ConnectionError("Response is sent already, cannot send another response")
         if status == 400:
-            error = dataclasses.replace(
-                errors.invalid_payload("The request is not valid HTTP/1.1."), close_connection=True
+            error = errors.invalid_payload("The request is not valid HTTP/1.1.")._replace(
+                close_connection=True
             )
         else:
             log.error("request failed past every handler: %s", describe_exception(exc) if exc else status)
@@ -375,9 +374,9 @@ def framing_refusal(request: BaseRequest) -> GatewayError | None:
         error = errors.invalid_payload(
             "The Host header must be one host[:port], without user info or spaces."
         )
-        return dataclasses.replace(error, close_connection=True)
+        return error._replace(close_connection=True)
     if request.method == "CONNECT":  # no tunnels; the parser switched the connection to one: close it
-        return dataclasses.replace(errors.not_found(), close_connection=True)
+        return errors.not_found()._replace(close_connection=True)
     if request.raw_path == "*":  # OPTIONS * (asterisk-form): not a path of any operation
         return errors.not_found()
     return None

@@ -19,7 +19,6 @@ to the client-side listing's fields. Pure apart from that log line.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -61,7 +60,7 @@ class ServerMode:
         if not operation.narrowed or not 200 <= answer.status < 300:
             return answer
         headers, body = narrowed_listing(answer.headers, answer.body)
-        return dataclasses.replace(answer, headers=headers, body=body)
+        return answer._replace(headers=headers, body=body)
 
 
 def with_query(path: str, query: str) -> str:

@@ -4,9 +4,8 @@ A `Bucket` is one named budget of a project (`per_ip`, or an operation with its 
 bucket key (an IPv4 address or IPv6 prefix) is counted in it by the chain steps of `bucket_steps`, on the
 project's store (gateway/ratelimit/store.py). `LimiterPool.gate` makes it the first gate of a request's
 chain (gateway/ratelimit/gates.py), with the failed-code budget and the upstream quota behind it; its
-`Verdict` has already applied `on_storage_error`. Stores
-outlive policy reloads: the pool hands the same store to every policy that names the same URI, so counts
-survive a reload.
+verdict (`PerIpGate`) applies `on_storage_error` when the store fails. Stores outlive policy reloads: the
+pool hands the same store to every policy that names the same URI, so counts survive a reload.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from gateway.policy import RateLimit
 from gateway.ratelimit import redis_store
 from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
 from gateway.ratelimit.redis_store import RedisStore
-from gateway.ratelimit.store import Hit, StepAnswer, Store, StoreUnavailable
+from gateway.ratelimit.store import Hit, Reservation, StepAnswer, Store, StoreUnavailable
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -98,7 +97,7 @@ def bucket_fields(
     retry_after = 0
     names = iter(bucket.item_names)
     for step, answer in zip(steps, answers, strict=True):
-        assert isinstance(answer, tuple)  # a hit always answers
+        assert answer is not None and not isinstance(answer, Reservation)  # a hit always answers
         counted, stats = answer
         if step.counts and not counted:
             allowed = False
