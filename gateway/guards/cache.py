@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from cachetools import TLRUCache
 
@@ -57,8 +57,7 @@ class Answer:
     content_type: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
+class Hit(NamedTuple):  # one per hit: a named tuple, as every per-request value (gateway/models.py)
     answer: Answer
     age: int  # whole seconds since it was stored: the `Age` header
 
@@ -121,8 +120,9 @@ class ReadCache(Generic[T]):
 
     def get(self, key: Key) -> Hit | None:
         """The kept answer for `key`, if one has not expired."""
-        entry = self._entries.get(key)
-        if entry is None:
+        try:  # TLRUCache's own lookup honours expiry; its `get` looks the key up twice (1.2 µs against 0.35)
+            entry = self._entries[key]
+        except KeyError:
             return None
         now = self._clock()
         if now >= entry.expires:  # pragma: no cover - TLRUCache does not return expired entries
