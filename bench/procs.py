@@ -14,7 +14,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-DEBIAN_PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "redis-server": "redis-server"}
+DEBIAN_PACKAGES = {
+    "nginx": "nginx-light",
+    "wrk": "wrk",
+    "redis-server": "redis-server",
+    "valgrind": "valgrind",
+}
 
 
 def progress(text: str) -> None:
@@ -22,7 +27,7 @@ def progress(text: str) -> None:
 
 
 def ensure_tools() -> None:
-    """Install what is missing from Debian: nginx, wrk, redis-server and nginx's echo module."""
+    """Install what is missing from Debian: nginx, wrk, redis-server, valgrind and nginx's echo module."""
     from bench.configs import ECHO_MODULE
 
     missing = [pkg for tool, pkg in DEBIAN_PACKAGES.items() if shutil.which(tool) is None]

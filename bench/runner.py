@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import configs, growth
+from bench import configs, growth, instructions
 from bench.configs import Load
 from bench.load import LoadResult, run_wrk
 from bench.procs import (
@@ -82,6 +82,7 @@ class Sizes:
     slow_conns: int
     slow_s: float
     small: bool = False  # scenarios (g) and (w) at a reduced size (bench/growth.py)
+    served: tuple[int, int] = (instructions.WARM, instructions.SERVED)  # (a) under callgrind: warm, counted
 
 
 FULL = Sizes(
@@ -106,6 +107,7 @@ SMOKE = Sizes(
     slow_conns=200,
     slow_s=2,
     small=True,
+    served=(3, 10),
 )
 
 
@@ -197,6 +199,7 @@ class Bench:
         self.probes: dict[tuple[str, str], Probe] = {}
         self.growth: list[growth.Measured] = []
         self.scaling: list[growth.Scaled] = []
+        self.served: dict[str, float] = {}  # (a): instructions per request, bare-http1 and gateway
 
     def start_shared(self) -> None:
         for delay in self.stub_port:
@@ -314,6 +317,12 @@ class Bench:
                 finally:
                     c.stop()
                 rows[name].fail_open["a"] = rows[name].fail_open.get("a", 0) + c.fail_open_lines()
+        if "a" in self.scenarios and {"gateway", "bare-http1"} <= set(relays):
+            progress("(a) instructions per request under callgrind: bare-http1, gateway")
+            warm, count = s.served
+            self.served = instructions.served(
+                self.procs, self.workdir, self.stub_port[0], self.gateway_src, warm, count
+            )
         for name in relays if "b" in self.scenarios else ():
             progress(f"(b) {s.slow_conns} connections, upstream {DELAY_MS} ms: {name}")
             c = self.start_contender(name, self.stub_port[DELAY_MS])
@@ -812,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
         print(growth.workers_table(bench.scaling, cpus(), sizes.rounds, sizes.sat_s))
     print()
     print("targets" + (" (smoke run: sizes too small to mean anything)" if args.smoke else "") + ":")
-    print("\n".join([*targets(rows), *guard_targets(bench.probes), *growth.targets(bench.growth)]))
+    served = [instructions.served_line(bench.served)] if bench.served else []
+    print("\n".join([*targets(rows), *served, *guard_targets(bench.probes), *growth.targets(bench.growth)]))
     print(f"\ndone in {time.monotonic() - started:.0f}s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -823,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
             "guards": [asdict(p) for p in bench.probes.values()],
             "growth": [asdict(m) for m in bench.growth],
             "workers": [asdict(w) for w in bench.scaling],
+            "instructions": bench.served,
         }
         args.json.write_text(json.dumps(payload, indent=2))
     return 0

@@ -1,5 +1,6 @@
 """The benchmark cannot rot: smoke mode runs every contender through (a) and (b), then (c), (d), (e), the growth
-rows (g) and --workers 1 and 2 (w), and prints every table and target line."""
+rows (g) and --workers 1 and 2 (w), and prints every table and target line, (a)'s count of instructions
+under callgrind among them."""
 
 from __future__ import annotations
 
@@ -70,3 +71,12 @@ def test_bench_smoke_prints_a_row_per_contender_with_throughput() -> None:
                  "(g) projects, requests spread over all: the ratio round by round",
                  "aiohttp's server layer (bare-http1 - bare-httptools)"):  # fmt: skip
         assert line in targets, f"no target line {line!r}:\n{out}"
+    served = re.search(
+        r"bare-http1 in user-space instructions per request .*\(([\d,]+) / ([\d,]+)\)", targets
+    )
+    assert served is not None, f"no instructions line:\n{out}"
+    lean, gateway = (int(count.replace(",", "")) for count in served.groups())
+    # the same server and client, plus every guard: the gateway's count is the relay's and more; a count of
+    # the wrong process (valgrind's launcher, the stub) would not be, and one of the start-up and warm-up
+    # too (counters not zeroed: about 10^9 instructions over 10 requests) would be far above
+    assert 150_000 < lean < gateway < 5_000_000, served.group(0)
