@@ -80,7 +80,9 @@ def _resolve(policy: CompiledPolicy, path: str) -> tuple[ProjectRuntime, tuple[s
     """The project and the operation's raw segments of a path, or None."""
     if not path.startswith("/"):
         return None
-    segments = tuple(_SLASHES.sub("/", path)[1:].split("/"))
+    if "//" in path:  # in C: the regex only for a path that has a run of slashes to fold
+        path = _SLASHES.sub("/", path)
+    segments = tuple(path[1:].split("/"))
     if segments[:2] == ("client", "v1"):
         if policy.default_project is None:
             return None
@@ -172,7 +174,7 @@ def decide(policy: CompiledPolicy, method: str, raw_target: str, headers: MultiM
         return Refuse(errors.danger_zone_disabled(operation, danger.value), project, operation, cors)
 
     body_refusal = _body_headers(route, headers, policy.max_body_bytes)
-    if body_refusal is None and not _QUERY.fullmatch(query):
+    if body_refusal is None and query and not _QUERY.fullmatch(query):  # "" is valid
         body_refusal = errors.invalid_payload("The query string is not validly encoded.")
     if body_refusal is None:
         body_refusal = _forwarded_header_values(headers)
