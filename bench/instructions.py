@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.procs import Processes
+    from bench.runner import Bench
 
 FEW, MANY = 500, 2500
 CASES = {
@@ -125,23 +125,21 @@ def dumped_total(text: str) -> int:
     return int(found.group(1))
 
 
-def served(
-    procs: Processes, work: Path, upstream: int, src: Path, warm: int = WARM, count: int = SERVED
-) -> dict[str, float]:
+def served(bench: Bench, warm: int = WARM, count: int = SERVED) -> dict[str, float]:
     """Instructions per served validation, bare-http1's then the gateway's (see the module's docstring):
-    `count` requests after `warm`, each contender in front of the stub listening on `upstream`, its
-    processes in `procs`, its files in `work`; the gateway of checkout `src`."""
-    from bench.configs import policy_yaml
+    `count` requests after `warm`, each contender in front of `bench`'s zero-latency stub, with its
+    processes, its files and its gateway (`gateway_src`, the (a) policy of contender `gateway`)."""
     from bench.procs import free_port, wait_port
     from bench.runner import BARE
 
+    procs, work, upstream = bench.procs, bench.workdir, bench.stub_port[0]
     per: dict[str, float] = {}
     for name in ("bare-http1", "gateway"):
         port = free_port()
         if name == "gateway":
             policy = work / f"served-policy-{port}.yaml"
-            policy.write_text(policy_yaml(port, upstream, "memory://"))
-            cmd, cwd = [sys.executable, "-m", "gateway", "serve", "--config", str(policy)], src
+            policy.write_text(bench.gateway_policy(name, port, upstream))
+            cmd, cwd = [sys.executable, "-m", "gateway", "serve", "--config", str(policy)], bench.gateway_src
         else:
             cmd, cwd = [sys.executable, "-m", BARE[name], str(port), f"http://127.0.0.1:{upstream}"], ROOT
         out = work / f"served-{name}-{port}.callgrind"
@@ -180,8 +178,9 @@ def _served_alone(src: Path) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as folder, Processes(Path(folder)) as procs:
         bench = Bench(FULL, Path(folder), procs, ("gateway",), "a", named=True)
+        bench.gateway_src = src
         bench.start_shared()
-        return served(procs, Path(folder), bench.stub_port[0], src)
+        return served(bench)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -319,10 +319,7 @@ class Bench:
                 rows[name].fail_open["a"] = rows[name].fail_open.get("a", 0) + c.fail_open_lines()
         if "a" in self.scenarios and {"gateway", "bare-http1"} <= set(relays):
             progress("(a) instructions per request under callgrind: bare-http1, gateway")
-            warm, count = s.served
-            self.served = instructions.served(
-                self.procs, self.workdir, self.stub_port[0], self.gateway_src, warm, count
-            )
+            self.served = instructions.served(self, *s.served)
         for name in relays if "b" in self.scenarios else ():
             progress(f"(b) {s.slow_conns} connections, upstream {DELAY_MS} ms: {name}")
             c = self.start_contender(name, self.stub_port[DELAY_MS])

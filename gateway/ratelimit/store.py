@@ -84,7 +84,7 @@ class StoreUnavailable(Exception):
 
 class Reservation(NamedTuple):
     """What `Store.reserve` answered; pass it to `Store.settle` to give entries back. (A named tuple, as
-    the steps are: a request gets several, and a frozen dataclass costs four times as much to build.)"""
+    the steps are: a request gets several, and a frozen dataclass costs 2.6 times as much to build.)"""
 
     granted: bool
     token: str  # "" when nothing is held (refused, or an amount of 0)
