@@ -19,6 +19,13 @@ CLIENT_IPS = 10_000  # distinct shoppers named in X-Forwarded-For, in turn
 # Scenario (c): a legacy client-side redemption, sent with an Idempotency-Key; (d): a promotion-tier listing.
 REDEEM_PATH = "/client/v1/redeem?code=BLCKFRDY-2024"
 TIERS_PATH = "/client/v1/promotions/tiers?is_available=true&limit=10"
+SDK_HEADERS = {  # what the SDK sends beside Origin (and a body's Content-Length): wrk's, micro's, served's
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": "voucherify-js-sdk/2 bench",
+    "X-Client-Application-Id": "-",
+    "X-Client-Token": "-",
+}
 
 # A stackable validation as a checkout sends it: two redeemables, an order with items, a customer.
 REQUEST_BODY = json.dumps(
@@ -414,14 +421,11 @@ def wrk_script(pace_ms: float = 0.0, load: Load = VALIDATION) -> str:
     else:
         first += f'wrk.headers["Origin"] = "{load.origins[0]}"\n'
         origin = ""
+    sdk = "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in SDK_HEADERS.items())
     return (
         first
-        + f"""wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Accept"] = "application/json"
-wrk.headers["User-Agent"] = "voucherify-js-sdk/2 bench"
-wrk.headers["X-Client-Application-Id"] = "-"
-wrk.headers["X-Client-Token"] = "-"
-{delay}
+        + sdk
+        + f"""{delay}
 local n = {load.start}
 function request()
   n = n + 1

@@ -34,10 +34,13 @@ if TYPE_CHECKING:
     from bench.runner import Bench
 
 FEW, MANY = 500, 2500
-CASES = {
+IN_PROCESS = {  # through `handle`
     "validation": "POST /validations, the bench's body: every guard, two codes held and given back",
     "hit": "GET the promotion tiers, answered from the cache",
     "flood": "GET /validate from a client past its per-IP limit: 429",
+}
+CASES = {
+    **IN_PROCESS,
     "served": "POST /validations on a socket: the gateway against bare-http1 (issue 15's 0.7x)",
 }
 WARM, SERVED = 300, 1000
@@ -97,12 +100,7 @@ def drive(port: int, count: int, start: int = 0) -> None:
     from bench import configs
 
     body = configs.REQUEST_BODY.encode()
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": "voucherify-js-sdk/2 bench",
-        "Origin": configs.ORIGIN,
-    }
+    headers = {**configs.SDK_HEADERS, "Origin": configs.ORIGIN}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         for n in range(start, start + count):
@@ -203,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("bench.instructions needs valgrind (apt-get install valgrind)")
     src = args.gateway_src.resolve()
-    in_process = [case for case in args.cases if case != "served"]
+    in_process = [case for case in args.cases if case in IN_PROCESS]
     if in_process:
         print(f"instructions per request through handle, gateway of {src} ({MANY} - {FEW} requests)\n")
         print("| case | instructions per request |\n|---|---:|")

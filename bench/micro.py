@@ -60,12 +60,8 @@ async def main() -> None:
         CIMultiDict(
             {
                 "Host": "127.0.0.1:8080",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
+                **configs.SDK_HEADERS,
                 "Origin": configs.ORIGIN,
-                "User-Agent": "voucherify-js-sdk/2 bench",
-                "X-Client-Application-Id": "-",
-                "X-Client-Token": "-",
                 "Content-Length": str(len(configs.REQUEST_BODY)),
             }
         )
