@@ -64,7 +64,7 @@ async def _run(case: str, count: int) -> None:
         requests = [micro.validation_request(app, i) for i in range(MANY)]
     else:  # one bodiless request, handled again and again
         per_ip = "100000000 per minute" if case == "hit" else "5 per minute"
-        text = configs.policy_yaml(8080, 8081, "memory://").replace("1000 per minute", per_ip)
+        text = configs.policy_yaml(8080, 8081, "memory://", per_ip=per_ip)
         answer = (configs.TIERS_RESPONSE if case == "hit" else configs.RESPONSE_BODY).encode()
         transport = micro.InProcessTransport(answer)
         app = gw.create_app(parse_policy(text, env={}), micro.served_accounting(), transport=transport)
