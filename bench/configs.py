@@ -9,6 +9,11 @@ from pathlib import Path
 
 ORIGIN = "https://shop.example.com"
 PATH = "/client/v1/validations"
+BARE = {  # the relays without a policy (contenders of bench.runner), and their modules
+    "bare-aiohttp": "bench.bare_proxy",
+    "bare-http1": "bench.bare_http1",
+    "bare-httptools": "bench.bare_httptools",
+}
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 # Scenario (b) holds this many checkouts in flight. A gateway sized for them says so in its policy: the
 # defaults (1,024 connections per process, 1,000 requests in flight per upstream host) are a single

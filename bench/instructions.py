@@ -127,8 +127,8 @@ def served(bench: Bench, warm: int = WARM, count: int = SERVED) -> dict[str, flo
     """Instructions per served validation, bare-http1's then the gateway's (see the module's docstring):
     `count` requests after `warm`, each contender in front of `bench`'s zero-latency stub, with its
     processes, its files and its gateway (`gateway_src`, the (a) policy of contender `gateway`)."""
+    from bench import configs
     from bench.procs import free_port, wait_port
-    from bench.runner import BARE
 
     procs, work, upstream = bench.procs, bench.workdir, bench.stub_port[0]
     per: dict[str, float] = {}
@@ -139,7 +139,8 @@ def served(bench: Bench, warm: int = WARM, count: int = SERVED) -> dict[str, flo
             policy.write_text(bench.gateway_policy(name, port, upstream))
             cmd, cwd = [sys.executable, "-m", "gateway", "serve", "--config", str(policy)], bench.gateway_src
         else:
-            cmd, cwd = [sys.executable, "-m", BARE[name], str(port), f"http://127.0.0.1:{upstream}"], ROOT
+            relay = [configs.BARE[name], str(port), f"http://127.0.0.1:{upstream}"]
+            cmd, cwd = [sys.executable, "-m", *relay], ROOT
         out = work / f"served-{name}-{port}.callgrind"
         tool = ["env", "PYTHONHASHSEED=0", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
         proc = procs.start(f"served-{name}-{port}", [*tool, *cmd], cwd=cwd)  # env execs: valgrind's pid

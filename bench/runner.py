@@ -46,11 +46,6 @@ CONTENDERS = (  # scenarios (a) and (b)
     "gateway-tracing-1",  # tracing on, every request sampled, spans exported to the bench's own collector
     "gateway-tracing-001",  # tracing on at sample_ratio 0.01
 )
-BARE = {  # the relays without a policy, and their modules
-    "bare-aiohttp": "bench.bare_proxy",
-    "bare-http1": "bench.bare_http1",
-    "bare-httptools": "bench.bare_httptools",
-}
 SAMPLE_RATIOS = {"gateway-tracing-1": 1.0, "gateway-tracing-001": 0.01}
 # Scenario (e): the gateway with a guard left out (configs.GUARD_KEYS): each guard's price is a difference.
 VARIANTS = {
@@ -234,8 +229,8 @@ class Bench:
         if name == "direct":
             return Contender(upstream, lambda: [], lambda: None)
         port = free_port()
-        if name in BARE:
-            module = BARE[name]
+        if name in configs.BARE:
+            module = configs.BARE[name]
             cmd = [sys.executable, "-m", module, str(port), f"http://127.0.0.1:{upstream}"]
         elif name == "nginx":
             conf = self.workdir / f"proxy-{port}.conf"
