@@ -224,6 +224,7 @@ async def _pipeline(
         body = await _request_body(request, policy)
         document = check_body(admit, body)
         call = mode.request(target, body, document)  # server mode refuses a bad `code` here: before counting
+        per_ip.refuse_remembered()  # a client the store refused a moment ago: 429 again, no store call
         codes.ask(store, target, client.bucket_key, document, outcome)
         quota.ask(state.sparing, store, target, outcome)
         keys = request.headers.getall(IDEMPOTENCY_KEY, [])

@@ -10,6 +10,7 @@
   by URI, `gate` for a request's chain, its verdict with `on_storage_error` applied, `readiness` for the
   admin listener and the worker supervisor).
 - `gates.py`: `pass_gates`, a request's guards (per-IP, failed-code budget, upstream quota) in one chain.
+- `refusals.py`: per-IP refusals the store gave a moment ago, repeated without a store call (floods).
 """
 
 from gateway.ratelimit.limiter import (

@@ -28,6 +28,7 @@ from gateway.policy import RateLimit
 from gateway.ratelimit import redis_store
 from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
 from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.refusals import Refusals
 from gateway.ratelimit.store import Hit, Reservation, StepAnswer, Store, StoreUnavailable
 
 log = logging.getLogger("gateway.ratelimit")
@@ -151,6 +152,7 @@ class LimiterPool:
 
     def __init__(self) -> None:
         self._stores: dict[str, MemoryStore | RedisStore] = {}
+        self._refusals: dict[str, Refusals] = {}  # by URI: clients its store refused a moment ago
         self._down: set[str] = set()  # URIs in an outage, for one log line per outage
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,6 +164,7 @@ class LimiterPool:
         store = self._stores.get(uri)
         if store is None:
             store = self._stores[uri] = open_store(uri, timeout)
+            self._refusals[uri] = Refusals()
             if self._started:
                 task = asyncio.get_running_loop().create_task(self._prepare(store, timeout))
                 self._tasks.add(task)
@@ -174,7 +177,7 @@ class LimiterPool:
         """The per-IP count as the first gate of a request's chain (gateway/ratelimit/gates.py), on
         `store`: the one `store(limits.storage, limits.storage_timeout)` gives."""
         steps = bucket_steps(store, limits.strategy, bucket, client_key)
-        return PerIpGate(self, limits, bucket, steps, outcome)
+        return PerIpGate(self, limits, bucket, steps, outcome, self._refusals[limits.storage])
 
     def reached(self, limits: RateLimit) -> None:
         """The store answered a count: the end of an outage is logged once."""
@@ -189,6 +192,7 @@ class LimiterPool:
         uri = limits.storage
         if uri not in self._down:
             self._down.add(uri)
+            self._refusals[uri].forget()  # nothing the store said before its outage is repeated after it
             log.error("rate-limit store unavailable (%s); on_storage_error=%s", exc, limits.on_storage_error)
         return errors.rate_limit_unavailable() if limits.on_storage_error == "deny" else None
 
@@ -237,20 +241,50 @@ class PerIpGate:
     the store is down and `on_storage_error: deny`), the `rate_limit` trace event and, once passed, the
     RateLimit fields in `headers`."""
 
-    __slots__ = ("_bucket", "_limits", "_outcome", "_pool", "headers", "steps")
+    __slots__ = ("_bucket", "_limits", "_outcome", "_pool", "_refusals", "headers", "steps")
 
     def __init__(
-        self, pool: LimiterPool, limits: RateLimit, bucket: Bucket, steps: list[Hit], outcome: Outcome
+        self,
+        pool: LimiterPool,
+        limits: RateLimit,
+        bucket: Bucket,
+        steps: list[Hit],
+        outcome: Outcome,
+        refusals: Refusals,
     ) -> None:
         self._pool, self._limits, self._bucket, self._outcome = pool, limits, bucket, outcome
+        self._refusals = refusals
         self.steps = steps
         self.headers: tuple[tuple[str, str], ...] = ()
+
+    def refuse_remembered(self) -> None:
+        """Raise the 429 the store gave this client a moment ago, without asking it again, while that
+        refusal still holds (gateway/ratelimit/refusals.py); else return, and the chain asks the store."""
+        if not self._refusals or len(self.steps) != 1:
+            return
+        step = self.steps[0]
+        window = self._refusals.refused(step.key, step.strategy, time.time())
+        if window is None:
+            return
+        _, fields, retry = bucket_fields(self._bucket, self.steps, [(False, window)])
+        refused = self._decided(errors.too_many_requests(retry), fields, False, 0.0)
+        assert refused is not None
+        raise refused
 
     def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
         allowed, fields, retry = bucket_fields(self._bucket, self.steps, answers)
         self._pool.reached(self._limits)
-        error = None if allowed else errors.too_many_requests(retry)
-        return self._decided(error, fields, False, seconds)
+        if allowed:
+            return self._decided(None, fields, False, seconds)
+        if len(answers) == 1:  # a bucket of one item: remembered (for a flood's next requests)
+            answer, step = answers[0], self.steps[0]
+            assert answer is not None and not isinstance(answer, Reservation)
+            window = answer[1]
+            assert window is not None  # a bucket of one item reads its window when it counts
+            self._refusals.remember(
+                step.key, step.strategy, window, time.time(), seconds, self._limits.storage_timeout
+            )
+        return self._decided(errors.too_many_requests(retry), fields, False, seconds)
 
     def failed(self, exc: StoreUnavailable, seconds: float) -> Refused | None:
         return self._decided(self._pool.unavailable(self._limits, exc), (), True, seconds)

@@ -156,6 +156,38 @@ async def test_headers_on_allowed_and_refused(gateway: GatewayFactory, upstream:
     assert len(upstream.received) == 5
 
 
+async def test_a_flood_after_the_stores_429_gets_its_answer_after_the_checks_before_it(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """After the store's 429, a flood is refused from memory (gateway/ratelimit/refusals.py, counted in
+    tests/unit/test_refusals.py) with the store's answer: the same body, CORS and RateLimit fields. A bad
+    body still gets its 400 first (the contract's order), and a preflight its 204."""
+    client = await gateway(limited(upstream.url, "2 per minute", storage_timeout=30))
+    assert [(await client.get("/client/v1/validate", headers=H)).status for _ in range(2)] == [200, 200]
+    first = await client.get("/client/v1/validate", headers=H)  # the store refuses
+    first_body = await first.json()
+    assert_429(first.status, first_body, first.headers)
+    same = ["Content-Type", "Vary", "RateLimit-Policy", "Access-Control-Allow-Origin"]
+    same += ["Access-Control-Allow-Credentials", "Access-Control-Expose-Headers"]
+    for _ in range(5):
+        resp = await client.get("/client/v1/validate", headers=H)
+        body = await resp.json()
+        assert_429(resp.status, body, resp.headers)
+        assert {**body, "request_id": ""} == {**first_body, "request_id": ""}
+        assert body["request_id"] != first_body["request_id"]
+        assert set(resp.headers) - {"Date"} == set(first.headers) - {"Date"}
+        assert [resp.headers[name] for name in same] == [first.headers[name] for name in same]
+        remaining, reset = remaining_and_reset(resp.headers["RateLimit"])
+        assert remaining == 0 and 0 <= remaining_and_reset(first.headers["RateLimit"])[1] - reset <= 1
+        assert int(resp.headers["Retry-After"]) == max(reset, 1)
+    bad = await client.post(
+        "/client/v1/validations", data=b"[]", headers={**H, "Content-Type": "application/json"}
+    )
+    assert bad.status == 400
+    assert (await client.options("/client/v1/validate", headers=H)).status == 204
+    assert len(upstream.received) == 2
+
+
 async def test_refusals_and_preflights_do_not_count(
     gateway: GatewayFactory, upstream: UpstreamDouble
 ) -> None:

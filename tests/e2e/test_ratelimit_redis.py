@@ -155,6 +155,9 @@ async def test_redis_killed_restarted_and_frozen(
     assert (await client.get(VALIDATE, headers=H)).status == 429
 
     for outage in ("kill", "freeze"):
+        # the client was just refused: the gateway repeats that refusal from memory, without asking Redis,
+        # for at most storage_timeout (gateway/ratelimit/refusals.py); after that its requests see the outage
+        await asyncio.sleep(0.5)
         caplog.clear()
         if outage == "kill":
             redis.kill()
