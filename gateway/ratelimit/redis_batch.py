@@ -19,6 +19,11 @@ connection; a connection that failed in any other way mid-batch is closed, never
 - A failure of the whole pipeline (connection lost, timeout) fails every call of the batch; `RedisStore`
   turns that into `StoreUnavailable` for each request, and `on_storage_error` decides.
 - A request that gave up waiting (its storage timeout) is not answered: its reply is dropped.
+- A connection that served a batch in step is kept for the next one (up to `IDLE` of them), not handed back
+  to the pool: a checkout and a release of redis-py's blocking pool, with their lock and observability
+  events, cost more than the batch's own write and read. A kept connection that a restart left dead fails
+  its write or read with a connection error, and the batch is retried once on a fresh connection from the
+  pool, as any connection error is. `close` hands the kept ones back.
 
 Redis Cluster clients are not batched (a pipeline there is split by slot anyway): `RedisStore` calls them
 one by one.
@@ -36,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 Call = tuple[AsyncScript | Script, list[str], list[Any], "asyncio.Future[Any]"]
+IDLE = 4  # connections kept between batches: the batches in flight at once, at a checkout peak
 
 
 class ScriptBatcher:
@@ -45,6 +51,7 @@ class ScriptBatcher:
         self.client = client
         self._queue: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: list[Any] = []  # connections in step, checked out of the pool, for the next batch
         self.pipelines = 0  # pipelines sent (tests read it)
 
     def call(self, script: AsyncScript | Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
@@ -88,9 +95,12 @@ class ScriptBatcher:
         if len(batch) > 1:
             self.pipelines += 1
         packed = pack([("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch])
-        pool = self.client.connection_pool
+        pool, idle = self.client.connection_pool, self._idle
         for attempt in range(2):
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            if idle and not attempt:
+                connection = idle.pop()
+            else:
+                connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 await connection.send_packed_command(packed)
                 replies: list[Any] = []
@@ -99,17 +109,28 @@ class ScriptBatcher:
                         replies.append(await connection.read_response())
                     except ResponseError as exc:  # read whole: the connection is still in step
                         replies.append(exc)
-                return replies
             except RedisConnectionError:
                 await connection.disconnect()
+                await pool.release(connection)
                 if attempt:
                     raise
+                continue
             except BaseException:  # a timeout, a cancellation: replies may still come on it
                 await connection.disconnect()
-                raise
-            finally:
                 await pool.release(connection)
+                raise
+            if len(idle) < IDLE:
+                idle.append(connection)
+            else:
+                await pool.release(connection)
+            return replies
         raise AssertionError("unreachable")  # pragma: no cover - the second attempt returns or raises
+
+    async def close(self) -> None:
+        """Hand the kept connections back to the pool (before it closes)."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self.client.connection_pool.release(connection)
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:

@@ -492,6 +492,8 @@ class RedisStore:
         await prepare(self.storage)
 
     async def close(self) -> None:
+        if self._scripts.batcher is not None:
+            await self._scripts.batcher.close()
         await close(self.storage)
 
     async def _call(self, text: str, key: str, args: list[Any]) -> Any:

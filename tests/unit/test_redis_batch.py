@@ -12,7 +12,7 @@ from redis.exceptions import DataError
 
 from gateway.models import Bucket, Strategy
 from gateway.ratelimit import Limiter, StoreUnavailable, bridge
-from gateway.ratelimit.redis_batch import ScriptBatcher, batcher_for, pack
+from gateway.ratelimit.redis_batch import IDLE, ScriptBatcher, batcher_for, pack
 from gateway.ratelimit.redis_store import RedisStore
 from tests.support.processes import RedisServer
 
@@ -41,6 +41,32 @@ async def test_one_turn_of_hits_is_one_pipeline_and_every_answer_is_right(
     assert remaining[:30] == list(range(29, -1, -1))
     others = await asyncio.gather(*(limiter.hit(bucket, f"other-{i}") for i in range(5)))
     assert all(r.allowed for r in others)  # one shopper's budget is not another's
+
+
+async def test_a_connection_is_kept_between_batches_and_at_most_idle_stay_out_of_the_pool(
+    redis_storage: Storage,
+) -> None:
+    """One request at a time: every batch on the one kept connection, no checkout from the pool. Batches
+    in flight at once: each on its own connection, and no more than IDLE kept once they are done."""
+    limiter = Limiter(RedisStore(redis_storage, 2.0), Strategy.MOVING_WINDOW)
+    bucket = Bucket.parse("per_ip", "1000 per hour", f"kept-{id(redis_storage)}/per_ip")
+    await limiter.hit(bucket, "warm")
+    pool: Any = bridge.client(redis_storage).connection_pool
+    kept = set(pool._in_use_connections)
+    assert len(kept) == 1
+    for _ in range(20):
+        assert (await limiter.hit(bucket, "shopper")).allowed
+        assert set(pool._in_use_connections) == kept
+
+    async def in_turn(i: int) -> bool:
+        for _ in range(i):  # each in its own turn of the loop: batches overlap while Redis answers
+            await asyncio.sleep(0)
+        return (await limiter.hit(bucket, f"c{i}")).allowed
+
+    assert all(await asyncio.gather(*(in_turn(i) for i in range(40))))
+    made = len(pool._in_use_connections) + len(pool._available_connections)
+    assert made > IDLE  # they did overlap
+    assert len(pool._in_use_connections) <= IDLE  # the rest went back
 
 
 async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(redis_storage: Storage) -> None:
