@@ -195,6 +195,7 @@ class Outcome:
     truncate_ip: bool = False  # the request's own policy's `logging.client_ip: truncated`
     origin: str | None = None
     limit_store_error: bool = False  # the rate-limit store failed for this request
+    limit_remembered: bool = False  # refused 429 from a refusal the store gave a moment ago (no store call)
     cache: str | None = None  # cached reads: "hit", "miss" or "shared" (`gateway.guards.cache.Lookup`)
     quota_refusal: str | None = None  # upstream_quota_exhausted: "quota" (spent) or "hold_off" (after a 429)
     upstream_429: bool = False  # Voucherify answered this request's call with 429

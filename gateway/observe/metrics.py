@@ -101,6 +101,12 @@ class Metrics:
             ["project"],
             registry=r,
         )
+        self.limit_remembered = Counter(
+            "gateway_rate_limit_remembered",
+            "429s answered from a per-IP refusal the store gave a moment ago, without a store call",
+            ["project"],
+            registry=r,
+        )
         self.idempotency = Counter(
             "gateway_idempotency",
             "Requests with an Idempotency-Key, by what it did (kept, released, lost, replayed, in_flight, "
@@ -213,6 +219,8 @@ class Metrics:
                 add(self._child(self.limit_store_errors, project))
                 if outcome.decision != ErrorKey.RATE_LIMIT_UNAVAILABLE.value:
                     add(self._child(self.fail_open, project))
+            if outcome.limit_remembered:
+                add(self._child(self.limit_remembered, project))
             if outcome.unknown_codes:
                 add(self._child(self.failed_codes, project), outcome.unknown_codes)
             if outcome.decision == ErrorKey.TOO_MANY_FAILED_CODES.value:

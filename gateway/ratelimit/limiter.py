@@ -267,6 +267,7 @@ class PerIpGate:
         if window is None:
             return
         _, fields, retry = bucket_fields(self._bucket, self.steps, [(False, window)])
+        self._outcome.limit_remembered = True
         refused = self._decided(errors.too_many_requests(retry), fields, False, 0.0)
         assert refused is not None
         raise refused

@@ -105,6 +105,21 @@ async def test_limit_store_errors_and_fail_open_are_counted(
     assert got[req("strict", "validate", "rate_limit_unavailable", 503)] == 1
 
 
+async def test_refusals_answered_without_the_store_are_counted(
+    ops_gateway: OpsGatewayFactory, upstream: UpstreamDouble
+) -> None:
+    tree = base_policy(upstream.url)
+    tree["rate_limit"] = {"per_ip": "2 per minute", "storage_timeout": 30}
+    gw = await ops_gateway(tree)
+    statuses = [(await gw.public.get("/client/v1/validate", headers=H)).status for _ in range(7)]
+    assert statuses == [200, 200] + [429] * 5
+    assert await gw.samples("gateway_rate_limit_remembered_total") == {
+        labels(project="shop"): 4
+    }  # not the first
+    got = await gw.samples("gateway_requests_total")
+    assert got[req("shop", "validate", "too_many_requests", 429)] == 5
+
+
 async def test_one_scrape_covers_every_process_in_multiprocess_mode(
     gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, tmp_path: Path
 ) -> None:
