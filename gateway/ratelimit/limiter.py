@@ -233,6 +233,7 @@ class LimiterPool:
             except Exception:  # closing is best effort at shutdown
                 log.debug("closing a limit store failed", exc_info=True)
         self._stores.clear()
+        self._refusals.clear()  # kept in step with the stores: what a closed store refused is not repeated
         self._started = False
 
 
