@@ -109,6 +109,9 @@ RATE_LIMIT = EventKind(
     ("gateway.rate_limit.bucket", "gateway.rate_limit.decision", "gateway.rate_limit.store"),
     "gateway.rate_limit.store_ms",
 )
+# A 429 answered from a refusal the store gave a moment ago (gateway/ratelimit/refusals.py): no store call,
+# so no round trip to measure.
+RATE_LIMIT_REMEMBERED = EventKind("rate_limit", (*RATE_LIMIT.keys, "gateway.rate_limit.remembered"), None)
 FAILED_CODES = EventKind(
     "failed_codes",
     ("gateway.failed_codes.named", "gateway.failed_codes.decision"),
@@ -204,6 +207,13 @@ class RequestTrace:
         if self.sampled:
             values = (bucket, _decision(refused, store_error), storage.partition("://")[0])
             self.events.append((RATE_LIMIT, time.time_ns(), values, seconds))
+
+    def limit_remembered(self, bucket: str, storage: str) -> None:
+        """The `rate_limit` event of a 429 repeated from the store's recent refusal: `limited`, with
+        `.remembered` true and no `.store_ms`, since the store was not asked. Kept only when sampled."""
+        if self.sampled:
+            values = (bucket, "limited", storage.partition("://")[0], True)
+            self.events.append((RATE_LIMIT_REMEMBERED, time.time_ns(), values, 0.0))
 
 
 CURRENT: ContextVar[RequestTrace | None] = ContextVar("gateway_trace", default=None)

@@ -268,10 +268,11 @@ class PerIpGate:
         if window is None:
             return
         _, fields, retry = bucket_fields(self._bucket, self.steps, [(False, window)])
-        self._outcome.limit_remembered = True
-        refused = self._decided(errors.too_many_requests(retry), fields, False, 0.0)
-        assert refused is not None
-        raise refused
+        outcome = self._outcome
+        outcome.limit_remembered = True
+        if outcome.trace is not None:
+            outcome.trace.limit_remembered(self._bucket.name, self._limits.storage)
+        raise Refused(errors.too_many_requests(retry), fields)
 
     def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
         allowed, fields, retry = bucket_fields(self._bucket, self.steps, answers)

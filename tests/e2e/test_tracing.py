@@ -385,18 +385,27 @@ async def test_a_failed_upstream_call_is_an_error_client_span(
 async def test_a_limited_request_has_the_decision_as_an_event(
     traced: TracedFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
 ) -> None:
-    tree = {**base_policy(upstream.url), "rate_limit": {"per_ip": "1 per minute"}}
-    gw = await traced(tree=tree)
+    # storage_timeout long: the third request is refused from memory however slow this machine is
+    limits = {"per_ip": "1 per minute", "storage_timeout": 30}
+    gw = await traced(tree={**base_policy(upstream.url), "rate_limit": limits})
     parent = f"00-{TRACE_ID}-{PARENT_ID}-01"
-    for expected in (200, 429):
+    for expected in (200, 429, 429):
         resp = await gw.client.get("/client/v1/validate?code=A", headers={**H, "traceparent": parent})
         assert resp.status == expected
     gw.flush()
-    spans = await receiver.wait_for_trace(TRACE_ID, count=3)
-    limited = next(s for s in spans if s.attributes.get("gateway.decision") == "too_many_requests")
-    [(name, attributes)] = limited.events
-    assert name == "rate_limit" and attributes["gateway.rate_limit.decision"] == "limited"
-    assert [s.name for s in spans if s.kind == CLIENT] == ["upstream"]  # the 429 called nobody
+    spans = await receiver.wait_for_trace(TRACE_ID, count=4)
+    limited = [s for s in spans if s.attributes.get("gateway.decision") == "too_many_requests"]
+    limited.sort(key=lambda s: s.start_ns)
+    [(first, asked)], [(second, remembered)] = (s.events for s in limited)
+    assert first == second == "rate_limit"
+    assert asked["gateway.rate_limit.decision"] == "limited" and asked["gateway.rate_limit.store_ms"] >= 0
+    assert "gateway.rate_limit.remembered" not in asked  # the store refused it
+    # the store was not asked again: no round trip to report, and the event says why
+    assert remembered["gateway.rate_limit.decision"] == "limited"
+    assert remembered["gateway.rate_limit.remembered"] is True
+    assert remembered["gateway.rate_limit.store"] == "memory"
+    assert "gateway.rate_limit.store_ms" not in remembered
+    assert [s.name for s in spans if s.kind == CLIENT] == ["upstream"]  # the 429s called nobody
 
 
 # ----------------------------------------------------------------------- what spans never hold
