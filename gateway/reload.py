@@ -26,6 +26,14 @@ log = logging.getLogger("gateway.reload")
 
 Fingerprint = tuple[int, int, str] | None
 POLL_SECONDS = 1.0
+RESTART_SECTIONS = ("listen", "admin", "tracing")  # POLICY.md: these need a restart
+
+
+def kept_at_restart(running: PolicyFile, loaded: PolicyFile) -> PolicyFile:
+    """The policy a reload applies: the file's, with the running `listen`, `admin` and `tracing` sections,
+    which take effect only at a restart (the body limit and body timeout of `listen` are read per request,
+    so without this a reload would apply them at once while its log line says they wait for a restart)."""
+    return loaded.model_copy(update={section: getattr(running, section) for section in RESTART_SECTIONS})
 
 
 def fingerprint(path: Path) -> Fingerprint:
@@ -67,7 +75,7 @@ class PolicyReloader:
         try:
             policy = await asyncio.to_thread(load_policy, self.path)
             old = state.policy.source
-            state.set_policy(policy)
+            state.set_policy(kept_at_restart(old, policy))
         except PolicyError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
@@ -90,7 +98,7 @@ class PolicyReloader:
     def _apply_side_settings(self, old: PolicyFile, new: PolicyFile) -> None:
         if self.configure_logs and new.logging != old.logging:
             configure_logging(new.logging.level, new.logging.format)
-        for section in ("listen", "admin", "tracing"):
+        for section in RESTART_SECTIONS:
             if getattr(old, section) != getattr(new, section):
                 log.warning("%s changed in %s: it takes effect at the next restart", section, self.path)
 

@@ -71,6 +71,7 @@ def refuse_echoed_secrets(target: Target, answer: UpstreamResponse) -> None:
     )
     raise Refused(
         errors.upstream_unavailable(
-            "Voucherify's answer could not be passed on. This is logged for the gateway operator."
+            "Voucherify's answer could not be passed on. This is logged for the gateway operator.",
+            sent=True,  # Voucherify answered: it may have acted on the request (an Idempotency-Key keeps it)
         )
     )

@@ -145,7 +145,9 @@ def narrowed_listing(headers: list[tuple[str, str]], body: bytes) -> tuple[list[
         document = None
     if not isinstance(document, dict) or not isinstance(document.get("vouchers", []), list):
         raise Refused(
-            errors.upstream_unavailable("Voucherify answered something that is not a voucher list.")
+            errors.upstream_unavailable(
+                "Voucherify answered something that is not a voucher list.", sent=True
+            )
         )
     listing = {key: document[key] for key in LIST_FIELDS if key in document}
     if "vouchers" in listing:

@@ -11,7 +11,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tests.conftest import GatewayClient, GatewayFactory, assert_gateway_error, base_policy
-from tests.support.constants import JSON_H, ORIGIN
+from tests.support.constants import CLIENT_TOKEN, JSON_H, ORIGIN
 from tests.support.rawhttp import send
 from tests.support.upstream_double import Reply, UpstreamDouble
 
@@ -201,6 +201,22 @@ async def test_a_502_after_the_request_was_sent_is_kept(
     again = await post(client)
     assert (again[0], again[1]["Idempotent-Replayed"]) == (502, "true")
     assert len(upstream.received) == 1
+
+
+async def test_a_502_for_an_answer_echoing_the_secret_is_kept_voucherify_was_called(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """An answer that holds the project's secret is not passed on (502), but the request reached
+    Voucherify, which may have redeemed: "a 502 after the request was sent" is kept, and the retry with the
+    same key is that 502 again, never a second redemption."""
+    client = await gateway(policy(upstream.url))
+    upstream.reply(Reply(200, {"id": "r-1", "echo": CLIENT_TOKEN}))
+    first = await post(client)
+    assert_gateway_error(first[0], json.loads(first[2]), first[1], 502, "upstream_unavailable")
+    assert CLIENT_TOKEN.encode() not in first[2]
+    again = await post(client)
+    assert (again[0], again[1].get("Idempotent-Replayed"), again[2]) == (502, "true", first[2])
+    assert len(upstream.received) == 1  # never a second redemption
 
 
 async def test_a_502_where_nothing_was_sent_keeps_nothing(gateway: GatewayFactory) -> None:

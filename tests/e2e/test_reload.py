@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import base_policy, free_port
+from tests.conftest import GatewayFactory, base_policy, free_port
+from tests.support.constants import JSON_H
 from tests.support.ops import OpsGatewayFactory, labels, samples
 from tests.support.processes import GatewayProcess, GatewayProcessFactory, run_cli, write_policy
 from tests.support.upstream_double import UpstreamDouble
@@ -145,3 +146,34 @@ async def test_rate_limit_state_and_in_flight_requests_survive_a_reload(
     assert (await gw.public.get(url, headers={"Origin": KEPT})).status == 200  # third hit of 3
     resp = await gw.public.get(url, headers={"Origin": KEPT})
     assert resp.status == 429  # the count made before the reload still holds
+
+
+async def test_a_reload_that_changes_listen_keeps_the_running_body_limit_until_a_restart(
+    gateway: GatewayFactory, upstream: UpstreamDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """POLICY.md: "Changes to `listen` and `admin` need a restart." A reload that lowers
+    `listen.max_body_bytes` says so in its log line, and the running limit stays in force until then."""
+    from gateway.app import STATE
+    from gateway.reload import PolicyReloader
+
+    tree = base_policy(upstream.url)
+    tree["listen"] = {"max_body_bytes": 1000, "body_timeout": 10}
+    client = await gateway(tree)
+    body = b'{"event": "' + b"x" * 500 + b'"}'
+    resp = await client.post("/client/v1/events", data=body, headers=JSON_H)
+    assert resp.status == 200
+
+    tree["listen"] = {"max_body_bytes": 100, "body_timeout": 1}
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    assert isinstance(client.server, TestServer)
+    app = client.server.app
+    reloader = PolicyReloader(app, path, configure_logs=False)
+    assert await reloader.reload()
+    assert any(
+        "listen changed" in r.getMessage() and "next restart" in r.getMessage() for r in caplog.records
+    )
+    resp = await client.post("/client/v1/events", data=body, headers=JSON_H)
+    assert resp.status == 200, await resp.text()  # not 413: the running listen section is the one in force
+    policy = app[STATE].policy
+    assert (policy.max_body_bytes, policy.body_timeout) == (1000, 10)
+    assert len(upstream.received) == 2
