@@ -76,7 +76,7 @@ class Response:
     status: int
     headers: list[tuple[str, str]]  # as received, latin-1 decoded; Content-Encoding dropped once decoded
     body: bytes
-    content_encoding: str = ""  # as received, lower case; "" once decoded
+    content_encoding: str = ""  # every coding received (all its lines), lower case; "" once decoded
 
 
 class UpstreamError(Exception):
@@ -318,6 +318,7 @@ class _Connection(asyncio.Protocol):
             return  # 1xx: llhttp completes it without a body and goes on to the real answer
         self.headers_done = True
         length_known = status in (204, 304)
+        codings: list[str] = []
         for name, value in self.headers:
             lower = name.lower()
             if lower == "content-length":
@@ -328,7 +329,11 @@ class _Connection(asyncio.Protocol):
             elif lower == "transfer-encoding":
                 length_known = length_known or value.rsplit(",", 1)[-1].strip().lower() == "chunked"
             elif lower == "content-encoding":
-                self.encoding = value.strip().lower()
+                # every line of it: two lines are one list (RFC 9110 5.3), so `gzip` twice is two codings,
+                # refused, never one decoded and the other's bytes relayed as if they were the answer
+                tokens = (token.strip(" \t") for token in value.lower().split(","))
+                codings += (token for token in tokens if token not in ("", "identity"))
+        self.encoding = ", ".join(codings)
         self.close_delimited = not length_known
         if self.head_request:
             # llhttp cannot be told the request was HEAD, so it would wait for a body: the answer ends here

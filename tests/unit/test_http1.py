@@ -284,6 +284,36 @@ async def test_an_encoding_not_asked_for_or_broken_is_refused(servers: Servers, 
             await get(client, server)
 
 
+async def test_content_encoding_on_several_lines_is_one_list_of_codings(
+    servers: Servers, client: Http1Client
+) -> None:
+    """Two `Content-Encoding` lines are one list (RFC 9110 5.3): `gzip` twice was decoded once and the still
+    gzipped bytes relayed as the answer (past the secret-echo check and the failed-code count), and a `br`
+    followed by `identity` was relayed undecoded. Each is refused as `gzip, gzip` on one line is; an
+    `identity` among them changes nothing."""
+    data = b'{"valid": true}'
+    twice = gzip.compress(gzip.compress(data))
+    server = await servers(
+        answering(
+            reply(twice, headers=(("Content-Encoding", "gzip"), ("Content-Encoding", "gzip"))),
+            reply(
+                b"\x0b\x01\x80hello", headers=(("Content-Encoding", "br"), ("Content-Encoding", "identity"))
+            ),
+            reply(
+                gzip.compress(data), headers=(("Content-Encoding", "gzip"), ("content-encoding", "identity"))
+            ),
+            reply(gzip.compress(data), headers=(("Content-Encoding", "identity, \tGZIP"),)),
+        )
+    )
+    for _ in range(2):
+        with pytest.raises(ProtocolError):
+            await get(client, server)
+    for _ in range(2):
+        response = await get(client, server)
+        assert response.body == data
+        assert all(name.lower() != "content-encoding" for name, _ in response.headers)
+
+
 async def test_interim_100_continue_is_skipped(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(b"real", status="201 Created")))
     response = await get(client, server)

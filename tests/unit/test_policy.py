@@ -68,6 +68,26 @@ def test_regions(region: str, url: str) -> None:
     assert policy.projects["shop"].base_url == url
 
 
+@pytest.mark.parametrize(
+    "region",
+    [
+        "https://user:pw@dedicated.example.com",  # user info: never sent, and it would be a secret in a URL
+        "https://user@dedicated.example.com",
+        "http://127.0.0.1:99999",  # no such port
+        "http://dedicated.example.com:https",
+        "http://[::1",  # an unclosed IP literal
+        "https://bücher.example",  # not punycode
+        "https://:8080",  # no host
+    ],
+)
+def test_a_region_url_the_upstream_client_would_refuse_is_a_load_error(region: str) -> None:
+    """`check` called these valid, and then every call of the project was refused by the upstream client
+    before a byte was sent: 502 upstream_unavailable for every request, the policy in force."""
+    found = problems(MINIMAL + f"    region: '{region}'\n")
+    assert any("projects.shop.region" in problem for problem in found), found
+    assert not any("pw@" in problem for problem in found), found
+
+
 def test_interpolation_with_defaults() -> None:
     text = """
     listen:
