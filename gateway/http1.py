@@ -48,10 +48,10 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.base_url import BaseUrlError, split_base_url
 from gateway.models import Timeouts
 
 MAX_BODY = 16 * 1024 * 1024
@@ -59,7 +59,6 @@ MAX_HEAD = 64 * 1024  # status line and headers of one answer
 MAX_BUFFERED = 64 * 1024 * 1024  # the bodies of every answer in flight together
 IDLE_TIMEOUT = 15.0
 
-_BAD_TARGET = re.compile(r"[^\x21-\x7e]")  # space, controls, DEL, anything non-ASCII
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB: CR, LF and NUL among them
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "accept-encoding"})
@@ -477,24 +476,9 @@ class Http1Client:
         if base is not None:
             return base
         try:
-            parts = urlsplit(base_url)
-            scheme = parts.scheme.lower()
-            host = parts.hostname or ""
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            raise UnsafeRequest("(invalid base URL)") from None
-        prefix = parts.path.rstrip("/")
-        if (
-            scheme not in ("http", "https")
-            or not host
-            or _BAD_TARGET.search(host)
-            or parts.username is not None
-            or parts.password is not None
-            or parts.query
-            or parts.fragment
-            or (prefix and (prefix[0] != "/" or _BAD_TARGET.search(prefix)))
-        ):
-            raise UnsafeRequest(host or "(invalid base URL)")
+            scheme, host, port, prefix = split_base_url(base_url)
+        except BaseUrlError as exc:  # a policy refuses it at load (`check`): a URL from elsewhere
+            raise UnsafeRequest(exc.host or "(invalid base URL)") from None
         key = (scheme, host, port)
         origin = self._origins.get(key)
         if origin is None:
