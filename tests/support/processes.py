@@ -121,6 +121,8 @@ class GatewayProcess:
         self._launch()
         # several workers on a busy machine take a while: a generous bound, never a timing
         self.announced = await self.wait_for(f"listening on {self.url}", stream="stdout", timeout=2 * WAIT)
+        if self.workers > 1:  # logged before the announcement, but read by another thread: it may lag
+            await self.wait_for(re.compile(r"worker \d+ listening"), count=self.workers)
         return self
 
     def _launch(self) -> None:
