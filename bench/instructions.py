@@ -7,6 +7,10 @@ with FEW and MANY requests, the same requests built beforehand in both: (I(MANY)
 is what one request costs, start-up and building left out. Needs valgrind (Debian's package); takes
 about a minute per case. `--gateway-src DIR` counts another checkout's gateway (an A/B of one change).
 
+`protections` counts the validation again with each protection off in turn (PROTECTIONS: the second
+release's four guards, the access log, the metrics), then with all of them off: what each one costs is
+the difference. Its runs go two at a time; it takes about a quarter of an hour.
+
 `served` counts issue 15's headline ratio in instructions: the gateway (`python -m gateway serve` on the
 bench's policy, every guard on) and `bare-http1` (the same server and client, no policy), each under
 callgrind on a real socket in front of the bench's nginx stub, driven by one keep-alive connection here:
@@ -39,8 +43,10 @@ IN_PROCESS = {  # through `handle`
     "hit": "GET the promotion tiers, answered from the cache",
     "flood": "GET /validate from a client past its per-IP limit: 429",
 }
+PROTECTIONS = ("failed_codes", "upstream_quota", "idempotency", "cache", "access_log", "metrics")
 CASES = {
     **IN_PROCESS,
+    "protections": "the validation with each second-release guard, the access log, the metrics off in turn",
     "served": "POST /validations on a socket: the gateway against bare-http1 (issue 15's 0.7x)",
 }
 WARM, SERVED = 300, 1000
@@ -48,8 +54,8 @@ TARGET = 0.7  # bare-http1's cost over the gateway's, issue 15
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _run(case: str, count: int) -> None:
-    """The child: build MANY requests, handle `count` of them."""
+async def _run(case: str, count: int, without: frozenset[str]) -> None:
+    """The child: build MANY requests, handle `count` of them (`without`: PROTECTIONS off, a validation)."""
     from aiohttp.test_utils import make_mocked_request
     from multidict import CIMultiDict
 
@@ -58,7 +64,7 @@ async def _run(case: str, count: int) -> None:
     from gateway.policy import parse_policy
 
     if case == "validation":
-        app = micro.validation_app(configs.RESPONSE_BODY.encode())
+        app = micro.validation_app(configs.RESPONSE_BODY.encode(), without)
         for i in range(10):
             assert (await gw.handle(micro.validation_request(app, MANY + i))).status == 200
         requests = [micro.validation_request(app, i) for i in range(MANY)]
@@ -82,16 +88,38 @@ async def _run(case: str, count: int) -> None:
     await app[gw.STATE].limiters.close()
 
 
-def _count(case: str, count: int, src: Path) -> int:
+async def _count(case: str, count: int, src: Path, without: frozenset[str] = frozenset()) -> int:
     """Instructions of one child run under callgrind."""
     env = {**os.environ, "GATEWAY_SRC": str(src), "PYTHONHASHSEED": "0"}
     tool = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    cmd = [*tool, sys.executable, __file__, "--child", case, str(count)]
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in callgrind's output: {done.stderr[-500:]}")
+    cmd = [*tool, sys.executable, __file__, "--child", case, str(count), ",".join(sorted(without))]
+    child = await asyncio.create_subprocess_exec(
+        *cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, err = await child.communicate()
+    stderr = err.decode(errors="replace")
+    found = re.search(r"Collected : (\d+)", stderr)
+    if child.returncode != 0 or found is None:
+        raise RuntimeError(f"{case} under callgrind failed ({child.returncode}): {stderr[-500:]}")
     return int(found.group(1))
+
+
+async def per_request(case: str, src: Path, without: frozenset[str] = frozenset()) -> float:
+    """What one request of `case` costs: the MANY and FEW runs side by side (a count is the same whatever
+    else runs on the machine)."""
+    many, few = await asyncio.gather(_count(case, MANY, src, without), _count(case, FEW, src, without))
+    return (many - few) / (MANY - FEW)
+
+
+async def protections(src: Path) -> None:
+    """Print what each protection adds to a validation: the full count minus the count with it off."""
+    print("| the validation with | instructions per request | the protection's cost |\n|---|---:|---:|")
+    full = await per_request("validation", src)
+    print(f"| every protection on | {full:,.0f} | |", flush=True)
+    for off in [*PROTECTIONS, "all of them"]:
+        without = frozenset(PROTECTIONS if off == "all of them" else (off,))
+        left = await per_request("validation", src, without)
+        print(f"| {off} off | {left:,.0f} | {full - left:,.0f} ({(full - left) / full:.0%}) |", flush=True)
 
 
 def drive(port: int, count: int, start: int = 0) -> None:
@@ -188,13 +216,14 @@ def main(argv: list[str] | None = None) -> None:
         "cases", nargs="*", default=list(CASES), help=f"of {', '.join(CASES)}; all by default"
     )
     parser.add_argument("--gateway-src", type=Path, default=ROOT, help="count the gateway of this checkout")
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("CASE", "COUNT", "WITHOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # the gateway package of GATEWAY_SRC, this checkout's bench
         sys.path[:1] = [os.environ["GATEWAY_SRC"]]
         importlib.import_module("gateway")
         sys.path[:1] = [str(ROOT)]
-        asyncio.run(_run(args.child[0], int(args.child[1])))
+        case, count, without = args.child
+        asyncio.run(_run(case, int(count), frozenset(filter(None, without.split(",")))))
         return
     unknown = set(args.cases) - set(CASES)
     if unknown:
@@ -207,8 +236,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"instructions per request through handle, gateway of {src} ({MANY} - {FEW} requests)\n")
         print("| case | instructions per request |\n|---|---:|")
     for case in in_process:
-        per = (_count(case, MANY, src) - _count(case, FEW, src)) / (MANY - FEW)
+        per = asyncio.run(per_request(case, src))
         print(f"| {case}: {CASES[case]} | {per:,.0f} |", flush=True)
+    if "protections" in args.cases:
+        print(f"\nwhat each protection costs a validation through handle, gateway of {src}:\n")
+        asyncio.run(protections(src))
     if "served" in args.cases:
         counted = _served_alone(src)
         print(f"\nserved validations, user-space instructions per request ({SERVED} after {WARM}):\n")

@@ -27,7 +27,7 @@ from gateway.decide import Admit, check_body, decide
 from gateway.headers import request_headers, response_headers
 from gateway.models import Outcome, Timeouts, UpstreamCall, UpstreamResponse
 from gateway.observe.access import AccessLog, access_log
-from gateway.observe.accounting import Accounting
+from gateway.observe.accounting import Accounting, Sink
 from gateway.observe.logs import BufferedStreamHandler, JsonFormatter
 from gateway.observe.metrics import Metrics
 from gateway.policy import parse_policy
@@ -127,13 +127,14 @@ async def main() -> None:
         print(f"| {name} | {us:.1f} |")
 
 
-def served_accounting() -> Accounting:
+def served_accounting(without: frozenset[str] = frozenset()) -> Accounting:
     """What `gateway.serve` accounts with: access lines written straight to the log's buffered handler (JSON,
-    here into memory), and the metrics."""
+    here into memory), and the metrics; `without` may name "access_log" and "metrics"."""
     handler = BufferedStreamHandler(io.StringIO())
     handler.setFormatter(JsonFormatter())
     access_log.setLevel(logging.INFO)
-    return Accounting([AccessLog(handler), Metrics()])
+    sinks: dict[str, Sink] = {"access_log": AccessLog(handler), "metrics": Metrics()}
+    return Accounting([sink for name, sink in sinks.items() if name not in without])
 
 
 class InProcessTransport:
@@ -200,11 +201,12 @@ class _Peer:
         return False
 
 
-def validation_app(answer: bytes) -> web.Application:
-    """The bench's gateway in front of an in-process transport answering `answer`, accounting as served."""
+def validation_app(answer: bytes, without: frozenset[str] = frozenset()) -> web.Application:
+    """The bench's gateway in front of an in-process transport answering `answer`, accounting as served;
+    `without`: guards (configs.GUARD_KEYS) and accounting sinks (served_accounting) left out."""
     return gw.create_app(
-        parse_policy(configs.policy_yaml(8080, 8081, "memory://"), env={}),
-        served_accounting(),
+        parse_policy(configs.policy_yaml(8080, 8081, "memory://", without=without), env={}),
+        served_accounting(without),
         transport=InProcessTransport(answer),
     )
 

@@ -9,7 +9,33 @@ from bench import instructions
 
 @pytest.mark.parametrize("case", list(instructions.IN_PROCESS))
 async def test_each_case_runs_its_requests_and_answers_as_named(case: str) -> None:
-    await instructions._run(case, 5)  # asserts the case's status (200, or 429 for the flood) itself
+    await instructions._run(case, 5, frozenset())  # asserts the status (200, or 429 for the flood) itself
+
+
+async def test_the_validation_runs_with_every_protection_off() -> None:
+    await instructions._run("validation", 5, frozenset(instructions.PROTECTIONS))
+
+
+def test_each_protection_named_is_off_and_only_it() -> None:
+    from bench import configs, micro
+    from gateway import app as gw
+    from gateway.observe.access import AccessLog
+
+    answer = configs.RESPONSE_BODY.encode()
+    full = micro.validation_app(answer)[gw.STATE]
+    assert len(full.accounting.sinks) == 2
+    for name in instructions.PROTECTIONS:
+        state = micro.validation_app(answer, frozenset({name}))[gw.STATE]
+        project = state.policy.projects["shop"]
+        on = {
+            "failed_codes": project.failed_codes is not None,
+            "upstream_quota": project.quota is not None,
+            "idempotency": project.idempotency.ttl > 0,
+            "cache": project.cache_ttl > 0,
+            "access_log": any(isinstance(sink, AccessLog) for sink in state.accounting.sinks),
+            "metrics": any(not isinstance(sink, AccessLog) for sink in state.accounting.sinks),
+        }
+        assert {key for key, value in on.items() if not value} == {name}
 
 
 def test_an_unknown_case_is_refused_before_any_run() -> None:
