@@ -261,6 +261,8 @@ PARAM_ATTACKS = [
     "a%09b",
     "a%1bb",
     "a%7fb",
+    "a%C2%85b",  # U+0085 (NEL), a C1 control character, in UTF-8
+    "a%c2%9b%5b31m",  # U+009B (CSI): a terminal escape in whatever prints the id
     "a%",
     "a%2",
     "a%g0",

@@ -123,6 +123,9 @@ def test_static_segments_match_to_the_letter(path: str) -> None:
         "a%0D%0Ab",
         "a%7fb",
         "a%1fb",
+        "a%C2%85b",  # U+0085 (NEL), a C1 control character, in UTF-8
+        "a%c2%9b",  # U+009B (CSI)
+        "%C2%80",
         "a%",
         "a%2",
         "a%zz",

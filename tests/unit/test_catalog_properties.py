@@ -9,6 +9,8 @@ exactly as sent.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,13 +43,18 @@ def decode(raw: str) -> bytes | None:
     return bytes(out)
 
 
+def has_c1(decoded: bytes) -> bool:
+    """A C1 control character (U+0080 to U+009F) in UTF-8: 0xC2 then 0x80 to 0x9F."""
+    return any(a == 0xC2 and 0x80 <= b <= 0x9F for a, b in pairwise(decoded))
+
+
 def safe_param(raw: str) -> bool:
     if not raw:
         return False
     decoded = decode(raw)
     if decoded is None:
         return False
-    if any(b < 0x20 or b == 0x7F or b == ord("\\") for b in decoded):
+    if any(b < 0x20 or b == 0x7F or b == ord("\\") for b in decoded) or has_c1(decoded):
         return False
     return all(part not in (b".", b"..") for part in decoded.split(b"/"))
 
@@ -155,8 +162,10 @@ def test_a_parameter_is_refused_exactly_when_its_decoded_value_could_climb_out(
     """Any bytes, fully percent-encoded, as the one parameter of a templated route."""
     raw = "".join(f"%{b:02x}" for b in value)
     segments = tuple(raw if s.startswith("{") else s for s in route.segments)
-    climbs = any(b < 0x20 or b in (0x5C, 0x7F) for b in value) or any(
-        part in (b".", b"..") for part in value.split(b"/")
+    climbs = (
+        any(b < 0x20 or b in (0x5C, 0x7F) for b in value)
+        or has_c1(value)
+        or any(part in (b".", b"..") for part in value.split(b"/"))
     )
     found = CATALOG.match(segments)
     assert (found is None) == climbs, value
