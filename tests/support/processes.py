@@ -106,6 +106,8 @@ class GatewayProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = write_policy(directory / f"policy-{self.port}.yaml", tree)
         self.workers = workers
+        # the supervisor logs "worker N listening" at info: not under a quieter level
+        self.logs_workers = tree.get("logging", {}).get("level", "info") in ("debug", "info")
         self.env = env or {}
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -121,7 +123,8 @@ class GatewayProcess:
         self._launch()
         # several workers on a busy machine take a while: a generous bound, never a timing
         self.announced = await self.wait_for(f"listening on {self.url}", stream="stdout", timeout=2 * WAIT)
-        if self.workers > 1:  # logged before the announcement, but read by another thread: it may lag
+        if self.workers > 1 and self.logs_workers:  # logged before the announcement, read by another
+            # thread: that thread may not have them yet
             await self.wait_for(re.compile(r"worker \d+ listening"), count=self.workers)
         return self
 
