@@ -462,3 +462,33 @@ async def test_a_quota_refusal_after_the_claim_keeps_nothing_and_replays_cost_no
     replay = await post(client, "a")  # answered without Voucherify: the spent quota does not matter
     assert (replay[0], replay[1]["Idempotent-Replayed"], replay[2]) == (200, "true", first[2])
     assert len(upstream.received) == 1
+
+
+async def test_a_client_gone_mid_flight_is_still_charged_the_unknown_code_its_replay_reveals(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """The call outlives the handler and its answer is kept: the code it says does not exist is charged,
+    or leaving mid-flight and replaying would try codes without spending the failed-code budget."""
+    tree = policy(upstream.url)
+    tree["rate_limit"]["failed_codes"] = "1 per hour"
+    client = await gateway(tree)
+    upstream.reply(Reply(404, {"code": 404, "key": "resource_not_found"}, delay=0.4))
+    gone = asyncio.ensure_future(post(client, "a"))
+    while not upstream.received:  # noqa: ASYNC110 - until the call is under way
+        await asyncio.sleep(0.01)
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    for _ in range(200):  # until Voucherify's answer came and was kept
+        status, headers, raw = await post(client, "a")
+        if status != 409:
+            break
+        await asyncio.sleep(0.02)
+    assert (status, headers["Idempotent-Replayed"], json.loads(raw)["key"]) == (
+        404,
+        "true",
+        "resource_not_found",
+    )
+    refused = await post(client, "b", path="/client/v1/redeem?code=OTHER")  # the budget is spent
+    assert_gateway_error(refused[0], json.loads(refused[2]), refused[1], 429, "too_many_failed_codes")
+    assert len(upstream.received) == 1
