@@ -246,8 +246,15 @@ async def _pipeline(
                 lambda: _spared_send(state, policy, admit, call, request.headers, outcome, quota),
             )
 
-        answer = await (voucherify() if hold is None else hold.run(voucherify))
-        codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
+        async def charged() -> UpstreamResponse:  # a held call may outlive its handler, and so its codes
+            try:
+                answer = await voucherify()
+                codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
+                return answer
+            finally:
+                codes.release()
+
+        answer = await (charged() if hold is None else hold.run(charged))
     except Refused as refused:
         extra = codes.fields((*per_ip.headers, *refused.headers))
         return _refused(admit.refuse(refused.error), outcome, extra)
@@ -255,7 +262,8 @@ async def _pipeline(
         outcome.decision, outcome.status = "client_closed", 499
         return web.Response(status=499)
     finally:
-        codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
+        if hold is None or not hold.settled:  # a call `hold.run` took over settles its codes itself
+            codes.release()  # gives back the rest, also when no answer came or the handler is cancelled
         quota.release()  # a reserved call never sent (refused later, cancelled) stops counting
         if hold is not None:  # refused or cancelled before Voucherify's call: the key is free again
             await hold.release()

@@ -71,7 +71,7 @@ class GatewayError(NamedTuple):
     details: str
     allow: tuple[str, ...] = ()  # for 405: the methods the path takes
     close_connection: bool = False  # for 413: the rest of the body is not read
-    sent: bool = False  # for 502: the request was written to Voucherify, which may have acted on it
+    sent: bool = False  # for 502 and 504: the request was written to Voucherify, which may have acted on it
 
     @property
     def status(self) -> int:
@@ -231,12 +231,13 @@ def upstream_rejected() -> GatewayError:
     )
 
 
-def upstream_timeout() -> GatewayError:
+def upstream_timeout(*, sent: bool = True) -> GatewayError:
     return GatewayError(
         ErrorKey.UPSTREAM_TIMEOUT,
         "Upstream timeout",
         "Voucherify did not answer in time. A redemption may or may not have happened: "
         "check before retrying.",
+        sent=sent,
     )
 
 

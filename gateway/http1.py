@@ -90,6 +90,10 @@ class UpstreamTimeout(UpstreamError):
     """No connection within `connect` seconds, or no complete answer within `read` seconds."""
 
 
+class ConnectTimeout(UpstreamTimeout):
+    """No connection within `connect` seconds: nothing was written."""
+
+
 class ConnectFailed(UpstreamError):
     """DNS, TCP or TLS (certificate included) failed."""
 
@@ -594,7 +598,7 @@ class Http1Client:
                     server_hostname=origin.server_hostname,
                 )
         except TimeoutError:
-            raise UpstreamTimeout(host) from None
+            raise ConnectTimeout(host) from None
         except OSError as exc:  # refused, unreachable, DNS, TLS and certificate errors
             raise ConnectFailed(host) from exc
         return conn

@@ -27,6 +27,7 @@ from gateway.errors import Refused
 from gateway.headers import response_headers
 from gateway.http1 import (
     ConnectFailed,
+    ConnectTimeout,
     Http1Client,
     PoolFull,
     UnsafeRequest,
@@ -142,9 +143,11 @@ class Http1Transport:
             answer = await client.request(
                 base_url, call.method, call.path, headers.items(), call.body, timeouts
             )
-        except UpstreamTimeout:
+        except UpstreamTimeout as exc:
             self._full.discard(base_url)
-            raise Refused(errors.upstream_timeout()) from None
+            # still an unknown outcome to the browser (an Idempotency-Key keeps it), but a connection that
+            # was never made sent nothing, and costs no upstream quota
+            raise Refused(errors.upstream_timeout(sent=not isinstance(exc, ConnectTimeout))) from None
         except PoolFull as exc:
             if base_url not in self._full:
                 self._full.add(base_url)

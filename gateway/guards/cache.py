@@ -164,7 +164,7 @@ class ReadCache(Generic[T]):
             try:
                 result = await call()
                 answer = self._keep(result)
-                if answer is not None and ttl > 0:
+                if answer is not None and ttl > 0 and self._flights.get(key) is flight:  # not forgotten
                     self.put(key, answer, ttl)
                 return result
             finally:
@@ -200,9 +200,12 @@ class ReadCache(Generic[T]):
         return True
 
     def forget(self, project: str) -> None:
-        """Drop a project's kept answers (its upstream changed on reload)."""
+        """Drop a project's kept answers (its upstream changed on reload), and its calls in flight: their
+        waiters still get their answers, but later misses make a call of their own and none is kept."""
         for key in [key for key in self._entries if key[0] == project]:
             self._entries.pop(key, None)
+        for key in [key for key in self._flights if key[0] == project]:
+            del self._flights[key]
 
     # ------------------------------------------------------------------------------------------ sizes
 

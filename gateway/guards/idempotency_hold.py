@@ -12,6 +12,7 @@ a cancellation there, releases the key (`Hold.release`, from the pipeline's `fin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -70,7 +71,11 @@ async def claim(
     except StoreUnavailable as exc:
         log.warning("idempotency store unavailable (%s): a keyed request answered 503", exc)
         outcome.idempotency = Result.UNAVAILABLE
+        _unclaim(store, made)
         raise Refused(errors.idempotency_unavailable()) from None
+    except asyncio.CancelledError:
+        _unclaim(store, made)
+        raise
     if existing is None:
         return Hold(store, made, outcome, holder)
     verdict = idempotency.judge(made, existing)
@@ -80,6 +85,23 @@ async def claim(
     if verdict.key is ErrorKey.IDEMPOTENCY_UNAVAILABLE:
         log.error("an Idempotency-Key record this gateway cannot read: answered 503 until it expires")
     raise Refused(verdict)
+
+
+_UNCLAIMING: set[asyncio.Task[None]] = set()  # referenced until done: the loop keeps only weak ones
+
+
+def _unclaim(store: Store, made: Claim) -> None:
+    """A claim whose answer never came (the store failed, the handler was cancelled) may still have taken
+    effect: take this request's own marker back, without waiting, so the key can be used again at once
+    rather than after the marker's lifetime. Best effort: a store that fails leaves it to expire."""
+
+    async def unclaim() -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await store.delete_if(made.storage_key, made.marker)
+
+    task = asyncio.ensure_future(unclaim())
+    _UNCLAIMING.add(task)
+    task.add_done_callback(_UNCLAIMING.discard)
 
 
 class Hold:

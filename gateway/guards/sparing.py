@@ -97,7 +97,8 @@ class Sparing:
 def not_sent(refused: Refused) -> bool:
     """A refusal of the upstream call after which Voucherify surely saw nothing."""
     error = refused.error
-    return error.key is ErrorKey.UPSTREAM_UNAVAILABLE and not getattr(error, "sent", True)
+    sendable = error.key is ErrorKey.UPSTREAM_UNAVAILABLE or error.key is ErrorKey.UPSTREAM_TIMEOUT
+    return sendable and not getattr(error, "sent", True)
 
 
 class QuotaHold:

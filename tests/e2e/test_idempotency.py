@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from typing import Any
 
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tests.conftest import GatewayClient, GatewayFactory, assert_gateway_error, base_policy
@@ -462,3 +463,77 @@ async def test_a_quota_refusal_after_the_claim_keeps_nothing_and_replays_cost_no
     replay = await post(client, "a")  # answered without Voucherify: the spent quota does not matter
     assert (replay[0], replay[1]["Idempotent-Replayed"], replay[2]) == (200, "true", first[2])
     assert len(upstream.received) == 1
+
+
+async def test_a_client_gone_mid_flight_is_still_charged_the_unknown_code_its_replay_reveals(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """The call outlives the handler and its answer is kept: the code it says does not exist is charged,
+    or leaving mid-flight and replaying would try codes without spending the failed-code budget."""
+    tree = policy(upstream.url)
+    tree["rate_limit"]["failed_codes"] = "1 per hour"
+    client = await gateway(tree)
+    upstream.reply(Reply(404, {"code": 404, "key": "resource_not_found"}, delay=0.4))
+    gone = asyncio.ensure_future(post(client, "a"))
+    while not upstream.received:  # noqa: ASYNC110 - until the call is under way
+        await asyncio.sleep(0.01)
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    for _ in range(200):  # until Voucherify's answer came and was kept
+        status, headers, raw = await post(client, "a")
+        if status != 409:
+            break
+        await asyncio.sleep(0.02)
+    assert (status, headers["Idempotent-Replayed"], json.loads(raw)["key"]) == (
+        404,
+        "true",
+        "resource_not_found",
+    )
+    refused = await post(client, "b", path="/client/v1/redeem?code=OTHER")  # the budget is spent
+    assert_gateway_error(refused[0], json.loads(refused[2]), refused[1], 429, "too_many_failed_codes")
+    assert len(upstream.received) == 1
+
+
+async def test_a_claim_that_took_effect_before_the_store_failed_or_the_client_left_frees_the_key(
+    gateway: GatewayFactory, upstream: UpstreamDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store call can take effect and still fail (Redis ran the script, its reply came too late), and a
+    handler can be cancelled while its claim is on its way: the 503 and the client gone hold no key."""
+    from gateway.ratelimit import StoreUnavailable
+    from gateway.ratelimit.memory_store import MemoryStore
+
+    client = await gateway(policy(upstream.url))
+    claim = MemoryStore.claim
+
+    async def late(self: MemoryStore, key: str, value: bytes, ttl: float) -> bytes | None:
+        await claim(self, key, value, ttl)
+        raise StoreUnavailable("its reply came too late")
+
+    monkeypatch.setattr(MemoryStore, "claim", late)
+    status, headers, raw = await post(client, "late")
+    assert_gateway_error(status, json.loads(raw), headers, 503, "idempotency_unavailable")
+
+    entered = asyncio.Event()
+
+    async def slow(self: MemoryStore, key: str, value: bytes, ttl: float) -> bytes | None:
+        held = await claim(self, key, value, ttl)
+        entered.set()
+        await asyncio.sleep(1)
+        return held
+
+    monkeypatch.setattr(MemoryStore, "claim", slow)
+    gone = asyncio.ensure_future(post(client, "gone"))
+    await entered.wait()
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    monkeypatch.setattr(MemoryStore, "claim", claim)
+    for key in ("late", "gone"):
+        for _ in range(50):  # the handler's cancellation reaches the server a moment later
+            status, headers, _raw = await post(client, key)
+            if status != 409:
+                break
+            await asyncio.sleep(0.02)
+        assert status == 200 and "Idempotent-Replayed" not in headers, key
+    assert len(upstream.received) == 2

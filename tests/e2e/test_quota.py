@@ -553,3 +553,49 @@ async def test_a_reload_that_changes_a_project_drops_its_kept_answers(
     assert resp.status == 200 and "Age" not in resp.headers
     assert len(upstream.received) == 2
     assert upstream.received[1].headers["X-Voucherify-API-Version"] == "v2018-08-01"
+
+
+async def test_a_reload_that_changes_a_project_mid_call_neither_shares_nor_keeps_the_old_answer(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """A read under way when its project changes finishes under the old policy, but requests after the
+    reload make their own call, and the old call's answer is not kept for them."""
+    tree = cached_policy(upstream)
+    client = await gateway(tree)
+    state = client.app[STATE]
+    upstream.reply(Reply(200, TIERS_BODY, delay=0.5))
+    old = asyncio.ensure_future(client.get(TIERS, headers=H))
+    await until(lambda: len(upstream.received) == 1, "the old call under way")
+    tree["projects"]["shop"]["api_version"] = "v2018-08-01"
+    state.set_policy(make_policy(tree))
+    new = await client.get(TIERS, headers=H)  # not the old call's answer
+    assert new.status == 200 and "Age" not in new.headers
+    assert (await old).status == 200
+    kept = await client.get(TIERS, headers=H)
+    assert kept.status == 200 and "Age" in kept.headers
+    assert len(upstream.received) == 2
+    assert [r.headers.get("X-Voucherify-API-Version") for r in upstream.received] == [None, "v2018-08-01"]
+
+
+async def test_a_call_that_never_connected_gives_its_quota_back(
+    gateway: GatewayFactory, upstream: UpstreamDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connect timeout sent nothing to Voucherify: like a refused connection, it does not count."""
+    tree = quota_policy(upstream, "1 per hour")
+    tree["upstream"] = {"connect_timeout": 0.2}
+    client = await gateway(tree)
+    loop = asyncio.get_running_loop()
+    connect = loop.create_connection
+    upstream_port = int(upstream.url.rsplit(":", 1)[1])
+
+    async def hang(*args: Any, **kwargs: Any) -> Any:
+        if upstream_port in (*args, kwargs.get("port")):  # only the gateway's calls to the double
+            await asyncio.sleep(3600)
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "create_connection", hang)
+    resp = await client.get("/client/v1/validate?code=A", headers=H)
+    assert_gateway_error(resp.status, await resp.json(), resp.headers, 504, "upstream_timeout")
+    monkeypatch.setattr(loop, "create_connection", connect)
+    assert (await client.get("/client/v1/validate?code=A", headers=H)).status == 200
+    assert len(upstream.received) == 1
