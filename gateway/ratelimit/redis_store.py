@@ -93,7 +93,10 @@ def redis_storage(uri: str, timeout: float) -> Storage:
 
 
 # The per-IP hits, as Lua functions of the chain (below). Each takes its step's keys and arguments and
-# whether to count, and answers {counted (1 or 0), ...what its window read}.
+# whether to count, and answers {counted (1 or 0), ...what its window read}. `limits` names the moving and
+# the fixed window's key alike: a key holding the other's structure (a reload changed `strategy`) is
+# dropped, so counts start afresh, as in memory, instead of WRONGTYPE failing every call on it (a store
+# error: with `on_storage_error: allow`, no per-IP limit, failed-code budget or quota until it expires).
 
 # keys: the item's list. args: timestamp, limit, expiry (s). Answers {counted, hits in the window, oldest
 # hit in the window (absent when there is none)}.
@@ -103,6 +106,12 @@ local function moving_window(KEYS, ARGV, count)
     local limit = tonumber(ARGV[2])
     local expiry = tonumber(ARGV[3])
     local counted = 0
+
+    -- the fixed window's counter under the same name (`strategy` changed by a reload): start afresh
+    local held = redis.call('TYPE', KEYS[1])['ok']
+    if held == 'string' then
+        redis.call('DEL', KEYS[1])
+    end
 
     -- limits' acquire_moving_window.lua, for an amount of 1
     if count and 1 <= limit then
@@ -138,6 +147,11 @@ end
 # keys: the item's counter. args: expiry (s), limit. Answers {counted, counter, TTL in seconds}.
 FIXED_WINDOW_HIT = """
 local function fixed_window(KEYS, ARGV, count)
+    -- the moving window's list under the same name (`strategy` changed by a reload): start afresh
+    local held = redis.call('TYPE', KEYS[1])['ok']
+    if held == 'list' then
+        redis.call('DEL', KEYS[1])
+    end
     -- limits' incr_expire.lua, for an amount of 1
     if count then
         if redis.call('incrby', KEYS[1], 1) == 1 then

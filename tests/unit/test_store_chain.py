@@ -342,3 +342,30 @@ async def test_a_ledger_given_back_whole_leaves_nothing_behind() -> None:
     other = await store.reserve("fc:10.0.0.2", 10, 3600, 3)
     await store.settle("fc:10.0.0.2", other, 0)
     assert "fc:10.0.0.2" not in store.ledgers.entries
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [(Strategy.MOVING_WINDOW, Strategy.FIXED_WINDOW), (Strategy.FIXED_WINDOW, Strategy.MOVING_WINDOW)],
+)
+async def test_a_reload_that_changes_the_strategy_keeps_every_guard_counting(
+    kind: Kind, before: Strategy, after: Strategy
+) -> None:
+    """`limits` names the moving and the fixed window's key alike (a list, a counter): after a reload from one
+    to the other a client's key still holds the other's structure. Its requests are still counted and
+    refused at the limit (not a store error, which `on_storage_error: allow` lets through unlimited,
+    failed-code budget and quota uncounted, until the old key expires); counts start afresh, as in memory."""
+    store = await kind.store()
+    bucket = Bucket.parse("per_ip", "2 per hour", fresh("shop") + "/per_ip")
+    quota = fresh("shop/upstream_quota/3600")
+
+    async def request(strategy: Strategy) -> tuple[bool, Any]:
+        steps = bucket_steps(store, strategy, bucket, "203.0.113.30")
+        answers = await store.chain([*steps, Reserve(quota, 100, 3600, 1)])
+        return bucket_result(bucket, steps, answers[:-1]).allowed, answers[-1]
+
+    assert [(await request(before))[0] for _ in range(3)] == [True, True, False]
+    seen = [await request(after) for _ in range(3)]
+    assert [allowed for allowed, _ in seen] == [True, True, False]
+    assert [isinstance(r, Reservation) and r.granted for _, r in seen] == [True, True, False]
+    assert await live(store, quota, 100) == 4
