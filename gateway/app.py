@@ -67,7 +67,7 @@ class GatewayState:
         )
         self.accounting = accounting if accounting is not None else Accounting([AccessLog()])
         self.draining = False
-        self.holder = Holder()  # Idempotency-Key answers still to be kept, their handlers maybe gone
+        self.holder = Holder()  # Idempotency-Key records still to be settled, their handlers maybe gone
         self.tracer = tracer  # None: tracing is off (read once at start: `tracing` changes need a restart)
         self.sparing = Sparing()  # cached reads and hold-offs, per process, kept across reloads
         self.policy: CompiledPolicy

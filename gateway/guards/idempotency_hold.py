@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from gateway import errors
 from gateway.errors import ErrorKey, Refused
@@ -25,21 +26,23 @@ from gateway.ratelimit import Store, StoreUnavailable
 
 log = logging.getLogger("gateway.idempotency")
 
+T = TypeVar("T")
+
 
 class Holder:
-    """The tasks whose answers are still to be kept, possibly after their handlers are gone; a shutdown
-    `wait`s for them before it closes the transport and the stores."""
+    """The tasks whose records are still to be settled (answers kept, markers taken back), possibly after
+    their handlers are gone; a shutdown `wait`s for them before it closes the transport and the stores."""
 
     def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[UpstreamResponse]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
 
-    def start(self, work: Awaitable[UpstreamResponse]) -> asyncio.Task[UpstreamResponse]:
+    def start(self, work: Awaitable[T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[UpstreamResponse]) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: its handler may be gone, and `Hold.run` accounted for it
@@ -71,10 +74,10 @@ async def claim(
     except StoreUnavailable as exc:
         log.warning("idempotency store unavailable (%s): a keyed request answered 503", exc)
         outcome.idempotency = Result.UNAVAILABLE
-        _unclaim(store, made)
+        _unclaim(store, made, holder)
         raise Refused(errors.idempotency_unavailable()) from None
     except asyncio.CancelledError:
-        _unclaim(store, made)
+        _unclaim(store, made, holder)
         raise
     if existing is None:
         return Hold(store, made, outcome, holder)
@@ -87,10 +90,7 @@ async def claim(
     raise Refused(verdict)
 
 
-_UNCLAIMING: set[asyncio.Task[None]] = set()  # referenced until done: the loop keeps only weak ones
-
-
-def _unclaim(store: Store, made: Claim) -> None:
+def _unclaim(store: Store, made: Claim, holder: Holder) -> None:
     """A claim whose answer never came (the store failed, the handler was cancelled) may still have taken
     effect: take this request's own marker back, without waiting, so the key can be used again at once
     rather than after the marker's lifetime. Best effort: a store that fails leaves it to expire."""
@@ -99,9 +99,7 @@ def _unclaim(store: Store, made: Claim) -> None:
         with contextlib.suppress(StoreUnavailable):
             await store.delete_if(made.storage_key, made.marker)
 
-    task = asyncio.ensure_future(unclaim())
-    _UNCLAIMING.add(task)
-    task.add_done_callback(_UNCLAIMING.discard)
+    holder.start(unclaim())
 
 
 class Hold:
