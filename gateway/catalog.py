@@ -98,9 +98,10 @@ OPERATIONS: dict[str, Operation] = {route.operation.name: route.operation for ro
 
 # A path parameter as sent: RFC 3986 path characters, percent-escapes well formed.
 _PCHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
-# The C1 control characters (U+0080 to U+009F) in UTF-8: control characters as much as the C0 ones (server
-# mode's `qs.code_segment` refuses them in a code too). 0xC2 is never a continuation byte.
-_C1_UTF8 = re.compile(rb"\xc2[\x80-\x9f]")
+# What a decoded parameter may not hold: the C0 controls, DEL, a backslash, and the C1 controls (U+0080 to
+# U+009F) in UTF-8, control characters as much as the C0 ones (server mode's `qs.code_segment` refuses them
+# in a code too). 0xC2 is never a continuation byte.
+_UNSAFE = re.compile(rb"[\x00-\x1f\x7f\\]|\xc2[\x80-\x9f]")
 
 
 class PathMatch(NamedTuple):
@@ -114,9 +115,7 @@ def _param_is_safe(raw: str) -> bool:
     if not _PCHARS.fullmatch(raw):
         return False
     decoded = unquote_to_bytes(raw)
-    if any(byte < 0x20 or byte == 0x7F or byte == 0x5C for byte in decoded):  # controls and backslash
-        return False
-    if _C1_UTF8.search(decoded):
+    if _UNSAFE.search(decoded):
         return False
     return not any(part in (b".", b"..") for part in decoded.split(b"/"))
 
