@@ -94,11 +94,13 @@ class Sparing:
         raise Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
 
 
+_SENDABLE = frozenset({ErrorKey.UPSTREAM_UNAVAILABLE, ErrorKey.UPSTREAM_TIMEOUT})  # the errors with `sent`
+
+
 def not_sent(refused: Refused) -> bool:
     """A refusal of the upstream call after which Voucherify surely saw nothing."""
     error = refused.error
-    sendable = error.key is ErrorKey.UPSTREAM_UNAVAILABLE or error.key is ErrorKey.UPSTREAM_TIMEOUT
-    return sendable and not getattr(error, "sent", True)
+    return error.key in _SENDABLE and not error.sent
 
 
 class QuotaHold:
