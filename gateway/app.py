@@ -240,21 +240,18 @@ async def _pipeline(
             await pass_gates(store, (codes, quota))
 
         async def voucherify() -> UpstreamResponse:  # cache -> (its quota) -> Voucherify (429: hold-off)
-            return await state.sparing.answer(
-                target,
-                outcome,
-                lambda: _spared_send(state, policy, admit, call, request.headers, outcome, quota),
-            )
-
-        async def charged() -> UpstreamResponse:  # a held call may outlive its handler, and so its codes
-            try:
-                answer = await voucherify()
+            try:  # settles its codes itself: a held call may outlive its handler
+                answer = await state.sparing.answer(
+                    target,
+                    outcome,
+                    lambda: _spared_send(state, policy, admit, call, request.headers, outcome, quota),
+                )
                 codes.answered(answer, outcome)  # keeps the codes the answer says do not exist
                 return answer
             finally:
                 codes.release()
 
-        answer = await (charged() if hold is None else hold.run(charged))
+        answer = await (voucherify() if hold is None else hold.run(voucherify))
     except Refused as refused:
         extra = codes.fields((*per_ip.headers, *refused.headers))
         return _refused(admit.refuse(refused.error), outcome, extra)
