@@ -98,13 +98,16 @@ def redis_storage(uri: str, timeout: float) -> Storage:
 # dropped, so counts start afresh, as in memory, instead of WRONGTYPE failing every call on it (a store
 # error: with `on_storage_error: allow`, no per-IP limit, failed-code budget or quota until it expires).
 
-# keys: the item's list. args: timestamp, limit, expiry (s). Answers {counted, hits in the window, oldest
-# hit in the window (absent when there is none)}.
+# keys: the item's list. args: limit, expiry (s). Answers {counted, hits in the window, the oldest hit in
+# the window in seconds from now (<= 0; absent when there is none)}. The hits are stamped with Redis's clock
+# (TIME, in seconds as `limits` stamps them), not the gateway's: every gateway on one Redis sees one window,
+# however far apart their clocks are.
 MOVING_WINDOW_HIT = """
 local function moving_window(KEYS, ARGV, count)
-    local timestamp = tonumber(ARGV[1])
-    local limit = tonumber(ARGV[2])
-    local expiry = tonumber(ARGV[3])
+    local t = redis.call('TIME')
+    local timestamp = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    local limit = tonumber(ARGV[1])
+    local expiry = tonumber(ARGV[2])
     local counted = 0
 
     -- the fixed window's counter under the same name (`strategy` changed by a reload): start afresh
@@ -138,7 +141,7 @@ local function moving_window(KEYS, ARGV, count)
         end
     end
     if index then
-        return {counted, index + 1, tostring(tonumber(redis.call('lindex', KEYS[1], index)))}
+        return {counted, index + 1, tostring(tonumber(redis.call('lindex', KEYS[1], index)) - timestamp)}
     end
     return {counted, 0}
 end
@@ -477,7 +480,8 @@ class RedisStore:
     project's quota ledger is the project's), each told whether an earlier run refused, and a run of only
     reservations after a refusal is not sent at all. Per-IP hits are on `limits`' keys and data structures
     and read their window in the script that counts (`fuses_reads`); the moving window is stamped with
-    this host's clock, as `limits` does.
+    Redis's clock (TIME), not this host's as `limits` stamps it, so gateways whose clocks differ still share
+    one window (a gateway on `limits`' own calls during a rolling deploy stamps its own clock, as before).
     """
 
     fuses_reads = True
@@ -552,7 +556,7 @@ class RedisStore:
             item, count = step.item, "1" if step.counts else "0"
             if step.strategy == Strategy.MOVING_WINDOW:
                 keys.append(bridge.prefixed_key(self.storage, step.key))
-                args += (_MOVING, count, 1, 3, time.time(), item.amount, item.expiry)
+                args += (_MOVING, count, 1, 2, item.amount, item.expiry)
             elif step.strategy == Strategy.FIXED_WINDOW:
                 keys.append(bridge.prefixed_key(self.storage, step.key))
                 args += (_FIXED, count, 1, 2, item.expiry, item.amount)
@@ -659,7 +663,7 @@ def _window(step: Hit, reply: Any) -> HitAnswer:
     item, counted = step.item, int(reply[0]) == 1
     if step.strategy == Strategy.MOVING_WINDOW:
         hits = int(reply[1])
-        start = float(reply[2]) if hits else time.time()
+        start = time.time() + (float(reply[2]) if hits else 0.0)  # Redis's clock to this host's
         return counted, WindowStats(start + item.expiry, item.amount - hits)
     if step.strategy == Strategy.FIXED_WINDOW:
         current, ttl = int(reply[1]), int(reply[2])

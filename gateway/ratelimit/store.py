@@ -11,9 +11,9 @@ may not have taken effect in Redis (the reply can be lost after the script ran):
 unknown, e.g. a `reserve` that raised holds nothing the caller knows of, and whatever it held leaves with
 its window. On Redis every call is one Lua script, its keys declared in KEYS (the ledger's and the
 records' hash-tagged), so it is atomic; a chain whose keys lie in several Cluster slots is split by slot
-there (below). The ledger's scripts read the clock with `redis.call('TIME')`, so every gateway on one Redis
-shares one window whatever its own clock says. Keys are prefixed `gw:` (never `limits`'
-`LIMITS:`/`LIMITER/`): `gw:ledger:{key}` and `gw:record:{key}`.
+there (below). The ledger's scripts and the moving window's hits read the clock with `redis.call('TIME')`,
+so every gateway on one Redis shares one window whatever its own clock says. Keys are prefixed `gw:`
+(never `limits`' `LIMITS:`/`LIMITER/`): `gw:ledger:{key}` and `gw:record:{key}`.
 
 Ledger (a moving window of held entries: the failed-code budget, the upstream quota):
 

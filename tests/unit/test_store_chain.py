@@ -25,6 +25,7 @@ from gateway.ratelimit import (
     bridge,
     bucket_result,
     bucket_steps,
+    redis_store,
 )
 from gateway.ratelimit.gates import pass_gates, settle_soon
 from gateway.ratelimit.limiter import open_store
@@ -67,15 +68,26 @@ class Kind:
             await pool.close()
 
 
+def _kind(request: pytest.FixtureRequest) -> Kind:
+    if request.param == "memory":
+        return Kind("memory", "memory://")
+    if request.param == "redis":
+        return Kind("redis", request.getfixturevalue("module_redis").url)
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return Kind("cluster", cluster.url)
+
+
 @pytest.fixture(params=["memory", "redis", "cluster"])
 async def kind(request: pytest.FixtureRequest) -> AsyncIterator[Kind]:
-    if request.param == "memory":
-        found = Kind("memory", "memory://")
-    elif request.param == "redis":
-        found = Kind("redis", request.getfixturevalue("module_redis").url)
-    else:
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        found = Kind("cluster", cluster.url)
+    found = _kind(request)
+    yield found
+    await found.close()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Kind]:
+    """A store that gateways share (memory is per process, with one clock)."""
+    found = _kind(request)
     yield found
     await found.close()
 
@@ -369,3 +381,33 @@ async def test_a_reload_that_changes_the_strategy_keeps_every_guard_counting(
     assert [allowed for allowed, _ in seen] == [True, True, False]
     assert [isinstance(r, Reservation) and r.granted for _, r in seen] == [True, True, False]
     assert await live(store, quota, 100) == 4
+
+
+class _SkewedClock:
+    """A gateway host whose clock is `skew` seconds off (stands in for the `time` module)."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+
+@pytest.mark.parametrize("skew", [-120.0, 120.0])
+async def test_a_moving_window_over_two_gateways_holds_whatever_their_clocks_say(
+    shared: Kind, skew: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateways on one Redis share a per-IP moving window: one whose clock is two minutes off (either
+    way) cannot make the other let a 6th hit of `5 per minute` through. Redis's clock decides."""
+    one, two = await shared.store(), await shared.store()
+    bucket = Bucket.parse("per_ip", "5 per minute", fresh("shop") + "/per_ip")
+    steps = bucket_steps(one, Strategy.MOVING_WINDOW, bucket, "203.0.113.20")
+    with monkeypatch.context() as patched:
+        patched.setattr(redis_store, "time", _SkewedClock(skew))
+        for _ in range(5):
+            assert bucket_result(bucket, steps, await one.chain(steps)).allowed
+    result = bucket_result(bucket, steps, await two.chain(steps))
+    assert not result.allowed, "a 6th hit within the minute passed on the other gateway"
+    assert result.headers["RateLimit"].startswith('"per_ip";r=0;t=')
+    reset = int(result.headers["RateLimit"].rsplit("t=", 1)[1])
+    assert 55 <= reset <= 60  # the window the hits opened, on this gateway's clock
