@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import struct
@@ -287,6 +288,8 @@ def _replay(record: bytes) -> Replay | GatewayError:
     if not 100 <= status <= 599 or len(record) < body_start or flags & ~BODY_DROPPED:
         return errors.idempotency_unavailable()
     content_type = record[_KEPT_BODY:body_start].decode("latin-1") or None
+    if status >= 500 and not flags & BODY_DROPPED:  # Voucherify's own 5xx are never kept: the gateway's
+        return _own_error(record[body_start:])
     if flags & BODY_DROPPED:
         dropped = errors.upstream_unavailable(
             f"The first request with this Idempotency-Key was answered with status {status}, but its answer "
@@ -294,3 +297,22 @@ def _replay(record: bytes) -> Replay | GatewayError:
         )
         return Replay(status, content_type, b"", dropped)
     return Replay(status, content_type, record[body_start:])
+
+
+_KEPT_ERRORS = frozenset({ErrorKey.UPSTREAM_TIMEOUT.value, ErrorKey.UPSTREAM_UNAVAILABLE.value})
+
+
+def _own_error(body: bytes) -> Replay | GatewayError:
+    """A kept unknown outcome (`keep_error`) as the gateway's error again, so that its replay carries the
+    replaying request's id in the body as in `X-Request-Id` (POLICY.md: the two are the same id)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return errors.idempotency_unavailable()
+    if not isinstance(document, dict) or document.get("key") not in _KEPT_ERRORS:
+        return errors.idempotency_unavailable()
+    message, details = document.get("message"), document.get("details")
+    if not isinstance(message, str) or not isinstance(details, str):
+        return errors.idempotency_unavailable()
+    error = GatewayError(ErrorKey(document["key"]), message, details, sent=True)
+    return Replay(error.status, JSON, b"", error)

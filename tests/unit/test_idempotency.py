@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from gateway import errors
 from gateway.compiled import CompiledPolicy, compile_policy
 from gateway.decide import Admit, Preflight, decide
-from gateway.errors import GatewayError
+from gateway.errors import ErrorKey, GatewayError
 from gateway.guards import idempotency as idem
 from gateway.guards.idempotency import Claim, Replay, Result, Settings
 from gateway.headers import request_headers
@@ -379,21 +379,41 @@ def test_the_kept_body_is_bounded_by_max_body_bytes() -> None:
 
 
 def test_unknown_outcomes_are_kept_as_the_gateways_own_answer() -> None:
+    """Replayed with the replaying request's id in the body, as in its X-Request-Id (POLICY.md: the same
+    id), and otherwise the first answer as it was."""
     first = claim()
-    timeout = idem.keep_error(first, errors.upstream_timeout(), "gw-1")
-    assert timeout is not None  # a 504, sent or not: the contract keeps every upstream_timeout
-    replay = idem.judge(claim(), timeout)
-    assert isinstance(replay, Replay)
-    assert (replay.status, replay.content_type) == (504, "application/json")
-    assert json.loads(replay.body)["key"] == "upstream_timeout"
-    assert json.loads(replay.body)["request_id"] == "gw-1"  # the first answer, as it was
+    for error in (
+        errors.upstream_timeout(),  # a 504, sent or not: the contract keeps every upstream_timeout
+        errors.upstream_timeout(sent=False),
+        errors.upstream_unavailable("The connection was lost.", sent=True),
+        errors.upstream_rejected(),  # server mode: Voucherify answered the gateway's keys, so it was sent
+    ):
+        record = idem.keep_error(first, error, "gw-1")
+        assert record is not None, error
+        replay = idem.judge(claim(), record)
+        assert isinstance(replay, Replay) and idem.result_of(replay) is Result.REPLAYED
+        assert replay.answer("gw-2") == (error.status, "application/json", error.body("gw-2"))
+        assert json.loads(error.body("gw-1")) | {"request_id": "gw-2"} == json.loads(replay.answer("gw-2")[2])
 
-    after_sending = errors.upstream_unavailable("The connection was lost.", sent=True)
-    sent = idem.keep_error(first, after_sending, "gw-1")
-    assert sent is not None
-    assert idem.judge(claim(), sent) == Replay(502, "application/json", after_sending.body("gw-1"))
-    rejected = idem.keep_error(first, errors.upstream_rejected(), "gw-1")
-    assert rejected is not None  # server mode: Voucherify answered the gateway's keys, so it was sent
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"key": "internal_error", "message": "m", "details": "d"}',  # never kept: not an unknown outcome
+        b'{"key": "upstream_timeout", "message": 1, "details": "d"}',
+        b'{"key": "upstream_timeout", "message": "m"}',
+    ],
+)
+def test_a_kept_gateway_error_that_is_not_one_answers_503(body: bytes) -> None:
+    """A 5xx record is only ever the gateway's own unknown outcome: any other is unreadable (a store's
+    data is not trusted), not replayed as it is."""
+    record = idem.keep_answer(claim(), 200, "application/json", body)
+    assert record is not None
+    forged = record[:33] + (504).to_bytes(2, "big") + record[35:]
+    answer = idem.judge(claim(), forged)
+    assert isinstance(answer, GatewayError) and answer.key is ErrorKey.IDEMPOTENCY_UNAVAILABLE
 
 
 @pytest.mark.parametrize(
