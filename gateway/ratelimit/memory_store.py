@@ -471,10 +471,14 @@ class _BoundedMap:
             else:  # renewed since: another turn (gone up to one lifetime after it expires)
                 self._wait(key, entry, lifetime, now + lifetime)
 
+    def full(self, size: int) -> bool:
+        """Whether an entry of `size` bytes would pass a bound."""
+        return len(self.entries) >= self.max_keys or self.bytes + size > self.max_bytes
+
     def _make_room(self, size: int) -> None:
         if size > self.max_bytes:
             raise ValueError(f"a {self.what} of {size} bytes is larger than the store ({self.max_bytes})")
-        while len(self.entries) >= self.max_keys or self.bytes + size > self.max_bytes:
+        while self.full(size):
             due = self.turns.pop()
             if due is None:
                 break  # pragma: no cover - every live entry has a turn
@@ -509,6 +513,13 @@ class MemoryStore:
     `max_record_keys` keys and `max_record_bytes` bytes of keys and values together. Past a bound the
     entries closest to expiry are dropped first. Shared ledgers (`Reserve.shared`: a project's upstream
     quota) are kept apart and never dropped for room: clients' keys cannot push them out.
+
+    Claims (a value `claim` stored: an Idempotency-Key's in-flight marker) are kept apart from the records
+    (what `replace` stored: a kept answer) and never dropped for room either: they are the closest to
+    expiry, so a flood of kept answers dropped them first, and a second request with the key then reached
+    Voucherify while the first was in flight. They are as many as the keyed requests in flight, at most
+    `max_record_keys`; past that `claim` raises StoreUnavailable (the gateway answers 503: a promise to
+    redeem once that cannot be kept is refused, not broken).
     """
 
     # counting and reading are separate steps, in limits' order (count all, then read), but for a bucket of
@@ -532,6 +543,7 @@ class MemoryStore:
         self.ledgers = _BoundedMap("ledger", max_ledger_keys, 2**62)
         self.shared_ledgers = _BoundedMap("shared ledger", 2**62, 2**62)  # projects' quotas
         self.records = _BoundedMap("record", max_record_keys, max_record_bytes)
+        self.claims = _BoundedMap("claim", max_record_keys, 2**62)  # never dropped for room (above)
         self._serials = itertools.count(1)  # one per ledger made: its tokens' prefix
 
     def bound(self, timeout: float) -> MemoryStore:
@@ -643,10 +655,13 @@ class MemoryStore:
 
     def claim_sync(self, key: str, value: bytes, ttl: float) -> bytes | None:
         now = self.clock()
-        record = self.records.get(key, now)
+        record = self._record(key, now)[1]
         if record is not None:
             return _value(record)
-        self.records.put(key, _new_record(value, now + ttl, key), ttl, now)
+        entry = _new_record(value, now + ttl, key)
+        if self.claims.full(_ENTRY.unpack_from(entry)[3]):
+            raise StoreUnavailable(f"{len(self.claims)} claims in flight: the memory store's bound")
+        self.claims.put(key, entry, ttl, now)
         return None
 
     async def replace(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
@@ -654,10 +669,10 @@ class MemoryStore:
 
     def replace_sync(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
         now = self.clock()
-        record = self.records.get(key, now)
+        held, record = self._record(key, now)
         if record is None or not _holds(record, expected):
             return False
-        self.records.remove(key)
+        held.remove(key)
         self.records.put(key, _new_record(value, now + ttl, key), ttl, now)
         return True
 
@@ -665,8 +680,15 @@ class MemoryStore:
         return self.delete_if_sync(key, expected)
 
     def delete_if_sync(self, key: str, expected: bytes) -> bool:
-        record = self.records.get(key, self.clock())
+        held, record = self._record(key, self.clock())
         if record is None or not _holds(record, expected):
             return False
-        self.records.remove(key)
+        held.remove(key)
         return True
+
+    def _record(self, key: str, now: float) -> tuple[_BoundedMap, bytearray | None]:
+        """The map that holds `key` (a claim, else a record) and what it holds there."""
+        claim = self.claims.get(key, now)
+        if claim is not None:
+            return self.claims, claim
+        return self.records, self.records.get(key, now)

@@ -458,15 +458,54 @@ def test_a_ledger_renewed_all_along_does_not_hold_the_others_in_memory() -> None
     assert "gw:codes:shop:regular" not in store.ledgers.entries and len(store.ledgers) <= 2
 
 
+def keep_sync(store: MemoryStore, key: str, value: bytes, ttl: float) -> None:
+    """A kept answer, as the gateway keeps one: a claim with its in-flight marker, then replaced."""
+    assert store.claim_sync(key, b"in flight " + key.encode(), 30) is None
+    assert store.replace_sync(key, b"in flight " + key.encode(), value, ttl)
+
+
 def test_a_full_map_drops_the_entry_closest_to_expiry_whatever_its_lifetime() -> None:
     clock = Clock()
     store = MemoryStore(clock=clock, max_record_keys=2)
-    assert store.claim_sync("daily", b"kept", 86_400) is None  # the oldest, due last
+    keep_sync(store, "daily", b"kept", 86_400)  # the oldest, due last
     clock.now += 1
-    assert store.claim_sync("brief", b"cached", 30) is None
+    keep_sync(store, "brief", b"cached", 30)
     clock.now += 1
-    assert store.claim_sync("third", b"new", 3600) is None  # past the bound: one goes
+    keep_sync(store, "third", b"new", 3600)  # past the bound: one goes
     assert set(store.records.entries) == {"daily", "third"} and store.records.evicted == 1
+    assert len(store.claims) == 0  # each marker left when its answer was kept
+
+
+def test_a_flood_of_kept_answers_never_drops_a_claim_in_flight() -> None:
+    """An in-flight marker is the record closest to expiry: when kept answers filled the map it was the
+    first dropped, and a second request with the key (a double click) was claimed again and reached
+    Voucherify while the first was in flight. Claims are apart, never dropped for room."""
+    clock = Clock()
+    store = MemoryStore(clock=clock, max_record_keys=3)
+    assert store.claim_sync("double-click", b"marker", 30) is None
+    for i in range(10):  # other shoppers' answers kept meanwhile, far past the bound
+        keep_sync(store, f"other-{i}", b"kept", 86_400)
+    assert store.records.evicted == 7 and len(store.records) == 3
+    assert store.claim_sync("double-click", b"second", 30) == b"marker"  # still in flight: 409
+    assert store.replace_sync("double-click", b"marker", b"answer", 86_400)
+    assert store.claim_sync("double-click", b"third", 30) == b"answer"  # its replay
+
+
+def test_claims_past_the_bound_are_refused_not_dropped() -> None:
+    """As many claims as keyed requests in flight, up to `max_record_keys`: one more raises (503
+    idempotency_unavailable), as a store that cannot keep the promise; a claim that left makes room."""
+    clock = Clock()
+    store = MemoryStore(clock=clock, max_record_keys=2)
+    assert store.claim_sync("a", b"marker a", 30) is None
+    assert store.claim_sync("b", b"marker b", 30) is None
+    with pytest.raises(StoreUnavailable):
+        store.claim_sync("c", b"marker c", 30)
+    assert store.claim_sync("a", b"again", 30) == b"marker a"  # a key that is held still answers
+    assert store.delete_if_sync("a", b"marker a")
+    assert store.claim_sync("c", b"marker c", 30) is None
+    clock.now += 31  # and a marker whose request died leaves with its lifetime
+    assert store.claim_sync("d", b"marker d", 30) is None and set(store.claims.entries) == {"d"}
+    assert store.claims.evicted == 0
 
 
 async def test_memory_ledger_does_not_grow_with_settled_reservations() -> None:
@@ -507,7 +546,7 @@ async def test_memory_maps_hold_nothing_for_what_left_them() -> None:
     assert held < 1_000_000, f"{held:,} bytes held after 60,000 validations"
     clock.now += 3601  # and what is live still expires on time
     await store.claim("after", b"s", 1)
-    assert len(store.records) == 1
+    assert len(store.records) == 0 and len(store.claims) == 1
 
 
 def test_ledgers_given_back_within_their_request_leave_nothing_to_compact() -> None:
@@ -564,11 +603,11 @@ def test_a_flood_of_guessers_leaves_the_garbage_collector_nothing_to_walk() -> N
                 reservation = store.reserve_sync(key, 5, 3600, 2)
                 store.settle_sync(key, reservation, 1)
                 clock.now += 0.001
-            assert store.claim_sync(f"idem-{i}", b"claimed", 3600) is None
+            keep_sync(store, f"idem-{i}", b"kept", 3600)
         held = (tracemalloc.get_traced_memory()[0] - before) / 5000
     finally:
         tracemalloc.stop()
-    assert len(store.ledgers) == 5000 and len(store.records) == 5000
+    assert len(store.ledgers) == 5000 and len(store.records) == 5000 and len(store.claims) == 0
     gc.collect()
     assert len(gc.get_objects()) - tracked < 100, "objects the collector tracks, per guesser"
     assert held < 650, f"{held:.0f} bytes per guesser (a ledger, a record, their keys; ~800 as objects)"
@@ -700,19 +739,19 @@ async def test_memory_records_are_bounded_in_keys_and_bytes() -> None:
     store = MemoryStore(clock=clock, max_record_keys=50, max_record_bytes=1_000_000)
     value = b"x" * 100_000
     for i in range(30):
-        assert await store.claim(f"key-{i}", value, 60 + i) is None
+        keep_sync(store, f"key-{i}", value, 60 + i)
         assert store.records.bytes <= 1_000_000
     assert len(store.records) == 9 and store.records.evicted == 21
     assert await store.claim("key-29", b"y", 60) == value  # the latest to expire are kept
     assert await store.claim("key-0", b"y", 60) is None  # the earliest were dropped
     for i in range(200):
-        await store.claim(f"small-{i}", b"s", 600)
+        keep_sync(store, f"small-{i}", b"s", 600)
     assert len(store.records) == 50
     clock.now += 601
-    await store.claim("after", b"s", 1)
+    keep_sync(store, "after", b"s", 1)
     assert len(store.records) == 1 and store.records.bytes < 1000
     with pytest.raises(ValueError):
-        await store.claim("huge", b"x" * 2_000_000, 60)
+        keep_sync(store, "huge", b"x" * 2_000_000, 60)
 
 
 async def test_memory_store_is_one_per_uri(tmp_path: Path) -> None:
