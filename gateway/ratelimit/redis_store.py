@@ -11,8 +11,11 @@ the storage is built here with:
   gateway's own loop running late is not the store being slow); the pool's wait and the sockets' connect and
   read timeouts are backstops at the longest such a deadline lasts (MAX_STRETCH times `storage_timeout`),
   so a late loop cannot trip them first;
-- at most one retry, and only on a connection error (a stale pooled connection after Redis restarted);
-  never on a timeout, since a command that timed out may still have counted the hit;
+- on plain Redis and Sentinel at most one retry, and only on a connection error (a stale pooled connection
+  after Redis restarted); never on a timeout, since a command that timed out may still have counted the
+  hit. A Cluster client keeps redis-py's own retries, which cover a socket timeout too (the class's
+  `ERRORS_ALLOW_RETRY`, not the `retry` object, decides): the call's deadline still bounds them, and a chain
+  retried after a timeout can only count twice (stricter, never more lenient);
 - `wrap_exceptions=True`, so every client failure is a `limits.errors.StorageError`.
 
 `prepare` pings and loads the strategies' Lua scripts, so the first round trip is not a request's.
