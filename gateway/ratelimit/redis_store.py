@@ -32,6 +32,7 @@ share a hash tag; a bucket's items and the ledgers are not), one call each.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -66,6 +67,7 @@ from gateway.ratelimit.store import (
     sliding_window_stats,
 )
 
+log = logging.getLogger("gateway.ratelimit")
 REDIS_SCHEMES = tuple(scheme for scheme in STORAGE_SCHEMES if scheme.startswith("redis"))
 MAX_CONNECTIONS = 100  # per process; a burst beyond it waits for a free connection
 
@@ -466,6 +468,10 @@ def _settle_args(reservation: Reservation, keep: int) -> list[Any] | None:
     return [reservation.token, reservation.amount, max(keep, 0)]
 
 
+def _not_given_back(exc: StoreUnavailable) -> None:
+    log.debug("a reservation whose answer was lost could not be given back (%s)", exc)
+
+
 def _settled(failed: Callable[[StoreUnavailable], None], reply: asyncio.Future[Any]) -> None:
     if not reply.cancelled() and (exc := reply.exception()) is not None:
         failed(StoreUnavailable(type(exc).__name__))
@@ -527,24 +533,38 @@ class RedisStore:
     # ------------------------------------------------------------------------------------ chains
 
     async def chain(self, steps: Sequence[Step]) -> list[StepAnswer]:
+        """The chain (gateway/ratelimit/store.py). When it fails after its reservations were sent (a
+        timeout, a connection lost), they may have been granted with nobody to know it: each is given
+        back at once, without waiting (a SETTLE of its token, a no-op where nothing was granted), rather
+        than counted until its window ends. Redis runs commands in the order it reads them, so a script
+        whose answer was slow or lost has run before its give-back; only one still unread by a frozen
+        Redis may come after it, and stays counted, as before."""
+        sent: list[tuple[str, list[Any]]] = []  # the reservations sent: ledger key, SETTLE's arguments
         try:
             async with self._scripts.deadline(self.timeout):
                 if not self._scripts.cluster:
-                    return (await self._run(steps, False))[1]
+                    return (await self._run(steps, False, sent))[1]
                 answers: list[StepAnswer] = []
                 refused = False
                 for part in _by_slot(steps, self.storage):
                     if refused and not any(isinstance(step, Hit) for step in part):
                         answers.extend(None for _ in part)  # reservations after a refusal: not run
                         continue
-                    refused, found = await self._run(part, refused)
+                    refused, found = await self._run(part, refused, sent)
                     answers.extend(found)
                 return answers
         except _FAILURES as exc:
+            self._give_back(sent)
             raise StoreUnavailable(type(exc).__name__) from exc
+        except asyncio.CancelledError:
+            self._give_back(sent)
+            raise
 
-    async def _run(self, steps: Sequence[Step], refused: bool) -> tuple[bool, list[StepAnswer]]:
-        """One CHAIN script: (whether a step refused, each step's answer)."""
+    async def _run(
+        self, steps: Sequence[Step], refused: bool, sent: list[tuple[str, list[Any]]]
+    ) -> tuple[bool, list[StepAnswer]]:
+        """One CHAIN script: (whether a step refused, each step's answer). Its reservations are added to
+        `sent` before it goes."""
         keys: list[str] = []
         args: list[Any] = ["1" if refused else "0"]
         tokens: list[str] = []
@@ -552,6 +572,8 @@ class RedisStore:
             if isinstance(step, Reserve):
                 token = os.urandom(9).hex() if step.amount > 0 else ""
                 tokens.append(token)
+                if token:
+                    sent.append((step.key, [token, step.amount, 0]))
                 span = max(1, math.ceil(step.window * 1_000_000))
                 keys.append(ledger_key(step.key))
                 args += (_RESERVE, "0", 1, 4, step.limit, span, step.amount, token)
@@ -593,10 +615,17 @@ class RedisStore:
         self, key: str, reservation: Reservation, keep: int, failed: Callable[[StoreUnavailable], None]
     ) -> None:
         """Queued in this loop turn's pipeline with no task and no deadline of its own (nobody waits; a frozen
-        Redis fails it at the sockets' backstop); on a Cluster, in a task of its own."""
+        Redis fails it at the sockets' backstop); on a Cluster, in a task of its own, also without one (a
+        settle bounded by the timeout of a Redis busy past it was cut off before it was even sent)."""
         args = _settle_args(reservation, keep)
-        if args is None:
-            return
+        if args is not None:
+            self._settle_soon(key, args, failed)
+
+    def _give_back(self, sent: list[tuple[str, list[Any]]]) -> None:
+        for key, args in sent:  # a store that fails leaves them to their window, as before: no line each
+            self._settle_soon(key, args, _not_given_back)
+
+    def _settle_soon(self, key: str, args: list[Any], failed: Callable[[StoreUnavailable], None]) -> None:
         queued = self._scripts.call_soon(SETTLE, [ledger_key(key)], args)
         if queued is None:
             task = asyncio.ensure_future(self._settle(key, args, failed))
@@ -606,10 +635,10 @@ class RedisStore:
             queued.add_done_callback(partial(_settled, failed))
 
     async def _settle(self, key: str, args: list[Any], failed: Callable[[StoreUnavailable], None]) -> None:
-        try:
-            await self._call(SETTLE, ledger_key(key), args)
-        except StoreUnavailable as exc:
-            failed(exc)
+        try:  # no deadline, as on plain Redis: nobody waits, the sockets' backstop bounds it
+            await self._scripts.call(SETTLE, [ledger_key(key)], args)
+        except _FAILURES as exc:
+            failed(StoreUnavailable(type(exc).__name__))
 
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
         held = await self._call(CLAIM, record_key(key), [value, _ms(ttl)])

@@ -8,11 +8,13 @@ counts, whatever the timeout.
 Failures: every call either answers or raises `StoreUnavailable` (the store failed, refused the call, or did
 not answer within the store's timeout, which is the policy's `storage_timeout`). A call that raised may or
 may not have taken effect in Redis (the reply can be lost after the script ran): callers treat it as
-unknown, e.g. a `reserve` that raised holds nothing the caller knows of, and whatever it held leaves with
-its window. On Redis every call is one Lua script, its keys declared in KEYS (the ledger's and the
-records' hash-tagged), so it is atomic; a chain whose keys lie in several Cluster slots is split by slot
-there (below). The ledger's scripts and the moving window's hits read the clock with `redis.call('TIME')`,
-so every gateway on one Redis shares one window whatever its own clock says. Keys are prefixed `gw:`
+unknown, e.g. a `reserve` that raised holds nothing the caller knows of. Whatever it held is given back
+by the store itself (RedisStore.chain: a SETTLE of its token, sent at once), unless Redis reads that before
+the reservation (a frozen Redis): then it leaves with its window. On Redis every call is one Lua script,
+its keys declared in KEYS (the ledger's and the records' hash-tagged), so it is atomic; a chain whose
+keys lie in several Cluster slots is split by slot there (below). The ledger's scripts and the moving
+window's hits read the clock with `redis.call('TIME')`, so every gateway on one Redis shares one window
+whatever its own clock says. Keys are prefixed `gw:`
 (never `limits`' `LIMITS:`/`LIMITER/`): `gw:ledger:{key}` and `gw:record:{key}`.
 
 Ledger (a moving window of held entries: the failed-code budget, the upstream quota):

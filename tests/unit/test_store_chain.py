@@ -411,3 +411,21 @@ async def test_a_moving_window_over_two_gateways_holds_whatever_their_clocks_say
     assert result.headers["RateLimit"].startswith('"per_ip";r=0;t=')
     reset = int(result.headers["RateLimit"].rsplit("t=", 1)[1])
     assert 55 <= reset <= 60  # the window the hits opened, on this gateway's clock
+
+
+async def test_a_reservation_whose_answer_came_too_late_is_given_back(shared: Kind) -> None:
+    """Redis granted a reservation whose answer came after `storage_timeout` (here a grant of 300,000
+    entries: a script that runs longer than the timeout), so the chain raised and nobody knew of the
+    grant: it stayed counted until its window ended (an hour of a shopper's failed-code budget, say). The
+    store gives it back at once, and Redis runs that after the script it follows."""
+    store = await shared.store()
+    hurried = store.bound(0.02)
+    key, big = fresh("fc:late"), 300_000
+    with pytest.raises(StoreUnavailable):
+        await hurried.chain([Reserve(key, 1_000_000, 3600, big)])
+    for _ in range(200):  # the script ran to its end (it was not cut off), then the give-back
+        if await live(store, key, 1_000_000) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await live(store, key, 1_000_000) == 0
+    assert (await store.reserve(key, 2, 3600, 2)).granted  # the whole budget is the client's again
