@@ -419,7 +419,8 @@ async def test_a_reservation_whose_answer_came_too_late_is_given_back(shared: Ki
     grant: it stayed counted until its window ended (an hour of a shopper's failed-code budget, say). The
     store gives it back at once, and Redis runs that after the script it follows."""
     store = await shared.store()
-    hurried = store.bound(0.02)
+    assert isinstance(store, RedisStore)
+    hurried = store.bound(0.02)  # the same client and counts
     key, big = fresh("fc:late"), 300_000
     with pytest.raises(StoreUnavailable):
         await hurried.chain([Reserve(key, 1_000_000, 3600, big)])
