@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from gateway.origins import Origin, OriginEntryError, OriginMatch, OriginPolicy, parse_origin
@@ -158,3 +160,16 @@ def test_many_wildcards_match_as_the_suffix_rule_says() -> None:
             )
             assert policy.match(origin) is (EXACT if expected else NONE), origin
             assert policy.match(origin.replace("https", "http")) is NONE
+
+
+def test_only_origins_of_an_origins_length_are_remembered() -> None:
+    # Every verdict was remembered, keyed by the header as sent: 4,096 Origin values of 8 KB per project.
+    policy = OriginPolicy(["https://shop.example.com", "https://*.example.org", "*"])
+    short = "https://" + "a" * 40 + ".example.org"
+    long = "https://" + "a." * 4000 + "example.org"  # an origin's shape, of a length no DNS host has
+    for value, verdict in ((short, EXACT), (long, EXACT), ("https://" + "b" * 8000 + ".test", ANY)):
+        before = sys.getrefcount(value)
+        for _ in range(2):
+            assert policy.match(value) is verdict
+        remembered = sys.getrefcount(value) > before  # the cache's key refers to the value
+        assert remembered is (value is short), value[:20]
