@@ -47,6 +47,9 @@ class ClientIpPolicy:
     _trusted_v4: tuple[tuple[int, int], ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # `::ffff:10.0.0.0/104` is 10.0.0.0/8: peers are compared unmapped (`parse_address`), so a mapped
+        # entry (how a dual-stack socket shows an IPv4 load balancer) was accepted and never matched.
+        object.__setattr__(self, "trusted_proxies", tuple(map(_unmapped, self.trusted_proxies)))
         v4 = tuple(
             (int(net.network_address), int(net.netmask))
             for net in self.trusted_proxies
@@ -118,6 +121,18 @@ class ClientIpPolicy:
             if value & mask == network:
                 return True
         return False
+
+
+_MAPPED = IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network as the IPv4 network it stands for; any other network as it is."""
+    if isinstance(network, IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None  # inside ::ffff:0:0/96
+        return IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 def _ipv4(text: str | None) -> int | None:

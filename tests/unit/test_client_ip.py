@@ -221,3 +221,17 @@ def test_the_client_cache_never_holds_more_than_a_bounded_x_forwarded_for(
     # what stays remembered still answers as the functions do
     for peer, xff in [("10.0.0.1", ["203.0.113.9, 10.0.0.7"]), ("10.0.0.1", ["1.1.1.1", "2.2.2.2"])]:
         assert policy.client(peer, xff).bucket_key == bucket_key(client_address(peer, xff, policy), 64)
+
+
+@pytest.mark.parametrize("entry", ["::ffff:10.0.0.0/104", "::ffff:10.0.0.1/128", "::ffff:a00:0/104"])
+def test_an_ipv4_mapped_trusted_proxy_is_its_ipv4_network(entry: str) -> None:
+    # Peers are compared unmapped (::ffff:10.0.0.1 is 10.0.0.1), so a trusted proxy written as a dual-stack
+    # socket shows it was accepted and never matched: every shopper behind it was the proxy.
+    policy = ClientIpPolicy((ip_network(entry),))
+    for peer in ("10.0.0.1", "::ffff:10.0.0.1"):
+        assert client_address(peer, ["198.51.100.1"], policy) == ip("198.51.100.1")
+        assert policy.client(peer, ["198.51.100.1"]).bucket_key == "198.51.100.1"
+    assert client_address(
+        "10.0.1.1" if entry.endswith("/128") else "11.0.0.1", ["198.51.100.1"], policy
+    ) != ip("198.51.100.1")
+    assert ClientIpPolicy((ip_network("fd00::/8"),)).trusted_proxies == (ip_network("fd00::/8"),)
