@@ -18,6 +18,9 @@ IPNetwork = IPv4Network | IPv6Network
 
 
 CLIENT_CACHE_SIZE = 16384  # distinct (peer, X-Forwarded-For) pairs remembered per policy
+# The longest X-Forwarded-For the cache keeps as a key: a chain of eight IPv6 hops with ports. A longer one
+# is walked on each request instead: the key is the client's own bytes, up to 128 headers of 8 KB each.
+FORWARDED_KEY_CHARS = 512
 
 
 @dataclass(slots=True)
@@ -36,14 +39,17 @@ class Client:
 class ClientIpPolicy:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     ipv6_prefix: int = 64
-    # (peer, *X-Forwarded-For) -> Client's fields: exact tuples of strings, which the garbage collector
-    # stops tracking, so at a million shoppers the misses do not fill its oldest generation.
+    # (peer, X-Forwarded-For) or (peer,) -> Client's fields: exact tuples of strings, which the garbage
+    # collector stops tracking, so at a million shoppers the misses do not fill its oldest generation.
     _clients: dict[tuple[str | None, ...], tuple[str, str | None, str | None]] = field(
         default_factory=dict, compare=False, repr=False
     )
     _trusted_v4: tuple[tuple[int, int], ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # `::ffff:10.0.0.0/104` is 10.0.0.0/8: peers are compared unmapped (`parse_address`), so a mapped
+        # entry (how a dual-stack socket shows an IPv4 load balancer) was accepted and never matched.
+        object.__setattr__(self, "trusted_proxies", tuple(map(_unmapped, self.trusted_proxies)))
         v4 = tuple(
             (int(net.network_address), int(net.netmask))
             for net in self.trusted_proxies
@@ -56,25 +62,37 @@ class ClientIpPolicy:
 
     def client(self, peer: str | None, forwarded_for: Sequence[str]) -> Client:
         """`client_address` and its strings, remembered: shoppers repeat, and the strings cost more than
-        the lookup. Bounded: an address-rotation flood only empties it every CLIENT_CACHE_SIZE clients.
+        the lookup. Bounded: an address-rotation flood only empties it every CLIENT_CACHE_SIZE clients,
+        and a key holds at most FORWARDED_KEY_CHARS of what the client sent (several headers, which only
+        mean the peer, are not kept at all).
 
         What is remembered holds no object the garbage collector tracks (a Client is made on each call):
         a million distinct shoppers miss it on nearly every request, and three tracked objects per miss
         were promoted to its oldest generation, making full collections of the whole heap several times
         more frequent (`python -m bench --scenario g`, the clients row)."""
-        key = (peer, *forwarded_for)
+        if len(forwarded_for) != 1:  # none, or several: the peer is the client (`client_address`)
+            key: tuple[str | None, ...] = (peer,)
+        elif len(forwarded_for[0]) <= FORWARDED_KEY_CHARS:
+            key = (peer, forwarded_for[0])
+        else:  # not remembered: a key of the client's own bytes (16,384 of 1 MB each fill 16 GB)
+            return Client(*self._computed(peer, forwarded_for))
         found = self._clients.get(key)
         if found is None:
-            found = self._ipv4_client(peer, forwarded_for)
-            if found is None:
-                address = client_address(peer, forwarded_for, self)
-                text = None if address is None else str(address)
-                short = None if address is None else truncated(address)
-                found = (bucket_key(address, self.ipv6_prefix), text, short)
+            found = self._computed(peer, forwarded_for)
             if len(self._clients) >= CLIENT_CACHE_SIZE:
                 self._clients.clear()
             self._clients[key] = found
         return Client(*found)
+
+    def _computed(self, peer: str | None, forwarded_for: Sequence[str]) -> tuple[str, str | None, str | None]:
+        """`client`'s answer, not remembered: the IPv4 shortcut, else the general path."""
+        found = self._ipv4_client(peer, forwarded_for)
+        if found is not None:
+            return found
+        address = client_address(peer, forwarded_for, self)
+        text = None if address is None else str(address)
+        short = None if address is None else truncated(address)
+        return (bucket_key(address, self.ipv6_prefix), text, short)
 
     def _ipv4_client(self, peer: str | None, forwarded_for: Sequence[str]) -> tuple[str, str, str] | None:
         """The fields of `client`'s answer when the peer and every address it needs are IPv4 in canonical
@@ -103,6 +121,18 @@ class ClientIpPolicy:
             if value & mask == network:
                 return True
         return False
+
+
+_MAPPED = IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network as the IPv4 network it stands for; any other network as it is."""
+    if isinstance(network, IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None  # inside ::ffff:0:0/96
+        return IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 def _ipv4(text: str | None) -> int | None:

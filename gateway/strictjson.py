@@ -89,5 +89,11 @@ def loads(body: bytes) -> Any:
 
 
 def dumps(document: Any) -> bytes:
-    """Compact JSON, escaped to ASCII: a lone surrogate (`"\\ud800"`, valid JSON) has no UTF-8 encoding."""
-    return json.dumps(document, separators=(",", ":")).encode()
+    """Compact JSON, escaped to ASCII: a lone surrogate (`"\\ud800"`, valid JSON) has no UTF-8 encoding.
+
+    StrictJsonError for a document nested too deeply to write: the writer recurses deeper than `loads`, so
+    a body nested just short of the recursion limit is read, then would raise RecursionError here."""
+    try:
+        return json.dumps(document, separators=(",", ":")).encode()
+    except RecursionError:
+        raise StrictJsonError("The request body is nested too deeply.") from None

@@ -103,7 +103,7 @@ def twin_call(
         else:
             path = "/v1/promotions/validation"
         return UpstreamCall("POST", path, strictjson.dumps(legacy_validation_document(pairs)), JSON)
-    except BadQuery as exc:
+    except (BadQuery, strictjson.StrictJsonError) as exc:  # a body nested too deeply to write again
         raise Refused(errors.invalid_payload(str(exc))) from None
 
 

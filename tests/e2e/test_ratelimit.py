@@ -272,6 +272,21 @@ async def test_xff_from_a_trusted_proxy_separates_clients(
     assert await status("::ffff:198.51.100.2") == 429
 
 
+async def test_a_trusted_proxy_written_ipv4_mapped_is_believed(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    # as a dual-stack socket shows the load balancer 127.0.0.1; peers are compared unmapped
+    tree = limited(upstream.url, "2 per minute")
+    tree["client_ip"] = {"trusted_proxies": ["::ffff:127.0.0.0/104"]}
+    client = await gateway(tree)
+
+    async def status(xff: str) -> int:
+        return (await client.get("/client/v1/validate", headers={**H, "X-Forwarded-For": xff})).status
+
+    assert [await status("198.51.100.1") for _ in range(3)] == [200, 200, 429]
+    assert [await status("198.51.100.2") for _ in range(3)] == [200, 200, 429]
+
+
 async def test_per_operation_buckets(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = limited(upstream.url, "3 per minute", operations={"redeem": "1 per minute"})
     tree["projects"]["shop"]["danger_zone"] = {"redeem": True}

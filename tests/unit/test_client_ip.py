@@ -195,3 +195,43 @@ def test_the_ipv4_shortcut_answers_as_the_general_path(
     assert got.bucket_key == bucket_key(address, policy.ipv6_prefix)
     assert got.text == (None if address is None else str(address))
     assert got.truncated == (None if address is None else truncated(address))
+
+
+def test_the_client_cache_never_holds_more_than_a_bounded_x_forwarded_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The key was (peer, *every X-Forwarded-For header): up to 128 headers of 8 KB, chosen by the client,
+    # even from a peer whose header is never believed. 16,384 such requests held some 16 GB.
+    monkeypatch.setattr(client_ip, "CLIENT_CACHE_SIZE", 64)
+    policy = ClientIpPolicy((ip_network("10.0.0.0/8"),))
+    for i in range(30):
+        floods = [
+            ("198.51.100.4", [f"{i}-{j}-" + "x" * 8000 for j in range(20)]),  # untrusted, many headers
+            ("198.51.100.4", [f"{i}-" + "x" * 8000]),  # untrusted, one long header
+            ("10.0.0.1", [f"{i}-" + "x" * 8000 + ", 203.0.113.9"]),  # trusted, a long chain
+        ]
+        for peer, xff in floods:
+            got = policy.client(peer, xff)
+            assert got.bucket_key == bucket_key(client_address(peer, xff, policy), 64)
+            assert policy.client(peer, xff) == got
+    assert policy.client("10.0.0.1", ["x" * 8000 + ", 203.0.113.9"]).bucket_key == "203.0.113.9"
+    assert policy.client("198.51.100.4", ["x" * 8000] * 3).bucket_key == "198.51.100.4"
+    held = sum(len(part) for key in policy._clients for part in key if part is not None)
+    assert held <= len(policy._clients) * 1024  # a key is a few addresses, never a flood of bytes
+    # what stays remembered still answers as the functions do
+    for peer, xff in [("10.0.0.1", ["203.0.113.9, 10.0.0.7"]), ("10.0.0.1", ["1.1.1.1", "2.2.2.2"])]:
+        assert policy.client(peer, xff).bucket_key == bucket_key(client_address(peer, xff, policy), 64)
+
+
+@pytest.mark.parametrize("entry", ["::ffff:10.0.0.0/104", "::ffff:10.0.0.1/128", "::ffff:a00:0/104"])
+def test_an_ipv4_mapped_trusted_proxy_is_its_ipv4_network(entry: str) -> None:
+    # Peers are compared unmapped (::ffff:10.0.0.1 is 10.0.0.1), so a trusted proxy written as a dual-stack
+    # socket shows it was accepted and never matched: every shopper behind it was the proxy.
+    policy = ClientIpPolicy((ip_network(entry),))
+    for peer in ("10.0.0.1", "::ffff:10.0.0.1"):
+        assert client_address(peer, ["198.51.100.1"], policy) == ip("198.51.100.1")
+        assert policy.client(peer, ["198.51.100.1"]).bucket_key == "198.51.100.1"
+    assert client_address(
+        "10.0.1.1" if entry.endswith("/128") else "11.0.0.1", ["198.51.100.1"], policy
+    ) != ip("198.51.100.1")
+    assert ClientIpPolicy((ip_network("fd00::/8"),)).trusted_proxies == (ip_network("fd00::/8"),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -197,6 +198,24 @@ def test_publish_without_campaign_keeps_body() -> None:
 
 def test_publish_refuses_repeated_campaign() -> None:
     assert refused("publish", "POST", "/publish", "campaign=A&campaign=B").key is ErrorKey.INVALID_PAYLOAD
+
+
+def test_publish_of_a_body_nested_as_deep_as_the_parser_takes_is_a_400_not_a_crash() -> None:
+    # The writer recurses deeper than the reader: a body nested just short of the recursion limit was
+    # parsed, then strictjson.dumps raised RecursionError when the campaign was added (a 500, an error line).
+    answers = []
+    for depth in range(sys.getrecursionlimit(), 0, -1):
+        body = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
+        try:
+            answers.append(translate("publish", "POST", "/publish", "campaign=C", body))
+        except strictjson.StrictJsonError:
+            continue  # too deep for the parser itself: check_body's 400
+        if len(answers) == 20:
+            break
+    refusals = [answer for answer in answers if isinstance(answer, GatewayError)]
+    assert refusals, "the deepest bodies the parser takes must reach the writer's limit"
+    assert all(error.key is ErrorKey.INVALID_PAYLOAD for error in refusals)
+    assert isinstance(answers[-1], UpstreamCall)
 
 
 def test_validate_with_code_from_sdk_query() -> None:
