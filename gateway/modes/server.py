@@ -157,4 +157,9 @@ def narrowed_listing(headers: list[tuple[str, str]], body: bytes) -> tuple[list[
             if isinstance(voucher, dict)
         ]
     kept = [(name, value) for name, value in headers if name.lower() not in ("etag", "content-type")]
-    return [("Content-Type", JSON), *kept], strictjson.dumps(listing)
+    try:
+        return [("Content-Type", JSON), *kept], strictjson.dumps(listing)
+    except strictjson.StrictJsonError:  # nested deeper than the writer goes: read, but not written again
+        raise Refused(
+            errors.upstream_unavailable("Voucherify answered a voucher list nested too deeply.", sent=True)
+        ) from None

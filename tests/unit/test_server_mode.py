@@ -410,6 +410,22 @@ def test_list_vouchers_answer_that_is_no_list_is_not_passed_on(body: bytes) -> N
     assert view.key is ErrorKey.UPSTREAM_UNAVAILABLE
 
 
+def test_a_voucher_list_nested_as_deep_as_the_reader_takes_is_a_502_not_a_crash() -> None:
+    """Every answer from upstream may be wrong: a list whose voucher metadata is nested just short of the
+    reader's limit was read, then the writer (which recurses deeper) raised, a 500 and an error line."""
+    views = []
+    for depth in range(sys.getrecursionlimit(), 0, -1):
+        nested = b"[" * depth + b"]" * depth
+        body = b'{"vouchers": [{"code": "C", "metadata": ' + nested + b"}]}"
+        views.append(client_view("list_vouchers", 200, [], body))
+        if not isinstance(views[-1], GatewayError) and len(views) >= 20:
+            break
+    refusals = [view for view in views if isinstance(view, GatewayError)]
+    assert any("nested too deeply" in error.details for error in refusals), "the writer's limit was reached"
+    assert all(error.key is ErrorKey.UPSTREAM_UNAVAILABLE for error in refusals)
+    assert not isinstance(views[-1], GatewayError)  # and shallower lists pass
+
+
 @pytest.mark.parametrize(
     ("operation", "status"),
     [("list_vouchers", 400), ("list_vouchers", 404), ("validate", 200), ("redeem", 200)],
