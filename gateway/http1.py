@@ -14,7 +14,8 @@ What it does:
     upstream host (Envoy's per-cluster circuit breaker): one more while it is full fails at once with
     `PoolFull`, nothing sent, instead of waiting for a slot, so a hung upstream holds only its own slots.
   - bodies by Content-Length, chunked or until the connection closes; 1xx interim answers skipped; no body
-    for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent).
+    for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent). No TE
+    is sent, so a transfer coding other than one `chunked` is refused, never relayed still coded.
   - a bounded answer: more than `max_body` bytes (on the wire or decoded) is an error, not memory growth;
     a declared Content-Length over it is refused as the headers arrive, before any of the body is kept.
     The bodies of all answers in flight together are bounded too (`max_buffered`): the answer that would
@@ -322,6 +323,7 @@ class _Connection(asyncio.Protocol):
         self.headers_done = True
         length_known = status in (204, 304)
         codings: list[str] = []
+        transfer: list[str] = []  # every Transfer-Encoding line's codings, empty ones included
         for name, value in self.headers:
             lower = name.lower()
             if lower == "content-length":
@@ -330,12 +332,19 @@ class _Connection(asyncio.Protocol):
                     self.failure = ResponseTooLarge(self.host)
                     raise _Stop  # refused before a byte of the body is kept
             elif lower == "transfer-encoding":
-                length_known = length_known or value.rsplit(",", 1)[-1].strip().lower() == "chunked"
+                transfer += (token.strip(" \t") for token in value.lower().split(","))
             elif lower == "content-encoding":
                 # every line of it: two lines are one list (RFC 9110 5.3), so `gzip` twice is two codings,
                 # refused, never one decoded and the other's bytes relayed as if they were the answer
                 tokens = (token.strip(" \t") for token in value.lower().split(","))
                 codings += (token for token in tokens if token not in ("", "identity"))
+        if transfer:
+            # no TE is sent, so chunked, once, is the only transfer coding an answer may have (RFC 9110
+            # 10.1.4): any other would be relayed still coded, past everything that reads the body
+            if [token for token in transfer if token] != ["chunked"]:
+                self.failure = ProtocolError(self.host)
+                raise _Stop
+            length_known = True
         self.encoding = ", ".join(codings)
         self.close_delimited = not length_known
         if self.head_request:

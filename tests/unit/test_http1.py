@@ -473,6 +473,31 @@ async def test_a_smuggling_shaped_answer_fails(servers: Servers, client: Http1Cl
         await get(client, server)
 
 
+async def test_a_transfer_coding_other_than_chunked_is_refused(servers: Servers, client: Http1Client) -> None:
+    """The client sends no `TE`, so `chunked` is the one transfer coding an answer may use (RFC 9110 10.1.4).
+    `gzip, chunked` was de-chunked and its still gzipped bytes relayed as the answer (past the secret-echo
+    check and the failed-code count), and `gzip` alone was read to the close and relayed the same way."""
+    data = b'{"valid": true}'
+    coded = gzip.compress(data)
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(coded), coded)
+    te = "Transfer-Encoding"
+    server = await servers(
+        answering(
+            reply(chunked, headers=((te, "gzip, chunked"),), length=False),
+            reply(chunked, headers=((te, "gzip"), (te, "chunked")), length=False),
+            reply(coded, headers=((te, "gzip"), ("Connection", "close")), length=False),
+            reply(chunked, headers=((te, "chunked, chunked"),), length=False),
+            reply(chunked, headers=((te, "Chunked"),), length=False),
+            keep=False,
+        )
+    )
+    for _ in range(4):
+        with pytest.raises(ProtocolError):
+            await get(client, server)
+    assert (await get(client, server)).body == coded  # chunked alone is framing, any case: the body as sent
+    assert len(server.requests) == 5
+
+
 async def test_an_upgrade_answer_fails(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"))
     with pytest.raises(ProtocolError):
