@@ -16,8 +16,9 @@ What it does:
   - bodies by Content-Length, chunked or until the connection closes; 1xx interim answers skipped; no body
     for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent). No TE
     is sent, so a transfer coding other than one `chunked` is refused, never relayed still coded.
-  - a bounded answer: more than `max_body` bytes (on the wire or decoded) is an error, not memory growth;
-    a declared Content-Length over it is refused as the headers arrive, before any of the body is kept.
+  - a bounded answer: header fields over `MAX_HEAD` bytes, or more than `max_body` bytes of body (on the
+    wire or decoded) are an error, not memory growth; a declared Content-Length over `max_body` is
+    refused as the headers arrive, before any of the body is kept.
     The bodies of all answers in flight together are bounded too (`max_buffered`): the answer that would
     pass it fails the same way. A failed answer's buffers are released at once, not by the cyclic garbage
     collector (which the server makes rare): a connection drops its chunks, its waiter and its failure on
@@ -146,6 +147,7 @@ class _Connection(asyncio.Protocol):
         "encoding",
         "failure",
         "head_request",
+        "head_size",
         "headers",
         "headers_done",
         "host",
@@ -184,6 +186,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.failure: UpstreamError | None = None
         self.headers: list[tuple[str, str]] = []
+        self.head_size = 0  # bytes of the answer's header fields so far, against MAX_HEAD
         self.chunks: list[bytes] = []
         self.status = 0
         self.body_size = 0
@@ -311,9 +314,15 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
         self._release()
         self.headers = []
+        self.head_size = 0
         self.encoding = ""
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # each answer's head is bounded on its own: thousands of tiny fields cost far more than their bytes
+        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self.head_size > MAX_HEAD:
+            self.failure = ResponseTooLarge(self.host)
+            raise _Stop
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:

@@ -531,6 +531,23 @@ async def test_oversized_answers_fail(servers: Servers) -> None:
         await http.close()
 
 
+async def test_a_head_over_its_bound_is_refused_whatever_the_body_bound(servers: Servers) -> None:
+    """The headers of one answer are bounded by `MAX_HEAD`, not by `max_body` plus it: 16 MiB of `a: b`
+    lines were ~2.8 million (name, value) tuples, ~170 MB held by one answer, outside the shared budget."""
+    fields = tuple(("a", "b") for _ in range(http1.MAX_HEAD // 6 + 1))  # "a: b\r\n" on the wire
+    one_big = (("X-Big", "y" * (http1.MAX_HEAD - 1000)),)
+    server = await servers(answering(reply(headers=fields), reply(headers=one_big), reply()))
+    http = Http1Client(10)  # the default body bound: 16 MiB
+    try:
+        with pytest.raises(ResponseTooLarge):
+            await get(http, server)
+        assert (await get(http, server)).headers[0] == one_big[0]  # under the bound: read as before
+        assert (await get(http, server)).status == 200
+        assert server.connections == 2  # the refused answer's connection is never reused
+    finally:
+        await http.close()
+
+
 async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers: Servers) -> None:
     async def declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")  # and no body, ever
