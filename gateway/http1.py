@@ -35,7 +35,8 @@ What it does:
     client's own and are not taken from the caller.
 
 What it deliberately does not do: retries (a retried POST /redeem is a double redemption: a reset is an
-error, always), redirects, proxies, cookies, HTTP/2, Expect: 100-continue, streaming, pipelining, trailers.
+error, always), redirects, proxies, cookies, HTTP/2, Expect: 100-continue, streaming, pipelining, trailers
+(trailer fields are dropped, never added to the headers).
 
 Errors are `UpstreamError` subclasses carrying only the host: never a header value, a path or a body.
 """
@@ -318,6 +319,8 @@ class _Connection(asyncio.Protocol):
         self.encoding = ""
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:  # a trailer field (after a chunked body): never merged into the headers
+            return
         # each answer's head is bounded on its own: thousands of tiny fields cost far more than their bytes
         self.head_size += len(name) + len(value) + 4  # ": " and CRLF
         if self.head_size > MAX_HEAD:

@@ -257,6 +257,25 @@ async def test_a_transfer_coded_answer_echoing_the_secret_is_a_502(gateway: Gate
         assert CLIENT_TOKEN.encode() not in raw
 
 
+async def test_trailer_fields_never_reach_the_browser_as_headers(gateway: GatewayFactory) -> None:
+    """A chunked answer's trailer fields were appended to its headers, so the browser (and any cache in
+    front of the gateway) got a trailer's `Cache-Control` and a second `Content-Type`."""
+
+    async def with_trailers(conn: RawConnection) -> None:
+        while await conn.request() is not None:
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            trailers = b"Content-Type: text/html\r\nCache-Control: public, max-age=31536000\r\n"
+            await conn.write(head + b'f\r\n{"valid": true}\r\n0\r\n' + trailers + b"\r\n")
+
+    async with raw_upstream(with_trailers) as upstream:
+        client = await gateway(base_policy(upstream.url))
+        resp = await client.post("/client/v1/validations", data=b"{}", headers=JSON_H)
+        assert resp.status == 200
+        assert await resp.json() == {"valid": True}
+        assert resp.headers.getall("Content-Type") == ["application/json"]
+        assert "Cache-Control" not in resp.headers
+
+
 def assert_error(status: int, body: dict[str, Any], headers: Mapping[str, str], code: int, key: str) -> None:
     assert_gateway_error(status, body, headers, code, key)
     assert headers["Access-Control-Allow-Origin"] == ORIGIN

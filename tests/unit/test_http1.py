@@ -235,6 +235,26 @@ async def test_chunked_body(servers: Servers, client: Http1Client) -> None:
     assert server.connections == 1
 
 
+async def test_trailer_fields_are_not_headers(servers: Servers, client: Http1Client) -> None:
+    """Fields after a chunked body were appended to the header fields, after every decision made on them
+    (framing, encoding): a trailer `Content-Type` or `Cache-Control` became a header the browser got."""
+    chunked = b"5\r\nhello\r\n0\r\nContent-Type: text/html\r\nCache-Control: public, max-age=31536000\r\n\r\n"
+    server = await servers(
+        answering(
+            reply(
+                chunked,
+                headers=(("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")),
+                length=False,
+            )
+        )
+    )
+    for _ in range(2):
+        response = await get(client, server)
+        assert response.body == b"hello"
+        assert response.headers == [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
+    assert server.connections == 1
+
+
 async def test_close_delimited_body(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply(b"until the end", length=False), keep=False))
     response = await get(client, server)
