@@ -330,6 +330,9 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # llhttp reads any three digits; HTTP has these (RFC 9110 15)
+            self.failure = ProtocolError(self.host)
+            raise _Stop
         if status < 200:
             return  # 1xx: llhttp completes it without a body and goes on to the real answer
         self.headers_done = True

@@ -518,6 +518,25 @@ async def test_a_transfer_coding_other_than_chunked_is_refused(servers: Servers,
     assert len(server.requests) == 5
 
 
+async def test_a_status_outside_100_to_599_fails(servers: Servers, client: Http1Client) -> None:
+    """llhttp reads any three digits: a 999 was relayed to the browser as a status (and, being no status
+    below 500, kept by no Idempotency-Key), a 099 was taken for an interim answer and waited past."""
+    server = await servers(
+        answering(
+            reply(status="999 Odd"),
+            reply(status="600 Odd"),
+            reply(status="099 Odd") + reply(),
+            reply(status="000 Odd"),
+            reply(status="599 Odd"),
+            keep=False,
+        )
+    )
+    for _ in range(4):
+        with pytest.raises(ProtocolError):
+            await get(client, server)
+    assert (await get(client, server)).status == 599
+
+
 async def test_an_upgrade_answer_fails(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"))
     with pytest.raises(ProtocolError):
