@@ -625,6 +625,8 @@ class Http1Client:
             raise ConnectTimeout(host) from None
         except OSError as exc:  # refused, unreachable, DNS, TLS and certificate errors
             raise ConnectFailed(host) from exc
+        except UnicodeError as exc:  # a name DNS cannot hold (an empty label, one over 63 characters)
+            raise ConnectFailed(host) from exc
         return conn
 
     def _sweep_idle(self) -> None:

@@ -726,6 +726,14 @@ async def test_connect_refused_fails(client: Http1Client) -> None:
         await client.request(f"http://127.0.0.1:{free_port()}", "GET", "/v1/x", (), b"", T)
 
 
+async def test_a_host_name_dns_cannot_encode_fails_to_connect(client: Http1Client) -> None:
+    """`a..b` (an empty label) or a label over 63 characters passes the base-URL check, and the resolver's
+    IDNA step raised UnicodeError, not an OSError: out of the client, a 500 instead of a 502 sent=False."""
+    for host in ("a..b", "x" * 64 + ".example"):
+        with pytest.raises(ConnectFailed):
+            await client.request(f"http://{host}", "GET", "/v1/x", (), b"", T)
+
+
 async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(
     servers: Servers, client: Http1Client
 ) -> None:
