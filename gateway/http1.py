@@ -283,6 +283,11 @@ class _Connection(asyncio.Protocol):
                 self.reusable = False
             else:
                 self._fail(self.failure or ProtocolError(self.host))
+        else:
+            if not self.headers_done and self.received > MAX_HEAD:
+                # every byte so far is head (interim answers included): llhttp buffers a field until it is
+                # whole, so one endless value would be held until the read timeout, never reaching on_header
+                self._fail(ResponseTooLarge(self.host))
 
     def eof_received(self) -> bool:
         self.alive = False

@@ -587,6 +587,23 @@ async def test_a_head_over_its_bound_is_refused_whatever_the_body_bound(servers:
         await http.close()
 
 
+async def test_a_head_still_arriving_past_its_bound_is_refused_at_once(
+    servers: Servers, client: Http1Client
+) -> None:
+    """llhttp hands a field over only once it is whole, and buffers it until then: one endless value was
+    held (up to `max_body` plus the head bound) until the read timeout, never reaching `on_header`."""
+
+    async def endless_value(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: " + b"y" * (4 * http1.MAX_HEAD))  # and never its end
+        await writer.drain()
+        await asyncio.sleep(10)
+        return False
+
+    server = await servers(endless_value)
+    with pytest.raises(ResponseTooLarge):  # as the head passes its bound: not a timeout spent buffering it
+        await client.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 30))
+
+
 async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers: Servers) -> None:
     async def declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")  # and no body, ever
