@@ -16,9 +16,9 @@ What it does:
   - bodies by Content-Length, chunked or until the connection closes; 1xx interim answers skipped; no body
     for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent). No TE
     is sent, so a transfer coding other than one `chunked` is refused, never relayed still coded.
-  - a bounded answer: header fields over `MAX_HEAD` bytes, or more than `max_body` bytes of body (on the
-    wire or decoded) are an error, not memory growth; a declared Content-Length over `max_body` is
-    refused as the headers arrive, before any of the body is kept.
+  - a bounded answer: a head (or a trailer section) over `MAX_HEAD` bytes, or more than `max_body` bytes
+    of body (on the wire or decoded) are an error, not memory growth; a declared Content-Length over
+    `max_body` is refused as the headers arrive, before any of the body is kept.
     The bodies of all answers in flight together are bounded too (`max_buffered`): the answer that would
     pass it fails the same way. A failed answer's buffers are released at once, not by the cyclic garbage
     collector (which the server makes rare): a connection drops its chunks, its waiter and its failure on
@@ -142,6 +142,7 @@ class _Connection(asyncio.Protocol):
         "alive",
         "body_size",
         "budget",
+        "chunk_open",
         "chunks",
         "close_delimited",
         "complete",
@@ -161,6 +162,7 @@ class _Connection(asyncio.Protocol):
         "reusable",
         "status",
         "timer",
+        "trailer_size",
         "transport",
         "waiter",
     )
@@ -198,6 +200,8 @@ class _Connection(asyncio.Protocol):
         self.close_delimited = False
         self.complete = False
         self.reusable = False
+        self.chunk_open = False  # a chunk header was read and none of its data yet (the last one: trailers)
+        self.trailer_size = 0  # bytes received in the trailer section, against MAX_HEAD
 
     # --- the request side
 
@@ -208,8 +212,8 @@ class _Connection(asyncio.Protocol):
         assert transport is not None and self.alive
         self.waiter = waiter = self.loop.create_future()
         self.head_request = head_request
-        self.headers_done = self.complete = self.reusable = False
-        self.received = 0
+        self.headers_done = self.complete = self.reusable = self.chunk_open = False
+        self.received = self.trailer_size = 0
         self.failure = None
         self.timer = self.loop.call_later(read_timeout, self._timed_out)
         if body:
@@ -274,6 +278,7 @@ class _Connection(asyncio.Protocol):
         if self.received > self.max_body + MAX_HEAD:
             self._fail(ResponseTooLarge(self.host))
             return
+        chunk_open, body_size = self.chunk_open, self.body_size
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -288,6 +293,12 @@ class _Connection(asyncio.Protocol):
                 # every byte so far is head (interim answers included): llhttp buffers a field until it is
                 # whole, so one endless value would be held until the read timeout, never reaching on_header
                 self._fail(ResponseTooLarge(self.host))
+            elif chunk_open and self.chunk_open and self.body_size == body_size and not self.complete:
+                # a whole packet after a chunk header without a byte of its data: the last chunk's trailer
+                # section, which llhttp also buffers field by field
+                self.trailer_size += len(data)
+                if self.trailer_size > MAX_HEAD:
+                    self._fail(ResponseTooLarge(self.host))
 
     def eof_received(self) -> bool:
         self.alive = False
@@ -372,7 +383,11 @@ class _Connection(asyncio.Protocol):
             # and the connection, whose parser is now out of step, is not reused
             self.on_message_complete()
 
+    def on_chunk_header(self) -> None:
+        self.chunk_open = True
+
     def on_body(self, body: bytes) -> None:
+        self.chunk_open = False
         size = len(body)
         budget = self.budget
         self.body_size += size

@@ -604,6 +604,32 @@ async def test_a_head_still_arriving_past_its_bound_is_refused_at_once(
         await client.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 30))
 
 
+async def test_an_endless_trailer_is_refused_past_the_head_bound(servers: Servers) -> None:
+    """Trailer fields are not kept, but llhttp buffers each until it is whole, outside the shared budget:
+    an endless one was read (and held, in several copies) up to `max_body` bytes before it failed."""
+    written = 0
+
+    async def endless_trailer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
+        nonlocal written
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Endless: ")
+        piece = b"y" * 65536
+        while not writer.is_closing():  # until the client gives up on it
+            writer.write(piece)
+            await writer.drain()
+            written += len(piece)
+        return False
+
+    server = await servers(endless_trailer)
+    http = Http1Client(10, max_body=64 * 1024 * 1024)
+    try:
+        with pytest.raises(ResponseTooLarge):
+            await http.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 30))
+    finally:
+        await http.close()
+    # refused past MAX_HEAD bytes of trailer: what was written beyond is only what the kernel buffered
+    assert written < 32 * 1024 * 1024
+
+
 async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers: Servers) -> None:
     async def declared(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")  # and no body, ever
