@@ -14,9 +14,11 @@ What it does:
     upstream host (Envoy's per-cluster circuit breaker): one more while it is full fails at once with
     `PoolFull`, nothing sent, instead of waiting for a slot, so a hung upstream holds only its own slots.
   - bodies by Content-Length, chunked or until the connection closes; 1xx interim answers skipped; no body
-    for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent).
-  - a bounded answer: more than `max_body` bytes (on the wire or decoded) is an error, not memory growth;
-    a declared Content-Length over it is refused as the headers arrive, before any of the body is kept.
+    for HEAD, 204 and 304; gzip and deflate decoded (Accept-Encoding: gzip, deflate is always sent). No TE
+    is sent, so a transfer coding other than one `chunked` is refused, never relayed still coded.
+  - a bounded answer: a head (or a trailer section) over `MAX_HEAD` bytes, or more than `max_body` bytes
+    of body (on the wire or decoded) are an error, not memory growth; a declared Content-Length over
+    `max_body` is refused as the headers arrive, before any of the body is kept.
     The bodies of all answers in flight together are bounded too (`max_buffered`): the answer that would
     pass it fails the same way. A failed answer's buffers are released at once, not by the cyclic garbage
     collector (which the server makes rare): a connection drops its chunks, its waiter and its failure on
@@ -33,7 +35,8 @@ What it does:
     client's own and are not taken from the caller.
 
 What it deliberately does not do: retries (a retried POST /redeem is a double redemption: a reset is an
-error, always), redirects, proxies, cookies, HTTP/2, Expect: 100-continue, streaming, pipelining, trailers.
+error, always), redirects, proxies, cookies, HTTP/2, Expect: 100-continue, streaming, pipelining, trailers
+(trailer fields are dropped, never added to the headers).
 
 Errors are `UpstreamError` subclasses carrying only the host: never a header value, a path or a body.
 """
@@ -139,12 +142,14 @@ class _Connection(asyncio.Protocol):
         "alive",
         "body_size",
         "budget",
+        "chunk_open",
         "chunks",
         "close_delimited",
         "complete",
         "encoding",
         "failure",
         "head_request",
+        "head_size",
         "headers",
         "headers_done",
         "host",
@@ -157,6 +162,7 @@ class _Connection(asyncio.Protocol):
         "reusable",
         "status",
         "timer",
+        "trailer_size",
         "transport",
         "waiter",
     )
@@ -183,6 +189,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.failure: UpstreamError | None = None
         self.headers: list[tuple[str, str]] = []
+        self.head_size = 0  # bytes of the answer's header fields so far, against MAX_HEAD
         self.chunks: list[bytes] = []
         self.status = 0
         self.body_size = 0
@@ -193,6 +200,8 @@ class _Connection(asyncio.Protocol):
         self.close_delimited = False
         self.complete = False
         self.reusable = False
+        self.chunk_open = False  # a chunk header was read and none of its data yet (the last one: trailers)
+        self.trailer_size = 0  # bytes received in the trailer section, against MAX_HEAD
 
     # --- the request side
 
@@ -203,8 +212,8 @@ class _Connection(asyncio.Protocol):
         assert transport is not None and self.alive
         self.waiter = waiter = self.loop.create_future()
         self.head_request = head_request
-        self.headers_done = self.complete = self.reusable = False
-        self.received = 0
+        self.headers_done = self.complete = self.reusable = self.chunk_open = False
+        self.received = self.trailer_size = 0
         self.failure = None
         self.timer = self.loop.call_later(read_timeout, self._timed_out)
         if body:
@@ -269,6 +278,7 @@ class _Connection(asyncio.Protocol):
         if self.received > self.max_body + MAX_HEAD:
             self._fail(ResponseTooLarge(self.host))
             return
+        chunk_open, body_size = self.chunk_open, self.body_size
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -278,6 +288,17 @@ class _Connection(asyncio.Protocol):
                 self.reusable = False
             else:
                 self._fail(self.failure or ProtocolError(self.host))
+        else:
+            if not self.headers_done and self.received > MAX_HEAD:
+                # every byte so far is head (interim answers included): llhttp buffers a field until it is
+                # whole, so one endless value would be held until the read timeout, never reaching on_header
+                self._fail(ResponseTooLarge(self.host))
+            elif chunk_open and self.chunk_open and self.body_size == body_size and not self.complete:
+                # a whole packet after a chunk header without a byte of its data: the last chunk's trailer
+                # section, which llhttp also buffers field by field
+                self.trailer_size += len(data)
+                if self.trailer_size > MAX_HEAD:
+                    self._fail(ResponseTooLarge(self.host))
 
     def eof_received(self) -> bool:
         self.alive = False
@@ -310,18 +331,30 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
         self._release()
         self.headers = []
+        self.head_size = 0
         self.encoding = ""
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:  # a trailer field (after a chunked body): never merged into the headers
+            return
+        # each answer's head is bounded on its own: thousands of tiny fields cost far more than their bytes
+        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self.head_size > MAX_HEAD:
+            self.failure = ResponseTooLarge(self.host)
+            raise _Stop
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self.status = status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # llhttp reads any three digits; HTTP has these (RFC 9110 15)
+            self.failure = ProtocolError(self.host)
+            raise _Stop
         if status < 200:
             return  # 1xx: llhttp completes it without a body and goes on to the real answer
         self.headers_done = True
         length_known = status in (204, 304)
         codings: list[str] = []
+        transfer: list[str] = []  # every Transfer-Encoding line's codings, empty ones included
         for name, value in self.headers:
             lower = name.lower()
             if lower == "content-length":
@@ -330,12 +363,19 @@ class _Connection(asyncio.Protocol):
                     self.failure = ResponseTooLarge(self.host)
                     raise _Stop  # refused before a byte of the body is kept
             elif lower == "transfer-encoding":
-                length_known = length_known or value.rsplit(",", 1)[-1].strip().lower() == "chunked"
+                transfer += (token.strip(" \t") for token in value.lower().split(","))
             elif lower == "content-encoding":
                 # every line of it: two lines are one list (RFC 9110 5.3), so `gzip` twice is two codings,
                 # refused, never one decoded and the other's bytes relayed as if they were the answer
                 tokens = (token.strip(" \t") for token in value.lower().split(","))
                 codings += (token for token in tokens if token not in ("", "identity"))
+        if transfer:
+            # no TE is sent, so chunked, once, is the only transfer coding an answer may have (RFC 9110
+            # 10.1.4): any other would be relayed still coded, past everything that reads the body
+            if [token for token in transfer if token] != ["chunked"]:
+                self.failure = ProtocolError(self.host)
+                raise _Stop
+            length_known = True
         self.encoding = ", ".join(codings)
         self.close_delimited = not length_known
         if self.head_request:
@@ -343,7 +383,11 @@ class _Connection(asyncio.Protocol):
             # and the connection, whose parser is now out of step, is not reused
             self.on_message_complete()
 
+    def on_chunk_header(self) -> None:
+        self.chunk_open = True
+
     def on_body(self, body: bytes) -> None:
+        self.chunk_open = False
         size = len(body)
         budget = self.budget
         self.body_size += size
@@ -600,6 +644,8 @@ class Http1Client:
         except TimeoutError:
             raise ConnectTimeout(host) from None
         except OSError as exc:  # refused, unreachable, DNS, TLS and certificate errors
+            raise ConnectFailed(host) from exc
+        except UnicodeError as exc:  # a name DNS cannot hold (an empty label, one over 63 characters)
             raise ConnectFailed(host) from exc
         return conn
 

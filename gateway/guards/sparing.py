@@ -49,10 +49,12 @@ class Sparing:
         self.store_down: set[str] = set()  # storage URIs whose outage was logged by the quota
 
     def forget_changed(self, old: dict[str, ProjectRuntime], new: dict[str, ProjectRuntime]) -> None:
-        """On reload: a project whose settings changed (region, keys, mode, version) loses its answers."""
+        """On reload: a project whose settings changed (region, keys, mode, version) loses its answers, and
+        so does one whose `cache.ttl` changed (top level or its own): an answer is never kept longer than
+        the ttl in force, nor comes back when the cache is turned off and on again."""
         for name, before in old.items():
             after = new.get(name)
-            if after is None or after.config != before.config:
+            if after is None or after.config != before.config or after.cache_ttl != before.cache_ttl:
                 self.cache.forget(name)
 
     async def answer(

@@ -13,6 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from tests.conftest import GatewayClient, GatewayFactory, assert_gateway_error, base_policy
 from tests.support.constants import CLIENT_TOKEN, JSON_H, ORIGIN
+from tests.support.raw_upstream import RawConnection, answer, raw_upstream
 from tests.support.rawhttp import send
 from tests.support.upstream_double import Reply, UpstreamDouble
 
@@ -228,6 +229,24 @@ async def test_a_502_for_an_answer_echoing_the_secret_is_kept_voucherify_was_cal
     assert CLIENT_TOKEN.encode() not in first[2]
     assert_replayed_error(first, await post(client), 502, "upstream_unavailable")
     assert len(upstream.received) == 1  # never a second redemption
+
+
+async def test_a_status_that_is_not_http_is_a_502_kept_never_a_second_redemption(
+    gateway: GatewayFactory,
+) -> None:
+    """A 999 from upstream was relayed as the status, and as no status below 500 it kept nothing: the
+    retry with the same key redeemed again. It is not HTTP (RFC 9110 15: 100..599): a 502 after sending."""
+
+    async def odd_status(conn: RawConnection) -> None:
+        while await conn.request() is not None:
+            await conn.write(answer("999 Odd", b'{"id": "r-1", "result": "SUCCESS"}'))
+
+    async with raw_upstream(odd_status) as odd:
+        client = await gateway(policy(odd.url))
+        first = await post(client)
+        assert_gateway_error(first[0], json.loads(first[2]), first[1], 502, "upstream_unavailable")
+        assert_replayed_error(first, await post(client), 502, "upstream_unavailable")
+        assert len(odd.seen) == 1  # never a second redemption
 
 
 async def test_a_502_where_nothing_was_sent_keeps_nothing(gateway: GatewayFactory) -> None:

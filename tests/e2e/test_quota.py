@@ -555,6 +555,30 @@ async def test_a_reload_that_changes_a_project_drops_its_kept_answers(
     assert upstream.received[1].headers["X-Voucherify-API-Version"] == "v2018-08-01"
 
 
+async def test_a_reload_that_changes_the_cache_ttl_drops_the_kept_answers(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """A top-level `cache.ttl` is no setting of the project, so its answers outlived a change of it: kept
+    for the old ttl after it was lowered, and back again when the cache was turned off and on."""
+    tree = cached_policy(upstream, ttl=3600)
+    client = await gateway(tree)
+    state = client.app[STATE]
+    assert (await client.get(TIERS, headers=H)).status == 200
+    assert "Age" in (await client.get(TIERS, headers=H)).headers
+    tree["cache"]["ttl"] = 5  # lowered: what was kept for an hour is not kept for 5 seconds
+    state.set_policy(make_policy(tree))
+    resp = await client.get(TIERS, headers=H)
+    assert resp.status == 200 and "Age" not in resp.headers
+    tree["cache"]["ttl"] = 0  # off: every read goes to Voucherify
+    state.set_policy(make_policy(tree))
+    assert "Age" not in (await client.get(TIERS, headers=H)).headers
+    tree["cache"]["ttl"] = 3600  # on again: not the answer kept before it was turned off
+    state.set_policy(make_policy(tree))
+    resp = await client.get(TIERS, headers=H)
+    assert resp.status == 200 and "Age" not in resp.headers
+    assert len(upstream.received) == 4
+
+
 async def test_a_reload_that_changes_a_project_mid_call_neither_shares_nor_keeps_the_old_answer(
     gateway: GatewayFactory, upstream: UpstreamDouble
 ) -> None:

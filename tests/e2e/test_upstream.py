@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +12,8 @@ from multidict import CIMultiDict
 
 from gateway.headers import request_headers, response_headers
 from tests.conftest import ORIGIN, GatewayFactory, assert_gateway_error, base_policy, free_port
-from tests.support.constants import JSON_H, H
+from tests.support.constants import CLIENT_TOKEN, JSON_H, H
+from tests.support.raw_upstream import RawConnection, raw_upstream
 from tests.support.upstream_double import GarbageServer, Reply, UpstreamDouble
 
 CREDENTIALS = (("X-Client-Application-Id", "app"), ("X-Client-Token", "tok"))
@@ -232,6 +234,46 @@ async def test_compressed_answers_are_decoded(gateway: GatewayFactory, upstream:
     assert resp.status == 200
     assert "Content-Encoding" not in resp.headers
     assert await resp.json() == {"valid": True}
+
+
+async def test_a_transfer_coded_answer_echoing_the_secret_is_a_502(gateway: GatewayFactory) -> None:
+    """`Transfer-Encoding: gzip, chunked` was de-chunked and relayed still gzipped: an echo of the
+    gateway's `X-Client-Token` in it passed the secret-echo check (a page can gunzip it itself)."""
+
+    async def echo_gzipped(conn: RawConnection) -> None:
+        while (seen := await conn.request()) is not None:
+            body = gzip.compress(json.dumps({"headers": seen.head.decode()}).encode())
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n"
+            )
+            await conn.write(head + b"\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+
+    async with raw_upstream(echo_gzipped) as echo:
+        client = await gateway(base_policy(echo.url))
+        resp = await client.post("/client/v1/validations", data=b"{}", headers=JSON_H)
+        raw = await resp.read()
+        assert_error(resp.status, json.loads(raw), resp.headers, 502, "upstream_unavailable")
+        assert CLIENT_TOKEN.encode() in echo.seen[0].head  # it was sent, and echoed
+        assert CLIENT_TOKEN.encode() not in raw
+
+
+async def test_trailer_fields_never_reach_the_browser_as_headers(gateway: GatewayFactory) -> None:
+    """A chunked answer's trailer fields were appended to its headers, so the browser (and any cache in
+    front of the gateway) got a trailer's `Cache-Control` and a second `Content-Type`."""
+
+    async def with_trailers(conn: RawConnection) -> None:
+        while await conn.request() is not None:
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            trailers = b"Content-Type: text/html\r\nCache-Control: public, max-age=31536000\r\n"
+            await conn.write(head + b'f\r\n{"valid": true}\r\n0\r\n' + trailers + b"\r\n")
+
+    async with raw_upstream(with_trailers) as upstream:
+        client = await gateway(base_policy(upstream.url))
+        resp = await client.post("/client/v1/validations", data=b"{}", headers=JSON_H)
+        assert resp.status == 200
+        assert await resp.json() == {"valid": True}
+        assert resp.headers.getall("Content-Type") == ["application/json"]
+        assert "Cache-Control" not in resp.headers
 
 
 def assert_error(status: int, body: dict[str, Any], headers: Mapping[str, str], code: int, key: str) -> None:

@@ -235,6 +235,26 @@ async def test_chunked_body(servers: Servers, client: Http1Client) -> None:
     assert server.connections == 1
 
 
+async def test_trailer_fields_are_not_headers(servers: Servers, client: Http1Client) -> None:
+    """Fields after a chunked body were appended to the header fields, after every decision made on them
+    (framing, encoding): a trailer `Content-Type` or `Cache-Control` became a header the browser got."""
+    chunked = b"5\r\nhello\r\n0\r\nContent-Type: text/html\r\nCache-Control: public, max-age=31536000\r\n\r\n"
+    server = await servers(
+        answering(
+            reply(
+                chunked,
+                headers=(("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")),
+                length=False,
+            )
+        )
+    )
+    for _ in range(2):
+        response = await get(client, server)
+        assert response.body == b"hello"
+        assert response.headers == [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
+    assert server.connections == 1
+
+
 async def test_close_delimited_body(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(reply(b"until the end", length=False), keep=False))
     response = await get(client, server)
@@ -473,6 +493,50 @@ async def test_a_smuggling_shaped_answer_fails(servers: Servers, client: Http1Cl
         await get(client, server)
 
 
+async def test_a_transfer_coding_other_than_chunked_is_refused(servers: Servers, client: Http1Client) -> None:
+    """The client sends no `TE`, so `chunked` is the one transfer coding an answer may use (RFC 9110 10.1.4).
+    `gzip, chunked` was de-chunked and its still gzipped bytes relayed as the answer (past the secret-echo
+    check and the failed-code count), and `gzip` alone was read to the close and relayed the same way."""
+    data = b'{"valid": true}'
+    coded = gzip.compress(data)
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(coded), coded)
+    te = "Transfer-Encoding"
+    server = await servers(
+        answering(
+            reply(chunked, headers=((te, "gzip, chunked"),), length=False),
+            reply(chunked, headers=((te, "gzip"), (te, "chunked")), length=False),
+            reply(coded, headers=((te, "gzip"), ("Connection", "close")), length=False),
+            reply(chunked, headers=((te, "chunked, chunked"),), length=False),
+            reply(chunked, headers=((te, "Chunked"),), length=False),
+            keep=False,
+        )
+    )
+    for _ in range(4):
+        with pytest.raises(ProtocolError):
+            await get(client, server)
+    assert (await get(client, server)).body == coded  # chunked alone is framing, any case: the body as sent
+    assert len(server.requests) == 5
+
+
+async def test_a_status_outside_100_to_599_fails(servers: Servers, client: Http1Client) -> None:
+    """llhttp reads any three digits: a 999 was relayed to the browser as a status (and, being no status
+    below 500, kept by no Idempotency-Key), a 099 was taken for an interim answer and waited past."""
+    server = await servers(
+        answering(
+            reply(status="999 Odd"),
+            reply(status="600 Odd"),
+            reply(status="099 Odd") + reply(),
+            reply(status="000 Odd"),
+            reply(status="599 Odd"),
+            keep=False,
+        )
+    )
+    for _ in range(4):
+        with pytest.raises(ProtocolError):
+            await get(client, server)
+    assert (await get(client, server)).status == 599
+
+
 async def test_an_upgrade_answer_fails(servers: Servers, client: Http1Client) -> None:
     server = await servers(answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"))
     with pytest.raises(ProtocolError):
@@ -504,6 +568,66 @@ async def test_oversized_answers_fail(servers: Servers) -> None:
         assert server.connections == 3  # the bomb arrived whole: only its decoding was refused
     finally:
         await http.close()
+
+
+async def test_a_head_over_its_bound_is_refused_whatever_the_body_bound(servers: Servers) -> None:
+    """The headers of one answer are bounded by `MAX_HEAD`, not by `max_body` plus it: 16 MiB of `a: b`
+    lines were ~2.8 million (name, value) tuples, ~170 MB held by one answer, outside the shared budget."""
+    fields = tuple(("a", "b") for _ in range(http1.MAX_HEAD // 6 + 1))  # "a: b\r\n" on the wire
+    one_big = (("X-Big", "y" * (http1.MAX_HEAD - 1000)),)
+    server = await servers(answering(reply(headers=fields), reply(headers=one_big), reply()))
+    http = Http1Client(10)  # the default body bound: 16 MiB
+    try:
+        with pytest.raises(ResponseTooLarge):
+            await get(http, server)
+        assert (await get(http, server)).headers[0] == one_big[0]  # under the bound: read as before
+        assert (await get(http, server)).status == 200
+        assert server.connections == 2  # the refused answer's connection is never reused
+    finally:
+        await http.close()
+
+
+async def test_a_head_still_arriving_past_its_bound_is_refused_at_once(
+    servers: Servers, client: Http1Client
+) -> None:
+    """llhttp hands a field over only once it is whole, and buffers it until then: one endless value was
+    held (up to `max_body` plus the head bound) until the read timeout, never reaching `on_header`."""
+
+    async def endless_value(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: " + b"y" * (4 * http1.MAX_HEAD))  # and never its end
+        await writer.drain()
+        await asyncio.sleep(10)
+        return False
+
+    server = await servers(endless_value)
+    with pytest.raises(ResponseTooLarge):  # as the head passes its bound: not a timeout spent buffering it
+        await client.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 30))
+
+
+async def test_an_endless_trailer_is_refused_past_the_head_bound(servers: Servers) -> None:
+    """Trailer fields are not kept, but llhttp buffers each until it is whole, outside the shared budget:
+    an endless one was read (and held, in several copies) up to `max_body` bytes before it failed."""
+    written = 0
+
+    async def endless_trailer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> bool:
+        nonlocal written
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Endless: ")
+        piece = b"y" * 65536
+        while not writer.is_closing():  # until the client gives up on it
+            writer.write(piece)
+            await writer.drain()
+            written += len(piece)
+        return False
+
+    server = await servers(endless_trailer)
+    http = Http1Client(10, max_body=64 * 1024 * 1024)
+    try:
+        with pytest.raises(ResponseTooLarge):
+            await http.request(server.url, "GET", "/v1/x", (), b"", Timeouts(1, 30))
+    finally:
+        await http.close()
+    # refused past MAX_HEAD bytes of trailer: what was written beyond is only what the kernel buffered
+    assert written < 32 * 1024 * 1024
 
 
 async def test_a_declared_length_over_the_bound_is_refused_before_its_body(servers: Servers) -> None:
@@ -643,6 +767,14 @@ async def test_a_slow_answer_times_out_and_a_prompt_one_does_not(
 async def test_connect_refused_fails(client: Http1Client) -> None:
     with pytest.raises(ConnectFailed):
         await client.request(f"http://127.0.0.1:{free_port()}", "GET", "/v1/x", (), b"", T)
+
+
+async def test_a_host_name_dns_cannot_encode_fails_to_connect(client: Http1Client) -> None:
+    """`a..b` (an empty label) or a label over 63 characters passes the base-URL check, and the resolver's
+    IDNA step raised UnicodeError, not an OSError: out of the client, a 500 instead of a 502 sent=False."""
+    for host in ("a..b", "x" * 64 + ".example"):
+        with pytest.raises(ConnectFailed):
+            await client.request(f"http://{host}", "GET", "/v1/x", (), b"", T)
 
 
 async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(
