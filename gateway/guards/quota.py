@@ -79,11 +79,13 @@ def whole_seconds(seconds: float, *, at_most: int | None = None) -> int:
 
 
 def _delay_seconds(value: str) -> int | None:
-    """RFC 9110 delay-seconds (1*DIGIT, ASCII only); None for an HTTP-date or anything unreadable."""
+    """RFC 9110 delay-seconds (1*DIGIT, ASCII only); None for an HTTP-date or anything unreadable. A number
+    of more than 20 digits is read as RETRY_MAX, not converted (it is past any clamp: an int of thousands of
+    digits costs time, and Python refuses one of more than 4,300)."""
     value = value.strip(" \t")
-    if not value or len(value) > 20 or not value.isascii() or not value.isdigit():
+    if not value or not value.isascii() or not value.isdigit():
         return None
-    return int(value)
+    return int(value) if len(value) <= 20 else RETRY_MAX
 
 
 def retry_after_of_429(headers: Iterable[tuple[str, str]]) -> int:
