@@ -24,7 +24,8 @@ _WIDGET_FIELDS = (
 
 async def widget(request: web.Request) -> Answer:
     tags = request.headers.get("If-None-Match", "")
-    if WIDGET_ETAG in (tag.strip() for tag in tags.split(",")) or tags.strip() == "*":
+    # the weak comparison (RFC 9110 13.1.2): W/"x" is "x", as a compressing proxy rewrites the ETag
+    if WIDGET_ETAG in (tag.strip().removeprefix("W/") for tag in tags.split(",")) or tags.strip() == "*":
         return Answer(304, _WIDGET_FIELDS)
     return Answer(200, _WIDGET_FIELDS, WIDGET_JS, "application/javascript; charset=utf-8")
 
