@@ -19,6 +19,7 @@ _WIDGET_FIELDS = (
     ("ETag", WIDGET_ETAG),
     ("Cache-Control", "public, max-age=300"),
     ("Access-Control-Allow-Origin", "*"),
+    ("Cross-Origin-Resource-Policy", "cross-origin"),  # a page with COEP require-corp may embed it
 )
 
 

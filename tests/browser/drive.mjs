@@ -49,6 +49,10 @@ try {
       return { placeholder: root.querySelector("input").placeholder, images: root.querySelectorAll("img").length };
     });
     if (screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true });
+  } else if (scenario === "loaded") {
+    // Once the page has loaded, its blocking script tags have run or failed: is the widget defined?
+    result.defined = await page.evaluate(() => customElements.get("voucherify-promo") !== undefined);
+    result.isolated = await page.evaluate(() => window.crossOriginIsolated);
   } else if (scenario === "sdk") {
     await page.waitForFunction(() => window.VoucherifySDK !== undefined, null, { timeout: 10000 });
     result.calls = await page.evaluate(async () => {

@@ -70,8 +70,12 @@ def page_server(gateway_url: str) -> web.Application:
 <script src="/lib/axios.min.js"></script><script src="/lib/qs.js"></script><script src="/lib/voucherify.js"></script>"""
 
     async def html(request: web.Request) -> web.Response:
-        body = widget_page if request.path == "/widget.html" else sdk_page
-        return web.Response(text=body, content_type="text/html")
+        body = sdk_page if request.path == "/sdk.html" else widget_page
+        response = web.Response(text=body, content_type="text/html")
+        if request.path == "/isolated.html":  # cross-origin isolated: no-cors resources need CORP
+            response.headers["Cross-Origin-Embedder-Policy"] = "require-corp"
+            response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        return response
 
     async def lib(request: web.Request) -> web.FileResponse:
         return web.FileResponse(LIBS[request.match_info["name"]])
@@ -79,6 +83,7 @@ def page_server(gateway_url: str) -> web.Application:
     app = web.Application()
     app.router.add_get("/widget.html", html)
     app.router.add_get("/sdk.html", html)
+    app.router.add_get("/isolated.html", html)
     app.router.add_get("/lib/{name}", lib)
     return app
 
@@ -208,6 +213,17 @@ async def test_widget_says_when_the_failed_code_budget_is_spent(stack: Stack) ->
         )
     validations = [r for r in stack.records if r.path == "/client/v1/validations"]
     assert [json.loads(r.body)["redeemables"][0]["id"] for r in validations] == ["NOPE1", "NOPE2"]
+
+
+async def test_widget_loads_on_a_cross_origin_isolated_page(stack: Stack) -> None:
+    """A checkout with COEP require-corp takes the README's plain script tag (no crossorigin attribute) only
+    with Cross-Origin-Resource-Policy: cross-origin on /widget.js; without it the script is blocked."""
+    page = f"{stack.allowed_page}/isolated.html"
+    loaded = await drive("loaded", page)
+    assert loaded["isolated"] is True  # the page's COEP is in force
+    assert loaded["defined"] is True, loaded["console"]
+    [attempt] = (await drive("widget", page, codes=("SAVE10",)))["attempts"]
+    assert attempt["event"]["detail"]["valid"] is True
 
 
 async def test_widget_from_a_disallowed_origin_gets_nothing(stack: Stack) -> None:

@@ -16,6 +16,8 @@ async def test_widget_served_with_etag_and_revalidated(
     assert first.headers["Content-Type"].startswith("application/javascript")
     assert first.headers["ETag"] == WIDGET_ETAG
     assert "max-age" in first.headers["Cache-Control"]
+    assert first.headers["X-Content-Type-Options"] == "nosniff"
+    assert first.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
     assert await first.read() == WIDGET_JS
     again = await client.get("/widget.js", headers={"If-None-Match": first.headers["ETag"]})
     assert again.status == 304
