@@ -112,8 +112,12 @@
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify(body),
         });
-        const payload = await response.json().catch(() => ({}));
-        if (!response.ok) {
+        const parsed = await response.json().catch(() => null);
+        // Only a JSON object is an answer, and a validation says valid: true or false. Anything else (a
+        // shop's HTML page that a wrong gateway URL answered with 200, a JSON null) is an error: never
+        // "Code not valid" for a code nobody checked.
+        const payload = parsed !== null && typeof parsed === "object" && !Array.isArray(parsed) ? parsed : {};
+        if (!response.ok || typeof payload.valid !== "boolean") {
           const retryAfter = seconds(response.headers.get("Retry-After"));
           let message;
           if (payload.key === "too_many_failed_codes") {

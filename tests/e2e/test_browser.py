@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def page_server(gateway_url: str) -> web.Application:
     """A checkout on its own origin: the widget page, and a page loading the SDK's UMD build."""
     widget_page = f"""<!doctype html><meta charset=utf-8><title>shop</title>
 <script src="{gateway_url}/widget.js"></script>
-<voucherify-promo gateway="{gateway_url}" amount="12000" currency="EUR"
+<voucherify-promo gateway="{{gateway}}" amount="12000" currency="EUR"
   placeholder="Code&quot;&gt;&lt;img src=x&gt;"></voucherify-promo>
 <p>Total: <span id="total">120.00</span></p>
 <script>document.addEventListener("voucherify:validated", (e) => {{
@@ -70,12 +71,19 @@ def page_server(gateway_url: str) -> web.Application:
 <script src="/lib/axios.min.js"></script><script src="/lib/qs.js"></script><script src="/lib/voucherify.js"></script>"""
 
     async def html(request: web.Request) -> web.Response:
-        body = sdk_page if request.path == "/sdk.html" else widget_page
+        gateway = html_escape(request.query.get("gateway", gateway_url))  # ?gateway= another base URL
+        body = sdk_page if request.path == "/sdk.html" else widget_page.replace("{gateway}", gateway)
         response = web.Response(text=body, content_type="text/html")
         if request.path == "/isolated.html":  # cross-origin isolated: no-cors resources need CORP
             response.headers["Cross-Origin-Embedder-Policy"] = "require-corp"
             response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
         return response
+
+    async def not_an_answer(request: web.Request) -> web.Response:
+        """What a misrouted gateway URL may answer: a shop's HTML fallback with 200, or a JSON null."""
+        if request.match_info["kind"] == "html":
+            return web.Response(text="<!doctype html><title>shop</title>", content_type="text/html")
+        return web.Response(status=503, text="null", content_type="application/json")
 
     async def lib(request: web.Request) -> web.FileResponse:
         return web.FileResponse(LIBS[request.match_info["name"]])
@@ -85,6 +93,7 @@ def page_server(gateway_url: str) -> web.Application:
     app.router.add_get("/sdk.html", html)
     app.router.add_get("/isolated.html", html)
     app.router.add_get("/lib/{name}", lib)
+    app.router.add_post("/not-an-answer/{kind}/client/v1/validations", not_an_answer)
     return app
 
 
@@ -213,6 +222,23 @@ async def test_widget_says_when_the_failed_code_budget_is_spent(stack: Stack) ->
         )
     validations = [r for r in stack.records if r.path == "/client/v1/validations"]
     assert [json.loads(r.body)["redeemables"][0]["id"] for r in validations] == ["NOPE1", "NOPE2"]
+
+
+async def test_widget_takes_only_a_json_object_with_valid_as_a_validation(stack: Stack) -> None:
+    """A gateway URL that answers a shop's HTML page with 200 (an SPA fallback) is an error, not "Code not
+    valid" for a code never checked; a JSON null is an error with the answer's status, not "unreachable"."""
+    for kind, status in (("html", 200), ("null", 503)):
+        page = f"{stack.allowed_page}/widget.html?gateway=/not-an-answer/{kind}"
+        [attempt] = (await drive("widget", page, codes=("SAVE10",)))["attempts"]
+        assert attempt["event"]["type"] == "voucherify:error", (kind, attempt)
+        assert attempt["event"]["detail"] == {
+            "status": status,
+            "key": None,
+            "message": "Could not check the code.",
+            "retryAfter": None,
+        }
+        assert attempt["output"] == "Could not check the code."
+    assert stack.records == []
 
 
 async def test_widget_loads_on_a_cross_origin_isolated_page(stack: Stack) -> None:
