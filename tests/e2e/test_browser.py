@@ -252,6 +252,21 @@ async def test_widget_loads_on_a_cross_origin_isolated_page(stack: Stack) -> Non
     assert attempt["event"]["detail"]["valid"] is True
 
 
+async def test_widget_sends_the_same_validation_once_while_its_answer_is_shown(stack: Stack) -> None:
+    """The second click of a double click often comes after the answer (a local gateway answers in a few
+    ms) and the button is enabled again: the same code for the same order is answered from the answer on
+    display, not sent again to spend the shopper's rate limit and failed-code budget (2 per hour here)."""
+    codes = ("NOPE1", "NOPE1", "NOPE2", "SAVE10")
+    first, again, other, known = (await drive("widget", f"{stack.allowed_page}/widget.html", codes=codes))[
+        "attempts"
+    ]
+    assert again == first and first["event"]["detail"]["valid"] is False
+    assert other["output"] == "NOPE2: Cannot find voucher with id NOPE2"  # the budget had room for it
+    assert known["event"]["type"] == "voucherify:error"  # now it is spent: two unknown codes were sent
+    validations = [r for r in stack.records if r.path == "/client/v1/validations"]
+    assert [json.loads(r.body)["redeemables"][0]["id"] for r in validations] == ["NOPE1", "NOPE2"]
+
+
 async def test_widget_from_a_disallowed_origin_gets_nothing(stack: Stack) -> None:
     args = ["node", str(HERE / "drive.mjs"), "widget", f"{stack.other_page}/widget.html"]
     process = await asyncio.create_subprocess_exec(*args, cwd=HERE, stdout=asyncio.subprocess.PIPE)
