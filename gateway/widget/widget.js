@@ -61,21 +61,30 @@
     return { valid, discount, total: order.total_amount ?? null, reason };
   }
 
+  function element(name, attributes) {
+    const node = document.createElement(name);
+    for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+    return node;
+  }
+
   class VoucherifyPromo extends HTMLElement {
     connectedCallback() {
       if (this.shadowRoot) return;
       const root = this.attachShadow({ mode: "open" });
-      root.innerHTML = `<style>${STYLE}</style>
-        <form part="form" novalidate>
-          <input part="input" name="code" autocomplete="off" spellcheck="false" aria-label="Promo code" required>
-          <button part="button" type="submit">Apply</button>
-          <output part="message" aria-live="polite"></output>
-        </form>`;
-      this.input = root.querySelector("input");
+      // Built element by element, no HTML parsed: a page that requires Trusted Types takes it too.
+      const style = document.createElement("style");
+      style.textContent = STYLE;
+      const form = element("form", { part: "form", novalidate: "" });
+      this.input = element("input", {
+        part: "input", name: "code", autocomplete: "off", spellcheck: "false", "aria-label": "Promo code", required: "",
+      });
       this.input.placeholder = this.getAttribute("placeholder") || "Promo code"; // a property: never parsed as HTML
-      this.button = root.querySelector("button");
-      this.output = root.querySelector("output");
-      root.querySelector("form").addEventListener("submit", (event) => {
+      this.button = element("button", { part: "button", type: "submit" });
+      this.button.textContent = "Apply";
+      this.output = element("output", { part: "message", "aria-live": "polite" });
+      form.append(this.input, this.button, this.output);
+      root.append(style, form);
+      form.addEventListener("submit", (event) => {
         event.preventDefault();
         this.validate(this.input.value);
       });

@@ -53,6 +53,10 @@ try {
     // Once the page has loaded, its blocking script tags have run or failed: is the widget defined?
     result.defined = await page.evaluate(() => customElements.get("voucherify-promo") !== undefined);
     result.isolated = await page.evaluate(() => window.crossOriginIsolated);
+    result.inputs = await page.evaluate(() => {
+      const root = document.querySelector("voucherify-promo")?.shadowRoot;
+      return root ? root.querySelectorAll("input").length : null;
+    });
   } else if (scenario === "sdk") {
     await page.waitForFunction(() => window.VoucherifySDK !== undefined, null, { timeout: 10000 });
     result.calls = await page.evaluate(async () => {

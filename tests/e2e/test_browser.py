@@ -74,6 +74,11 @@ def page_server(gateway_url: str) -> web.Application:
         gateway = html_escape(request.query.get("gateway", gateway_url))  # ?gateway= another base URL
         body = sdk_page if request.path == "/sdk.html" else widget_page.replace("{gateway}", gateway)
         response = web.Response(text=body, content_type="text/html")
+        if request.path == "/strict.html":  # a strict checkout: no inline script or style, Trusted Types
+            response.headers["Content-Security-Policy"] = (
+                f"default-src 'none'; script-src {gateway_url}; connect-src {gateway_url}; "
+                "style-src 'self'; require-trusted-types-for 'script'"
+            )
         if request.path == "/isolated.html":  # cross-origin isolated: no-cors resources need CORP
             response.headers["Cross-Origin-Embedder-Policy"] = "require-corp"
             response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
@@ -92,6 +97,7 @@ def page_server(gateway_url: str) -> web.Application:
     app.router.add_get("/widget.html", html)
     app.router.add_get("/sdk.html", html)
     app.router.add_get("/isolated.html", html)
+    app.router.add_get("/strict.html", html)
     app.router.add_get("/lib/{name}", lib)
     app.router.add_post("/not-an-answer/{kind}/client/v1/validations", not_an_answer)
     return app
@@ -239,6 +245,20 @@ async def test_widget_takes_only_a_json_object_with_valid_as_a_validation(stack:
         }
         assert attempt["output"] == "Could not check the code."
     assert stack.records == []
+
+
+async def test_widget_works_under_a_strict_content_security_policy(stack: Stack) -> None:
+    """The README's tag on a checkout whose CSP allows the gateway's script and requires Trusted Types:
+    a shadow root filled by innerHTML threw there, and the element stayed an empty box for good."""
+    page = f"{stack.allowed_page}/strict.html"
+    loaded = await drive("loaded", page)
+    assert (loaded["defined"], loaded["inputs"]) == (True, 1), loaded["console"]
+    result = await drive("widget", page, codes=("SAVE10",))
+    [attempt] = result["attempts"]
+    assert attempt["event"]["detail"]["valid"] is True
+    assert attempt["output"] == "SAVE10: €10.00 off"
+    assert result["shadow"] == {"placeholder": 'Code"><img src=x>', "images": 0}
+    assert not [line for line in result["console"] if "TrustedHTML" in line], result["console"]
 
 
 async def test_widget_loads_on_a_cross_origin_isolated_page(stack: Stack) -> None:
