@@ -48,6 +48,11 @@ try {
       const root = document.querySelector("voucherify-promo").shadowRoot;
       return { placeholder: root.querySelector("input").placeholder, images: root.querySelectorAll("img").length };
     });
+    // The widget's own style applied (under a CSP that refuses inline styles too): the button's colour.
+    result.button = await page.evaluate(() => {
+      const button = document.querySelector("voucherify-promo").shadowRoot.querySelector("button");
+      return getComputedStyle(button).backgroundColor;
+    });
     if (screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true });
   } else if (scenario === "loaded") {
     // Once the page has loaded, its blocking script tags have run or failed: is the widget defined?
