@@ -166,7 +166,7 @@
         this.emit("voucherify:validated", this.last.detail);
       } catch (error) {
         this.show("error", "The promotion service is unreachable.");
-        this.emit("voucherify:error", { status: 0, key: null, message: String(error) });
+        this.emit("voucherify:error", { status: 0, key: null, message: String(error), retryAfter: null });
       } finally {
         this.button.disabled = false;
       }

@@ -298,6 +298,8 @@ async def test_widget_from_a_disallowed_origin_gets_nothing(stack: Stack) -> Non
     [first, *_] = result["attempts"]
     assert first["event"]["type"] == "voucherify:error"
     assert first["event"]["detail"]["status"] == 0  # CORS refused: the page cannot even read the 403
+    assert first["event"]["detail"]["retryAfter"] is None  # every voucherify:error detail has it
+    assert first["output"] == "The promotion service is unreachable."
     assert stack.records == []
 
 
