@@ -19,12 +19,14 @@ _WIDGET_FIELDS = (
     ("ETag", WIDGET_ETAG),
     ("Cache-Control", "public, max-age=300"),
     ("Access-Control-Allow-Origin", "*"),
+    ("Cross-Origin-Resource-Policy", "cross-origin"),  # a page with COEP require-corp may embed it
 )
 
 
 async def widget(request: web.Request) -> Answer:
     tags = request.headers.get("If-None-Match", "")
-    if WIDGET_ETAG in (tag.strip() for tag in tags.split(",")) or tags.strip() == "*":
+    # the weak comparison (RFC 9110 13.1.2): W/"x" is "x", as a compressing proxy rewrites the ETag
+    if WIDGET_ETAG in (tag.strip().removeprefix("W/") for tag in tags.split(",")) or tags.strip() == "*":
         return Answer(304, _WIDGET_FIELDS)
     return Answer(200, _WIDGET_FIELDS, WIDGET_JS, "application/javascript; charset=utf-8")
 

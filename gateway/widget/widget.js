@@ -27,6 +27,18 @@
     output[data-state="valid"] { color: #0a7a32; }
     output[data-state="invalid"], output[data-state="error"] { color: #b3261e; }`;
 
+  // One constructed style sheet for every widget: not an inline style, so a CSP without 'unsafe-inline' in
+  // style-src applies it. null where style sheets cannot be constructed (Safari before 16.4): a <style> then.
+  const SHEET = (() => {
+    try {
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync(STYLE);
+      return sheet;
+    } catch (_) {
+      return null;
+    }
+  })();
+
   function money(cents, currency) {
     const value = (Number(cents) || 0) / 100;
     try {
@@ -61,21 +73,30 @@
     return { valid, discount, total: order.total_amount ?? null, reason };
   }
 
+  function element(name, attributes) {
+    const node = document.createElement(name);
+    for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+    return node;
+  }
+
   class VoucherifyPromo extends HTMLElement {
     connectedCallback() {
       if (this.shadowRoot) return;
       const root = this.attachShadow({ mode: "open" });
-      root.innerHTML = `<style>${STYLE}</style>
-        <form part="form" novalidate>
-          <input part="input" name="code" autocomplete="off" spellcheck="false" aria-label="Promo code" required>
-          <button part="button" type="submit">Apply</button>
-          <output part="message" aria-live="polite"></output>
-        </form>`;
-      this.input = root.querySelector("input");
+      if (SHEET && "adoptedStyleSheets" in root) root.adoptedStyleSheets = [SHEET];
+      else root.append(Object.assign(document.createElement("style"), { textContent: STYLE }));
+      // Built element by element, no HTML parsed: a page that requires Trusted Types takes it too.
+      const form = element("form", { part: "form", novalidate: "" });
+      this.input = element("input", {
+        part: "input", name: "code", autocomplete: "off", spellcheck: "false", "aria-label": "Promo code", required: "",
+      });
       this.input.placeholder = this.getAttribute("placeholder") || "Promo code"; // a property: never parsed as HTML
-      this.button = root.querySelector("button");
-      this.output = root.querySelector("output");
-      root.querySelector("form").addEventListener("submit", (event) => {
+      this.button = element("button", { part: "button", type: "submit" });
+      this.button.textContent = "Apply";
+      this.output = element("output", { part: "message", "aria-live": "polite" });
+      form.append(this.input, this.button, this.output);
+      root.append(form);
+      form.addEventListener("submit", (event) => {
         event.preventDefault();
         this.validate(this.input.value);
       });
@@ -88,6 +109,7 @@
     }
 
     show(state, text) {
+      this.last = null; // what is on display is no longer that validation
       this.output.dataset.state = state;
       this.output.textContent = text;
     }
@@ -103,6 +125,11 @@
       const body = { redeemables: [{ object: "voucher", id: code }], order: { amount } };
       const customer = this.getAttribute("customer");
       if (customer) body.customer = { source_id: customer };
+      // The same request while its validation is on display (the second click of a double click, after a
+      // quick answer) is answered from it: each one sent counts against the shopper's rate limit and, for
+      // a code that does not exist, the failed-code budget.
+      const request = JSON.stringify([this.endpoint, body]);
+      if (this.last && this.last.request === request) return this.emit("voucherify:validated", this.last.detail);
       this.button.disabled = true;
       this.show("pending", "Checking…");
       try {
@@ -112,8 +139,12 @@
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify(body),
         });
-        const payload = await response.json().catch(() => ({}));
-        if (!response.ok) {
+        const parsed = await response.json().catch(() => null);
+        // Only a JSON object is an answer, and a validation says valid: true or false. Anything else (a
+        // shop's HTML page that a wrong gateway URL answered with 200, a JSON null) is an error: never
+        // "Code not valid" for a code nobody checked.
+        const payload = parsed !== null && typeof parsed === "object" && !Array.isArray(parsed) ? parsed : {};
+        if (!response.ok || typeof payload.valid !== "boolean") {
           const retryAfter = seconds(response.headers.get("Retry-After"));
           let message;
           if (payload.key === "too_many_failed_codes") {
@@ -131,10 +162,11 @@
         const currency = this.getAttribute("currency");
         if (result.valid) this.show("valid", `${code}: ${money(result.discount, currency)} off`);
         else this.show("invalid", `${code}: ${result.reason}`);
-        this.emit("voucherify:validated", { code, ...result, response: payload });
+        this.last = { request, detail: { code, ...result, response: payload } };
+        this.emit("voucherify:validated", this.last.detail);
       } catch (error) {
         this.show("error", "The promotion service is unreachable.");
-        this.emit("voucherify:error", { status: 0, key: null, message: String(error) });
+        this.emit("voucherify:error", { status: 0, key: null, message: String(error), retryAfter: null });
       } finally {
         this.button.disabled = false;
       }

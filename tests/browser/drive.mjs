@@ -48,7 +48,20 @@ try {
       const root = document.querySelector("voucherify-promo").shadowRoot;
       return { placeholder: root.querySelector("input").placeholder, images: root.querySelectorAll("img").length };
     });
+    // The widget's own style applied (under a CSP that refuses inline styles too): the button's colour.
+    result.button = await page.evaluate(() => {
+      const button = document.querySelector("voucherify-promo").shadowRoot.querySelector("button");
+      return getComputedStyle(button).backgroundColor;
+    });
     if (screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true });
+  } else if (scenario === "loaded") {
+    // Once the page has loaded, its blocking script tags have run or failed: is the widget defined?
+    result.defined = await page.evaluate(() => customElements.get("voucherify-promo") !== undefined);
+    result.isolated = await page.evaluate(() => window.crossOriginIsolated);
+    result.inputs = await page.evaluate(() => {
+      const root = document.querySelector("voucherify-promo")?.shadowRoot;
+      return root ? root.querySelectorAll("input").length : null;
+    });
   } else if (scenario === "sdk") {
     await page.waitForFunction(() => window.VoucherifySDK !== undefined, null, { timeout: 10000 });
     result.calls = await page.evaluate(async () => {

@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def page_server(gateway_url: str) -> web.Application:
     """A checkout on its own origin: the widget page, and a page loading the SDK's UMD build."""
     widget_page = f"""<!doctype html><meta charset=utf-8><title>shop</title>
 <script src="{gateway_url}/widget.js"></script>
-<voucherify-promo gateway="{gateway_url}" amount="12000" currency="EUR"
+<voucherify-promo gateway="{{gateway}}" amount="12000" currency="EUR"
   placeholder="Code&quot;&gt;&lt;img src=x&gt;"></voucherify-promo>
 <p>Total: <span id="total">120.00</span></p>
 <script>document.addEventListener("voucherify:validated", (e) => {{
@@ -70,8 +71,24 @@ def page_server(gateway_url: str) -> web.Application:
 <script src="/lib/axios.min.js"></script><script src="/lib/qs.js"></script><script src="/lib/voucherify.js"></script>"""
 
     async def html(request: web.Request) -> web.Response:
-        body = widget_page if request.path == "/widget.html" else sdk_page
-        return web.Response(text=body, content_type="text/html")
+        gateway = html_escape(request.query.get("gateway", gateway_url))  # ?gateway= another base URL
+        body = sdk_page if request.path == "/sdk.html" else widget_page.replace("{gateway}", gateway)
+        response = web.Response(text=body, content_type="text/html")
+        if request.path == "/strict.html":  # a strict checkout: no inline script or style, Trusted Types
+            response.headers["Content-Security-Policy"] = (
+                f"default-src 'none'; script-src {gateway_url}; connect-src {gateway_url}; "
+                "style-src 'self'; require-trusted-types-for 'script'"
+            )
+        if request.path == "/isolated.html":  # cross-origin isolated: no-cors resources need CORP
+            response.headers["Cross-Origin-Embedder-Policy"] = "require-corp"
+            response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        return response
+
+    async def not_an_answer(request: web.Request) -> web.Response:
+        """What a misrouted gateway URL may answer: a shop's HTML fallback with 200, or a JSON null."""
+        if request.match_info["kind"] == "html":
+            return web.Response(text="<!doctype html><title>shop</title>", content_type="text/html")
+        return web.Response(status=503, text="null", content_type="application/json")
 
     async def lib(request: web.Request) -> web.FileResponse:
         return web.FileResponse(LIBS[request.match_info["name"]])
@@ -79,7 +96,10 @@ def page_server(gateway_url: str) -> web.Application:
     app = web.Application()
     app.router.add_get("/widget.html", html)
     app.router.add_get("/sdk.html", html)
+    app.router.add_get("/isolated.html", html)
+    app.router.add_get("/strict.html", html)
     app.router.add_get("/lib/{name}", lib)
+    app.router.add_post("/not-an-answer/{kind}/client/v1/validations", not_an_answer)
     return app
 
 
@@ -210,6 +230,66 @@ async def test_widget_says_when_the_failed_code_budget_is_spent(stack: Stack) ->
     assert [json.loads(r.body)["redeemables"][0]["id"] for r in validations] == ["NOPE1", "NOPE2"]
 
 
+async def test_widget_takes_only_a_json_object_with_valid_as_a_validation(stack: Stack) -> None:
+    """A gateway URL that answers a shop's HTML page with 200 (an SPA fallback) is an error, not "Code not
+    valid" for a code never checked; a JSON null is an error with the answer's status, not "unreachable"."""
+    for kind, status in (("html", 200), ("null", 503)):
+        page = f"{stack.allowed_page}/widget.html?gateway=/not-an-answer/{kind}"
+        [attempt] = (await drive("widget", page, codes=("SAVE10",)))["attempts"]
+        assert attempt["event"]["type"] == "voucherify:error", (kind, attempt)
+        assert attempt["event"]["detail"] == {
+            "status": status,
+            "key": None,
+            "message": "Could not check the code.",
+            "retryAfter": None,
+        }
+        assert attempt["output"] == "Could not check the code."
+    assert stack.records == []
+
+
+async def test_widget_works_under_a_strict_content_security_policy(stack: Stack) -> None:
+    """The README's tag on a checkout whose CSP allows the gateway's script and requires Trusted Types:
+    a shadow root filled by innerHTML threw there, and the element stayed an empty box for good. Its
+    style is a constructed style sheet, which style-src governs not; a <style> element was refused."""
+    page = f"{stack.allowed_page}/strict.html"
+    loaded = await drive("loaded", page)
+    assert (loaded["defined"], loaded["inputs"]) == (True, 1), loaded["console"]
+    result = await drive("widget", page, codes=("SAVE10",))
+    [attempt] = result["attempts"]
+    assert attempt["event"]["detail"]["valid"] is True
+    assert attempt["output"] == "SAVE10: €10.00 off"
+    assert result["shadow"] == {"placeholder": 'Code"><img src=x>', "images": 0}
+    assert result["button"] == "rgb(27, 92, 255)"  # its style too: style-src 'self' allows no <style>
+    refused = [line for line in result["console"] if "TrustedHTML" in line or "style" in line]
+    assert not refused, result["console"]
+
+
+async def test_widget_loads_on_a_cross_origin_isolated_page(stack: Stack) -> None:
+    """A checkout with COEP require-corp takes the README's plain script tag (no crossorigin attribute) only
+    with Cross-Origin-Resource-Policy: cross-origin on /widget.js; without it the script is blocked."""
+    page = f"{stack.allowed_page}/isolated.html"
+    loaded = await drive("loaded", page)
+    assert loaded["isolated"] is True  # the page's COEP is in force
+    assert loaded["defined"] is True, loaded["console"]
+    [attempt] = (await drive("widget", page, codes=("SAVE10",)))["attempts"]
+    assert attempt["event"]["detail"]["valid"] is True
+
+
+async def test_widget_sends_the_same_validation_once_while_its_answer_is_shown(stack: Stack) -> None:
+    """The second click of a double click often comes after the answer (a local gateway answers in a few
+    ms) and the button is enabled again: the same code for the same order is answered from the answer on
+    display, not sent again to spend the shopper's rate limit and failed-code budget (2 per hour here)."""
+    codes = ("NOPE1", "NOPE1", "NOPE2", "SAVE10")
+    first, again, other, known = (await drive("widget", f"{stack.allowed_page}/widget.html", codes=codes))[
+        "attempts"
+    ]
+    assert again == first and first["event"]["detail"]["valid"] is False
+    assert other["output"] == "NOPE2: Cannot find voucher with id NOPE2"  # the budget had room for it
+    assert known["event"]["type"] == "voucherify:error"  # now it is spent: two unknown codes were sent
+    validations = [r for r in stack.records if r.path == "/client/v1/validations"]
+    assert [json.loads(r.body)["redeemables"][0]["id"] for r in validations] == ["NOPE1", "NOPE2"]
+
+
 async def test_widget_from_a_disallowed_origin_gets_nothing(stack: Stack) -> None:
     args = ["node", str(HERE / "drive.mjs"), "widget", f"{stack.other_page}/widget.html"]
     process = await asyncio.create_subprocess_exec(*args, cwd=HERE, stdout=asyncio.subprocess.PIPE)
@@ -218,6 +298,8 @@ async def test_widget_from_a_disallowed_origin_gets_nothing(stack: Stack) -> Non
     [first, *_] = result["attempts"]
     assert first["event"]["type"] == "voucherify:error"
     assert first["event"]["detail"]["status"] == 0  # CORS refused: the page cannot even read the 403
+    assert first["event"]["detail"]["retryAfter"] is None  # every voucherify:error detail has it
+    assert first["output"] == "The promotion service is unreachable."
     assert stack.records == []
 
 

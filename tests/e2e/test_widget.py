@@ -16,6 +16,8 @@ async def test_widget_served_with_etag_and_revalidated(
     assert first.headers["Content-Type"].startswith("application/javascript")
     assert first.headers["ETag"] == WIDGET_ETAG
     assert "max-age" in first.headers["Cache-Control"]
+    assert first.headers["X-Content-Type-Options"] == "nosniff"
+    assert first.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
     assert await first.read() == WIDGET_JS
     again = await client.get("/widget.js", headers={"If-None-Match": first.headers["ETag"]})
     assert again.status == 304
@@ -37,3 +39,16 @@ async def test_demo_page_is_not_on_a_normal_gateway(gateway: GatewayFactory) -> 
     resp = await client.get("/", headers={"Origin": "https://shop.example.com"})
     assert resp.status == 404
     assert (await resp.json())["key"] == "not_found"
+
+
+async def test_widget_revalidation_compares_entity_tags_weakly(gateway: GatewayFactory) -> None:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): a proxy that compresses the script turns
+    its ETag into W/"…", and browsers behind it send that back. Each such revalidation was a full 200."""
+    client = await gateway()
+    weak = "W/" + WIDGET_ETAG
+    for tags in (weak, f'"other", {weak}', f' {WIDGET_ETAG} , "other"'):
+        again = await client.get("/widget.js", headers={"If-None-Match": tags})
+        assert again.status == 304, tags
+        assert again.headers["ETag"] == WIDGET_ETAG
+    stale = await client.get("/widget.js", headers={"If-None-Match": 'W/"something-else"'})
+    assert stale.status == 200
