@@ -251,11 +251,14 @@ async def test_spoofed_xff_from_an_untrusted_peer_shares_the_peers_budget(
     assert all("X-Forwarded-For" not in seen.headers for seen in upstream.received)
 
 
+# the load balancer 127.0.0.1, also written IPv4-mapped (as a dual-stack socket shows it): peers are
+# compared unmapped, so a mapped entry was accepted by `check` and never matched
+@pytest.mark.parametrize("proxies", ["127.0.0.0/8", "::ffff:127.0.0.0/104"])
 async def test_xff_from_a_trusted_proxy_separates_clients(
-    gateway: GatewayFactory, upstream: UpstreamDouble
+    gateway: GatewayFactory, upstream: UpstreamDouble, proxies: str
 ) -> None:
     tree = limited(upstream.url, "2 per minute")
-    tree["client_ip"] = {"trusted_proxies": ["127.0.0.0/8"]}
+    tree["client_ip"] = {"trusted_proxies": [proxies]}
     client = await gateway(tree)
 
     async def status(xff: str) -> int:
@@ -270,21 +273,6 @@ async def test_xff_from_a_trusted_proxy_separates_clients(
     assert await status("2001:db8:1:3::1") == 200
     # an IPv4-mapped address is its IPv4 client
     assert await status("::ffff:198.51.100.2") == 429
-
-
-async def test_a_trusted_proxy_written_ipv4_mapped_is_believed(
-    gateway: GatewayFactory, upstream: UpstreamDouble
-) -> None:
-    # as a dual-stack socket shows the load balancer 127.0.0.1; peers are compared unmapped
-    tree = limited(upstream.url, "2 per minute")
-    tree["client_ip"] = {"trusted_proxies": ["::ffff:127.0.0.0/104"]}
-    client = await gateway(tree)
-
-    async def status(xff: str) -> int:
-        return (await client.get("/client/v1/validate", headers={**H, "X-Forwarded-For": xff})).status
-
-    assert [await status("198.51.100.1") for _ in range(3)] == [200, 200, 429]
-    assert [await status("198.51.100.2") for _ in range(3)] == [200, 200, 429]
 
 
 async def test_per_operation_buckets(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
