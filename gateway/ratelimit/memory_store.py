@@ -517,8 +517,8 @@ class MemoryStore:
     Claims (a value `claim` stored: an Idempotency-Key's in-flight marker) are kept apart from the records
     (what `replace` stored: a kept answer) and never dropped for room either: they are the closest to
     expiry, so a flood of kept answers dropped them first, and a second request with the key then reached
-    Voucherify while the first was in flight. They are as many as the keyed requests in flight, at most
-    `max_record_keys`; past that `claim` raises StoreUnavailable (the gateway answers 503: a promise to
+    Voucherify while the first was in flight. They are as many as the keyed requests in flight, bounded
+    as the records are; past a bound `claim` raises StoreUnavailable (the gateway answers 503: a promise to
     redeem once that cannot be kept is refused, not broken).
     """
 
@@ -543,7 +543,7 @@ class MemoryStore:
         self.ledgers = _BoundedMap("ledger", max_ledger_keys, 2**62)
         self.shared_ledgers = _BoundedMap("shared ledger", 2**62, 2**62)  # projects' quotas
         self.records = _BoundedMap("record", max_record_keys, max_record_bytes)
-        self.claims = _BoundedMap("claim", max_record_keys, 2**62)  # never dropped for room (above)
+        self.claims = _BoundedMap("claim", max_record_keys, max_record_bytes)  # never dropped for room
         self._serials = itertools.count(1)  # one per ledger made: its tokens' prefix
 
     def bound(self, timeout: float) -> MemoryStore:
