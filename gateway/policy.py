@@ -40,6 +40,8 @@ REGIONS = {
     "as1": "https://as1.api.voucherify.io",
 }
 STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+# Ten years: a bound so that a typo cannot overflow a store's expiry arithmetic.
+MAX_SECONDS = 10 * 365 * 86400
 
 
 class PolicyError(Exception):
@@ -50,13 +52,22 @@ class PolicyError(Exception):
         self.problems = problems
 
 
+def _windows(value: str, items: tuple[RateItem, ...]) -> None:
+    """A window of 0 seconds counts nothing (no limit at all, or a 500 with sliding-window-counter); one
+    past MAX_SECONDS overflows Redis's expiry (every request a store error)."""
+    for item in items:
+        if not 1 <= item.expiry <= MAX_SECONDS:
+            raise ValueError(f"{value!r} has a window of {item.expiry} seconds; windows are 1 s to 10 years")
+
+
 def _rate_limit_string(value: str) -> str:
     try:
-        RateItem.parse_many(value)
+        items = RateItem.parse_many(value)
     except ValueError as exc:
         raise ValueError(
             f"{value!r} is not a rate limit such as '5 per 5 seconds' or '100/minute;10/second'"
         ) from exc
+    _windows(value, items)
     return value
 
 
@@ -75,6 +86,7 @@ def _single_limit(value: str) -> str:
         )
     if items[0].amount < 1:
         raise ValueError(f"{value!r} allows nothing; write null to turn this key off")
+    _windows(value, items)
     return value
 
 
@@ -202,8 +214,7 @@ class ProjectRateLimit(_Model):
         return base.model_copy(update=update)
 
 
-# Ten years: a bound so that a typo cannot overflow a store's expiry arithmetic.
-MAX_IDEMPOTENCY_TTL = 10 * 365 * 86400
+MAX_IDEMPOTENCY_TTL = MAX_SECONDS
 
 
 class Idempotency(_Model):

@@ -352,3 +352,29 @@ def test_check_refuses_bad_quota_keys(rate_limit: str, path: str) -> None:
     assert len(found) == 1 and found[0].startswith(f"{path}:"), found
     in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
     assert len(in_project) == 1 and in_project[0].startswith(f"projects.shop.{path}:"), in_project
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "path"),
+    [
+        ("{per_ip: 5 per 0 seconds}", "rate_limit.per_ip"),  # memory and Redis: no limit at all
+        ("{per_ip: 100/minute;5 per 0 seconds}", "rate_limit.per_ip"),
+        ("{per_ip: 5 per 99999999999999999999 seconds}", "rate_limit.per_ip"),  # Redis: every call fails
+        ("{per_ip: 5 per 11 years}", "rate_limit.per_ip"),
+        ("{operations: {redeem: 3 per 0 minutes}}", "rate_limit.operations.redeem"),
+        ("{failed_codes: 10 per 0 hours}", "rate_limit.failed_codes"),
+        ("{upstream_quota: 10 per 0 seconds}", "rate_limit.upstream_quota"),
+    ],
+)
+def test_check_refuses_a_window_of_zero_or_beyond_ten_years(rate_limit: str, path: str) -> None:
+    """`check` called these valid; a window of 0 s counted nothing (with sliding-window-counter every
+    request was a 500), and one of 1e20 s overflowed Redis's expiry (every request a store error)."""
+    found = problems(MINIMAL + f"rate_limit: {rate_limit}\n")
+    assert len(found) == 1 and found[0].startswith(f"{path}:") and "window" in found[0], found
+    in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
+    assert len(in_project) == 1 and in_project[0].startswith(f"projects.shop.{path}:"), in_project
+
+
+def test_windows_of_one_second_to_ten_years_are_valid() -> None:
+    policy = parse_policy(MINIMAL + "rate_limit: {per_ip: 1/second;5 per 10 years}\n", env={})
+    assert policy.rate_limit.per_ip == "1/second;5 per 10 years"
