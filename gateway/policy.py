@@ -40,7 +40,8 @@ REGIONS = {
     "as1": "https://as1.api.voucherify.io",
 }
 STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
-# Ten years: a bound so that a typo cannot overflow a store's expiry arithmetic.
+# Ten years, for every duration and window: a bound so that a typo (or `.inf`) cannot overflow a store's
+# expiry arithmetic (an Idempotency-Key's marker lives for the upstream and body timeouts together).
 MAX_SECONDS = 10 * 365 * 86400
 
 
@@ -113,17 +114,23 @@ class Listen(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(262144, ge=1)
-    drain_timeout: float = Field(30, ge=0)
-    body_timeout: float = Field(10, gt=0)  # an addition: seconds a client gets to send its whole body
+    drain_timeout: float = Field(30, ge=0, le=MAX_SECONDS)
+    body_timeout: float = Field(
+        10, gt=0, le=MAX_SECONDS
+    )  # an addition: seconds a client gets to send its whole body
     # additions (gateway/listen.py), defaults as nginx's: client_header_timeout, keepalive_timeout
-    header_timeout: float = Field(60, gt=0)  # seconds from a request's first byte to the end of its head
-    keepalive_timeout: float = Field(75, gt=0)  # seconds an idle keep-alive connection is kept
+    header_timeout: float = Field(
+        60, gt=0, le=MAX_SECONDS
+    )  # seconds from a request's first byte to the end of its head
+    keepalive_timeout: float = Field(
+        75, gt=0, le=MAX_SECONDS
+    )  # seconds an idle keep-alive connection is kept
     max_connections: int = Field(1024, ge=1)  # open connections per process; the idlest give way first
 
 
 class Upstream(_Model):
-    connect_timeout: float = Field(2, gt=0)
-    read_timeout: float = Field(10, gt=0)
+    connect_timeout: float = Field(2, gt=0, le=MAX_SECONDS)
+    read_timeout: float = Field(10, gt=0, le=MAX_SECONDS)
     # an addition: requests in flight to one upstream host (scheme, host, port); more answer 502 at once
     max_in_flight_per_host: int = Field(1000, ge=1)
 
@@ -183,7 +190,7 @@ class RateLimit(_Model):
     per_ip: RateLimitString = "5 per 5 seconds"
     operations: OperationLimits = Field(default_factory=dict)
     on_storage_error: OnStorageError = "allow"
-    storage_timeout: float = Field(0.5, gt=0)
+    storage_timeout: float = Field(0.5, gt=0, le=MAX_SECONDS)
     failed_codes: SingleLimitString | None = None  # unknown codes one client may try per window; None: off
     upstream_quota: SingleLimitString | None = None  # calls one project may make to Voucherify; None: off
     redeem_reserve: ReserveShare = 0  # share of upstream_quota only redemptions may use
@@ -201,7 +208,7 @@ class ProjectRateLimit(_Model):
     per_ip: RateLimitString | None = None
     operations: OperationLimits | None = None
     on_storage_error: OnStorageError | None = None
-    storage_timeout: float | None = Field(None, gt=0)
+    storage_timeout: float | None = Field(None, gt=0, le=MAX_SECONDS)
     failed_codes: SingleLimitString | None = None  # an explicit null turns it off for this project
     upstream_quota: SingleLimitString | None = None  # an explicit null turns it off for this project
     redeem_reserve: ReserveShare | None = None
@@ -237,11 +244,11 @@ class ProjectIdempotency(_Model):
 class Cache(_Model):
     """Cached reads (`gateway/guards/cache.py`): seconds 200 answers of the list operations are reused."""
 
-    ttl: float = Field(0, ge=0)
+    ttl: float = Field(0, ge=0, le=MAX_SECONDS)
 
 
 class ProjectCache(_Model):
-    ttl: float | None = Field(None, ge=0)  # left out (None): inherited
+    ttl: float | None = Field(None, ge=0, le=MAX_SECONDS)  # left out (None): inherited
 
     def over(self, base: Cache) -> Cache:
         return base.model_copy(update=self.model_dump(exclude_none=True))

@@ -378,3 +378,32 @@ def test_check_refuses_a_window_of_zero_or_beyond_ten_years(rate_limit: str, pat
 def test_windows_of_one_second_to_ten_years_are_valid() -> None:
     policy = parse_policy(MINIMAL + "rate_limit: {per_ip: 1/second;5 per 10 years}\n", env={})
     assert policy.rate_limit.per_ip == "1/second;5 per 10 years"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "listen.drain_timeout",
+        "listen.body_timeout",
+        "listen.header_timeout",
+        "listen.keepalive_timeout",
+        "upstream.connect_timeout",
+        "upstream.read_timeout",
+        "rate_limit.storage_timeout",
+        "cache.ttl",
+    ],
+)
+@pytest.mark.parametrize("value", [".inf", "1e300", "315360001"])
+def test_check_refuses_a_duration_beyond_ten_years(key: str, value: str) -> None:
+    """`check` called `.inf` and 1e300 valid durations. An Idempotency-Key's in-flight marker lives for the
+    upstream and body timeouts together: on Redis, `.inf` made every keyed request a 500 (OverflowError)
+    and 1e300 every keyed request a 503 (Redis refused the expiry)."""
+    section, name = key.split(".")
+    found = problems(MINIMAL + f"{section}: {{{name}: {value}}}\n")
+    assert len(found) == 1 and found[0].startswith(f"{key}: Input should be less than or equal to"), found
+
+
+@pytest.mark.parametrize(("section", "name"), [("rate_limit", "storage_timeout"), ("cache", "ttl")])
+def test_a_project_cannot_set_a_duration_beyond_ten_years(section: str, name: str) -> None:
+    found = problems(MINIMAL + f"    {section}: {{{name}: .inf}}\n")
+    assert len(found) == 1 and found[0].startswith(f"projects.shop.{section}.{name}:"), found
