@@ -223,6 +223,13 @@ def test_duplicate_keys_and_non_mappings_are_refused() -> None:
     assert problems("projects: [\n")
 
 
+@pytest.mark.parametrize("key", ["[a, b]", "{a: 1}"])
+def test_a_key_that_is_a_list_or_a_mapping_is_a_problem_not_a_crash(key: str) -> None:
+    """`? [a, b]: 1` made the duplicate-key check raise TypeError: check and serve died with a traceback."""
+    found = problems(MINIMAL + f"? {key}\n: 1\n")
+    assert len(found) == 1 and "not valid YAML" in found[0] and "unhashable key" in found[0], found
+
+
 def test_project_rate_limit_overrides_inherit_the_rest() -> None:
     text = MINIMAL + textwrap.dedent(
         """\
