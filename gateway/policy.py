@@ -101,8 +101,22 @@ def _not_a_bool(value: object) -> object:
 
 
 ReserveShare = Annotated[float, Field(ge=0, le=1), BeforeValidator(_not_a_bool)]
+
+
+def _text(value: object) -> object:
+    """Only a string reaches a validator whose message quotes its input (an enum's, an IP network's): a
+    nested list there was rendered whole, a YAML alias bomb included."""
+    if not isinstance(value, str):
+        raise ValueError("Input should be a valid string")
+    return value
+
+
 # The enum, with the JSON Schema the Literal it replaced had (an inline enum of strings, no $defs entry)
-StrategyName = Annotated[Strategy, WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"})]
+StrategyName = Annotated[
+    Strategy,
+    BeforeValidator(_text),
+    WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"}),
+]
 OnStorageError = Literal["allow", "deny"]
 
 
@@ -161,7 +175,7 @@ class Tracing(_Model):
 
 
 class ClientIp(_Model):
-    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    trusted_proxies: tuple[Annotated[IPvAnyNetwork, BeforeValidator(_text)], ...] = ()
     ipv6_prefix: int = Field(64, ge=1, le=128)
 
 
@@ -386,11 +400,37 @@ _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def interpolate(tree: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
-    """Replace `${NAME}` / `${NAME:-default}` in every string value; a missing NAME is a problem."""
-    if isinstance(tree, dict):
-        return {key: interpolate(value, env, problems, _join(path, key)) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [interpolate(value, env, problems, _join(path, index)) for index, value in enumerate(tree)]
+    """Replace `${NAME}` / `${NAME:-default}` in every string value; a missing NAME is a problem.
+
+    A mapping or list the YAML shares through an alias (`*name`) is walked once and its result shared
+    again, as the loader shares it. Copied at each alias, nine levels of ten aliases (a "billion laughs" of
+    600 bytes) took ten minutes and gigabytes, ten times more per level, in `check`, at start-up and in a
+    reload's thread (holding the reload lock). One that contains itself (`a: &a [*a]`) is a problem, not
+    a RecursionError."""
+    done: dict[int, Any] = {}  # id of a container of `tree` (alive throughout) -> its result
+    open_: set[int] = set()  # the containers being walked: one met again inside itself is a cycle
+
+    def walk(node: Any, where: str) -> Any:
+        if not isinstance(node, dict | list):
+            return _substitute(node, env, problems, where)
+        if id(node) in done:
+            return done[id(node)]
+        if id(node) in open_:
+            problems.append(f"{where or '<root>'}: a YAML alias refers to a node that contains it")
+            return None
+        open_.add(id(node))
+        if isinstance(node, dict):
+            result: Any = {key: walk(value, _join(where, key)) for key, value in node.items()}
+        else:
+            result = [walk(value, _join(where, index)) for index, value in enumerate(node)]
+        open_.discard(id(node))
+        done[id(node)] = result
+        return result
+
+    return walk(tree, path)
+
+
+def _substitute(tree: Any, env: Mapping[str, str], problems: list[str], path: str) -> Any:
     if isinstance(tree, str) and "${" in tree:
 
         def replace(found: re.Match[str]) -> str:

@@ -6,9 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.compiled import compile_policy
-from gateway.policy import PolicyError, load_policy, parse_policy
+from gateway.policy import PolicyError, interpolate, load_policy, parse_policy
 
 MINIMAL = """
 projects:
@@ -228,6 +229,68 @@ def test_a_key_that_is_a_list_or_a_mapping_is_a_problem_not_a_crash(key: str) ->
     """`? [a, b]: 1` made the duplicate-key check raise TypeError: check and serve died with a traceback."""
     found = problems(MINIMAL + f"? {key}\n: 1\n")
     assert len(found) == 1 and "not valid YAML" in found[0] and "unhashable key" in found[0], found
+
+
+class CountingEnv(dict[str, str]):
+    """An environment that fails a test once more than `bound` references were looked up in it."""
+
+    def __init__(self, bound: int, **values: str) -> None:
+        super().__init__(values)
+        self.bound, self.lookups = bound, 0
+
+    def __contains__(self, key: object) -> bool:
+        self.lookups += 1
+        assert self.lookups <= self.bound, "a node shared through YAML aliases was walked at every alias"
+        return super().__contains__(key)
+
+
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs": `levels` levels of ten aliases each, 10 ** levels strings once expanded."""
+    lines = ['  a0: &a0 ["${V}", x, x, x, x, x, x, x, x, x]']
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "anchors:\n" + "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_walked_once_not_expanded() -> None:
+    """Nine levels of ten aliases (600 bytes) were copied at each alias by the `${VAR}` walk: ten minutes
+    and gigabytes in `check`, at start-up, and in a reload's thread that held the reload lock."""
+    last = "*a8"
+    text = alias_bomb(9) + f"client_ip: {{trusted_proxies: {last}}}\nrate_limit: {{strategy: {last}}}\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(MINIMAL + text, env=CountingEnv(10, V="v"))
+    found = caught.value.problems
+    assert "anchors: unknown key" in found, found
+    assert "rate_limit.strategy: Input should be a valid string" in found, found
+    assert "client_ip.trusted_proxies.0: Input should be a valid string" in found, found
+
+
+def test_a_node_shared_through_aliases_is_interpolated_once_and_shared() -> None:
+    problems: list[str] = []
+    tree = yaml.safe_load("a: &a [x, '${V}', '${MISSING}']\nb: [*a, *a]\n")
+    out = interpolate(tree, CountingEnv(2, V="v"), problems)
+    assert out["a"] == ["x", "v", ""]
+    assert out["b"][0] is out["b"][1] is out["a"]
+    assert problems == ["a.2: environment variable MISSING is not set"]
+
+
+@pytest.mark.parametrize("text", ["x: &a [*a]\n", "x: &a {y: [1, *a]}\n"])
+def test_a_yaml_node_that_contains_itself_is_a_problem_not_a_crash(text: str) -> None:
+    """`x: &a [*a]` made the `${VAR}` walk recurse until RecursionError: a traceback from check."""
+    found = problems(MINIMAL + text)
+    assert any("a YAML alias refers to a node that contains it" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("rate_limit: {strategy: [[fixed-window]]}", "rate_limit.strategy"),
+        ("client_ip: {trusted_proxies: [[10.0.0.0/8]]}", "client_ip.trusted_proxies.0"),
+    ],
+)
+def test_a_list_where_a_string_belongs_is_not_rendered_into_the_message(text: str, path: str) -> None:
+    """The enum's and the IP network's messages quoted their input: a list there was rendered whole (an
+    alias bomb's 10 ** 8 strings took three minutes for trusted_proxies alone)."""
+    assert problems(MINIMAL + text + "\n") == [f"{path}: Input should be a valid string"]
 
 
 def test_project_rate_limit_overrides_inherit_the_rest() -> None:
