@@ -479,12 +479,15 @@ def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = 
     """Validate policy text; raise PolicyError with every problem found."""
     try:
         tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        problems: list[str] = []
+        if isinstance(tree, dict):
+            tree = interpolate(tree, os.environ if env is None else env, problems)
     except yaml.YAMLError as exc:
         raise PolicyError([f"{source}: not valid YAML: {exc}"]) from None
+    except RecursionError:  # PyYAML's composer recurses once per level: ~600 nested `[` were a traceback
+        raise PolicyError([f"{source}: not valid YAML: nested too deeply"]) from None
     if not isinstance(tree, dict):
         raise PolicyError([f"{source}: the policy must be a mapping of keys (listen, projects, ...)"])
-    problems: list[str] = []
-    tree = interpolate(tree, os.environ if env is None else env, problems)
     try:
         policy = PolicyFile.model_validate(tree)
     except ValidationError as exc:

@@ -293,6 +293,13 @@ def test_a_list_where_a_string_belongs_is_not_rendered_into_the_message(text: st
     assert problems(MINIMAL + text + "\n") == [f"{path}: Input should be a valid string"]
 
 
+@pytest.mark.parametrize("key", ["x", "client_ip"])
+def test_yaml_nested_too_deeply_is_a_problem_not_a_crash(key: str) -> None:
+    """A few hundred nested `[` made PyYAML's composer raise RecursionError: a traceback from check."""
+    found = problems(MINIMAL + f"{key}: {'[' * 1000}{']' * 1000}\n")
+    assert found == ["policy: not valid YAML: nested too deeply"], found
+
+
 def test_project_rate_limit_overrides_inherit_the_rest() -> None:
     text = MINIMAL + textwrap.dedent(
         """\
