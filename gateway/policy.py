@@ -483,7 +483,7 @@ def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = 
         if isinstance(tree, dict):
             tree = interpolate(tree, os.environ if env is None else env, problems)
     except yaml.YAMLError as exc:
-        raise PolicyError([f"{source}: not valid YAML: {exc}"]) from None
+        raise PolicyError([f"{source}: not valid YAML: {_yaml_error(exc)}"]) from None
     except RecursionError:  # PyYAML's composer recurses once per level: ~600 nested `[` were a traceback
         raise PolicyError([f"{source}: not valid YAML: nested too deeply"]) from None
     if not isinstance(tree, dict):
@@ -496,6 +496,20 @@ def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = 
     if problems or policy is None:
         raise PolicyError(problems)
     return policy
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """PyYAML's reason and where, without the snippets its message adds: they quote the file's lines, so a
+    credential written in the file (a quote left open, a file read while being written) reached check's
+    output and a reload's log line."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)  # a ReaderError: a character's code and position, never the text around it
+    parts = [
+        f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else text
+        for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))
+        if text
+    ]
+    return ": ".join(parts) or "unreadable"
 
 
 def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> PolicyFile:

@@ -300,6 +300,23 @@ def test_yaml_nested_too_deeply_is_a_problem_not_a_crash(key: str) -> None:
     assert found == ["policy: not valid YAML: nested too deeply"], found
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "client_secret_key: sk-live-4f2a9c: x",  # a colon in the value
+        'client_secret_key: "sk-live-4f2a9c',  # a quote left open, or a file read while being written
+        "client_secret_key: sk-live-4f2a9c\n     client_application_id: app",  # an indentation slip
+    ],
+)
+def test_a_yaml_error_names_its_line_but_never_quotes_it(broken: str) -> None:
+    """PyYAML's message quotes the lines around the error: a credential written in the file was printed
+    by check and logged by a reload ("reload rejected: ...")."""
+    found = problems(f"projects:\n  shop:\n    credentials:\n      {broken}\n")
+    assert len(found) == 1 and found[0].startswith("policy: not valid YAML: "), found
+    assert "sk-live" not in found[0] and "4f2a9c" not in found[0], found
+    assert "(line 5, column " in found[0] or "(line 4, column " in found[0], found
+
+
 def test_project_rate_limit_overrides_inherit_the_rest() -> None:
     text = MINIMAL + textwrap.dedent(
         """\
