@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -180,8 +181,30 @@ class ClientIp(_Model):
 
 
 def _storage_uri(value: str) -> str:
+    """The URI's scheme, and what `limits` needs to open a Redis one: every host with its port (it refuses
+    `redis://localhost`), a port that exists, and a Sentinel service name. Checked here, `serve` no longer
+    starts from a policy `check` called valid only to die with a traceback that quotes the URI, password
+    included. No message here quotes it either."""
     if not value.startswith(STORAGE_SCHEMES):
         raise ValueError(f"must start with one of {', '.join(STORAGE_SCHEMES)}")
+    if value.startswith("memory://"):
+        return value
+    example = "a host and its port, such as redis://localhost:6379"
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        hosts = parsed.netloc[parsed.netloc.find("@") + 1 :]  # as `limits` reads it: after the first @
+        located = (
+            [urllib.parse.urlsplit(f"fake://{host.strip()}") for host in hosts.split(",")] if hosts else []
+        )
+        ported = all(where.hostname is not None and where.port is not None for where in located)
+    except ValueError:  # a port past 65535, an unclosed [
+        raise ValueError(f"is not a Redis URL with {example} (a port from 0 to 65535)") from None
+    if not ported:
+        raise ValueError(f"every host of a Redis URL needs its port: {example}")
+    if not hosts and value.startswith(("redis+sentinel://", "redis+cluster://")):
+        raise ValueError(f"a Sentinel or Cluster URL names at least one host: {example}")
+    if value.startswith("redis+sentinel://") and not parsed.path.strip("/"):
+        raise ValueError("a Sentinel URL names its service: redis+sentinel://host:26379/mymaster")
     return value
 
 

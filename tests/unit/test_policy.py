@@ -501,3 +501,55 @@ def test_check_refuses_a_duration_beyond_ten_years(key: str, value: str) -> None
 def test_a_project_cannot_set_a_duration_beyond_ten_years(section: str, name: str) -> None:
     found = problems(MINIMAL + f"    {section}: {{{name}: .inf}}\n")
     assert len(found) == 1 and found[0].startswith(f"projects.shop.{section}.{name}:"), found
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis://localhost",  # limits needs the port: ConfigurationError at start-up
+        "redis://:hunter2@localhost/0",
+        "redis://:hunter2@localhost:99999",  # "Port out of range"
+        "redis+sentinel://:hunter2@h:99999/mymaster",  # limits: "Unable to parse storage uri <the URI>"
+        "redis+sentinel://:hunter2@h:26379",  # no service name
+        "redis+sentinel://",
+        "redis+cluster://:hunter2@h",
+        "redis+cluster://:hunter2@[::1:7000",
+        "redis+cluster://",
+    ],
+)
+def test_a_storage_uri_serve_cannot_open_is_a_load_error_that_never_quotes_it(uri: str) -> None:
+    """check called these valid; serve then died opening the store, with a traceback quoting the URI,
+    password included, and a reload was rejected with no more than the exception's type."""
+    from limits.errors import ConfigurationError
+    from redis.exceptions import RedisClusterException
+
+    from gateway.ratelimit import open_store
+
+    with pytest.raises((ValueError, ConfigurationError, RedisClusterException)):  # serve could not start
+        open_store(uri)
+    for text in (
+        MINIMAL + f"rate_limit: {{storage: '{uri}'}}\n",
+        MINIMAL + f"    rate_limit: {{storage: '{uri}'}}\n",
+    ):
+        found = problems(text)
+        assert len(found) == 1 and "rate_limit.storage: " in found[0], found
+        assert "hunter2" not in found[0], found
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis://",
+        "redis://localhost:6379/0",
+        "rediss://:hunter2@h:6380",
+        "redis://:p@ss@h:6379",
+        "redis://:pw@[::1]:6379",
+        "redis+sentinel://:pw@h1:26379,h2:26380/mymaster",
+        "redis+cluster://h1:7000,h2:7001",
+    ],
+)
+def test_a_storage_uri_serve_can_open_is_valid(uri: str) -> None:
+    from gateway.ratelimit import open_store
+
+    open_store(uri)
+    assert parse_policy(MINIMAL + f"rate_limit: {{storage: '{uri}'}}\n", env={}).rate_limit.storage == uri
