@@ -4,7 +4,9 @@ Each worker is `python -m gateway serve ... --worker`: its own interpreter and e
 `SO_REUSEPORT` so the kernel spreads connections over the workers. The parent:
 
 - prints the single "listening" line once every worker has said it listens;
-- forwards SIGTERM, SIGINT and SIGHUP to every worker (drain and reload are the workers' own);
+- forwards SIGTERM, SIGINT and SIGHUP to every worker (drain and reload are the workers' own); a worker
+  that has not said it listens yet gets SIGHUP once it does (until then SIGHUP's default action would
+  kill it);
 - replaces a worker that dies while not stopping;
 - exits 0 once every worker stopped after SIGTERM/SIGINT (1 when one of them failed).
 
@@ -82,6 +84,8 @@ class Supervisor:
         self.stores = LimiterPool()
         self.rate_limits = [policy.rate_limit_for(name) for name in policy.projects]
         self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.listening: set[int] = set()  # workers that said they listen: their signal handlers are set
+        self._reload_pending: set[int] = set()  # told to reload before they listened: told once they do
         self.stopping = False
         self.failed = False
         self.ready = 0
@@ -107,6 +111,11 @@ class Supervisor:
             if not listening and "listening on" in line:
                 listening = True
                 log.info("worker %d listening", proc.pid)
+                self.listening.add(proc.pid)
+                if proc.pid in self._reload_pending:  # a SIGHUP came while it started: it may have read
+                    self._reload_pending.discard(proc.pid)  # the file before it changed
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGHUP)
                 if initial:
                     self.ready += 1
                     if self.ready == self.count:
@@ -115,6 +124,8 @@ class Supervisor:
                 print(line, flush=True)
         code = await proc.wait()
         self.procs.pop(proc.pid, None)
+        self.listening.discard(proc.pid)
+        self._reload_pending.discard(proc.pid)
         if multiprocess_dir() is not None:
             mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # its live gauges stop counting
         if self.stopping:
@@ -143,7 +154,12 @@ class Supervisor:
     def _forward(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
-        for proc in list(self.procs.values()):
+        for pid, proc in list(self.procs.items()):
+            if sig == signal.SIGHUP and pid not in self.listening:
+                # Its handler is not set yet, and SIGHUP's default action ends a process: at start-up the
+                # supervisor exited 1 ("exited before listening"). It reloads once it listens.
+                self._reload_pending.add(pid)
+                continue
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
 

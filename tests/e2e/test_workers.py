@@ -169,3 +169,62 @@ async def test_parent_readiness_follows_a_deny_projects_limit_store(
                 assert redis.url not in json.dumps(body)  # a Redis URL may carry a password
     finally:
         redis.kill()
+
+
+class StartingWorker:
+    """A worker process as the supervisor sees it: the lines it prints, the signals it is sent."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stdout = asyncio.StreamReader()
+        self.signals: list[signal.Signals] = []
+        self.signalled = asyncio.Event()
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.signals.append(sig)
+        self.signalled.set()
+
+    async def wait(self) -> int:
+        return 0
+
+    def says_it_listens(self) -> None:
+        self.stdout.feed_data(b"voucherify-gateway listening on http://127.0.0.1:8080\n")
+
+
+async def test_a_sighup_reaches_a_starting_worker_once_it_listens_not_before() -> None:
+    """SIGHUP's default action ends a process: forwarded to a worker still starting (its handler not set),
+    it killed the worker, and at start-up the supervisor exited 1 ("exited before listening")."""
+    from pathlib import Path
+    from typing import cast
+
+    from gateway.workers import Supervisor
+
+    policy = parse_policy(json.dumps(base_policy("http://127.0.0.1:9")), env={})
+    supervisor = Supervisor(policy, Path("policy.yaml"), "127.0.0.1", 8080, 2)
+    ready, starting = StartingWorker(101), StartingWorker(102)
+    watches = []
+    for worker in (ready, starting):
+        proc = cast(asyncio.subprocess.Process, worker)
+        supervisor.procs[worker.pid] = proc
+        watches.append(asyncio.create_task(supervisor._watch(proc, True, 0.0)))
+    ready.says_it_listens()
+    for _ in range(1000):  # loop turns, not time: until the supervisor read the line
+        if supervisor.ready == 1:
+            break
+        await asyncio.sleep(0)
+    assert supervisor.ready == 1
+
+    supervisor._forward(signal.SIGHUP)
+    assert ready.signals == [signal.SIGHUP]
+    assert starting.signals == []  # it would have died of it
+    starting.says_it_listens()
+    await asyncio.wait_for(starting.signalled.wait(), 10)  # a bound for a stuck test, not a timing
+    assert starting.signals == [signal.SIGHUP]  # it reloads once it can: it may have read the old file
+    assert ready.signals == [signal.SIGHUP]
+
+    supervisor.stopping = True
+    for worker in (ready, starting):
+        worker.stdout.feed_eof()
+    await asyncio.gather(*watches)
+    supervisor._forward(signal.SIGHUP)
+    assert starting.signals == [signal.SIGHUP]  # a worker that is gone is not sent anything
