@@ -8,6 +8,8 @@ Each worker is `python -m gateway serve ... --worker`: its own interpreter and e
   that has not said it listens yet gets SIGHUP once it does (until then SIGHUP's default action would
   kill it);
 - replaces a worker that dies while not stopping;
+- reloads its own copy of the policy when the workers do (SIGHUP, and with `watch: true` a change to the
+  file), so its `/readyz` checks the limit stores the workers use now, not those they started with;
 - exits 0 once every worker stopped after SIGTERM/SIGINT (1 when one of them failed).
 
 Workers tag every log line with their PID (`"worker": <pid>`), and stop by themselves if the parent dies.
@@ -33,10 +35,11 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.admin import start_admin
 from gateway.lint import workers_warning
-from gateway.observe.logs import flush_logs
+from gateway.observe.logs import configure_logging, flush_logs
 from gateway.observe.metrics import MULTIPROC_ENV, multiprocess_dir
-from gateway.policy import PolicyFile
+from gateway.policy import PolicyError, PolicyFile, load_policy
 from gateway.ratelimit import LimiterPool
+from gateway.reload import POLL_SECONDS, Fingerprint, fingerprint, kept_at_restart
 from gateway.serving import Serving, http_url, run_loop
 
 log = logging.getLogger("gateway.workers")
@@ -92,6 +95,47 @@ class Supervisor:
         self.all_ready = asyncio.Event()
         self.startup_failed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()  # reloads of the parent's copy never overlap
+        self._seen: Fingerprint = None  # the file as last loaded (watch)
+
+    def hangup(self) -> None:
+        """SIGHUP: every worker reloads, and so does the parent's copy of the policy."""
+        self._forward(signal.SIGHUP)
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            self._seen = await asyncio.to_thread(fingerprint, self.path)
+            await self._load()
+
+    async def _load(self) -> None:
+        """The file's policy, as a worker's reload applies it, for the parent's /readyz (and its logs).
+        A file the workers reject is ignored here too; they log its problems."""
+        try:
+            loaded = await asyncio.to_thread(load_policy, self.path)
+        except PolicyError:
+            return
+        if loaded.logging != self.policy.logging:
+            configure_logging(loaded.logging.level, loaded.logging.format)
+        self.policy = kept_at_restart(self.policy, loaded)  # admin needs a restart, as for a worker
+        self.rate_limits = [self.policy.rate_limit_for(name) for name in self.policy.projects]
+        log.info("supervisor: /readyz checks the limit stores of %s as loaded again", self.path)
+
+    async def _watch_file(self) -> None:
+        """With `watch: true`, the workers reload when the file changes: so does the parent."""
+        self._seen = await asyncio.to_thread(fingerprint, self.path)
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            if not self.policy.watch:
+                continue
+            async with self._reload_lock:
+                current = await asyncio.to_thread(fingerprint, self.path)
+                if current != self._seen:
+                    self._seen = current
+                    await self._load()
 
     async def _spawn(self, initial: bool) -> None:
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(self.path)]
@@ -164,9 +208,8 @@ class Supervisor:
                 proc.send_signal(sig)
 
     async def run(self) -> int:
-        async with Serving(
-            flush=(flush_logs,), hangup=lambda: self._forward(signal.SIGHUP), stopping=self._forward
-        ) as serving:
+        async with Serving(flush=(flush_logs,), hangup=self.hangup, stopping=self._forward) as serving:
+            watching = asyncio.create_task(self._watch_file())
             for _ in range(self.count):
                 await self._spawn(initial=True)
             ready = asyncio.create_task(self.all_ready.wait())
@@ -194,6 +237,9 @@ class Supervisor:
                 self._forward(signal.SIGTERM)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            for task in (watching, *self._reloads):
+                task.cancel()
+            await asyncio.gather(watching, *self._reloads, return_exceptions=True)
             await self.stores.close()
         return 1 if self.failed else 0
 

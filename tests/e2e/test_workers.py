@@ -228,3 +228,35 @@ async def test_a_sighup_reaches_a_starting_worker_once_it_listens_not_before() -
     await asyncio.gather(*watches)
     supervisor._forward(signal.SIGHUP)
     assert starting.signals == [signal.SIGHUP]  # a worker that is gone is not sent anything
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "watch"])
+async def test_parent_readiness_follows_a_reloaded_limit_store(
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory, trigger: str
+) -> None:
+    """The parent's /readyz checked the limit stores of the policy it started with: after a reload that
+    moved a project to an unreachable Redis with `on_storage_error: deny`, every worker answered 503
+    rate_limit_unavailable while /readyz said 200 (and the other way round)."""
+    from tests.support.processes import write_policy
+
+    tree = base_policy(upstream.url)
+    admin_port = free_port()
+    tree["admin"] = {"port": admin_port}
+    tree["watch"] = trigger == "watch"
+    gw = await gateway_process(tree, workers=2)
+    readyz = f"http://127.0.0.1:{admin_port}/readyz"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(readyz) as resp:
+            assert resp.status == 200
+
+        tree["rate_limit"] = {"storage": f"redis://127.0.0.1:{free_port()}/0", "on_storage_error": "deny"}
+        write_policy(gw.config, tree)
+        if trigger == "sighup":
+            gw.send(signal.SIGHUP)
+        await gw.wait_for("policy reloaded", count=2)  # both workers
+        await gw.wait_for("/readyz checks the limit stores of")  # and the parent
+        async with session.get(f"{gw.url}/client/v1/validate?code=A", headers=H) as resp:
+            assert resp.status == 503  # rate_limit_unavailable: the workers are on the new store
+        async with session.get(readyz) as resp:
+            assert resp.status == 503, await resp.text()
+            assert (await resp.json())["checks"]["limit_store"] == "unreachable (on_storage_error: deny)"
