@@ -125,8 +125,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# An empty host binds every interface (asyncio's create_server): `admin.host: ${ADMIN_HOST:-}` with the
+# variable unset put /metrics and /readyz on the public network. `0.0.0.0` says so when it is meant.
+Host = Annotated[str, Field(min_length=1)]
+
+
 class Listen(_Model):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(262144, ge=1)
     drain_timeout: float = Field(30, ge=0, le=MAX_SECONDS)
@@ -151,7 +156,7 @@ class Upstream(_Model):
 
 
 class Admin(_Model):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int | None = Field(None, ge=0, le=65535)
 
 

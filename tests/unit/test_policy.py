@@ -553,3 +553,13 @@ def test_a_storage_uri_serve_can_open_is_valid(uri: str) -> None:
 
     open_store(uri)
     assert parse_policy(MINIMAL + f"rate_limit: {{storage: '{uri}'}}\n", env={}).rate_limit.storage == uri
+
+
+@pytest.mark.parametrize("section", ["admin", "listen"])
+def test_an_empty_host_is_a_load_error_not_every_interface(section: str) -> None:
+    """An empty host binds every interface: `admin.host: ${ADMIN_HOST:-}` with the variable unset put
+    the admin listener (/metrics, /readyz) on 0.0.0.0 and [::]."""
+    found = problems(MINIMAL + f"{section}:\n  host: ${{ADMIN_HOST:-}}\n  port: 9090\n")
+    assert len(found) == 1 and found[0].startswith(f"{section}.host: String should have at least 1"), found
+    policy = parse_policy(MINIMAL + f"{section}: {{host: '${{ADMIN_HOST:-0.0.0.0}}'}}\n", env={})
+    assert getattr(policy, section).host == "0.0.0.0"  # said so, it is allowed
