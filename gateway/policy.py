@@ -308,11 +308,26 @@ def _api_version(value: str) -> str:
     return value
 
 
+def _credential(value: SecretStr) -> SecretStr:
+    """A header value as Voucherify's keys are: printable ASCII, no space. A secret read from a file often
+    ends in a newline; the upstream client then refused every call (a header that could split the request):
+    502 for every request of a policy `check` called valid. The message never quotes the value."""
+    if not re.fullmatch(r"[\x21-\x7e]*", value.get_secret_value()):
+        raise ValueError(
+            "holds a space, a line break, a control or a non-ASCII character, which cannot go in the header "
+            "it is sent in (a newline at the end of a secret file?)"
+        )
+    return value
+
+
+Credential = Annotated[SecretStr, AfterValidator(_credential)]
+
+
 class Credentials(_Model):
-    client_application_id: SecretStr | None = None
-    client_secret_key: SecretStr | None = None
-    application_id: SecretStr | None = None
-    secret_key: SecretStr | None = None
+    client_application_id: Credential | None = None
+    client_secret_key: Credential | None = None
+    application_id: Credential | None = None
+    secret_key: Credential | None = None
 
 
 class DangerZone(_Model):

@@ -563,3 +563,27 @@ def test_an_empty_host_is_a_load_error_not_every_interface(section: str) -> None
     assert len(found) == 1 and found[0].startswith(f"{section}.host: String should have at least 1"), found
     policy = parse_policy(MINIMAL + f"{section}: {{host: '${{ADMIN_HOST:-0.0.0.0}}'}}\n", env={})
     assert getattr(policy, section).host == "0.0.0.0"  # said so, it is allowed
+
+
+@pytest.mark.parametrize(
+    "secret", ["s3cr3t-value\n", "s3cr3t-value\r\n", "s3cr3t\x00value", " s3cr3t-value", "s3cr3t vålue"]
+)
+@pytest.mark.parametrize(
+    "key", ["client_application_id", "client_secret_key", "application_id", "secret_key"]
+)
+def test_a_credential_that_cannot_be_a_header_value_is_a_load_error_that_never_quotes_it(
+    key: str, secret: str
+) -> None:
+    """A secret read from a file often ends in a newline: check called it valid, then the upstream client
+    refused every call (a header that could split the request), and every request was a 502."""
+    mode = "server" if key in ("application_id", "secret_key") else "client"
+    others = {
+        "client": {"client_application_id": "app-id", "client_secret_key": "key"},
+        "server": {"application_id": "app-id", "secret_key": "key"},
+    }[mode]
+    text = f"projects:\n  shop:\n    upstream_auth: {mode}\n    credentials:\n"
+    text += "".join(f"      {name}: {value}\n" for name, value in others.items() if name != key)
+    text += f"      {key}: ${{KEY}}\n"
+    found = problems(text, env={"KEY": secret})
+    assert len(found) == 1 and found[0].startswith(f"projects.shop.credentials.{key}: holds a space"), found
+    assert "s3cr3t" not in found[0], found
