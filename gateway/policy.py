@@ -418,6 +418,22 @@ class PolicyFile(_Model):
             raise ValueError("at least one project is needed")
         return value
 
+    @field_validator("admin")
+    @classmethod
+    def _admin_apart(cls, admin: Admin, info: ValidationInfo) -> Admin:
+        """Never on the public port: on the same address (or a wildcard one) the second bind failed at
+        start-up with a traceback, after `check` called the file valid."""
+        listen = info.data.get("listen")  # absent when listen is itself invalid: reported there
+        wildcard = ("0.0.0.0", "::")  # compared with, not bound
+        if (
+            isinstance(listen, Listen)
+            and admin.port
+            and admin.port == listen.port
+            and (admin.host == listen.host or admin.host in wildcard or listen.host in wildcard)
+        ):
+            raise ValueError(f"port {admin.port} is listen.port: the admin listener needs a port of its own")
+        return admin
+
     @model_validator(mode="after")
     def _default_exists(self) -> PolicyFile:
         if self.default_project is not None and self.default_project not in self.projects:

@@ -587,3 +587,26 @@ def test_a_credential_that_cannot_be_a_header_value_is_a_load_error_that_never_q
     found = problems(text, env={"KEY": secret})
     assert len(found) == 1 and found[0].startswith(f"projects.shop.credentials.{key}: holds a space"), found
     assert "s3cr3t" not in found[0], found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "admin: {port: 8080}\n",  # listen's default port, both on 127.0.0.1
+        "listen: {port: 9000}\nadmin: {port: 9000}\n",
+        "listen: {host: 0.0.0.0, port: 9000}\nadmin: {port: 9000}\n",
+        "listen: {host: 10.0.0.5, port: 9000}\nadmin: {host: '::', port: 9000}\n",
+    ],
+)
+def test_the_admin_listener_on_the_public_port_is_a_load_error(text: str) -> None:
+    """check called it valid; serve then died at start-up binding the second listener (a traceback)."""
+    found = problems(MINIMAL + text)
+    assert found == ["admin: port 8080 is listen.port: the admin listener needs a port of its own"] or (
+        found == ["admin: port 9000 is listen.port: the admin listener needs a port of its own"]
+    ), found
+
+
+def test_the_admin_listener_may_share_a_port_number_on_another_address() -> None:
+    text = "listen: {host: 10.0.0.5, port: 9000}\nadmin: {host: 127.0.0.1, port: 9000}\n"
+    assert parse_policy(MINIMAL + text, env={}).admin.port == 9000
+    assert parse_policy(MINIMAL + "admin: {port: 0}\nlisten: {port: 0}\n", env={}).admin.port == 0
