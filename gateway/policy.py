@@ -576,6 +576,8 @@ def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> Polic
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([f"{path}: cannot read the policy file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:  # a Latin-1 comment: was a traceback from check and serve
+        raise PolicyError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     return parse_policy(text, env, source=str(path))
 
 

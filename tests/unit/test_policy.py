@@ -353,6 +353,16 @@ def test_load_policy_from_a_file(tmp_path: Path) -> None:
     assert "missing.yaml" in caught.value.problems[0]
 
 
+def test_a_policy_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """A Latin-1 comment (`# café`) raised UnicodeDecodeError: a traceback from check and serve, and a
+    reload rejected with no more than the exception's type."""
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b"# caf\xe9\n" + MINIMAL.encode())
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, env={})
+    assert caught.value.problems == [f"{path}: not UTF-8 text (byte 5)"]
+
+
 @pytest.mark.parametrize("name", ["config/policy.yaml", "config/policy.example.yaml"])
 def test_shipped_policies_are_valid(name: str) -> None:
     root = Path(__file__).resolve().parents[2]
