@@ -72,6 +72,14 @@ def _positive(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    """0 to 65535, as `listen.port`: uvloop bound 70000 as 4464 (modulo 65536), and -5 was a traceback."""
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError("must be a port from 0 to 65535")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voucherify-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", default=default_config(), help="policy file (default: %(default)s)")
     serve.add_argument("--host", help="override listen.host")
-    serve.add_argument("--port", type=int, help="override listen.port")
+    serve.add_argument("--port", type=_port, help="override listen.port")
     serve.add_argument("--workers", type=_positive, default=1, help="processes sharing the port (default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run as a worker
     serve.set_defaults(func=cmd_serve)
@@ -95,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the gateway in front of the offline sandbox, with a demo page"
     )
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    demo.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
     demo.set_defaults(func=cmd_demo)
     return parser
 
