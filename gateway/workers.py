@@ -173,7 +173,10 @@ class Supervisor:
         if multiprocess_dir() is not None:
             mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]  # its live gauges stop counting
         if self.stopping:
-            if code != 0:
+            # Stopped while still starting, before it set its handlers: the signal's default action ended
+            # it, with nothing to drain. That is a clean stop (SIGTERM during start-up exited 1).
+            stopped_starting = not listening and code in (-signal.SIGTERM, -signal.SIGINT)
+            if code != 0 and not stopped_starting:
                 self.failed = True
             return
         if not listening and not self.all_ready.is_set():

@@ -180,12 +180,14 @@ class StartingWorker:
         self.signals: list[signal.Signals] = []
         self.signalled = asyncio.Event()
 
+        self.code = 0
+
     def send_signal(self, sig: signal.Signals) -> None:
         self.signals.append(sig)
         self.signalled.set()
 
     async def wait(self) -> int:
-        return 0
+        return self.code
 
     def says_it_listens(self) -> None:
         self.stdout.feed_data(b"voucherify-gateway listening on http://127.0.0.1:8080\n")
@@ -260,3 +262,34 @@ async def test_parent_readiness_follows_a_reloaded_limit_store(
         async with session.get(readyz) as resp:
             assert resp.status == 503, await resp.text()
             assert (await resp.json())["checks"]["limit_store"] == "unreachable (on_storage_error: deny)"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_worker_stopped_while_starting_is_a_clean_stop(sig: signal.Signals) -> None:
+    """SIGTERM during start-up reached workers whose handlers were not set yet: its default action ended
+    them (exit -15), and the supervisor exited 1, as if a worker had failed."""
+    from pathlib import Path
+    from typing import cast
+
+    from gateway.workers import Supervisor
+
+    policy = parse_policy(json.dumps(base_policy("http://127.0.0.1:9")), env={})
+    supervisor = Supervisor(policy, Path("policy.yaml"), "127.0.0.1", 8080, 2)
+    starting, failing = StartingWorker(101), StartingWorker(102)
+    watches = []
+    for worker in (starting, failing):
+        proc = cast(asyncio.subprocess.Process, worker)
+        supervisor.procs[worker.pid] = proc
+        watches.append(asyncio.create_task(supervisor._watch(proc, True, 0.0)))
+    supervisor._forward(sig)
+    assert starting.signals == [sig]
+    starting.code = -sig
+    starting.stdout.feed_eof()
+    await watches[0]
+    assert not supervisor.failed
+
+    failing.says_it_listens()  # a worker that listened handles the signal: dying of it is a failure
+    failing.code = -sig
+    failing.stdout.feed_eof()
+    await watches[1]
+    assert supervisor.failed
