@@ -501,6 +501,15 @@ def _substitute(tree: Any, env: Mapping[str, str], problems: list[str], path: st
             problems.append(f"{path or '<root>'}: environment variable {name} is not set")
             return ""
 
+        # What is left of `${` once the references are taken out is one that is not a reference: kept as
+        # text, `${SHOP_KEY` (no brace), `${shop-key}` or `${A:-${B}}` (its default is `${B`, then `}`)
+        # became a credential or a URL that check called valid. Said without quoting the text.
+        if "${" in _REFERENCE.sub("", tree) or any("${" in (m[2] or "") for m in _REFERENCE.finditer(tree)):
+            problems.append(
+                f"{path or '<root>'}: a '${{' that is not a reference such as ${{NAME}} or "
+                "${NAME:-default} (NAME: letters, digits and _, not starting with a digit; no reference "
+                "inside a default)"
+            )
         return _REFERENCE.sub(replace, tree)
     return tree
 

@@ -620,3 +620,29 @@ def test_the_admin_listener_may_share_a_port_number_on_another_address() -> None
     text = "listen: {host: 10.0.0.5, port: 9000}\nadmin: {host: 127.0.0.1, port: 9000}\n"
     assert parse_policy(MINIMAL + text, env={}).admin.port == 9000
     assert parse_policy(MINIMAL + "admin: {port: 0}\nlisten: {port: 0}\n", env={}).admin.port == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "${SHOP_SECRET",  # the closing brace forgotten
+        "${shop-secret}",  # not a variable name
+        "${1SECRET}",
+        "${SHOP_SECRET:-${FALLBACK_SECRET}}",  # a reference in a default: was the text `${FALLBACK_SECRET}`
+        "prefix-${SHOP_SECRET}-${",
+    ],
+)
+def test_a_dollar_brace_that_is_no_reference_is_a_problem_not_text(value: str) -> None:
+    """Kept as text, a malformed reference became the credential itself: check called the policy valid
+    and every call was refused upstream."""
+    text = MINIMAL.replace("s3cr3t-value", f"'{value}'")
+    found = problems(text, env={"SHOP_SECRET": "hunter2", "FALLBACK_SECRET": "hunter3"})
+    assert len(found) == 1, found
+    assert found[0].startswith("projects.shop.credentials.client_secret_key: a '${' that is not a reference")
+    assert "hunter" not in found[0] and "SECRET" not in found[0], found
+
+
+def test_a_variable_holding_dollar_brace_is_taken_as_it_is() -> None:
+    policy = parse_policy(MINIMAL.replace("s3cr3t-value", "${KEY}"), env={"KEY": "a${b"})
+    secret = policy.projects["shop"].credentials.client_secret_key
+    assert secret is not None and secret.get_secret_value() == "a${b"  # env values are not read again
