@@ -54,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from gateway import workers
 
         if args.worker:
-            return workers.run_worker(Path(args.config), args.host, args.port)
+            kept = Path(args.kept) if args.kept else None
+            return workers.run_worker(Path(args.config), args.host, args.port, kept)
         return workers.supervise(Path(args.config), args.host, args.port, args.workers)
     return serve(Path(args.config), args.host, args.port)
 
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="override listen.port")
     serve.add_argument("--workers", type=_positive, default=1, help="processes sharing the port (default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run as a worker
+    serve.add_argument(
+        "--kept", help=argparse.SUPPRESS
+    )  # internal: a worker's policy if --config is rejected
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check", help="validate a policy file")

@@ -581,13 +581,17 @@ def _yaml_error(exc: yaml.YAMLError) -> str:
 
 
 def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> PolicyFile:
+    return parse_policy(read_policy_text(path), env, source=str(path))
+
+
+def read_policy_text(path: str | Path) -> str:
+    """The policy file's text; PolicyError when it cannot be read as UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([f"{path}: cannot read the policy file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:  # a Latin-1 comment: was a traceback from check and serve
         raise PolicyError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_policy(text, env, source=str(path))
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -7,7 +7,9 @@ Each worker is `python -m gateway serve ... --worker`: its own interpreter and e
 - forwards SIGTERM, SIGINT and SIGHUP to every worker (drain and reload are the workers' own); a worker
   that has not said it listens yet gets SIGHUP once it does (until then SIGHUP's default action would
   kill it);
-- replaces a worker that dies while not stopping;
+- replaces a worker that dies while not stopping, with the policy in force: when the file was rejected
+  since (the workers kept theirs), the replacement starts from a private copy of the last text that
+  loaded, and still reloads from the file;
 - reloads its own copy of the policy when the workers do (SIGHUP, and with `watch: true` a change to the
   file), so its `/readyz` checks the limit stores the workers use now, not those they started with;
 - exits 0 once every worker stopped after SIGTERM/SIGINT (1 when one of them failed).
@@ -37,7 +39,7 @@ from gateway.admin import start_admin
 from gateway.lint import workers_warning
 from gateway.observe.logs import configure_logging, flush_logs
 from gateway.observe.metrics import MULTIPROC_ENV, multiprocess_dir
-from gateway.policy import PolicyError, PolicyFile, load_policy
+from gateway.policy import PolicyError, PolicyFile, parse_policy, read_policy_text
 from gateway.ratelimit import LimiterPool
 from gateway.reload import POLL_SECONDS, Fingerprint, fingerprint, kept_at_restart
 from gateway.serving import Serving, http_url, run_loop
@@ -50,12 +52,18 @@ RESTART_BACKOFF = 1.0  # seconds before replacing a worker that died soon after 
 # ---------------------------------------------------------------------------------------------- worker
 
 
-def run_worker(path: Path, host: str | None, port: int | None) -> int:
+def run_worker(path: Path, host: str | None, port: int | None, kept: Path | None = None) -> int:
     """One worker: the gateway on a shared port (SO_REUSEPORT), no admin listener of its own, its log
-    lines tagged with its PID, stopping by itself when the supervising parent is gone."""
+    lines tagged with its PID, stopping by itself when the supervising parent is gone. `kept`: the text
+    of the policy the other workers run, for when the file is rejected (reloads still read `path`)."""
     from gateway.serve import load_for_serving, run
 
     loaded = load_for_serving(path, sys.stderr)  # stdout is read by the parent
+    if loaded is None and kept is not None:
+        print(
+            f"{path} is rejected: starting with the policy in force, kept from its last load", file=sys.stderr
+        )
+        loaded = load_for_serving(kept, sys.stderr)
     if loaded is None:
         return 1
     policy, handler = loaded
@@ -80,8 +88,11 @@ def run_worker(path: Path, host: str | None, port: int | None) -> int:
 
 
 class Supervisor:
-    def __init__(self, policy: PolicyFile, path: Path, host: str, port: int, count: int) -> None:
+    def __init__(
+        self, policy: PolicyFile, path: Path, host: str, port: int, count: int, kept: Path | None = None
+    ) -> None:
         self.policy = policy
+        self.kept = kept  # a private copy of the last text that loaded, for a replacement worker
         self.path, self.host, self.port, self.count = path, host, port, count
         # The parent's /readyz checks the projects' limit stores as a worker's does (LimiterPool.readiness).
         self.stores = LimiterPool()
@@ -111,12 +122,18 @@ class Supervisor:
             self._seen = await asyncio.to_thread(fingerprint, self.path)
             await self._load()
 
-    async def _load(self) -> None:
-        """The file's policy, as a worker's reload applies it, for the parent's /readyz (and its logs).
-        A file the workers reject is ignored here too; they log its problems."""
+    async def _load(self, initial: bool = False) -> None:
+        """The file's policy, as a worker's reload applies it, for the parent's /readyz (and its logs),
+        and its text kept for replacements. A file the workers reject is ignored here too; they log its
+        problems."""
         try:
-            loaded = await asyncio.to_thread(load_policy, self.path)
+            text = await asyncio.to_thread(read_policy_text, self.path)
+            loaded = await asyncio.to_thread(parse_policy, text, None, str(self.path))
         except PolicyError:
+            return
+        if self.kept is not None:
+            await asyncio.to_thread(_write_private, self.kept, text)
+        if initial:
             return
         if loaded.logging != self.policy.logging:
             configure_logging(loaded.logging.level, loaded.logging.format)
@@ -140,6 +157,8 @@ class Supervisor:
     async def _spawn(self, initial: bool) -> None:
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(self.path)]
         args += ["--host", self.host, "--port", str(self.port), "--worker"]
+        if not initial and self.kept is not None and self.kept.exists():
+            args += ["--kept", str(self.kept)]
         pipe = asyncio.subprocess.PIPE
         proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL, stdout=pipe)
         self.procs[proc.pid] = proc
@@ -212,6 +231,8 @@ class Supervisor:
 
     async def run(self) -> int:
         async with Serving(flush=(flush_logs,), hangup=self.hangup, stopping=self._forward) as serving:
+            async with self._reload_lock:
+                await self._load(initial=True)  # the text to keep (the policy is the one loaded already)
             watching = asyncio.create_task(self._watch_file())
             for _ in range(self.count):
                 await self._spawn(initial=True)
@@ -247,6 +268,14 @@ class Supervisor:
         return 1 if self.failed else 0
 
 
+def _write_private(path: Path, text: str) -> None:
+    """`text` in `path`, readable by this user only, replaced whole (a worker never reads half of it)."""
+    part = path.with_suffix(".part")
+    with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
+        file.write(text)
+    part.replace(path)
+
+
 def supervise(path: Path, host: str | None, port: int | None, count: int) -> int:
     from gateway.serve import free_port, load_for_serving
 
@@ -261,12 +290,14 @@ def supervise(path: Path, host: str | None, port: int | None, count: int) -> int
     port = policy.listen.port if port is None else port
     if port == 0:  # every worker must bind the same port: pick it here
         port = free_port(host)
+    kept_dir = tempfile.mkdtemp(prefix="voucherify-gateway-policy-")  # 0700: the text may hold secrets
     own_metrics_dir = None
     if multiprocess_dir() is None:  # unset or empty, as the workers and the scrape read it
         own_metrics_dir = tempfile.mkdtemp(prefix="voucherify-gateway-metrics-")
         os.environ[MULTIPROC_ENV] = own_metrics_dir
     try:
-        return run_loop(Supervisor(policy, path, host, port, count).run())
+        return run_loop(Supervisor(policy, path, host, port, count, Path(kept_dir) / "policy.yaml").run())
     finally:
+        shutil.rmtree(kept_dir, ignore_errors=True)
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)

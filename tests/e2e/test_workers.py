@@ -293,3 +293,38 @@ async def test_a_worker_stopped_while_starting_is_a_clean_stop(sig: signal.Signa
     failing.stdout.feed_eof()
     await watches[1]
     assert supervisor.failed
+
+
+async def test_a_replacement_worker_starts_with_the_policy_in_force_when_the_file_was_rejected(
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
+) -> None:
+    """POLICY.md: a rejected file is ignored, the running policy stays in force. A worker that died after
+    that was replaced by one reading the rejected file: it exited 1 before listening, again every
+    second, and the gateway ran one worker short (/readyz 503) until the file was fixed."""
+    from tests.support.processes import write_policy
+
+    tree = base_policy(upstream.url)
+    admin_port = free_port()
+    tree["admin"] = {"port": admin_port}
+    gw = await gateway_process(tree, workers=2)
+    workers = gw.worker_pids()
+    bad = {**tree, "rate_limit": {"per_ip": "lots"}}
+    write_policy(gw.config, bad)
+    gw.send(signal.SIGHUP)
+    await gw.wait_for("the running policy stays in force", count=2)
+
+    os.kill(min(workers), signal.SIGKILL)
+    await gw.wait_for(re.compile(r"worker \d+ listening"), count=3)  # the replacement listens
+    assert gw.lines("starting with the policy in force")
+    async with spreading_session() as session:
+        assert set(await asyncio.gather(*(validate(session, gw) for _ in range(20)))) == {200}
+        async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+
+    write_policy(
+        gw.config, {**tree, "projects": {"shop": {**tree["projects"]["shop"], "allowed_origins": []}}}
+    )
+    gw.send(signal.SIGHUP)  # the replacement still reloads from the file
+    await gw.wait_for("policy reloaded", count=2)
+    async with spreading_session() as session:
+        assert set(await asyncio.gather(*(validate(session, gw) for _ in range(20)))) == {403}
