@@ -51,7 +51,7 @@ async def run(
     reloader = PolicyReloader(app, path, counted=metrics.reloaded) if path is not None else None
     drain = policy.listen.drain_timeout
     async with Serving(
-        flush=(accounting.flush, flush_logs), hangup=_on_hup(reloader), parent=parent
+        flush=(accounting.flush, flush_logs), hangup=_on_hup(reloader), parent=parent, process_exits=True
     ) as serving:
         public = GatewayRunner(app, policy.listen)  # deadlines, the connection cap, the gateway's own answers
         runner = await serving.listen(

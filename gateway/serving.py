@@ -53,7 +53,13 @@ class Serving:
     - SIGTERM and SIGINT call `stopping(sig)` (a supervisor forwards them) and end `wait()`;
     - SIGHUP calls `hangup()` when one is given (a reload), else it is left alone;
     - `flush` runs every FLUSH_EVERY seconds and once more at exit, after every runner is cleaned up;
-    - `parent`: stop (as on SIGTERM) when that process is no longer this one's parent (a worker).
+    - `parent`: stop (as on SIGTERM) when that process is no longer this one's parent (a worker);
+    - `process_exits`: the process ends with this `async with` (serve, a worker, the supervisor), so
+      SIGTERM and SIGINT are ignored from its end on, instead of going back to their default actions.
+      Each arrives twice on a Ctrl-C (the terminal's, to every process of the group, then the
+      supervisor's forward) and under systemd (SIGTERM to every process of the unit): after a quick
+      drain the second killed a worker (exit -15) or raised KeyboardInterrupt in its teardown (a
+      traceback), and the supervisor exited 1.
     """
 
     def __init__(
@@ -63,8 +69,10 @@ class Serving:
         hangup: Callable[[], None] | None = None,
         stopping: Callable[[signal.Signals], None] | None = None,
         parent: int | None = None,
+        process_exits: bool = False,
     ) -> None:
         self._flush = tuple(flush)
+        self._process_exits = process_exits
         self._hangup = hangup
         self._stopping = stopping
         self._parent = parent
@@ -105,6 +113,8 @@ class Serving:
             loop = asyncio.get_running_loop()
             for sig in self._trapped:
                 loop.remove_signal_handler(sig)
+                if self._process_exits and sig in STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)  # already stopping: the process is on its way out
             self._flush_now()
 
     # ----------------------------------------------------------------------------------------- listening

@@ -230,7 +230,9 @@ class Supervisor:
                 proc.send_signal(sig)
 
     async def run(self) -> int:
-        async with Serving(flush=(flush_logs,), hangup=self.hangup, stopping=self._forward) as serving:
+        async with Serving(
+            flush=(flush_logs,), hangup=self.hangup, stopping=self._forward, process_exits=True
+        ) as serving:
             async with self._reload_lock:
                 await self._load(initial=True)  # the text to keep (the policy is the one loaded already)
             watching = asyncio.create_task(self._watch_file())

@@ -85,6 +85,25 @@ async def test_a_signal_stops_it_and_every_runner_is_cleaned_up_last_started_fir
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are gone with it
 
 
+async def test_a_process_that_exits_with_it_ignores_a_second_stop_signal() -> None:
+    """A Ctrl-C sends SIGINT to every process of the group and the supervisor forwards it again; systemd
+    sends SIGTERM to every process of the unit and the supervisor forwards it again. The second one came
+    after a quick drain had given the signals back their default actions: a worker died of SIGTERM (exit
+    -15) or raised KeyboardInterrupt in its teardown, and the supervisor exited 1."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        async with Serving(process_exits=True) as serving:
+            os.kill(os.getpid(), signal.SIGINT)  # the first one stops it
+            await asyncio.wait_for(serving.wait(), 30)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # the second one: this process would have died of it
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 async def test_sighup_calls_hangup_and_does_not_stop() -> None:
     hangups = asyncio.Event()
     async with Serving(hangup=hangups.set) as serving:
