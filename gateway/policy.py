@@ -522,12 +522,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses a key written twice in one mapping (YAML would silently keep the last)."""
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(
     loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
 ) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
+        if key_node.tag == MERGE_TAG:  # `<<: *base`: no constructor of its own (it made every merge an
+            key: Any = "<<"  # error); the mapping's own keys replace merged ones, as YAML says
+        else:
+            key = loader.construct_object(key_node, deep=deep)
         try:
             hash(key)
         except TypeError:  # a list or a mapping as a key (`? [a, b]`): PyYAML's own error, not a crash

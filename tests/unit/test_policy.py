@@ -317,6 +317,30 @@ def test_a_yaml_error_names_its_line_but_never_quotes_it(broken: str) -> None:
     assert "(line 5, column " in found[0] or "(line 4, column " in found[0], found
 
 
+def test_yaml_merge_keys_share_a_project_s_settings() -> None:
+    """`<<: *base` was "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'": the
+    duplicate-key check constructed the merge key itself, so no policy could use YAML merge keys."""
+    text = """
+    projects:
+      shop: &base
+        region: us1
+        credentials: {client_application_id: a, client_secret_key: b}
+        allowed_origins: [https://shop.example.com]
+      outlet:
+        <<: *base
+        allowed_origins: [https://outlet.example.com]
+      kiosk:
+        <<: [*base, {allow_missing_origin: true}]
+    """
+    policy = parse_policy(textwrap.dedent(text), env={})
+    outlet, kiosk = policy.projects["outlet"], policy.projects["kiosk"]
+    assert (outlet.region, outlet.allowed_origins) == ("us1", ("https://outlet.example.com",))
+    assert (kiosk.region, kiosk.allow_missing_origin) == ("us1", True)
+    assert any("duplicate key 'watch'" in p for p in problems(MINIMAL + "watch: false\nwatch: true\n"))
+    merged_twice = MINIMAL + "x: &x {a: 1}\nlisten: {<<: *x, <<: *x}\n"
+    assert any("duplicate key '<<'" in p for p in problems(merged_twice))
+
+
 def test_project_rate_limit_overrides_inherit_the_rest() -> None:
     text = MINIMAL + textwrap.dedent(
         """\
