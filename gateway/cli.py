@@ -48,6 +48,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serving import trap_early_hangups
+
+    trap_early_hangups()  # before the imports and the policy load: a SIGHUP meanwhile is a reload, later
     from gateway.serve import serve
 
     if args.worker or args.workers > 1:

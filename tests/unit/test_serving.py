@@ -104,6 +104,31 @@ async def test_a_process_that_exits_with_it_ignores_a_second_stop_signal() -> No
             signal.signal(sig, handler)
 
 
+async def test_a_sighup_while_starting_is_remembered_and_handled_once_serving() -> None:
+    """SIGHUP's default action ends a process: one sent while the gateway started (a deploy's reload
+    right after its start) killed it. `serve` traps it from its start and reloads once it can."""
+    from gateway.serving import trap_early_hangups
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        trap_early_hangups()
+        os.kill(os.getpid(), signal.SIGHUP)  # still starting: this process would have died of it
+        hangups: list[str] = []
+        async with Serving(hangup=lambda: hangups.append("reload")) as serving:
+            for _ in range(1000):  # loop turns, not time
+                if hangups:
+                    break
+                await asyncio.sleep(0)
+            serving.stop()
+        assert hangups == ["reload"]  # once, and only once
+        async with Serving(hangup=lambda: hangups.append("again")) as serving:
+            await asyncio.sleep(0)
+            serving.stop()
+        assert hangups == ["reload"]
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 async def test_sighup_calls_hangup_and_does_not_stop() -> None:
     hangups = asyncio.Event()
     async with Serving(hangup=hangups.set) as serving:
