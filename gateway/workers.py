@@ -41,7 +41,7 @@ from gateway.observe.logs import configure_logging, flush_logs
 from gateway.observe.metrics import MULTIPROC_ENV, multiprocess_dir
 from gateway.policy import PolicyError, PolicyFile, parse_policy, read_policy_text
 from gateway.ratelimit import LimiterPool
-from gateway.reload import POLL_SECONDS, Fingerprint, fingerprint, kept_at_restart
+from gateway.reload import POLL_SECONDS, Fingerprint, fingerprint, kept_at_restart, settled
 from gateway.serving import Serving, http_url, run_loop
 
 log = logging.getLogger("gateway.workers")
@@ -143,14 +143,15 @@ class Supervisor:
 
     async def _watch_file(self) -> None:
         """With `watch: true`, the workers reload when the file changes: so does the parent."""
-        self._seen = await asyncio.to_thread(fingerprint, self.path)
+        self._seen = polled = await asyncio.to_thread(fingerprint, self.path)
         while True:
             await asyncio.sleep(POLL_SECONDS)
             if not self.policy.watch:
                 continue
             async with self._reload_lock:
                 current = await asyncio.to_thread(fingerprint, self.path)
-                if current != self._seen:
+                previous, polled = polled, current
+                if settled(self._seen, previous, current):  # as the workers: never a file half written
                     self._seen = current
                     await self._load()
 
