@@ -65,8 +65,12 @@ class PolicyReloader:
         *,
         configure_logs: bool = True,
         counted: Callable[[bool], None] | None = None,
+        loaded: Fingerprint = None,
     ) -> None:
         self.app = app
+        # The file as the running policy was read from it (taken before reading it); None: as the watch
+        # starts. Taken then, a change made while the gateway started was never loaded.
+        self._loaded = loaded
         self.path = path
         self.configure_logs = configure_logs  # False when the embedding program owns logging (tests)
         self._counted = counted  # told of each reload: applied (True) or rejected (metrics count them)
@@ -129,7 +133,9 @@ class PolicyReloader:
 
     async def _watch(self) -> None:
         state = self.app[STATE]
-        self._seen = self._polled = await asyncio.to_thread(fingerprint, self.path)
+        if self._loaded is None:
+            self._loaded = await asyncio.to_thread(fingerprint, self.path)
+        self._seen = self._polled = self._loaded
         while True:
             await asyncio.sleep(POLL_SECONDS)
             if not state.policy.source.watch:

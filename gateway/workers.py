@@ -58,6 +58,7 @@ def run_worker(path: Path, host: str | None, port: int | None, kept: Path | None
     of the policy the other workers run, for when the file is rejected (reloads still read `path`)."""
     from gateway.serve import load_for_serving, run
 
+    seen = fingerprint(path)  # before reading it: a change from here on is one `watch` loads
     loaded = load_for_serving(path, sys.stderr)  # stdout is read by the parent
     if loaded is None and kept is not None:
         print(
@@ -80,6 +81,7 @@ def run_worker(path: Path, host: str | None, port: int | None, kept: Path | None
             reuse_port=True,
             with_admin=False,
             parent=os.getppid(),
+            loaded=seen,
         )
     )
 
@@ -126,6 +128,7 @@ class Supervisor:
         """The file's policy, as a worker's reload applies it, for the parent's /readyz (and its logs),
         and its text kept for replacements. A file the workers reject is ignored here too; they log its
         problems."""
+        seen = await asyncio.to_thread(fingerprint, self.path)  # before reading it, for `watch`
         try:
             text = await asyncio.to_thread(read_policy_text, self.path)
             loaded = await asyncio.to_thread(parse_policy, text, None, str(self.path))
@@ -133,17 +136,18 @@ class Supervisor:
             return
         if self.kept is not None:
             await asyncio.to_thread(_write_private, self.kept, text)
-        if initial:
-            return
+        if initial:  # the workers are about to read it: a change since `supervise` read it is theirs too
+            self._seen = seen
         if loaded.logging != self.policy.logging:
             configure_logging(loaded.logging.level, loaded.logging.format)
         self.policy = kept_at_restart(self.policy, loaded)  # admin needs a restart, as for a worker
         self.rate_limits = [self.policy.rate_limit_for(name) for name in self.policy.projects]
-        log.info("supervisor: /readyz checks the limit stores of %s as loaded again", self.path)
+        if not initial:
+            log.info("supervisor: /readyz checks the limit stores of %s as loaded again", self.path)
 
     async def _watch_file(self) -> None:
         """With `watch: true`, the workers reload when the file changes: so does the parent."""
-        self._seen = polled = await asyncio.to_thread(fingerprint, self.path)
+        polled = self._seen  # as the policy was read (`_load(initial=True)`)
         while True:
             await asyncio.sleep(POLL_SECONDS)
             if not self.policy.watch:

@@ -227,3 +227,33 @@ async def test_watch_never_applies_a_file_caught_half_written(
     finally:
         await reloader.stop_watching()
     assert applied == [["outlet", "shop"]]  # the whole file, and nothing before it
+
+
+async def test_watch_loads_a_change_made_while_the_gateway_started(
+    upstream: UpstreamDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch took the file's fingerprint when it started, after the listener: a change written
+    between the start-up's read and that moment was taken as the running policy and never loaded."""
+    import gateway.reload as reload_module
+    from gateway.app import STATE, create_app
+    from gateway.reload import PolicyReloader, fingerprint
+    from tests.conftest import make_policy
+
+    tree = base_policy(upstream.url, allowed_origins=[KEPT, DROPPED])
+    tree["watch"] = True
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    seen = fingerprint(path)  # as `serve` takes it, before it reads the file
+    app = create_app(make_policy(tree))
+    tree["projects"]["shop"]["allowed_origins"] = [KEPT]
+    write_policy(path, tree)  # while the gateway starts
+    monkeypatch.setattr(reload_module, "POLL_SECONDS", 0)
+    reloader = PolicyReloader(app, path, configure_logs=False, loaded=seen)
+    reloader.start_watching()
+    try:
+        for _ in range(3000):  # a bound for a stuck test: polls, not time
+            if app[STATE].policy.source.projects["shop"].allowed_origins == (KEPT,):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await reloader.stop_watching()
+    assert app[STATE].policy.source.projects["shop"].allowed_origins == (KEPT,)
