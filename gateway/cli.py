@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if args.worker:
             kept = Path(args.kept) if args.kept else None
-            return workers.run_worker(Path(args.config), args.host, args.port, kept)
+            return workers.run_worker(Path(args.config), args.host, args.port, kept, args.parent)
         return workers.supervise(Path(args.config), args.host, args.port, args.workers)
     return serve(Path(args.config), args.host, args.port)
 
@@ -94,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="override listen.port")
     serve.add_argument("--workers", type=_positive, default=1, help="processes sharing the port (default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run as a worker
-    serve.add_argument(
-        "--kept", help=argparse.SUPPRESS
-    )  # internal: a worker's policy if --config is rejected
+    # internal, for a worker: the policy to start with when --config is rejected; the supervisor's pid
+    serve.add_argument("--kept", help=argparse.SUPPRESS)
+    serve.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check", help="validate a policy file")

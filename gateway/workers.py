@@ -52,10 +52,15 @@ RESTART_BACKOFF = 1.0  # seconds before replacing a worker that died soon after 
 # ---------------------------------------------------------------------------------------------- worker
 
 
-def run_worker(path: Path, host: str | None, port: int | None, kept: Path | None = None) -> int:
+def run_worker(
+    path: Path, host: str | None, port: int | None, kept: Path | None = None, parent: int | None = None
+) -> int:
     """One worker: the gateway on a shared port (SO_REUSEPORT), no admin listener of its own, its log
     lines tagged with its PID, stopping by itself when the supervising parent is gone. `kept`: the text
-    of the policy the other workers run, for when the file is rejected (reloads still read `path`)."""
+    of the policy the other workers run, for when the file is rejected (reloads still read `path`).
+    `parent`: the supervisor's pid, as it spawned this worker. Read here instead (`os.getppid()` once the
+    policy is loaded), a supervisor that died meanwhile was already replaced by init: the worker took it
+    for its parent, never stopped, and kept the port (SO_REUSEPORT) beside the next supervisor's."""
     from gateway.serve import load_for_serving, run
 
     seen = fingerprint(path)  # before reading it: a change from here on is one `watch` loads
@@ -80,7 +85,7 @@ def run_worker(path: Path, host: str | None, port: int | None, kept: Path | None
             log_handler=handler,
             reuse_port=True,
             with_admin=False,
-            parent=os.getppid(),
+            parent=os.getppid() if parent is None else parent,
             loaded=seen,
         )
     )
@@ -161,7 +166,7 @@ class Supervisor:
 
     async def _spawn(self, initial: bool) -> None:
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(self.path)]
-        args += ["--host", self.host, "--port", str(self.port), "--worker"]
+        args += ["--host", self.host, "--port", str(self.port), "--worker", "--parent", str(os.getpid())]
         if not initial and self.kept is not None and self.kept.exists():
             args += ["--kept", str(self.kept)]
         pipe = asyncio.subprocess.PIPE

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -196,7 +197,6 @@ class StartingWorker:
 async def test_a_sighup_reaches_a_starting_worker_once_it_listens_not_before() -> None:
     """SIGHUP's default action ends a process: forwarded to a worker still starting (its handler not set),
     it killed the worker, and at start-up the supervisor exited 1 ("exited before listening")."""
-    from pathlib import Path
     from typing import cast
 
     from gateway.workers import Supervisor
@@ -268,7 +268,6 @@ async def test_parent_readiness_follows_a_reloaded_limit_store(
 async def test_a_worker_stopped_while_starting_is_a_clean_stop(sig: signal.Signals) -> None:
     """SIGTERM during start-up reached workers whose handlers were not set yet: its default action ended
     them (exit -15), and the supervisor exited 1, as if a worker had failed."""
-    from pathlib import Path
     from typing import cast
 
     from gateway.workers import Supervisor
@@ -328,3 +327,16 @@ async def test_a_replacement_worker_starts_with_the_policy_in_force_when_the_fil
     await gw.wait_for("policy reloaded", count=2)
     async with spreading_session() as session:
         assert set(await asyncio.gather(*(validate(session, gw) for _ in range(20)))) == {403}
+
+
+def test_a_worker_whose_supervisor_died_while_it_started_stops(tmp_path: Path) -> None:
+    """A worker read its parent's pid once its policy was loaded: a supervisor that died meanwhile had
+    been replaced by init, which the worker then took for its parent. It never stopped, and kept the port
+    beside the next supervisor's workers. The supervisor now gives its pid when it spawns a worker."""
+    from tests.support.processes import run_cli, write_policy
+
+    path = write_policy(tmp_path / "policy.yaml", base_policy("http://127.0.0.1:9"))
+    gone = 2**22 + 1  # above pid_max's default: no process, so not this worker's parent
+    result = run_cli("serve", "--config", str(path), "--port", "0", "--worker", "--parent", str(gone))
+    assert result.returncode == 0, result.stderr
+    assert "drained, exiting" in result.stderr
