@@ -288,6 +288,18 @@ def _write_private(path: Path, text: str) -> None:
     part.replace(path)
 
 
+def _private_dir() -> str | None:
+    """A directory for the kept policy (0700: the text may hold secrets); None where no temporary
+    directory is writable (a read-only root file system): replacements then read the file, as before."""
+    try:
+        return tempfile.mkdtemp(prefix="voucherify-gateway-policy-")
+    except OSError as exc:
+        log.warning(
+            "no temporary directory for the policy in force (%s): a replacement worker reads the file", exc
+        )
+        return None
+
+
 def supervise(path: Path, host: str | None, port: int | None, count: int) -> int:
     from gateway.serve import free_port, load_for_serving
 
@@ -302,14 +314,16 @@ def supervise(path: Path, host: str | None, port: int | None, count: int) -> int
     port = policy.listen.port if port is None else port
     if port == 0:  # every worker must bind the same port: pick it here
         port = free_port(host)
-    kept_dir = tempfile.mkdtemp(prefix="voucherify-gateway-policy-")  # 0700: the text may hold secrets
+    kept_dir = _private_dir()
     own_metrics_dir = None
     if multiprocess_dir() is None:  # unset or empty, as the workers and the scrape read it
         own_metrics_dir = tempfile.mkdtemp(prefix="voucherify-gateway-metrics-")
         os.environ[MULTIPROC_ENV] = own_metrics_dir
     try:
-        return run_loop(Supervisor(policy, path, host, port, count, Path(kept_dir) / "policy.yaml").run())
+        kept = None if kept_dir is None else Path(kept_dir) / "policy.yaml"
+        return run_loop(Supervisor(policy, path, host, port, count, kept).run())
     finally:
-        shutil.rmtree(kept_dir, ignore_errors=True)
+        if kept_dir is not None:
+            shutil.rmtree(kept_dir, ignore_errors=True)
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)

@@ -340,3 +340,20 @@ def test_a_worker_whose_supervisor_died_while_it_started_stops(tmp_path: Path) -
     result = run_cli("serve", "--config", str(path), "--port", "0", "--worker", "--parent", str(gone))
     assert result.returncode == 0, result.stderr
     assert "drained, exiting" in result.stderr
+
+
+def test_without_a_writable_temporary_directory_the_supervisor_runs_without_the_kept_policy(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only root file system (PROMETHEUS_MULTIPROC_DIR on a volume) must not keep `--workers` from
+    starting: replacements then read the file, as they did before the kept copy."""
+    import tempfile
+
+    from gateway.workers import _private_dir
+
+    def read_only(*args: object, **kwargs: object) -> str:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert _private_dir() is None
+    assert any("no temporary directory for the policy in force" in r.getMessage() for r in caplog.records)
