@@ -7,6 +7,7 @@ of its key. Secrets are held as `SecretStr`, so no repr, log line or error messa
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -127,7 +128,24 @@ class _Model(BaseModel):
 
 # An empty host binds every interface (asyncio's create_server): `admin.host: ${ADMIN_HOST:-}` with the
 # variable unset put /metrics and /readyz on the public network. `0.0.0.0` says so when it is meant.
-Host = Annotated[str, Field(min_length=1)]
+_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+
+
+def _host(value: str) -> str:
+    """An address or a name to bind, as `create_server` takes it: `localhost:9090`, `[::1]` or
+    `http://0.0.0.0` passed `check`, then start-up died resolving it (socket.gaierror, a traceback)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.fullmatch(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*\.?", value):
+            raise ValueError(
+                "must be an IP address or a host name, without a port, brackets or a scheme "
+                "(0.0.0.0 or :: for every interface)"
+            ) from None
+    return value
+
+
+Host = Annotated[str, Field(min_length=1), AfterValidator(_host)]
 
 
 class Listen(_Model):

@@ -670,3 +670,18 @@ def test_a_variable_holding_dollar_brace_is_taken_as_it_is() -> None:
     policy = parse_policy(MINIMAL.replace("s3cr3t-value", "${KEY}"), env={"KEY": "a${b"})
     secret = policy.projects["shop"].credentials.client_secret_key
     assert secret is not None and secret.get_secret_value() == "a${b"  # env values are not read again
+
+
+@pytest.mark.parametrize("section", ["admin", "listen"])
+@pytest.mark.parametrize("host", ["localhost:9090", "[::1]", "http://0.0.0.0", "127.0.0.1 ", "a..b"])
+def test_a_host_that_cannot_be_bound_is_a_load_error(section: str, host: str) -> None:
+    """check called `admin.host: localhost:9090` valid; start-up then died resolving it (socket.gaierror)."""
+    found = problems(MINIMAL + f"{section}: {{host: '{host}'}}\n")
+    assert len(found) == 1 and found[0].startswith(f"{section}.host: must be an IP address or a host name")
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "0.0.0.0", "::", "::1", "10.0.0.5", "gw.example.com", "my_service"]
+)
+def test_addresses_and_host_names_are_valid_hosts(host: str) -> None:
+    assert parse_policy(MINIMAL + f"admin: {{host: '{host}'}}\n", env={}).admin.host == host
