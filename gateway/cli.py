@@ -9,8 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from gateway.lint import policy_warnings
-from gateway.policy import PolicyError, PolicyFile, load_policy
+from gateway.policy import Listen, PolicyError, PolicyFile, load_policy
 
 DEFAULT_CONFIG = "config/policy.yaml"
 
@@ -84,13 +86,26 @@ def _port(value: str) -> int:
     return number
 
 
+def _host(value: str) -> str:
+    """As `listen.host` (empty: the policy's): `--host localhost:8080` passed, then start-up died resolving
+    it (socket.gaierror, a traceback)."""
+    try:
+        if value:
+            Listen(host=value)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            "must be an IP address or a host name, without a port, brackets or a scheme"
+        ) from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voucherify-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", default=default_config(), help="policy file (default: %(default)s)")
-    serve.add_argument("--host", help="override listen.host")
+    serve.add_argument("--host", type=_host, help="override listen.host")
     serve.add_argument("--port", type=_port, help="override listen.port")
     serve.add_argument("--workers", type=_positive, default=1, help="processes sharing the port (default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run as a worker
@@ -109,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the gateway in front of the offline sandbox, with a demo page"
     )
-    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--host", type=_host, default="127.0.0.1")
     demo.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -249,3 +249,17 @@ def test_a_port_out_of_range_is_refused_on_the_command_line(
         main([command, "--port", port])
     assert exited.value.code == 2
     assert "must be a port from 0 to 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("host", ["localhost:8080", "[::1]", "http://0.0.0.0"])
+def test_a_host_that_cannot_be_bound_is_refused_on_the_command_line(
+    command: str, host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --host localhost:8080` loaded the policy, then died resolving the host (a traceback)."""
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--host", host])
+    assert exited.value.code == 2
+    assert "must be an IP address or a host name" in capsys.readouterr().err
