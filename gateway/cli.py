@@ -9,8 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from gateway.lint import policy_warnings
-from gateway.policy import PolicyError, PolicyFile, load_policy
+from gateway.policy import Listen, PolicyError, PolicyFile, load_policy
 
 DEFAULT_CONFIG = "config/policy.yaml"
 
@@ -48,13 +50,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serving import trap_early_hangups
+
+    trap_early_hangups()  # before the imports and the policy load: a SIGHUP meanwhile is a reload, later
     from gateway.serve import serve
 
     if args.worker or args.workers > 1:
         from gateway import workers
 
         if args.worker:
-            return workers.run_worker(Path(args.config), args.host, args.port)
+            kept = Path(args.kept) if args.kept else None
+            return workers.run_worker(Path(args.config), args.host, args.port, kept, args.parent)
         return workers.supervise(Path(args.config), args.host, args.port, args.workers)
     return serve(Path(args.config), args.host, args.port)
 
@@ -72,16 +78,40 @@ def _positive(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    """0 to 65535, as `listen.port`: uvloop bound 70000 as 4464 (modulo 65536), and -5 was a traceback."""
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError("must be a port from 0 to 65535")
+    return number
+
+
+def _host(value: str) -> str:
+    """As `listen.host` (empty: the policy's): `--host localhost:8080` passed, then start-up died resolving
+    it (socket.gaierror, a traceback)."""
+    try:
+        if value:
+            Listen(host=value)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            "must be an IP address or a host name, without a port, brackets or a scheme"
+        ) from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voucherify-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", default=default_config(), help="policy file (default: %(default)s)")
-    serve.add_argument("--host", help="override listen.host")
-    serve.add_argument("--port", type=int, help="override listen.port")
+    serve.add_argument("--host", type=_host, help="override listen.host")
+    serve.add_argument("--port", type=_port, help="override listen.port")
     serve.add_argument("--workers", type=_positive, default=1, help="processes sharing the port (default 1)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run as a worker
+    # internal, for a worker: the policy to start with when --config is rejected; the supervisor's pid
+    serve.add_argument("--kept", help=argparse.SUPPRESS)
+    serve.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check", help="validate a policy file")
@@ -94,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the gateway in front of the offline sandbox, with a demo page"
     )
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    demo.add_argument("--host", type=_host, default="127.0.0.1")
+    demo.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -7,8 +7,10 @@ of its key. Secrets are held as `SecretStr`, so no repr, log line or error messa
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +42,9 @@ REGIONS = {
     "as1": "https://as1.api.voucherify.io",
 }
 STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+# Ten years, for every duration and window: a bound so that a typo (or `.inf`) cannot overflow a store's
+# expiry arithmetic (an Idempotency-Key's marker lives for the upstream and body timeouts together).
+MAX_SECONDS = 10 * 365 * 86400
 
 
 class PolicyError(Exception):
@@ -50,13 +55,22 @@ class PolicyError(Exception):
         self.problems = problems
 
 
+def _windows(value: str, items: tuple[RateItem, ...]) -> None:
+    """A window of 0 seconds counts nothing (no limit at all, or a 500 with sliding-window-counter); one
+    past MAX_SECONDS overflows Redis's expiry (every request a store error)."""
+    for item in items:
+        if not 1 <= item.expiry <= MAX_SECONDS:
+            raise ValueError(f"{value!r} has a window of {item.expiry} seconds; windows are 1 s to 10 years")
+
+
 def _rate_limit_string(value: str) -> str:
     try:
-        RateItem.parse_many(value)
+        items = RateItem.parse_many(value)
     except ValueError as exc:
         raise ValueError(
             f"{value!r} is not a rate limit such as '5 per 5 seconds' or '100/minute;10/second'"
         ) from exc
+    _windows(value, items)
     return value
 
 
@@ -75,6 +89,7 @@ def _single_limit(value: str) -> str:
         )
     if items[0].amount < 1:
         raise ValueError(f"{value!r} allows nothing; write null to turn this key off")
+    _windows(value, items)
     return value
 
 
@@ -88,8 +103,22 @@ def _not_a_bool(value: object) -> object:
 
 
 ReserveShare = Annotated[float, Field(ge=0, le=1), BeforeValidator(_not_a_bool)]
+
+
+def _text(value: object) -> object:
+    """Only a string reaches a validator whose message quotes its input (an enum's, an IP network's): a
+    nested list there was rendered whole, a YAML alias bomb included."""
+    if not isinstance(value, str):
+        raise ValueError("Input should be a valid string")
+    return value
+
+
 # The enum, with the JSON Schema the Literal it replaced had (an inline enum of strings, no $defs entry)
-StrategyName = Annotated[Strategy, WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"})]
+StrategyName = Annotated[
+    Strategy,
+    BeforeValidator(_text),
+    WithJsonSchema({"enum": [s.value for s in Strategy], "type": "string"}),
+]
 OnStorageError = Literal["allow", "deny"]
 
 
@@ -97,27 +126,55 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# An empty host binds every interface (asyncio's create_server): `admin.host: ${ADMIN_HOST:-}` with the
+# variable unset put /metrics and /readyz on the public network. `0.0.0.0` says so when it is meant.
+_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+
+
+def _host(value: str) -> str:
+    """An address or a name to bind, as `create_server` takes it: `localhost:9090`, `[::1]` or
+    `http://0.0.0.0` passed `check`, then start-up died resolving it (socket.gaierror, a traceback)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.fullmatch(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*\.?", value):
+            raise ValueError(
+                "must be an IP address or a host name, without a port, brackets or a scheme "
+                "(0.0.0.0 or :: for every interface)"
+            ) from None
+    return value
+
+
+Host = Annotated[str, Field(min_length=1), AfterValidator(_host)]
+
+
 class Listen(_Model):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(262144, ge=1)
-    drain_timeout: float = Field(30, ge=0)
-    body_timeout: float = Field(10, gt=0)  # an addition: seconds a client gets to send its whole body
+    drain_timeout: float = Field(30, ge=0, le=MAX_SECONDS)
+    body_timeout: float = Field(
+        10, gt=0, le=MAX_SECONDS
+    )  # an addition: seconds a client gets to send its whole body
     # additions (gateway/listen.py), defaults as nginx's: client_header_timeout, keepalive_timeout
-    header_timeout: float = Field(60, gt=0)  # seconds from a request's first byte to the end of its head
-    keepalive_timeout: float = Field(75, gt=0)  # seconds an idle keep-alive connection is kept
+    header_timeout: float = Field(
+        60, gt=0, le=MAX_SECONDS
+    )  # seconds from a request's first byte to the end of its head
+    keepalive_timeout: float = Field(
+        75, gt=0, le=MAX_SECONDS
+    )  # seconds an idle keep-alive connection is kept
     max_connections: int = Field(1024, ge=1)  # open connections per process; the idlest give way first
 
 
 class Upstream(_Model):
-    connect_timeout: float = Field(2, gt=0)
-    read_timeout: float = Field(10, gt=0)
+    connect_timeout: float = Field(2, gt=0, le=MAX_SECONDS)
+    read_timeout: float = Field(10, gt=0, le=MAX_SECONDS)
     # an addition: requests in flight to one upstream host (scheme, host, port); more answer 502 at once
     max_in_flight_per_host: int = Field(1000, ge=1)
 
 
 class Admin(_Model):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int | None = Field(None, ge=0, le=65535)
 
 
@@ -142,13 +199,35 @@ class Tracing(_Model):
 
 
 class ClientIp(_Model):
-    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    trusted_proxies: tuple[Annotated[IPvAnyNetwork, BeforeValidator(_text)], ...] = ()
     ipv6_prefix: int = Field(64, ge=1, le=128)
 
 
 def _storage_uri(value: str) -> str:
+    """The URI's scheme, and what `limits` needs to open a Redis one: every host with its port (it refuses
+    `redis://localhost`), a port that exists, and a Sentinel service name. Checked here, `serve` no longer
+    starts from a policy `check` called valid only to die with a traceback that quotes the URI, password
+    included. No message here quotes it either."""
     if not value.startswith(STORAGE_SCHEMES):
         raise ValueError(f"must start with one of {', '.join(STORAGE_SCHEMES)}")
+    if value.startswith("memory://"):
+        return value
+    example = "a host and its port, such as redis://localhost:6379"
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        hosts = parsed.netloc[parsed.netloc.find("@") + 1 :]  # as `limits` reads it: after the first @
+        located = (
+            [urllib.parse.urlsplit(f"fake://{host.strip()}") for host in hosts.split(",")] if hosts else []
+        )
+        ported = all(where.hostname is not None and where.port is not None for where in located)
+    except ValueError:  # a port past 65535, an unclosed [
+        raise ValueError(f"is not a Redis URL with {example} (a port from 0 to 65535)") from None
+    if not ported:
+        raise ValueError(f"every host of a Redis URL needs its port: {example}")
+    if not hosts and value.startswith(("redis+sentinel://", "redis+cluster://")):
+        raise ValueError(f"a Sentinel or Cluster URL names at least one host: {example}")
+    if value.startswith("redis+sentinel://") and not parsed.path.strip("/"):
+        raise ValueError("a Sentinel URL names its service: redis+sentinel://host:26379/mymaster")
     return value
 
 
@@ -171,7 +250,7 @@ class RateLimit(_Model):
     per_ip: RateLimitString = "5 per 5 seconds"
     operations: OperationLimits = Field(default_factory=dict)
     on_storage_error: OnStorageError = "allow"
-    storage_timeout: float = Field(0.5, gt=0)
+    storage_timeout: float = Field(0.5, gt=0, le=MAX_SECONDS)
     failed_codes: SingleLimitString | None = None  # unknown codes one client may try per window; None: off
     upstream_quota: SingleLimitString | None = None  # calls one project may make to Voucherify; None: off
     redeem_reserve: ReserveShare = 0  # share of upstream_quota only redemptions may use
@@ -189,7 +268,7 @@ class ProjectRateLimit(_Model):
     per_ip: RateLimitString | None = None
     operations: OperationLimits | None = None
     on_storage_error: OnStorageError | None = None
-    storage_timeout: float | None = Field(None, gt=0)
+    storage_timeout: float | None = Field(None, gt=0, le=MAX_SECONDS)
     failed_codes: SingleLimitString | None = None  # an explicit null turns it off for this project
     upstream_quota: SingleLimitString | None = None  # an explicit null turns it off for this project
     redeem_reserve: ReserveShare | None = None
@@ -202,8 +281,7 @@ class ProjectRateLimit(_Model):
         return base.model_copy(update=update)
 
 
-# Ten years: a bound so that a typo cannot overflow a store's expiry arithmetic.
-MAX_IDEMPOTENCY_TTL = 10 * 365 * 86400
+MAX_IDEMPOTENCY_TTL = MAX_SECONDS
 
 
 class Idempotency(_Model):
@@ -226,11 +304,11 @@ class ProjectIdempotency(_Model):
 class Cache(_Model):
     """Cached reads (`gateway/guards/cache.py`): seconds 200 answers of the list operations are reused."""
 
-    ttl: float = Field(0, ge=0)
+    ttl: float = Field(0, ge=0, le=MAX_SECONDS)
 
 
 class ProjectCache(_Model):
-    ttl: float | None = Field(None, ge=0)  # left out (None): inherited
+    ttl: float | None = Field(None, ge=0, le=MAX_SECONDS)  # left out (None): inherited
 
     def over(self, base: Cache) -> Cache:
         return base.model_copy(update=self.model_dump(exclude_none=True))
@@ -248,11 +326,26 @@ def _api_version(value: str) -> str:
     return value
 
 
+def _credential(value: SecretStr) -> SecretStr:
+    """A header value as Voucherify's keys are: printable ASCII, no space. A secret read from a file often
+    ends in a newline; the upstream client then refused every call (a header that could split the request):
+    502 for every request of a policy `check` called valid. The message never quotes the value."""
+    if not re.fullmatch(r"[\x21-\x7e]*", value.get_secret_value()):
+        raise ValueError(
+            "holds a space, a line break, a control or a non-ASCII character, which cannot go in the header "
+            "it is sent in (a newline at the end of a secret file?)"
+        )
+    return value
+
+
+Credential = Annotated[SecretStr, AfterValidator(_credential)]
+
+
 class Credentials(_Model):
-    client_application_id: SecretStr | None = None
-    client_secret_key: SecretStr | None = None
-    application_id: SecretStr | None = None
-    secret_key: SecretStr | None = None
+    client_application_id: Credential | None = None
+    client_secret_key: Credential | None = None
+    application_id: Credential | None = None
+    secret_key: Credential | None = None
 
 
 class DangerZone(_Model):
@@ -343,6 +436,22 @@ class PolicyFile(_Model):
             raise ValueError("at least one project is needed")
         return value
 
+    @field_validator("admin")
+    @classmethod
+    def _admin_apart(cls, admin: Admin, info: ValidationInfo) -> Admin:
+        """Never on the public port: on the same address (or a wildcard one) the second bind failed at
+        start-up with a traceback, after `check` called the file valid."""
+        listen = info.data.get("listen")  # absent when listen is itself invalid: reported there
+        wildcard = ("0.0.0.0", "::")  # compared with, not bound
+        if (
+            isinstance(listen, Listen)
+            and admin.port
+            and admin.port == listen.port
+            and (admin.host == listen.host or admin.host in wildcard or listen.host in wildcard)
+        ):
+            raise ValueError(f"port {admin.port} is listen.port: the admin listener needs a port of its own")
+        return admin
+
     @model_validator(mode="after")
     def _default_exists(self) -> PolicyFile:
         if self.default_project is not None and self.default_project not in self.projects:
@@ -368,11 +477,37 @@ _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def interpolate(tree: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
-    """Replace `${NAME}` / `${NAME:-default}` in every string value; a missing NAME is a problem."""
-    if isinstance(tree, dict):
-        return {key: interpolate(value, env, problems, _join(path, key)) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [interpolate(value, env, problems, _join(path, index)) for index, value in enumerate(tree)]
+    """Replace `${NAME}` / `${NAME:-default}` in every string value; a missing NAME is a problem.
+
+    A mapping or list the YAML shares through an alias (`*name`) is walked once and its result shared
+    again, as the loader shares it. Copied at each alias, nine levels of ten aliases (a "billion laughs" of
+    600 bytes) took ten minutes and gigabytes, ten times more per level, in `check`, at start-up and in a
+    reload's thread (holding the reload lock). One that contains itself (`a: &a [*a]`) is a problem, not
+    a RecursionError."""
+    done: dict[int, Any] = {}  # id of a container of `tree` (alive throughout) -> its result
+    open_: set[int] = set()  # the containers being walked: one met again inside itself is a cycle
+
+    def walk(node: Any, where: str) -> Any:
+        if not isinstance(node, dict | list):
+            return _substitute(node, env, problems, where)
+        if id(node) in done:
+            return done[id(node)]
+        if id(node) in open_:
+            problems.append(f"{where or '<root>'}: a YAML alias refers to a node that contains it")
+            return None
+        open_.add(id(node))
+        if isinstance(node, dict):
+            result: Any = {key: walk(value, _join(where, key)) for key, value in node.items()}
+        else:
+            result = [walk(value, _join(where, index)) for index, value in enumerate(node)]
+        open_.discard(id(node))
+        done[id(node)] = result
+        return result
+
+    return walk(tree, path)
+
+
+def _substitute(tree: Any, env: Mapping[str, str], problems: list[str], path: str) -> Any:
     if isinstance(tree, str) and "${" in tree:
 
         def replace(found: re.Match[str]) -> str:
@@ -384,6 +519,15 @@ def interpolate(tree: Any, env: Mapping[str, str], problems: list[str], path: st
             problems.append(f"{path or '<root>'}: environment variable {name} is not set")
             return ""
 
+        # What is left of `${` once the references are taken out is one that is not a reference: kept as
+        # text, `${SHOP_KEY` (no brace), `${shop-key}` or `${A:-${B}}` (its default is `${B`, then `}`)
+        # became a credential or a URL that check called valid. Said without quoting the text.
+        if "${" in _REFERENCE.sub("", tree) or any("${" in (m[2] or "") for m in _REFERENCE.finditer(tree)):
+            problems.append(
+                f"{path or '<root>'}: a '${{' that is not a reference such as ${{NAME}} or "
+                "${NAME:-default} (NAME: letters, digits and _, not starting with a digit; no reference "
+                "inside a default)"
+            )
         return _REFERENCE.sub(replace, tree)
     return tree
 
@@ -396,12 +540,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses a key written twice in one mapping (YAML would silently keep the last)."""
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(
     loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
 ) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
+        if key_node.tag == MERGE_TAG:  # `<<: *base`: no constructor of its own (it made every merge an
+            key: Any = "<<"  # error); the mapping's own keys replace merged ones, as YAML says
+        else:
+            key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:  # a list or a mapping as a key (`? [a, b]`): PyYAML's own error, not a crash
+            raise yaml.constructor.ConstructorError(
+                None, None, "found an unhashable key", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
@@ -415,12 +571,15 @@ def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = 
     """Validate policy text; raise PolicyError with every problem found."""
     try:
         tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        problems: list[str] = []
+        if isinstance(tree, dict):
+            tree = interpolate(tree, os.environ if env is None else env, problems)
     except yaml.YAMLError as exc:
-        raise PolicyError([f"{source}: not valid YAML: {exc}"]) from None
+        raise PolicyError([f"{source}: not valid YAML: {_yaml_error(exc)}"]) from None
+    except RecursionError:  # PyYAML's composer recurses once per level: ~600 nested `[` were a traceback
+        raise PolicyError([f"{source}: not valid YAML: nested too deeply"]) from None
     if not isinstance(tree, dict):
         raise PolicyError([f"{source}: the policy must be a mapping of keys (listen, projects, ...)"])
-    problems: list[str] = []
-    tree = interpolate(tree, os.environ if env is None else env, problems)
     try:
         policy = PolicyFile.model_validate(tree)
     except ValidationError as exc:
@@ -431,12 +590,32 @@ def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = 
     return policy
 
 
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """PyYAML's reason and where, without the snippets its message adds: they quote the file's lines, so a
+    credential written in the file (a quote left open, a file read while being written) reached check's
+    output and a reload's log line."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)  # a ReaderError: a character's code and position, never the text around it
+    parts = [
+        f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else text
+        for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))
+        if text
+    ]
+    return ": ".join(parts) or "unreadable"
+
+
 def load_policy(path: str | Path, env: Mapping[str, str] | None = None) -> PolicyFile:
+    return parse_policy(read_policy_text(path), env, source=str(path))
+
+
+def read_policy_text(path: str | Path) -> str:
+    """The policy file's text; PolicyError when it cannot be read as UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([f"{path}: cannot read the policy file: {exc.strerror or exc}"]) from None
-    return parse_policy(text, env, source=str(path))
+    except UnicodeDecodeError as exc:  # a Latin-1 comment: was a traceback from check and serve
+        raise PolicyError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -46,6 +46,15 @@ def fingerprint(path: Path) -> Fingerprint:
     return stat.st_mtime_ns, stat.st_size, digest
 
 
+def settled(loaded: Fingerprint, previous: Fingerprint, current: Fingerprint) -> bool:
+    """Whether a poll found a change to load: the file differs from the one last loaded and is as the poll
+    before found it. A file written in place (an editor's save, `cat new > policy.yaml`) can be caught
+    half written; loaded then, a valid prefix (a projects list cut short, a top-level `rate_limit` cut
+    off, so its defaults) was applied until the next poll. Waiting for two polls that agree loads it whole,
+    a second later."""
+    return current != loaded and current == previous
+
+
 class PolicyReloader:
     """Reloads one app's policy from one file; reloads never overlap."""
 
@@ -56,13 +65,18 @@ class PolicyReloader:
         *,
         configure_logs: bool = True,
         counted: Callable[[bool], None] | None = None,
+        loaded: Fingerprint = None,
     ) -> None:
         self.app = app
+        # The file as the running policy was read from it (taken before reading it); None: as the watch
+        # starts. Taken then, a change made while the gateway started was never loaded.
+        self._loaded = loaded
         self.path = path
         self.configure_logs = configure_logs  # False when the embedding program owns logging (tests)
         self._counted = counted  # told of each reload: applied (True) or rejected (metrics count them)
         self._lock = asyncio.Lock()
-        self._seen: Fingerprint = None
+        self._seen: Fingerprint = None  # the file as last loaded
+        self._polled: Fingerprint = None  # as the last poll found it
         self._watch_task: asyncio.Task[None] | None = None
 
     async def reload(self) -> bool:
@@ -119,14 +133,17 @@ class PolicyReloader:
 
     async def _watch(self) -> None:
         state = self.app[STATE]
-        self._seen = await asyncio.to_thread(fingerprint, self.path)
+        if self._loaded is None:
+            self._loaded = await asyncio.to_thread(fingerprint, self.path)
+        self._seen = self._polled = self._loaded
         while True:
             await asyncio.sleep(POLL_SECONDS)
             if not state.policy.source.watch:
                 continue
             async with self._lock:
                 current = await asyncio.to_thread(fingerprint, self.path)
-                if current == self._seen:
+                previous, self._polled = self._polled, current
+                if not settled(self._seen, previous, current):
                     continue
                 self._seen = current
                 log.info("%s changed: reloading", self.path)

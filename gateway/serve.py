@@ -18,7 +18,7 @@ from gateway.observe.accounting import Accounting, Sink
 from gateway.observe.logs import BufferedStreamHandler, configure_logging, flush_logs
 from gateway.observe.metrics import Metrics
 from gateway.policy import PolicyError, PolicyFile, load_policy
-from gateway.reload import PolicyReloader
+from gateway.reload import Fingerprint, PolicyReloader, fingerprint
 from gateway.serving import Serving, http_url, port_of, run_loop, settle_heap
 
 if TYPE_CHECKING:  # imported at run time only when tracing is on
@@ -37,6 +37,7 @@ async def run(
     reuse_port: bool = False,
     with_admin: bool = True,
     parent: int | None = None,
+    loaded: Fingerprint = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain. Under `--workers`, the parent runs the admin listener
     (`with_admin=False`) and each worker stops by itself when `parent` is no longer its parent."""
@@ -48,10 +49,12 @@ async def run(
     accounting = Accounting(sinks)
     app = create_app(policy, accounting, tracer=tracing.starter if tracing is not None else None)
     state = app[STATE]
-    reloader = PolicyReloader(app, path, counted=metrics.reloaded) if path is not None else None
+    reloader = None
+    if path is not None:  # `loaded`: the file as `policy` was read from it, for `watch`
+        reloader = PolicyReloader(app, path, counted=metrics.reloaded, loaded=loaded)
     drain = policy.listen.drain_timeout
     async with Serving(
-        flush=(accounting.flush, flush_logs), hangup=_on_hup(reloader), parent=parent
+        flush=(accounting.flush, flush_logs), hangup=_on_hup(reloader), parent=parent, process_exits=True
     ) as serving:
         public = GatewayRunner(app, policy.listen)  # deadlines, the connection cap, the gateway's own answers
         runner = await serving.listen(
@@ -131,6 +134,7 @@ def load_for_serving(
 
 
 def serve(path: Path, host: str | None, port: int | None) -> int:
+    seen = fingerprint(path)  # before reading it: a change from here on is one `watch` loads
     loaded = load_for_serving(path)
     if loaded is None:
         return 1
@@ -142,6 +146,7 @@ def serve(path: Path, host: str | None, port: int | None) -> int:
             host or policy.listen.host,
             policy.listen.port if port is None else port,
             log_handler=handler,
+            loaded=seen,
         )
     )
 

@@ -29,12 +29,23 @@ from aiohttp import web
 
 from gateway.observe.logs import FLUSH_EVERY
 
-__all__ = ["Serving", "http_url", "port_of", "run_loop", "settle_heap"]
+__all__ = ["Serving", "http_url", "port_of", "run_loop", "settle_heap", "trap_early_hangups"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 ORPHAN_POLL = 1.0  # seconds between checks that the supervising parent is still there
 DRAIN_POLL = 0.02  # seconds between checks that a draining listener's connections are gone
 CANCEL_GRACE = 0.25  # seconds a handler cancelled at the end of a drain gets to record its outcome
+
+
+_EARLY_HANGUPS: list[int] = []  # SIGHUPs that came before a `Serving` with a hangup trapped the signal
+
+
+def trap_early_hangups() -> None:
+    """From here until a `Serving` traps SIGHUP, remember it rather than die of it: SIGHUP's default action
+    ends the process, so a reload sent while the gateway started (`systemctl reload` right after `start`,
+    a deploy script's HUP) killed it. The `Serving` handles a remembered one once its handler is in place:
+    the file may have changed after it was read."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: _EARLY_HANGUPS.append(signum))
 
 
 def http_url(host: str, port: int) -> str:
@@ -53,7 +64,13 @@ class Serving:
     - SIGTERM and SIGINT call `stopping(sig)` (a supervisor forwards them) and end `wait()`;
     - SIGHUP calls `hangup()` when one is given (a reload), else it is left alone;
     - `flush` runs every FLUSH_EVERY seconds and once more at exit, after every runner is cleaned up;
-    - `parent`: stop (as on SIGTERM) when that process is no longer this one's parent (a worker).
+    - `parent`: stop (as on SIGTERM) when that process is no longer this one's parent (a worker);
+    - `process_exits`: the process ends with this `async with` (serve, a worker, the supervisor), so
+      the signals it trapped are ignored from its end on, instead of going back to their default actions.
+      Each arrives twice on a Ctrl-C (the terminal's, to every process of the group, then the
+      supervisor's forward) and under systemd (SIGTERM to every process of the unit): after a quick
+      drain the second killed a worker (exit -15) or raised KeyboardInterrupt in its teardown (a
+      traceback), and the supervisor exited 1.
     """
 
     def __init__(
@@ -63,8 +80,10 @@ class Serving:
         hangup: Callable[[], None] | None = None,
         stopping: Callable[[signal.Signals], None] | None = None,
         parent: int | None = None,
+        process_exits: bool = False,
     ) -> None:
         self._flush = tuple(flush)
+        self._process_exits = process_exits
         self._hangup = hangup
         self._stopping = stopping
         self._parent = parent
@@ -84,6 +103,9 @@ class Serving:
             with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
                 loop.add_signal_handler(sig, handler, *args)
                 self._trapped.append(sig)
+        if self._hangup is not None and _EARLY_HANGUPS:
+            _EARLY_HANGUPS.clear()
+            loop.call_soon(self._hangup)
         if self._flush:
             self._tasks.append(loop.create_task(self._flush_periodically()))
         if self._parent is not None:
@@ -105,6 +127,8 @@ class Serving:
             loop = asyncio.get_running_loop()
             for sig in self._trapped:
                 loop.remove_signal_handler(sig)
+                if self._process_exits:  # already stopping, the process on its way out: a SIGHUP
+                    signal.signal(sig, signal.SIG_IGN)  # has nothing to reload, a stop nothing to stop
             self._flush_now()
 
     # ----------------------------------------------------------------------------------------- listening

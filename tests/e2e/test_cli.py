@@ -234,3 +234,32 @@ def test_serve_refuses_a_bad_policy(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(write(tmp_path, BROKEN)))
     assert result.returncode == 1
     assert "projects.shop.extra: unknown key" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("port", ["70000", "-5", "65536"])
+def test_a_port_out_of_range_is_refused_on_the_command_line(
+    command: str, port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --port 70000` listened on 4464 (uvloop took the port modulo 65536); `--port -5` was a
+    traceback. `listen.port` in the file was already 0 to 65535."""
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--port", port])
+    assert exited.value.code == 2
+    assert "must be a port from 0 to 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("host", ["localhost:8080", "[::1]", "http://0.0.0.0"])
+def test_a_host_that_cannot_be_bound_is_refused_on_the_command_line(
+    command: str, host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --host localhost:8080` loaded the policy, then died resolving the host (a traceback)."""
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--host", host])
+    assert exited.value.code == 2
+    assert "must be an IP address or a host name" in capsys.readouterr().err

@@ -177,3 +177,83 @@ async def test_a_reload_that_changes_listen_keeps_the_running_body_limit_until_a
     policy = app[STATE].policy
     assert (policy.max_body_bytes, policy.body_timeout) == (1000, 10)
     assert len(upstream.received) == 2
+
+
+async def test_watch_never_applies_a_file_caught_half_written(
+    upstream: UpstreamDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written in place can be caught by a poll half written. A valid prefix (here: the projects
+    list cut after its first project) was loaded and applied until the next poll; now a change is loaded
+    once two polls in a row agree on it. The polls are scripted: each call of `fingerprint` is one poll."""
+    import gateway.reload as reload_module
+    from gateway.app import STATE, create_app
+    from gateway.policy import PolicyFile
+    from gateway.reload import PolicyReloader
+    from tests.conftest import make_policy
+
+    tree = base_policy(upstream.url)
+    tree["watch"] = True
+    whole = {**tree, "projects": {**tree["projects"], "outlet": tree["projects"]["shop"]}}
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    app = create_app(make_policy(tree))
+    state = app[STATE]
+    applied: list[list[str]] = []
+    loaded = asyncio.Event()
+    set_policy = state.set_policy
+
+    def recording(policy: PolicyFile) -> None:
+        applied.append(sorted(policy.projects))
+        set_policy(policy)
+        loaded.set()
+
+    monkeypatch.setattr(state, "set_policy", recording)
+    polls: list[int] = []
+    real_fingerprint = reload_module.fingerprint
+
+    def scripted(at: Path) -> reload_module.Fingerprint:
+        polls.append(1)
+        if len(polls) == 2:  # this poll finds it half written: cut after shop, before outlet
+            write_policy(path, tree | {"projects": {"shop": tree["projects"]["shop"]}})
+        elif len(polls) == 3:  # the next one finds it whole
+            write_policy(path, whole)
+        return real_fingerprint(at)
+
+    monkeypatch.setattr(reload_module, "fingerprint", scripted)
+    monkeypatch.setattr(reload_module, "POLL_SECONDS", 0)
+    reloader = PolicyReloader(app, path, configure_logs=False)
+    reloader.start_watching()
+    try:
+        await asyncio.wait_for(loaded.wait(), 30)  # a bound for a stuck test, not a timing
+    finally:
+        await reloader.stop_watching()
+    assert applied == [["outlet", "shop"]]  # the whole file, and nothing before it
+
+
+async def test_watch_loads_a_change_made_while_the_gateway_started(
+    upstream: UpstreamDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch took the file's fingerprint when it started, after the listener: a change written
+    between the start-up's read and that moment was taken as the running policy and never loaded."""
+    import gateway.reload as reload_module
+    from gateway.app import STATE, create_app
+    from gateway.reload import PolicyReloader, fingerprint
+    from tests.conftest import make_policy
+
+    tree = base_policy(upstream.url, allowed_origins=[KEPT, DROPPED])
+    tree["watch"] = True
+    path = write_policy(tmp_path / "policy.yaml", tree)
+    seen = fingerprint(path)  # as `serve` takes it, before it reads the file
+    app = create_app(make_policy(tree))
+    tree["projects"]["shop"]["allowed_origins"] = [KEPT]
+    write_policy(path, tree)  # while the gateway starts
+    monkeypatch.setattr(reload_module, "POLL_SECONDS", 0)
+    reloader = PolicyReloader(app, path, configure_logs=False, loaded=seen)
+    reloader.start_watching()
+    try:
+        for _ in range(3000):  # a bound for a stuck test: polls, not time
+            if app[STATE].policy.source.projects["shop"].allowed_origins == (KEPT,):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await reloader.stop_watching()
+    assert app[STATE].policy.source.projects["shop"].allowed_origins == (KEPT,)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -169,3 +170,190 @@ async def test_parent_readiness_follows_a_deny_projects_limit_store(
                 assert redis.url not in json.dumps(body)  # a Redis URL may carry a password
     finally:
         redis.kill()
+
+
+class StartingWorker:
+    """A worker process as the supervisor sees it: the lines it prints, the signals it is sent."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stdout = asyncio.StreamReader()
+        self.signals: list[signal.Signals] = []
+        self.signalled = asyncio.Event()
+
+        self.code = 0
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.signals.append(sig)
+        self.signalled.set()
+
+    async def wait(self) -> int:
+        return self.code
+
+    def says_it_listens(self) -> None:
+        self.stdout.feed_data(b"voucherify-gateway listening on http://127.0.0.1:8080\n")
+
+
+async def test_a_sighup_reaches_a_starting_worker_once_it_listens_not_before() -> None:
+    """SIGHUP's default action ends a process: forwarded to a worker still starting (its handler not set),
+    it killed the worker, and at start-up the supervisor exited 1 ("exited before listening")."""
+    from typing import cast
+
+    from gateway.workers import Supervisor
+
+    policy = parse_policy(json.dumps(base_policy("http://127.0.0.1:9")), env={})
+    supervisor = Supervisor(policy, Path("policy.yaml"), "127.0.0.1", 8080, 2)
+    ready, starting = StartingWorker(101), StartingWorker(102)
+    watches = []
+    for worker in (ready, starting):
+        proc = cast(asyncio.subprocess.Process, worker)
+        supervisor.procs[worker.pid] = proc
+        watches.append(asyncio.create_task(supervisor._watch(proc, True, 0.0)))
+    ready.says_it_listens()
+    for _ in range(1000):  # loop turns, not time: until the supervisor read the line
+        if supervisor.ready == 1:
+            break
+        await asyncio.sleep(0)
+    assert supervisor.ready == 1
+
+    supervisor._forward(signal.SIGHUP)
+    assert ready.signals == [signal.SIGHUP]
+    assert starting.signals == []  # it would have died of it
+    starting.says_it_listens()
+    await asyncio.wait_for(starting.signalled.wait(), 10)  # a bound for a stuck test, not a timing
+    assert starting.signals == [signal.SIGHUP]  # it reloads once it can: it may have read the old file
+    assert ready.signals == [signal.SIGHUP]
+
+    supervisor.stopping = True
+    for worker in (ready, starting):
+        worker.stdout.feed_eof()
+    await asyncio.gather(*watches)
+    supervisor._forward(signal.SIGHUP)
+    assert starting.signals == [signal.SIGHUP]  # a worker that is gone is not sent anything
+
+
+@pytest.mark.parametrize("trigger", ["sighup", "watch"])
+async def test_parent_readiness_follows_a_reloaded_limit_store(
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory, trigger: str
+) -> None:
+    """The parent's /readyz checked the limit stores of the policy it started with: after a reload that
+    moved a project to an unreachable Redis with `on_storage_error: deny`, every worker answered 503
+    rate_limit_unavailable while /readyz said 200 (and the other way round)."""
+    from tests.support.processes import write_policy
+
+    tree = base_policy(upstream.url)
+    admin_port = free_port()
+    tree["admin"] = {"port": admin_port}
+    tree["watch"] = trigger == "watch"
+    gw = await gateway_process(tree, workers=2)
+    readyz = f"http://127.0.0.1:{admin_port}/readyz"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(readyz) as resp:
+            assert resp.status == 200
+
+        tree["rate_limit"] = {"storage": f"redis://127.0.0.1:{free_port()}/0", "on_storage_error": "deny"}
+        write_policy(gw.config, tree)
+        if trigger == "sighup":
+            gw.send(signal.SIGHUP)
+        await gw.wait_for("policy reloaded", count=2)  # both workers
+        await gw.wait_for("/readyz checks the limit stores of")  # and the parent
+        async with session.get(f"{gw.url}/client/v1/validate?code=A", headers=H) as resp:
+            assert resp.status == 503  # rate_limit_unavailable: the workers are on the new store
+        async with session.get(readyz) as resp:
+            assert resp.status == 503, await resp.text()
+            assert (await resp.json())["checks"]["limit_store"] == "unreachable (on_storage_error: deny)"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_worker_stopped_while_starting_is_a_clean_stop(sig: signal.Signals) -> None:
+    """SIGTERM during start-up reached workers whose handlers were not set yet: its default action ended
+    them (exit -15), and the supervisor exited 1, as if a worker had failed."""
+    from typing import cast
+
+    from gateway.workers import Supervisor
+
+    policy = parse_policy(json.dumps(base_policy("http://127.0.0.1:9")), env={})
+    supervisor = Supervisor(policy, Path("policy.yaml"), "127.0.0.1", 8080, 2)
+    starting, failing = StartingWorker(101), StartingWorker(102)
+    watches = []
+    for worker in (starting, failing):
+        proc = cast(asyncio.subprocess.Process, worker)
+        supervisor.procs[worker.pid] = proc
+        watches.append(asyncio.create_task(supervisor._watch(proc, True, 0.0)))
+    supervisor._forward(sig)
+    assert starting.signals == [sig]
+    starting.code = -sig
+    starting.stdout.feed_eof()
+    await watches[0]
+    assert not supervisor.failed
+
+    failing.says_it_listens()  # a worker that listened handles the signal: dying of it is a failure
+    failing.code = -sig
+    failing.stdout.feed_eof()
+    await watches[1]
+    assert supervisor.failed
+
+
+async def test_a_replacement_worker_starts_with_the_policy_in_force_when_the_file_was_rejected(
+    upstream: UpstreamDouble, gateway_process: GatewayProcessFactory
+) -> None:
+    """POLICY.md: a rejected file is ignored, the running policy stays in force. A worker that died after
+    that was replaced by one reading the rejected file: it exited 1 before listening, again every
+    second, and the gateway ran one worker short (/readyz 503) until the file was fixed."""
+    from tests.support.processes import write_policy
+
+    tree = base_policy(upstream.url)
+    admin_port = free_port()
+    tree["admin"] = {"port": admin_port}
+    gw = await gateway_process(tree, workers=2)
+    workers = gw.worker_pids()
+    bad = {**tree, "rate_limit": {"per_ip": "lots"}}
+    write_policy(gw.config, bad)
+    gw.send(signal.SIGHUP)
+    await gw.wait_for("the running policy stays in force", count=2)
+
+    os.kill(min(workers), signal.SIGKILL)
+    await gw.wait_for(re.compile(r"worker \d+ listening"), count=3)  # the replacement listens
+    assert gw.lines("starting with the policy in force")
+    async with spreading_session() as session:
+        assert set(await asyncio.gather(*(validate(session, gw) for _ in range(20)))) == {200}
+        async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+
+    write_policy(
+        gw.config, {**tree, "projects": {"shop": {**tree["projects"]["shop"], "allowed_origins": []}}}
+    )
+    gw.send(signal.SIGHUP)  # the replacement still reloads from the file
+    await gw.wait_for("policy reloaded", count=2)
+    async with spreading_session() as session:
+        assert set(await asyncio.gather(*(validate(session, gw) for _ in range(20)))) == {403}
+
+
+def test_a_worker_whose_supervisor_died_while_it_started_stops(tmp_path: Path) -> None:
+    """A worker read its parent's pid once its policy was loaded: a supervisor that died meanwhile had
+    been replaced by init, which the worker then took for its parent. It never stopped, and kept the port
+    beside the next supervisor's workers. The supervisor now gives its pid when it spawns a worker."""
+    from tests.support.processes import run_cli, write_policy
+
+    path = write_policy(tmp_path / "policy.yaml", base_policy("http://127.0.0.1:9"))
+    gone = 2**22 + 1  # above pid_max's default: no process, so not this worker's parent
+    result = run_cli("serve", "--config", str(path), "--port", "0", "--worker", "--parent", str(gone))
+    assert result.returncode == 0, result.stderr
+    assert "drained, exiting" in result.stderr
+
+
+def test_without_a_writable_temporary_directory_the_supervisor_runs_without_the_kept_policy(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only root file system (PROMETHEUS_MULTIPROC_DIR on a volume) must not keep `--workers` from
+    starting: replacements then read the file, as they did before the kept copy."""
+    import tempfile
+
+    from gateway.workers import _private_dir
+
+    def read_only(*args: object, **kwargs: object) -> str:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert _private_dir() is None
+    assert any("no temporary directory for the policy in force" in r.getMessage() for r in caplog.records)

@@ -6,9 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.compiled import compile_policy
-from gateway.policy import PolicyError, load_policy, parse_policy
+from gateway.policy import PolicyError, interpolate, load_policy, parse_policy
 
 MINIMAL = """
 projects:
@@ -223,6 +224,123 @@ def test_duplicate_keys_and_non_mappings_are_refused() -> None:
     assert problems("projects: [\n")
 
 
+@pytest.mark.parametrize("key", ["[a, b]", "{a: 1}"])
+def test_a_key_that_is_a_list_or_a_mapping_is_a_problem_not_a_crash(key: str) -> None:
+    """`? [a, b]: 1` made the duplicate-key check raise TypeError: check and serve died with a traceback."""
+    found = problems(MINIMAL + f"? {key}\n: 1\n")
+    assert len(found) == 1 and "not valid YAML" in found[0] and "unhashable key" in found[0], found
+
+
+class CountingEnv(dict[str, str]):
+    """An environment that fails a test once more than `bound` references were looked up in it."""
+
+    def __init__(self, bound: int, **values: str) -> None:
+        super().__init__(values)
+        self.bound, self.lookups = bound, 0
+
+    def __contains__(self, key: object) -> bool:
+        self.lookups += 1
+        assert self.lookups <= self.bound, "a node shared through YAML aliases was walked at every alias"
+        return super().__contains__(key)
+
+
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs": `levels` levels of ten aliases each, 10 ** levels strings once expanded."""
+    lines = ['  a0: &a0 ["${V}", x, x, x, x, x, x, x, x, x]']
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "anchors:\n" + "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_walked_once_not_expanded() -> None:
+    """Nine levels of ten aliases (600 bytes) were copied at each alias by the `${VAR}` walk: ten minutes
+    and gigabytes in `check`, at start-up, and in a reload's thread that held the reload lock."""
+    last = "*a8"
+    text = alias_bomb(9) + f"client_ip: {{trusted_proxies: {last}}}\nrate_limit: {{strategy: {last}}}\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(MINIMAL + text, env=CountingEnv(10, V="v"))
+    found = caught.value.problems
+    assert "anchors: unknown key" in found, found
+    assert "rate_limit.strategy: Input should be a valid string" in found, found
+    assert "client_ip.trusted_proxies.0: Input should be a valid string" in found, found
+
+
+def test_a_node_shared_through_aliases_is_interpolated_once_and_shared() -> None:
+    problems: list[str] = []
+    tree = yaml.safe_load("a: &a [x, '${V}', '${MISSING}']\nb: [*a, *a]\n")
+    out = interpolate(tree, CountingEnv(2, V="v"), problems)
+    assert out["a"] == ["x", "v", ""]
+    assert out["b"][0] is out["b"][1] is out["a"]
+    assert problems == ["a.2: environment variable MISSING is not set"]
+
+
+@pytest.mark.parametrize("text", ["x: &a [*a]\n", "x: &a {y: [1, *a]}\n"])
+def test_a_yaml_node_that_contains_itself_is_a_problem_not_a_crash(text: str) -> None:
+    """`x: &a [*a]` made the `${VAR}` walk recurse until RecursionError: a traceback from check."""
+    found = problems(MINIMAL + text)
+    assert any("a YAML alias refers to a node that contains it" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("rate_limit: {strategy: [[fixed-window]]}", "rate_limit.strategy"),
+        ("client_ip: {trusted_proxies: [[10.0.0.0/8]]}", "client_ip.trusted_proxies.0"),
+    ],
+)
+def test_a_list_where_a_string_belongs_is_not_rendered_into_the_message(text: str, path: str) -> None:
+    """The enum's and the IP network's messages quoted their input: a list there was rendered whole (an
+    alias bomb's 10 ** 8 strings took three minutes for trusted_proxies alone)."""
+    assert problems(MINIMAL + text + "\n") == [f"{path}: Input should be a valid string"]
+
+
+@pytest.mark.parametrize("key", ["x", "client_ip"])
+def test_yaml_nested_too_deeply_is_a_problem_not_a_crash(key: str) -> None:
+    """A few hundred nested `[` made PyYAML's composer raise RecursionError: a traceback from check."""
+    found = problems(MINIMAL + f"{key}: {'[' * 1000}{']' * 1000}\n")
+    assert found == ["policy: not valid YAML: nested too deeply"], found
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "client_secret_key: sk-live-4f2a9c: x",  # a colon in the value
+        'client_secret_key: "sk-live-4f2a9c',  # a quote left open, or a file read while being written
+        "client_secret_key: sk-live-4f2a9c\n     client_application_id: app",  # an indentation slip
+    ],
+)
+def test_a_yaml_error_names_its_line_but_never_quotes_it(broken: str) -> None:
+    """PyYAML's message quotes the lines around the error: a credential written in the file was printed
+    by check and logged by a reload ("reload rejected: ...")."""
+    found = problems(f"projects:\n  shop:\n    credentials:\n      {broken}\n")
+    assert len(found) == 1 and found[0].startswith("policy: not valid YAML: "), found
+    assert "sk-live" not in found[0] and "4f2a9c" not in found[0], found
+    assert "(line 5, column " in found[0] or "(line 4, column " in found[0], found
+
+
+def test_yaml_merge_keys_share_a_project_s_settings() -> None:
+    """`<<: *base` was "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'": the
+    duplicate-key check constructed the merge key itself, so no policy could use YAML merge keys."""
+    text = """
+    projects:
+      shop: &base
+        region: us1
+        credentials: {client_application_id: a, client_secret_key: b}
+        allowed_origins: [https://shop.example.com]
+      outlet:
+        <<: *base
+        allowed_origins: [https://outlet.example.com]
+      kiosk:
+        <<: [*base, {allow_missing_origin: true}]
+    """
+    policy = parse_policy(textwrap.dedent(text), env={})
+    outlet, kiosk = policy.projects["outlet"], policy.projects["kiosk"]
+    assert (outlet.region, outlet.allowed_origins) == ("us1", ("https://outlet.example.com",))
+    assert (kiosk.region, kiosk.allow_missing_origin) == ("us1", True)
+    assert any("duplicate key 'watch'" in p for p in problems(MINIMAL + "watch: false\nwatch: true\n"))
+    merged_twice = MINIMAL + "x: &x {a: 1}\nlisten: {<<: *x, <<: *x}\n"
+    assert any("duplicate key '<<'" in p for p in problems(merged_twice))
+
+
 def test_project_rate_limit_overrides_inherit_the_rest() -> None:
     text = MINIMAL + textwrap.dedent(
         """\
@@ -257,6 +375,16 @@ def test_load_policy_from_a_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy(tmp_path / "missing.yaml", env={})
     assert "missing.yaml" in caught.value.problems[0]
+
+
+def test_a_policy_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """A Latin-1 comment (`# café`) raised UnicodeDecodeError: a traceback from check and serve, and a
+    reload rejected with no more than the exception's type."""
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b"# caf\xe9\n" + MINIMAL.encode())
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, env={})
+    assert caught.value.problems == [f"{path}: not UTF-8 text (byte 5)"]
 
 
 @pytest.mark.parametrize("name", ["config/policy.yaml", "config/policy.example.yaml"])
@@ -352,3 +480,208 @@ def test_check_refuses_bad_quota_keys(rate_limit: str, path: str) -> None:
     assert len(found) == 1 and found[0].startswith(f"{path}:"), found
     in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
     assert len(in_project) == 1 and in_project[0].startswith(f"projects.shop.{path}:"), in_project
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "path"),
+    [
+        ("{per_ip: 5 per 0 seconds}", "rate_limit.per_ip"),  # memory and Redis: no limit at all
+        ("{per_ip: 100/minute;5 per 0 seconds}", "rate_limit.per_ip"),
+        ("{per_ip: 5 per 99999999999999999999 seconds}", "rate_limit.per_ip"),  # Redis: every call fails
+        ("{per_ip: 5 per 11 years}", "rate_limit.per_ip"),
+        ("{operations: {redeem: 3 per 0 minutes}}", "rate_limit.operations.redeem"),
+        ("{failed_codes: 10 per 0 hours}", "rate_limit.failed_codes"),
+        ("{upstream_quota: 10 per 0 seconds}", "rate_limit.upstream_quota"),
+    ],
+)
+def test_check_refuses_a_window_of_zero_or_beyond_ten_years(rate_limit: str, path: str) -> None:
+    """`check` called these valid; a window of 0 s counted nothing (with sliding-window-counter every
+    request was a 500), and one of 1e20 s overflowed Redis's expiry (every request a store error)."""
+    found = problems(MINIMAL + f"rate_limit: {rate_limit}\n")
+    assert len(found) == 1 and found[0].startswith(f"{path}:") and "window" in found[0], found
+    in_project = problems(MINIMAL + f"    rate_limit: {rate_limit}\n")
+    assert len(in_project) == 1 and in_project[0].startswith(f"projects.shop.{path}:"), in_project
+
+
+def test_windows_of_one_second_to_ten_years_are_valid() -> None:
+    policy = parse_policy(MINIMAL + "rate_limit: {per_ip: 1/second;5 per 10 years}\n", env={})
+    assert policy.rate_limit.per_ip == "1/second;5 per 10 years"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "listen.drain_timeout",
+        "listen.body_timeout",
+        "listen.header_timeout",
+        "listen.keepalive_timeout",
+        "upstream.connect_timeout",
+        "upstream.read_timeout",
+        "rate_limit.storage_timeout",
+        "cache.ttl",
+    ],
+)
+@pytest.mark.parametrize("value", [".inf", "1e300", "315360001"])
+def test_check_refuses_a_duration_beyond_ten_years(key: str, value: str) -> None:
+    """`check` called `.inf` and 1e300 valid durations. An Idempotency-Key's in-flight marker lives for the
+    upstream and body timeouts together: on Redis, `.inf` made every keyed request a 500 (OverflowError)
+    and 1e300 every keyed request a 503 (Redis refused the expiry)."""
+    section, name = key.split(".")
+    found = problems(MINIMAL + f"{section}: {{{name}: {value}}}\n")
+    assert len(found) == 1 and found[0].startswith(f"{key}: Input should be less than or equal to"), found
+
+
+@pytest.mark.parametrize(("section", "name"), [("rate_limit", "storage_timeout"), ("cache", "ttl")])
+def test_a_project_cannot_set_a_duration_beyond_ten_years(section: str, name: str) -> None:
+    found = problems(MINIMAL + f"    {section}: {{{name}: .inf}}\n")
+    assert len(found) == 1 and found[0].startswith(f"projects.shop.{section}.{name}:"), found
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis://localhost",  # limits needs the port: ConfigurationError at start-up
+        "redis://:hunter2@localhost/0",
+        "redis://:hunter2@localhost:99999",  # "Port out of range"
+        "redis+sentinel://:hunter2@h:99999/mymaster",  # limits: "Unable to parse storage uri <the URI>"
+        "redis+sentinel://:hunter2@h:26379",  # no service name
+        "redis+sentinel://",
+        "redis+cluster://:hunter2@h",
+        "redis+cluster://:hunter2@[::1:7000",
+        "redis+cluster://",
+    ],
+)
+def test_a_storage_uri_serve_cannot_open_is_a_load_error_that_never_quotes_it(uri: str) -> None:
+    """check called these valid; serve then died opening the store, with a traceback quoting the URI,
+    password included, and a reload was rejected with no more than the exception's type."""
+    from limits.errors import ConfigurationError
+    from redis.exceptions import RedisClusterException
+
+    from gateway.ratelimit import open_store
+
+    with pytest.raises((ValueError, ConfigurationError, RedisClusterException)):  # serve could not start
+        open_store(uri)
+    for text in (
+        MINIMAL + f"rate_limit: {{storage: '{uri}'}}\n",
+        MINIMAL + f"    rate_limit: {{storage: '{uri}'}}\n",
+    ):
+        found = problems(text)
+        assert len(found) == 1 and "rate_limit.storage: " in found[0], found
+        assert "hunter2" not in found[0], found
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis://",
+        "redis://localhost:6379/0",
+        "rediss://:hunter2@h:6380",
+        "redis://:p@ss@h:6379",
+        "redis://:pw@[::1]:6379",
+        "redis+sentinel://:pw@h1:26379,h2:26380/mymaster",
+        "redis+cluster://h1:7000,h2:7001",
+    ],
+)
+def test_a_storage_uri_serve_can_open_is_valid(uri: str) -> None:
+    from gateway.ratelimit import open_store
+
+    open_store(uri)
+    assert parse_policy(MINIMAL + f"rate_limit: {{storage: '{uri}'}}\n", env={}).rate_limit.storage == uri
+
+
+@pytest.mark.parametrize("section", ["admin", "listen"])
+def test_an_empty_host_is_a_load_error_not_every_interface(section: str) -> None:
+    """An empty host binds every interface: `admin.host: ${ADMIN_HOST:-}` with the variable unset put
+    the admin listener (/metrics, /readyz) on 0.0.0.0 and [::]."""
+    found = problems(MINIMAL + f"{section}:\n  host: ${{ADMIN_HOST:-}}\n  port: 9090\n")
+    assert len(found) == 1 and found[0].startswith(f"{section}.host: String should have at least 1"), found
+    policy = parse_policy(MINIMAL + f"{section}: {{host: '${{ADMIN_HOST:-0.0.0.0}}'}}\n", env={})
+    assert getattr(policy, section).host == "0.0.0.0"  # said so, it is allowed
+
+
+@pytest.mark.parametrize(
+    "secret", ["s3cr3t-value\n", "s3cr3t-value\r\n", "s3cr3t\x00value", " s3cr3t-value", "s3cr3t vålue"]
+)
+@pytest.mark.parametrize(
+    "key", ["client_application_id", "client_secret_key", "application_id", "secret_key"]
+)
+def test_a_credential_that_cannot_be_a_header_value_is_a_load_error_that_never_quotes_it(
+    key: str, secret: str
+) -> None:
+    """A secret read from a file often ends in a newline: check called it valid, then the upstream client
+    refused every call (a header that could split the request), and every request was a 502."""
+    mode = "server" if key in ("application_id", "secret_key") else "client"
+    others = {
+        "client": {"client_application_id": "app-id", "client_secret_key": "key"},
+        "server": {"application_id": "app-id", "secret_key": "key"},
+    }[mode]
+    text = f"projects:\n  shop:\n    upstream_auth: {mode}\n    credentials:\n"
+    text += "".join(f"      {name}: {value}\n" for name, value in others.items() if name != key)
+    text += f"      {key}: ${{KEY}}\n"
+    found = problems(text, env={"KEY": secret})
+    assert len(found) == 1 and found[0].startswith(f"projects.shop.credentials.{key}: holds a space"), found
+    assert "s3cr3t" not in found[0], found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "admin: {port: 8080}\n",  # listen's default port, both on 127.0.0.1
+        "listen: {port: 9000}\nadmin: {port: 9000}\n",
+        "listen: {host: 0.0.0.0, port: 9000}\nadmin: {port: 9000}\n",
+        "listen: {host: 10.0.0.5, port: 9000}\nadmin: {host: '::', port: 9000}\n",
+    ],
+)
+def test_the_admin_listener_on_the_public_port_is_a_load_error(text: str) -> None:
+    """check called it valid; serve then died at start-up binding the second listener (a traceback)."""
+    found = problems(MINIMAL + text)
+    assert found == ["admin: port 8080 is listen.port: the admin listener needs a port of its own"] or (
+        found == ["admin: port 9000 is listen.port: the admin listener needs a port of its own"]
+    ), found
+
+
+def test_the_admin_listener_may_share_a_port_number_on_another_address() -> None:
+    text = "listen: {host: 10.0.0.5, port: 9000}\nadmin: {host: 127.0.0.1, port: 9000}\n"
+    assert parse_policy(MINIMAL + text, env={}).admin.port == 9000
+    assert parse_policy(MINIMAL + "admin: {port: 0}\nlisten: {port: 0}\n", env={}).admin.port == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "${SHOP_SECRET",  # the closing brace forgotten
+        "${shop-secret}",  # not a variable name
+        "${1SECRET}",
+        "${SHOP_SECRET:-${FALLBACK_SECRET}}",  # a reference in a default: was the text `${FALLBACK_SECRET}`
+        "prefix-${SHOP_SECRET}-${",
+    ],
+)
+def test_a_dollar_brace_that_is_no_reference_is_a_problem_not_text(value: str) -> None:
+    """Kept as text, a malformed reference became the credential itself: check called the policy valid
+    and every call was refused upstream."""
+    text = MINIMAL.replace("s3cr3t-value", f"'{value}'")
+    found = problems(text, env={"SHOP_SECRET": "hunter2", "FALLBACK_SECRET": "hunter3"})
+    assert len(found) == 1, found
+    assert found[0].startswith("projects.shop.credentials.client_secret_key: a '${' that is not a reference")
+    assert "hunter" not in found[0] and "SECRET" not in found[0], found
+
+
+def test_a_variable_holding_dollar_brace_is_taken_as_it_is() -> None:
+    policy = parse_policy(MINIMAL.replace("s3cr3t-value", "${KEY}"), env={"KEY": "a${b"})
+    secret = policy.projects["shop"].credentials.client_secret_key
+    assert secret is not None and secret.get_secret_value() == "a${b"  # env values are not read again
+
+
+@pytest.mark.parametrize("section", ["admin", "listen"])
+@pytest.mark.parametrize("host", ["localhost:9090", "[::1]", "http://0.0.0.0", "127.0.0.1 ", "a..b"])
+def test_a_host_that_cannot_be_bound_is_a_load_error(section: str, host: str) -> None:
+    """check called `admin.host: localhost:9090` valid; start-up then died resolving it (socket.gaierror)."""
+    found = problems(MINIMAL + f"{section}: {{host: '{host}'}}\n")
+    assert len(found) == 1 and found[0].startswith(f"{section}.host: must be an IP address or a host name")
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "0.0.0.0", "::", "::1", "10.0.0.5", "gw.example.com", "my_service"]
+)
+def test_addresses_and_host_names_are_valid_hosts(host: str) -> None:
+    assert parse_policy(MINIMAL + f"admin: {{host: '{host}'}}\n", env={}).admin.host == host

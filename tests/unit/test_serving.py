@@ -85,6 +85,50 @@ async def test_a_signal_stops_it_and_every_runner_is_cleaned_up_last_started_fir
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are gone with it
 
 
+async def test_a_process_that_exits_with_it_ignores_a_second_stop_signal() -> None:
+    """A Ctrl-C sends SIGINT to every process of the group and the supervisor forwards it again; systemd
+    sends SIGTERM to every process of the unit and the supervisor forwards it again. The second one came
+    after a quick drain had given the signals back their default actions: a worker died of SIGTERM (exit
+    -15) or raised KeyboardInterrupt in its teardown, and the supervisor exited 1."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        async with Serving(process_exits=True) as serving:
+            os.kill(os.getpid(), signal.SIGINT)  # the first one stops it
+            await asyncio.wait_for(serving.wait(), 30)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # the second one: this process would have died of it
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+async def test_a_sighup_while_starting_is_remembered_and_handled_once_serving() -> None:
+    """SIGHUP's default action ends a process: one sent while the gateway started (a deploy's reload
+    right after its start) killed it. `serve` traps it from its start and reloads once it can."""
+    from gateway.serving import trap_early_hangups
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        trap_early_hangups()
+        os.kill(os.getpid(), signal.SIGHUP)  # still starting: this process would have died of it
+        hangups: list[str] = []
+        async with Serving(hangup=lambda: hangups.append("reload")) as serving:
+            for _ in range(1000):  # loop turns, not time
+                if hangups:
+                    break
+                await asyncio.sleep(0)
+            serving.stop()
+        assert hangups == ["reload"]  # once, and only once
+        async with Serving(hangup=lambda: hangups.append("again")) as serving:
+            await asyncio.sleep(0)
+            serving.stop()
+        assert hangups == ["reload"]
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 async def test_sighup_calls_hangup_and_does_not_stop() -> None:
     hangups = asyncio.Event()
     async with Serving(hangup=hangups.set) as serving:
