@@ -153,16 +153,12 @@ class Listen(_Model):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(262144, ge=1)
     drain_timeout: float = Field(30, ge=0, le=MAX_SECONDS)
-    body_timeout: float = Field(
-        10, gt=0, le=MAX_SECONDS
-    )  # an addition: seconds a client gets to send its whole body
-    # additions (gateway/listen.py), defaults as nginx's: client_header_timeout, keepalive_timeout
-    header_timeout: float = Field(
-        60, gt=0, le=MAX_SECONDS
-    )  # seconds from a request's first byte to the end of its head
-    keepalive_timeout: float = Field(
-        75, gt=0, le=MAX_SECONDS
-    )  # seconds an idle keep-alive connection is kept
+    # an addition: seconds a client gets to send its whole body
+    body_timeout: float = Field(10, gt=0, le=MAX_SECONDS)
+    # additions (gateway/listen.py), defaults as nginx's: client_header_timeout, keepalive_timeout; seconds
+    # from a request's first byte to the end of its head, and seconds an idle keep-alive connection is kept
+    header_timeout: float = Field(60, gt=0, le=MAX_SECONDS)
+    keepalive_timeout: float = Field(75, gt=0, le=MAX_SECONDS)
     max_connections: int = Field(1024, ge=1)  # open connections per process; the idlest give way first
 
 
