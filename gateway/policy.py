@@ -472,8 +472,11 @@ class PolicyFile(_Model):
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(tree: Any, env: Mapping[str, str], problems: list[str], path: str = "") -> Any:
-    """Replace `${NAME}` / `${NAME:-default}` in every string value; a missing NAME is a problem.
+def interpolate(
+    tree: Any, env: Mapping[str, str], problems: list[str], path: str = "", read: dict[str, str] | None = None
+) -> Any:
+    """Replace `${NAME}` / `${NAME:-default}` in every string value; a missing NAME is a problem. `read`
+    collects each value taken from `env` (-> `${NAME}`), so that no problem quotes one.
 
     A mapping or list the YAML shares through an alias (`*name`) is walked once and its result shared
     again, as the loader shares it. Copied at each alias, nine levels of ten aliases (a "billion laughs" of
@@ -485,7 +488,7 @@ def interpolate(tree: Any, env: Mapping[str, str], problems: list[str], path: st
 
     def walk(node: Any, where: str) -> Any:
         if not isinstance(node, dict | list):
-            return _substitute(node, env, problems, where)
+            return _substitute(node, env, problems, where, read)
         if id(node) in done:
             return done[id(node)]
         if id(node) in open_:
@@ -503,12 +506,16 @@ def interpolate(tree: Any, env: Mapping[str, str], problems: list[str], path: st
     return walk(tree, path)
 
 
-def _substitute(tree: Any, env: Mapping[str, str], problems: list[str], path: str) -> Any:
+def _substitute(
+    tree: Any, env: Mapping[str, str], problems: list[str], path: str, read: dict[str, str] | None
+) -> Any:
     if isinstance(tree, str) and "${" in tree:
 
         def replace(found: re.Match[str]) -> str:
             name, default = found[1], found[2]
             if name in env:
+                if read is not None:
+                    read[env[name]] = f"${{{name}}}"
                 return env[name]
             if default is not None:
                 return default
@@ -568,8 +575,9 @@ def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = 
     try:
         tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         problems: list[str] = []
+        read: dict[str, str] = {}  # what each reference was replaced with
         if isinstance(tree, dict):
-            tree = interpolate(tree, os.environ if env is None else env, problems)
+            tree = interpolate(tree, os.environ if env is None else env, problems, read=read)
     except yaml.YAMLError as exc:
         raise PolicyError([f"{source}: not valid YAML: {_yaml_error(exc)}"]) from None
     except RecursionError:  # PyYAML's composer recurses once per level: ~600 nested `[` were a traceback
@@ -579,11 +587,29 @@ def parse_policy(text: str, env: Mapping[str, str] | None = None, source: str = 
     try:
         policy = PolicyFile.model_validate(tree)
     except ValidationError as exc:
-        problems.extend(_describe(error) for error in exc.errors(include_url=False, include_input=False))
+        found = (_describe(error) for error in exc.errors(include_url=False, include_input=False))
+        problems.extend(_unquoted(problem, read) for problem in found)
         policy = None
     if problems or policy is None:
         raise PolicyError(problems)
     return policy
+
+
+UNQUOTED_FROM = 8  # characters: a value from the environment this long is never quoted in a problem
+
+
+def _unquoted(problem: str, read: Mapping[str, str]) -> str:
+    """A problem with every value read from the environment named by its reference instead: a validator's
+    message quotes what it refuses (`api_version`, a rate limit), and a secret put there by mistake
+    (`api_version: ${SHOP_SECRET_KEY}`) was printed by check and logged by a rejected reload. Credentials'
+    own validators never quote them. Values shorter than a key (a port, a flag) are left: replaced inside
+    every number and word of the message, they would garble it."""
+    for value, reference in sorted(read.items(), key=lambda item: -len(item[0])):
+        if len(value) < UNQUOTED_FROM:
+            continue
+        for form in {value, repr(value)[1:-1]}:
+            problem = problem.replace(form, reference)
+    return problem
 
 
 def _yaml_error(exc: yaml.YAMLError) -> str:

@@ -624,6 +624,29 @@ def test_a_credential_that_cannot_be_a_header_value_is_a_load_error_that_never_q
 
 
 @pytest.mark.parametrize(
+    "place",
+    [
+        "    api_version: ${WRONG}\n",  # its validator quotes what it refuses
+        "    rate_limit: {per_ip: '${WRONG}'}\n",
+        "    rate_limit: {failed_codes: '${WRONG} per hour'}\n",  # quoted inside a longer value
+    ],
+)
+def test_a_value_from_the_environment_is_never_quoted_by_a_problem(place: str) -> None:
+    """A secret put in a field that is not a credential by mistake (the wrong variable) was printed by
+    check and logged by a rejected reload, in the field's own message. It is named by its reference."""
+    secret = "sk_live_9f8e7d6c5b4a"
+    found = problems(MINIMAL + place, env={"WRONG": secret})
+    assert len(found) == 1 and secret not in found[0] and "'${WRONG}" in found[0], found
+
+
+def test_a_short_value_from_the_environment_leaves_the_message_readable() -> None:
+    found = problems(MINIMAL.replace("shop:", "shop:\n    api_version: ${V}"), env={"V": "v1"})
+    assert found == [
+        "projects.shop.api_version: 'v1' is not an API version such as v2018-08-01 (vYYYY-MM-DD)"
+    ]
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "admin: {port: 8080}\n",  # listen's default port, both on 127.0.0.1
