@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import gzip
 import http.client
 import logging
 import os
 import select
+import socket
 import ssl
 import threading
 import time
@@ -165,6 +167,16 @@ class OtlpHttpSender:
         context = ssl.create_default_context(cafile=self.certificate)  # verified: the system's CAs, or it
         return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
 
+    def abort(self) -> None:
+        """End the export under way, from another thread: its socket is shut down, so the read it waits
+        on returns and the export fails. The timeout bounds each read; a collector answering a byte at
+        a time within it would hold an export for ever."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the base class's: SSLSocket.shutdown drops its TLS state
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
@@ -224,6 +236,9 @@ class Tracing:
                 queue.append(outcome)
         if len(queue) >= self.batch:
             self._wake.set()
+        busy = self.busy_since  # every flush (0.2 s): an export past its timeout is given up
+        if busy and time.monotonic() - busy > self.sender.timeout:
+            self.sender.abort()
 
     def shutdown(self) -> None:
         """Send what is queued, waiting at most SHUTDOWN_WAIT seconds, and not at all while exports fail

@@ -560,6 +560,24 @@ async def test_a_failing_collector_costs_requests_nothing_and_is_logged_once(
         await collector.close()
 
 
+async def test_a_collector_trickling_its_answer_is_cut_at_the_timeout_and_logged(
+    traced: TracedFactory, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_TIMEOUT (1 s here) bounds an export, not each read of its answer: a
+    collector sending a byte every 50 ms held the export thread for as long as it liked, every span after
+    was dropped from the full queue, and no warning ever said so."""
+    receiver.mode = "trickle"
+    gw = await traced()
+    await _timed(gw, 1)
+    await receiver.wait_for_attempts(1)
+    deadline = time.monotonic() + WAIT
+    while not _tracing_warnings(caplog, "are failing"):
+        assert time.monotonic() < deadline, "the trickled export was never given up"
+        gw.flush()  # as serve's flusher, every 0.2 s
+        await asyncio.sleep(0.02)
+    assert gw.tracing.dropped == 1 and gw.tracing.busy_since == 0.0
+
+
 # ---------------------------------------------------------------------- the serve process, workers
 
 
