@@ -31,6 +31,7 @@ import contextlib
 import gzip
 import http.client
 import logging
+import math
 import os
 import select
 import socket
@@ -104,12 +105,20 @@ def _env(*names: str) -> str | None:
 
 
 def _number(default: float, *names: str) -> float:
+    """A positive number, as the SDK takes these settings: 0, a negative, NaN, inf or past what a thread or
+    socket can wait (a delay that spins the export thread, a size or timeout that kills it) is refused,
+    and the default used."""
     value = _env(*names)
-    try:
-        return float(value) if value is not None else default
-    except ValueError:
-        log.warning("tracing: %s is not a number; using %g", names[0], default)
+    if value is None:
         return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number <= threading.TIMEOUT_MAX:
+        log.warning("tracing: %s is not a positive number; using %g", names[0], default)
+        return default
+    return number
 
 
 class OtlpHttpSender:

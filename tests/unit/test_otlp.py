@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from multidict import CIMultiDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -111,5 +113,30 @@ def test_the_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         tracing.account([*outcomes, unsampled], 0)  # the export thread may take the last 10 meanwhile
         assert len(tracing._queue) <= 10 and tracing.dropped >= 90
         assert all(outcome in outcomes[-10:] for outcome in list(tracing._queue))  # the newest are kept
+    finally:
+        tracing.shutdown()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e300"])
+def test_a_setting_that_is_no_positive_number_takes_its_default(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    """The SDK refuses them too: a delay of 0, -1 or NaN spun the export thread (the GIL taken from the
+    event loop), and inf killed it (OverflowError), as an infinite timeout did at its first export; an
+    infinite or huge queue size failed the start."""
+    names = (
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    )
+    for name in names:
+        monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.WARNING, logger="gateway.tracing"):
+        tracing = Tracing(TracingConfig(otlp_endpoint=f"http://127.0.0.1:{free_port()}/v1/traces"))
+    try:
+        assert (tracing.delay, tracing.max_queue, tracing.batch, tracing.sender.timeout) == (5, 2048, 512, 10)
+        assert [name in caplog.text for name in names] == [True] * len(names)
+        assert tracing._thread.is_alive()
     finally:
         tracing.shutdown()
