@@ -121,6 +121,35 @@ def _number(default: float, *names: str) -> float:
     return number
 
 
+def _headers(*names: str) -> dict[str, str]:
+    """The collector's headers from the first of `names` that is set, parsed as the SDK parses them. The
+    SDK's parser warns of an entry it cannot read (`x-api-key: secret`, not `x-api-key=secret`) with the
+    entry as written, so its warnings are dropped and one of the gateway's says how many, quoting none."""
+    name = next((name for name in names if _env(name) is not None), None)
+    if name is None:
+        return {}
+    unread: list[logging.LogRecord] = []
+
+    def drop(record: logging.LogRecord) -> bool:
+        unread.append(record)
+        return False
+
+    sdk_log = logging.getLogger("opentelemetry.util.re")
+    sdk_log.addFilter(drop)
+    try:
+        headers = dict(parse_env_headers(_env(name) or "", liberal=True))
+    finally:
+        sdk_log.removeFilter(drop)
+    if unread:
+        log.warning(
+            "tracing: %d entr%s of %s not name=value, not sent (not shown: a value may be a secret)",
+            len(unread),
+            "y" if len(unread) == 1 else "ies",
+            name,
+        )
+    return headers
+
+
 class OtlpHttpSender:
     """POSTs encoded export requests to the collector: one attempt each, bounded by the timeout, over one
     kept-alive connection (`http.client`). A `requests` session cost about four times the CPU per export
@@ -137,9 +166,7 @@ class OtlpHttpSender:
         except ValueError:  # not a port number: every export fails, and says so once
             self.port = 0
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = parse_env_headers(
-            _env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or "", liberal=True
-        )
+        headers = _headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
         self.headers = {**headers, "Content-Type": "application/x-protobuf"}
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("latin-1", "replace")

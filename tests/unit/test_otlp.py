@@ -12,7 +12,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from gateway.models import Outcome
 from gateway.observe.otlp import SpanWriter, export_request
 from gateway.observe.trace_context import TraceStarter
-from gateway.observe.tracing import Tracing
+from gateway.observe.tracing import OtlpHttpSender, Tracing
 from gateway.policy import Tracing as TracingConfig
 from gateway.serve import free_port
 
@@ -140,3 +140,17 @@ def test_a_setting_that_is_no_positive_number_takes_its_default(
         assert tracing._thread.is_alive()
     finally:
         tracing.shutdown()
+
+
+def test_a_header_the_sdk_cannot_read_is_not_quoted_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`name: value` instead of `name=value`: the SDK's parser warned with the entry as written, the
+    collector's API key in the gateway's log."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key: collector-secret-9f1e,x-team=shop")
+    with caplog.at_level(logging.DEBUG):
+        sender = OtlpHttpSender("http://127.0.0.1:4318/v1/traces")
+    assert sender.headers == {"x-team": "shop", "Content-Type": "application/x-protobuf"}
+    assert "collector-secret-9f1e" not in caplog.text
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.name == "gateway.tracing" and "OTEL_EXPORTER_OTLP_TRACES_HEADERS" in warning.getMessage()
