@@ -610,6 +610,33 @@ async def test_serve_exports_spans_and_logs_trace_ids(
     assert line["trace_id"] == trace_id
 
 
+async def test_an_answer_made_before_the_app_has_its_trace_id_and_server_span(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    """POLICY.md: with tracing on, each access line carries trace_id. The answers the public port makes
+    before the app (a bad Host, HTTP/2.0, CONNECT, what aiohttp cannot parse, a head timeout) had none,
+    and no SERVER span."""
+    from tests.support.rawhttp import raw_request
+
+    gw = await gateway_process(_traced_tree(upstream, receiver.url), env=QUICK_ENV)
+    answer = await raw_request(
+        gw.port,
+        b"GET /client/v1/promotions/tiers HTTP/1.1\r\nHost: a b\r\n"
+        + f"traceparent: 00-{TRACE_ID}-{PARENT_ID}-01\r\n\r\n".encode(),
+    )
+    assert answer.status == 400
+    request_id = answer.headers["X-Request-Id"]
+    await gw.wait_for(request_id)
+    [line] = [line for line in gw.access_lines() if line["request_id"] == request_id]
+    assert line["trace_id"] == TRACE_ID  # the caller's, continued as the app's answers continue it
+    [server] = await receiver.wait_for_trace(TRACE_ID, count=1)
+    assert (server.name, server.parent_span_id, server.attributes["gateway.decision"]) == (
+        "not_found",
+        PARENT_ID,
+        "invalid_payload",
+    )
+
+
 async def test_a_hung_collector_holds_no_drain(
     gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
 ) -> None:
