@@ -44,6 +44,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import errors
 from gateway.answer import SERVER, Answer
@@ -345,6 +346,9 @@ class GatewayProtocol(RequestHandler):
         return error_answer(error, request_id)
 
 
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
 def account(
     state: GatewayState,
     request_id: str,
@@ -360,6 +364,8 @@ def account(
     outcome.client = policy.client_ip.client(peer, forwarded)
     outcome.origin = request.headers.get("Origin") if request is not None else None
     outcome.decision, outcome.status = error.key.value, error.status
+    if state.tracer is not None:  # tracing on: its trace id in the access line, its SERVER span
+        outcome.trace = state.tracer.begin(request.headers if request is not None else _NO_HEADERS)
     outcome.finished = time.time()
     state.accounting.started()
     state.accounting.record(outcome)

@@ -165,12 +165,14 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def flush(self) -> None:
         self.acquire()
         try:
+            self._last = time.monotonic()
             if self._pending:
                 lines, self._pending = self._pending, []
                 self.stream.write("\n".join(lines) + "\n")
-            self._last = time.monotonic()
             if self.stream and hasattr(self.stream, "flush"):
                 self.stream.flush()
+        except (OSError, ValueError):  # stderr gone (a closed pipe, a closed file): these lines are
+            pass  # lost, and a log call never raises into the request, the flusher or the exit
         finally:
             self.release()
 

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import gzip
 import http.client
 import logging
+import math
 import os
 import select
+import socket
 import ssl
 import threading
 import time
@@ -102,12 +105,49 @@ def _env(*names: str) -> str | None:
 
 
 def _number(default: float, *names: str) -> float:
+    """A positive number, as the SDK takes these settings: 0, a negative, NaN, inf or past what a thread or
+    socket can wait (a delay that spins the export thread, a size or timeout that kills it) is refused,
+    and the default used."""
     value = _env(*names)
-    try:
-        return float(value) if value is not None else default
-    except ValueError:
-        log.warning("tracing: %s is not a number; using %g", names[0], default)
+    if value is None:
         return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number <= threading.TIMEOUT_MAX:
+        log.warning("tracing: %s is not a positive number; using %g", names[0], default)
+        return default
+    return number
+
+
+def _headers(*names: str) -> dict[str, str]:
+    """The collector's headers from the first of `names` that is set, parsed as the SDK parses them. The
+    SDK's parser warns of an entry it cannot read (`x-api-key: secret`, not `x-api-key=secret`) with the
+    entry as written, so its warnings are dropped and one of the gateway's says how many, quoting none."""
+    name = next((name for name in names if _env(name) is not None), None)
+    if name is None:
+        return {}
+    unread: list[logging.LogRecord] = []
+
+    def drop(record: logging.LogRecord) -> bool:
+        unread.append(record)
+        return False
+
+    sdk_log = logging.getLogger("opentelemetry.util.re")
+    sdk_log.addFilter(drop)
+    try:
+        headers = dict(parse_env_headers(_env(name) or "", liberal=True))
+    finally:
+        sdk_log.removeFilter(drop)
+    if unread:
+        log.warning(
+            "tracing: %d entr%s of %s not name=value, not sent (not shown: a value may be a secret)",
+            len(unread),
+            "y" if len(unread) == 1 else "ies",
+            name,
+        )
+    return headers
 
 
 class OtlpHttpSender:
@@ -126,9 +166,7 @@ class OtlpHttpSender:
         except ValueError:  # not a port number: every export fails, and says so once
             self.port = 0
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = parse_env_headers(
-            _env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") or "", liberal=True
-        )
+        headers = _headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
         self.headers = {**headers, "Content-Type": "application/x-protobuf"}
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("latin-1", "replace")
@@ -164,6 +202,16 @@ class OtlpHttpSender:
             return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         context = ssl.create_default_context(cafile=self.certificate)  # verified: the system's CAs, or it
         return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
+
+    def abort(self) -> None:
+        """End the export under way, from another thread: its socket is shut down, so the read it waits
+        on returns and the export fails. The timeout bounds each read; a collector answering a byte at
+        a time within it would hold an export for ever."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the base class's: SSLSocket.shutdown drops its TLS state
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def close(self) -> None:
         if self._connection is not None:
@@ -224,6 +272,9 @@ class Tracing:
                 queue.append(outcome)
         if len(queue) >= self.batch:
             self._wake.set()
+        busy = self.busy_since  # every flush (0.2 s): an export past its timeout is given up
+        if busy and time.monotonic() - busy > self.sender.timeout:
+            self.sender.abort()
 
     def shutdown(self) -> None:
         """Send what is queued, waiting at most SHUTDOWN_WAIT seconds, and not at all while exports fail

@@ -560,6 +560,24 @@ async def test_a_failing_collector_costs_requests_nothing_and_is_logged_once(
         await collector.close()
 
 
+async def test_a_collector_trickling_its_answer_is_cut_at_the_timeout_and_logged(
+    traced: TracedFactory, receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_TIMEOUT (1 s here) bounds an export, not each read of its answer: a
+    collector sending a byte every 50 ms held the export thread for as long as it liked, every span after
+    was dropped from the full queue, and no warning ever said so."""
+    receiver.mode = "trickle"
+    gw = await traced()
+    await _timed(gw, 1)
+    await receiver.wait_for_attempts(1)
+    deadline = time.monotonic() + WAIT
+    while not _tracing_warnings(caplog, "are failing"):
+        assert time.monotonic() < deadline, "the trickled export was never given up"
+        gw.flush()  # as serve's flusher, every 0.2 s
+        await asyncio.sleep(0.02)
+    assert gw.tracing.dropped == 1 and gw.tracing.busy_since == 0.0
+
+
 # ---------------------------------------------------------------------- the serve process, workers
 
 
@@ -590,6 +608,33 @@ async def test_serve_exports_spans_and_logs_trace_ids(
     await gw.wait_for(request_id)
     [line] = [line for line in gw.access_lines() if line["request_id"] == request_id]
     assert line["trace_id"] == trace_id
+
+
+async def test_an_answer_made_before_the_app_has_its_trace_id_and_server_span(
+    gateway_process: GatewayProcessFactory, upstream: UpstreamDouble, receiver: OtlpReceiver
+) -> None:
+    """POLICY.md: with tracing on, each access line carries trace_id. The answers the public port makes
+    before the app (a bad Host, HTTP/2.0, CONNECT, what aiohttp cannot parse, a head timeout) had none,
+    and no SERVER span."""
+    from tests.support.rawhttp import raw_request
+
+    gw = await gateway_process(_traced_tree(upstream, receiver.url), env=QUICK_ENV)
+    answer = await raw_request(
+        gw.port,
+        b"GET /client/v1/promotions/tiers HTTP/1.1\r\nHost: a b\r\n"
+        + f"traceparent: 00-{TRACE_ID}-{PARENT_ID}-01\r\n\r\n".encode(),
+    )
+    assert answer.status == 400
+    request_id = answer.headers["X-Request-Id"]
+    await gw.wait_for(request_id)
+    [line] = [line for line in gw.access_lines() if line["request_id"] == request_id]
+    assert line["trace_id"] == TRACE_ID  # the caller's, continued as the app's answers continue it
+    [server] = await receiver.wait_for_trace(TRACE_ID, count=1)
+    assert (server.name, server.parent_span_id, server.attributes["gateway.decision"]) == (
+        "not_found",
+        PARENT_ID,
+        "invalid_payload",
+    )
 
 
 async def test_a_hung_collector_holds_no_drain(

@@ -2,10 +2,11 @@
 is sent with opentelemetry-proto, as a collector does, and records every span.
 
 `mode` says how it answers: "ok" (200 with an ExportTraceServiceResponse), "refuse" (400, a permanent
-error for an exporter: no retry), "unavailable" (503, retried by exporters) or "hang" (reads the request,
-never answers until closed). Every export it received is also kept as text and registered with the
-suite's credential scan (log_scan.py), so no span may ever hold a credential. With `ssl_context` it
-listens over TLS; `keepalive` is how long (seconds) an idle connection stays open.
+error for an exporter: no retry), "unavailable" (503, retried by exporters), "hang" (reads the request,
+never answers until closed) or "trickle" (reads the request, then answers 200 one byte of its body at a
+time, each well within any timeout, until closed). Every export it received is also kept as text and
+registered with the suite's credential scan (log_scan.py), so no span may ever hold a credential. With
+`ssl_context` it listens over TLS; `keepalive` is how long (seconds) an idle connection stays open.
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ class OtlpReceiver:
         if self.mode == "hang":
             await self._release.wait()
             return web.Response(status=503)
+        if self.mode == "trickle":
+            answer = web.StreamResponse()
+            answer.enable_chunked_encoding()
+            await answer.prepare(request)
+            while not self._release.is_set():
+                await answer.write(b"\x00")
+                await asyncio.sleep(0.05)
+            return answer
         if self.mode == "refuse":
             return web.Response(status=400, text="refused by the test")
         if self.mode == "unavailable":

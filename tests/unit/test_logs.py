@@ -466,6 +466,40 @@ def test_a_message_line_cannot_be_split_in_text_format() -> None:
     assert len(line.splitlines()) == 1 and line.endswith("upstream said a\\nb\\u0085c")
 
 
+class GoneStream(io.StringIO):
+    """stderr whose reader went away (a closed pipe), until `back` is set."""
+
+    back = False
+
+    def write(self, text: str) -> int:
+        if not self.back:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_broken_stderr_never_raises_into_a_log_call_or_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(access_log, "level", logging.INFO)
+    stream = GoneStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("gateway.test-gone")
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "propagate", False)
+    try:
+        logger.warning("written at once")  # a warning flushes: BrokenPipeError was raised to the caller
+        accounting = Accounting([AccessLog(handler)])
+        for i in range(Accounting.BATCH):  # the request that fills the batch writes it
+            accounting.record(Outcome(f"gw-{i}", "GET"))
+        handler.flush()  # serving's flusher, and the exit's
+        stream.back = True
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["after"]
+
+
 async def test_a_forged_origin_in_a_served_text_log(
     gateway_process: GatewayProcessFactory, upstream: UpstreamDouble
 ) -> None:

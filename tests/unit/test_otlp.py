@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from multidict import CIMultiDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -10,7 +12,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from gateway.models import Outcome
 from gateway.observe.otlp import SpanWriter, export_request
 from gateway.observe.trace_context import TraceStarter
-from gateway.observe.tracing import Tracing
+from gateway.observe.tracing import OtlpHttpSender, Tracing
 from gateway.policy import Tracing as TracingConfig
 from gateway.serve import free_port
 
@@ -113,3 +115,42 @@ def test_the_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert all(outcome in outcomes[-10:] for outcome in list(tracing._queue))  # the newest are kept
     finally:
         tracing.shutdown()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e300"])
+def test_a_setting_that_is_no_positive_number_takes_its_default(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    """The SDK refuses them too: a delay of 0, -1 or NaN spun the export thread (the GIL taken from the
+    event loop), and inf killed it (OverflowError), as an infinite timeout did at its first export; an
+    infinite or huge queue size failed the start."""
+    names = (
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    )
+    for name in names:
+        monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.WARNING, logger="gateway.tracing"):
+        tracing = Tracing(TracingConfig(otlp_endpoint=f"http://127.0.0.1:{free_port()}/v1/traces"))
+    try:
+        assert (tracing.delay, tracing.max_queue, tracing.batch, tracing.sender.timeout) == (5, 2048, 512, 10)
+        assert [name in caplog.text for name in names] == [True] * len(names)
+        assert tracing._thread.is_alive()
+    finally:
+        tracing.shutdown()
+
+
+def test_a_header_the_sdk_cannot_read_is_not_quoted_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`name: value` instead of `name=value`: the SDK's parser warned with the entry as written, the
+    collector's API key in the gateway's log."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key: collector-secret-9f1e,x-team=shop")
+    with caplog.at_level(logging.DEBUG):
+        sender = OtlpHttpSender("http://127.0.0.1:4318/v1/traces")
+    assert sender.headers == {"x-team": "shop", "Content-Type": "application/x-protobuf"}
+    assert "collector-secret-9f1e" not in caplog.text
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.name == "gateway.tracing" and "OTEL_EXPORTER_OTLP_TRACES_HEADERS" in warning.getMessage()
