@@ -214,7 +214,18 @@ class QuotaHold:
             give_back(self.store, plan.key, answers, "upstream quota")
 
     def sending(self) -> None:
-        """The call is handed to the transport: from here on it counts."""
+        """The call is handed to the transport: from here on it counts. Refused (503) when the project is
+        held off by now: the hold-off was read before the request's store calls (its chain, a keyed
+        request's claim), and Voucherify's 429 may have come while they were on their way; the reserved
+        call is then given back here (a cached read's call may outlive the handler whose `release` ran),
+        and nothing is sent."""
+        sparing, target, outcome = self._sparing, self._target, self._outcome
+        assert sparing is not None and target is not None and outcome is not None
+        left = sparing.hold_off.remaining(target.project.name)
+        if left is not None:
+            outcome.quota_refusal = "hold_off"
+            self.give_back()
+            raise Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
         self._sent = True
 
     def unsent(self) -> tuple[Store, str, Reservation] | None:

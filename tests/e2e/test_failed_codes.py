@@ -161,6 +161,25 @@ async def test_an_upstream_404_counts_one_and_never_more_than_named(
     assert remaining(resp.headers) == 2  # nine 404s in the answer, two named
 
 
+async def test_an_answer_nested_deeper_than_the_parser_goes_does_not_make_its_unknown_codes_free(
+    gateway: GatewayFactory, upstream: UpstreamDouble
+) -> None:
+    """A browser reads an answer nested thousands of levels deep (an echo of a request's `metadata` further
+    in than the request had it); the budget's parser gave up on it and counted nothing, so every such
+    validation told the client its code did not exist, free of charge."""
+    client = await gateway(budget_policy(upstream.url, "1 per hour"))
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    shallow = json.dumps({**stackable("NOPE"), "metadata": 0}).encode()
+    echo = json.dumps({**stackable_answer(True), "metadata": 0}).encode()
+    upstream.default = Reply(200, echo[: echo.rindex(b"0}")] + deep + b"}")
+    statuses = []
+    for _ in range(3):
+        resp = await client.post("/client/v1/validations", headers=JSON_H, data=shallow)
+        statuses.append(resp.status)
+    assert statuses == [200, 429, 429]
+    assert len(upstream.received) == 1
+
+
 async def test_a_body_naming_redeemables_twice_is_refused_and_costs_nothing(
     gateway: GatewayFactory, upstream: UpstreamDouble
 ) -> None:

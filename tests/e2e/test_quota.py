@@ -443,6 +443,50 @@ async def test_the_hold_off_takes_voucherifys_seconds(
     assert len(upstream.received) == 1
 
 
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_a_429_that_comes_while_a_request_is_in_its_store_calls_holds_that_request_off_too(
+    gateway: GatewayFactory, upstream: UpstreamDouble, monkeypatch: pytest.MonkeyPatch, keyed: bool
+) -> None:
+    """The hold-off was read when the request was read, before its store calls (its chain, and a keyed
+    request's claim, each a Redis round trip): a request whose calls were on their way when Voucherify's 429
+    came was sent all the same. It is read again right before the call goes out."""
+    client = await gateway(quota_policy(upstream, "100 per hour"))
+    entered, go = asyncio.Event(), asyncio.Event()
+    chain, claim = MemoryStore.chain, MemoryStore.claim
+
+    async def slow_chain(self: MemoryStore, steps: Any) -> Any:  # the first request's round trip
+        if not entered.is_set():
+            entered.set()
+            await go.wait()
+        return await chain(self, steps)
+
+    async def slow_claim(self: MemoryStore, key: str, value: bytes, ttl: float) -> bytes | None:
+        if not entered.is_set():
+            entered.set()
+            await go.wait()
+        return await claim(self, key, value, ttl)
+
+    monkeypatch.setattr(MemoryStore, "claim" if keyed else "chain", slow_claim if keyed else slow_chain)
+    headers = {**JSON_H, "Idempotency-Key": "k-1"} if keyed else JSON_H
+    first = asyncio.ensure_future(client.post("/client/v1/redeem?code=SAVE10", headers=headers, data=b"{}"))
+    await entered.wait()
+    upstream.reply(Reply(429, {"code": 429, "key": "too_many_requests"}, {"Retry-After": "30"}))
+    throttled = await client.get("/client/v1/validate?code=SAVE10", headers=H)
+    assert throttled.status == 503 and len(upstream.received) == 1
+    go.set()
+    resp = await first
+    assert_gateway_error(resp.status, await resp.json(), resp.headers, 503, "upstream_quota_exhausted")
+    assert 1 <= int(resp.headers["Retry-After"]) <= 30
+    assert len(upstream.received) == 1  # nothing more went to Voucherify
+    store = client.app[STATE].limiters.store("memory://")
+    quota = client.app[STATE].policy.projects["shop"].quota
+    assert isinstance(store, MemoryStore) and quota is not None
+    assert store.reserve_sync(quota.key, 100, 3600, 0, shared=True).remaining == 99  # its call given back
+    if keyed:  # and its key is free again
+        monkeypatch.setattr(MemoryStore, "claim", claim)
+        assert (await client.post("/client/v1/redeem?code=SAVE10", headers=headers, data=b"{}")).status == 503
+
+
 async def test_a_hold_off_is_per_project(gateway: GatewayFactory, upstream: UpstreamDouble) -> None:
     tree = base_policy(upstream.url)
     tree["projects"]["blog"] = dict(tree["projects"]["shop"])

@@ -267,6 +267,18 @@ def test_odd_or_hostile_answers_count_only_what_the_rules_say(body: bytes) -> No
     assert unknown_codes(404, body, 5) == 1
 
 
+def test_an_answer_nested_deeper_than_the_parser_goes_still_counts_its_404s() -> None:
+    """The browser's parser reads it; the budget's gave up: an answer echoing a deep `metadata` (the request
+    itself just shallow enough to be read) must not make its unknown codes free."""
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    found = [result("N1", 404), result("K", None), result("N2", 404)]
+    body = answer({"valid": False, "redeemables": found, "order": {"metadata": 0}})
+    body = body[: body.rindex(b"0}")] + deep.encode() + b"}}"  # the metadata 5,000 levels deep
+    assert unknown_codes(200, body, 3) == 2
+    assert unknown_codes(200, body, 1) == 1  # never more than named
+    assert unknown_codes(200, b"[" * 100_000, 5) == 0  # not an answer: nothing in it says 404
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
 def test_an_answer_in_another_unicode_encoding_is_still_read(encoding: str) -> None:
     body = json.dumps({"error": {"code": 404}}).encode(encoding)  # json.loads reads every one of these
