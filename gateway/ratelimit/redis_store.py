@@ -49,7 +49,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.models import Strategy
 from gateway.policy import STORAGE_SCHEMES
@@ -410,7 +410,9 @@ return 0
 
 PRIMITIVE_SCRIPTS = (SETTLE, CLAIM, REPLACE, DELETE_IF)
 SCRIPTS = (CHAIN, *PRIMITIVE_SCRIPTS)
-_FAILURES = (TimeoutError, StorageError, ConnectionError, OSError, RedisError)
+# RedisClusterException is no RedisError: the cluster client raises it when no node answers (a store opened
+# during an outage), and a chain must still fail as StoreUnavailable, for `on_storage_error` to decide
+_FAILURES = (TimeoutError, StorageError, ConnectionError, OSError, RedisError, RedisClusterException)
 
 
 def ledger_key(key: str) -> str:

@@ -404,6 +404,30 @@ async def test_a_redis_error_is_store_unavailable(plain: tuple[RedisServer, Limi
         await store.claim("wrong", b"v", 60)
 
 
+async def test_a_cluster_out_of_reach_is_store_unavailable(tmp_path: Path) -> None:
+    """redis-py's cluster client raises RedisClusterException, which is no RedisError, when no node answers
+    its topology refresh: a store opened while the Cluster is down (a gateway started, or a policy reloaded,
+    during an outage) must fail as StoreUnavailable all the same, so that `on_storage_error` decides (not a
+    500), and a give-back that cannot be sent must tell `failed`, not die in its task."""
+    with running_cluster_node(tmp_path) as node:
+        uri = f"redis+cluster://127.0.0.1:{node.port}"
+    pool = LimiterPool()
+    store = pool.store(uri, 2.0)
+    await pool.start()  # not reachable: a warning, as for plain Redis
+    try:
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(fresh("down"), 5, 60, 1)
+            with pytest.raises(StoreUnavailable):
+                await store.claim(fresh("down"), b"v", 60)
+            failed = asyncio.Event()
+            held = Reservation(True, "t", 1, 4, 60.0, 0.0)
+            store.settle_soon(fresh("down"), held, 0, lambda exc: failed.set())
+            await failed.wait()
+    finally:
+        await pool.close()
+
+
 async def test_prepare_loads_the_scripts(redis: RedisServer) -> None:
     import hashlib
 
