@@ -152,7 +152,9 @@ local function moving_window(KEYS, ARGV, count)
 end
 """
 
-# keys: the item's counter. args: expiry (s), limit. Answers {counted, counter, TTL in seconds}.
+# keys: the item's counter. args: expiry (s), limit. Answers {counted, counter, PTTL in milliseconds}: not
+# TTL, which rounds to the nearest second (1.4 s left read as 1, 1.6 s as 2), so a reset and a refusal
+# remembered until it (refusals.py) ended up to half a second early or late.
 FIXED_WINDOW_HIT = """
 local function fixed_window(KEYS, ARGV, count)
     -- the moving window's list under the same name (`strategy` changed by a reload): start afresh
@@ -166,13 +168,13 @@ local function fixed_window(KEYS, ARGV, count)
             redis.call('expire', KEYS[1], ARGV[1])
         end
     end
-    -- what get and get_expiry read
+    -- what get and get_expiry read (the expiry to the millisecond)
     local current = tonumber(redis.call('get', KEYS[1])) or 0
     local counted = 0
     if count and current <= tonumber(ARGV[2]) then
         counted = 1
     end
-    return {counted, current, redis.call('ttl', KEYS[1])}
+    return {counted, current, redis.call('pttl', KEYS[1])}
 end
 """
 
@@ -699,9 +701,9 @@ def _window(step: Hit, reply: Any) -> HitAnswer:
         hits = int(reply[1])
         start = time.time() + (float(reply[2]) if hits else 0.0)  # Redis's clock to this host's
         return counted, WindowStats(start + item.expiry, item.amount - hits)
-    if step.strategy == Strategy.FIXED_WINDOW:
+    if step.strategy == Strategy.FIXED_WINDOW:  # its PTTL, not get_expiry's TTL (FIXED_WINDOW_HIT)
         current, ttl = int(reply[1]), int(reply[2])
-        return counted, WindowStats(max(ttl, 0) + time.time(), max(0, item.amount - current))
+        return counted, WindowStats(max(ttl, 0) / 1000 + time.time(), max(0, item.amount - current))
     return counted, sliding_window_stats(
         item,
         int(reply[1] or 0),
