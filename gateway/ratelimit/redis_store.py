@@ -15,7 +15,8 @@ the storage is built here with:
   after Redis restarted); never on a timeout, since a command that timed out may still have counted the
   hit. A Cluster client keeps redis-py's own retries, which cover a socket timeout too (the class's
   `ERRORS_ALLOW_RETRY`, not the `retry` object, decides): the call's deadline still bounds them, and a chain
-  retried after a timeout can only count twice (stricter, never more lenient);
+  retried after a timeout can only count a hit twice (stricter, never more lenient); a reservation sent
+  again keeps its token, and RESERVE takes the token's entries found live for its grant (held once);
 - `wrap_exceptions=True`, so every client failure is a `limits.errors.StorageError`.
 
 `prepare` pings and loads the strategies' Lua scripts, so the first round trip is not a request's.
@@ -285,6 +286,9 @@ local function reserve(KEYS, ARGV)
     local live = redis.call('ZCARD', KEYS[1])
     local granted = 0
     if amount <= 0 then
+        granted = 1
+    elseif redis.call('ZSCORE', KEYS[1], ARGV[4] .. ':1') then
+        -- this token's grant, sent again (a connection error retried after its reply was lost): held once
         granted = 1
     elseif live + amount <= limit then
         local i = 1

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import Connection as RedisConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.ratelimit import LimiterPool, Reservation, Store, StoreUnavailable
 from gateway.ratelimit.memory_store import _AT, _GROUP, _GROUPS, _LEDGER, MemoryStore
@@ -358,6 +360,39 @@ async def test_a_connection_left_stale_by_a_restart_is_replaced_not_failed(
     redis.kill()
     redis.start()  # no call in between: the pooled connection is dead and nobody has noticed
     assert (await store.reserve("stale", 5, 60, 1)).remaining == 4  # served, and counted once
+
+
+async def test_a_reservation_sent_again_after_its_reply_was_lost_is_held_once(
+    plain: tuple[RedisServer, LimiterPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection error is retried once (the batcher on plain Redis, redis-py's own retries on a
+    Cluster), with the same arguments: when the reply was lost after Redis ran the script, the retry found
+    the reservation's own entries live and refused it, which then held them unknown to anyone until the
+    window ended (the last unit of a budget refused its own request, and the next ones). The token's
+    entries already held are its grant."""
+    redis, pool = plain
+    store = pool.store(redis.url, 2.0)
+    await pool.start()
+    assert isinstance(store, RedisStore)
+    key = fresh("lost-reply")
+    real = RedisConnection.read_response
+    lost = [1]
+
+    async def read_then_lose(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real(self, *args, **kwargs)  # Redis ran it and answered
+        if lost:
+            lost.pop()
+            raise RedisConnectionError("connection reset after the reply was sent")
+        return reply
+
+    monkeypatch.setattr(RedisConnection, "read_response", read_then_lose)
+    held = await store.reserve(key, 1, 60, 1)
+    monkeypatch.undo()
+    assert not lost  # the reply was lost once, and the call sent again
+    assert held.granted and held.amount == 1 and held.remaining == 0
+    assert not (await store.reserve(key, 1, 60, 1)).granted  # held once: the one unit
+    await store.settle(key, held, 0)
+    assert (await store.reserve(key, 1, 60, 1)).granted  # and given back whole
 
 
 async def test_a_frozen_redis_raises_store_unavailable_after_the_timeout(
