@@ -386,9 +386,14 @@ end
 return 0
 """
 
-# KEYS: the record. ARGV: value, ttl (ms). Returns the value held (nil when this call claimed the key).
+# KEYS: the record. ARGV: value, ttl (ms). Returns the value held (nil when this call claimed the key, or
+# holds it already: values are unique to their caller, so that is this call sent again, a connection error
+# retried after its reply was lost).
 CLAIM = """
 local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+    return false
+end
 if held then
     return held
 end
@@ -396,10 +401,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 """
 
-# KEYS: the record. ARGV: expected, value, ttl (ms). Returns 1 when swapped.
+# KEYS: the record. ARGV: expected, value, ttl (ms). Returns 1 when swapped (or swapped already: this call
+# sent again, as CLAIM).
 REPLACE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+if held == ARGV[2] then
     return 1
 end
 return 0

@@ -395,6 +395,49 @@ async def test_a_reservation_sent_again_after_its_reply_was_lost_is_held_once(
     assert (await store.reserve(key, 1, 60, 1)).granted  # and given back whole
 
 
+async def test_a_record_call_sent_again_after_its_reply_was_lost_answers_as_it_did(
+    plain: tuple[RedisServer, LimiterPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a reservation (above): a claim whose reply was lost after it ran was sent again and found its
+    own marker, so the request was answered 409 (its own key in flight) and the marker blocked the key
+    until it expired; a replace sent again found its own answer and said the marker was gone. Markers are
+    unique to their request, so finding one's own value is one's own call."""
+    redis, pool = plain
+    store = pool.store(redis.url, 2.0)
+    await pool.start()
+    key = fresh("lost-record")
+    real = RedisConnection.read_response
+    lost: list[int] = []
+
+    async def read_then_lose(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real(self, *args, **kwargs)  # Redis ran it and answered
+        if lost:
+            lost.pop()
+            raise RedisConnectionError("connection reset after the reply was sent")
+        return reply
+
+    monkeypatch.setattr(RedisConnection, "read_response", read_then_lose)
+    lost.append(1)
+    assert await store.claim(key, b"marker-1", 60) is None
+    lost.append(1)
+    assert await store.replace(key, b"marker-1", b"answer", 60)
+    assert not lost  # each reply was lost once, and its call sent again
+    monkeypatch.undo()
+    assert await store.claim(key, b"marker-2", 60) == b"answer"
+
+
+async def test_a_claim_of_the_value_held_is_claimed_and_a_replace_made_is_made(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("again")
+    assert await store.claim(key, b"marker-1", 60) is None
+    assert await store.claim(key, b"marker-1", 60) is None
+    assert await store.claim(key, b"marker-2", 60) == b"marker-1"
+    assert await store.replace(key, b"marker-1", b"answer", 60)
+    assert await store.replace(key, b"marker-1", b"answer", 60)
+    assert not await store.replace(key, b"marker-1", b"other", 60)
+    assert await store.claim(key, b"marker-2", 60) == b"answer"
+
+
 async def test_a_frozen_redis_raises_store_unavailable_after_the_timeout(
     plain: tuple[RedisServer, LimiterPool],
 ) -> None:
