@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from limits.aio.storage import Storage
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import Limiter, StoreUnavailable, bridge
+from gateway.ratelimit import Limiter, LimitResult, StoreUnavailable, bridge
 from gateway.ratelimit.redis_batch import IDLE, ScriptBatcher, batcher_for, pack
-from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.redis_store import CHAIN, RedisStore
 from tests.support.processes import RedisServer
 
 STRATEGIES = list(Strategy)
@@ -78,6 +79,31 @@ async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(redis_sto
     assert all(r.allowed for r in results)
     final = await limiter.hit(bucket, "shopper")
     assert final.headers["RateLimit"].startswith('"per_ip";r=78;')  # 1 + 20 + 1 hits: none counted twice
+
+
+async def test_calls_redis_answered_are_answered_when_reloading_a_script_fails(
+    redis_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch where Redis ran some calls and refused others with NOSCRIPT: if reloading the script then
+    fails, only the refused calls fail. The others ran (a hit counted): failing them too told a request
+    the store was down when it had answered (a 503 with `on_storage_error: deny`)."""
+    store = RedisStore(redis_storage, 2.0)
+    limiter = Limiter(store, Strategy.MOVING_WINDOW)
+    bucket = Bucket.parse("per_ip", "100 per hour", "reload-fails/per_ip")
+    await limiter.hit(bucket, "shopper")  # the chain's script loaded
+    client = bridge.client(redis_storage)
+    await client.script_flush()
+    await client.script_load(CHAIN)  # the chain's again, not the claim's
+
+    async def refused(script: Any) -> Any:
+        raise RedisConnectionError("lost while loading the script")
+
+    monkeypatch.setattr(client, "script_load", refused)
+    hit, claim = await asyncio.gather(
+        limiter.hit(bucket, "shopper"), store.claim("reload-fails", b"m", 60), return_exceptions=True
+    )
+    assert isinstance(claim, StoreUnavailable)
+    assert isinstance(hit, LimitResult) and hit.headers["RateLimit"].startswith('"per_ip";r=98;'), hit
 
 
 async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, redis_storage: Storage) -> None:
