@@ -24,7 +24,8 @@ connection; a connection that failed in any other way mid-batch is closed, never
   to the pool: a checkout and a release of redis-py's blocking pool, with their lock and observability
   events, cost more than the batch's own write and read. A kept connection that a restart left dead fails
   its write or read with a connection error, and the batch is retried once on a fresh connection from the
-  pool, as any connection error is. `close` hands the kept ones back.
+  pool, as any connection error is: the calls not answered yet (those answered ran, and are not sent
+  again). `close` hands the kept ones back.
 
 Redis Cluster clients are not batched (a pipeline there is split by slot anyway): `RedisStore` calls them
 one by one.
@@ -95,17 +96,20 @@ class ScriptBatcher:
         """Each call's reply, or its own error (NOSCRIPT among them), in order."""
         if len(batch) > 1:
             self.pipelines += 1
-        packed = pack([("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch])
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch]
+        packed = pack(commands)
         pool, idle = self.client.connection_pool, self._idle
+        replies: list[Any] = []
         for attempt in range(2):
             if idle and not attempt:
                 connection = idle.pop()
             else:
                 connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+                if replies:  # the calls answered before the connection was lost ran: not again
+                    packed = pack(commands[len(replies) :])
             try:
                 await connection.send_packed_command(packed)
-                replies: list[Any] = []
-                for _ in batch:
+                while len(replies) < len(batch):
                     try:
                         replies.append(await connection.read_response())
                     except ResponseError as exc:  # read whole: the connection is still in step

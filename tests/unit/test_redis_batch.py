@@ -106,6 +106,34 @@ async def test_calls_redis_answered_are_answered_when_reloading_a_script_fails(
     assert isinstance(hit, LimitResult) and hit.headers["RateLimit"].startswith('"per_ip";r=98;'), hit
 
 
+async def test_a_connection_lost_mid_batch_sends_again_only_the_calls_not_answered(
+    redis_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection error is retried once on a fresh connection; when it comes after some replies were
+    read, those calls ran and were answered: only the rest is sent again (the batch was sent whole again,
+    and every hit already answered counted twice)."""
+    limiter = Limiter(RedisStore(redis_storage, 2.0), Strategy.FIXED_WINDOW)
+    bucket = Bucket.parse("per_ip", "100 per hour", "mid-batch/per_ip")
+    await limiter.hit(bucket, "shopper")  # 1
+    real = Connection.read_response
+    reads = [0]
+
+    async def lose_the_third(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real(self, *args, **kwargs)
+        reads[0] += 1
+        if reads[0] == 3:  # two answered, the third ran but its reply is lost with the connection
+            raise RedisConnectionError("connection reset mid-batch")
+        return reply
+
+    monkeypatch.setattr(Connection, "read_response", lose_the_third)
+    results = await asyncio.gather(*(limiter.hit(bucket, "shopper") for _ in range(5)))  # 5 ran
+    monkeypatch.undo()
+    assert all(r.allowed for r in results)
+    final = await limiter.hit(bucket, "shopper")
+    # 1 + 5 + the 3 not answered, sent again + 1: the two answered were not run twice (89 then)
+    assert final.headers["RateLimit"].startswith('"per_ip";r=90;'), final.headers
+
+
 async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, redis_storage: Storage) -> None:
     limiter = Limiter(RedisStore(redis_storage, 1.0), Strategy.FIXED_WINDOW)
     bucket = Bucket.parse("per_ip", "100 per hour", "lost/per_ip")
