@@ -656,8 +656,8 @@ class MemoryStore:
     def claim_sync(self, key: str, value: bytes, ttl: float) -> bytes | None:
         now = self.clock()
         record = self._record(key, now)[1]
-        if record is not None:
-            return _value(record)
+        if record is not None:  # its own value: claimed already (as on Redis, where a call may be sent again)
+            return None if _holds(record, value) else _value(record)
         entry = _new_record(value, now + ttl, key)
         if self.claims.full(_ENTRY.unpack_from(entry)[3]):
             raise StoreUnavailable(f"{len(self.claims)} claims in flight: the memory store's bound")
@@ -670,6 +670,8 @@ class MemoryStore:
     def replace_sync(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
         now = self.clock()
         held, record = self._record(key, now)
+        if record is not None and held is self.records and _holds(record, value):
+            return True  # swapped already (as on Redis, where a call may be sent again)
         if record is None or not _holds(record, expected):
             return False
         held.remove(key)

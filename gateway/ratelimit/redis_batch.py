@@ -15,7 +15,8 @@ them). As redis-py's client is configured (redis_store.py), a connection error i
 connection; a connection that failed in any other way mid-batch is closed, never handed back out of step.
 
 - NOSCRIPT (a restarted or flushed Redis): the refused calls' scripts are loaded and only those calls are
-  sent again. Redis refused them before running anything, so nothing is counted twice.
+  sent again. Redis refused them before running anything, so nothing is counted twice. The calls it ran
+  are answered first: a reload that fails fails only the refused ones.
 - A failure of the whole pipeline (connection lost, timeout) fails every call of the batch; `RedisStore`
   turns that into `StoreUnavailable` for each request, and `on_storage_error` decides.
 - A request that gave up waiting (its storage timeout) is not answered: its reply is dropped.
@@ -23,7 +24,8 @@ connection; a connection that failed in any other way mid-batch is closed, never
   to the pool: a checkout and a release of redis-py's blocking pool, with their lock and observability
   events, cost more than the batch's own write and read. A kept connection that a restart left dead fails
   its write or read with a connection error, and the batch is retried once on a fresh connection from the
-  pool, as any connection error is. `close` hands the kept ones back.
+  pool, as any connection error is: the calls not answered yet (those answered ran, and are not sent
+  again). `close` hands the kept ones back.
 
 Redis Cluster clients are not batched (a pipeline there is split by slot anyway): `RedisStore` calls them
 one by one.
@@ -71,40 +73,43 @@ class ScriptBatcher:
     async def _run(self, batch: list[Call]) -> None:
         try:
             replies = await self._execute(batch)
-            refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if refused:
-                for script in {id(batch[i][0]): batch[i][0] for i in refused}.values():
-                    await self.client.script_load(script.script)
-                for i, reply in zip(refused, await self._execute([batch[i] for i in refused]), strict=True):
-                    replies[i] = reply
         except Exception as exc:  # the whole pipeline failed, so did every call in it
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # its request gave up waiting
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        answered = list(zip(batch, replies, strict=True))
+        refused = [call for call, reply in answered if isinstance(reply, NoScriptError)]
+        # the calls Redis ran are answered now, whatever becomes of the refused ones (a hit counted, a claim
+        # made: failing them would say the store was down when it had answered)
+        _answer([(call, reply) for call, reply in answered if not isinstance(reply, NoScriptError)])
+        if not refused:
+            return
+        try:
+            for script in {id(call[0]): call[0] for call in refused}.values():
+                await self.client.script_load(script.script)
+            again = await self._execute(refused)
+        except Exception as exc:
+            _fail(refused, exc)
+            return
+        _answer(list(zip(refused, again, strict=True)))
 
     async def _execute(self, batch: list[Call]) -> list[Any]:
         """Each call's reply, or its own error (NOSCRIPT among them), in order."""
         if len(batch) > 1:
             self.pipelines += 1
-        packed = pack([("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch])
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch]
+        packed = pack(commands)
         pool, idle = self.client.connection_pool, self._idle
+        replies: list[Any] = []
         for attempt in range(2):
             if idle and not attempt:
                 connection = idle.pop()
             else:
                 connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+                if replies:  # the calls answered before the connection was lost ran: not again
+                    packed = pack(commands[len(replies) :])
             try:
                 await connection.send_packed_command(packed)
-                replies: list[Any] = []
-                for _ in batch:
+                while len(replies) < len(batch):
                     try:
                         replies.append(await connection.read_response())
                     except ResponseError as exc:  # read whole: the connection is still in step
@@ -131,6 +136,22 @@ class ScriptBatcher:
         idle, self._idle = self._idle, []
         for connection in idle:
             await self.client.connection_pool.release(connection)
+
+
+def _answer(answered: list[tuple[Call, Any]]) -> None:
+    for (*_, future), reply in answered:
+        if future.done():  # its request gave up waiting
+            continue
+        if isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
+
+
+def _fail(calls: list[Call], exc: Exception) -> None:
+    for *_, future in calls:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:

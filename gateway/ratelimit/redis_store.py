@@ -15,7 +15,8 @@ the storage is built here with:
   after Redis restarted); never on a timeout, since a command that timed out may still have counted the
   hit. A Cluster client keeps redis-py's own retries, which cover a socket timeout too (the class's
   `ERRORS_ALLOW_RETRY`, not the `retry` object, decides): the call's deadline still bounds them, and a chain
-  retried after a timeout can only count twice (stricter, never more lenient);
+  retried after a timeout can only count a hit twice (stricter, never more lenient); a reservation sent
+  again keeps its token, and RESERVE takes the token's entries found live for its grant (held once);
 - `wrap_exceptions=True`, so every client failure is a `limits.errors.StorageError`.
 
 `prepare` pings and loads the strategies' Lua scripts, so the first round trip is not a request's.
@@ -49,7 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.models import Strategy
 from gateway.policy import STORAGE_SCHEMES
@@ -152,7 +153,9 @@ local function moving_window(KEYS, ARGV, count)
 end
 """
 
-# keys: the item's counter. args: expiry (s), limit. Answers {counted, counter, TTL in seconds}.
+# keys: the item's counter. args: expiry (s), limit. Answers {counted, counter, PTTL in milliseconds}: not
+# TTL, which rounds to the nearest second (1.4 s left read as 1, 1.6 s as 2), so a reset and a refusal
+# remembered until it (refusals.py) ended up to half a second early or late.
 FIXED_WINDOW_HIT = """
 local function fixed_window(KEYS, ARGV, count)
     -- the moving window's list under the same name (`strategy` changed by a reload): start afresh
@@ -166,13 +169,13 @@ local function fixed_window(KEYS, ARGV, count)
             redis.call('expire', KEYS[1], ARGV[1])
         end
     end
-    -- what get and get_expiry read
+    -- what get and get_expiry read (the expiry to the millisecond)
     local current = tonumber(redis.call('get', KEYS[1])) or 0
     local counted = 0
     if count and current <= tonumber(ARGV[2]) then
         counted = 1
     end
-    return {counted, current, redis.call('ttl', KEYS[1])}
+    return {counted, current, redis.call('pttl', KEYS[1])}
 end
 """
 
@@ -284,6 +287,9 @@ local function reserve(KEYS, ARGV)
     local granted = 0
     if amount <= 0 then
         granted = 1
+    elseif redis.call('ZSCORE', KEYS[1], ARGV[4] .. ':1') then
+        -- this token's grant, sent again (a connection error retried after its reply was lost): held once
+        granted = 1
     elseif live + amount <= limit then
         local i = 1
         while i <= amount do
@@ -380,9 +386,14 @@ end
 return 0
 """
 
-# KEYS: the record. ARGV: value, ttl (ms). Returns the value held (nil when this call claimed the key).
+# KEYS: the record. ARGV: value, ttl (ms). Returns the value held (nil when this call claimed the key, or
+# holds it already: values are unique to their caller, so that is this call sent again, a connection error
+# retried after its reply was lost).
 CLAIM = """
 local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+    return false
+end
 if held then
     return held
 end
@@ -390,10 +401,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 """
 
-# KEYS: the record. ARGV: expected, value, ttl (ms). Returns 1 when swapped.
+# KEYS: the record. ARGV: expected, value, ttl (ms). Returns 1 when swapped (or swapped already: this call
+# sent again, as CLAIM).
 REPLACE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+if held == ARGV[2] then
     return 1
 end
 return 0
@@ -410,7 +426,9 @@ return 0
 
 PRIMITIVE_SCRIPTS = (SETTLE, CLAIM, REPLACE, DELETE_IF)
 SCRIPTS = (CHAIN, *PRIMITIVE_SCRIPTS)
-_FAILURES = (TimeoutError, StorageError, ConnectionError, OSError, RedisError)
+# RedisClusterException is no RedisError: the cluster client raises it when no node answers (a store opened
+# during an outage), and a chain must still fail as StoreUnavailable, for `on_storage_error` to decide
+_FAILURES = (TimeoutError, StorageError, ConnectionError, OSError, RedisError, RedisClusterException)
 
 
 def ledger_key(key: str) -> str:
@@ -697,9 +715,9 @@ def _window(step: Hit, reply: Any) -> HitAnswer:
         hits = int(reply[1])
         start = time.time() + (float(reply[2]) if hits else 0.0)  # Redis's clock to this host's
         return counted, WindowStats(start + item.expiry, item.amount - hits)
-    if step.strategy == Strategy.FIXED_WINDOW:
+    if step.strategy == Strategy.FIXED_WINDOW:  # its PTTL, not get_expiry's TTL (FIXED_WINDOW_HIT)
         current, ttl = int(reply[1]), int(reply[2])
-        return counted, WindowStats(max(ttl, 0) + time.time(), max(0, item.amount - current))
+        return counted, WindowStats(max(ttl, 0) / 1000 + time.time(), max(0, item.amount - current))
     return counted, sliding_window_stats(
         item,
         int(reply[1] or 0),

@@ -38,7 +38,9 @@ Records (single-flight claims, e.g. Idempotency-Key: an in-flight marker, then t
 
 - `claim(key, value, ttl) -> bytes | None`: store `value` for `ttl` seconds if `key` holds nothing, and
   answer None (claimed, by exactly one caller across everything sharing the store); otherwise answer the
-  value it holds, unchanged.
+  value it holds, unchanged, or None when that is `value` itself. Values are unique to their caller (a
+  nonce), so that is the same call sent again: Redis's clients retry a connection error once, and the
+  first may have run with its reply lost (`replace` likewise answers True for a swap already made).
 - `replace(key, expected, value, ttl) -> bool`: compare-and-set: when `key` holds exactly `expected`,
   it holds `value` for `ttl` seconds from now on, and True; otherwise nothing changes, False.
 - `delete_if(key, expected) -> bool`: when `key` holds exactly `expected`, it holds nothing, and True.

@@ -33,7 +33,7 @@ from gateway.ratelimit import (
 )
 from gateway.ratelimit.memory_store import BoundedMemoryStorage, MemoryStore
 from gateway.ratelimit.redis_store import CHAIN, RedisStore
-from gateway.ratelimit.store import Hit, Store
+from gateway.ratelimit.store import Hit, Reservation, Store
 from tests.support.processes import RedisServer, running_redis
 
 STRATEGIES = list(Strategy)
@@ -225,7 +225,7 @@ def away_from(now: float, boundaries: list[float], margin: float = 0.06) -> floa
 async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: Storage) -> None:
     """These windows run on Redis's clock (TTLs), so the hits are timed away from their edges.
 
-    One-second items: the fixed window turns at its first hit plus 1 s (and its TTL rounds to 0 after
+    One-second items: the fixed window turns at its first hit plus 1 s (and limits' TTL rounds to 0 after
     0.5 s); the sliding window turns every second after the first hit, and its weighted count changes at
     thirds and halves of a second (previous counts of at most 3).
     """
@@ -261,7 +261,11 @@ async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: S
         assert got.headers.keys() == want.headers.keys()
         assert got.headers.get("Retry-After") == want.headers.get("Retry-After")
         if strategy == Strategy.FIXED_WINDOW:
-            assert got.headers == want.headers, step
+            # limits reads the reset as TTL, rounded to the nearest second; the gateway as PTTL, so its t
+            # is the next whole second (t=1 where limits said t=0 with 0.4 s left)
+            assert {**got.headers, "RateLimit": ""} == {**want.headers, "RateLimit": ""}, step
+            for (r1, t1), (r2, t2) in zip(parse(got), parse(want), strict=True):
+                assert r1 == r2 and t1 - t2 in (0, 1), (step, got.headers, want.headers)
         else:
             # A window's first hit creates its counter with a PTTL of two windows. Read in the same
             # millisecond (always, in one script; often, with limits' two calls) the reset is 0 s away,
@@ -273,6 +277,33 @@ async def test_redis_counter_windows_match_limits(strategy: Strategy, storage: S
     client = bridge.client(storage)
     mine_keys = await snapshot(client, f"fused-{strategy}")
     assert set(mine_keys) == set(await snapshot(client, f"limits-{strategy}"))
+
+
+@pytest.mark.parametrize(("left_ms", "t"), [(1400, 2), (1600, 2)])
+async def test_redis_fixed_window_resets_when_its_counter_expires(
+    left_ms: int, t: int, storage: Storage
+) -> None:
+    """The fixed window's reset is its counter's expiry to the millisecond (PTTL), not TTL's whole
+    seconds, which Redis rounds to the nearest: 1.4 s left said t=1 (a client told to come back in 1 s is
+    refused again), 1.6 s left put the reset 0.4 s late (a refusal remembered up to `storage_timeout`
+    outlived the window, refusing what the store would let pass). Memory's figure is exact already."""
+    limiter = Limiter(RedisStore(storage, 2.0), Strategy.FIXED_WINDOW)
+    bucket = Bucket.parse("per_ip", "2 per 5 seconds", f"pttl-{left_ms}/per_ip")
+    key = bridge.prefixed_key(storage, bucket.keys("198.51.100.9")[0])
+    before = time.time()
+    await bridge.client(storage).set(key, 2, px=left_ms)  # the window's two hits, 5 - left_ms ago
+    expires = (before + left_ms / 1000, time.time() + left_ms / 1000)  # between the two
+    result = await limiter.hit(bucket, "198.51.100.9")
+    assert not result.allowed
+    assert parse(result) == [(0, t)] and result.retry_after == t
+    read = limiter.steps(bucket, "198.51.100.9")[0]._replace(counts=False)
+    sent = time.time()
+    (answer,) = await limiter.store.chain([read])
+    # the counter's expiry, but for the reply's way back (read on this host's clock after it came)
+    assert isinstance(answer, tuple) and not isinstance(answer, Reservation)
+    window = answer[1]
+    assert window is not None
+    assert expires[0] - 0.001 <= window.reset_time <= expires[1] + (time.time() - sent) + 0.001
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from limits.aio.storage import Storage
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
 from gateway.models import Bucket, Strategy
-from gateway.ratelimit import Limiter, StoreUnavailable, bridge
+from gateway.ratelimit import Limiter, LimitResult, StoreUnavailable, bridge
 from gateway.ratelimit.redis_batch import IDLE, ScriptBatcher, batcher_for, pack
-from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.redis_store import CHAIN, RedisStore
 from tests.support.processes import RedisServer
 
 STRATEGIES = list(Strategy)
@@ -78,6 +79,59 @@ async def test_a_flushed_script_cache_reloads_and_counts_each_hit_once(redis_sto
     assert all(r.allowed for r in results)
     final = await limiter.hit(bucket, "shopper")
     assert final.headers["RateLimit"].startswith('"per_ip";r=78;')  # 1 + 20 + 1 hits: none counted twice
+
+
+async def test_calls_redis_answered_are_answered_when_reloading_a_script_fails(
+    redis_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch where Redis ran some calls and refused others with NOSCRIPT: if reloading the script then
+    fails, only the refused calls fail. The others ran (a hit counted): failing them too told a request
+    the store was down when it had answered (a 503 with `on_storage_error: deny`)."""
+    store = RedisStore(redis_storage, 2.0)
+    limiter = Limiter(store, Strategy.MOVING_WINDOW)
+    bucket = Bucket.parse("per_ip", "100 per hour", "reload-fails/per_ip")
+    await limiter.hit(bucket, "shopper")  # the chain's script loaded
+    client = bridge.client(redis_storage)
+    await client.script_flush()
+    await client.script_load(CHAIN)  # the chain's again, not the claim's
+
+    async def refused(script: Any) -> Any:
+        raise RedisConnectionError("lost while loading the script")
+
+    monkeypatch.setattr(client, "script_load", refused)
+    hit, claim = await asyncio.gather(
+        limiter.hit(bucket, "shopper"), store.claim("reload-fails", b"m", 60), return_exceptions=True
+    )
+    assert isinstance(claim, StoreUnavailable)
+    assert isinstance(hit, LimitResult) and hit.headers["RateLimit"].startswith('"per_ip";r=98;'), hit
+
+
+async def test_a_connection_lost_mid_batch_sends_again_only_the_calls_not_answered(
+    redis_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection error is retried once on a fresh connection; when it comes after some replies were
+    read, those calls ran and were answered: only the rest is sent again (the batch was sent whole again,
+    and every hit already answered counted twice)."""
+    limiter = Limiter(RedisStore(redis_storage, 2.0), Strategy.FIXED_WINDOW)
+    bucket = Bucket.parse("per_ip", "100 per hour", "mid-batch/per_ip")
+    await limiter.hit(bucket, "shopper")  # 1
+    real = Connection.read_response
+    reads = [0]
+
+    async def lose_the_third(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real(self, *args, **kwargs)
+        reads[0] += 1
+        if reads[0] == 3:  # two answered, the third ran but its reply is lost with the connection
+            raise RedisConnectionError("connection reset mid-batch")
+        return reply
+
+    monkeypatch.setattr(Connection, "read_response", lose_the_third)
+    results = await asyncio.gather(*(limiter.hit(bucket, "shopper") for _ in range(5)))  # 5 ran
+    monkeypatch.undo()
+    assert all(r.allowed for r in results)
+    final = await limiter.hit(bucket, "shopper")
+    # 1 + 5 + the 3 not answered, sent again + 1: the two answered were not run twice (89 then)
+    assert final.headers["RateLimit"].startswith('"per_ip";r=90;'), final.headers
 
 
 async def test_a_lost_redis_fails_every_call_of_the_batch(redis: RedisServer, redis_storage: Storage) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import Connection as RedisConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.ratelimit import LimiterPool, Reservation, Store, StoreUnavailable
 from gateway.ratelimit.memory_store import _AT, _GROUP, _GROUPS, _LEDGER, MemoryStore
@@ -360,6 +362,82 @@ async def test_a_connection_left_stale_by_a_restart_is_replaced_not_failed(
     assert (await store.reserve("stale", 5, 60, 1)).remaining == 4  # served, and counted once
 
 
+async def test_a_reservation_sent_again_after_its_reply_was_lost_is_held_once(
+    plain: tuple[RedisServer, LimiterPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection error is retried once (the batcher on plain Redis, redis-py's own retries on a
+    Cluster), with the same arguments: when the reply was lost after Redis ran the script, the retry found
+    the reservation's own entries live and refused it, which then held them unknown to anyone until the
+    window ended (the last unit of a budget refused its own request, and the next ones). The token's
+    entries already held are its grant."""
+    redis, pool = plain
+    store = pool.store(redis.url, 2.0)
+    await pool.start()
+    assert isinstance(store, RedisStore)
+    key = fresh("lost-reply")
+    real = RedisConnection.read_response
+    lost = [1]
+
+    async def read_then_lose(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real(self, *args, **kwargs)  # Redis ran it and answered
+        if lost:
+            lost.pop()
+            raise RedisConnectionError("connection reset after the reply was sent")
+        return reply
+
+    monkeypatch.setattr(RedisConnection, "read_response", read_then_lose)
+    held = await store.reserve(key, 1, 60, 1)
+    monkeypatch.undo()
+    assert not lost  # the reply was lost once, and the call sent again
+    assert held.granted and held.amount == 1 and held.remaining == 0
+    assert not (await store.reserve(key, 1, 60, 1)).granted  # held once: the one unit
+    await store.settle(key, held, 0)
+    assert (await store.reserve(key, 1, 60, 1)).granted  # and given back whole
+
+
+async def test_a_record_call_sent_again_after_its_reply_was_lost_answers_as_it_did(
+    plain: tuple[RedisServer, LimiterPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a reservation (above): a claim whose reply was lost after it ran was sent again and found its
+    own marker, so the request was answered 409 (its own key in flight) and the marker blocked the key
+    until it expired; a replace sent again found its own answer and said the marker was gone. Markers are
+    unique to their request, so finding one's own value is one's own call."""
+    redis, pool = plain
+    store = pool.store(redis.url, 2.0)
+    await pool.start()
+    key = fresh("lost-record")
+    real = RedisConnection.read_response
+    lost: list[int] = []
+
+    async def read_then_lose(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real(self, *args, **kwargs)  # Redis ran it and answered
+        if lost:
+            lost.pop()
+            raise RedisConnectionError("connection reset after the reply was sent")
+        return reply
+
+    monkeypatch.setattr(RedisConnection, "read_response", read_then_lose)
+    lost.append(1)
+    assert await store.claim(key, b"marker-1", 60) is None
+    lost.append(1)
+    assert await store.replace(key, b"marker-1", b"answer", 60)
+    assert not lost  # each reply was lost once, and its call sent again
+    monkeypatch.undo()
+    assert await store.claim(key, b"marker-2", 60) == b"answer"
+
+
+async def test_a_claim_of_the_value_held_is_claimed_and_a_replace_made_is_made(kind: Kind) -> None:
+    store = await kind.store()
+    key = fresh("again")
+    assert await store.claim(key, b"marker-1", 60) is None
+    assert await store.claim(key, b"marker-1", 60) is None
+    assert await store.claim(key, b"marker-2", 60) == b"marker-1"
+    assert await store.replace(key, b"marker-1", b"answer", 60)
+    assert await store.replace(key, b"marker-1", b"answer", 60)
+    assert not await store.replace(key, b"marker-1", b"other", 60)
+    assert await store.claim(key, b"marker-2", 60) == b"answer"
+
+
 async def test_a_frozen_redis_raises_store_unavailable_after_the_timeout(
     plain: tuple[RedisServer, LimiterPool],
 ) -> None:
@@ -402,6 +480,30 @@ async def test_a_redis_error_is_store_unavailable(plain: tuple[RedisServer, Limi
         await store.reserve("wrong", 5, 60, 1)
     with pytest.raises(StoreUnavailable):
         await store.claim("wrong", b"v", 60)
+
+
+async def test_a_cluster_out_of_reach_is_store_unavailable(tmp_path: Path) -> None:
+    """redis-py's cluster client raises RedisClusterException, which is no RedisError, when no node answers
+    its topology refresh: a store opened while the Cluster is down (a gateway started, or a policy reloaded,
+    during an outage) must fail as StoreUnavailable all the same, so that `on_storage_error` decides (not a
+    500), and a give-back that cannot be sent must tell `failed`, not die in its task."""
+    with running_cluster_node(tmp_path) as node:
+        uri = f"redis+cluster://127.0.0.1:{node.port}"
+    pool = LimiterPool()
+    store = pool.store(uri, 2.0)
+    await pool.start()  # not reachable: a warning, as for plain Redis
+    try:
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(fresh("down"), 5, 60, 1)
+            with pytest.raises(StoreUnavailable):
+                await store.claim(fresh("down"), b"v", 60)
+            failed = asyncio.Event()
+            held = Reservation(True, "t", 1, 4, 60.0, 0.0)
+            store.settle_soon(fresh("down"), held, 0, lambda exc: failed.set())
+            await failed.wait()
+    finally:
+        await pool.close()
 
 
 async def test_prepare_loads_the_scripts(redis: RedisServer) -> None:
