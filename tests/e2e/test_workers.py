@@ -8,12 +8,14 @@ import os
 import re
 import signal
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
 
 from gateway.lint import workers_warning
 from gateway.policy import parse_policy
+from gateway.workers import Supervisor
 from tests.conftest import base_policy, free_port
 from tests.support.constants import H
 from tests.support.processes import GatewayProcess, GatewayProcessFactory
@@ -194,21 +196,23 @@ class StartingWorker:
         self.stdout.feed_data(b"voucherify-gateway listening on http://127.0.0.1:8080\n")
 
 
-async def test_a_sighup_reaches_a_starting_worker_once_it_listens_not_before() -> None:
-    """SIGHUP's default action ends a process: forwarded to a worker still starting (its handler not set),
-    it killed the worker, and at start-up the supervisor exited 1 ("exited before listening")."""
-    from typing import cast
-
-    from gateway.workers import Supervisor
-
+def watched(*workers: StartingWorker) -> tuple[Supervisor, list[asyncio.Task[None]]]:
+    """A supervisor of two workers on a policy, watching `workers` as it watches those it spawns."""
     policy = parse_policy(json.dumps(base_policy("http://127.0.0.1:9")), env={})
     supervisor = Supervisor(policy, Path("policy.yaml"), "127.0.0.1", 8080, 2)
-    ready, starting = StartingWorker(101), StartingWorker(102)
     watches = []
-    for worker in (ready, starting):
+    for worker in workers:
         proc = cast(asyncio.subprocess.Process, worker)
         supervisor.procs[worker.pid] = proc
         watches.append(asyncio.create_task(supervisor._watch(proc, True, 0.0)))
+    return supervisor, watches
+
+
+async def test_a_sighup_reaches_a_starting_worker_once_it_listens_not_before() -> None:
+    """SIGHUP's default action ends a process: forwarded to a worker still starting (its handler not set),
+    it killed the worker, and at start-up the supervisor exited 1 ("exited before listening")."""
+    ready, starting = StartingWorker(101), StartingWorker(102)
+    supervisor, watches = watched(ready, starting)
     ready.says_it_listens()
     for _ in range(1000):  # loop turns, not time: until the supervisor read the line
         if supervisor.ready == 1:
@@ -268,18 +272,8 @@ async def test_parent_readiness_follows_a_reloaded_limit_store(
 async def test_a_worker_stopped_while_starting_is_a_clean_stop(sig: signal.Signals) -> None:
     """SIGTERM during start-up reached workers whose handlers were not set yet: its default action ended
     them (exit -15), and the supervisor exited 1, as if a worker had failed."""
-    from typing import cast
-
-    from gateway.workers import Supervisor
-
-    policy = parse_policy(json.dumps(base_policy("http://127.0.0.1:9")), env={})
-    supervisor = Supervisor(policy, Path("policy.yaml"), "127.0.0.1", 8080, 2)
     starting, failing = StartingWorker(101), StartingWorker(102)
-    watches = []
-    for worker in (starting, failing):
-        proc = cast(asyncio.subprocess.Process, worker)
-        supervisor.procs[worker.pid] = proc
-        watches.append(asyncio.create_task(supervisor._watch(proc, True, 0.0)))
+    supervisor, watches = watched(starting, failing)
     supervisor._forward(sig)
     assert starting.signals == [sig]
     starting.code = -sig

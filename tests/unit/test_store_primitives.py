@@ -362,6 +362,23 @@ async def test_a_connection_left_stale_by_a_restart_is_replaced_not_failed(
     assert (await store.reserve("stale", 5, 60, 1)).remaining == 4  # served, and counted once
 
 
+def losing_replies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each item put in the list loses one reply after Redis ran the call and answered (a connection reset
+    on the way back): the client sees a connection error and sends the call again."""
+    real = RedisConnection.read_response
+    lost: list[int] = []
+
+    async def read_then_lose(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real(self, *args, **kwargs)
+        if lost:
+            lost.pop()
+            raise RedisConnectionError("connection reset after the reply was sent")
+        return reply
+
+    monkeypatch.setattr(RedisConnection, "read_response", read_then_lose)
+    return lost
+
+
 async def test_a_reservation_sent_again_after_its_reply_was_lost_is_held_once(
     plain: tuple[RedisServer, LimiterPool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -375,17 +392,8 @@ async def test_a_reservation_sent_again_after_its_reply_was_lost_is_held_once(
     await pool.start()
     assert isinstance(store, RedisStore)
     key = fresh("lost-reply")
-    real = RedisConnection.read_response
-    lost = [1]
-
-    async def read_then_lose(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
-        reply = await real(self, *args, **kwargs)  # Redis ran it and answered
-        if lost:
-            lost.pop()
-            raise RedisConnectionError("connection reset after the reply was sent")
-        return reply
-
-    monkeypatch.setattr(RedisConnection, "read_response", read_then_lose)
+    lost = losing_replies(monkeypatch)
+    lost.append(1)
     held = await store.reserve(key, 1, 60, 1)
     monkeypatch.undo()
     assert not lost  # the reply was lost once, and the call sent again
@@ -406,17 +414,7 @@ async def test_a_record_call_sent_again_after_its_reply_was_lost_answers_as_it_d
     store = pool.store(redis.url, 2.0)
     await pool.start()
     key = fresh("lost-record")
-    real = RedisConnection.read_response
-    lost: list[int] = []
-
-    async def read_then_lose(self: RedisConnection, *args: Any, **kwargs: Any) -> Any:
-        reply = await real(self, *args, **kwargs)  # Redis ran it and answered
-        if lost:
-            lost.pop()
-            raise RedisConnectionError("connection reset after the reply was sent")
-        return reply
-
-    monkeypatch.setattr(RedisConnection, "read_response", read_then_lose)
+    lost = losing_replies(monkeypatch)
     lost.append(1)
     assert await store.claim(key, b"marker-1", 60) is None
     lost.append(1)
