@@ -40,6 +40,11 @@ def _retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
     return (("Retry-After", str(seconds)),)
 
 
+def _held_off(left: int) -> Refused:
+    """The 503 of a project Voucherify's 429 holds off, for `left` more seconds."""
+    return Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
+
+
 class Sparing:
     """Per-process state of the steps: kept answers, calls in flight, hold-offs."""
 
@@ -92,8 +97,7 @@ class Sparing:
             log.warning(
                 "Voucherify answered 429 for project %s: nothing is sent for it for %d s", project, seconds
             )
-        left = self.hold_off.remaining(project) or seconds
-        raise Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
+        raise _held_off(self.hold_off.remaining(project) or seconds)
 
 
 _SENDABLE = frozenset({ErrorKey.UPSTREAM_UNAVAILABLE, ErrorKey.UPSTREAM_TIMEOUT})  # the errors with `sent`
@@ -166,10 +170,7 @@ class QuotaHold:
         if self._held_off is not None:
             assert self._outcome is not None
             self._outcome.quota_refusal = "hold_off"
-            left = self._held_off
-            return True, Refused(
-                errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left)
-            )
+            return True, _held_off(self._held_off)
         return not self.steps, None
 
     def passed(self, answers: Sequence[StepAnswer], seconds: float) -> Refused | None:
@@ -225,7 +226,7 @@ class QuotaHold:
         if left is not None:
             outcome.quota_refusal = "hold_off"
             self.give_back()
-            raise Refused(errors.upstream_quota_exhausted(left, voucherify_busy=True), _retry_after(left))
+            raise _held_off(left)
         self._sent = True
 
     def unsent(self) -> tuple[Store, str, Reservation] | None:
